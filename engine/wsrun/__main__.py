@@ -1,0 +1,3 @@
+from wsrun.cli import main
+
+raise SystemExit(main())

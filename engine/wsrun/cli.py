@@ -1,0 +1,140 @@
+"""The ``wsrun`` command.
+
+``wsrun RECIPE [recipe options]`` runs a recipe; the other commands (validate,
+plan, steps, schema, runs, resume, settings) live in ``wsrun.commands``. This
+module imports almost nothing at start-up so ``wsrun --help`` answers at once.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+HELP = """\
+usage: wsrun RECIPE [recipe options] [--dry-run] [--json] [--set KEY=VALUE]... [--profile P] [-v] [-q]
+       wsrun COMMAND [options]
+
+Run a declarative YAML recipe that moves and packages data products.
+RECIPE is a file (recipe.yaml), a directory holding recipe.yaml, or a packaged
+recipe name (nrao/deliver). `wsrun RECIPE --help` lists the recipe's own options.
+
+commands:
+  validate FILE...     check recipes; every problem as file:line:col
+  plan RECIPE ...      show what a run would do (same as --dry-run)
+  steps [NAME]         list step types, or print one's documentation
+  schema               print the JSON Schema for recipes (for editors)
+  runs [show ID]       list recent runs, or show one with its steps
+  resume ID            continue a failed or interrupted run
+  settings [KEY...]    show settings and where each value comes from
+  recipes              list the packaged recipes
+
+exit status: 0 success, 1 a step failed, 2 invalid recipe or usage
+"""
+
+COMMANDS = ("validate", "steps", "schema", "runs", "resume", "settings", "recipes")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args:
+        sys.stderr.write(HELP)
+        return 2
+    head = args[0]
+    if head in ("-h", "--help", "help"):
+        sys.stdout.write(HELP)
+        return 0
+    if head == "--version":
+        from wsrun import __version__
+
+        print(f"wsrun {__version__}")
+        return 0
+    if head == "plan":
+        if len(args) < 2:
+            sys.stderr.write("usage: wsrun plan RECIPE [recipe options]\n")
+            return 2
+        return run_recipe_command(args[1], [*args[2:], "--dry-run"], prog=f"wsrun plan {args[1]}")
+    if head in COMMANDS:
+        from wsrun.commands import run_command
+
+        return run_command(args)
+    if head.startswith("-"):
+        sys.stderr.write(f"wsrun: unknown option {head}\n\n{HELP}")
+        return 2
+    return run_recipe_command(head, args[1:], prog=f"wsrun {head}")
+
+
+def run_recipe_command(ref: str, args: list[str], prog: str) -> int:
+    """Parse a recipe's own command line and run it; the exit status."""
+    from wsrun.recipe import RecipeNotFound, resolve
+    from wsrun.validate import InvalidRecipe, load_valid
+
+    try:
+        path = resolve(ref)
+    except RecipeNotFound:
+        sys.stderr.write(f"{prog.split()[0]}: no recipe '{ref}': not a file, a directory with recipe.yaml, or a packaged recipe (wsrun recipes)\n")
+        return 2
+    try:
+        recipe = load_valid(path)
+    except InvalidRecipe as e:
+        sys.stderr.write(str(e) + "\n")
+        return 2
+    from wsrun.cliargs import build_parser, split_namespace
+
+    parser = build_parser(recipe, prog)
+    try:
+        ns = parser.parse_args(args)
+    except SystemExit as e:
+        return int(e.code or 0)
+    inputs, options = split_namespace(recipe, ns)
+    return execute(recipe, inputs, options)
+
+
+def execute(recipe: Any, inputs: dict[str, Any], options: dict[str, Any], run_id: str | None = None, resume: Any = None) -> int:
+    """Run a loaded recipe with parsed inputs and print the outcome."""
+    import json
+    import os
+
+    from wsrun.cliargs import parse_sets
+    from wsrun.journal import Journal
+    from wsrun.output import LineEvents, RichProgress, print_report, stream_is_terminal
+    from wsrun.runner import Events, Runner, RunError, coerce_inputs
+    from wsrun.settings import Settings, SettingsError
+
+    try:
+        settings = Settings(profile=options.get("profile"), overrides=parse_sets(options.get("set") or []))
+        inputs = coerce_inputs(recipe, inputs, os.getcwd())
+        quiet = options.get("quiet") or options.get("json")
+        events: Events = Events() if quiet else LineEvents(sys.stderr, bool(options.get("dry_run")))
+        show_bars = not quiet and not options.get("dry_run") and stream_is_terminal(sys.stderr)
+        progress = RichProgress() if show_bars else None
+        journal = Journal()
+        runner = Runner(
+            recipe, inputs, settings, dry_run=bool(options.get("dry_run")), run_id=run_id, journal=journal,
+            resume=resume, events=events, progress=progress,
+            log=(lambda m: None) if quiet else (lambda m: print(m, file=sys.stderr, flush=True)),
+        )
+    except (RunError, SettingsError, ValueError) as e:
+        sys.stderr.write(f"{recipe.name}: {e}\n")
+        return 2
+    try:
+        if progress is not None:
+            with progress:
+                report = runner.run()
+        else:
+            report = runner.run()
+    except KeyboardInterrupt:
+        journal.end_run(runner.run_id, "interrupted", None, "interrupted by the operator")
+        sys.stderr.write(f"{recipe.name}: interrupted (resume with: wsrun resume {runner.run_id})\n")
+        return 130
+    if options.get("json"):
+        print(json.dumps(report.to_json(), indent=2, default=str))
+    elif not options.get("quiet"):
+        print_report(report, sys.stdout, verbose=bool(options.get("verbose")))
+    if report.status == "failed":
+        if options.get("verbose") and report.traceback:
+            sys.stderr.write(report.traceback)
+        sys.stderr.write(f"error: {report.error}\n")
+        if not report.dry_run:
+            sys.stderr.write(f"(resume with: wsrun resume {report.run_id})\n")
+        return 1
+    return 0

@@ -1,0 +1,229 @@
+"""The ``wsrun`` commands other than running a recipe."""
+
+from __future__ import annotations
+
+import json
+import sys
+from datetime import datetime
+from typing import Annotated, Any
+
+import typer
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False)
+
+
+def run_command(args: list[str]) -> int:
+    try:
+        app(args=args, prog_name="wsrun")
+    except SystemExit as e:
+        return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    return 0
+
+
+@app.command()
+def validate(files: Annotated[list[str], typer.Argument(help="Recipe files, directories or packaged names")]) -> None:
+    """Check recipes; print every problem as file:line:col."""
+    from wsrun.recipe import RecipeNotFound, resolve
+    from wsrun.validate import InvalidRecipe, load_valid
+
+    bad = 0
+    for ref in files:
+        try:
+            load_valid(resolve(ref))
+            print(f"{ref}: ok")
+        except RecipeNotFound:
+            print(f"{ref}: no such recipe", file=sys.stderr)
+            bad += 1
+        except InvalidRecipe as e:
+            print(str(e), file=sys.stderr)
+            bad += 1
+    if bad:
+        raise typer.Exit(2)
+
+
+@app.command()
+def steps(
+    name: Annotated[str | None, typer.Argument(help="A step type")] = None,
+    markdown: Annotated[bool, typer.Option("--markdown", help="The step reference as Markdown")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="The parameter schema as JSON")] = False,
+) -> None:
+    """List step types, or print one's documentation (from its schema)."""
+    from wsrun import stepdocs
+    from wsrun.step import UnknownStep, load_step, params_schema, step_names
+
+    if markdown:
+        print(stepdocs.markdown_reference())
+        return
+    if name is None:
+        for n in step_names():
+            print(f"{n:<20} {stepdocs.summary(load_step(n))}")
+        return
+    try:
+        module = load_step(name)
+    except UnknownStep:
+        print(f"wsrun: unknown step type '{name}' (wsrun steps lists them)", file=sys.stderr)
+        raise typer.Exit(2) from None
+    if as_json:
+        print(json.dumps(params_schema(module), indent=2))
+    else:
+        print(stepdocs.text(module))
+
+
+@app.command()
+def schema(
+    write: Annotated[bool, typer.Option("--write", help="Write schemas/wsrun.schema.json and schemas/steps/*.json")] = False,
+) -> None:
+    """Print the JSON Schema of recipes with every step type's parameters."""
+    from wsrun import stepdocs
+
+    if write:
+        for path in stepdocs.write_schemas():
+            print(f"wrote {path}")
+        return
+    print(json.dumps(stepdocs.full_schema(), indent=2))
+
+
+@app.command()
+def runs(
+    action: Annotated[str | None, typer.Argument(help="'show'")] = None,
+    run_id: Annotated[str | None, typer.Argument(help="A run id (a unique part is enough)")] = None,
+    limit: Annotated[int, typer.Option(help="How many runs to list")] = 20,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """List recent runs, or `runs show ID` for one run's steps and effects."""
+    from wsrun.journal import Journal
+
+    journal = Journal()
+    if action is None:
+        records = journal.runs(limit)
+        if as_json:
+            print(json.dumps([_run_json(r) for r in records], indent=2, default=str))
+            return
+        for r in records:
+            took = f"{r.ended - r.started:.1f}s" if r.ended else "-"
+            kind = " (dry run)" if r.dry_run else ""
+            print(f"{r.id}  {_when(r.started)}  {r.shown_status:<11} {took:>8}  {r.recipe}{kind}")
+        return
+    if action != "show" or not run_id:
+        print("usage: wsrun runs [show ID]", file=sys.stderr)
+        raise typer.Exit(2)
+    record = journal.run(run_id)
+    if record is None:
+        print(f"wsrun: no run '{run_id}'", file=sys.stderr)
+        raise typer.Exit(2)
+    steps_ = journal.steps(record.id)
+    if as_json:
+        print(json.dumps({**_run_json(record), "steps": steps_}, indent=2, default=str))
+        return
+    print(f"run {record.id}: {record.recipe} ({record.recipe_path})")
+    print(f"  status {record.shown_status}{' (dry run)' if record.dry_run else ''}, started {_when(record.started)}")
+    print(f"  inputs {json.dumps(record.inputs)}")
+    if record.error:
+        print(f"  error: {record.error}")
+    for s in steps_:
+        print(f"  {s['key']:<24} {s['uses']:<14} {s['status']:<8} {len(s['effects'])} effects")
+        if s["error"]:
+            print(f"      {s['error']}")
+    if record.outputs:
+        print(f"  outputs {json.dumps(record.outputs)}")
+
+
+def _when(ts: float) -> str:
+    return datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _run_json(r: Any) -> dict[str, Any]:
+    return {
+        "id": r.id, "recipe": r.recipe, "recipe_path": r.recipe_path, "status": r.shown_status, "dry_run": r.dry_run,
+        "inputs": r.inputs, "started": r.started, "ended": r.ended, "outputs": r.outputs, "error": r.error,
+    }
+
+
+@app.command()
+def resume(
+    run_id: Annotated[str, typer.Argument(help="The run to continue")],
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+    verbose: Annotated[bool, typer.Option("-v", "--verbose")] = False,
+    profile: Annotated[str | None, typer.Option(help="Settings profile")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="KEY=VALUE")] = None,
+) -> None:
+    """Continue a failed or interrupted run from its first unfinished step, with the same inputs."""
+    from wsrun.cli import execute
+    from wsrun.journal import Journal
+    from wsrun.validate import InvalidRecipe, load_valid
+
+    journal = Journal()
+    record = journal.run(run_id)
+    if record is None:
+        print(f"wsrun: no run '{run_id}'", file=sys.stderr)
+        raise typer.Exit(2)
+    if record.status == "running" and record.shown_status == "running":
+        print(f"wsrun: run {record.id} is still running (pid {record.pid})", file=sys.stderr)
+        raise typer.Exit(2)
+    if record.status in ("ok", "changed"):
+        print(f"wsrun: run {record.id} already finished ({record.status}); nothing to resume")
+        return
+    if record.dry_run:
+        print(f"wsrun: run {record.id} was a dry run; run the recipe again instead", file=sys.stderr)
+        raise typer.Exit(2)
+    if "********" in record.inputs.values():
+        print(f"wsrun: run {record.id} had secret inputs, which the journal does not keep; run it again", file=sys.stderr)
+        raise typer.Exit(2)
+    try:
+        recipe = load_valid(record.recipe_path)
+    except InvalidRecipe as e:
+        print(str(e), file=sys.stderr)
+        raise typer.Exit(2) from None
+    finished = journal.finished_steps(record.id)
+    options = {"json": as_json, "verbose": verbose, "profile": profile, "set": set_ or [], "dry_run": False, "quiet": False}
+    import os
+
+    if record.workdir and os.path.isdir(record.workdir):
+        os.chdir(record.workdir)
+    raise typer.Exit(execute(recipe, record.inputs, options, run_id=record.id, resume=finished))
+
+
+@app.command()
+def settings(
+    keys: Annotated[list[str] | None, typer.Argument(help="Setting names (default: all from the profile)")] = None,
+    profile: Annotated[str | None, typer.Option(help="Settings profile")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="KEY=VALUE")] = None,
+) -> None:
+    """Show each setting's value and where it came from (secrets masked)."""
+    from wsrun.cliargs import parse_sets
+    from wsrun.settings import Settings, SettingsError, display
+
+    try:
+        s = Settings(profile=profile, overrides=parse_sets(set_ or []))
+    except (SettingsError, ValueError) as e:
+        print(f"wsrun: {e}", file=sys.stderr)
+        raise typer.Exit(2) from None
+    print(f"profile: {s.profile or '(none)'}")
+    for path in s.files_searched:
+        print(f"  searched {path}")
+    missing = 0
+    for key in keys or s.names():
+        found = s.get(key)
+        if found is None:
+            print(f"{key}: (not set; {s.where_searched(key)})")
+            missing += 1
+        else:
+            print(f"{found.name} = {display(found.name, found.value)}    # {found.source}")
+    if missing:
+        raise typer.Exit(1)
+
+
+@app.command()
+def recipes() -> None:
+    """List the packaged recipes."""
+    from wsrun.recipe import load_recipe
+    from wsrun.resources import recipes_dir
+
+    root = recipes_dir()
+    for path in sorted(root.rglob("*.yaml")):
+        name = str(path.relative_to(root))[: -len(".yaml")]
+        try:
+            summary = load_recipe(str(path)).description.strip().splitlines()[0]
+        except Exception:  # a broken packaged recipe still gets listed
+            summary = ""
+        print(f"{name:<28} {summary}")

@@ -1,0 +1,180 @@
+"""Recipe expressions: Jinja2 in a sandbox, strict about unknown names.
+
+A value that is exactly one ``{{ expression }}`` keeps its native type (a list
+stays a list, a bool a bool); any other string with ``{{`` is rendered as text.
+``if:`` and ``for_each:`` also take a bare expression, as in GitHub Actions.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, Mapping
+from functools import lru_cache
+from typing import Any
+
+from jinja2 import StrictUndefined, nodes
+from jinja2.exceptions import TemplateSyntaxError, UndefinedError
+from jinja2.runtime import Undefined
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+_SINGLE = re.compile(r"^\s*\{\{(.*)\}\}\s*$", re.DOTALL)
+
+#: Names every expression may use besides the scope (Jinja's own globals).
+JINJA_GLOBALS = frozenset({"range", "dict", "lipsum", "cycler", "joiner", "namespace", "true", "false", "none"})
+
+
+class ExpressionError(Exception):
+    """An expression failed to parse or evaluate; ``line`` is within the expression."""
+
+    def __init__(self, message: str, line: int | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.line = line
+
+
+def is_template(value: Any) -> bool:
+    return isinstance(value, str) and ("{{" in value or "{%" in value)
+
+
+@lru_cache(maxsize=1)
+def environment() -> ImmutableSandboxedEnvironment:
+    from wsrun.filters import FILTERS
+
+    env = ImmutableSandboxedEnvironment(undefined=StrictUndefined, keep_trailing_newline=True, autoescape=False)
+    env.filters.update(FILTERS)
+    return env
+
+
+def _single_expression(text: str) -> str | None:
+    m = _SINGLE.match(text)
+    if m and "{{" not in m.group(1) and "}}" not in m.group(1):
+        return m.group(1)
+    return None
+
+
+@lru_cache(maxsize=4096)
+def _compiled(text: str, bare: bool) -> Any:
+    env = environment()
+    expr = text if bare and not is_template(text) else _single_expression(text)
+    try:
+        if expr is not None:
+            return ("expr", env.compile_expression(expr, undefined_to_none=False))
+        return ("template", env.from_string(text))
+    except TemplateSyntaxError as e:
+        raise ExpressionError(f"expression syntax: {e.message}", e.lineno) from None
+
+
+def evaluate(text: str, scope: Mapping[str, Any], bare: bool = False) -> Any:
+    """Evaluate one string; ``bare`` treats text without braces as an expression."""
+    if not bare and not is_template(text):
+        return text
+    kind, compiled = _compiled(text, bare)
+    try:
+        if kind == "expr":
+            value = compiled(**scope)
+            if isinstance(value, Undefined):
+                value._fail_with_undefined_error()
+            return value
+        return compiled.render(**scope)
+    except UndefinedError as e:
+        raise ExpressionError(_undefined_message(str(e))) from None
+    except ExpressionError:
+        raise
+    except Exception as e:  # a filter or operation failed inside the expression
+        raise ExpressionError(f"{type(e).__name__}: {e}") from None
+
+
+def render(value: Any, scope: Mapping[str, Any]) -> Any:
+    """Evaluate every string inside a value (dicts and lists are walked)."""
+    if isinstance(value, str):
+        return evaluate(value, scope) if ("{" in value) else value
+    if isinstance(value, dict):
+        return {k: render(v, scope) for k, v in value.items()}
+    if isinstance(value, list):
+        return [render(v, scope) for v in value]
+    return value
+
+
+def _undefined_message(message: str) -> str:
+    # Jinja says "'dict object' has no attribute 'x'": say what the user wrote.
+    m = re.match(r"'dict object' has no attribute '(.*)'", message)
+    if m:
+        return f"unknown name '{m.group(1)}'"
+    m = re.match(r"'(.*)' is undefined", message)
+    if m:
+        return f"unknown name '{m.group(1)}'"
+    return message
+
+
+def references(text: str, bare: bool = False) -> Iterator[tuple[str, ...]]:
+    """The dotted names an expression reads, e.g. ('steps', 'copy', 'outputs', 'files').
+
+    Raises ExpressionError for a syntax error. Names the template defines itself
+    (``{% set %}``, loop variables) are not reported.
+    """
+    env = environment()
+    source = text
+    if bare and not is_template(text):
+        source = "{{ " + text + " }}"
+    try:
+        ast = env.parse(source)
+    except TemplateSyntaxError as e:
+        raise ExpressionError(f"expression syntax: {e.message}", e.lineno) from None
+    from jinja2 import meta
+
+    free = meta.find_undeclared_variables(ast)
+    for node in ast.find_all((nodes.Getattr, nodes.Getitem, nodes.Name)):
+        chain = _chain(node)
+        if chain and chain[0] in free:
+            yield chain
+
+
+def _chain(node: nodes.Node) -> tuple[str, ...] | None:
+    parts: list[str] = []
+    while True:
+        if isinstance(node, nodes.Getattr):
+            parts.append(node.attr)
+            node = node.node
+        elif isinstance(node, nodes.Getitem) and isinstance(node.arg, nodes.Const) and isinstance(node.arg.value, str):
+            parts.append(node.arg.value)
+            node = node.node
+        elif isinstance(node, nodes.Getitem):
+            parts.clear()  # a computed key: only what is before it is known
+            node = node.node
+        elif isinstance(node, nodes.Name):
+            parts.append(node.name)
+            return tuple(reversed(parts))
+        else:
+            return None
+
+
+class LazyVars(Mapping[str, Any]):
+    """``vars:`` evaluated on first use, so a var may use inputs, settings,
+    earlier vars and the outputs of steps that have run."""
+
+    def __init__(self, raw: Mapping[str, Any], scope: dict[str, Any]) -> None:
+        self._raw = raw
+        self._scope = scope
+        self._done: dict[str, Any] = {}
+        self._busy: set[str] = set()
+
+    def __getitem__(self, key: str) -> Any:
+        if key in self._done:
+            return self._done[key]
+        if key not in self._raw:
+            raise KeyError(key)
+        if key in self._busy:
+            raise ExpressionError(f"vars.{key} refers to itself")
+        self._busy.add(key)
+        try:
+            value = render(self._raw[key], self._scope)
+        finally:
+            self._busy.discard(key)
+        self._done[key] = value
+        return value
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._raw)
+
+    def __len__(self) -> int:
+        return len(self._raw)

@@ -1,0 +1,55 @@
+"""Jinja filters for paths and data, shared by templates and recipe expressions.
+
+Recipes build paths and pass structured values between steps; these filters
+keep that readable (``{{ file | basename }}``) and keep the same names
+everywhere Jinja runs in wsrun.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from typing import Any
+
+
+def basename(path: str | os.PathLike[str]) -> str:
+    """The last component of ``path`` (``a/b.fits`` -> ``b.fits``)."""
+    return os.path.basename(os.fspath(path))
+
+
+def dirname(path: str | os.PathLike[str]) -> str:
+    """Everything before the last component (``a/b.fits`` -> ``a``)."""
+    return os.path.dirname(os.fspath(path))
+
+
+def joinpath(path: str | os.PathLike[str], *parts: str | os.PathLike[str]) -> str:
+    """``path`` with ``parts`` appended: ``{{ dir | joinpath("sub", name) }}``."""
+    return os.path.join(os.fspath(path), *map(os.fspath, parts))
+
+
+def relpath(path: str | os.PathLike[str], start: str | os.PathLike[str]) -> str:
+    """``path`` relative to ``start``; ``start`` is required so the result never
+    depends on the process's current directory."""
+    return os.path.relpath(os.fspath(path), os.fspath(start))
+
+
+def to_json(value: Any, indent: int | None = None, sort_keys: bool = False) -> str:
+    """``value`` as JSON text. Unlike Jinja's ``tojson`` it does not escape
+    ``<``, ``>``, ``&`` and ``'`` for HTML, and keeps non-ASCII text readable."""
+    return json.dumps(value, indent=indent, sort_keys=sort_keys, ensure_ascii=False)
+
+
+def from_json(text: str) -> Any:
+    """The value a JSON text encodes (for example a command's output)."""
+    return json.loads(text)
+
+
+FILTERS: dict[str, Callable[..., Any]] = {
+    "basename": basename,
+    "dirname": dirname,
+    "joinpath": joinpath,
+    "relpath": relpath,
+    "to_json": to_json,
+    "from_json": from_json,
+}

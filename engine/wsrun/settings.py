@@ -1,0 +1,127 @@
+"""Settings: named configuration values, resolved as NRAO's Capo resolves them.
+
+A setting has a dotted name (``edu.nrao.workspaces.DeliverySettings.downloadDirectory``).
+Values come, later winning, from:
+
+1. profile properties files: the profile is ``--profile``, else ``CAPO_PROFILE``,
+   else ``WSRUN_PROFILE``; each directory of ``CAPO_PATH`` (colon-separated) and
+   then ``~/.capo`` may hold ``<profile>.properties``;
+2. the environment: the dotted name upper-cased with dots as underscores
+   (``EDU_NRAO_WORKSPACES_DELIVERYSETTINGS_DOWNLOADDIRECTORY``);
+3. ``--set NAME=VALUE`` on the command line.
+
+Names are case-insensitive. Values of secret settings are masked wherever
+they are printed.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+SECRET_NAME = re.compile(r"(password|passwd|secret|token|credential|apikey|api_key|(^|[._])(access|private|secret)?key$)", re.I)
+MASK = "********"
+_ENV_REF = re.compile(r"\$\{env:([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+class SettingsError(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class SettingValue:
+    name: str
+    value: str
+    source: str  # "path:line", "environment NAME" or "--set"
+
+
+def is_secret_name(name: str) -> bool:
+    return bool(SECRET_NAME.search(name))
+
+
+def env_name(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9]", "_", name).upper()
+
+
+def parse_properties(path: str, env: Mapping[str, str]) -> dict[str, SettingValue]:
+    """``key=value`` lines; ``#`` and ``!`` comments; no sections, no duplicates."""
+    values: dict[str, SettingValue] = {}
+    with open(path, encoding="utf-8") as f:
+        for lineno, raw in enumerate(f, 1):
+            line = raw.strip()
+            if not line or line[0] in "#!":
+                continue
+            where = f"{path}:{lineno}"
+            if line.startswith("[") and line.endswith("]"):
+                raise SettingsError(f"{where}: section headers like {line} are not allowed in a properties file")
+            if "=" not in line:
+                raise SettingsError(f"{where}: expected key=value, got {line!r}")
+            key, value = (part.strip() for part in line.split("=", 1))
+            if not key:
+                raise SettingsError(f"{where}: empty key")
+            folded = key.lower()
+            if folded in values:
+                raise SettingsError(f"{where}: duplicate key '{key}' (first at {values[folded].source})")
+            values[folded] = SettingValue(key, _expand_env(value, env, where), where)
+    return values
+
+
+def _expand_env(value: str, env: Mapping[str, str], where: str) -> str:
+    def sub(m: re.Match[str]) -> str:
+        if m.group(1) not in env:
+            raise SettingsError(f"{where}: environment variable {m.group(1)} is not set")
+        return env[m.group(1)]
+
+    return _ENV_REF.sub(sub, value)
+
+
+class Settings:
+    """All settings visible to a run, with where each came from."""
+
+    def __init__(
+        self,
+        profile: str | None = None,
+        overrides: Mapping[str, str] | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
+        self.env = dict(os.environ if env is None else env)
+        self.profile = profile or self.env.get("CAPO_PROFILE") or self.env.get("WSRUN_PROFILE") or None
+        self.files_searched: list[str] = []
+        self._values: dict[str, SettingValue] = {}
+        if self.profile:
+            for directory in self.search_path():
+                path = os.path.join(directory, f"{self.profile}.properties")
+                self.files_searched.append(path)
+                if os.path.isfile(path):
+                    self._values.update(parse_properties(path, self.env))
+        self._env_names = {k.upper(): k for k in self.env}
+        for key, value in (overrides or {}).items():
+            self._values[key.lower()] = SettingValue(key, value, "--set")
+
+    def search_path(self) -> list[str]:
+        dirs = [d for d in self.env.get("CAPO_PATH", "").split(":") if d]
+        dirs.append(os.path.join(self.env.get("HOME", os.path.expanduser("~")), ".capo"))
+        return dirs
+
+    def get(self, name: str) -> SettingValue | None:
+        found = self._values.get(name.lower())
+        if found is not None and found.source == "--set":
+            return found
+        env_key = self._env_names.get(env_name(name))
+        if env_key is not None:
+            return SettingValue(name, self.env[env_key], f"environment {env_key}")
+        return found
+
+    def names(self) -> list[str]:
+        return sorted(v.name for v in self._values.values())
+
+    def where_searched(self, name: str) -> str:
+        files = ", ".join(self.files_searched) if self.files_searched else "no profile given (--profile or CAPO_PROFILE)"
+        return f"files: {files}; environment {env_name(name)}; --set {name}=..."
+
+
+def display(name: str, value: object, secret: bool = False) -> str:
+    """A value as it may be printed: masked when the setting is secret."""
+    return MASK if secret or is_secret_name(name) else str(value)

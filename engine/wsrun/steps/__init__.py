@@ -1,0 +1,1 @@
+"""Built-in step types, one module each (see ``wsrun.step`` for the contract)."""

@@ -1,0 +1,287 @@
+"""Checking a recipe before anything runs, reporting every problem at once.
+
+Each problem is reported as ``file:line:col: message`` with the offending line,
+like a compiler, so an author can fix them all in one pass.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from functools import cache
+from typing import Any
+
+from wsrun import expr
+from wsrun.loader import Where, YamlError
+from wsrun.recipe import Recipe, RecipeNotFound, is_recipe_ref, load_recipe, resolve
+from wsrun.resources import schemas_dir
+from wsrun.step import UnknownStep, load_step, params_schema
+
+STEP_SECTIONS = ("steps", "on_failure", "finally")
+SCOPE_NAMES = frozenset({"inputs", "settings", "vars", "steps", "run", "env"})
+INPUT_TYPES_PY = {"path": str, "string": str, "int": int, "float": (int, float), "bool": bool, "list": list}
+
+
+@dataclass(frozen=True)
+class Problem:
+    where: Where
+    message: str
+    line_text: str = ""
+
+    def format(self) -> str:
+        text = f"{self.where}: {self.message}"
+        if self.line_text.strip():
+            text += f"\n    {self.line_text}\n    {' ' * (self.where.col - 1)}^"
+        return text
+
+
+class InvalidRecipe(Exception):
+    def __init__(self, problems: list[Problem]) -> None:
+        super().__init__("\n".join(p.format() for p in problems))
+        self.problems = problems
+
+
+@cache
+def _recipe_validator() -> Any:
+    from jsonschema import Draft202012Validator
+
+    with open(schemas_dir() / "recipe.schema.json", encoding="utf-8") as f:
+        return Draft202012Validator(json.load(f))
+
+
+@cache
+def _step_validator(name: str) -> Any:
+    from jsonschema import Draft202012Validator
+
+    return Draft202012Validator(params_schema(load_step(name)))
+
+
+def load_valid(path: str) -> Recipe:
+    """Load a recipe and raise InvalidRecipe listing every problem in it."""
+    try:
+        recipe = load_recipe(path)
+    except YamlError as e:
+        raise InvalidRecipe([_yaml_problem(e)]) from None
+    problems = check(recipe)
+    if problems:
+        raise InvalidRecipe(problems)
+    return recipe
+
+
+def _yaml_problem(e: YamlError) -> Problem:
+    try:
+        with open(e.where.file, encoding="utf-8") as f:
+            line = f.read().splitlines()[e.where.line - 1]
+    except (OSError, IndexError):
+        line = ""
+    message = e.message
+    if "{{" in line and ("unhashable" in message or "mapping" in message):
+        message += " (a value that starts with '{{' must be quoted)"
+    return Problem(e.where, message, line)
+
+
+def check(recipe: Recipe) -> list[Problem]:
+    """Every problem in a parsed recipe, sorted by position."""
+    checker = _Checker(recipe)
+    checker.run()
+    return sorted(set(checker.problems), key=lambda p: (p.where.line, p.where.col, p.message))
+
+
+def schema_messages(validator: Any, instance: Any, label: str = "recipe") -> list[tuple[tuple[Any, ...], str, bool]]:
+    """(path, message, is_key) for each schema error, worded for authors."""
+    out = []
+    for err in validator.iter_errors(instance):
+        path = tuple(err.absolute_path)
+        if expr.is_template(err.instance):
+            continue  # checked when the expression has a value, at run time
+        if err.validator == "additionalProperties":
+            extra = [k for k in err.instance if k not in err.schema.get("properties", {})]
+            for k in extra:
+                known = ", ".join(sorted(err.schema.get("properties", {})))
+                out.append((path + (k,), f"unknown key '{k}' (known: {known})", True))
+            continue
+        if err.validator == "oneOf" and err.context:
+            best = min(err.context, key=lambda e: len(list(e.absolute_path)))
+            out.append((path, best.message, False))
+            continue
+        where = ".".join(str(p) for p in path) or label
+        out.append((path, f"{where}: {err.message}", False))
+    return out
+
+
+class _Checker:
+    def __init__(self, recipe: Recipe) -> None:
+        self.recipe = recipe
+        self.doc = recipe.doc
+        self.problems: list[Problem] = []
+
+    def add(self, path: tuple[Any, ...], message: str, key: bool = False) -> None:
+        where = self.doc.key_where(path) if key else self.doc.where(path)
+        self.problems.append(Problem(where, message, self.doc.line_text(where.line)))
+
+    def run(self) -> None:
+        data = self.doc.data
+        if not isinstance(data, dict):
+            self.add((), "a recipe must be a mapping with 'recipe' and 'steps'")
+            return
+        for path, message, is_key in schema_messages(_recipe_validator(), data):
+            self.add(path, message, is_key)
+        self.check_inputs()
+        ids: list[str] = []
+        for section in STEP_SECTIONS:
+            steps = data.get(section)
+            if not isinstance(steps, list):
+                continue
+            known = list(ids) if section == "steps" else self.all_ids()
+            for i, step in enumerate(steps):
+                if isinstance(step, dict):
+                    self.check_step((section, i), step, known, section != "steps")
+                    sid = step.get("id")
+                    if isinstance(sid, str):
+                        if sid in known or sid in ids:
+                            self.add((section, i, "id"), f"step id '{sid}' is used twice")
+                        known.append(sid)
+                        if section == "steps":
+                            ids.append(sid)
+        for name, value in (data.get("vars") or {}).items() if isinstance(data.get("vars"), dict) else []:
+            self.check_expressions(("vars", name), value, self.all_ids(), in_loop=False, in_failure=False)
+        if isinstance(data.get("outputs"), dict):
+            for name, value in data["outputs"].items():
+                self.check_expressions(("outputs", name), value, self.all_ids(), False, False)
+
+    def all_ids(self) -> list[str]:
+        return [s["id"] for s in self.doc.data.get("steps") or [] if isinstance(s, dict) and isinstance(s.get("id"), str)]
+
+    def check_inputs(self) -> None:
+        inputs = self.doc.data.get("inputs")
+        if not isinstance(inputs, dict):
+            return
+        flags_seen: dict[str, str] = {}
+        for name, spec in inputs.items():
+            if not isinstance(spec, dict):
+                continue
+            kind = spec.get("type", "string")
+            if kind == "choice" and not spec.get("choices"):
+                self.add(("inputs", name), f"input '{name}' is a choice but lists no 'choices'")
+            if spec.get("positional") and spec.get("flags"):
+                self.add(("inputs", name, "flags"), f"input '{name}' is positional and cannot have flags")
+            for flag in spec.get("flags") or []:
+                if flag in flags_seen:
+                    self.add(("inputs", name, "flags"), f"flag {flag} is used by inputs '{flags_seen[flag]}' and '{name}'")
+                flags_seen[flag] = name
+            if "default" in spec and spec["default"] is not None and not expr.is_template(spec["default"]):
+                py = INPUT_TYPES_PY.get(kind)
+                if py and (not isinstance(spec["default"], py) or (kind in ("int", "float") and isinstance(spec["default"], bool))):
+                    self.add(("inputs", name, "default"), f"default of input '{name}' is not a {kind}")
+                if kind == "choice" and spec.get("choices") and spec["default"] not in spec["choices"]:
+                    self.add(("inputs", name, "default"), f"default of input '{name}' is not one of its choices")
+
+    def check_step(self, path: tuple[Any, ...], step: dict[str, Any], known_ids: list[str], in_failure: bool) -> None:
+        uses = step.get("uses")
+        in_loop = "for_each" in step
+        if isinstance(uses, str):
+            self.check_uses(path, uses, step.get("with"))
+        for key in ("if", "for_each"):
+            if isinstance(step.get(key), str):
+                self.check_expressions(path + (key,), step[key], known_ids, in_loop and key == "if", in_failure, bare=True)
+        if "with" in step:
+            self.check_expressions(path + ("with",), step["with"], known_ids, in_loop, in_failure)
+
+    def check_uses(self, path: tuple[Any, ...], uses: str, params: Any) -> None:
+        if is_recipe_ref(uses):
+            try:
+                sub = load_recipe(resolve(uses, self.recipe.dir))
+            except RecipeNotFound:
+                self.add(path + ("uses",), f"no recipe '{uses}' (looked beside this recipe and in the packaged recipes)")
+                return
+            except YamlError as e:
+                self.add(path + ("uses",), f"recipe '{uses}' does not parse: {e}")
+                return
+            if isinstance(params, dict):
+                for key in params:
+                    if key not in sub.inputs:
+                        self.add(path + ("with", key), f"recipe '{uses}' has no input '{key}' (inputs: {', '.join(sub.inputs) or 'none'})", key=True)
+                for key, spec in sub.inputs.items():
+                    if isinstance(spec, dict) and spec.get("required") and "default" not in spec and key not in params:
+                        self.add(path + ("with",), f"recipe '{uses}' needs input '{key}'")
+            return
+        try:
+            validator = _step_validator(uses)
+        except UnknownStep:
+            self.add(path + ("uses",), f"unknown step type '{uses}' (see 'wsrun steps')")
+            return
+        with_ = params if params is not None else {}
+        for sub_path, message, is_key in schema_messages(validator, with_, "with"):
+            self.add(path + ("with",) + sub_path, f"{uses}: {message}", is_key)
+
+    def check_expressions(
+        self, path: tuple[Any, ...], value: Any, known_ids: list[str], in_loop: bool, in_failure: bool, bare: bool = False
+    ) -> None:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                self.check_expressions(path + (k,), v, known_ids, in_loop, in_failure)
+            return
+        if isinstance(value, list):
+            for i, v in enumerate(value):
+                self.check_expressions(path + (i,), v, known_ids, in_loop, in_failure)
+            return
+        if not isinstance(value, str) or not (bare or expr.is_template(value)):
+            return
+        try:
+            chains = list(expr.references(value, bare=bare))
+        except expr.ExpressionError as e:
+            self.add(path, e.message)
+            return
+        allowed = set(SCOPE_NAMES) | expr.JINJA_GLOBALS
+        if in_loop:
+            allowed |= {"item", "index"}
+        if in_failure:
+            allowed.add("error")
+        for chain in chains:
+            self.check_reference(path, chain, allowed, known_ids)
+
+    def check_reference(self, path: tuple[Any, ...], chain: tuple[str, ...], allowed: set[str], known_ids: list[str]) -> None:
+        root = chain[0]
+        if root not in allowed:
+            hint = " (item and index exist only in a for_each step)" if root in ("item", "index") else ""
+            self.add(path, f"unknown name '{root}'{hint}")
+            return
+        if len(chain) < 2:
+            return
+        data = self.doc.data
+        name = chain[1]
+        declared = {
+            "inputs": data.get("inputs"),
+            "vars": data.get("vars"),
+            "settings": data.get("settings"),
+        }.get(root)
+        if root in ("inputs", "vars", "settings"):
+            if not isinstance(declared, dict) or name not in declared:
+                names = ", ".join(declared) if isinstance(declared, dict) and declared else "none declared"
+                self.add(path, f"unknown {root[:-1] if root != 'settings' else 'setting'} '{name}' ({root}: {names})")
+        elif root == "steps":
+            if name not in known_ids:
+                later = name in self.all_ids()
+                self.add(path, f"step '{name}' " + ("runs later; only earlier steps' outputs are known" if later else "does not exist"))
+            elif len(chain) >= 4 and chain[2] == "outputs":
+                self.check_output_name(path, name, chain[3])
+            elif len(chain) >= 3 and chain[2] not in ("outputs", "status", "effects", "error"):
+                self.add(path, f"steps.{name} has outputs, status, effects and error, not '{chain[2]}'")
+
+    def check_output_name(self, path: tuple[Any, ...], step_id: str, output: str) -> None:
+        for step in self.doc.data.get("steps") or []:
+            if isinstance(step, dict) and step.get("id") == step_id:
+                uses = step.get("uses")
+                if not isinstance(uses, str) or is_recipe_ref(uses):
+                    return
+                if "for_each" in step:
+                    if output != "results":
+                        self.add(path, f"step '{step_id}' runs for_each: its outputs are in steps.{step_id}.outputs.results")
+                    return
+                try:
+                    outputs = getattr(load_step(uses), "OUTPUTS", None)
+                except UnknownStep:
+                    return
+                if outputs and "<any>" not in outputs and output not in outputs:
+                    self.add(path, f"step type '{uses}' has no output '{output}' (outputs: {', '.join(outputs)})")
+                return

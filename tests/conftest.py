@@ -1,0 +1,72 @@
+"""Shared fixtures: an isolated journal home and a way to run the CLI."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class CliResult:
+    code: int
+    out: str
+    err: str
+
+
+@pytest.fixture(autouse=True)
+def wsrun_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Every test gets its own journal, settings profile path and home."""
+    home = tmp_path / "wsrun-home"
+    monkeypatch.setenv("WSRUN_HOME", str(home))
+    monkeypatch.delenv("CAPO_PROFILE", raising=False)
+    monkeypatch.delenv("WSRUN_PROFILE", raising=False)
+    monkeypatch.setenv("CAPO_PATH", str(tmp_path / "capo"))
+    return home
+
+
+@pytest.fixture
+def cli(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
+    """Run ``wsrun ARGS`` in-process (fast); returns exit code and output."""
+    from wsrun.cli import main
+
+    def run(*args: str, cwd: Path | None = None) -> CliResult:
+        monkeypatch.chdir(cwd or tmp_path)
+        capsys.readouterr()
+        code = main([str(a) for a in args])
+        captured = capsys.readouterr()
+        return CliResult(code, captured.out, captured.err)
+
+    return run
+
+
+def run_wsrun(*args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 120) -> CliResult:
+    """Run ``wsrun`` as a separate process, as an operator would."""
+    full_env = {**os.environ, **(env or {})}
+    proc = subprocess.run(
+        [sys.executable, "-m", "wsrun", *map(str, args)],
+        cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout,
+    )
+    return CliResult(proc.returncode, proc.stdout, proc.stderr)
+
+
+def write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(textwrap.dedent(text).lstrip())
+    return path
+
+
+def snapshot(root: Path) -> dict[str, tuple[str, int]]:
+    """Every entry below root with its kind and size, to prove nothing changed."""
+    out = {}
+    for p in sorted(root.rglob("*")):
+        kind = "link" if p.is_symlink() else "dir" if p.is_dir() else "file"
+        out[str(p.relative_to(root))] = (kind, p.lstat().st_size if kind == "file" else 0)
+    return out

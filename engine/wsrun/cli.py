@@ -97,7 +97,7 @@ def execute(recipe: Any, inputs: dict[str, Any], options: dict[str, Any], run_id
     from wsrun.cliargs import parse_sets
     from wsrun.journal import Journal
     from wsrun.output import LineEvents, RichProgress, print_report, stream_is_terminal
-    from wsrun.runner import Events, Runner, RunError, coerce_inputs
+    from wsrun.runner import Events, RunError, Runner, coerce_inputs
     from wsrun.settings import Settings, SettingsError
 
     try:

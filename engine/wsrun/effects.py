@@ -78,8 +78,9 @@ def create_symlink(path: str, target: str, **extra: Any) -> Effect:
     return Effect("create_symlink", path, target=target, extra=extra)
 
 
-def remove(path: str, **extra: Any) -> Effect:
-    return Effect("remove", path, extra=extra)
+def remove(path: str, bytes: int | None = None, **extra: Any) -> Effect:
+    """``path`` removed (a whole tree if a directory); ``bytes`` is the size of its files."""
+    return Effect("remove", path, bytes=bytes, extra=extra)
 
 
 def move(path: str, target: str, bytes: int | None = None, **extra: Any) -> Effect:

@@ -36,11 +36,24 @@ def is_template(value: Any) -> bool:
     return isinstance(value, str) and ("{{" in value or "{%" in value)
 
 
+class RecipeEnvironment(ImmutableSandboxedEnvironment):
+    """Keys before attributes: ``steps.copy`` is the step with id ``copy``,
+    not the dict method ``copy``."""
+
+    def getattr(self, obj: Any, attribute: str) -> Any:
+        if isinstance(obj, Mapping) and isinstance(attribute, str):
+            try:
+                return obj[attribute]
+            except KeyError:
+                pass
+        return super().getattr(obj, attribute)
+
+
 @lru_cache(maxsize=1)
 def environment() -> ImmutableSandboxedEnvironment:
     from wsrun.filters import FILTERS
 
-    env = ImmutableSandboxedEnvironment(undefined=StrictUndefined, keep_trailing_newline=True, autoescape=False)
+    env = RecipeEnvironment(undefined=StrictUndefined, keep_trailing_newline=True, autoescape=False)
     env.filters.update(FILTERS)
     return env
 

@@ -95,6 +95,7 @@ class WorldView:
         self._children: dict[str, set[str]] = {}
         self._removed: set[str] = set()  # hides the real path and all below it
         self._aliases: dict[str, str] = {}  # moved real directory: new path -> real path
+        self._has_links = False  # any planned symlink (lookups must follow it)
 
     @property
     def virtual(self) -> bool:
@@ -110,8 +111,24 @@ class WorldView:
         node = self._nodes.get(path)
         if node is not None:
             return node
+        through = self._through_planned_link(path)
+        if through is not None:
+            return self.lstat(through)
         real = self._real_path(path)
         return None if real is None else real_lstat(real)
+
+    def _through_planned_link(self, path: str) -> str | None:
+        """Where ``path`` leads when one of its parents is a planned symlink."""
+        if not self._has_links:
+            return None
+        a = os.path.dirname(path)
+        while a != os.path.dirname(a):
+            node = self._nodes.get(a)
+            if node is not None and node.is_symlink:
+                assert node.target is not None
+                return norm(os.path.join(os.path.dirname(a), node.target)) + path[len(a) :]
+            a = os.path.dirname(a)
+        return None
 
     def _real_path(self, path: str) -> str | None:
         """The real path that shows at ``path``, or None if the overlay hides it."""
@@ -142,6 +159,22 @@ class WorldView:
             path = norm(os.path.join(os.path.dirname(path), info.target))
         raise OSError(40, "Too many levels of symbolic links", path)
 
+    def _follow(self, path: str) -> str:
+        """``path`` with planned symlinks (in it or at its end) resolved."""
+        if not self._has_links:
+            return path
+        for _ in range(40):
+            through = self._through_planned_link(path)
+            if through is not None:
+                path = through
+                continue
+            node = self._nodes.get(path)
+            if node is None or not node.is_symlink:
+                return path
+            assert node.target is not None
+            path = norm(os.path.join(os.path.dirname(path), node.target))
+        raise OSError(40, "Too many levels of symbolic links", path)
+
     def exists(self, path: str) -> bool:
         return self.stat(path) is not None
 
@@ -155,7 +188,7 @@ class WorldView:
 
     def listdir(self, path: str) -> list[str]:
         """Sorted names in the directory ``path`` (which must be a directory)."""
-        path = norm(path)
+        path = self._follow(norm(path))
         names: set[str] = set()
         real = None if path in self._nodes else self._real_path(path)
         if real is not None:
@@ -221,6 +254,7 @@ class WorldView:
             if existing is None or not existing.is_dir:
                 self._put(path, FileInfo("dir", mode=effect.mode or 0o755))
         elif op == "create_symlink":
+            self._has_links = True
             self._put(path, FileInfo("symlink", target=effect.target))
         elif op == "remove":
             self._remove(path)

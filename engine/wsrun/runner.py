@@ -376,7 +376,11 @@ class Runner:
     def run_unit(self, step: dict[str, Any], key: str, scope: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
         """One execution of a step (one item of a loop): render, plan, apply."""
         params: dict[str, Any] = {}
+        raw = () if is_recipe_ref(step["uses"]) else getattr(load_step(step["uses"]), "UNRENDERED", ())
         for name, value in (step.get("with") or {}).items():
+            if name in raw:
+                params[name] = value  # the step renders it itself (a template's text)
+                continue
             try:
                 params[name] = expr.render(value, scope)
             except expr.ExpressionError as e:

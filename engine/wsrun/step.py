@@ -9,6 +9,8 @@ registered under the entry-point group ``wsrun.steps``) that defines:
   ``description`` (and ``examples`` where useful) on each property;
 - ``EXAMPLES``: YAML snippets of the step in a recipe;
 - ``OUTPUTS``: the names of its outputs and what each holds;
+- ``UNRENDERED`` (optional): parameters the recipe passes through without
+  evaluating ``{{ }}`` in them, because the step renders them itself;
 - ``plan(params, ctx) -> Plan``: look at the world through ``ctx.fs`` and
   return the effects the step would have and the outputs later steps can use;
 - ``apply(plan, ctx) -> Result``: perform exactly those effects.
@@ -171,7 +173,10 @@ def load_step(name: str) -> ModuleType:
     target = BUILTIN_STEPS.get(name) or _entry_point_steps().get(name)
     if target is None:
         raise UnknownStep(name)
-    module = import_module(target.split(":")[0])
+    try:
+        module = import_module(target.split(":")[0])
+    except ImportError as e:
+        raise UnknownStep(f"{name} (its module {target} cannot be imported: {e})") from None
     _cache[name] = module
     return module
 

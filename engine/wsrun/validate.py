@@ -184,8 +184,20 @@ class _Checker:
         for key in ("if", "for_each"):
             if isinstance(step.get(key), str):
                 self.check_expressions(path + (key,), step[key], known_ids, in_loop and key == "if", in_failure, bare=True)
-        if "with" in step:
-            self.check_expressions(path + ("with",), step["with"], known_ids, in_loop, in_failure)
+        if isinstance(step.get("with"), dict):
+            raw = self.unrendered(uses)
+            for key, value in step["with"].items():
+                if key not in raw:
+                    self.check_expressions(path + ("with", key), value, known_ids, in_loop, in_failure)
+
+    def unrendered(self, uses: Any) -> tuple[str, ...]:
+        """Parameters a step type renders itself (the recipe leaves them alone)."""
+        if not isinstance(uses, str) or is_recipe_ref(uses):
+            return ()
+        try:
+            return tuple(getattr(load_step(uses), "UNRENDERED", ()))
+        except UnknownStep:
+            return ()
 
     def check_uses(self, path: tuple[Any, ...], uses: str, params: Any) -> None:
         if is_recipe_ref(uses):
@@ -207,8 +219,9 @@ class _Checker:
             return
         try:
             validator = _step_validator(uses)
-        except UnknownStep:
-            self.add(path + ("uses",), f"unknown step type '{uses}' (see 'wsrun steps')")
+        except UnknownStep as e:
+            detail = str(e)[len(uses):].strip() if str(e) != uses else "(see 'wsrun steps')"
+            self.add(path + ("uses",), f"unknown step type '{uses}' {detail}")
             return
         with_ = params if params is not None else {}
         for sub_path, message, is_key in schema_messages(validator, with_, "with"):

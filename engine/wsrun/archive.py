@@ -1,0 +1,807 @@
+"""Tar writing, compression codecs and safe-extraction checks for the ``tar``
+and ``untar`` steps.
+
+The writer builds GNU-format headers itself instead of using ``tarfile``:
+tarfile looks up user and group names for every member and copies all data
+through Python buffers, which makes it several times slower than GNU tar. Here
+a small file costs an open, an fstat, one read into a shared buffer and a
+close; a large file goes from file to archive inside the kernel
+(``copy_file_range``). gz, bz2 and xz compress fixed-size chunks on all cores;
+zst uses zstd's own worker threads. The output depends only on the inputs
+(never on timing or the number of cores), so the same tree gives the same
+bytes.
+
+Extraction is checked before anything is written: ``check_entries`` refuses any
+member that would land outside the target directory, directly or through a
+symlink.
+"""
+
+from __future__ import annotations
+
+import bz2
+import errno
+import lzma
+import os
+import posixpath
+import stat as statmod
+import zlib
+from collections import deque
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, BinaryIO
+
+from wsrun.fs import FileInfo
+from wsrun.step import StepError
+
+BLOCK = 512
+#: GNU tar pads archives to whole records of 20 blocks.
+RECORD = 20 * BLOCK
+COMPRESSIONS = ("none", "gz", "bz2", "xz", "zst")
+LEVELS = {"gz": (0, 9, 6), "bz2": (1, 9, 9), "xz": (0, 9, 6), "zst": (1, 22, 3)}  # min, max, default
+_SUFFIXES = (
+    (".tar", "none"),
+    (".tar.gz", "gz"),
+    (".tgz", "gz"),
+    (".tar.bz2", "bz2"),
+    (".tbz2", "bz2"),
+    (".tar.xz", "xz"),
+    (".txz", "xz"),
+    (".tar.zst", "zst"),
+    (".tzst", "zst"),
+)
+#: Files at least this large are copied into an uncompressed archive by the kernel.
+DIRECT_MIN = 256 * 1024
+_ZEROS = bytes(RECORD)
+_MAGIC = b"ustar  \x00"  # GNU
+_TYPES = {"file": b"0", "symlink": b"2", "dir": b"5"}
+_OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def compression_for(path: str) -> str:
+    """The compression an archive name asks for: ``x.tar.gz`` -> gz; plain otherwise."""
+    name = path.lower()
+    for suffix, compression in _SUFFIXES:
+        if name.endswith(suffix):
+            return compression
+    return "none"
+
+
+def sniff(head: bytes) -> str:
+    """The format of a file from its first bytes: a compression, ``zip``, or
+    ``none`` (an uncompressed tar, or not an archive at all)."""
+    if head.startswith(b"\x1f\x8b"):
+        return "gz"
+    if head.startswith(b"BZh"):
+        return "bz2"
+    if head.startswith(b"\xfd7zXZ\x00"):
+        return "xz"
+    if head.startswith(b"\x28\xb5\x2f\xfd"):
+        return "zst"
+    if head[:4] in (b"PK\x03\x04", b"PK\x05\x06"):
+        return "zip"
+    return "none"
+
+
+def cpu_count() -> int:
+    return len(os.sched_getaffinity(0))
+
+
+# ---- writing ------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Member:
+    """One entry to archive: ``name`` as stored (directories end in ``/``),
+    read from ``path``. ``mode`` and ``mtime`` (seconds) are as planned; the
+    writer stores what the file has when it is read."""
+
+    name: str
+    kind: str  # "file", "dir" or "symlink"
+    path: str
+    size: int = 0
+    mode: int = 0
+    mtime: int = 0
+    linkname: str = ""
+
+
+def _padded(n: int) -> int:
+    return n + (-n % BLOCK)
+
+
+def _long_bytes(value: str) -> int:
+    """Archive bytes of a GNU long-name record for ``value`` (0 if it fits the header)."""
+    n = len(os.fsencode(value))
+    return 0 if n <= 100 else BLOCK + _padded(n + 1)
+
+
+def archive_size(members: Iterable[Member]) -> int:
+    """The exact size of the uncompressed archive ``write_tar`` produces."""
+    total = 2 * BLOCK  # end-of-archive marker
+    for m in members:
+        total += BLOCK + _padded(m.size) + _long_bytes(m.name)
+        if m.linkname:
+            total += _long_bytes(m.linkname)
+    return total + (-total % RECORD)
+
+
+def _number(value: int, width: int) -> bytes:
+    """A numeric header field: octal, or GNU base-256 when that does not fit."""
+    if 0 <= value < 8 ** (width - 1):
+        return b"%0*o\x00" % (width - 1, value)
+    if value >= 0:
+        return b"\x80" + value.to_bytes(width - 1, "big")
+    return (256**width + value).to_bytes(width, "big")
+
+
+def header(
+    name: bytes, typeflag: bytes, mode: int, uid: int, gid: int, size: int, mtime: int, linkname: bytes = b""
+) -> bytes:
+    """One 512-byte GNU tar header block (empty user and group names).
+
+    Byte for byte what ``tarfile.TarInfo.tobuf(GNU_FORMAT)`` gives with
+    ``uname`` and ``gname`` empty; names longer than 100 bytes need a
+    ``long_name`` record before it."""
+    if size < 0o77777777777 and 0 <= mtime < 0o77777777777 and uid < 0o7777777 and gid < 0o7777777:
+        numbers = b"%07o\x00%07o\x00%07o\x00%011o\x00%011o\x00" % (mode & 0o7777, uid, gid, size, mtime)
+    else:
+        numbers = (
+            _number(mode & 0o7777, 8)
+            + _number(uid, 8)
+            + _number(gid, 8)
+            + _number(size, 12)
+            + _number(mtime, 12)
+        )
+    head = name[:100].ljust(100, b"\x00") + numbers
+    tail = typeflag + linkname[:100].ljust(100, b"\x00") + _MAGIC
+    chksum = sum(head) + sum(tail) + 8 * 32  # the checksum field counts as spaces
+    return head + b"%06o\x00 " % chksum + tail + _ZEROS[: BLOCK - 265]
+
+
+def long_name(value: bytes, typeflag: bytes) -> bytes:
+    """GNU ``././@LongLink`` record carrying a name (``L``) or link target (``K``)."""
+    data = value + b"\x00"
+    return header(b"././@LongLink", typeflag, 0, 0, 0, len(data), 0) + data + _ZEROS[: -len(data) % BLOCK]
+
+
+def _member_header(m: Member, st: os.stat_result) -> bytes:
+    name = os.fsencode(m.name)
+    link = os.fsencode(m.linkname)
+    prefix = b""
+    if len(link) > 100:
+        prefix += long_name(link, b"K")
+    if len(name) > 100:
+        prefix += long_name(name, b"L")
+    size = m.size if m.kind == "file" else 0
+    return prefix + header(
+        name, _TYPES[m.kind], statmod.S_IMODE(st.st_mode), st.st_uid, st.st_gid, size, int(st.st_mtime), link
+    )
+
+
+class SourceChanged(Exception):
+    """A file changed between planning and archiving."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(path)
+        self.path = path
+
+
+def copy_range(src: int, dst: int, size: int, offset: int | None = None) -> None:
+    """Copy exactly ``size`` bytes from ``src`` (at ``offset``, else its
+    position) to ``dst``'s position, inside the kernel when it can."""
+    try:
+        while size:
+            n = os.copy_file_range(src, dst, min(size, 1 << 30), offset_src=offset)
+            if n == 0:
+                raise EOFError
+            size -= n
+            if offset is not None:
+                offset += n
+        return
+    except OSError as e:
+        if e.errno not in (errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL):
+            raise
+    while size:  # filesystems without copy_file_range
+        data = os.pread(src, min(size, 1 << 20), offset) if offset is not None else os.read(src, 1 << 20)
+        if not data:
+            raise EOFError
+        _write_all(dst, data)
+        size -= len(data)
+        if offset is not None:
+            offset += len(data)
+
+
+def _write_all(fd: int, data: bytes | memoryview) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+class _FileSink:
+    """Uncompressed output: buffers go straight to the archive, large files
+    are copied by the kernel."""
+
+    direct = True
+    chunk = 1 << 20
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def write(self, data: memoryview) -> None:
+        _write_all(self.fd, data)
+
+    def copy(self, src: int, size: int) -> None:
+        copy_range(src, self.fd, size)
+
+    def close(self) -> None:
+        pass
+
+    def abort(self) -> None:
+        pass
+
+
+class _ChunkSink:
+    """Compresses fixed-size chunks on all cores and writes them in order.
+
+    The chunk size is fixed, so the output does not depend on the number of
+    threads."""
+
+    direct = False
+    chunk = 1 << 20
+
+    def __init__(self, fd: int, level: int, threads: int) -> None:
+        self.fd = fd
+        self.level = level
+        self.pool = ThreadPoolExecutor(threads, thread_name_prefix="wsrun-compress")
+        self.pending: deque[Future[bytes]] = deque()
+        self.limit = 2 * threads
+
+    def submit(self, fn: Callable[..., bytes], *args: Any) -> None:
+        self.pending.append(self.pool.submit(fn, *args))
+        while len(self.pending) > self.limit:
+            _write_all(self.fd, self.pending.popleft().result())
+
+    def write(self, data: memoryview) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        while self.pending:
+            _write_all(self.fd, self.pending.popleft().result())
+        self.pool.shutdown()
+
+    def abort(self) -> None:
+        self.pool.shutdown(cancel_futures=True)
+
+
+def _deflate(data: bytes, dictionary: bytes, level: int) -> bytes:
+    if dictionary:
+        c = zlib.compressobj(level, zlib.DEFLATED, -15, zdict=dictionary)
+    else:
+        c = zlib.compressobj(level, zlib.DEFLATED, -15)
+    return c.compress(data) + c.flush(zlib.Z_SYNC_FLUSH)
+
+
+class _GzipSink(_ChunkSink):
+    """One gzip member made of independently compressed deflate chunks, as
+    pigz does: each chunk is primed with the previous 32 KiB, so the ratio
+    matches gzip's, and ends on a byte boundary without the final-block bit."""
+
+    def __init__(self, fd: int, level: int, threads: int) -> None:
+        super().__init__(fd, level, threads)
+        self.crc = 0
+        self.size = 0
+        self.dictionary = b""
+        # magic, deflate, no flags, mtime 0, no extra flags, OS unix
+        _write_all(fd, b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\x03")
+
+    def write(self, data: memoryview) -> None:
+        chunk = bytes(data)
+        self.submit(_deflate, chunk, self.dictionary, self.level)
+        self.dictionary = chunk[-32768:]
+        self.crc = zlib.crc32(chunk, self.crc)
+        self.size += len(chunk)
+
+    def close(self) -> None:
+        super().close()
+        final = zlib.compressobj(self.level, zlib.DEFLATED, -15).flush()  # an empty last block
+        _write_all(self.fd, final + self.crc.to_bytes(4, "little") + (self.size & 0xFFFFFFFF).to_bytes(4, "little"))
+
+
+class _Bz2Sink(_ChunkSink):
+    """Concatenated bzip2 streams (as pbzip2 writes; bzip2 -d reads them all)."""
+
+    chunk = 8 * 900_000
+
+    def write(self, data: memoryview) -> None:
+        self.submit(bz2.compress, bytes(data), self.level)
+
+
+def _xz(data: bytes, level: int) -> bytes:
+    return lzma.compress(data, format=lzma.FORMAT_XZ, check=lzma.CHECK_CRC64, preset=level)
+
+
+class _XzSink(_ChunkSink):
+    """Concatenated xz streams (xz -d reads them all); 24 MiB chunks, like xz -T."""
+
+    chunk = 24 << 20
+
+    def write(self, data: memoryview) -> None:
+        self.submit(_xz, bytes(data), self.level)
+
+
+class _ZstdSink:
+    """One zstd frame, compressed by zstd's worker threads (whose output does
+    not depend on their number)."""
+
+    direct = False
+    chunk = 1 << 20
+
+    def __init__(self, fd: int, level: int, size: int) -> None:
+        import zstandard
+
+        self.out = open(fd, "wb", buffering=1 << 20, closefd=False)
+        cctx = zstandard.ZstdCompressor(level=level, threads=cpu_count())
+        self.writer = cctx.stream_writer(self.out, size=size, closefd=False)
+
+    def write(self, data: memoryview) -> None:
+        self.writer.write(data)
+
+    def close(self) -> None:
+        self.writer.close()
+        self.out.close()
+
+    def abort(self) -> None:
+        self.out.close()
+
+
+def _sink(fd: int, compression: str, level: int | None, size: int) -> Any:
+    if compression == "none":
+        return _FileSink(fd)
+    level = LEVELS[compression][2] if level is None else level
+    if compression == "zst":
+        return _ZstdSink(fd, level, size)
+    sink = {"gz": _GzipSink, "bz2": _Bz2Sink, "xz": _XzSink}[compression]
+    return sink(fd, level, cpu_count())
+
+
+class _Writer:
+    """Archive bytes gathered in one buffer and handed to the sink when full."""
+
+    def __init__(self, sink: Any) -> None:
+        self.sink = sink
+        self.cap = sink.chunk
+        self.buf = bytearray(self.cap)
+        self.view = memoryview(self.buf)
+        self.pos = 0
+        self.total = 0
+
+    def flush(self) -> None:
+        if self.pos:
+            self.sink.write(self.view[: self.pos])
+            self.total += self.pos
+            self.pos = 0
+
+    def put(self, data: bytes) -> None:
+        n = len(data)
+        if self.pos + n > self.cap:
+            self.flush()
+        self.buf[self.pos : self.pos + n] = data
+        self.pos += n
+
+    def read_from(self, fd: int, size: int) -> None:
+        """Append exactly ``size`` bytes read from ``fd``."""
+        while size:
+            if self.pos == self.cap:
+                self.flush()
+            end = min(self.cap, self.pos + size)
+            n = os.readv(fd, [self.view[self.pos : end]])
+            if n == 0:
+                raise EOFError
+            self.pos += n
+            size -= n
+
+    def copy_from(self, fd: int, size: int) -> None:
+        self.flush()
+        self.sink.copy(fd, size)
+        self.total += size
+
+
+def write_tar(
+    fd: int,
+    members: list[Member],
+    compression: str = "none",
+    level: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> None:
+    """Write the archive of ``members`` (in the given order) to ``fd``.
+
+    ``progress(bytes, files)`` is called every few MiB. Raises SourceChanged
+    when a file's size or type differs from what was planned."""
+    size = archive_size(members)
+    sink = _sink(fd, compression, level, size)
+    w = _Writer(sink)
+    done_bytes = done_files = 0
+    try:
+        for m in members:
+            if m.kind != "file":
+                try:
+                    st = os.lstat(m.path)
+                except FileNotFoundError:
+                    raise SourceChanged(m.path) from None
+                w.put(_member_header(m, st))
+                continue
+            try:
+                src = os.open(m.path, _OPEN_FLAGS)
+            except (FileNotFoundError, NotADirectoryError):
+                raise SourceChanged(m.path) from None
+            except OSError as e:
+                if e.errno == errno.ELOOP:  # replaced by a symlink
+                    raise SourceChanged(m.path) from None
+                raise
+            try:
+                st = os.fstat(src)
+                if st.st_size != m.size or not statmod.S_ISREG(st.st_mode):
+                    raise SourceChanged(m.path)
+                w.put(_member_header(m, st))
+                try:
+                    if m.size >= DIRECT_MIN and w.sink.direct:
+                        w.copy_from(src, m.size)
+                    else:
+                        w.read_from(src, m.size)
+                except EOFError:
+                    raise SourceChanged(m.path) from None
+            finally:
+                os.close(src)
+            pad = -m.size % BLOCK
+            if pad:
+                w.put(_ZEROS[:pad])
+            done_bytes += m.size
+            done_files += 1
+            if progress is not None and (done_bytes >= 1 << 22 or done_files >= 1000):
+                progress(done_bytes, done_files)
+                done_bytes = done_files = 0
+        end = 2 * BLOCK + (-(w.total + w.pos + 2 * BLOCK) % RECORD)
+        w.put(_ZEROS[:end])
+        w.flush()
+        sink.close()
+    except BaseException:
+        sink.abort()
+        raise
+    if progress is not None and (done_bytes or done_files):
+        progress(done_bytes, done_files)
+
+
+# ---- reading --------------------------------------------------------------------
+
+
+def open_decompressed(raw: BinaryIO, compression: str) -> BinaryIO:
+    """A reader of the decompressed bytes of ``raw``."""
+    if compression == "none":
+        return raw
+    if compression == "gz":
+        import gzip
+
+        return gzip.GzipFile(fileobj=raw, mode="rb")  # type: ignore[return-value]
+    if compression == "bz2":
+        return bz2.BZ2File(raw)  # type: ignore[return-value]
+    if compression == "xz":
+        return lzma.LZMAFile(raw)  # type: ignore[return-value]
+    if compression == "zst":
+        import zstandard
+
+        return zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True, closefd=False)  # type: ignore[return-value]
+    raise ValueError(compression)
+
+
+class CorruptArchive(ValueError):
+    """The bytes are not a (complete) tar archive."""
+
+
+@dataclass(slots=True)
+class TarHeader:
+    """One member as its headers describe it; ``name`` is as stored (a
+    directory's may end in ``/``), ``offset`` is where its data starts."""
+
+    name: str
+    type: bytes
+    size: int
+    mode: int
+    mtime: int | float
+    linkname: str
+    offset: int
+
+
+def _parse_number(field: bytes) -> int:
+    if field[0] & 0x80:  # GNU base-256
+        n = int.from_bytes(field[1:], "big")
+        return n - 256 ** (len(field) - 1) if field[0] == 0xFF else n
+    digits = field.split(b"\x00", 1)[0].strip()
+    try:
+        return int(digits, 8) if digits else 0
+    except ValueError:
+        raise CorruptArchive(f"bad number {field!r} in a tar header") from None
+
+
+def _parse_pax(data: bytes) -> dict[str, bytes]:
+    """The records of a pax extended header: ``"%d key=value\\n"`` each."""
+    out: dict[str, bytes] = {}
+    pos = 0
+    try:
+        while pos < len(data) and data[pos] != 0:
+            space = data.index(b" ", pos)
+            end = pos + int(data[pos:space])
+            key, eq, value = data[space + 1 : end - 1].partition(b"=")
+            if not eq or end <= space:
+                raise ValueError
+            out[key.decode("utf-8", "surrogateescape")] = value
+            pos = end
+    except ValueError:
+        raise CorruptArchive("bad pax extended header") from None
+    return out
+
+
+#: Member types handled by ``untar``; the others are refused by it.
+FILE_TYPES = (b"0", b"\x00", b"7")
+_META_TYPES = (b"x", b"g", b"L", b"K")
+
+
+class TarReader:
+    """Reads a tar stream member by member, without Python's tarfile (which is
+    slow to list: about 90 us a member). Understands v7, ustar, GNU (long
+    names, base-256 numbers) and pax headers. Data the caller does not read is
+    skipped: by seeking when ``seekable``, otherwise by reading it."""
+
+    def __init__(self, f: BinaryIO, seekable: bool = False) -> None:
+        self.f = f
+        self.seekable = seekable
+        self.pos = 0  # offset in the (decompressed) stream
+        self.left = 0  # data of the current member not read yet
+        self.pad = 0
+        self.globals: dict[str, bytes] = {}
+
+    def _read(self, n: int) -> bytes:
+        data = self.f.read(n)
+        if len(data) != n:
+            raise CorruptArchive("unexpected end of archive")
+        self.pos += n
+        return data
+
+    def _skip(self, n: int) -> None:
+        if self.seekable:
+            self.f.seek(n, os.SEEK_CUR)
+            self.pos += n
+            return
+        while n:
+            k = min(n, 1 << 20)
+            self._read(k)
+            n -= k
+
+    def read(self, n: int) -> bytes:
+        """Up to ``n`` bytes of the current member's data."""
+        data = self._read(min(n, self.left))
+        self.left -= len(data)
+        return data
+
+    def next(self) -> TarHeader | None:
+        """The next member, or None at the end of the archive."""
+        self._skip(self.left + self.pad)
+        self.left = self.pad = 0
+        pax: dict[str, bytes] = {}
+        long_name = long_link = None
+        while True:
+            block = self.f.read(BLOCK)
+            self.pos += len(block)
+            if not block.strip(b"\x00"):
+                return None  # end marker, or end of file (GNU tar accepts both)
+            if len(block) != BLOCK:
+                raise CorruptArchive("unexpected end of archive")
+            chksum = _parse_number(block[148:156])
+            if chksum != sum(block) - sum(block[148:156]) + 256:
+                raise CorruptArchive(f"bad header checksum at offset {self.pos - BLOCK}")
+            typeflag = block[156:157]
+            size = _parse_number(block[124:136])
+            if typeflag in _META_TYPES:
+                data = self._read(_padded(size))[:size]
+                if typeflag == b"x":
+                    pax = _parse_pax(data)
+                elif typeflag == b"g":
+                    self.globals.update(_parse_pax(data))
+                elif typeflag == b"L":
+                    long_name = data.split(b"\x00", 1)[0]
+                else:
+                    long_link = data.split(b"\x00", 1)[0]
+                continue
+            break
+        fields = {**self.globals, **pax}
+        name = block[:100].split(b"\x00", 1)[0]
+        if block[257:263] == b"ustar\x00" and block[345] != 0:  # POSIX ustar name prefix
+            name = block[345:500].split(b"\x00", 1)[0] + b"/" + name
+        name = fields.get("path", long_name or name)
+        linkname = fields.get("linkpath", long_link or block[157:257].split(b"\x00", 1)[0])
+        try:
+            if "size" in fields:
+                size = int(fields["size"])
+            mtime: int | float = _parse_number(block[136:148])
+            if "mtime" in fields:
+                value = fields["mtime"]
+                mtime = float(value) if b"." in value else int(value)
+        except ValueError:
+            raise CorruptArchive("bad pax size or mtime") from None
+        if typeflag in (b"1", b"2", b"3", b"4", b"5", b"6"):
+            size = 0 if typeflag != b"1" or "size" not in fields else size
+        self.left = size
+        self.pad = -size % BLOCK
+        return TarHeader(
+            os.fsdecode(name), typeflag, size, _parse_number(block[100:108]), mtime, os.fsdecode(linkname), self.pos
+        )
+
+
+def open_tar(path: str, opener: Callable[[str], BinaryIO] = lambda p: open(p, "rb")) -> tuple[BinaryIO, str, TarReader]:
+    """Open the tar at ``path`` whatever its compression (found from its first
+    bytes): the raw file (to close), the compression, and a reader."""
+    raw = opener(path)
+    try:
+        compression = sniff(raw.read(8))
+        raw.seek(0)
+        if compression == "zip":
+            raise CorruptArchive("a zip file, not a tar archive")
+        return raw, compression, TarReader(open_decompressed(raw, compression), compression == "none")
+    except BaseException:
+        raw.close()
+        raise
+
+
+def is_corrupt(e: BaseException) -> bool:
+    """True when reading an archive failed on bad data, False for an I/O error
+    the runner should report as such."""
+    if isinstance(e, OSError):
+        return e.errno is None  # gzip and bz2 report bad data as OSError without errno
+    import zipfile
+
+    import zstandard
+
+    return isinstance(e, CorruptArchive | EOFError | zlib.error | lzma.LZMAError | zstandard.ZstdError | zipfile.BadZipFile)
+
+
+# ---- safe extraction --------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Entry:
+    """One archive member to extract, its name relative to the target directory."""
+
+    name: str
+    kind: str  # "file", "dir", "symlink" or "hardlink"
+    size: int
+    mode: int
+    mtime_ns: int
+    linkname: str = ""  # symlink target as stored, or hardlink target (relative name)
+    index: int = 0  # position in the archive
+    offset: int = -1  # where the data starts in an uncompressed tar, -1 if not directly copyable
+
+
+def relative_name(name: str, strip: int = 0) -> str | None:
+    """The path a member name stands for below the target, with ``strip``
+    leading components removed; None when nothing is left (e.g. ``./``).
+    Raises StepError for absolute names and ``..`` components."""
+    if name.startswith("/"):
+        raise StepError("absolute member name; refusing to extract the archive", path=name)
+    parts = [p for p in name.split("/") if p not in ("", ".")]
+    if ".." in parts:
+        raise StepError("member name contains '..'; refusing to extract the archive", path=name)
+    parts = parts[strip:]
+    return "/".join(parts) if parts else None
+
+
+class _Tree:
+    """The target directory as extraction leaves it: archive members over the disk."""
+
+    def __init__(self, to: str, lstat: Callable[[str], FileInfo | None]) -> None:
+        self.to = to
+        self.lstat = lstat
+        self.kinds: dict[str, str] = {}
+        self.links: dict[str, str] = {}
+        self._disk: dict[str, FileInfo | None] = {}
+
+    def disk(self, rel: str) -> FileInfo | None:
+        if rel not in self._disk:
+            self._disk[rel] = self.lstat(os.path.join(self.to, rel))
+        return self._disk[rel]
+
+    def kind(self, rel: str) -> str | None:
+        if rel in self.kinds:
+            return self.kinds[rel]
+        info = self.disk(rel)
+        return None if info is None else info.kind
+
+    def link(self, rel: str) -> str | None:
+        if rel in self.kinds:
+            return self.links.get(rel)
+        info = self.disk(rel)
+        return info.target if info is not None and info.is_symlink else None
+
+    def inside(self, rel_dir: str, target: str) -> bool:
+        """Whether symlink ``target`` seen from ``rel_dir`` resolves inside the
+        target directory, following the archive's links and those on disk."""
+        if target.startswith("/"):
+            start = _below(self.to, target)
+            if start is None:
+                return False
+            todo = deque(start)
+        else:
+            todo = deque(rel_dir.split("/") + target.split("/"))
+        stack: list[str] = []
+        hops = 0
+        while todo:
+            part = todo.popleft()
+            if part in ("", "."):
+                continue
+            if part == "..":
+                if not stack:
+                    return False
+                stack.pop()
+                continue
+            stack.append(part)
+            link = self.link("/".join(stack))
+            if link is None:
+                continue
+            hops += 1
+            if hops > 40:
+                return False
+            stack.pop()
+            if link.startswith("/"):
+                rebased = _below(self.to, link)
+                if rebased is None:
+                    return False
+                stack = []
+                todo.extendleft(reversed(rebased))
+            else:
+                todo.extendleft(reversed(link.split("/")))
+        return True
+
+
+def _below(root: str, path: str) -> list[str] | None:
+    """The components of absolute ``path`` below ``root``, None if it is outside."""
+    path = posixpath.normpath(path)
+    if path == root:
+        return []
+    if not path.startswith(root.rstrip("/") + "/"):
+        return None
+    return path[len(root.rstrip("/")) + 1 :].split("/")
+
+
+def check_entries(entries: list[Entry], to: str, lstat: Callable[[str], FileInfo | None]) -> None:
+    """Refuse (StepError naming the member) an archive that would write
+    outside ``to``: through a symlink (from the archive or already on disk),
+    via a symlink or hard link pointing outside, or a hard link to anything but
+    a file extracted before it. Names were checked by ``relative_name``."""
+    tree = _Tree(to, lstat)
+    files: set[str] = set()
+    for e in entries:
+        parts = e.name.split("/")
+        for i in range(1, len(parts)):
+            parent = "/".join(parts[:i])
+            kind = tree.kind(parent)
+            if kind == "symlink":
+                raise StepError(f"would be written through the symlink {parent}; refusing to extract the archive", path=e.name)
+            if kind not in (None, "dir"):
+                raise StepError(f"{parent} is not a directory", path=e.name)
+        seen = tree.kinds.get(e.name)
+        if seen is not None and not (seen == e.kind == "dir"):
+            raise StepError("appears twice in the archive; refusing to extract it", path=e.name)
+        if e.kind == "hardlink" and e.linkname not in files:
+            raise StepError(
+                f"hard link to {e.linkname!r}, which is not a file earlier in the archive; refusing to extract the archive",
+                path=e.name,
+            )
+        tree.kinds[e.name] = e.kind
+        if e.kind == "symlink":
+            tree.links[e.name] = e.linkname
+        elif e.kind in ("file", "hardlink"):
+            files.add(e.name)
+    for e in entries:
+        if e.kind == "symlink" and not tree.inside(posixpath.dirname(e.name), e.linkname):
+            raise StepError(
+                f"symlink to {e.linkname!r} points outside the target directory; refusing to extract the archive",
+                path=e.name,
+            )

@@ -104,9 +104,9 @@ def execute(recipe: Any, inputs: dict[str, Any], options: dict[str, Any], run_id
         settings = Settings(profile=options.get("profile"), overrides=parse_sets(options.get("set") or []))
         inputs = coerce_inputs(recipe, inputs, os.getcwd())
         quiet = options.get("quiet") or options.get("json")
-        events: Events = Events() if quiet else LineEvents(sys.stderr, bool(options.get("dry_run")))
         show_bars = not quiet and not options.get("dry_run") and stream_is_terminal(sys.stderr)
         progress = RichProgress() if show_bars else None
+        events: Events = Events() if quiet else LineEvents(sys.stderr, bool(options.get("dry_run")), progress)
         journal = Journal()
         runner = Runner(
             recipe, inputs, settings, dry_run=bool(options.get("dry_run")), run_id=run_id, journal=journal,

@@ -105,8 +105,33 @@ class Journal:
         self.db.execute("PRAGMA journal_mode = WAL")
         self.db.execute("PRAGMA synchronous = NORMAL")
         self.db.executescript(SCHEMA)
+        self._last_commit = time.monotonic()
+        self._pending: list[tuple[str, tuple[Any, ...]]] = []
+
+    #: Step records are committed at most this often (and at the end of a run),
+    #: so a recipe of many short steps does not pay a commit per step. A crash
+    #: loses at most this much of the record; resume then re-plans those steps,
+    #: which find their work done.
+    COMMIT_EVERY = 0.25
+
+    def _write(self, sql: str, args: tuple[Any, ...], commit: bool = False) -> None:
+        """Queue a write; queued writes go to the database in one short
+        transaction, so no lock is held while a step works."""
+        self._pending.append((sql, args))
+        if commit or time.monotonic() - self._last_commit > self.COMMIT_EVERY:
+            self.flush()
+
+    def flush(self) -> None:
+        if self._pending:
+            with self.db:
+                self.db.execute("BEGIN")
+                for sql, args in self._pending:
+                    self.db.execute(sql, args)
+            self._pending.clear()
+        self._last_commit = time.monotonic()
 
     def close(self) -> None:
+        self.flush()
         self.db.close()
 
     def start_run(
@@ -119,23 +144,28 @@ class Journal:
         dry_run: bool,
         workdir: str,
     ) -> None:
-        self.db.execute(
+        self._write(
             "INSERT INTO runs (id, recipe, recipe_path, inputs, settings, dry_run, status, started, pid, workdir)"
             " VALUES (?, ?, ?, ?, ?, ?, 'running', ?, ?, ?)"
             " ON CONFLICT(id) DO UPDATE SET status='running', ended=NULL, pid=excluded.pid, error=NULL",
             (run_id, recipe, recipe_path, _json(inputs), _json(settings), int(dry_run), time.time(), os.getpid(), workdir),
+            commit=True,
         )
 
     def end_run(self, run_id: str, status: str, outputs: Any = None, error: str | None = None) -> None:
-        self.db.execute(
+        self._write(
             "UPDATE runs SET status=?, ended=?, outputs=?, error=? WHERE id=?",
             (status, time.time(), _json(outputs), error, run_id),
+            commit=True,
         )
 
     def start_step(self, run_id: str, key: str, seq: int, uses: str, planned: list[dict[str, Any]] | None = None) -> None:
-        self.db.execute(
+        """Record a step starting; with its planned effects (just before it
+        changes the world) the record is committed at once."""
+        self._write(
             "INSERT OR REPLACE INTO steps (run_id, key, seq, uses, status, started, effects) VALUES (?, ?, ?, ?, 'running', ?, ?)",
             (run_id, key, seq, uses, time.time(), _json(planned)),
+            commit=planned is not None,
         )
 
     def end_step(
@@ -147,7 +177,7 @@ class Journal:
         outputs: Any,
         error: str | None = None,
     ) -> None:
-        self.db.execute(
+        self._write(
             "UPDATE steps SET status=?, ended=?, effects=?, outputs=?, error=? WHERE run_id=? AND key=?",
             (status, time.time(), _json(effects), _json(outputs), error, run_id, key),
         )

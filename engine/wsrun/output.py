@@ -94,26 +94,31 @@ def _status_word(s: StepReport, dry: bool) -> str:
 class LineEvents(Events):
     """One plain line per finished step: for logs and pipes."""
 
-    def __init__(self, out: TextIO, dry_run: bool) -> None:
+    def __init__(self, out: TextIO, dry_run: bool, bars: RichProgress | None = None) -> None:
         self.out = out
         self.dry_run = dry_run
+        self.bars = bars  # print above the live progress bars, not through them
 
     def step_finished(self, report: StepReport) -> None:
         if report.status == "failed":
             return  # the error line is printed once, at the end
         extra = f" {len(report.effects)} effects" if report.effects else ""
         label = "planned" if self.dry_run and report.status == "changed" else report.status
-        print(f"[{label}] {report.key} ({report.uses}){extra} {report.seconds:.2f}s", file=self.out, flush=True)
+        line = f"[{label}] {report.key} ({report.uses}){extra} {report.seconds:.2f}s"
+        if self.bars is not None:
+            self.bars.bars.console.print(line, markup=False, highlight=False)
+        else:
+            print(line, file=self.out, flush=True)
 
 
 class RichProgress(Progress):
     """Progress bars with bytes, files, rate and ETA on a terminal."""
 
     def __init__(self) -> None:
+        from rich.console import Console
         from rich.progress import (
             BarColumn,
             DownloadColumn,
-            MofNCompleteColumn,
             TextColumn,
             TimeRemainingColumn,
             TransferSpeedColumn,
@@ -128,9 +133,8 @@ class RichProgress(Progress):
             TextColumn("{task.fields[files]} files"),
             TimeRemainingColumn(),
             transient=True,
-            console=None,
+            console=Console(stderr=True),
         )
-        self._mofn = MofNCompleteColumn
         self.lock = threading.Lock()
 
     def __enter__(self) -> RichProgress:

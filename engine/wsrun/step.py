@@ -50,6 +50,8 @@ BUILTIN_STEPS: dict[str, str] = {
     "shell": "wsrun.steps.shell",
     "rsync": "wsrun.steps.rsync",
     "noop": "wsrun.steps.noop",
+    "find-products": "wsrun.steps.find_products",
+    "assemble-delivery": "wsrun.steps.assemble_delivery",
 }
 
 

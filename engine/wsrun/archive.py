@@ -5,11 +5,11 @@ The writer builds GNU-format headers itself instead of using ``tarfile``:
 tarfile looks up user and group names for every member and copies all data
 through Python buffers, which makes it several times slower than GNU tar. Here
 a small file costs an open, an fstat, one read into a shared buffer and a
-close; a large file goes from file to archive inside the kernel
-(``copy_file_range``). gz, bz2 and xz compress fixed-size chunks on all cores;
-zst uses zstd's own worker threads. The output depends only on the inputs
-(never on timing or the number of cores), so the same tree gives the same
-bytes.
+close; a large file is copied into the archive inside the kernel
+(``copy_file_range``). gz, bz2 and xz compress fixed-size chunks on all
+cores; zst uses zstd's own worker threads. The output depends only on the
+inputs (never on timing or the number of cores), so the same tree gives the
+same bytes.
 
 Extraction is checked before anything is written: ``check_entries`` refuses any
 member that would land outside the target directory, directly or through a
@@ -18,27 +18,28 @@ symlink.
 
 from __future__ import annotations
 
-import bz2
 import errno
-import lzma
 import os
 import posixpath
 import stat as statmod
+import sys
 import zlib
 from collections import deque
 from collections.abc import Callable, Iterable
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from wsrun.fs import FileInfo
 from wsrun.step import StepError
 
+if TYPE_CHECKING:
+    from concurrent.futures import Future
+
 BLOCK = 512
 #: GNU tar pads archives to whole records of 20 blocks.
 RECORD = 20 * BLOCK
-COMPRESSIONS = ("none", "gz", "bz2", "xz", "zst")
-LEVELS = {"gz": (0, 9, 6), "bz2": (1, 9, 9), "xz": (0, 9, 6), "zst": (1, 22, 3)}  # min, max, default
+#: Compression levels: lowest, highest, default (those of the command-line tools).
+LEVELS = {"gz": (0, 9, 6), "bz2": (1, 9, 9), "xz": (0, 9, 6), "zst": (1, 22, 3)}
 _SUFFIXES = (
     (".tar", "none"),
     (".tar.gz", "gz"),
@@ -50,12 +51,16 @@ _SUFFIXES = (
     (".tar.zst", "zst"),
     (".tzst", "zst"),
 )
-#: Files at least this large are copied into an uncompressed archive by the kernel.
-DIRECT_MIN = 256 * 1024
+#: Files at least this large go into an uncompressed archive by copy_file_range:
+#: one copy in the kernel instead of read plus write, worth the extra write of
+#: the header from about this size on (measured). Smaller ones are read into
+#: the shared buffer.
+DIRECT_MIN = 16 * 1024
 _ZEROS = bytes(RECORD)
 _MAGIC = b"ustar  \x00"  # GNU
-_TYPES = {"file": b"0", "symlink": b"2", "dir": b"5"}
+TYPES = {"file": b"0", "symlink": b"2", "dir": b"5"}
 _OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+_FS_ENCODING = sys.getfilesystemencoding()  # os.fsencode without its per-call overhead
 
 
 def compression_for(path: str) -> str:
@@ -111,7 +116,7 @@ def _padded(n: int) -> int:
 
 def _long_bytes(value: str) -> int:
     """Archive bytes of a GNU long-name record for ``value`` (0 if it fits the header)."""
-    n = len(os.fsencode(value))
+    n = len(value.encode(_FS_ENCODING, "surrogateescape"))
     return 0 if n <= 100 else BLOCK + _padded(n + 1)
 
 
@@ -134,8 +139,20 @@ def _number(value: int, width: int) -> bytes:
     return (256**width + value).to_bytes(width, "big")
 
 
+def _byte_sum(data: bytes) -> int:
+    """The sum of up to 256 bytes, fast: adler32's low half is 1 + that sum mod 65521."""
+    return (zlib.adler32(data) & 0xFFFF) - 1
+
+
 def header(
-    name: bytes, typeflag: bytes, mode: int, uid: int, gid: int, size: int, mtime: int, linkname: bytes = b""
+    name: bytes,
+    typeflag: bytes,
+    mode: int,
+    uid: int,
+    gid: int,
+    size: int,
+    mtime: int,
+    linkname: bytes = b"",
 ) -> bytes:
     """One 512-byte GNU tar header block (empty user and group names).
 
@@ -143,7 +160,13 @@ def header(
     ``uname`` and ``gname`` empty; names longer than 100 bytes need a
     ``long_name`` record before it."""
     if size < 0o77777777777 and 0 <= mtime < 0o77777777777 and uid < 0o7777777 and gid < 0o7777777:
-        numbers = b"%07o\x00%07o\x00%07o\x00%011o\x00%011o\x00" % (mode & 0o7777, uid, gid, size, mtime)
+        numbers = b"%07o\x00%07o\x00%07o\x00%011o\x00%011o\x00" % (
+            mode & 0o7777,
+            uid,
+            gid,
+            size,
+            mtime,
+        )
     else:
         numbers = (
             _number(mode & 0o7777, 8)
@@ -154,19 +177,23 @@ def header(
         )
     head = name[:100].ljust(100, b"\x00") + numbers
     tail = typeflag + linkname[:100].ljust(100, b"\x00") + _MAGIC
-    chksum = sum(head) + sum(tail) + 8 * 32  # the checksum field counts as spaces
+    chksum = _byte_sum(head) + _byte_sum(tail) + 8 * 32  # the checksum field counts as spaces
     return head + b"%06o\x00 " % chksum + tail + _ZEROS[: BLOCK - 265]
 
 
 def long_name(value: bytes, typeflag: bytes) -> bytes:
     """GNU ``././@LongLink`` record carrying a name (``L``) or link target (``K``)."""
     data = value + b"\x00"
-    return header(b"././@LongLink", typeflag, 0, 0, 0, len(data), 0) + data + _ZEROS[: -len(data) % BLOCK]
+    return (
+        header(b"././@LongLink", typeflag, 0, 0, 0, len(data), 0)
+        + data
+        + _ZEROS[: -len(data) % BLOCK]
+    )
 
 
 def _member_header(m: Member, st: os.stat_result) -> bytes:
-    name = os.fsencode(m.name)
-    link = os.fsencode(m.linkname)
+    name = m.name.encode(_FS_ENCODING, "surrogateescape")
+    link = m.linkname.encode(_FS_ENCODING, "surrogateescape") if m.linkname else b""
     prefix = b""
     if len(link) > 100:
         prefix += long_name(link, b"K")
@@ -174,7 +201,14 @@ def _member_header(m: Member, st: os.stat_result) -> bytes:
         prefix += long_name(name, b"L")
     size = m.size if m.kind == "file" else 0
     return prefix + header(
-        name, _TYPES[m.kind], statmod.S_IMODE(st.st_mode), st.st_uid, st.st_gid, size, int(st.st_mtime), link
+        name,
+        TYPES[m.kind],
+        statmod.S_IMODE(st.st_mode),
+        st.st_uid,
+        st.st_gid,
+        size,
+        st.st_mtime_ns // 10**9,
+        link,
     )
 
 
@@ -202,24 +236,25 @@ def copy_range(src: int, dst: int, size: int, offset: int | None = None) -> None
         if e.errno not in (errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL):
             raise
     while size:  # filesystems without copy_file_range
-        data = os.pread(src, min(size, 1 << 20), offset) if offset is not None else os.read(src, 1 << 20)
+        n = min(size, 1 << 20)
+        data = os.pread(src, n, offset) if offset is not None else os.read(src, n)
         if not data:
             raise EOFError
-        _write_all(dst, data)
+        write_all(dst, data)
         size -= len(data)
         if offset is not None:
             offset += len(data)
 
 
-def _write_all(fd: int, data: bytes | memoryview) -> None:
+def write_all(fd: int, data: bytes | memoryview) -> None:
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view) :]
 
 
 class _FileSink:
-    """Uncompressed output: buffers go straight to the archive, large files
-    are copied by the kernel."""
+    """Uncompressed output: buffers go straight to the archive, files are
+    copied by the kernel."""
 
     direct = True
     chunk = 1 << 20
@@ -228,7 +263,7 @@ class _FileSink:
         self.fd = fd
 
     def write(self, data: memoryview) -> None:
-        _write_all(self.fd, data)
+        write_all(self.fd, data)
 
     def copy(self, src: int, size: int) -> None:
         copy_range(src, self.fd, size)
@@ -241,32 +276,30 @@ class _FileSink:
 
 
 class _ChunkSink:
-    """Compresses fixed-size chunks on all cores and writes them in order.
-
-    The chunk size is fixed, so the output does not depend on the number of
-    threads."""
+    """Compresses fixed-size chunks on all cores and writes them in order;
+    subclasses say how in ``write``. The chunk size is fixed, so the output
+    does not depend on the number of threads."""
 
     direct = False
     chunk = 1 << 20
 
     def __init__(self, fd: int, level: int, threads: int) -> None:
+        from concurrent.futures import ThreadPoolExecutor  # not needed by most runs
+
         self.fd = fd
         self.level = level
         self.pool = ThreadPoolExecutor(threads, thread_name_prefix="wsrun-compress")
         self.pending: deque[Future[bytes]] = deque()
-        self.limit = 2 * threads
+        self.limit = threads + 1  # chunks in flight: every thread busy, memory bounded
 
     def submit(self, fn: Callable[..., bytes], *args: Any) -> None:
         self.pending.append(self.pool.submit(fn, *args))
         while len(self.pending) > self.limit:
-            _write_all(self.fd, self.pending.popleft().result())
-
-    def write(self, data: memoryview) -> None:
-        raise NotImplementedError
+            write_all(self.fd, self.pending.popleft().result())
 
     def close(self) -> None:
         while self.pending:
-            _write_all(self.fd, self.pending.popleft().result())
+            write_all(self.fd, self.pending.popleft().result())
         self.pool.shutdown()
 
     def abort(self) -> None:
@@ -292,7 +325,7 @@ class _GzipSink(_ChunkSink):
         self.size = 0
         self.dictionary = b""
         # magic, deflate, no flags, mtime 0, no extra flags, OS unix
-        _write_all(fd, b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\x03")
+        write_all(fd, b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\x03")
 
     def write(self, data: memoryview) -> None:
         chunk = bytes(data)
@@ -304,7 +337,10 @@ class _GzipSink(_ChunkSink):
     def close(self) -> None:
         super().close()
         final = zlib.compressobj(self.level, zlib.DEFLATED, -15).flush()  # an empty last block
-        _write_all(self.fd, final + self.crc.to_bytes(4, "little") + (self.size & 0xFFFFFFFF).to_bytes(4, "little"))
+        write_all(
+            self.fd,
+            final + self.crc.to_bytes(4, "little") + (self.size & 0xFFFFFFFF).to_bytes(4, "little"),
+        )
 
 
 class _Bz2Sink(_ChunkSink):
@@ -313,10 +349,14 @@ class _Bz2Sink(_ChunkSink):
     chunk = 8 * 900_000
 
     def write(self, data: memoryview) -> None:
+        import bz2
+
         self.submit(bz2.compress, bytes(data), self.level)
 
 
 def _xz(data: bytes, level: int) -> bytes:
+    import lzma
+
     return lzma.compress(data, format=lzma.FORMAT_XZ, check=lzma.CHECK_CRC64, preset=level)
 
 
@@ -401,6 +441,7 @@ class _Writer:
             size -= n
 
     def copy_from(self, fd: int, size: int) -> None:
+        """Append exactly ``size`` bytes of ``fd``, copied by the kernel."""
         self.flush()
         self.sink.copy(fd, size)
         self.total += size
@@ -412,14 +453,16 @@ def write_tar(
     compression: str = "none",
     level: int | None = None,
     progress: Callable[[int, int], None] | None = None,
+    size: int | None = None,
 ) -> None:
     """Write the archive of ``members`` (in the given order) to ``fd``.
 
+    ``size`` is ``archive_size(members)`` if the caller has it already.
     ``progress(bytes, files)`` is called every few MiB. Raises SourceChanged
     when a file's size or type differs from what was planned."""
-    size = archive_size(members)
-    sink = _sink(fd, compression, level, size)
+    sink = _sink(fd, compression, level, archive_size(members) if size is None else size)
     w = _Writer(sink)
+    direct = sink.direct
     done_bytes = done_files = 0
     try:
         for m in members:
@@ -443,13 +486,12 @@ def write_tar(
                 if st.st_size != m.size or not statmod.S_ISREG(st.st_mode):
                     raise SourceChanged(m.path)
                 w.put(_member_header(m, st))
-                try:
-                    if m.size >= DIRECT_MIN and w.sink.direct:
-                        w.copy_from(src, m.size)
-                    else:
-                        w.read_from(src, m.size)
-                except EOFError:
-                    raise SourceChanged(m.path) from None
+                if direct and m.size >= DIRECT_MIN:
+                    w.copy_from(src, m.size)
+                else:
+                    w.read_from(src, m.size)
+            except EOFError:  # shrank while being read
+                raise SourceChanged(m.path) from None
             finally:
                 os.close(src)
             pad = -m.size % BLOCK
@@ -461,7 +503,7 @@ def write_tar(
                 progress(done_bytes, done_files)
                 done_bytes = done_files = 0
         end = 2 * BLOCK + (-(w.total + w.pos + 2 * BLOCK) % RECORD)
-        w.put(_ZEROS[:end])
+        w.put(bytes(end))
         w.flush()
         sink.close()
     except BaseException:
@@ -483,13 +525,19 @@ def open_decompressed(raw: BinaryIO, compression: str) -> BinaryIO:
 
         return gzip.GzipFile(fileobj=raw, mode="rb")  # type: ignore[return-value]
     if compression == "bz2":
+        import bz2
+
         return bz2.BZ2File(raw)  # type: ignore[return-value]
     if compression == "xz":
+        import lzma
+
         return lzma.LZMAFile(raw)  # type: ignore[return-value]
     if compression == "zst":
         import zstandard
 
-        return zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True, closefd=False)  # type: ignore[return-value]
+        return zstandard.ZstdDecompressor().stream_reader(
+            raw, read_across_frames=True, closefd=False
+        )  # type: ignore[return-value]
     raise ValueError(compression)
 
 
@@ -515,6 +563,10 @@ def _parse_number(field: bytes) -> int:
     if field[0] & 0x80:  # GNU base-256
         n = int.from_bytes(field[1:], "big")
         return n - 256 ** (len(field) - 1) if field[0] == 0xFF else n
+    try:
+        return int(field.rstrip(b"\x00 "), 8)
+    except ValueError:
+        pass
     digits = field.split(b"\x00", 1)[0].strip()
     try:
         return int(digits, 8) if digits else 0
@@ -559,11 +611,22 @@ class TarReader:
         self.pad = 0
         self.globals: dict[str, bytes] = {}
 
-    def _read(self, n: int) -> bytes:
+    def _read_upto(self, n: int) -> bytes:
+        """``n`` bytes, fewer only at the end of the stream (decompressors may
+        return short reads before it)."""
         data = self.f.read(n)
+        while len(data) < n:
+            more = self.f.read(n - len(data))
+            if not more:
+                break
+            data += more
+        self.pos += len(data)
+        return data
+
+    def _read(self, n: int) -> bytes:
+        data = self._read_upto(n)
         if len(data) != n:
             raise CorruptArchive("unexpected end of archive")
-        self.pos += n
         return data
 
     def _skip(self, n: int) -> None:
@@ -589,14 +652,15 @@ class TarReader:
         pax: dict[str, bytes] = {}
         long_name = long_link = None
         while True:
-            block = self.f.read(BLOCK)
-            self.pos += len(block)
-            if not block.strip(b"\x00"):
+            block = self._read_upto(BLOCK)
+            if block[:1] in (b"", b"\x00") and not block.strip(b"\x00"):
                 return None  # end marker, or end of file (GNU tar accepts both)
             if len(block) != BLOCK:
                 raise CorruptArchive("unexpected end of archive")
-            chksum = _parse_number(block[148:156])
-            if chksum != sum(block) - sum(block[148:156]) + 256:
+            # The checksum is the byte sum with its own field counted as spaces;
+            # adler32's low half is 1 + the byte sum mod 65521, and fast.
+            expected = _parse_number(block[148:156]) + sum(block[148:156]) - 256
+            if zlib.adler32(block) & 0xFFFF != (1 + expected) % 65521:
                 raise CorruptArchive(f"bad header checksum at offset {self.pos - BLOCK}")
             typeflag = block[156:157]
             size = _parse_number(block[124:136])
@@ -612,7 +676,7 @@ class TarReader:
                     long_link = data.split(b"\x00", 1)[0]
                 continue
             break
-        fields = {**self.globals, **pax}
+        fields = {**self.globals, **pax} if self.globals or pax else pax
         name = block[:100].split(b"\x00", 1)[0]
         if block[257:263] == b"ustar\x00" and block[345] != 0:  # POSIX ustar name prefix
             name = block[345:500].split(b"\x00", 1)[0] + b"/" + name
@@ -628,15 +692,23 @@ class TarReader:
         except ValueError:
             raise CorruptArchive("bad pax size or mtime") from None
         if typeflag in (b"1", b"2", b"3", b"4", b"5", b"6"):
-            size = 0 if typeflag != b"1" or "size" not in fields else size
+            size = 0  # no data follows links, devices and directories
         self.left = size
         self.pad = -size % BLOCK
         return TarHeader(
-            os.fsdecode(name), typeflag, size, _parse_number(block[100:108]), mtime, os.fsdecode(linkname), self.pos
+            name.decode(_FS_ENCODING, "surrogateescape"),
+            typeflag,
+            size,
+            _parse_number(block[100:108]),
+            mtime,
+            linkname.decode(_FS_ENCODING, "surrogateescape"),
+            self.pos,
         )
 
 
-def open_tar(path: str, opener: Callable[[str], BinaryIO] = lambda p: open(p, "rb")) -> tuple[BinaryIO, str, TarReader]:
+def open_tar(
+    path: str, opener: Callable[[str], BinaryIO] = lambda p: open(p, "rb")
+) -> tuple[BinaryIO, str, TarReader]:
     """Open the tar at ``path`` whatever its compression (found from its first
     bytes): the raw file (to close), the compression, and a reader."""
     raw = opener(path)
@@ -645,7 +717,11 @@ def open_tar(path: str, opener: Callable[[str], BinaryIO] = lambda p: open(p, "r
         raw.seek(0)
         if compression == "zip":
             raise CorruptArchive("a zip file, not a tar archive")
-        return raw, compression, TarReader(open_decompressed(raw, compression), compression == "none")
+        return (
+            raw,
+            compression,
+            TarReader(open_decompressed(raw, compression), compression == "none"),
+        )
     except BaseException:
         raw.close()
         raise
@@ -656,11 +732,20 @@ def is_corrupt(e: BaseException) -> bool:
     the runner should report as such."""
     if isinstance(e, OSError):
         return e.errno is None  # gzip and bz2 report bad data as OSError without errno
+    import lzma
     import zipfile
 
     import zstandard
 
-    return isinstance(e, CorruptArchive | EOFError | zlib.error | lzma.LZMAError | zstandard.ZstdError | zipfile.BadZipFile)
+    return isinstance(
+        e,
+        CorruptArchive
+        | EOFError
+        | zlib.error
+        | lzma.LZMAError
+        | zstandard.ZstdError
+        | zipfile.BadZipFile,
+    )
 
 
 # ---- safe extraction --------------------------------------------------------------
@@ -783,7 +868,10 @@ def check_entries(entries: list[Entry], to: str, lstat: Callable[[str], FileInfo
             parent = "/".join(parts[:i])
             kind = tree.kind(parent)
             if kind == "symlink":
-                raise StepError(f"would be written through the symlink {parent}; refusing to extract the archive", path=e.name)
+                raise StepError(
+                    f"would be written through the symlink {parent}; refusing to extract the archive",
+                    path=e.name,
+                )
             if kind not in (None, "dir"):
                 raise StepError(f"{parent} is not a directory", path=e.name)
         seen = tree.kinds.get(e.name)

@@ -15,8 +15,16 @@ COMMON_DEST = ("dry_run", "json", "set", "profile", "verbose", "quiet")
 
 
 def build_parser(recipe: Recipe, prog: str, common: bool = True) -> argparse.ArgumentParser:
+    """The recipe's parser. The usage line shows only the recipe's own inputs, so
+    a packaged tool's usage reads exactly as the original tool's did; the wsrun
+    options (--dry-run, --json, ...) are listed in the help below it."""
+    usage = None
+    if common:
+        usage = build_parser(recipe, prog, common=False).format_usage().removeprefix("usage: ").rstrip("\n")
     description = recipe.description.strip() or None
-    parser = argparse.ArgumentParser(prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog=prog, usage=usage, description=description, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sections: dict[str, Any] = {}
     exclusive: dict[str, Any] = {}
     for name, spec in recipe.inputs.items():
@@ -39,7 +47,8 @@ def build_parser(recipe: Recipe, prog: str, common: bool = True) -> argparse.Arg
 
 def _add_input(container: Any, name: str, spec: dict[str, Any]) -> None:
     kind = spec.get("type", "string")
-    kwargs: dict[str, Any] = {"help": spec.get("help")}
+    # hidden: accepted, but listed neither in the usage line nor in --help
+    kwargs: dict[str, Any] = {"help": argparse.SUPPRESS if spec.get("hidden") else spec.get("help")}
     if spec.get("metavar"):
         kwargs["metavar"] = spec["metavar"]
     if kind in ("int", "float"):

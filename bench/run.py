@@ -1,0 +1,613 @@
+#!/usr/bin/env python3
+"""wsrun's benchmark suite: wsrun against the plain tools, on the same data, in one run.
+
+Each case builds a deterministic data set under a temporary directory (random
+bytes from a seeded generator), reads it once so the page cache is hot, then
+times wsrun (its command line, as a subprocess, on a recipe in bench/recipes/)
+and the plain tool (cp, GNU tar, sha256sum) alternately, best of N runs. Every
+destination is deleted and the disk synced before each run, outside the timed
+region, so every run really writes. The data is removed at the end.
+
+    .venv/bin/python bench/run.py [--scale 1.0] [--repeat 3] [--only CASE]... [--json]
+
+``--scale`` shrinks the data: the size of the big files and the number of small
+files (at least one) and of generated steps. Exit status: 0 when every case
+ran (pass or fail), 1 when a case hit an error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import random
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RECIPES = os.path.join(REPO, "bench", "recipes")
+MiB = 1 << 20
+KiB = 1 << 10
+SEED = 20240611
+#: Bytes generated per call: random.randbytes cannot make more than 256 MiB at once.
+GEN_CHUNK = 16 * MiB
+#: A byte translation that leaves 4 bits of entropy per byte: data that
+#: compresses to about half, like many instrument products.
+HALF_ENTROPY = bytes(65 + (i % 16) for i in range(256))
+
+
+class CaseError(Exception):
+    """A run inside a case failed; the case is reported as an error."""
+
+
+@dataclass
+class Outcome:
+    """One row of the table."""
+
+    case: str
+    title: str
+    status: str  # pass, fail, info, missing, error
+    wsrun_seconds: float | None = None
+    baseline_seconds: float | None = None
+    ratio: float | None = None
+    target: str = ""
+    note: str = ""
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Case:
+    name: str
+    title: str
+    #: ratio or seconds the case must not exceed; None for informational cases
+    target: float | None
+    #: step types the case needs: missing ones make the case "missing"
+    steps: tuple[str, ...]
+    run: Callable[[Bench, Case], Outcome]
+    #: the target's unit for absolute targets ("s"); empty for ratios
+    unit: str = ""
+
+
+def scored(case: Case, wsrun: float, baseline: float | None, ratio: float, note: str) -> Outcome:
+    """An outcome judged against the case's target; ``ratio`` is what the target bounds."""
+    if case.target is None:
+        status, target = "info", "info"
+    else:
+        # an absolute target's ratio is measured / target: it passes up to 1
+        status = "pass" if ratio <= (1.0 if case.unit else case.target) else "fail"
+        target = f"<= {case.target:g}" + (f" {case.unit}" if case.unit else "")
+    return Outcome(case.name, case.title, status, wsrun, baseline, ratio, target, note)
+
+
+# ---- data sets -----------------------------------------------------------------
+
+
+def write_random(path: str, size: int, rng: random.Random, squeeze: bool = False) -> None:
+    """A file of ``size`` seeded random bytes; ``squeeze`` makes it compressible."""
+    with open(path, "wb") as f:
+        left = size
+        while left:
+            n = min(left, GEN_CHUNK)
+            data = rng.randbytes(n)
+            f.write(data.translate(HALF_ENTROPY) if squeeze else data)
+            left -= n
+
+
+def tree_dir(root: str, index: int) -> str:
+    """The directory of the ``index``-th leaf in a two-level tree (10 leaves per top dir)."""
+    return os.path.join(root, f"d{index // 10:03d}", f"s{index % 10}")
+
+
+def build_tree(root: str, count: int, dirs: int, low: int, high: int, seed: int) -> None:
+    """``count`` files of ``low``..``high`` random bytes spread over ``dirs`` directories."""
+    rng = random.Random(seed)
+    for d in range(dirs):
+        os.makedirs(tree_dir(root, d))
+    for i in range(count):
+        size = rng.randint(low, high)
+        with open(os.path.join(tree_dir(root, i % dirs), f"f{i:06d}.dat"), "wb") as f:
+            f.write(rng.randbytes(size))
+
+
+def scaled_count(count: int, scale: float, least: int = 1) -> int:
+    return max(least, round(count * scale))
+
+
+def scaled_size(size: int, scale: float) -> int:
+    return max(1, round(size * scale))
+
+
+def tree_stats(root: str) -> tuple[int, int]:
+    """(regular files, bytes) under ``root``."""
+    files = size = 0
+    for dirpath, _dirs, names in os.walk(root):
+        for name in names:
+            st = os.lstat(os.path.join(dirpath, name))
+            files += 1
+            size += st.st_size
+    return files, size
+
+
+def read_all(root: str) -> None:
+    """Read every file once so the timed runs start with a hot page cache."""
+    for dirpath, _dirs, names in os.walk(root):
+        for name in names:
+            with open(os.path.join(dirpath, name), "rb", buffering=0) as f:
+                while f.read(8 * MiB):
+                    pass
+
+
+# ---- the harness -----------------------------------------------------------------
+
+
+class Bench:
+    def __init__(self, root: str, scale: float, repeat: int, log: Callable[[str], None]) -> None:
+        self.root = root
+        self.scale = scale
+        self.repeat = repeat
+        self.log = log
+        self.data = os.path.join(root, "data")
+        self.out = os.path.join(root, "out")
+        self.home = os.path.join(root, "wsrun-home")
+        os.makedirs(self.data)
+        os.makedirs(self.home)
+        self.env = dict(os.environ, WSRUN_HOME=self.home)
+        self.env["PYTHONPATH"] = os.pathsep.join(
+            p for p in (os.path.join(REPO, "engine"), os.environ.get("PYTHONPATH")) if p
+        )
+        self.env.pop("WSRUN_PROFILE", None)
+        script = os.path.join(os.path.dirname(sys.executable), "wsrun")
+        self.wsrun_cmd = [script] if os.access(script, os.X_OK) else [sys.executable, "-m", "wsrun"]
+        self.built: dict[str, str] = {}
+        self.available: dict[str, bool] = {}
+        #: outcomes so far, by case name (zst-vs-gzip reads two of them)
+        self.results: dict[str, Outcome] = {}
+
+    # -- data sets, built on first use so --only builds only what it needs --
+
+    def dataset(self, name: str) -> str:
+        if name not in self.built:
+            path = os.path.join(self.data, name)
+            os.makedirs(path)
+            started = time.perf_counter()
+            getattr(self, "build_" + name)(path)
+            files, size = tree_stats(path)
+            self.log(
+                f"  data set {name}: {files} files, {size / MiB:.1f} MiB ({time.perf_counter() - started:.1f}s)"
+            )
+            self.built[name] = path
+        return self.built[name]
+
+    def build_large(self, path: str) -> None:
+        """4 files of 512 MiB (scaled) of random bytes."""
+        rng = random.Random(SEED)
+        for i in range(4):
+            write_random(
+                os.path.join(path, f"large{i}.dat"), scaled_size(512 * MiB, self.scale), rng
+            )
+
+    def build_small(self, path: str) -> None:
+        """20,000 files (scaled) of 1-64 KiB in 100 directories."""
+        count = scaled_count(20_000, self.scale)
+        build_tree(path, count, max(1, min(100, count // 200)), KiB, 64 * KiB, SEED + 1)
+
+    def build_tiny(self, path: str) -> None:
+        """100,000 files (scaled) of 0-1 KiB in 1,000 directories."""
+        count = scaled_count(100_000, self.scale)
+        build_tree(path, count, max(1, min(1000, count // 100)), 0, KiB, SEED + 2)
+
+    def build_mixed(self, path: str) -> None:
+        """4 files of 64 MiB (scaled): two compressible to about half, two random."""
+        rng = random.Random(SEED + 3)
+        for i in range(4):
+            write_random(
+                os.path.join(path, f"mixed{i}.dat"),
+                scaled_size(64 * MiB, self.scale),
+                rng,
+                squeeze=i % 2 == 0,
+            )
+
+    def build_mixed_small(self, path: str) -> None:
+        """2 files of 4 MiB (scaled): one compressible, one random. bz2 and xz run at
+        1-4 MiB/s on a busy machine; 8 MiB is enough to compare wsrun with GNU tar."""
+        rng = random.Random(SEED + 4)
+        for i in range(2):
+            write_random(
+                os.path.join(path, f"mixed{i}.dat"),
+                scaled_size(4 * MiB, self.scale),
+                rng,
+                squeeze=i == 0,
+            )
+
+    # -- running things --
+
+    def step_available(self, name: str) -> bool:
+        """Whether step type ``name`` loads in the wsrun under test."""
+        if name not in self.available:
+            probe = "import sys; from wsrun.step import load_step; load_step(sys.argv[1])"
+            done = subprocess.run(
+                [sys.executable, "-c", probe, name], env=self.env, capture_output=True
+            )
+            self.available[name] = done.returncode == 0
+        return self.available[name]
+
+    def wsrun(self, *args: str) -> list[str]:
+        return [*self.wsrun_cmd, *args]
+
+    def timed(self, cmd: Sequence[str], what: str) -> float:
+        """Seconds ``cmd`` took; CaseError with its last words when it fails."""
+        started = time.perf_counter()
+        done = subprocess.run(
+            cmd, env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=self.root
+        )
+        seconds = time.perf_counter() - started
+        if done.returncode != 0:
+            lines = [
+                line
+                for line in done.stderr.decode(errors="replace").splitlines()
+                if line.strip() and not line.startswith("(resume")
+            ]
+            raise CaseError(
+                f"{what} failed: {(lines or [f'exit status {done.returncode}'])[-1][:300]}"
+            )
+        return seconds
+
+    def fresh(self, *paths: str) -> None:
+        """Delete earlier output and flush dirty pages: done outside the timed region."""
+        for path in paths:
+            if os.path.isdir(path) and not os.path.islink(path):
+                shutil.rmtree(path)
+            elif os.path.lexists(path):
+                os.remove(path)
+        os.makedirs(self.out, exist_ok=True)
+        os.sync()
+
+    def best_pair(
+        self,
+        wsrun_cmd: Sequence[str],
+        baseline_cmd: Sequence[str],
+        outputs: Sequence[str],
+        prepare: Callable[[], None] | None = None,
+        check: Callable[[str], None] | None = None,
+    ) -> tuple[float, float]:
+        """Best seconds of wsrun and of the baseline, run alternately ``repeat`` times;
+        ``check("wsrun")`` and ``check("baseline")`` look at the first outputs of each."""
+        best_w = best_b = math.inf
+        for i in range(self.repeat):
+            for which, cmd in (("wsrun", wsrun_cmd), ("baseline", baseline_cmd)):
+                self.fresh(*outputs)
+                if prepare:
+                    prepare()
+                seconds = self.timed(cmd, which)
+                if i == 0 and check:
+                    check(which)
+                if which == "wsrun":
+                    best_w = min(best_w, seconds)
+                else:
+                    best_b = min(best_b, seconds)
+        self.fresh(*outputs)
+        return best_w, best_b
+
+    def best(self, cmd: Sequence[str], times: int, what: str) -> float:
+        return min(self.timed(cmd, what) for _ in range(times))
+
+
+def same_tree(source: str, copy: str) -> Callable[[str], None]:
+    """A check that wsrun's ``copy`` holds as many files and bytes as ``source``."""
+
+    def check(which: str) -> None:
+        if which != "wsrun":
+            return
+        want, got = tree_stats(source), tree_stats(copy)
+        if want != got:
+            raise CaseError(
+                f"wsrun's copy differs: {got[0]} files/{got[1]} bytes, want {want[0]}/{want[1]}"
+            )
+
+    return check
+
+
+def check_members(source: str, archive: str) -> None:
+    """Fail unless ``archive`` holds every file of ``source`` (read through the codec)."""
+    want = tree_stats(source)
+    with tarfile.open(archive) as tar:
+        sizes = [m.size for m in tar if m.isfile()]
+    if (len(sizes), sum(sizes)) != want:
+        raise CaseError(
+            f"wsrun's archive differs: {len(sizes)} files/{sum(sizes)} bytes, want {want[0]}/{want[1]}"
+        )
+
+
+# ---- the cases -----------------------------------------------------------------
+
+COPY_RECIPE = os.path.join(RECIPES, "copy.yaml")
+TAR_RECIPE = os.path.join(RECIPES, "tar.yaml")
+
+
+def copy_case(dataset: str, checksum: bool = False) -> Callable[[Bench, Case], Outcome]:
+    def run(b: Bench, case: Case) -> Outcome:
+        source = b.dataset(dataset)
+        read_all(source)
+        dest = os.path.join(b.out, "dest")
+        copied = os.path.join(dest, os.path.basename(source))
+        wsrun = b.wsrun(
+            COPY_RECIPE, source, dest, "--checksum", "sha256" if checksum else "none", "-q"
+        )
+        if checksum:
+            baseline = [
+                "sh",
+                "-c",
+                'cp -a "$1" "$2"/ && find "$2" -type f -exec sha256sum {} + >/dev/null',
+                "sh",
+                source,
+                dest,
+            ]
+        else:
+            baseline = ["cp", "-a", source, dest + "/"]
+        w, base = b.best_pair(
+            wsrun,
+            baseline,
+            [dest],
+            prepare=lambda: os.makedirs(dest),
+            check=same_tree(source, copied),
+        )
+        files, size = tree_stats(source)
+        ratio = w / base
+        note = f"{files} files, {size / MiB:.0f} MiB; wsrun {size / MiB / w:.0f} MiB/s, baseline {size / MiB / base:.0f} MiB/s"
+        return scored(case, w, base, ratio, note)
+
+    return run
+
+
+def tar_case(dataset: str, compression: str, flag: str | None) -> Callable[[Bench, Case], Outcome]:
+    def run(b: Bench, case: Case) -> Outcome:
+        source = b.dataset(dataset)
+        read_all(source)
+        suffix = "" if compression == "none" else "." + compression
+        archive = os.path.join(b.out, "wsrun.tar" + suffix)
+        gnu_archive = os.path.join(b.out, "gnu.tar" + suffix)
+        parent, name = os.path.split(source)
+        wsrun = b.wsrun(TAR_RECIPE, source, archive, "--compression", compression, "-q")
+        baseline = ["tar", *([flag] if flag else []), "-cf", gnu_archive, "-C", parent, name]
+        sizes: dict[str, int] = {}
+
+        def check(which: str) -> None:
+            sizes[which] = os.path.getsize(archive if which == "wsrun" else gnu_archive)
+            if which == "wsrun" and compression in ("none", "gz"):  # quick to read back
+                check_members(source, archive)
+
+        w, base = b.best_pair(wsrun, baseline, [archive, gnu_archive], check=check)
+        files, size = tree_stats(source)
+        ratio = w / base
+        note = f"{files} files, {size / MiB:.0f} MiB in; wsrun {size / MiB / w:.0f} MiB/s"
+        if compression != "none":
+            note += f"; archive wsrun {sizes['wsrun'] / size:.1%} vs baseline {sizes['baseline'] / size:.1%} of input"
+        outcome = scored(case, w, base, ratio, note)
+        outcome.details = {"archive_bytes": sizes, "input_bytes": size}
+        return outcome
+
+    return run
+
+
+def zst_vs_gzip(b: Bench, case: Case) -> Outcome:
+    """wsrun's tar.zst against GNU tar -czf on the same data: zstd's speed-up."""
+    zst = b.results.get("tar-zst")
+    gz = b.results.get("tar-gz")
+    if not zst or not gz or zst.wsrun_seconds is None or gz.baseline_seconds is None:
+        return Outcome(
+            case.name, case.title, "missing", note="needs tar-zst and tar-gz in the same run"
+        )
+    ratio = zst.wsrun_seconds / gz.baseline_seconds
+    note = f"wsrun zst is {1 / ratio:.1f}x as fast as tar -czf"
+    return scored(case, zst.wsrun_seconds, gz.baseline_seconds, ratio, note)
+
+
+def help_case(b: Bench, case: Case) -> Outcome:
+    seconds = b.best(b.wsrun("--help"), max(5, b.repeat), "wsrun --help")
+    ratio = seconds / (case.target or 1)
+    return scored(case, seconds, None, ratio, "ratio = seconds / target")
+
+
+def noop_recipe(path: str, steps: int) -> str:
+    lines = [f"recipe: bench-noop-{steps}", "steps:"]
+    lines += [f"  - uses: noop\n    with: {{index: {i}}}" for i in range(steps)]
+    with open(path, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    return path
+
+
+def overhead_case(b: Bench, case: Case) -> Outcome:
+    steps = scaled_count(1000, b.scale, least=10)
+    many = noop_recipe(os.path.join(b.root, f"noop-{steps}.yaml"), steps)
+    one = noop_recipe(os.path.join(b.root, "noop-1.yaml"), 1)
+    best_many = best_one = math.inf
+    for _ in range(b.repeat):
+        best_many = min(best_many, b.timed(b.wsrun(many, "-q"), f"{steps}-step recipe"))
+        best_one = min(best_one, b.timed(b.wsrun(one, "-q"), "1-step recipe"))
+    per_step = max(0.0, best_many - best_one) / (steps - 1)
+    ratio = per_step / (case.target or 1)
+    note = f"{per_step * 1000:.2f} ms/step over {steps - 1} steps; baseline = the 1-step recipe"
+    return scored(case, best_many, best_one, ratio, note)
+
+
+def dry_run_case(b: Bench, case: Case) -> Outcome:
+    source = b.dataset("tiny")
+    read_all(source)
+    dest = os.path.join(b.out, "dest")
+    b.fresh(dest)
+    seconds = b.best(b.wsrun(COPY_RECIPE, source, dest, "--dry-run", "--json"), b.repeat, "dry run")
+    if os.path.exists(dest):
+        raise CaseError("the dry run wrote the destination")
+    files, _ = tree_stats(source)
+    ratio = seconds / (case.target or 1)
+    note = f"{files} files; {seconds / files * 1e6:.0f} us/file; ratio = seconds / target"
+    return scored(case, seconds, None, ratio, note)
+
+
+COPY, TAR, NOOP = ("copy",), ("tar",), ("noop",)
+CASES = [
+    Case("copy-large", "copy 4 x 512 MiB vs cp -a", 1.10, COPY, copy_case("large")),
+    Case("copy-small", "copy 20,000 files of 1-64 KiB vs cp -a", 1.3, COPY, copy_case("small")),
+    Case(
+        "copy-sha256",
+        "copy+sha256 4 x 512 MiB vs cp -a; sha256sum",
+        0.2,
+        COPY,
+        copy_case("large", True),
+    ),
+    Case("tar-large", "tar 4 x 512 MiB vs tar -cf", 1.1, TAR, tar_case("large", "none", None)),
+    Case(
+        "tar-small", "tar 20,000 small files vs tar -cf", 1.3, TAR, tar_case("small", "none", None)
+    ),
+    Case("tar-gz", "tar.gz 256 MiB mixed vs tar -czf", None, TAR, tar_case("mixed", "gz", "-z")),
+    Case(
+        "tar-zst",
+        "tar.zst 256 MiB vs tar --zstd -cf",
+        None,
+        TAR,
+        tar_case("mixed", "zst", "--zstd"),
+    ),
+    Case("zst-vs-gzip", "wsrun tar.zst vs tar -czf (speed-up)", None, TAR, zst_vs_gzip),
+    Case(
+        "tar-bz2",
+        "tar.bz2 8 MiB mixed vs tar -cjf",
+        None,
+        TAR,
+        tar_case("mixed_small", "bz2", "-j"),
+    ),
+    Case(
+        "tar-xz", "tar.xz 8 MiB mixed vs tar -cJf", None, TAR, tar_case("mixed_small", "xz", "-J")
+    ),
+    Case("help", "wsrun --help wall time (best of 5)", 0.25, (), help_case, "s"),
+    Case("overhead", "engine overhead per noop step", 0.002, NOOP, overhead_case, "s/step"),
+    Case("dry-run", "dry run of a copy of 100,000 files", 5.0, COPY, dry_run_case, "s"),
+]
+
+
+def run_case(b: Bench, case: Case) -> Outcome:
+    missing = [s for s in case.steps if not b.step_available(s)]
+    if missing:
+        return Outcome(
+            case.name, case.title, "missing", note=f"step type {', '.join(missing)} not available"
+        )
+    try:
+        return case.run(b, case)
+    except (CaseError, OSError, tarfile.TarError) as e:
+        return Outcome(case.name, case.title, "error", note=str(e))
+
+
+# ---- output ------------------------------------------------------------------------
+
+
+def fmt(value: float | None, digits: int = 3) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def table(outcomes: Sequence[Outcome]) -> Iterator[str]:
+    header = ("case", "wsrun s", "baseline s", "ratio", "target", "result", "note")
+    rows = [
+        (
+            o.case,
+            fmt(o.wsrun_seconds),
+            fmt(o.baseline_seconds),
+            fmt(o.ratio, 2),
+            o.target or "-",
+            o.status.upper() if o.status == "fail" else o.status,
+            o.note,
+        )
+        for o in outcomes
+    ]
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header) - 1)]
+    for row in [header, tuple("-" * w for w in widths) + ("-" * 4,), *rows]:
+        cells = [
+            c.rjust(w) if 0 < i < 4 else c.ljust(w)
+            for i, (c, w) in enumerate(zip(row, widths, strict=False))
+        ]
+        yield " | ".join([*cells, row[-1]]).rstrip()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--scale", type=float, default=1.0, help="shrink the data sets by this factor (default 1.0)"
+    )
+    parser.add_argument(
+        "--repeat", type=int, default=3, help="runs per tool; the best counts (default 3)"
+    )
+    parser.add_argument(
+        "--only",
+        action="append",
+        choices=[c.name for c in CASES],
+        metavar="CASE",
+        help="run only this case (repeatable): " + ", ".join(c.name for c in CASES),
+    )
+    parser.add_argument(
+        "--json", action="store_true", help="print the results as JSON instead of a table"
+    )
+    parser.add_argument(
+        "--keep", action="store_true", help="keep the temporary data (for debugging)"
+    )
+    args = parser.parse_args(argv)
+    if args.scale <= 0 or args.repeat < 1:
+        parser.error("--scale must be > 0 and --repeat >= 1")
+
+    def log(message: str) -> None:
+        print(message, file=sys.stderr, flush=True)
+
+    base = os.environ.get("BENCH_DIR") or "/tmp"
+    root = tempfile.mkdtemp(prefix="wsrun-bench-", dir=base)
+    log(f"wsrun bench: scale {args.scale}, best of {args.repeat}, data in {root}")
+    bench = Bench(root, args.scale, args.repeat, log)
+    outcomes: list[Outcome] = []
+    try:
+        subprocess.run(
+            bench.wsrun("validate", COPY_RECIPE), env=bench.env, capture_output=True
+        )  # compile .pyc files
+        for case in CASES:
+            if args.only and case.name not in args.only:
+                continue
+            log(f"{case.name}: {case.title}")
+            started = time.perf_counter()
+            outcome = run_case(bench, case)
+            bench.results[case.name] = outcome
+            outcomes.append(outcome)
+            log(f"  {outcome.status} ({time.perf_counter() - started:.1f}s) {outcome.note}")
+    finally:
+        if args.keep:
+            log(f"data kept in {root}")
+        else:
+            shutil.rmtree(root, ignore_errors=True)
+    if args.json:
+        doc = {
+            "scale": args.scale,
+            "repeat": args.repeat,
+            "machine": {
+                "cpus": os.cpu_count(),
+                "python": platform.python_version(),
+                "platform": platform.platform(),
+            },
+            "cases": [asdict(o) for o in outcomes],
+        }
+        print(json.dumps(doc, indent=2))
+    else:
+        print(
+            f"wsrun bench: scale {args.scale}, best of {args.repeat}, {os.cpu_count()} CPUs (a shared machine makes timings noisy)"
+        )
+        for line in table(outcomes):
+            print(line)
+    return 1 if any(o.status == "error" for o in outcomes) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

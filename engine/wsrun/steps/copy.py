@@ -1,0 +1,686 @@
+"""The ``copy`` step type: copy files and directory trees into a directory."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import mmap
+import os
+import stat as statmod
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from wsrun.effects import Effect, create_dir, create_file, create_symlink
+from wsrun.fileio import TMP_SUFFIX, is_temp_name, remove_stray_temps, temp_path
+from wsrun.fs import FileInfo, WorldView
+from wsrun.step import Plan, Result, StepContext, StepError
+
+NAME = "copy"
+DOC = """Copy files and directory trees into a directory, preserving modes and mtimes.
+
+Use it to stage data products for delivery, QA or archiving. Each source lands
+at ``to/<basename>`` (like ``cp -a SRC... DIR/``), or, with ``base``, at its path
+relative to ``base`` (like ``rsync -R``) so a list of files found in a tree keeps
+its layout. Files whose size and mtime (or checksum) already match are skipped,
+so re-running after an interruption only copies what is missing; files at the
+destination that are not in the sources are left alone. Checksums, when asked,
+are computed while copying: each file is read once.
+"""
+
+ALGORITHMS = ("sha256", "md5", "sha1")
+
+SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["sources", "to"],
+    "properties": {
+        "sources": {
+            "description": "A file or directory to copy, or a list of them. A directory is "
+            "copied as a whole tree; symlinks are copied as symlinks.",
+            "oneOf": [
+                {"type": "string", "minLength": 1},
+                {"type": "array", "items": {"type": "string", "minLength": 1}},
+            ],
+            "examples": ["products/run42", ["products/a.fits", "products/b.fits"]],
+        },
+        "to": {
+            "description": "The destination directory (created if missing).",
+            "type": "string",
+            "minLength": 1,
+            "examples": ["delivery/{{ inputs.user }}"],
+        },
+        "base": {
+            "description": "Keep each source's path relative to this directory under `to` "
+            "(like rsync -R). Every source must lie inside it.",
+            "type": "string",
+            "minLength": 1,
+            "examples": ["products"],
+        },
+        "checksum": {
+            "description": "Compute a checksum of every file while copying it; the result is "
+            "the `checksums` output.",
+            "enum": ["none", *ALGORITHMS],
+            "default": "none",
+        },
+        "compare": {
+            "description": "How to decide that a file already at the destination is unchanged: "
+            "by size and mtime, or by size and content checksum (reads both files).",
+            "enum": ["size_mtime", "checksum"],
+            "default": "size_mtime",
+        },
+        "workers": {
+            "description": "Files copied in parallel (default: the number of CPUs).",
+            "type": "integer",
+            "minimum": 1,
+            "examples": [4],
+        },
+    },
+}
+
+EXAMPLES = [
+    """- id: stage
+  uses: copy
+  with:
+    sources: products/run42
+    to: staging/qa
+""",
+    """- id: deliver
+  uses: copy
+  with:
+    sources: "{{ steps.find.outputs.files }}"
+    base: products
+    to: delivery/{{ inputs.user }}
+    checksum: sha256
+""",
+]
+
+OUTPUTS = {
+    "files": "destination paths of all regular files copied or already in place, sorted",
+    "symlinks": "destination paths of all symlinks, sorted",
+    "copied": "number of regular files written",
+    "unchanged": "number of regular files already in place",
+    "bytes": "total size of all regular files (copied and unchanged)",
+    "checksums": "{destination path: hex digest} of every file, when `checksum` is set "
+    "(known only after a real run)",
+}
+
+#: Read size of checksummed copies: large reads keep the per-call overhead low
+#: and let hashlib work without the GIL on big chunks.
+BUFFER_SIZE = 8 << 20
+#: Files from this size on are checksummed through copy_file_range and mmap.
+MMAP_MIN = 1 << 20
+#: Bytes per copy_file_range/sendfile call: "until end of file" in practice.
+CHUNK = 1 << 30
+#: Errors meaning "this fast path does not work here", not "the copy failed".
+_NO_FAST_PATH = {errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP}
+
+
+@dataclass
+class CopyJob:
+    """Everything apply needs, decided at plan time."""
+
+    #: Directories to create, parents first: (path, mode, mtime_ns); mode and
+    #: mtime are None for directories that only hold the copied tree.
+    dirs: list[tuple[str, int | None, int | None]] = field(default_factory=list)
+    #: Regular files to write: (source, destination, size, mode, mtime_ns).
+    files: list[tuple[str, str, int, int, int]] = field(default_factory=list)
+    #: Symlinks to write: (destination, target, mtime_ns).
+    links: list[tuple[str, str, int]] = field(default_factory=list)
+    #: Unchanged files whose checksum must still be read from the destination.
+    to_hash: list[str] = field(default_factory=list)
+    #: Checksums already known from plan (compare: checksum).
+    known: dict[str, str] = field(default_factory=dict)
+    #: Existing directories that may hold a killed run's temp files (seen
+    #: while walking the destination, or receiving a single file).
+    write_dirs: set[str] = field(default_factory=set)
+    algorithm: str | None = None
+    workers: int = 1
+
+
+def plan(params: dict[str, Any], ctx: StepContext) -> Plan:
+    sources = params["sources"]
+    if isinstance(sources, str):
+        sources = [sources]
+    algorithm = params.get("checksum", "none")
+    planner = _Planner(
+        ctx,
+        to=ctx.path(params["to"]),
+        base=ctx.path(params["base"]) if params.get("base") else None,
+        algorithm=None if algorithm == "none" else algorithm,
+        compare=params.get("compare", "size_mtime"),
+    )
+    planner.job.workers = params.get("workers") or os.cpu_count() or 1
+    planner.ensure_dir(planner.to, what="destination")
+    planner.add_sources(list(dict.fromkeys(ctx.path(s) for s in sources)))
+    if params.get("compare") == "checksum":
+        planner.compare_checksums()
+    return planner.finish()
+
+
+class _Planner:
+    """Walks each source once and its destination once, deciding what to write."""
+
+    def __init__(
+        self, ctx: StepContext, to: str, base: str | None, algorithm: str | None, compare: str
+    ) -> None:
+        self.ctx = ctx
+        self.fs = ctx.fs
+        self.to = to
+        self.base = base
+        self.algorithm = algorithm
+        self.compare = compare
+        self.job = CopyJob(algorithm=algorithm)
+        self.effects: list[Effect] = []
+        #: Destination directory -> True if this step creates it, False if it exists.
+        self.dirs: dict[str, bool] = {}
+        #: Destination path -> source path, to catch two sources landing in one place.
+        self.claimed: dict[str, str] = {}
+        self.files: list[tuple[str, int]] = []  # (destination, size) of every regular file
+        self.symlinks: list[str] = []
+        #: (source, destination, index in job.files) of same-sized files to
+        #: compare by checksum.
+        self.suspects: list[tuple[str, str, int]] = []
+
+    def ensure_dir(self, path: str, what: str = "") -> None:
+        """Plan creating ``path`` and its missing parents, unless it is a directory."""
+        if path in self.dirs:
+            return
+        if path in self.claimed:
+            raise StepError(
+                f"{self.claimed[path]} and a directory would both be copied here", path=path
+            )
+        info = self.fs.stat(path)
+        if info is None:
+            parent = os.path.dirname(path)
+            if parent != path:
+                self.ensure_dir(parent)
+            self._new_dir(path, None)
+        elif info.is_dir:
+            self.dirs[path] = False
+        else:
+            raise StepError(f"{what + ' ' if what else ''}is not a directory", path=path)
+
+    def _new_dir(self, path: str, info: FileInfo | None) -> None:
+        self.effects.append(create_dir(path))
+        self.job.dirs.append((path, info.mode if info else None, info.mtime_ns if info else None))
+        self.dirs[path] = True
+
+    def destination(self, source: str) -> str:
+        if self.base is None:
+            return os.path.join(self.to, os.path.basename(source))
+        rel = os.path.relpath(source, self.base)
+        if rel == os.curdir or rel == os.pardir or rel.startswith(os.pardir + os.sep):
+            raise StepError(f"is not inside base {self.base}", path=source)
+        return os.path.join(self.to, rel)
+
+    def add_sources(self, sources: list[str]) -> None:
+        infos = {}
+        for source in sources:
+            info = self.fs.lstat(source)
+            if info is None:
+                raise StepError("no such file or directory", path=source)
+            infos[source] = info
+        if self.base is not None:
+            # Destinations mirror sources, so a source inside a listed directory
+            # is copied with that directory.
+            trees = {s for s, i in infos.items() if i.is_dir}
+            infos = {s: i for s, i in infos.items() if not _inside_any(s, trees)}
+        for source, info in infos.items():
+            self.add_source(source, info)
+
+    def add_source(self, source: str, info: FileInfo) -> None:
+        dest = self.destination(source)
+        claimed = self.claimed.setdefault(dest, source)
+        if claimed != source:
+            raise StepError(f"{claimed} and {source} would both be copied here", path=dest)
+        if info.is_dir and (dest + os.sep).startswith(source + os.sep) and dest != source:
+            raise StepError(f"cannot copy a directory into itself ({dest})", path=source)
+        parent = os.path.dirname(dest)
+        self.ensure_dir(parent)
+        dest_info = None if self.dirs[parent] else self.fs.lstat(dest)
+        if info.is_dir:
+            self.add_dir(source, dest, info, dest_info)
+            self.add_tree(source, dest, existing=dest_info is not None)
+            return
+        planned = len(self.effects)
+        self.add_entry(source, dest, info, dest_info)
+        if len(self.effects) > planned and not self.dirs[parent]:
+            self.job.write_dirs.add(parent)  # may hold a killed run's temp file
+
+    def add_tree(self, source: str, dest: str, existing: bool) -> None:
+        """Plan the contents of the directory ``source``, walking it once (and
+        ``dest``, if it exists, once)."""
+        dest_infos = dict(self.fs.walk(dest)) if existing else {}
+        for rel in dest_infos:
+            if rel.endswith(TMP_SUFFIX) and is_temp_name(os.path.basename(rel)):
+                self.job.write_dirs.add(os.path.dirname(os.path.join(dest, rel)))
+        src_prefix, dest_prefix = source + os.sep, dest + os.sep
+        add_file = self.add_file
+        skipped: set[str] = set()  # temp files a killed run left, and their contents
+        for rel, info in self.fs.walk(source):
+            if (rel.endswith(TMP_SUFFIX) and is_temp_name(os.path.basename(rel))) or (
+                skipped and os.path.dirname(rel) in skipped
+            ):
+                skipped.add(rel)
+            elif info.kind == "file":  # the common case first
+                add_file(src_prefix + rel, dest_prefix + rel, info, dest_infos.get(rel))
+            else:
+                self.add_entry(src_prefix + rel, dest_prefix + rel, info, dest_infos.get(rel))
+
+    def add_entry(self, source: str, dest: str, info: FileInfo, dest_info: FileInfo | None) -> None:
+        """Plan one entry: a file, a symlink, or a directory without its contents."""
+        if info.is_dir:
+            self.add_dir(source, dest, info, dest_info)
+        elif info.is_symlink:
+            self.add_symlink(dest, info, dest_info)
+        elif info.is_file:
+            self.add_file(source, dest, info, dest_info)
+        else:
+            raise StepError("cannot copy a special file (device, fifo or socket)", path=source)
+
+    def add_dir(self, source: str, dest: str, info: FileInfo, dest_info: FileInfo | None) -> None:
+        if dest in self.dirs:
+            return  # a parent planned for an earlier source
+        if dest_info is None:
+            self._new_dir(dest, info)
+        elif dest_info.is_dir:
+            self.dirs[dest] = False
+        else:
+            raise StepError(f"cannot overwrite non-directory with directory {source}", path=dest)
+
+    def add_symlink(self, dest: str, info: FileInfo, dest_info: FileInfo | None) -> None:
+        assert info.target is not None
+        if dest_info is not None and dest_info.is_dir:
+            raise StepError(f"cannot overwrite directory with symlink to {info.target}", path=dest)
+        self.symlinks.append(dest)
+        if dest_info is None or dest_info.target != info.target:
+            self.effects.append(create_symlink(dest, info.target))
+            self.job.links.append((dest, info.target, info.mtime_ns))
+
+    def add_file(self, source: str, dest: str, info: FileInfo, dest_info: FileInfo | None) -> None:
+        size = info.size
+        self.files.append((dest, size))
+        if dest_info is not None:
+            if dest_info.is_dir:
+                raise StepError(
+                    f"cannot overwrite directory with non-directory {source}", path=dest
+                )
+            if dest_info.is_file and dest_info.size == size:
+                if self.compare == "checksum":
+                    self.suspects.append((source, dest, len(self.job.files)))
+                elif dest_info.mtime_ns == info.mtime_ns and dest_info.mode == info.mode:
+                    if self.algorithm:
+                        self.job.to_hash.append(dest)
+                    return
+        self.effects.append(create_file(dest, size, source=source))
+        self.job.files.append((source, dest, size, info.mode, info.mtime_ns))
+
+    def compare_checksums(self) -> None:
+        """Drop planned copies of same-sized files whose content already matches."""
+        algorithm = self.algorithm or "sha256"
+
+        def digests(suspect: tuple[str, str, int], buf: bytearray | None) -> tuple[str, str]:
+            source, dest, _ = suspect
+            return _digest_view(self.fs, source, algorithm), _digest_view(self.fs, dest, algorithm)
+
+        results = run_parallel(self.suspects, digests, self.job.workers, self.ctx)
+        drop = set()
+        for (_, dest, index), (src_hex, dest_hex) in zip(self.suspects, results, strict=True):
+            if src_hex == dest_hex:
+                drop.add(index)
+                if self.algorithm:
+                    self.job.known[dest] = dest_hex
+        if drop:
+            dropped = {self.job.files[i][1] for i in drop}
+            self.job.files = [f for i, f in enumerate(self.job.files) if i not in drop]
+            self.effects = [
+                e for e in self.effects if not (e.op == "create_file" and e.path in dropped)
+            ]
+
+    def finish(self) -> Plan:
+        outputs: dict[str, Any] = {
+            "files": sorted(dest for dest, _ in self.files),
+            "symlinks": sorted(self.symlinks),
+            "copied": len(self.job.files),
+            "unchanged": len(self.files) - len(self.job.files),
+            "bytes": sum(size for _, size in self.files),
+        }
+        return Plan(effects=self.effects, outputs=outputs, data=self.job)
+
+
+def _inside_any(path: str, directories: set[str]) -> bool:
+    """True if ``path`` is strictly below one of ``directories``."""
+    parent = os.path.dirname(path)
+    while parent != path:
+        if parent in directories:
+            return True
+        path, parent = parent, os.path.dirname(parent)
+    return False
+
+
+def _digest_view(fs: WorldView, path: str, algorithm: str) -> str:
+    with fs.open(path) as f:
+        return hashlib.file_digest(
+            f, lambda: hashlib.new(algorithm, usedforsecurity=False)
+        ).hexdigest()
+
+
+def apply(plan: Plan, ctx: StepContext) -> Result:
+    job: CopyJob = plan.data
+    umask = current_umask()
+    created: list[tuple[str, int, int]] = []
+    try:
+        for path, mode, mtime_ns in job.dirs:
+            try:
+                os.mkdir(path)
+            except FileExistsError:
+                if not os.path.isdir(path):
+                    raise
+                continue
+            if mode is not None and mtime_ns is not None:
+                created.append((path, mode, mtime_ns))
+                if mode != 0o777 & ~umask:
+                    # Set now, so a killed run leaves the right modes; keep
+                    # it writable until the files are in.
+                    os.chmod(path, mode | statmod.S_IRWXU)
+        outputs = _copy_files(plan, ctx, umask)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            _finish_dirs(created)
+        raise
+    _finish_dirs(created)
+    return Result(effects=plan.effects, outputs=outputs)
+
+
+def _copy_files(plan: Plan, ctx: StepContext, umask: int) -> dict[str, Any]:
+    job: CopyJob = plan.data
+    for directory in job.write_dirs:
+        remove_stray_temps(directory)
+    for dest, target, mtime_ns in job.links:
+        copy_symlink(target, dest, mtime_ns)
+    task = ctx.progress.task(
+        "copy", total_bytes=sum(f[2] for f in job.files), total_files=len(job.files)
+    )
+    lock = threading.Lock()
+
+    def copy_one(item: tuple[str, str, int, int, int], buf: bytearray | None) -> str | None:
+        source, dest, size, mode, mtime_ns = item
+        digest = copy_file(source, dest, mode, mtime_ns, umask, job.algorithm, buf, size)
+        with lock:
+            task.advance(bytes=size, files=1)
+        return digest
+
+    # Largest first, so one big file does not start last and run alone.
+    files = sorted(job.files, key=lambda f: f[2], reverse=True)
+    try:
+        digests = run_parallel(
+            files, copy_one, job.workers, ctx, buffered=job.algorithm is not None
+        )
+    finally:
+        task.close()
+    outputs = dict(plan.outputs)
+    if job.algorithm:
+        algorithm = job.algorithm
+        checksums = dict(job.known)
+        checksums.update(zip((f[1] for f in files), digests, strict=True))
+        hashed = run_parallel(
+            job.to_hash,
+            lambda p, buf: hash_file(p, algorithm, buf),
+            job.workers,
+            ctx,
+            buffered=True,
+        )
+        checksums.update(zip(job.to_hash, hashed, strict=True))
+        outputs["checksums"] = dict(sorted(checksums.items()))
+    return outputs
+
+
+def _finish_dirs(created: list[tuple[str, int, int]]) -> None:
+    """Final modes and mtimes of created directories: last, since writing into
+    a directory changes its mtime (and a read-only one must stay writable till then)."""
+    for path, mode, mtime_ns in reversed(created):
+        if mode & statmod.S_IRWXU != statmod.S_IRWXU:
+            os.chmod(path, mode)
+        os.utime(path, ns=(mtime_ns, mtime_ns))
+
+
+# ---- copying one file, fast -------------------------------------------------
+
+
+def current_umask() -> int:
+    """The process umask, read without changing it (os.umask would race with
+    other threads creating files)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    return 0o777  # unknown: always chmod
+
+
+def copy_file(
+    source: str,
+    dest: str,
+    mode: int,
+    mtime_ns: int,
+    umask: int,
+    algorithm: str | None = None,
+    buf: bytearray | None = None,
+    size: int | None = None,
+) -> str | None:
+    """Copy ``source`` to ``dest`` through its temp name, with ``mode`` and
+    ``mtime_ns``; returns the content's hex digest when ``algorithm`` is set
+    (then ``buf`` is the read buffer). With ``size`` (the planned size), the
+    copy stops there, which saves the call that would find the end of file."""
+    tmp = temp_path(dest)
+    left = (1 << 62) if size is None else size
+    src_fd = os.open(source, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        dst_fd = _create(tmp, mode & 0o777)
+        try:
+            digest = None
+            if algorithm:
+                assert buf is not None
+                digest = _copy_hashed(
+                    src_fd, dst_fd, hashlib.new(algorithm, usedforsecurity=False), buf, left
+                )
+            else:
+                _copy_fast(src_fd, dst_fd, left)
+            if mode & ~0o777 or mode & umask:
+                os.fchmod(dst_fd, mode)
+            os.utime(dst_fd, ns=(mtime_ns, mtime_ns))
+        finally:
+            os.close(dst_fd)
+        os.rename(tmp, dest)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    finally:
+        os.close(src_fd)
+    return digest
+
+
+def _create(path: str, mode: int) -> int:
+    """Create ``path`` afresh; a leftover (even a symlink) is removed, never followed."""
+    flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC  # read: hashed through mmap
+    try:
+        return os.open(path, flags, mode)
+    except FileExistsError:
+        os.unlink(path)
+        return os.open(path, flags, mode)
+
+
+def _by_copy_file_range(src_fd: int, dst_fd: int, count: int) -> int:
+    return os.copy_file_range(src_fd, dst_fd, count)
+
+
+def _by_sendfile(src_fd: int, dst_fd: int, count: int) -> int:
+    return os.sendfile(dst_fd, src_fd, None, count)
+
+
+def _copy_fast(src_fd: int, dst_fd: int, left: int) -> None:
+    """Copy up to ``left`` bytes in the kernel when it can (copy_file_range,
+    then sendfile), else by read/write; a fallback carries on where the
+    previous way stopped."""
+    for kernel_copy in (_by_copy_file_range, _by_sendfile):
+        try:
+            while left > 0 and (n := kernel_copy(src_fd, dst_fd, min(left, CHUNK))):
+                left -= n
+            return
+        except AttributeError:
+            continue  # not on this platform
+        except OSError as e:
+            if e.errno not in _NO_FAST_PATH:
+                raise
+    while left > 0 and (chunk := os.read(src_fd, min(left, BUFFER_SIZE))):
+        _write_all(dst_fd, chunk)
+        left -= len(chunk)
+
+
+def _copy_hashed(src_fd: int, dst_fd: int, digest: Any, buf: bytearray, left: int) -> str:
+    """Copy up to ``left`` bytes and hash what was written, reading the source once.
+
+    Big files are copied in the kernel a chunk at a time and each chunk is
+    hashed from the destination's page cache through mmap: no trip through a
+    user-space buffer, about half the CPU of read/write on a 2-core box. The
+    destination is our own temp file, so nobody truncates it under the map.
+    Small files, or where the kernel cannot copy, go read -> hash -> write.
+    """
+    offset = 0
+    if left >= MMAP_MIN:
+        try:
+            while left > 0 and (n := _by_copy_file_range(src_fd, dst_fd, min(left, BUFFER_SIZE))):
+                _hash_mapped(digest, dst_fd, offset, n)
+                offset += n
+                left -= n
+            return digest.hexdigest()
+        except AttributeError:
+            pass  # no copy_file_range on this platform
+        except OSError as e:
+            if e.errno not in _NO_FAST_PATH:
+                raise
+    view = memoryview(buf)
+    while left > 0 and (n := os.readv(src_fd, [view[: min(left, len(buf))]])):
+        chunk = view[:n]
+        digest.update(chunk)
+        _write_all(dst_fd, chunk)
+        left -= n
+    return digest.hexdigest()
+
+
+def _hash_mapped(digest: Any, fd: int, offset: int, length: int) -> None:
+    start = offset - offset % mmap.ALLOCATIONGRANULARITY
+    mapped = mmap.mmap(fd, offset - start + length, prot=mmap.PROT_READ, offset=start)
+    try:
+        with memoryview(mapped) as view, view[offset - start :] as chunk:
+            digest.update(chunk)
+    finally:
+        mapped.close()
+
+
+def _write_all(fd: int, data: bytes | memoryview) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def hash_file(path: str, algorithm: str, buf: bytearray | None) -> str:
+    """The hex digest of a file on disk, read with ``buf``."""
+    assert buf is not None
+    digest = hashlib.new(algorithm, usedforsecurity=False)
+    view = memoryview(buf)
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        while n := os.readv(fd, [buf]):
+            digest.update(view[:n])
+    finally:
+        os.close(fd)
+    return digest.hexdigest()
+
+
+def copy_symlink(target: str, dest: str, mtime_ns: int) -> None:
+    """Make ``dest`` a symlink to ``target``, atomically replacing what is there."""
+    tmp = temp_path(dest)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(tmp)
+    os.symlink(target, tmp)
+    try:
+        with contextlib.suppress(NotImplementedError, OSError):
+            os.utime(tmp, ns=(mtime_ns, mtime_ns), follow_symlinks=False)
+        os.replace(tmp, dest)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+# ---- running many files on a few threads ------------------------------------
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def run_parallel(
+    items: Sequence[T],
+    fn: Callable[[T, bytearray | None], R],
+    workers: int,
+    ctx: StepContext,
+    buffered: bool = False,
+) -> list[R]:
+    """``fn(item, buf)`` on every item, on up to ``workers`` threads; results in
+    item order.
+
+    With ``buffered``, ``buf`` is a read buffer owned by the thread (so none is
+    allocated per file); otherwise None. The first error stops the other
+    threads after their current item and is raised.
+    """
+    results: list[Any] = [None] * len(items)
+
+    def call(i: int, buf: bytearray | None) -> None:
+        results[i] = fn(items[i], buf)
+
+    count = min(workers, len(items))
+    if count <= 1:
+        buf = bytearray(BUFFER_SIZE) if buffered and items else None
+        for i in range(len(items)):
+            ctx.check_deadline()
+            call(i, buf)
+        return results
+    indexes = iter(range(len(items)))
+    lock = threading.Lock()
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def worker() -> None:
+        buf = bytearray(BUFFER_SIZE) if buffered else None
+        while not stop.is_set():
+            with lock:
+                i = next(indexes, None)
+            if i is None:
+                return
+            try:
+                ctx.check_deadline()
+                call(i, buf)
+            except BaseException as e:  # noqa: BLE001 - re-raised in the caller's thread
+                errors.append(e)
+                stop.set()
+
+    threads = [threading.Thread(target=worker, name=f"wsrun-copy-{n}") for n in range(count)]
+    for t in threads:
+        t.start()
+    try:
+        for t in threads:
+            t.join()
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    if errors:
+        raise errors[0]
+    return results

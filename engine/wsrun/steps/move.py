@@ -1,0 +1,228 @@
+"""The ``move`` step type: move a file or directory tree to a new path."""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat as statmod
+from dataclasses import dataclass, field
+from typing import Any
+
+from wsrun.effects import Effect, create_dir, move, remove
+from wsrun.fileio import temp_path
+from wsrun.fs import FileInfo, WorldView
+from wsrun.step import Plan, Result, StepContext, StepError
+from wsrun.steps.copy import copy_file, copy_symlink, current_umask, hash_file, run_parallel
+from wsrun.steps.remove import remove_tree
+
+NAME = "move"
+DOC = """Move a file or directory tree to a new path (like ``mv SRC DST``).
+
+Use it to publish a finished product under its final name, or to take a
+staged tree out of a QA area. Within one filesystem it is a single rename.
+Across filesystems the tree is copied beside the target under a temporary
+name, verified (sizes and SHA-256), renamed into place, and only then is the
+source removed, so no reader ever sees half a tree and nothing is lost if the
+run is killed. Re-running after the move (source gone, target there) does
+nothing.
+"""
+
+SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["source", "to"],
+    "properties": {
+        "source": {
+            "description": "The file, symlink or directory to move.",
+            "type": "string",
+            "minLength": 1,
+            "examples": ["staging/run42"],
+        },
+        "to": {
+            "description": "The exact new path (not a directory to move into). Missing parent "
+            "directories are created.",
+            "type": "string",
+            "minLength": 1,
+            "examples": ["archive/2024/run42"],
+        },
+        "overwrite": {
+            "description": "Replace what is at `to` (a file with a file, a directory with a "
+            "directory). Without it, an existing `to` is an error.",
+            "type": "boolean",
+            "default": False,
+        },
+    },
+}
+
+EXAMPLES = [
+    """- id: publish
+  uses: move
+  with:
+    source: staging/run42
+    to: archive/2024/run42
+""",
+]
+
+OUTPUTS = {
+    "path": "the new path (absolute)",
+    "bytes": "total size of the regular files moved (0 when nothing was left to move)",
+    "moved": "true if this run moved something, false if it was already done",
+}
+
+
+#: Added to the target's name for the temp name of a directory being replaced.
+_ASIDE = ".old"
+
+
+@dataclass
+class MoveJob:
+    source: str
+    to: str
+    #: Missing parent directories of ``to``, outermost first.
+    parents: list[str] = field(default_factory=list)
+
+
+def plan(params: dict[str, Any], ctx: StepContext) -> Plan:
+    source = ctx.path(params["source"])
+    to = ctx.path(params["to"])
+    src = ctx.fs.lstat(source)
+    dst = ctx.fs.lstat(to)
+    outputs: dict[str, Any] = {"path": to, "bytes": 0, "moved": False}
+    if src is None:
+        if dst is None:
+            raise StepError("no such file or directory", path=source)
+        return Plan(outputs=outputs)
+    if source == to:
+        return Plan(outputs=outputs)
+    if src.is_dir and to.startswith(source + os.sep):
+        raise StepError(f"cannot move a directory into itself ({to})", path=source)
+    job = MoveJob(source, to)
+    effects: list[Effect] = []
+    if dst is not None:
+        if not params.get("overwrite", False):
+            raise StepError("already exists; set overwrite: true to replace it", path=to)
+        if dst.is_dir != src.is_dir:
+            kinds = ("directory", "non-directory") if dst.is_dir else ("non-directory", "directory")
+            raise StepError(f"cannot overwrite {kinds[0]} with {kinds[1]}", path=to)
+        effects.append(remove(to, bytes=tree_bytes(ctx.fs, to, dst)))
+    else:
+        job.parents = missing_parents(ctx.fs, to)
+        effects.extend(create_dir(p) for p in job.parents)
+    size = tree_bytes(ctx.fs, source, src)
+    effects.append(move(source, to, bytes=size))
+    outputs.update(bytes=size, moved=True)
+    return Plan(effects=effects, outputs=outputs, data=job)
+
+
+def tree_bytes(fs: WorldView, path: str, info: FileInfo) -> int:
+    """Total size of the regular files at or below ``path`` (symlinks not followed)."""
+    if info.is_dir:
+        return sum(i.size for _, i in fs.walk(path) if i.is_file)
+    return info.size if info.is_file else 0
+
+
+def missing_parents(fs: WorldView, path: str) -> list[str]:
+    """The parent directories of ``path`` that do not exist yet, outermost first."""
+    missing = []
+    parent = os.path.dirname(path)
+    while (info := fs.stat(parent)) is None:
+        missing.append(parent)
+        parent = os.path.dirname(parent)
+    if not info.is_dir:
+        raise StepError("is not a directory", path=parent)
+    return missing[::-1]
+
+
+def apply(plan: Plan, ctx: StepContext) -> Result:
+    job: MoveJob | None = plan.data
+    if job is None:
+        return Result(outputs=plan.outputs)
+    for parent in job.parents:
+        os.mkdir(parent)
+    try:
+        put_in_place(job.source, job.to)
+    except OSError as e:
+        if e.errno != errno.EXDEV:
+            raise
+        move_across(job.source, job.to, ctx)
+    return Result(effects=plan.effects, outputs=plan.outputs)
+
+
+def put_in_place(new: str, to: str) -> None:
+    """Rename ``new`` onto ``to``. A directory at ``to`` is renamed aside first
+    and removed after (rename(2) only replaces an empty one), so readers see the
+    old tree or the new one, and a failure puts the old one back."""
+    if not os.path.isdir(to) or os.path.islink(to):
+        os.rename(new, to)
+        return
+    aside = temp_path(to + _ASIDE)
+    remove_tree(aside)  # a killed run's leftover
+    os.rename(to, aside)
+    try:
+        os.rename(new, to)
+    except BaseException:
+        os.rename(aside, to)
+        raise
+    remove_tree(aside)
+
+
+def move_across(source: str, to: str, ctx: StepContext) -> None:
+    """Copy to a temp name beside ``to``, verify, rename into place, remove ``source``."""
+    tmp = temp_path(to)
+    remove_tree(tmp)  # a killed run's leftover
+    try:
+        copy_verified(source, tmp, ctx)
+        put_in_place(tmp, to)
+    except BaseException:
+        remove_tree(tmp)
+        raise
+    remove_tree(source)
+
+
+def copy_verified(source: str, dest: str, ctx: StepContext) -> None:
+    """Copy the tree ``source`` to ``dest`` (modes, mtimes, symlinks kept), then
+    check every file's size and SHA-256 against what was read from the source."""
+    st = os.lstat(source)
+    files: list[tuple[str, str, int, int, int]] = []
+    dirs: list[tuple[str, os.stat_result]] = []
+    if statmod.S_ISLNK(st.st_mode):
+        copy_symlink(os.readlink(source), dest, st.st_mtime_ns)
+    elif statmod.S_ISDIR(st.st_mode):
+        os.mkdir(dest)
+        dirs.append((dest, st))
+        for root, dirnames, filenames in os.walk(source):
+            out = os.path.join(dest, os.path.relpath(root, source))
+            for name in dirnames + filenames:
+                path, target = os.path.join(root, name), os.path.join(out, name)
+                info = os.lstat(path)
+                if statmod.S_ISLNK(info.st_mode):
+                    copy_symlink(os.readlink(path), target, info.st_mtime_ns)
+                elif statmod.S_ISDIR(info.st_mode):
+                    os.mkdir(target)
+                    dirs.append((target, info))
+                elif statmod.S_ISREG(info.st_mode):
+                    files.append((path, target, info.st_size, info.st_mode, info.st_mtime_ns))
+                else:
+                    raise StepError("cannot copy a special file across filesystems", path=path)
+    elif statmod.S_ISREG(st.st_mode):
+        files.append((source, dest, st.st_size, st.st_mode, st.st_mtime_ns))
+    else:
+        raise StepError("cannot copy a special file across filesystems", path=source)
+    umask = current_umask()
+
+    def copy_one(f: tuple[str, str, int, int, int], buf: bytearray | None) -> str | None:
+        return copy_file(f[0], f[1], f[3] & 0o7777, f[4], umask, "sha256", buf, f[2])
+
+    def check_one(f: tuple[str, str, int, int, int], buf: bytearray | None) -> bool:
+        return os.lstat(f[1]).st_size == f[2] and hash_file(f[1], "sha256", buf) == digests[f[1]]
+
+    workers = os.cpu_count() or 1
+    copied = run_parallel(files, copy_one, workers, ctx, buffered=True)
+    digests = {f[1]: d for f, d in zip(files, copied, strict=True)}
+    checks = run_parallel(files, check_one, workers, ctx, buffered=True)
+    for f, ok in zip(files, checks, strict=True):
+        if not ok:
+            raise StepError(f"copy does not match its source {f[0]}", path=f[1])
+    for path, info in reversed(dirs):
+        os.chmod(path, info.st_mode & 0o7777)
+        os.utime(path, ns=(info.st_atime_ns, info.st_mtime_ns))

@@ -1,0 +1,152 @@
+"""The ``remove`` step type: remove files, symlinks and directory trees."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import stat as statmod
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from wsrun.effects import Effect, remove
+from wsrun.step import Plan, Result, StepContext, StepError
+
+NAME = "remove"
+DOC = """Remove files, symlinks and whole directory trees (like ``rm -rf``).
+
+Use it to clean a staging area after delivery or to drop a stale product
+before rebuilding it. Symlinks are removed, never followed. A path that is
+already gone is fine (nothing to do) unless ``must_exist`` is set, so the step
+can be re-run. Read-only directories inside a tree (as archives often
+unpack) are made writable so the tree can go.
+"""
+
+SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["path"],
+    "properties": {
+        "path": {
+            "description": "A path to remove, or a list of them.",
+            "oneOf": [
+                {"type": "string", "minLength": 1},
+                {"type": "array", "items": {"type": "string", "minLength": 1}},
+            ],
+            "examples": ["staging/run42", ["tmp/a.part", "tmp/b.part"]],
+        },
+        "must_exist": {
+            "description": "Fail if a path does not exist (by default a missing path is "
+            "already removed, and fine).",
+            "type": "boolean",
+            "default": False,
+        },
+    },
+}
+
+EXAMPLES = [
+    """- id: clean
+  uses: remove
+  with:
+    path: staging/{{ inputs.run }}
+""",
+    """- id: drop-partials
+  uses: remove
+  with:
+    path: "{{ steps.find.outputs.files }}"
+""",
+]
+
+OUTPUTS = {
+    "removed": "absolute paths that were (or, in a dry run, would be) removed",
+    "bytes": "total size of the regular files removed",
+}
+
+
+def plan(params: dict[str, Any], ctx: StepContext) -> Plan:
+    paths = params["path"]
+    if isinstance(paths, str):
+        paths = [paths]
+    wanted = list(dict.fromkeys(ctx.path(p) for p in paths))
+    chosen = set(wanted)
+    effects: list[Effect] = []
+    for path in wanted:
+        if _inside_any(path, chosen):
+            continue  # goes with a parent in the list
+        _refuse_dangerous(path, ctx)
+        info = ctx.fs.lstat(path)
+        if info is None:
+            if params.get("must_exist", False):
+                raise StepError("no such file or directory", path=path)
+            continue
+        if info.is_dir:
+            size = sum(i.size for _, i in ctx.fs.walk(path) if i.is_file)
+        else:
+            size = info.size if info.is_file else 0
+        effects.append(remove(path, bytes=size))
+    outputs = {"removed": [e.path for e in effects], "bytes": sum(e.bytes or 0 for e in effects)}
+    return Plan(effects=effects, outputs=outputs)
+
+
+def _inside_any(path: str, others: set[str]) -> bool:
+    parent = os.path.dirname(path)
+    while parent != path:
+        if parent in others:
+            return True
+        path, parent = parent, os.path.dirname(parent)
+    return False
+
+
+def _refuse_dangerous(path: str, ctx: StepContext) -> None:
+    """A templating slip must not wipe the filesystem or the run's own directory."""
+    workdir = ctx.path(".")
+    if path == os.path.dirname(path) or (workdir + os.sep).startswith(path + os.sep):
+        raise StepError(
+            "refusing to remove the root, the working directory or a parent of it", path=path
+        )
+
+
+def apply(plan: Plan, ctx: StepContext) -> Result:
+    for effect in plan.effects:
+        ctx.check_deadline()
+        remove_tree(effect.path)
+    return Result(effects=plan.effects, outputs=plan.outputs)
+
+
+def remove_tree(path: str) -> None:
+    """Remove a file, symlink or whole tree at ``path`` if there is one; never
+    follows symlinks; makes read-only directories writable on the way."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if not statmod.S_ISDIR(st.st_mode):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        return
+    _rmtree(path)
+
+
+def _rmtree(path: str) -> None:
+    if sys.version_info >= (3, 12):
+        shutil.rmtree(path, onexc=_make_writable_and_retry)
+    else:
+        shutil.rmtree(path, onerror=lambda f, p, info: _make_writable_and_retry(f, p, info[1]))
+
+
+def _make_writable_and_retry(func: Callable[..., Any], path: str, error: BaseException) -> None:
+    """rmtree's error handler: on "permission denied", add owner rwx to the
+    directory in the way and try again."""
+    if isinstance(error, FileNotFoundError):
+        return
+    if not isinstance(error, PermissionError):
+        raise error
+    parent = os.path.dirname(path)
+    os.chmod(parent, statmod.S_IMODE(os.lstat(parent).st_mode) | statmod.S_IRWXU)
+    st = os.lstat(path)
+    if statmod.S_ISDIR(st.st_mode):
+        os.chmod(path, statmod.S_IMODE(st.st_mode) | statmod.S_IRWXU)
+        _rmtree(path)
+    else:
+        os.unlink(path)

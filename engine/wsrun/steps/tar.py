@@ -1,0 +1,336 @@
+"""The ``tar`` step type: pack files and directories into one archive."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from wsrun import archive, fileio
+from wsrun.effects import Effect, create_dir, create_file
+from wsrun.fs import ContentUnknown, FileInfo
+from wsrun.step import Plan, Result, StepContext, StepError
+
+NAME = "tar"
+DOC = """Pack files and directories into a tar archive, optionally compressed.
+
+Deliveries and archive ingest want one file instead of thousands. The archive
+is deterministic (members in sorted order, no user or group names), so the
+same tree always gives the same bytes and the same checksum. A directory
+``x`` is stored as ``x/...``, like ``tar -C parent x``. Symlinks are stored as
+symlinks; hard links as separate copies.
+
+The step is ``ok`` without rewriting anything when the archive already holds
+exactly the members it would write: same names, types, sizes, modes, mtimes
+(whole seconds) and link targets, the right compression, no member newer than
+the archive and, uncompressed, the exact predicted size. Checking reads the
+archive's headers (a compressed archive is decompressed, never recompressed).
+"""
+
+SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["source", "to"],
+    "properties": {
+        "source": {
+            "description": "The file or directory to archive, or a list of them. Each is stored under "
+            "its own name (directory contents below it), or under its path relative to `base`.",
+            "oneOf": [
+                {"type": "string", "minLength": 1},
+                {"type": "array", "items": {"type": "string", "minLength": 1}, "minItems": 1},
+            ],
+            "examples": ["products/run-42", ["README.txt", "data"]],
+        },
+        "to": {
+            "description": "The archive to write. Missing parent directories are created.",
+            "type": "string",
+            "minLength": 1,
+            "examples": ["out/run-42.tar.zst"],
+        },
+        "compression": {
+            "description": "How to compress the archive; `auto` picks it from the name of `to` "
+            "(.tar, .tar.gz/.tgz, .tar.bz2, .tar.xz, .tar.zst; anything else is not compressed). "
+            "zst is by far the fastest; gz is the most widely readable.",
+            "enum": ["auto", "none", "gz", "bz2", "xz", "zst"],
+            "default": "auto",
+        },
+        "level": {
+            "description": "Compression level (gz 0-9, bz2 1-9, xz 0-9, zst 1-22). "
+            "Defaults: gz 6, bz2 9, xz 6, zst 3.",
+            "type": "integer",
+            "examples": [9],
+        },
+        "base": {
+            "description": "Store sources under their path relative to this directory instead of "
+            "under their own name; a source equal to `base` stores its contents at the top.",
+            "type": "string",
+            "examples": ["products"],
+        },
+        "arcname": {
+            "description": "The name a single `source` is stored under instead of its own, e.g. "
+            "`release-1.2` or `release-1.2/data`.",
+            "type": "string",
+            "minLength": 1,
+            "examples": ["run-42-v2"],
+        },
+        "exclude": {
+            "description": "Glob patterns of members to leave out, matched against the base name and "
+            "the stored path; an excluded directory leaves out everything below it. "
+            "wsrun's own temporary files are always left out.",
+            "type": "array",
+            "items": {"type": "string"},
+            "default": [],
+            "examples": [["*.tmp", "*/scratch"]],
+        },
+    },
+}
+
+EXAMPLES = [
+    """- id: pack
+  uses: tar
+  with:
+    source: products/run-42
+    to: deliveries/run-42.tar.zst
+""",
+    """- id: bundle
+  uses: tar
+  with:
+    source: [README.txt, data, docs]
+    base: release
+    to: out/release-1.2.tar.gz
+    arcname: release-1.2
+    exclude: ["*.tmp"]
+""",
+]
+
+OUTPUTS = {
+    "archive": "absolute path of the archive",
+    "members": "number of members (files, directories and symlinks) in it",
+    "bytes": "size of the archive in bytes (only known after the run when compressed)",
+    "compression": "the compression used: none, gz, bz2, xz or zst",
+}
+
+
+@dataclass
+class _Data:
+    to: str
+    members: list[archive.Member]
+    compression: str
+    level: int | None
+    tar_size: int  # exact size of the uncompressed archive
+    parents: list[str]  # directories to create for the archive
+
+
+def plan(params: dict[str, Any], ctx: StepContext) -> Plan:
+    to = ctx.path(params["to"])
+    compression = params.get("compression", "auto")
+    if compression == "auto":
+        compression = archive.compression_for(to)
+    level = _level(params.get("level"), compression)
+    members, newest = _members(params, to, ctx)
+    tar_size = archive.archive_size(members)
+    size = tar_size if compression == "none" else None
+    outputs: dict[str, Any] = {
+        "archive": to,
+        "members": len(members),
+        "bytes": size,
+        "compression": compression,
+    }
+
+    existing = ctx.fs.lstat(to)
+    if existing is not None and existing.is_dir:
+        raise StepError("is a directory; give the archive's file name", path=to)
+    if existing is not None and _up_to_date(ctx, to, existing, members, compression, size, newest):
+        outputs["bytes"] = existing.size
+        return Plan(outputs=outputs)
+
+    parents = _missing_parents(ctx, os.path.dirname(to))
+    effects: list[Effect] = [create_dir(p) for p in parents]
+    effects.append(create_file(to, bytes=size))
+    return Plan(
+        effects=effects,
+        outputs=outputs,
+        data=_Data(to, members, compression, level, tar_size, parents),
+    )
+
+
+def apply(plan: Plan, ctx: StepContext) -> Result:
+    if not plan.effects:
+        return Result(outputs=plan.outputs)
+    d: _Data = plan.data
+    for p in d.parents:
+        os.makedirs(p, exist_ok=True)
+    files = [m for m in d.members if m.kind == "file"]
+    task = ctx.progress.task("tar", total_bytes=sum(m.size for m in files), total_files=len(files))
+
+    def progress(n: int, count: int) -> None:
+        task.advance(bytes=n, files=count)
+        ctx.check_deadline()
+
+    try:
+        with fileio.atomic_write(d.to, mode=0o644) as f:
+            try:
+                archive.write_tar(
+                    f.fileno(), d.members, d.compression, d.level, progress, d.tar_size
+                )
+            except archive.SourceChanged as e:
+                raise StepError(
+                    "changed while the step ran (planned size or type differs); run it again",
+                    path=e.path,
+                ) from None
+            written = os.fstat(f.fileno()).st_size
+            if d.compression == "none" and written != d.tar_size:
+                raise StepError(f"wrote {written} bytes, planned {d.tar_size}", path=d.to)
+    finally:
+        task.close()
+    return Result(effects=plan.effects, outputs={**plan.outputs, "bytes": written})
+
+
+def _level(level: int | None, compression: str) -> int | None:
+    if level is None or compression == "none":
+        return None
+    low, high, _ = archive.LEVELS[compression]
+    if not low <= level <= high:
+        raise StepError(f"level {level} is out of range for {compression} ({low}-{high})")
+    return level
+
+
+def _members(params: dict[str, Any], to: str, ctx: StepContext) -> tuple[list[archive.Member], int]:
+    """Every member in archive order, and the newest mtime (ns) among them."""
+    sources = params["source"]
+    if isinstance(sources, str):
+        sources = [sources]
+    base = ctx.path(params["base"]) if params.get("base") else None
+    arcname = params.get("arcname")
+    if arcname is not None and len(sources) != 1:
+        raise StepError("arcname needs a single source")
+    exclude = params.get("exclude", [])
+    skip = {to, fileio.temp_path(to)}
+    found: list[archive.Member | None] = []  # None: neither file, directory nor symlink
+    newest = 0
+    for source in sources:
+        path = ctx.path(source)
+        info = ctx.fs.lstat(path)
+        if info is None:
+            raise StepError("source does not exist", path=path)
+        root = _root_name(path, base, arcname)
+        if root:
+            found.append(_member(root, path, info, ctx))
+            newest = max(newest, info.mtime_ns)
+        if not info.is_dir:
+            continue
+        prefix = root + "/" if root else ""
+        left_out: set[str] = set()  # excluded directories
+        for rel, i in ctx.fs.walk(path):
+            if left_out and _below_any(rel, left_out):
+                continue
+            if exclude or rel.endswith(fileio.TMP_SUFFIX):
+                base_name = rel.rpartition("/")[2]
+                if fileio.is_temp_name(base_name) or _excluded(base_name, prefix + rel, exclude):
+                    if i.is_dir:
+                        left_out.add(rel)
+                    continue
+            full = path + "/" + rel
+            if full not in skip:
+                found.append(_member(prefix + rel, full, i, ctx))
+                if i.mtime_ns > newest:
+                    newest = i.mtime_ns
+    members = [m for m in found if m is not None]
+    # "/" sorts before every other character: each directory's contents follow it.
+    members.sort(key=lambda m: m.name.replace("/", "\x00"))
+    names = {m.name for m in members}
+    if len(names) != len(members):
+        raise StepError("two sources would be stored under the same name; use base")
+    return members, newest
+
+
+def _root_name(path: str, base: str | None, arcname: str | None) -> str:
+    if arcname is not None:
+        name = os.path.normpath(arcname).strip("/")
+        if arcname.startswith("/") or name == ".." or name.startswith("../"):
+            raise StepError("arcname must be a relative path without '..'", path=arcname)
+        return "" if name == "." else name
+    if base is None:
+        return os.path.basename(path)
+    rel = os.path.relpath(path, base)
+    if rel == ".." or rel.startswith("../"):
+        raise StepError(f"source is not below base {base}", path=path)
+    return "" if rel == "." else rel
+
+
+def _member(name: str, path: str, info: FileInfo, ctx: StepContext) -> archive.Member | None:
+    kind = info.kind
+    mtime = info.mtime_ns // 1_000_000_000
+    if kind == "file":
+        return archive.Member(name, kind, path, info.size, info.mode, mtime)
+    if kind == "dir":
+        return archive.Member(name + "/", kind, path, 0, info.mode, mtime)
+    if kind == "symlink":
+        return archive.Member(name, kind, path, 0, info.mode, mtime, info.target or "")
+    ctx.log(f"{path}: not a file, directory or symlink; left out of the archive")
+    return None
+
+
+def _below_any(rel: str, dirs: set[str]) -> bool:
+    while "/" in rel:
+        rel = rel.rpartition("/")[0]
+        if rel in dirs:
+            return True
+    return False
+
+
+def _excluded(base_name: str, name: str, patterns: list[str]) -> bool:
+    import fnmatch  # only with exclude patterns (it imports re)
+
+    return any(fnmatch.fnmatchcase(base_name, p) or fnmatch.fnmatchcase(name, p) for p in patterns)
+
+
+def _missing_parents(ctx: StepContext, directory: str) -> list[str]:
+    missing = []
+    while ctx.fs.lstat(directory) is None:
+        missing.append(directory)
+        directory = os.path.dirname(directory)
+    info = ctx.fs.stat(directory)
+    if info is None or not info.is_dir:
+        raise StepError("is not a directory", path=directory)
+    return missing[::-1]
+
+
+def _up_to_date(
+    ctx: StepContext,
+    to: str,
+    existing: FileInfo,
+    members: list[archive.Member],
+    compression: str,
+    size: int | None,
+    newest: int,
+) -> bool:
+    """Whether the archive at ``to`` already holds what the step would write
+    (the rule is in DOC)."""
+    if not existing.is_file or existing.mtime_ns < newest:
+        return False
+    if size is not None and existing.size != size:
+        return False
+    want = [(m.name, archive.TYPES[m.kind], m.size, m.mode, m.mtime, m.linkname) for m in members]
+    try:
+        raw, found, reader = archive.open_tar(to, ctx.fs.open)
+    except ContentUnknown:
+        return False  # planned by an earlier step of a dry run
+    except Exception as e:
+        if archive.is_corrupt(e):
+            return False
+        raise
+    try:
+        if found != compression:
+            return False
+        for expected in want:
+            h = reader.next()
+            if h is None or (h.name, h.type, h.size, h.mode, h.mtime, h.linkname) != expected:
+                return False
+        return reader.next() is None
+    except Exception as e:
+        if archive.is_corrupt(e):
+            return False
+        raise
+    finally:
+        raw.close()

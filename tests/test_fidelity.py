@@ -1,0 +1,80 @@
+"""The dry-run promise: for every example and packaged recipe that runs
+offline, the effects `--dry-run --json` prints are the effects the real run
+reports (same ops, paths and sizes), the dry run writes nothing, and a second
+real run changes nothing."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import ROOT, snapshot
+
+Setup = Callable[[Path], list[str]]
+
+
+def quickstart(tmp: Path) -> list[str]:
+    src = tmp / "products"
+    shutil.copytree(ROOT / "examples" / "quickstart" / "products", src)
+    return [str(ROOT / "examples" / "quickstart"), str(src), str(tmp / "out"), "--tar"]
+
+
+def nrao_deliver(tmp: Path) -> list[str]:
+    from fixtures.processing import vla_calibration
+
+    processing = vla_calibration(tmp / "spool", "pretty")
+    return ["nrao/deliver", str(processing.root), "-l", str(tmp / "out"), "--prefix", "REQ-1"]
+
+
+def nrao_deliver_tar(tmp: Path) -> list[str]:
+    return [*nrao_deliver(tmp), "-t"]
+
+
+#: How to run each recipe offline: recipe path (relative to the repo) -> setup.
+CASES: dict[str, Setup] = {
+    "examples/quickstart/recipe.yaml": quickstart,
+    "recipes/nrao/deliver.yaml": nrao_deliver,
+    "recipes/nrao/deliver.yaml -t": nrao_deliver_tar,
+}
+
+
+def all_recipes() -> list[str]:
+    """Every YAML file under examples/ and recipes/ that is a recipe."""
+    found = [*ROOT.glob("examples/**/*.yaml"), *ROOT.glob("recipes/**/*.yaml")]
+    return sorted(str(p.relative_to(ROOT)) for p in found if "recipe" in (yaml.safe_load(p.read_text()) or {}))
+
+
+def test_every_recipe_has_a_fidelity_case() -> None:
+    covered = {case.split()[0] for case in CASES}
+    missing = [r for r in all_recipes() if r not in covered and r not in OFFLINE_EXEMPT]
+    assert not missing, f"add a fidelity case for {missing}"
+
+
+#: Recipes that cannot run offline (they need a network service), with the reason.
+OFFLINE_EXEMPT: dict[str, str] = {}
+
+
+def effects(report: dict) -> list[tuple[str, list[dict]]]:
+    return [(s["id"], s["effects"]) for s in report["steps"]]
+
+
+@pytest.mark.parametrize("recipe", sorted(CASES))
+def test_dry_run_effects_equal_real_run_effects(recipe: str, cli, tmp_path: Path) -> None:
+    args = CASES[recipe](tmp_path)
+    before = snapshot(tmp_path)
+    dry = cli(*args, "--dry-run", "--json")
+    assert dry.code == 0, dry.err
+    assert snapshot(tmp_path) == before, "a dry run must not write anything"
+    real = cli(*args, "--json")
+    assert real.code == 0, real.err
+    dry_report, real_report = json.loads(dry.out), json.loads(real.out)
+    assert effects(dry_report) == effects(real_report)
+    assert any(e for _, e in effects(real_report)), "the case should change something"
+    again = cli(*args, "--json")
+    assert again.code == 0, again.err
+    assert all(not e for _, e in effects(json.loads(again.out))), "a second run must change nothing"

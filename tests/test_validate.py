@@ -1,0 +1,97 @@
+"""`wsrun validate`: every problem in one pass, as file:line:col with the line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from conftest import write
+
+BAD = """
+recipe: bad
+inputs:
+  src: {type: path, positional: true}
+  mode: {type: choice}
+steps:
+  - id: a
+    uses: nope
+  - id: b
+    uses: noop
+    with: {v: "{{ inputs.srcc }}", w: "{{ steps.c.outputs.x }}", z: "{{ item }}", q: "{{ foo(" }
+    colour: red
+  - id: c
+    uses: noop
+    retry: {attempts: 0}
+    if: "vars.missing"
+"""
+
+
+def test_all_problems_reported_with_positions(cli, tmp_path: Path) -> None:
+    path = write(tmp_path / "bad.yaml", BAD)
+    r = cli("validate", path)
+    assert r.code == 2
+    expected = [
+        ("4:9", "input 'mode' is a choice but lists no 'choices'"),
+        ("7:11", "unknown step type 'nope'"),
+        ("10:15", "unknown input 'srcc'"),
+        ("10:39", "step 'c' runs later"),
+        ("10:69", "unknown name 'item'"),
+        ("10:86", "expression syntax"),
+        ("11:5", "unknown key 'colour'"),
+        ("14:23", "less than the minimum of 1"),
+        ("15:9", "unknown var 'missing'"),
+    ]
+    for pos, message in expected:
+        assert any(line.startswith(f"{path}:{pos}: ") and message in line for line in r.err.splitlines()), (pos, message, r.err)
+    assert "    colour: red" in r.err  # the offending line is shown
+
+
+def test_step_parameters_checked_against_schema(cli, tmp_path: Path) -> None:
+    path = write(tmp_path / "r.yaml", """
+        recipe: params
+        steps:
+          - uses: copy
+            with: {sources: a, too: b}
+          - uses: copy
+            with: {sources: "{{ run.workdir }}", to: 5}
+    """)
+    r = cli("validate", path)
+    assert r.code == 2
+    assert f"{path}:4:24: copy: unknown key 'too'" in r.err
+    assert "'to' is a required property" in r.err
+    assert f"{path}:6:46: copy: " in r.err and "is not of type 'string'" in r.err
+
+
+def test_yaml_errors_and_duplicate_keys(cli, tmp_path: Path) -> None:
+    path = write(tmp_path / "r.yaml", "recipe: x\nsteps:\n  - uses: noop\n    with: {a: {{ b }}}\n")
+    r = cli("validate", path)
+    assert r.code == 2 and f"{path}:4:" in r.err and "must be quoted" in r.err
+    path = write(tmp_path / "d.yaml", "recipe: x\nsteps: []\nsteps: []\n")
+    r = cli("validate", path)
+    assert r.code == 2 and f"{path}:3:1: duplicate key 'steps'" in r.err
+
+
+def test_running_an_invalid_recipe_validates_first(cli, tmp_path: Path) -> None:
+    path = write(tmp_path / "bad.yaml", BAD)
+    r = cli(path, "x")
+    assert r.code == 2 and "unknown step type 'nope'" in r.err
+
+
+def test_valid_recipe_passes_and_nested_recipe_inputs_checked(cli, tmp_path: Path) -> None:
+    write(tmp_path / "child.yaml", """
+        recipe: child
+        inputs:
+          who: {type: string, required: true}
+        steps: [{uses: noop}]
+    """)
+    path = write(tmp_path / "parent.yaml", """
+        recipe: parent
+        steps:
+          - uses: ./child.yaml
+            with: {whom: x}
+          - uses: ./missing.yaml
+    """)
+    r = cli("validate", path)
+    assert r.code == 2
+    assert "has no input 'whom'" in r.err and "needs input 'who'" in r.err and "no recipe './missing.yaml'" in r.err
+    r = cli("validate", tmp_path / "child.yaml")
+    assert r.code == 0 and "ok" in r.out

@@ -24,6 +24,7 @@ import os
 import platform
 import random
 import shutil
+import signal
 import subprocess
 import sys
 import tarfile
@@ -150,10 +151,13 @@ def read_all(root: str) -> None:
 
 
 class Bench:
-    def __init__(self, root: str, scale: float, repeat: int, log: Callable[[str], None]) -> None:
+    def __init__(
+        self, root: str, scale: float, repeat: int, sync: bool, log: Callable[[str], None]
+    ) -> None:
         self.root = root
         self.scale = scale
         self.repeat = repeat
+        self.sync = sync
         self.log = log
         self.data = os.path.join(root, "data")
         self.out = os.path.join(root, "out")
@@ -165,6 +169,10 @@ class Bench:
             p for p in (os.path.join(REPO, "engine"), os.environ.get("PYTHONPATH")) if p
         )
         self.env.pop("WSRUN_PROFILE", None)
+        # Byte-code caches, as an installed wsrun has: kept in the temporary
+        # directory so the source tree is left alone.
+        self.env.pop("PYTHONDONTWRITEBYTECODE", None)
+        self.env["PYTHONPYCACHEPREFIX"] = os.path.join(root, "pycache")
         script = os.path.join(os.path.dirname(sys.executable), "wsrun")
         self.wsrun_cmd = [script] if os.access(script, os.X_OK) else [sys.executable, "-m", "wsrun"]
         self.built: dict[str, str] = {}
@@ -230,6 +238,13 @@ class Bench:
 
     # -- running things --
 
+    def warm_up(self) -> None:
+        """Run wsrun once, untimed, so its byte-code caches exist and modules
+        are in the page cache; step modules are compiled by validating the recipes."""
+        recipe = noop_recipe(os.path.join(self.root, "warm-up.yaml"), 1)
+        for args in (("validate", COPY_RECIPE, TAR_RECIPE), (recipe, "-q")):
+            subprocess.run(self.wsrun(*args), env=self.env, capture_output=True)
+
     def step_available(self, name: str) -> bool:
         """Whether step type ``name`` loads in the wsrun under test."""
         if name not in self.available:
@@ -269,7 +284,8 @@ class Bench:
             elif os.path.lexists(path):
                 os.remove(path)
         os.makedirs(self.out, exist_ok=True)
-        os.sync()
+        if self.sync:
+            os.sync()
 
     def best_pair(
         self,
@@ -556,6 +572,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--json", action="store_true", help="print the results as JSON instead of a table"
     )
     parser.add_argument(
+        "--no-sync",
+        action="store_true",
+        help="do not flush the disk before each run (quicker; for smoke tests)",
+    )
+    parser.add_argument(
         "--keep", action="store_true", help="keep the temporary data (for debugging)"
     )
     args = parser.parse_args(argv)
@@ -565,15 +586,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     def log(message: str) -> None:
         print(message, file=sys.stderr, flush=True)
 
+    # a terminated run still removes its data (the finally below)
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     base = os.environ.get("BENCH_DIR") or "/tmp"
     root = tempfile.mkdtemp(prefix="wsrun-bench-", dir=base)
     log(f"wsrun bench: scale {args.scale}, best of {args.repeat}, data in {root}")
-    bench = Bench(root, args.scale, args.repeat, log)
+    bench = Bench(root, args.scale, args.repeat, not args.no_sync, log)
     outcomes: list[Outcome] = []
     try:
-        subprocess.run(
-            bench.wsrun("validate", COPY_RECIPE), env=bench.env, capture_output=True
-        )  # compile .pyc files
+        bench.warm_up()
         for case in CASES:
             if args.only and case.name not in args.only:
                 continue

@@ -27,6 +27,7 @@ def test_every_case_runs_and_the_data_is_removed(tmp_path: Path) -> None:
             "--repeat",
             "1",
             "--json",
+            "--no-sync",
         ],
         env=env,
         capture_output=True,

@@ -91,12 +91,11 @@ def run_recipe_command(ref: str, args: list[str], prog: str) -> int:
 
 def execute(recipe: Any, inputs: dict[str, Any], options: dict[str, Any], run_id: str | None = None, resume: Any = None) -> int:
     """Run a loaded recipe with parsed inputs and print the outcome."""
-    import json
     import os
 
     from wsrun.cliargs import parse_sets
     from wsrun.journal import Journal
-    from wsrun.output import LineEvents, RichProgress, print_report, stream_is_terminal
+    from wsrun.output import LineEvents, RichProgress, print_report, report_json, stream_is_terminal
     from wsrun.runner import Events, RunError, Runner, coerce_inputs
     from wsrun.settings import Settings, SettingsError
 
@@ -127,7 +126,7 @@ def execute(recipe: Any, inputs: dict[str, Any], options: dict[str, Any], run_id
         sys.stderr.write(f"{recipe.name}: interrupted (resume with: wsrun resume {runner.run_id})\n")
         return 130
     if options.get("json"):
-        print(json.dumps(report.to_json(), indent=2, default=str))
+        print(report_json(report.to_json()))
     elif not options.get("quiet"):
         print_report(report, sys.stdout, verbose=bool(options.get("verbose")))
     if report.status == "failed":

@@ -43,6 +43,9 @@ class Effect:
     #: Content of a generated file, so a dry run's later steps can read it.
     #: Never printed or journaled.
     content: bytes | None = field(default=None, repr=False, compare=False)
+    #: What the step already knows of ``source`` (a wsrun.fs.FileInfo), so a
+    #: dry run need not look at it again. Never printed or journaled.
+    source_info: Any = field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"op": self.op, "path": self.path}
@@ -64,10 +67,13 @@ def create_file(
     source: str | None = None,
     content: bytes | None = None,
     mode: int | None = None,
+    source_info: Any = None,
     **extra: Any,
 ) -> Effect:
     """A regular file written at ``path``; ``source`` is the file it copies, if any."""
-    return Effect("create_file", path, bytes=bytes, source=source, mode=mode, extra=extra, content=content)
+    return Effect(
+        "create_file", path, bytes=bytes, source=source, mode=mode, extra=extra, content=content, source_info=source_info
+    )
 
 
 def create_dir(path: str, **extra: Any) -> Effect:

@@ -75,6 +75,10 @@ def real_lstat(path: str) -> FileInfo | None:
 
 
 def norm(path: str | os.PathLike[str]) -> str:
+    """Absolute and normalised; already-clean absolute paths (what steps pass)
+    are returned as they are, without the cost of abspath."""
+    if isinstance(path, str) and path[:1] == "/" and "//" not in path and "/." not in path and path[-1:] != "/":
+        return path
     return os.path.abspath(os.fspath(path))
 
 
@@ -96,6 +100,7 @@ class WorldView:
         self._removed: set[str] = set()  # hides the real path and all below it
         self._aliases: dict[str, str] = {}  # moved real directory: new path -> real path
         self._has_links = False  # any planned symlink (lookups must follow it)
+        self._dir_cache: dict[str, str | None] = {}
 
     @property
     def virtual(self) -> bool:
@@ -132,21 +137,29 @@ class WorldView:
 
     def _real_path(self, path: str) -> str | None:
         """The real path that shows at ``path``, or None if the overlay hides it."""
-        a = path
-        while True:
-            alias = self._aliases.get(a)
-            if alias is not None:
-                return alias + path[len(a) :]
-            if a in self._removed:
-                return None
-            if a in self._nodes and a != path:
-                # A planned (virtual) directory has no real children, even
-                # when it replaces a removed real one.
-                return None
-            parent = os.path.dirname(a)
-            if parent == a:
-                return path
-            a = parent
+        alias = self._aliases.get(path)
+        if alias is not None:
+            return alias
+        if path in self._removed:
+            return None
+        cut = path.rfind("/")
+        if cut <= 0:
+            return path
+        parent_real = self._real_dir(path[:cut])
+        return None if parent_real is None else parent_real + path[cut:]
+
+    def _real_dir(self, directory: str) -> str | None:
+        """What ``_real_path`` gives for a directory's children's parent,
+        remembered: a dry run of 100,000 files asks about the same few
+        directories again and again. A planned (virtual) directory has no real
+        children, even when it replaces a removed real one."""
+        try:
+            return self._dir_cache[directory]
+        except KeyError:
+            pass
+        real = None if directory in self._nodes else self._real_path(directory)
+        self._dir_cache[directory] = real
+        return real
 
     def stat(self, path: str) -> FileInfo | None:
         """Like ``lstat`` but follows symlinks (virtual ones too)."""
@@ -240,7 +253,9 @@ class WorldView:
         op = effect.op
         path = norm(effect.path)
         if op == "create_file":
-            src = self.stat(effect.source) if effect.source else None
+            src = effect.source_info
+            if effect.source and (src is None or src.is_symlink or norm(effect.source) in self._nodes):
+                src = self.stat(effect.source)
             content_from = src.content_from if src is not None else None
             mtime = src.mtime_ns if src is not None else 0
             mode = effect.mode if effect.mode is not None else (src.mode if src else 0o644)
@@ -262,18 +277,25 @@ class WorldView:
             assert effect.target is not None
             self._move(path, norm(effect.target))
 
-    def _ensure_parents(self, path: str) -> None:
-        parent = os.path.dirname(path)
-        if parent != path and self.lstat(parent) is None:
+    def _ensure_parents(self, parent: str) -> None:
+        if parent and parent not in self._nodes and self.lstat(parent) is None:
             self._put(parent, FileInfo("dir", mode=0o755))
 
     def _put(self, path: str, info: FileInfo) -> None:
-        self._ensure_parents(path)
+        cut = path.rfind("/")
+        parent = path[:cut] or "/"
+        if parent != path:
+            self._ensure_parents(parent)
         self._removed.discard(path)
+        self._dir_cache.pop(path, None)
         self._nodes[path] = info
-        self._children.setdefault(os.path.dirname(path), set()).add(os.path.basename(path))
+        children = self._children.get(parent)
+        if children is None:
+            children = self._children[parent] = set()
+        children.add(path[cut + 1 :])
 
     def _remove(self, path: str) -> None:
+        self._dir_cache.clear()
         prefix = path + os.sep
         for p in [p for p in self._nodes if p == path or p.startswith(prefix)]:
             del self._nodes[p]
@@ -284,6 +306,7 @@ class WorldView:
         self._removed.add(path)
 
     def _move(self, src: str, dst: str) -> None:
+        self._dir_cache.clear()
         info = self.lstat(src)
         if info is None:
             return
@@ -293,7 +316,7 @@ class WorldView:
         self._remove(src)
         if self.lstat(dst) is not None:
             self._remove(dst)
-        self._ensure_parents(dst)
+        self._ensure_parents(os.path.dirname(dst))
         if real is not None and info.is_dir:
             self._removed.discard(dst)
             self._aliases[dst] = real

@@ -3,6 +3,7 @@ and progress bars when a person is watching a terminal."""
 
 from __future__ import annotations
 
+import json
 import sys
 import threading
 from typing import Any, TextIO
@@ -23,6 +24,36 @@ EFFECT_MARKS = {
     "run": "$ run ",
 }
 MAX_EFFECTS_SHOWN = 20
+
+
+def report_json(data: dict[str, Any]) -> str:
+    """The --json report: indented for people, one line per step and effect, so
+    the C JSON encoder does the work (json's indent= falls back to pure Python,
+    seconds for 100,000 effects)."""
+
+    dump = json.JSONEncoder(default=str, ensure_ascii=False).encode  # one encoder: dumps() makes one per call
+
+    lines = ["{"]
+    items = list(data.items())
+    for i, (key, value) in enumerate(items):
+        comma = "," if i < len(items) - 1 else ""
+        if key == "steps" and value:
+            lines.append('  "steps": [')
+            for j, step in enumerate(value):
+                head = dump({k: v for k, v in step.items() if k != "effects"})[:-1]
+                effects = step.get("effects", [])
+                end = "," if j < len(value) - 1 else ""
+                if not effects:
+                    lines.append(f'    {head}, "effects": []}}{end}')
+                    continue
+                lines.append(f'    {head}, "effects": [')
+                lines.extend(f"      {dump(e)}{',' if k < len(effects) - 1 else ''}" for k, e in enumerate(effects))
+                lines.append(f"    ]}}{end}")
+            lines.append(f"  ]{comma}")
+        else:
+            lines.append(f"  {dump(key)}: {dump(value)}{comma}")
+    lines.append("}")
+    return "\n".join(lines)
 
 
 def human_bytes(n: float) -> str:

@@ -315,7 +315,7 @@ class _Planner:
                     if self.algorithm:
                         self.job.to_hash.append(dest)
                     return
-        self.effects.append(create_file(dest, size, source=source))
+        self.effects.append(create_file(dest, size, source=source, source_info=info))
         self.job.files.append((source, dest, size, info.mode, info.mtime_ns))
 
     def compare_checksums(self) -> None:

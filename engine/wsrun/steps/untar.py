@@ -23,8 +23,9 @@ Incoming archives come from outside and must not be trusted: the whole archive
 is checked before anything is written, and the step refuses it (naming the
 member) if any member would land outside the target directory - absolute
 names, '..' components, symlinks or hard links pointing outside, members
-written through a symlink, device and fifo members. Compression is recognised
-from the content, not the file name.
+written through a symlink, device and fifo members, names that appear twice.
+GNU sparse and multi-volume members are refused as unsupported. Compression
+is recognised from the content, not the file name.
 
 Each file is written under a temporary name and renamed into place, with its
 mode and mtime; files already present with the same size and mtime are left

@@ -23,8 +23,12 @@ def test_generated_schemas_are_current() -> None:
     for name in step_names():
         path = ROOT / "schemas" / "steps" / f"{name}.schema.json"
         assert path.exists(), f"run `make schemas` ({path} is missing)"
-        assert json.loads(path.read_text()) == params_schema(load_step(name)), f"run `make schemas` ({name})"
-    assert json.loads((ROOT / "schemas" / "wsrun.schema.json").read_text()) == stepdocs.full_schema()
+        assert json.loads(path.read_text()) == params_schema(load_step(name)), (
+            f"run `make schemas` ({name})"
+        )
+    assert (
+        json.loads((ROOT / "schemas" / "wsrun.schema.json").read_text()) == stepdocs.full_schema()
+    )
 
 
 @pytest.mark.parametrize("name", step_names())

@@ -64,7 +64,9 @@ def test_permission_denied(cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     assert "Traceback" in r.err  # -v shows where
 
 
-def test_disk_full_leaves_no_partial_file(cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_disk_full_leaves_no_partial_file(
+    cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     recipe = write(tmp_path / "r.yaml", RECIPE)
     src = tmp_path / "src"
     write(src / "small.txt", "fits")
@@ -99,7 +101,9 @@ def test_disk_full_leaves_no_partial_file(cli, tmp_path: Path, monkeypatch: pyte
 
 
 def test_template_error_names_step_key_and_line(cli, tmp_path: Path) -> None:
-    recipe = write(tmp_path / "r.yaml", """
+    recipe = write(
+        tmp_path / "r.yaml",
+        """
         recipe: tmpl
         inputs:
           n: {type: int, default: 0}
@@ -107,7 +111,13 @@ def test_template_error_names_step_key_and_line(cli, tmp_path: Path) -> None:
           - id: mk
             uses: mkdir
             with: {path: "{{ run.workdir }}/{{ 10 // inputs.n }}"}
-    """)
+    """,
+    )
     r = cli(recipe)
     assert r.code == 1
-    assert "step 'mk'" in r.err and "r.yaml:5:5" in r.err and "with.path" in r.err and "ZeroDivisionError" in r.err
+    assert (
+        "step 'mk'" in r.err
+        and "r.yaml:5:5" in r.err
+        and "with.path" in r.err
+        and "ZeroDivisionError" in r.err
+    )

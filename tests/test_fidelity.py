@@ -46,7 +46,9 @@ CASES: dict[str, Setup] = {
 def all_recipes() -> list[str]:
     """Every YAML file under examples/ and recipes/ that is a recipe."""
     found = [*ROOT.glob("examples/**/*.yaml"), *ROOT.glob("recipes/**/*.yaml")]
-    return sorted(str(p.relative_to(ROOT)) for p in found if "recipe" in (yaml.safe_load(p.read_text()) or {}))
+    return sorted(
+        str(p.relative_to(ROOT)) for p in found if "recipe" in (yaml.safe_load(p.read_text()) or {})
+    )
 
 
 def test_every_recipe_has_a_fidelity_case() -> None:

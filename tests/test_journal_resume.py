@@ -39,7 +39,8 @@ def make_tree(root: Path, files: int, size: int) -> None:
 def digest_tree(root: Path) -> dict[str, str]:
     return {
         str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(root.rglob("*")) if p.is_file()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
     }
 
 
@@ -51,7 +52,10 @@ def test_sigkill_mid_copy_then_resume(tmp_path: Path, wsrun_home: Path) -> None:
     env = {**os.environ, "WSRUN_HOME": str(wsrun_home)}
     proc = subprocess.Popen(
         [sys.executable, "-m", "wsrun", str(recipe), str(src), str(dest), "-q"],
-        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
     )
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -72,15 +76,26 @@ def test_sigkill_mid_copy_then_resume(tmp_path: Path, wsrun_home: Path) -> None:
     assert r.code == 0, r.err
     assert digest_tree(dest / "src") == digest_tree(src)
     assert not [p for p in dest.rglob("*") if p.name.endswith(".wsrun-tmp")]
-    assert subprocess.run(["sha256sum", "-c", "--quiet", "SHA256SUMS"], cwd=tmp_path / "out").returncode == 0
-    shown = json.loads(run_wsrun("runs", "show", run["id"], "--json", cwd=tmp_path, env={"WSRUN_HOME": str(wsrun_home)}).out)
+    assert (
+        subprocess.run(
+            ["sha256sum", "-c", "--quiet", "SHA256SUMS"], cwd=tmp_path / "out"
+        ).returncode
+        == 0
+    )
+    shown = json.loads(
+        run_wsrun(
+            "runs", "show", run["id"], "--json", cwd=tmp_path, env={"WSRUN_HOME": str(wsrun_home)}
+        ).out
+    )
     assert shown["status"] == "changed"
     assert [s["status"] for s in shown["steps"]] == ["changed", "changed"]
 
 
 def test_resume_skips_finished_steps(cli, tmp_path: Path) -> None:
     marker = tmp_path / "flag"
-    recipe = write(tmp_path / "r.yaml", f"""
+    recipe = write(
+        tmp_path / "r.yaml",
+        f"""
         recipe: twostep
         steps:
           - id: first
@@ -89,7 +104,8 @@ def test_resume_skips_finished_steps(cli, tmp_path: Path) -> None:
           - id: second
             uses: copy
             with: {{sources: "{marker}", to: "{tmp_path}/dest"}}
-    """)
+    """,
+    )
     r = cli(recipe, "--json")
     assert r.code == 1 and "no such file or directory" in r.err.lower() and str(marker) in r.err
     run_id = json.loads(r.out)["run_id"]
@@ -112,8 +128,13 @@ def test_concurrent_runs_share_the_journal(tmp_path: Path, wsrun_home: Path) -> 
     recipe.write_text(f"recipe: many\nsteps:\n{steps}\n")
     env = {**os.environ, "WSRUN_HOME": str(wsrun_home)}
     procs = [
-        subprocess.Popen([sys.executable, "-m", "wsrun", str(recipe), "-q"], cwd=tmp_path, env=env,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        subprocess.Popen(
+            [sys.executable, "-m", "wsrun", str(recipe), "-q"],
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
         for _ in range(3)
     ]
     for p in procs:
@@ -127,11 +148,14 @@ def test_concurrent_runs_share_the_journal(tmp_path: Path, wsrun_home: Path) -> 
 
 
 def test_runs_listing_and_show(cli, tmp_path: Path) -> None:
-    recipe = write(tmp_path / "r.yaml", """
+    recipe = write(
+        tmp_path / "r.yaml",
+        """
         recipe: listed
         steps:
           - {id: one, uses: noop, with: {a: 1}}
-    """)
+    """,
+    )
     assert cli(recipe).code == 0
     assert cli(recipe, "--dry-run").code == 0
     r = cli("runs")

@@ -49,13 +49,16 @@ def test_entry_point_step_is_listed_documented_and_runs(tmp_path: Path) -> None:
     assert r.code == 0 and "greeting" in r.out and "Write a greeting file" in r.out
     r = run_wsrun("steps", "greeting", cwd=tmp_path, env=env)
     assert "who to greet" in r.out
-    recipe = write(tmp_path / "r.yaml", """
+    recipe = write(
+        tmp_path / "r.yaml",
+        """
         recipe: plugged
         steps:
           - id: hi
             uses: greeting
             with: {to: out.txt, name: plugin}
-    """)
+    """,
+    )
     r = run_wsrun(recipe, "--json", cwd=tmp_path, env=env)
     assert r.code == 0, r.err
     assert (tmp_path / "out.txt").read_text() == "hello plugin\n"

@@ -10,7 +10,9 @@ from conftest import write
 
 
 def test_inputs_parse_like_argparse_and_keep_native_types(cli, tmp_path: Path) -> None:
-    recipe = write(tmp_path / "r.yaml", """
+    recipe = write(
+        tmp_path / "r.yaml",
+        """
         recipe: types
         inputs:
           src: {type: path, positional: true, help: Source}
@@ -32,18 +34,26 @@ def test_inputs_parse_like_argparse_and_keep_native_types(cli, tmp_path: Path) -
               text: "n={{ inputs.count }}"
         outputs:
           all: "{{ steps.echo.outputs }}"
-    """)
+    """,
+    )
     r = cli(recipe, "data", "-t", "-c", "7", "--names", "a", "b", "--json")
     assert r.code == 0, r.err
     out = json.loads(r.out)["outputs"]["all"]
     assert out == {
-        "src": str(tmp_path / "data"), "count": 8, "ratio": 0.5, "tar": True, "mode": "safe",
-        "names": ["a", "b"], "text": "n=7",
+        "src": str(tmp_path / "data"),
+        "count": 8,
+        "ratio": 0.5,
+        "tar": True,
+        "mode": "safe",
+        "names": ["a", "b"],
+        "text": "n=7",
     }
 
 
 def test_recipe_help_and_usage_errors(cli, tmp_path: Path) -> None:
-    recipe = write(tmp_path / "r.yaml", """
+    recipe = write(
+        tmp_path / "r.yaml",
+        """
         recipe: deliverish
         description: Copy products somewhere.
         inputs:
@@ -53,7 +63,8 @@ def test_recipe_help_and_usage_errors(cli, tmp_path: Path) -> None:
           local: {type: path, flags: [-l, --local-destination], group: Destination options, help: Deliver here}
         steps:
           - uses: noop
-    """)
+    """,
+    )
     r = cli(recipe, "--help")
     assert r.code == 0
     assert "usage:" in r.out and "[-p | -P]" in r.out and "Destination options:" in r.out
@@ -65,7 +76,9 @@ def test_recipe_help_and_usage_errors(cli, tmp_path: Path) -> None:
 
 
 def test_if_for_each_and_vars(cli, tmp_path: Path) -> None:
-    recipe = write(tmp_path / "r.yaml", """
+    recipe = write(
+        tmp_path / "r.yaml",
+        """
         recipe: loops
         inputs:
           flag: {type: bool}
@@ -84,21 +97,28 @@ def test_if_for_each_and_vars(cli, tmp_path: Path) -> None:
         outputs:
           paths: "{{ steps.each.outputs.results | map(attribute='path') | list }}"
           skipped: "{{ steps.skipped.status }}"
-    """)
+    """,
+    )
     r = cli(recipe, "--json")
     assert r.code == 0, r.err
     data = json.loads(r.out)
-    assert data["outputs"] == {"paths": ["/data/False/a.fits", "/data/False/b.fits"], "skipped": "skipped"}
+    assert data["outputs"] == {
+        "paths": ["/data/False/a.fits", "/data/False/b.fits"],
+        "skipped": "skipped",
+    }
     assert [s["status"] for s in data["steps"]] == ["skipped", "ok"]
 
 
 def test_sandbox_refuses_unsafe_expressions(cli, tmp_path: Path) -> None:
-    recipe = write(tmp_path / "r.yaml", """
+    recipe = write(
+        tmp_path / "r.yaml",
+        """
         recipe: sandbox
         steps:
           - uses: noop
             with: {x: "{{ ''.__class__.__mro__[1].__subclasses__() }}"}
-    """)
+    """,
+    )
     r = cli(recipe)
     assert r.code == 1
     assert "unsafe" in r.err or "SecurityError" in r.err
@@ -106,7 +126,9 @@ def test_sandbox_refuses_unsafe_expressions(cli, tmp_path: Path) -> None:
 
 
 def test_unknown_name_at_run_time_names_step_and_line(cli, tmp_path: Path) -> None:
-    recipe = write(tmp_path / "r.yaml", """
+    recipe = write(
+        tmp_path / "r.yaml",
+        """
         recipe: strict
         inputs:
           data: {type: string, default: "{}"}
@@ -114,15 +136,20 @@ def test_unknown_name_at_run_time_names_step_and_line(cli, tmp_path: Path) -> No
           - id: first
             uses: noop
             with: {x: "{{ (inputs.data | from_json).missing }}"}
-    """)
+    """,
+    )
     r = cli(recipe)
     assert r.code == 1
     line = r.err.strip().splitlines()[0]
-    assert "step 'first'" in line and "r.yaml:5:5" in line and "with.x" in line and "missing" in line
+    assert (
+        "step 'first'" in line and "r.yaml:5:5" in line and "with.x" in line and "missing" in line
+    )
 
 
 def test_nested_recipe_with_inputs_and_outputs(cli, tmp_path: Path) -> None:
-    write(tmp_path / "child.yaml", """
+    write(
+        tmp_path / "child.yaml",
+        """
         recipe: child
         inputs:
           who: {type: string, required: true}
@@ -132,8 +159,11 @@ def test_nested_recipe_with_inputs_and_outputs(cli, tmp_path: Path) -> None:
             with: {text: "hello {{ inputs.who }}"}
         outputs:
           text: "{{ steps.greet.outputs.text }}"
-    """)
-    parent = write(tmp_path / "parent.yaml", """
+    """,
+    )
+    parent = write(
+        tmp_path / "parent.yaml",
+        """
         recipe: parent
         steps:
           - id: call
@@ -141,14 +171,17 @@ def test_nested_recipe_with_inputs_and_outputs(cli, tmp_path: Path) -> None:
             with: {who: world}
         outputs:
           text: "{{ steps.call.outputs.text }}"
-    """)
+    """,
+    )
     r = cli(parent, "--json")
     assert r.code == 0, r.err
     assert json.loads(r.out)["outputs"] == {"text": "hello world"}
 
 
 def test_on_failure_and_finally_see_the_error(cli, tmp_path: Path) -> None:
-    recipe = write(tmp_path / "r.yaml", """
+    recipe = write(
+        tmp_path / "r.yaml",
+        """
         recipe: rescue
         steps:
           - id: boom
@@ -163,7 +196,8 @@ def test_on_failure_and_finally_see_the_error(cli, tmp_path: Path) -> None:
         finally:
           - id: always
             uses: noop
-    """)
+    """,
+    )
     r = cli(recipe, "--json")
     assert r.code == 1
     data = json.loads(r.out)
@@ -173,7 +207,9 @@ def test_on_failure_and_finally_see_the_error(cli, tmp_path: Path) -> None:
 
 
 def test_continue_on_error_keeps_going(cli, tmp_path: Path) -> None:
-    recipe = write(tmp_path / "r.yaml", """
+    recipe = write(
+        tmp_path / "r.yaml",
+        """
         recipe: tolerant
         steps:
           - id: flaky
@@ -185,7 +221,8 @@ def test_continue_on_error_keeps_going(cli, tmp_path: Path) -> None:
             with: {seen: "{{ steps.flaky.status }}"}
         outputs:
           seen: "{{ steps.after.outputs.seen }}"
-    """)
+    """,
+    )
     r = cli(recipe, "--json")
     assert r.code == 0, r.err
     assert json.loads(r.out)["outputs"] == {"seen": "failed"}

@@ -13,11 +13,16 @@ from wsrun.settings import Settings, SettingsError
 KEY = "edu.nrao.workspaces.DeliverySettings.downloadDirectory"
 
 
-def test_profile_files_env_and_set_in_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_profile_files_env_and_set_in_order(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     first = tmp_path / "a"
     home = tmp_path / "home"
     write(first / "test.properties", f"# comment\n{KEY} = /from/a\nedu.x.Y=${{env:HOME}}/sub\n")
-    write(home / ".capo" / "test.properties", "edu.nrao.workspaces.deliverysettings.DOWNLOADURL=https://dl.example\n")
+    write(
+        home / ".capo" / "test.properties",
+        "edu.nrao.workspaces.deliverysettings.DOWNLOADURL=https://dl.example\n",
+    )
     env = {"CAPO_PATH": str(first), "HOME": str(home)}
     s = Settings(profile="test", env=env)
     assert s.get(KEY).value == "/from/a" and s.get(KEY).source.endswith("a/test.properties:2")
@@ -32,8 +37,12 @@ def test_profile_files_env_and_set_in_order(tmp_path: Path, monkeypatch: pytest.
 
 @pytest.mark.parametrize(
     "text, message",
-    [("a=1\nA=2\n", "duplicate key 'A'"), ("[section]\na=1\n", "section headers"), ("novalue\n", "expected key=value"),
-     ("a=${env:NOPE_NOT_SET}\n", "NOPE_NOT_SET is not set")],
+    [
+        ("a=1\nA=2\n", "duplicate key 'A'"),
+        ("[section]\na=1\n", "section headers"),
+        ("novalue\n", "expected key=value"),
+        ("a=${env:NOPE_NOT_SET}\n", "NOPE_NOT_SET is not set"),
+    ],
 )
 def test_bad_profile_files(tmp_path: Path, text: str, message: str) -> None:
     write(tmp_path / "p.properties", text)
@@ -42,14 +51,17 @@ def test_bad_profile_files(tmp_path: Path, text: str, message: str) -> None:
 
 
 def test_missing_setting_fails_before_any_step(cli, tmp_path: Path) -> None:
-    recipe = write(tmp_path / "r.yaml", f"""
+    recipe = write(
+        tmp_path / "r.yaml",
+        f"""
         recipe: needs
         settings:
           downloads: {KEY}
         steps:
           - uses: mkdir
             with: {{path: "{{{{ settings.downloads }}}}/x"}}
-    """)
+    """,
+    )
     r = cli(recipe, "--profile", "nope")
     assert r.code == 2
     assert f"missing setting '{KEY}'" in r.err and "nope.properties" in r.err
@@ -59,8 +71,13 @@ def test_missing_setting_fails_before_any_step(cli, tmp_path: Path) -> None:
 
 
 def test_secrets_are_masked_in_output_and_journal(cli, tmp_path: Path, wsrun_home: Path) -> None:
-    write(tmp_path / "capo" / "prod.properties", "edu.nrao.archive.dbPassword=hunter2\nedu.nrao.plain=visible\n")
-    recipe = write(tmp_path / "r.yaml", """
+    write(
+        tmp_path / "capo" / "prod.properties",
+        "edu.nrao.archive.dbPassword=hunter2\nedu.nrao.plain=visible\n",
+    )
+    recipe = write(
+        tmp_path / "r.yaml",
+        """
         recipe: secret
         settings:
           password: edu.nrao.archive.dbPassword
@@ -68,7 +85,8 @@ def test_secrets_are_masked_in_output_and_journal(cli, tmp_path: Path, wsrun_hom
         steps:
           - uses: noop
             with: {n: "{{ settings.password | length }}"}
-    """)
+    """,
+    )
     r = cli(recipe, "--profile", "prod", "--json")
     assert r.code == 0, r.err
     r2 = cli("settings", "--profile", "prod")

@@ -41,19 +41,24 @@ def test_all_problems_reported_with_positions(cli, tmp_path: Path) -> None:
         ("15:9", "unknown var 'missing'"),
     ]
     for pos, message in expected:
-        assert any(line.startswith(f"{path}:{pos}: ") and message in line for line in r.err.splitlines()), (pos, message, r.err)
+        assert any(
+            line.startswith(f"{path}:{pos}: ") and message in line for line in r.err.splitlines()
+        ), (pos, message, r.err)
     assert "    colour: red" in r.err  # the offending line is shown
 
 
 def test_step_parameters_checked_against_schema(cli, tmp_path: Path) -> None:
-    path = write(tmp_path / "r.yaml", """
+    path = write(
+        tmp_path / "r.yaml",
+        """
         recipe: params
         steps:
           - uses: copy
             with: {sources: a, too: b}
           - uses: copy
             with: {sources: "{{ run.workdir }}", to: 5}
-    """)
+    """,
+    )
     r = cli("validate", path)
     assert r.code == 2
     assert f"{path}:4:24: copy: unknown key 'too'" in r.err
@@ -77,21 +82,59 @@ def test_running_an_invalid_recipe_validates_first(cli, tmp_path: Path) -> None:
 
 
 def test_valid_recipe_passes_and_nested_recipe_inputs_checked(cli, tmp_path: Path) -> None:
-    write(tmp_path / "child.yaml", """
+    write(
+        tmp_path / "child.yaml",
+        """
         recipe: child
         inputs:
           who: {type: string, required: true}
         steps: [{uses: noop}]
-    """)
-    path = write(tmp_path / "parent.yaml", """
+    """,
+    )
+    path = write(
+        tmp_path / "parent.yaml",
+        """
         recipe: parent
         steps:
           - uses: ./child.yaml
             with: {whom: x}
           - uses: ./missing.yaml
-    """)
+    """,
+    )
     r = cli("validate", path)
     assert r.code == 2
-    assert "has no input 'whom'" in r.err and "needs input 'who'" in r.err and "no recipe './missing.yaml'" in r.err
+    assert (
+        "has no input 'whom'" in r.err
+        and "needs input 'who'" in r.err
+        and "no recipe './missing.yaml'" in r.err
+    )
     r = cli("validate", tmp_path / "child.yaml")
     assert r.code == 0 and "ok" in r.out
+
+
+def test_validation_result_is_reused_only_while_every_called_recipe_is_unchanged(
+    cli, tmp_path: Path, wsrun_home: Path
+) -> None:
+    child = write(
+        tmp_path / "child.yaml",
+        """
+        recipe: child
+        steps: [{uses: noop}]
+    """,
+    )
+    parent = write(
+        tmp_path / "parent.yaml",
+        """
+        recipe: parent
+        steps:
+          - uses: ./child.yaml
+    """,
+    )
+    assert cli(parent).code == 0
+    markers = sorted((wsrun_home / "validated").iterdir())
+    assert len(markers) == 2  # the parent (with its child) and the child on its own
+    assert cli(parent).code == 0
+    assert sorted((wsrun_home / "validated").iterdir()) == markers
+    child.write_text("recipe: child\nsteps: [{uses: noop, bogus: 1}]\n")
+    r = cli(parent)
+    assert r.code == 1 and "unknown key 'bogus'" in r.err

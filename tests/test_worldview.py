@@ -46,7 +46,12 @@ def test_move_of_a_real_directory_shows_its_contents_at_the_new_place(tmp_path: 
     v.record(fx.move(str(root / "a"), str(root / "moved" / "a")))
     assert v.lstat(str(root / "a")) is None
     assert v.is_file(str(root / "moved" / "a" / "b" / "two.txt"))
-    assert [rel for rel, _ in v.walk(str(root / "moved"))] == ["a", "a/b", "a/one.txt", "a/b/two.txt"]
+    assert [rel for rel, _ in v.walk(str(root / "moved"))] == [
+        "a",
+        "a/b",
+        "a/one.txt",
+        "a/b/two.txt",
+    ]
     v.record(fx.remove(str(root / "moved" / "a" / "one.txt")))
     assert v.listdir(str(root / "moved" / "a")) == ["b"]
 
@@ -66,4 +71,13 @@ def test_walk_matches_between_real_and_virtual_paths(tmp_path: Path) -> None:
     v = WorldView()
     v.record(fx.create_file(str(tmp_path / "elsewhere"), 1, content=b"x"))  # make the view virtual
     virtual = [(rel, i.kind, i.size) for rel, i in v.walk(str(root))]
-    assert real == virtual == [("a", "dir", real[0][2]), ("a/b", "dir", real[1][2]), ("a/one.txt", "file", 3), ("a/b/two.txt", "file", 4)]
+    assert (
+        real
+        == virtual
+        == [
+            ("a", "dir", real[0][2]),
+            ("a/b", "dir", real[1][2]),
+            ("a/one.txt", "file", 3),
+            ("a/b/two.txt", "file", 4),
+        ]
+    )

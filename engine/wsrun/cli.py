@@ -71,7 +71,9 @@ def run_recipe_command(ref: str, args: list[str], prog: str) -> int:
     try:
         path = resolve(ref)
     except RecipeNotFound:
-        sys.stderr.write(f"{prog.split()[0]}: no recipe '{ref}': not a file, a directory with recipe.yaml, or a packaged recipe (wsrun recipes)\n")
+        sys.stderr.write(
+            f"{prog.split()[0]}: no recipe '{ref}': not a file, a directory with recipe.yaml, or a packaged recipe (wsrun recipes)\n"
+        )
         return 2
     try:
         recipe = load_valid(path)
@@ -89,7 +91,13 @@ def run_recipe_command(ref: str, args: list[str], prog: str) -> int:
     return execute(recipe, inputs, options)
 
 
-def execute(recipe: Any, inputs: dict[str, Any], options: dict[str, Any], run_id: str | None = None, resume: Any = None) -> int:
+def execute(
+    recipe: Any,
+    inputs: dict[str, Any],
+    options: dict[str, Any],
+    run_id: str | None = None,
+    resume: Any = None,
+) -> int:
     """Run a loaded recipe with parsed inputs and print the outcome."""
     import os
 
@@ -100,16 +108,27 @@ def execute(recipe: Any, inputs: dict[str, Any], options: dict[str, Any], run_id
     from wsrun.settings import Settings, SettingsError
 
     try:
-        settings = Settings(profile=options.get("profile"), overrides=parse_sets(options.get("set") or []))
+        settings = Settings(
+            profile=options.get("profile"), overrides=parse_sets(options.get("set") or [])
+        )
         inputs = coerce_inputs(recipe, inputs, os.getcwd())
         quiet = options.get("quiet") or options.get("json")
         show_bars = not quiet and not options.get("dry_run") and stream_is_terminal(sys.stderr)
         progress = RichProgress() if show_bars else None
-        events: Events = Events() if quiet else LineEvents(sys.stderr, bool(options.get("dry_run")), progress)
+        events: Events = (
+            Events() if quiet else LineEvents(sys.stderr, bool(options.get("dry_run")), progress)
+        )
         journal = Journal()
         runner = Runner(
-            recipe, inputs, settings, dry_run=bool(options.get("dry_run")), run_id=run_id, journal=journal,
-            resume=resume, events=events, progress=progress,
+            recipe,
+            inputs,
+            settings,
+            dry_run=bool(options.get("dry_run")),
+            run_id=run_id,
+            journal=journal,
+            resume=resume,
+            events=events,
+            progress=progress,
             log=(lambda m: None) if quiet else (lambda m: print(m, file=sys.stderr, flush=True)),
         )
     except (RunError, SettingsError, ValueError) as e:
@@ -123,7 +142,9 @@ def execute(recipe: Any, inputs: dict[str, Any], options: dict[str, Any], run_id
             report = runner.run()
     except KeyboardInterrupt:
         journal.end_run(runner.run_id, "interrupted", None, "interrupted by the operator")
-        sys.stderr.write(f"{recipe.name}: interrupted (resume with: wsrun resume {runner.run_id})\n")
+        sys.stderr.write(
+            f"{recipe.name}: interrupted (resume with: wsrun resume {runner.run_id})\n"
+        )
         return 130
     if options.get("json"):
         print(report_json(report.to_json()))

@@ -20,10 +20,18 @@ def build_parser(recipe: Recipe, prog: str, common: bool = True) -> argparse.Arg
     options (--dry-run, --json, ...) are listed in the help below it."""
     usage = None
     if common:
-        usage = build_parser(recipe, prog, common=False).format_usage().removeprefix("usage: ").rstrip("\n")
+        usage = (
+            build_parser(recipe, prog, common=False)
+            .format_usage()
+            .removeprefix("usage: ")
+            .rstrip("\n")
+        )
     description = recipe.description.strip() or None
     parser = argparse.ArgumentParser(
-        prog=prog, usage=usage, description=description, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog=prog,
+        usage=usage,
+        description=description,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sections: dict[str, Any] = {}
     exclusive: dict[str, Any] = {}
@@ -96,17 +104,40 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
         if free:
             group.add_argument(*free, **kwargs)
 
-    add(["--dry-run", "-n"], dest="dry_run", action="store_true", help="show what would be done; change nothing")
+    add(
+        ["--dry-run", "-n"],
+        dest="dry_run",
+        action="store_true",
+        help="show what would be done; change nothing",
+    )
     add(["--json"], dest="json", action="store_true", help="print the result as JSON")
-    add(["--set"], dest="set", action="append", default=[], metavar="KEY=VALUE", help="set a setting (repeatable)")
-    add(["--profile"], dest="profile", help="settings profile (default: $CAPO_PROFILE or $WSRUN_PROFILE)")
-    add(["-v", "--verbose"], dest="verbose", action="store_true", help="list every effect; tracebacks on errors")
+    add(
+        ["--set"],
+        dest="set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="set a setting (repeatable)",
+    )
+    add(
+        ["--profile"],
+        dest="profile",
+        help="settings profile (default: $CAPO_PROFILE or $WSRUN_PROFILE)",
+    )
+    add(
+        ["-v", "--verbose"],
+        dest="verbose",
+        action="store_true",
+        help="list every effect; tracebacks on errors",
+    )
     add(["-q", "--quiet"], dest="quiet", action="store_true", help="print only errors")
     for dest in COMMON_DEST:
         parser.set_defaults(**{dest: parser.get_default(dest)})
 
 
-def split_namespace(recipe: Recipe, ns: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]]:
+def split_namespace(
+    recipe: Recipe, ns: argparse.Namespace
+) -> tuple[dict[str, Any], dict[str, Any]]:
     """(recipe inputs, wsrun options) from parsed arguments."""
     values = vars(ns)
     inputs = {name: values.get(name) for name in recipe.inputs}

@@ -21,7 +21,9 @@ def run_command(args: list[str]) -> int:
 
 
 @app.command()
-def validate(files: Annotated[list[str], typer.Argument(help="Recipe files, directories or packaged names")]) -> None:
+def validate(
+    files: Annotated[list[str], typer.Argument(help="Recipe files, directories or packaged names")],
+) -> None:
     """Check recipes; print every problem as file:line:col."""
     from wsrun.recipe import RecipeNotFound, resolve
     from wsrun.validate import InvalidRecipe, load_valid
@@ -44,7 +46,9 @@ def validate(files: Annotated[list[str], typer.Argument(help="Recipe files, dire
 @app.command()
 def steps(
     name: Annotated[str | None, typer.Argument(help="A step type")] = None,
-    markdown: Annotated[bool, typer.Option("--markdown", help="The step reference as Markdown")] = False,
+    markdown: Annotated[
+        bool, typer.Option("--markdown", help="The step reference as Markdown")
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="The parameter schema as JSON")] = False,
 ) -> None:
     """List step types, or print one's documentation (from its schema)."""
@@ -71,7 +75,10 @@ def steps(
 
 @app.command()
 def schema(
-    write: Annotated[bool, typer.Option("--write", help="Write schemas/wsrun.schema.json and schemas/steps/*.json")] = False,
+    write: Annotated[
+        bool,
+        typer.Option("--write", help="Write schemas/wsrun.schema.json and schemas/steps/*.json"),
+    ] = False,
 ) -> None:
     """Print the JSON Schema of recipes with every step type's parameters."""
     from wsrun import stepdocs
@@ -116,7 +123,9 @@ def runs(
         print(json.dumps({**_run_json(record), "steps": steps_}, indent=2, default=str))
         return
     print(f"run {record.id}: {record.recipe} ({record.recipe_path})")
-    print(f"  status {record.shown_status}{' (dry run)' if record.dry_run else ''}, started {_when(record.started)}")
+    print(
+        f"  status {record.shown_status}{' (dry run)' if record.dry_run else ''}, started {_when(record.started)}"
+    )
     print(f"  inputs {json.dumps(record.inputs)}")
     if record.error:
         print(f"  error: {record.error}")
@@ -134,8 +143,16 @@ def _when(ts: float) -> str:
 
 def _run_json(r: Any) -> dict[str, Any]:
     return {
-        "id": r.id, "recipe": r.recipe, "recipe_path": r.recipe_path, "status": r.shown_status, "dry_run": r.dry_run,
-        "inputs": r.inputs, "started": r.started, "ended": r.ended, "outputs": r.outputs, "error": r.error,
+        "id": r.id,
+        "recipe": r.recipe,
+        "recipe_path": r.recipe_path,
+        "status": r.shown_status,
+        "dry_run": r.dry_run,
+        "inputs": r.inputs,
+        "started": r.started,
+        "ended": r.ended,
+        "outputs": r.outputs,
+        "error": r.error,
     }
 
 
@@ -164,10 +181,15 @@ def resume(
         print(f"wsrun: run {record.id} already finished ({record.status}); nothing to resume")
         return
     if record.dry_run:
-        print(f"wsrun: run {record.id} was a dry run; run the recipe again instead", file=sys.stderr)
+        print(
+            f"wsrun: run {record.id} was a dry run; run the recipe again instead", file=sys.stderr
+        )
         raise typer.Exit(2)
     if "********" in record.inputs.values():
-        print(f"wsrun: run {record.id} had secret inputs, which the journal does not keep; run it again", file=sys.stderr)
+        print(
+            f"wsrun: run {record.id} had secret inputs, which the journal does not keep; run it again",
+            file=sys.stderr,
+        )
         raise typer.Exit(2)
     try:
         recipe = load_valid(record.recipe_path)
@@ -175,7 +197,14 @@ def resume(
         print(str(e), file=sys.stderr)
         raise typer.Exit(2) from None
     finished = journal.finished_steps(record.id)
-    options = {"json": as_json, "verbose": verbose, "profile": profile, "set": set_ or [], "dry_run": False, "quiet": False}
+    options = {
+        "json": as_json,
+        "verbose": verbose,
+        "profile": profile,
+        "set": set_ or [],
+        "dry_run": False,
+        "quiet": False,
+    }
     import os
 
     if record.workdir and os.path.isdir(record.workdir):
@@ -185,7 +214,9 @@ def resume(
 
 @app.command()
 def settings(
-    keys: Annotated[list[str] | None, typer.Argument(help="Setting names (default: all from the profile)")] = None,
+    keys: Annotated[
+        list[str] | None, typer.Argument(help="Setting names (default: all from the profile)")
+    ] = None,
     profile: Annotated[str | None, typer.Option(help="Settings profile")] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="KEY=VALUE")] = None,
 ) -> None:

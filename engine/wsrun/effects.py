@@ -72,7 +72,14 @@ def create_file(
 ) -> Effect:
     """A regular file written at ``path``; ``source`` is the file it copies, if any."""
     return Effect(
-        "create_file", path, bytes=bytes, source=source, mode=mode, extra=extra, content=content, source_info=source_info
+        "create_file",
+        path,
+        bytes=bytes,
+        source=source,
+        mode=mode,
+        extra=extra,
+        content=content,
+        source_info=source_info,
     )
 
 

@@ -12,15 +12,12 @@ from collections.abc import Iterator, Mapping
 from functools import lru_cache
 from typing import Any
 
-from jinja2 import StrictUndefined, nodes
-from jinja2.exceptions import TemplateSyntaxError, UndefinedError
-from jinja2.runtime import Undefined
-from jinja2.sandbox import ImmutableSandboxedEnvironment
-
 _SINGLE = re.compile(r"^\s*\{\{(.*)\}\}\s*$", re.DOTALL)
 
 #: Names every expression may use besides the scope (Jinja's own globals).
-JINJA_GLOBALS = frozenset({"range", "dict", "lipsum", "cycler", "joiner", "namespace", "true", "false", "none"})
+JINJA_GLOBALS = frozenset(
+    {"range", "dict", "lipsum", "cycler", "joiner", "namespace", "true", "false", "none"}
+)
 
 
 class ExpressionError(Exception):
@@ -36,22 +33,26 @@ def is_template(value: Any) -> bool:
     return isinstance(value, str) and ("{{" in value or "{%" in value)
 
 
-class RecipeEnvironment(ImmutableSandboxedEnvironment):
-    """Keys before attributes: ``steps.copy`` is the step with id ``copy``,
-    not the dict method ``copy``."""
-
-    def getattr(self, obj: Any, attribute: str) -> Any:
-        if isinstance(obj, Mapping) and isinstance(attribute, str):
-            try:
-                return obj[attribute]
-            except KeyError:
-                pass
-        return super().getattr(obj, attribute)
-
-
 @lru_cache(maxsize=1)
-def environment() -> ImmutableSandboxedEnvironment:
+def environment() -> Any:
+    """The sandboxed Jinja2 environment; imported on first use, since plain
+    names (the common case) never need it."""
+    from jinja2 import StrictUndefined
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
     from wsrun.filters import FILTERS
+
+    class RecipeEnvironment(ImmutableSandboxedEnvironment):
+        """Keys before attributes: ``steps.copy`` is the step with id ``copy``,
+        not the dict method ``copy``."""
+
+        def getattr(self, obj: Any, attribute: str) -> Any:
+            if isinstance(obj, Mapping) and isinstance(attribute, str):
+                try:
+                    return obj[attribute]
+                except KeyError:
+                    pass
+            return super().getattr(obj, attribute)
 
     env = RecipeEnvironment(undefined=StrictUndefined, keep_trailing_newline=True, autoescape=False)
     env.filters.update(FILTERS)
@@ -67,6 +68,8 @@ def _single_expression(text: str) -> str | None:
 
 @lru_cache(maxsize=4096)
 def _compiled(text: str, bare: bool) -> Any:
+    from jinja2.exceptions import TemplateSyntaxError
+
     env = environment()
     expr = text if bare and not is_template(text) else _single_expression(text)
     try:
@@ -126,8 +129,6 @@ def _lookup(chain: tuple[str, ...], scope: Mapping[str, Any]) -> Any:
             value = value[key]
         except KeyError:
             raise ExpressionError(f"unknown name '{key}'") from None
-    if isinstance(value, Undefined):
-        raise _NeedsJinja
     return value
 
 
@@ -143,6 +144,9 @@ def evaluate(text: str, scope: Mapping[str, Any], bare: bool = False) -> Any:
             return "".join(p if isinstance(p, str) else str(_lookup(p, scope)) for p in simple[1])
         except _NeedsJinja:
             pass
+    from jinja2.exceptions import UndefinedError
+    from jinja2.runtime import Undefined
+
     kind, compiled = _compiled(text, bare)
     try:
         if kind == "expr":
@@ -189,11 +193,16 @@ def references(text: str, bare: bool = False) -> Iterator[tuple[str, ...]]:
     """
     simple = _simple(text, bare)
     if simple is not None:
-        chains = [simple[1]] if simple[0] == "one" else [p for p in simple[1] if not isinstance(p, str)]
+        chains = (
+            [simple[1]] if simple[0] == "one" else [p for p in simple[1] if not isinstance(p, str)]
+        )
         for chain in chains:
             if chain[0] not in JINJA_GLOBALS:
                 yield chain
         return
+    from jinja2 import meta
+    from jinja2.exceptions import TemplateSyntaxError
+
     env = environment()
     source = text
     if bare and not is_template(text):
@@ -202,22 +211,28 @@ def references(text: str, bare: bool = False) -> Iterator[tuple[str, ...]]:
         ast = env.parse(source)
     except TemplateSyntaxError as e:
         raise ExpressionError(f"expression syntax: {e.message}", e.lineno) from None
-    from jinja2 import meta
-
     free = meta.find_undeclared_variables(ast)
+    from jinja2 import nodes
+
     for node in ast.find_all((nodes.Getattr, nodes.Getitem, nodes.Name)):
         chain = _chain(node)
         if chain and chain[0] in free:
             yield chain
 
 
-def _chain(node: nodes.Node) -> tuple[str, ...] | None:
+def _chain(node: Any) -> tuple[str, ...] | None:
+    from jinja2 import nodes
+
     parts: list[str] = []
     while True:
         if isinstance(node, nodes.Getattr):
             parts.append(node.attr)
             node = node.node
-        elif isinstance(node, nodes.Getitem) and isinstance(node.arg, nodes.Const) and isinstance(node.arg.value, str):
+        elif (
+            isinstance(node, nodes.Getitem)
+            and isinstance(node.arg, nodes.Const)
+            and isinstance(node.arg.value, str)
+        ):
             parts.append(node.arg.value)
             node = node.node
         elif isinstance(node, nodes.Getitem):

@@ -77,7 +77,13 @@ def real_lstat(path: str) -> FileInfo | None:
 def norm(path: str | os.PathLike[str]) -> str:
     """Absolute and normalised; already-clean absolute paths (what steps pass)
     are returned as they are, without the cost of abspath."""
-    if isinstance(path, str) and path[:1] == "/" and "//" not in path and "/." not in path and path[-1:] != "/":
+    if (
+        isinstance(path, str)
+        and path[:1] == "/"
+        and "//" not in path
+        and "/." not in path
+        and path[-1:] != "/"
+    ):
         return path
     return os.path.abspath(os.fspath(path))
 
@@ -254,15 +260,26 @@ class WorldView:
         path = norm(effect.path)
         if op == "create_file":
             src = effect.source_info
-            if effect.source and (src is None or src.is_symlink or norm(effect.source) in self._nodes):
+            if effect.source and (
+                src is None or src.is_symlink or norm(effect.source) in self._nodes
+            ):
                 src = self.stat(effect.source)
             content_from = src.content_from if src is not None else None
             mtime = src.mtime_ns if src is not None else 0
             mode = effect.mode if effect.mode is not None else (src.mode if src else 0o644)
-            content = effect.content if effect.content is not None else (src.content if src else None)
+            content = (
+                effect.content if effect.content is not None else (src.content if src else None)
+            )
             self._put(
                 path,
-                FileInfo("file", effect.bytes or 0, mtime, mode, content_from=content_from, content=content),
+                FileInfo(
+                    "file",
+                    effect.bytes or 0,
+                    mtime,
+                    mode,
+                    content_from=content_from,
+                    content=content,
+                ),
             )
         elif op == "create_dir":
             existing = self.lstat(path)

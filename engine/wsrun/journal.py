@@ -53,7 +53,9 @@ FINISHED = ("ok", "changed", "skipped")
 def default_home() -> str:
     if os.environ.get("WSRUN_HOME"):
         return os.environ["WSRUN_HOME"]
-    state = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+    state = os.environ.get("XDG_STATE_HOME") or os.path.join(
+        os.path.expanduser("~"), ".local", "state"
+    )
     return os.path.join(state, "wsrun")
 
 
@@ -100,7 +102,9 @@ class Journal:
         self.home = home or default_home()
         os.makedirs(self.home, exist_ok=True)
         self.path = os.path.join(self.home, "journal.db")
-        self.db = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
+        self.db = sqlite3.connect(
+            self.path, timeout=30, isolation_level=None, check_same_thread=False
+        )
         self.db.execute("PRAGMA busy_timeout = 30000")
         self.db.execute("PRAGMA journal_mode = WAL")
         self.db.execute("PRAGMA synchronous = NORMAL")
@@ -148,18 +152,37 @@ class Journal:
             "INSERT INTO runs (id, recipe, recipe_path, inputs, settings, dry_run, status, started, pid, workdir)"
             " VALUES (?, ?, ?, ?, ?, ?, 'running', ?, ?, ?)"
             " ON CONFLICT(id) DO UPDATE SET status='running', ended=NULL, pid=excluded.pid, error=NULL",
-            (run_id, recipe, recipe_path, _json(inputs), _json(settings), int(dry_run), time.time(), os.getpid(), workdir),
+            (
+                run_id,
+                recipe,
+                recipe_path,
+                _json(inputs),
+                _json(settings),
+                int(dry_run),
+                time.time(),
+                os.getpid(),
+                workdir,
+            ),
             commit=True,
         )
 
-    def end_run(self, run_id: str, status: str, outputs: Any = None, error: str | None = None) -> None:
+    def end_run(
+        self, run_id: str, status: str, outputs: Any = None, error: str | None = None
+    ) -> None:
         self._write(
             "UPDATE runs SET status=?, ended=?, outputs=?, error=? WHERE id=?",
             (status, time.time(), _json(outputs), error, run_id),
             commit=True,
         )
 
-    def start_step(self, run_id: str, key: str, seq: int, uses: str, planned: list[dict[str, Any]] | None = None) -> None:
+    def start_step(
+        self,
+        run_id: str,
+        key: str,
+        seq: int,
+        uses: str,
+        planned: list[dict[str, Any]] | None = None,
+    ) -> None:
         """Record a step starting; with its planned effects (just before it
         changes the world) the record is committed at once."""
         self._write(
@@ -189,7 +212,11 @@ class Journal:
             (run_id, *FINISHED),
         ).fetchall()
         return {
-            key: {"status": status, "outputs": json.loads(outputs or "null") or {}, "effects": json.loads(effects or "null") or []}
+            key: {
+                "status": status,
+                "outputs": json.loads(outputs or "null") or {},
+                "effects": json.loads(effects or "null") or [],
+            }
             for key, status, outputs, effects in rows
         }
 
@@ -235,8 +262,19 @@ class Journal:
 
 def _record(r: tuple[Any, ...]) -> RunRecord:
     return RunRecord(
-        r[0], r[1], r[2], json.loads(r[3]), json.loads(r[4]), bool(r[5]), r[6], r[7], r[8], r[9], r[10],
-        json.loads(r[11]) if r[11] else None, r[12],
+        r[0],
+        r[1],
+        r[2],
+        json.loads(r[3]),
+        json.loads(r[4]),
+        bool(r[5]),
+        r[6],
+        r[7],
+        r[8],
+        r[9],
+        r[10],
+        json.loads(r[11]) if r[11] else None,
+        r[12],
     )
 
 

@@ -31,7 +31,9 @@ def report_json(data: dict[str, Any]) -> str:
     the C JSON encoder does the work (json's indent= falls back to pure Python,
     seconds for 100,000 effects)."""
 
-    dump = json.JSONEncoder(default=str, ensure_ascii=False).encode  # one encoder: dumps() makes one per call
+    dump = json.JSONEncoder(
+        default=str, ensure_ascii=False
+    ).encode  # one encoder: dumps() makes one per call
 
     lines = ["{"]
     items = list(data.items())
@@ -47,7 +49,10 @@ def report_json(data: dict[str, Any]) -> str:
                     lines.append(f'    {head}, "effects": []}}{end}')
                     continue
                 lines.append(f'    {head}, "effects": [')
-                lines.extend(f"      {dump(e)}{',' if k < len(effects) - 1 else ''}" for k, e in enumerate(effects))
+                lines.extend(
+                    f"      {dump(e)}{',' if k < len(effects) - 1 else ''}"
+                    for k, e in enumerate(effects)
+                )
                 lines.append(f"    ]}}{end}")
             lines.append(f"  ]{comma}")
         else:
@@ -88,9 +93,20 @@ def totals(steps: list[StepReport]) -> str:
             counts[e["op"]] = counts.get(e["op"], 0) + 1
             if e["op"] == "create_file" and e.get("bytes"):
                 size += e["bytes"]
-    parts = [f"{counts.get('create_file', 0)} files ({human_bytes(size)})", f"{counts.get('create_dir', 0)} directories"]
-    names = {"create_symlink": "symlinks", "remove": "removals", "move": "moves", "upload": "uploads", "run": "commands",
-             "set_state": "state changes", "publish": "messages", "record": "records"}
+    parts = [
+        f"{counts.get('create_file', 0)} files ({human_bytes(size)})",
+        f"{counts.get('create_dir', 0)} directories",
+    ]
+    names = {
+        "create_symlink": "symlinks",
+        "remove": "removals",
+        "move": "moves",
+        "upload": "uploads",
+        "run": "commands",
+        "set_state": "state changes",
+        "publish": "messages",
+        "record": "records",
+    }
     parts += [f"{counts[op]} {name}" for op, name in names.items() if counts.get(op)]
     return ", ".join(parts)
 
@@ -175,7 +191,9 @@ class RichProgress(Progress):
     def __exit__(self, *exc: object) -> None:
         self.bars.stop()
 
-    def task(self, description: str, total_bytes: int | None = None, total_files: int | None = None) -> ProgressTask:
+    def task(
+        self, description: str, total_bytes: int | None = None, total_files: int | None = None
+    ) -> ProgressTask:
         task_id = self.bars.add_task(description, total=total_bytes, files=0)
         bars = self.bars
         lock = self.lock
@@ -186,7 +204,11 @@ class RichProgress(Progress):
             def advance(self, bytes: int = 0, files: int = 0) -> None:
                 with lock:
                     self.files += files
-                    bars.update(task_id, advance=bytes, files=f"{self.files}/{total_files}" if total_files else self.files)
+                    bars.update(
+                        task_id,
+                        advance=bytes,
+                        files=f"{self.files}/{total_files}" if total_files else self.files,
+                    )
 
             def close(self) -> None:
                 bars.remove_task(task_id)

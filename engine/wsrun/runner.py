@@ -33,7 +33,9 @@ class RunError(Exception):
 class StepFailed(Exception):
     """A step failed; ``str()`` is the one line printed to the operator."""
 
-    def __init__(self, message: str, cause: BaseException | None = None, path: str | None = None) -> None:
+    def __init__(
+        self, message: str, cause: BaseException | None = None, path: str | None = None
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.cause = cause
@@ -122,7 +124,9 @@ def resolve_settings(recipe: Recipe, settings: Settings) -> tuple[dict[str, Any]
         elif "default" in spec:
             values[alias] = spec["default"]
         elif spec.get("required", True):
-            missing.append(f"{recipe.where('settings', alias)}: missing setting '{spec['name']}' ({settings.where_searched(spec['name'])})")
+            missing.append(
+                f"{recipe.where('settings', alias)}: missing setting '{spec['name']}' ({settings.where_searched(spec['name'])})"
+            )
             continue
         else:
             values[alias] = None
@@ -138,7 +142,9 @@ def coerce_inputs(recipe: Recipe, given: Mapping[str, Any], workdir: str) -> dic
     declared = recipe.inputs
     unknown = [k for k in given if k not in declared]
     if unknown:
-        raise RunError(f"{recipe.path}: unknown input(s) {', '.join(sorted(unknown))} (inputs: {', '.join(declared) or 'none'})")
+        raise RunError(
+            f"{recipe.path}: unknown input(s) {', '.join(sorted(unknown))} (inputs: {', '.join(declared) or 'none'})"
+        )
     out: dict[str, Any] = {}
     for name, spec in declared.items():
         kind = spec.get("type", "string")
@@ -173,7 +179,9 @@ def convert_input(name: str, kind: str, value: Any, spec: Mapping[str, Any], wor
             return bool(value)
         if kind == "choice":
             if value not in spec.get("choices", []):
-                raise RunError(f"input '{name}': {value!r} is not one of {', '.join(map(str, spec['choices']))}")
+                raise RunError(
+                    f"input '{name}': {value!r} is not one of {', '.join(map(str, spec['choices']))}"
+                )
             return value
         if kind == "list":
             items = value if isinstance(value, list) else [value]
@@ -245,7 +253,12 @@ class Runner:
             "inputs": inputs,
             "settings": self.setting_values,
             "steps": {},
-            "run": {"id": self.run_id, "started": time.time(), "workdir": self.workdir, "dry_run": dry_run},
+            "run": {
+                "id": self.run_id,
+                "started": time.time(),
+                "workdir": self.workdir,
+                "dry_run": dry_run,
+            },
             "env": self.env,
         }
         self.scope["vars"] = expr.LazyVars(recipe.vars, self.scope)
@@ -256,22 +269,36 @@ class Runner:
         report = RunReport(self.run_id, self.recipe.name, self.dry_run)
         if self.journal and not self.depth:
             self.journal.start_run(
-                self.run_id, self.recipe.name, self.recipe.path, self.masked_inputs(), self.settings_shown, self.dry_run, self.workdir
+                self.run_id,
+                self.recipe.name,
+                self.recipe.path,
+                self.masked_inputs(),
+                self.settings_shown,
+                self.dry_run,
+                self.workdir,
             )
         failure: StepFailed | None = None
         try:
             failure = self.run_section("steps", report)
             if failure is not None and self.recipe.step_list("on_failure"):
-                self.scope["error"] = {"message": failure.message, "path": failure.path, "step": report.steps[-1].key if report.steps else None}
+                self.scope["error"] = {
+                    "message": failure.message,
+                    "path": failure.path,
+                    "step": report.steps[-1].key if report.steps else None,
+                }
                 self.run_section("on_failure", report, stop_on_failure=False)
         finally:
             if self.recipe.step_list("finally"):
                 if failure is not None:
-                    self.scope.setdefault("error", {"message": failure.message, "path": failure.path})
+                    self.scope.setdefault(
+                        "error", {"message": failure.message, "path": failure.path}
+                    )
                 self.run_section("finally", report, stop_on_failure=False)
         if failure is None:
             try:
-                report.outputs = {k: expr.render(v, self.scope) for k, v in self.recipe.outputs.items()}
+                report.outputs = {
+                    k: expr.render(v, self.scope) for k, v in self.recipe.outputs.items()
+                }
             except expr.ExpressionError as e:
                 failure = StepFailed(f"{self.recipe.where('outputs')}: outputs: {e.message}", e)
         if failure is not None:
@@ -287,10 +314,13 @@ class Runner:
 
     def masked_inputs(self) -> dict[str, Any]:
         return {
-            k: ("********" if self.recipe.inputs.get(k, {}).get("secret") else v) for k, v in self.inputs.items()
+            k: ("********" if self.recipe.inputs.get(k, {}).get("secret") else v)
+            for k, v in self.inputs.items()
         }
 
-    def run_section(self, section: str, report: RunReport, stop_on_failure: bool = True) -> StepFailed | None:
+    def run_section(
+        self, section: str, report: RunReport, stop_on_failure: bool = True
+    ) -> StepFailed | None:
         first: StepFailed | None = None
         for index, step in enumerate(self.recipe.step_list(section)):
             step_report = self.run_step(section, index, step)
@@ -304,13 +334,22 @@ class Runner:
     def run_step(self, section: str, index: int, step: dict[str, Any]) -> StepReport:
         uses = step["uses"]
         sid = step.get("id")
-        key = self.key_prefix + (sid or (f"{section}[{index}]" if section != "steps" else f"#{index + 1}"))
+        key = self.key_prefix + (
+            sid or (f"{section}[{index}]" if section != "steps" else f"#{index + 1}")
+        )
         where = str(self.recipe.where(section, index))
-        report = StepReport(key=key, uses=uses, status="ok", where=where, id=sid, name=step.get("name"))
+        report = StepReport(
+            key=key, uses=uses, status="ok", where=where, id=sid, name=step.get("name")
+        )
         self.seq += 1
         done = self.resume.get(key)
         if done is not None:
-            report.status, report.outputs, report.effects, report.resumed = done["status"], done["outputs"], done["effects"], True
+            report.status, report.outputs, report.effects, report.resumed = (
+                done["status"],
+                done["outputs"],
+                done["effects"],
+                True,
+            )
             self.remember(sid, report)
             self.events.step_finished(report)
             return report
@@ -334,14 +373,20 @@ class Runner:
         report.seconds = time.monotonic() - started
         if self.journal:
             status = report.status if not self.dry_run or report.status == "failed" else "planned"
-            self.journal.end_step(self.run_id, key, status, report.effects, report.outputs, report.error)
+            self.journal.end_step(
+                self.run_id, key, status, report.effects, report.outputs, report.error
+            )
         self.remember(sid, report)
         self.events.step_finished(report)
         return report
 
     def remember(self, sid: str | None, report: StepReport) -> None:
         if sid:
-            self.scope["steps"][sid] = {"outputs": report.outputs, "status": report.status, "error": report.error}
+            self.scope["steps"][sid] = {
+                "outputs": report.outputs,
+                "status": report.status,
+                "error": report.error,
+            }
 
     def condition(self, value: Any) -> bool:
         if isinstance(value, bool):
@@ -373,16 +418,25 @@ class Runner:
         report.outputs = {"results": results}
         report.status = "changed" if report.effects else "ok"
 
-    def run_unit(self, step: dict[str, Any], key: str, scope: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    def run_unit(
+        self, step: dict[str, Any], key: str, scope: dict[str, Any]
+    ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
         """One execution of a step (one item of a loop): render, plan, apply."""
         params: dict[str, Any] = {}
-        raw = () if is_recipe_ref(step["uses"]) else getattr(load_step(step["uses"]), "UNRENDERED", ())
+        raw = (
+            ()
+            if is_recipe_ref(step["uses"])
+            else getattr(load_step(step["uses"]), "UNRENDERED", ())
+        )
+        templated: set[str] = set()
         for name, value in (step.get("with") or {}).items():
             if name in raw:
                 params[name] = value  # the step renders it itself (a template's text)
                 continue
             try:
                 params[name] = expr.render(value, scope)
+                if params[name] is not value:
+                    templated.add(name)
             except expr.ExpressionError as e:
                 raise StepFailed(f"with.{name}: {e.message}", e) from None
         if is_recipe_ref(step["uses"]):
@@ -392,20 +446,24 @@ class Runner:
         delay = float(retry.get("delay", 1))
         for attempt in range(1, attempts + 1):
             try:
-                return self.plan_apply(step, params, key)
+                return self.plan_apply(step, params, key, templated)
             except StepFailed as e:
                 if attempt == attempts:
                     if attempts > 1:
                         e.message += f" (after {attempts} attempts)"
                     raise
-                self.log(f"step '{key}' failed ({e.message}); retrying in {delay:g}s (attempt {attempt + 1} of {attempts})")
+                self.log(
+                    f"step '{key}' failed ({e.message}); retrying in {delay:g}s (attempt {attempt + 1} of {attempts})"
+                )
                 time.sleep(delay)
                 delay *= float(retry.get("backoff", 2))
         raise AssertionError("unreachable")
 
-    def plan_apply(self, step: dict[str, Any], params: dict[str, Any], key: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    def plan_apply(
+        self, step: dict[str, Any], params: dict[str, Any], key: str, templated: set[str]
+    ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
         module = load_step(step["uses"])
-        self.check_params(step["uses"], params)
+        self.check_params(step["uses"], params, templated)
         deadline = time.monotonic() + parse_timeout(step["timeout"]) if "timeout" in step else None
         ctx = StepContext(
             fs=self.view,
@@ -426,7 +484,9 @@ class Runner:
                     self.view.record(effect)
                 return _dicts(plan.effects), plan.outputs
             if self.journal and plan.effects:
-                self.journal.start_step(self.run_id, key, self.seq, step["uses"], _dicts(plan.effects))
+                self.journal.start_step(
+                    self.run_id, key, self.seq, step["uses"], _dicts(plan.effects)
+                )
             result = module.apply(plan, ctx)
             return _dicts(result.effects), result.outputs
         except StepFailed:
@@ -437,16 +497,25 @@ class Runner:
         except Exception as e:  # a bug in a step type: still one line, traceback with -v
             raise StepFailed(f"{type(e).__name__}: {e}", e) from None
 
-    def check_params(self, uses: str, params: dict[str, Any]) -> None:
-        from wsrun.validate import _step_validator
+    def check_params(self, uses: str, params: dict[str, Any], templated: set[str]) -> None:
+        """Check the values that expressions produced; the rest were checked
+        when the recipe was validated."""
+        from wsrun.validate import _step_validator, obviously_valid
 
-        errors = sorted(_step_validator(uses).iter_errors(params), key=lambda e: list(e.absolute_path))
+        properties = load_step(uses).SCHEMA.get("properties", {})
+        if all(obviously_valid(properties.get(k), params[k]) for k in templated):
+            return
+        errors = sorted(
+            _step_validator(uses).iter_errors(params), key=lambda e: list(e.absolute_path)
+        )
         if errors:
             e = errors[0]
             where = ".".join(str(p) for p in e.absolute_path)
             raise StepFailed(f"with{'.' + where if where else ''}: {e.message}")
 
-    def run_recipe_step(self, uses: str, params: dict[str, Any], key: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    def run_recipe_step(
+        self, uses: str, params: dict[str, Any], key: str
+    ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
         from wsrun.validate import InvalidRecipe, load_valid
 
         if self.depth >= MAX_DEPTH:
@@ -455,12 +524,26 @@ class Runner:
             sub = load_valid(resolve(uses, self.recipe.dir))
             inputs = coerce_inputs(sub, params, self.workdir)
             child = Runner(
-                sub, inputs, self.settings, dry_run=self.dry_run, run_id=self.run_id, journal=self.journal,
-                resume=self.resume, events=self.events, progress=self.progress, log=self.log, workdir=self.workdir,
-                env=self.env, view=self.view, key_prefix=key + "/", depth=self.depth + 1,
+                sub,
+                inputs,
+                self.settings,
+                dry_run=self.dry_run,
+                run_id=self.run_id,
+                journal=self.journal,
+                resume=self.resume,
+                events=self.events,
+                progress=self.progress,
+                log=self.log,
+                workdir=self.workdir,
+                env=self.env,
+                view=self.view,
+                key_prefix=key + "/",
+                depth=self.depth + 1,
             )
         except InvalidRecipe as e:
-            raise StepFailed(f"recipe '{uses}' is invalid: {e.problems[0].where}: {e.problems[0].message}") from None
+            raise StepFailed(
+                f"recipe '{uses}' is invalid: {e.problems[0].where}: {e.problems[0].message}"
+            ) from None
         except RunError as e:
             raise StepFailed(str(e)) from None
         sub_report = child.run()

@@ -21,7 +21,10 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-SECRET_NAME = re.compile(r"(password|passwd|secret|token|credential|apikey|api_key|(^|[._])(access|private|secret)?key$)", re.I)
+SECRET_NAME = re.compile(
+    r"(password|passwd|secret|token|credential|apikey|api_key|(^|[._])(access|private|secret)?key$)",
+    re.I,
+)
 MASK = "********"
 _ENV_REF = re.compile(r"\$\{env:([A-Za-z_][A-Za-z0-9_]*)\}")
 
@@ -55,7 +58,9 @@ def parse_properties(path: str, env: Mapping[str, str]) -> dict[str, SettingValu
                 continue
             where = f"{path}:{lineno}"
             if line.startswith("[") and line.endswith("]"):
-                raise SettingsError(f"{where}: section headers like {line} are not allowed in a properties file")
+                raise SettingsError(
+                    f"{where}: section headers like {line} are not allowed in a properties file"
+                )
             if "=" not in line:
                 raise SettingsError(f"{where}: expected key=value, got {line!r}")
             key, value = (part.strip() for part in line.split("=", 1))
@@ -63,7 +68,9 @@ def parse_properties(path: str, env: Mapping[str, str]) -> dict[str, SettingValu
                 raise SettingsError(f"{where}: empty key")
             folded = key.lower()
             if folded in values:
-                raise SettingsError(f"{where}: duplicate key '{key}' (first at {values[folded].source})")
+                raise SettingsError(
+                    f"{where}: duplicate key '{key}' (first at {values[folded].source})"
+                )
             values[folded] = SettingValue(key, _expand_env(value, env, where), where)
     return values
 
@@ -87,7 +94,9 @@ class Settings:
         env: Mapping[str, str] | None = None,
     ) -> None:
         self.env = dict(os.environ if env is None else env)
-        self.profile = profile or self.env.get("CAPO_PROFILE") or self.env.get("WSRUN_PROFILE") or None
+        self.profile = (
+            profile or self.env.get("CAPO_PROFILE") or self.env.get("WSRUN_PROFILE") or None
+        )
         self.files_searched: list[str] = []
         self._values: dict[str, SettingValue] = {}
         if self.profile:
@@ -118,7 +127,11 @@ class Settings:
         return sorted(v.name for v in self._values.values())
 
     def where_searched(self, name: str) -> str:
-        files = ", ".join(self.files_searched) if self.files_searched else "no profile given (--profile or CAPO_PROFILE)"
+        files = (
+            ", ".join(self.files_searched)
+            if self.files_searched
+            else "no profile given (--profile or CAPO_PROFILE)"
+        )
         return f"files: {files}; environment {env_name(name)}; --set {name}=..."
 
 

@@ -115,7 +115,9 @@ class Progress:
     """Where long steps report bytes and files done. The default shows nothing;
     the command line swaps in a rich progress bar on a terminal."""
 
-    def task(self, description: str, total_bytes: int | None = None, total_files: int | None = None) -> ProgressTask:
+    def task(
+        self, description: str, total_bytes: int | None = None, total_files: int | None = None
+    ) -> ProgressTask:
         return _NoProgressTask()
 
 

@@ -8,10 +8,14 @@ from wsrun.fs import WorldView
 from wsrun.step import Plan, Result, StepContext, load_step
 
 
-def plan_step(name: str, params: dict[str, Any], workdir: str, view: WorldView | None = None) -> Plan:
+def plan_step(
+    name: str, params: dict[str, Any], workdir: str, view: WorldView | None = None
+) -> Plan:
     """Plan one step; ``view`` lets a test layer earlier planned effects."""
     module = load_step(name)
-    ctx = StepContext(fs=view or WorldView(), dry_run=view is not None, workdir=workdir, step_id=name)
+    ctx = StepContext(
+        fs=view or WorldView(), dry_run=view is not None, workdir=workdir, step_id=name
+    )
     return module.plan(params, ctx)
 
 

@@ -6,7 +6,9 @@ like a compiler, so an author can fix them all in one pass.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 from dataclasses import dataclass
 from functools import cache
 from typing import Any
@@ -15,11 +17,18 @@ from wsrun import expr
 from wsrun.loader import Where, YamlError
 from wsrun.recipe import Recipe, RecipeNotFound, is_recipe_ref, load_recipe, resolve
 from wsrun.resources import schemas_dir
-from wsrun.step import UnknownStep, load_step, params_schema
+from wsrun.step import BUILTIN_STEPS, UnknownStep, load_step, params_schema
 
 STEP_SECTIONS = ("steps", "on_failure", "finally")
 SCOPE_NAMES = frozenset({"inputs", "settings", "vars", "steps", "run", "env"})
-INPUT_TYPES_PY = {"path": str, "string": str, "int": int, "float": (int, float), "bool": bool, "list": list}
+INPUT_TYPES_PY = {
+    "path": str,
+    "string": str,
+    "int": int,
+    "float": (int, float),
+    "bool": bool,
+    "list": list,
+}
 
 
 @dataclass(frozen=True)
@@ -62,10 +71,113 @@ def load_valid(path: str) -> Recipe:
         recipe = load_recipe(path)
     except YamlError as e:
         raise InvalidRecipe([_yaml_problem(e)]) from None
+    marker = _validated_marker(recipe)
+    if marker is not None and os.path.exists(marker):
+        return recipe
     problems = check(recipe)
     if problems:
         raise InvalidRecipe(problems)
+    if marker is not None:
+        os.makedirs(os.path.dirname(marker), exist_ok=True)
+        open(marker, "a").close()
     return recipe
+
+
+def _validated_marker(recipe: Recipe) -> str | None:
+    """A file whose existence says this exact recipe (and every recipe it calls)
+    passed validation with this version of wsrun. Checking is then skipped,
+    which saves importing jsonschema (a fifth of a second) on every run. None
+    when the result cannot be keyed (a recipe it calls is missing, or a step
+    type from a plugin, whose schema may change without wsrun's version)."""
+    from wsrun import __version__
+    from wsrun.journal import default_home
+
+    digest = hashlib.sha256(__version__.encode())
+    seen: set[str] = set()
+
+    def add(r: Recipe) -> bool:
+        if r.path in seen:
+            return True
+        seen.add(r.path)
+        digest.update(r.path.encode() + b"\0" + r.doc.text.encode() + b"\0")
+        for section in STEP_SECTIONS:
+            for step in r.step_list(section) if isinstance(r.data.get(section), list) else []:
+                uses = step.get("uses") if isinstance(step, dict) else None
+                if not isinstance(uses, str):
+                    return False
+                if not is_recipe_ref(uses):
+                    if uses not in BUILTIN_STEPS:
+                        return False
+                    continue
+                try:
+                    if not add(load_recipe(resolve(uses, r.dir))):
+                        return False
+                except (RecipeNotFound, YamlError, OSError):
+                    return False
+        return True
+
+    if not add(recipe):
+        return None
+    return os.path.join(default_home(), "validated", digest.hexdigest())
+
+
+_JSON_TYPES: dict[str, Any] = {
+    "string": str,
+    "integer": int,
+    "number": (int, float),
+    "boolean": bool,
+    "array": list,
+    "object": dict,
+    "null": type(None),
+}
+_ANNOTATIONS = frozenset({"description", "default", "examples", "title", "deprecated"})
+_BOUNDS: dict[str, Any] = {
+    "minLength": lambda v, n: not isinstance(v, str) or len(v) >= n,
+    "maxLength": lambda v, n: not isinstance(v, str) or len(v) <= n,
+    "minItems": lambda v, n: not isinstance(v, list) or len(v) >= n,
+    "maxItems": lambda v, n: not isinstance(v, list) or len(v) <= n,
+    "minimum": lambda v, n: isinstance(v, bool) or not isinstance(v, (int, float)) or v >= n,
+    "maximum": lambda v, n: isinstance(v, bool) or not isinstance(v, (int, float)) or v <= n,
+}
+_QUICK = frozenset({"type", "enum", "items", "oneOf", "anyOf", *_BOUNDS})
+
+
+def obviously_valid(schema: Any, value: Any) -> bool:
+    """True when ``value`` certainly satisfies ``schema``, judged by ``type``,
+    ``enum``, ``items`` and ``oneOf``/``anyOf`` alone. Anything else answers
+    False and the caller asks jsonschema, so this only spares the import of
+    jsonschema (a fifth of a second) for the common values expressions yield."""
+    if not isinstance(schema, dict) or set(schema) - _ANNOTATIONS - _QUICK:
+        return False
+    if "enum" in schema and value not in schema["enum"]:
+        return False
+    for key, check in _BOUNDS.items():
+        if key in schema and not check(value, schema[key]):
+            return False
+    if "type" in schema:
+        types = schema["type"] if isinstance(schema["type"], list) else [schema["type"]]
+        ok = False
+        for t in types:
+            py = _JSON_TYPES.get(t)
+            if (
+                py is not None
+                and isinstance(value, py)
+                and not (t in ("integer", "number") and isinstance(value, bool))
+            ):
+                ok = True
+        if not ok:
+            return False
+    if "items" in schema:
+        if not isinstance(value, list) or not all(
+            obviously_valid(schema["items"], v) for v in value
+        ):
+            return False
+    for key in ("oneOf", "anyOf"):
+        if key in schema:
+            matches = sum(1 for sub in schema[key] if obviously_valid(sub, value))
+            if matches == 0 or (key == "oneOf" and matches > 1):
+                return False
+    return True
 
 
 def _yaml_problem(e: YamlError) -> Problem:
@@ -87,7 +199,9 @@ def check(recipe: Recipe) -> list[Problem]:
     return sorted(set(checker.problems), key=lambda p: (p.where.line, p.where.col, p.message))
 
 
-def schema_messages(validator: Any, instance: Any, label: str = "recipe") -> list[tuple[tuple[Any, ...], str, bool]]:
+def schema_messages(
+    validator: Any, instance: Any, label: str = "recipe"
+) -> list[tuple[tuple[Any, ...], str, bool]]:
     """(path, message, is_key) for each schema error, worded for authors."""
     out = []
     for err in validator.iter_errors(instance):
@@ -143,14 +257,22 @@ class _Checker:
                         known.append(sid)
                         if section == "steps":
                             ids.append(sid)
-        for name, value in (data.get("vars") or {}).items() if isinstance(data.get("vars"), dict) else []:
-            self.check_expressions(("vars", name), value, self.all_ids(), in_loop=False, in_failure=False)
+        for name, value in (
+            (data.get("vars") or {}).items() if isinstance(data.get("vars"), dict) else []
+        ):
+            self.check_expressions(
+                ("vars", name), value, self.all_ids(), in_loop=False, in_failure=False
+            )
         if isinstance(data.get("outputs"), dict):
             for name, value in data["outputs"].items():
                 self.check_expressions(("outputs", name), value, self.all_ids(), False, False)
 
     def all_ids(self) -> list[str]:
-        return [s["id"] for s in self.doc.data.get("steps") or [] if isinstance(s, dict) and isinstance(s.get("id"), str)]
+        return [
+            s["id"]
+            for s in self.doc.data.get("steps") or []
+            if isinstance(s, dict) and isinstance(s.get("id"), str)
+        ]
 
     def check_inputs(self) -> None:
         inputs = self.doc.data.get("inputs")
@@ -164,31 +286,63 @@ class _Checker:
             if kind == "choice" and not spec.get("choices"):
                 self.add(("inputs", name), f"input '{name}' is a choice but lists no 'choices'")
             if spec.get("positional") and spec.get("flags"):
-                self.add(("inputs", name, "flags"), f"input '{name}' is positional and cannot have flags")
+                self.add(
+                    ("inputs", name, "flags"), f"input '{name}' is positional and cannot have flags"
+                )
             for flag in spec.get("flags") or []:
                 if flag in flags_seen:
-                    self.add(("inputs", name, "flags"), f"flag {flag} is used by inputs '{flags_seen[flag]}' and '{name}'")
+                    self.add(
+                        ("inputs", name, "flags"),
+                        f"flag {flag} is used by inputs '{flags_seen[flag]}' and '{name}'",
+                    )
                 flags_seen[flag] = name
-            if "default" in spec and spec["default"] is not None and not expr.is_template(spec["default"]):
+            if (
+                "default" in spec
+                and spec["default"] is not None
+                and not expr.is_template(spec["default"])
+            ):
                 py = INPUT_TYPES_PY.get(kind)
-                if py and (not isinstance(spec["default"], py) or (kind in ("int", "float") and isinstance(spec["default"], bool))):
-                    self.add(("inputs", name, "default"), f"default of input '{name}' is not a {kind}")
-                if kind == "choice" and spec.get("choices") and spec["default"] not in spec["choices"]:
-                    self.add(("inputs", name, "default"), f"default of input '{name}' is not one of its choices")
+                if py and (
+                    not isinstance(spec["default"], py)
+                    or (kind in ("int", "float") and isinstance(spec["default"], bool))
+                ):
+                    self.add(
+                        ("inputs", name, "default"), f"default of input '{name}' is not a {kind}"
+                    )
+                if (
+                    kind == "choice"
+                    and spec.get("choices")
+                    and spec["default"] not in spec["choices"]
+                ):
+                    self.add(
+                        ("inputs", name, "default"),
+                        f"default of input '{name}' is not one of its choices",
+                    )
 
-    def check_step(self, path: tuple[Any, ...], step: dict[str, Any], known_ids: list[str], in_failure: bool) -> None:
+    def check_step(
+        self, path: tuple[Any, ...], step: dict[str, Any], known_ids: list[str], in_failure: bool
+    ) -> None:
         uses = step.get("uses")
         in_loop = "for_each" in step
         if isinstance(uses, str):
             self.check_uses(path, uses, step.get("with"))
         for key in ("if", "for_each"):
             if isinstance(step.get(key), str):
-                self.check_expressions(path + (key,), step[key], known_ids, in_loop and key == "if", in_failure, bare=True)
+                self.check_expressions(
+                    path + (key,),
+                    step[key],
+                    known_ids,
+                    in_loop and key == "if",
+                    in_failure,
+                    bare=True,
+                )
         if isinstance(step.get("with"), dict):
             raw = self.unrendered(uses)
             for key, value in step["with"].items():
                 if key not in raw:
-                    self.check_expressions(path + ("with", key), value, known_ids, in_loop, in_failure)
+                    self.check_expressions(
+                        path + ("with", key), value, known_ids, in_loop, in_failure
+                    )
 
     def unrendered(self, uses: Any) -> tuple[str, ...]:
         """Parameters a step type renders itself (the recipe leaves them alone)."""
@@ -204,7 +358,10 @@ class _Checker:
             try:
                 sub = load_recipe(resolve(uses, self.recipe.dir))
             except RecipeNotFound:
-                self.add(path + ("uses",), f"no recipe '{uses}' (looked beside this recipe and in the packaged recipes)")
+                self.add(
+                    path + ("uses",),
+                    f"no recipe '{uses}' (looked beside this recipe and in the packaged recipes)",
+                )
                 return
             except YamlError as e:
                 self.add(path + ("uses",), f"recipe '{uses}' does not parse: {e}")
@@ -212,15 +369,24 @@ class _Checker:
             if isinstance(params, dict):
                 for key in params:
                     if key not in sub.inputs:
-                        self.add(path + ("with", key), f"recipe '{uses}' has no input '{key}' (inputs: {', '.join(sub.inputs) or 'none'})", key=True)
+                        self.add(
+                            path + ("with", key),
+                            f"recipe '{uses}' has no input '{key}' (inputs: {', '.join(sub.inputs) or 'none'})",
+                            key=True,
+                        )
                 for key, spec in sub.inputs.items():
-                    if isinstance(spec, dict) and spec.get("required") and "default" not in spec and key not in params:
+                    if (
+                        isinstance(spec, dict)
+                        and spec.get("required")
+                        and "default" not in spec
+                        and key not in params
+                    ):
                         self.add(path + ("with",), f"recipe '{uses}' needs input '{key}'")
             return
         try:
             validator = _step_validator(uses)
         except UnknownStep as e:
-            detail = str(e)[len(uses):].strip() if str(e) != uses else "(see 'wsrun steps')"
+            detail = str(e)[len(uses) :].strip() if str(e) != uses else "(see 'wsrun steps')"
             self.add(path + ("uses",), f"unknown step type '{uses}' {detail}")
             return
         with_ = params if params is not None else {}
@@ -228,7 +394,13 @@ class _Checker:
             self.add(path + ("with",) + sub_path, f"{uses}: {message}", is_key)
 
     def check_expressions(
-        self, path: tuple[Any, ...], value: Any, known_ids: list[str], in_loop: bool, in_failure: bool, bare: bool = False
+        self,
+        path: tuple[Any, ...],
+        value: Any,
+        known_ids: list[str],
+        in_loop: bool,
+        in_failure: bool,
+        bare: bool = False,
     ) -> None:
         if isinstance(value, dict):
             for k, v in value.items():
@@ -253,10 +425,16 @@ class _Checker:
         for chain in chains:
             self.check_reference(path, chain, allowed, known_ids)
 
-    def check_reference(self, path: tuple[Any, ...], chain: tuple[str, ...], allowed: set[str], known_ids: list[str]) -> None:
+    def check_reference(
+        self, path: tuple[Any, ...], chain: tuple[str, ...], allowed: set[str], known_ids: list[str]
+    ) -> None:
         root = chain[0]
         if root not in allowed:
-            hint = " (item and index exist only in a for_each step)" if root in ("item", "index") else ""
+            hint = (
+                " (item and index exist only in a for_each step)"
+                if root in ("item", "index")
+                else ""
+            )
             self.add(path, f"unknown name '{root}'{hint}")
             return
         if len(chain) < 2:
@@ -270,16 +448,33 @@ class _Checker:
         }.get(root)
         if root in ("inputs", "vars", "settings"):
             if not isinstance(declared, dict) or name not in declared:
-                names = ", ".join(declared) if isinstance(declared, dict) and declared else "none declared"
-                self.add(path, f"unknown {root[:-1] if root != 'settings' else 'setting'} '{name}' ({root}: {names})")
+                names = (
+                    ", ".join(declared)
+                    if isinstance(declared, dict) and declared
+                    else "none declared"
+                )
+                self.add(
+                    path,
+                    f"unknown {root[:-1] if root != 'settings' else 'setting'} '{name}' ({root}: {names})",
+                )
         elif root == "steps":
             if name not in known_ids:
                 later = name in self.all_ids()
-                self.add(path, f"step '{name}' " + ("runs later; only earlier steps' outputs are known" if later else "does not exist"))
+                self.add(
+                    path,
+                    f"step '{name}' "
+                    + (
+                        "runs later; only earlier steps' outputs are known"
+                        if later
+                        else "does not exist"
+                    ),
+                )
             elif len(chain) >= 4 and chain[2] == "outputs":
                 self.check_output_name(path, name, chain[3])
             elif len(chain) >= 3 and chain[2] not in ("outputs", "status", "effects", "error"):
-                self.add(path, f"steps.{name} has outputs, status, effects and error, not '{chain[2]}'")
+                self.add(
+                    path, f"steps.{name} has outputs, status, effects and error, not '{chain[2]}'"
+                )
 
     def check_output_name(self, path: tuple[Any, ...], step_id: str, output: str) -> None:
         for step in self.doc.data.get("steps") or []:
@@ -289,12 +484,18 @@ class _Checker:
                     return
                 if "for_each" in step:
                     if output != "results":
-                        self.add(path, f"step '{step_id}' runs for_each: its outputs are in steps.{step_id}.outputs.results")
+                        self.add(
+                            path,
+                            f"step '{step_id}' runs for_each: its outputs are in steps.{step_id}.outputs.results",
+                        )
                     return
                 try:
                     outputs = getattr(load_step(uses), "OUTPUTS", None)
                 except UnknownStep:
                     return
                 if outputs and "<any>" not in outputs and output not in outputs:
-                    self.add(path, f"step type '{uses}' has no output '{output}' (outputs: {', '.join(outputs)})")
+                    self.add(
+                        path,
+                        f"step type '{uses}' has no output '{output}' (outputs: {', '.join(outputs)})",
+                    )
                 return

@@ -236,6 +236,29 @@ class Bench:
                 squeeze=i == 0,
             )
 
+    def build_processing(self, path: str) -> None:
+        """A 2 GiB processing directory (scaled) as deliver sees one: three 600 MiB
+        images, a 50 MiB weblog and 500 small files of 1-64 KiB in products/."""
+        rng = random.Random(SEED + 5)
+        products = os.path.join(path, "products")
+        for name in ("rawdata", "working"):
+            os.makedirs(os.path.join(path, name))
+        os.makedirs(products)
+        for i in range(3):
+            write_random(
+                os.path.join(products, f"target{i}.I.pbcor.fits"),
+                scaled_size(600 * MiB, self.scale),
+                rng,
+            )
+        write_random(os.path.join(products, "weblog.tgz"), scaled_size(50 * MiB, self.scale), rng)
+        build_tree(
+            os.path.join(products, "qa"), scaled_count(500, self.scale), 5, KiB, 64 * KiB, SEED + 6
+        )
+        with open(os.path.join(path, "metadata.json"), "w") as f:
+            f.write(
+                '{"workflowName": "std_calibration", "systemId": "2", "productLocator": "uid://evla/execblock/1"}\n'
+            )
+
     # -- running things --
 
     def warm_up(self) -> None:
@@ -414,6 +437,56 @@ def tar_case(dataset: str, compression: str, flag: str | None) -> Callable[[Benc
     return run
 
 
+def deliver_case(tar: bool) -> Callable[[Bench, Case], Outcome]:
+    """`deliver` (one pass: copy and hash) against cp -a + sha256sum, or with -t
+    against tar -cf + sha256sum of the archive, on the same processing directory."""
+
+    def run(b: Bench, case: Case) -> Outcome:
+        source = b.dataset("processing")
+        read_all(source)
+        dest = os.path.join(b.out, "delivered")
+        wsrun = b.wsrun(
+            "nrao/deliver",
+            source,
+            "-l",
+            dest,
+            "--prefix",
+            "req-1",
+            "-P",
+            "-q",
+            *(["-t"] if tar else []),
+        )
+        if tar:
+            baseline = [
+                "sh",
+                "-c",
+                'mkdir -p "$2" && tar -cf "$2/req-1.tar" -C "$1" products && sha256sum "$2/req-1.tar" >/dev/null',
+                "sh",
+                source,
+                dest,
+            ]
+        else:
+            baseline = [
+                "sh",
+                "-c",
+                'mkdir -p "$2" && cp -a "$1/products" "$2/" && find "$2" -type f -exec sha256sum {} + >/dev/null',
+                "sh",
+                source,
+                dest,
+            ]
+
+        def check(which: str) -> None:
+            if which == "wsrun" and not os.path.exists(os.path.join(dest, "req-1", "SHA256SUMS")):
+                raise CaseError("deliver wrote no SHA256SUMS")
+
+        w, base = b.best_pair(wsrun, baseline, [dest], check=check)
+        files, size = tree_stats(os.path.join(source, "products"))
+        note = f"{files} files, {size / MiB:.0f} MiB; wsrun {size / MiB / w:.0f} MiB/s"
+        return scored(case, w, base, w / base, note)
+
+    return run
+
+
 def zst_vs_gzip(b: Bench, case: Case) -> Outcome:
     """wsrun's tar.zst against GNU tar -czf on the same data: zstd's speed-up."""
     zst = b.results.get("tar-zst")
@@ -502,6 +575,20 @@ CASES = [
     ),
     Case(
         "tar-xz", "tar.xz 8 MiB mixed vs tar -cJf", None, TAR, tar_case("mixed_small", "xz", "-J")
+    ),
+    Case(
+        "deliver",
+        "deliver 2 GiB vs cp -a + sha256sum",
+        0.35,
+        ("find-products",),
+        deliver_case(False),
+    ),
+    Case(
+        "deliver-tar",
+        "deliver -t 2 GiB vs tar -cf + sha256sum",
+        0.35,
+        ("find-products",),
+        deliver_case(True),
     ),
     Case("help", "wsrun --help wall time (best of 5)", 0.25, (), help_case, "s"),
     Case("overhead", "engine overhead per noop step", 0.002, NOOP, overhead_case, "s/step"),

@@ -127,7 +127,8 @@ def print_report(report: RunReport, out: TextIO, verbose: bool = False) -> None:
         verb = {"ok": "nothing to change", "changed": "done", "failed": "FAILED"}[report.status]
         print(f"{report.recipe}: {verb} (run {report.run_id}); {totals(report.steps)}", file=out)
     for k, v in report.outputs.items():
-        print(f"  {k}: {v}", file=out)
+        if v is not None:
+            print(f"  {k}: {v}", file=out)
 
 
 def _status_word(s: StepReport, dry: bool) -> str:

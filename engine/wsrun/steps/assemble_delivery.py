@@ -10,6 +10,7 @@ import secrets
 import shutil
 import stat as statmod
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
@@ -19,7 +20,7 @@ from wsrun.effects import Effect, create_dir, create_file, remove
 from wsrun.fileio import TMP_SUFFIX, is_temp_name, write_bytes_atomic
 from wsrun.fs import FileInfo, WorldView, norm
 from wsrun.step import Plan, Result, StepContext, StepError
-from wsrun.steps.copy import copy_file, current_umask, hash_file, run_parallel
+from wsrun.steps.copy import BUFFER_SIZE, copy_file, current_umask, hash_file, run_parallel
 
 NAME = "assemble-delivery"
 DOC = """Deliver a list of products into a new directory, with SHA256SUMS and delivery.json.
@@ -774,32 +775,39 @@ def _copy(job: Job, root: str, ctx: StepContext) -> dict[str, str]:
 
 
 def _write_archive(job: Job, root: str, ctx: StepContext) -> dict[str, str]:
-    """Write the tar archive, then hash it and its files (now in the page cache)."""
+    """Write the tar archive and hash it and its files. The files are hashed on
+    a second thread while the archive is written (hashlib and the kernel's copy
+    release the GIL), then the archive is hashed from the page cache."""
     assert job.archive is not None
     path = os.path.join(root, job.archive)
     files = [e for e in job.entries if e.kind == "file"]
+    sources = [(e.rel, e.source) for e in files if e.source is not None]
     task = ctx.progress.task("tar", total_bytes=sum(e.size for e in files), total_files=len(files))
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-    try:
-        archive.write_tar(
-            fd, job.members, "none", progress=lambda b, n: task.advance(bytes=b, files=n)
+    with ThreadPoolExecutor(max_workers=1) as background:
+        member_digests = background.submit(
+            run_parallel,
+            sources,
+            lambda item, buf: hash_file(item[1], "sha256", buf),
+            max(1, job.workers - 1),
+            ctx,
+            True,
         )
-    except archive.SourceChanged as e:
-        raise StepError("changed while it was being delivered", path=e.path) from None
-    finally:
-        os.close(fd)
-        task.close()
-    if os.stat(path).st_size != job.document["archive"]["bytes"]:
-        raise StepError("the archive does not have its planned size", path=path)
-    sources = [(job.archive, path)] + [(e.rel, e.source) for e in files if e.source is not None]
-    hashed = run_parallel(
-        sources,
-        lambda item, buf: hash_file(item[1], "sha256", buf),
-        job.workers,
-        ctx,
-        buffered=True,
-    )
-    return {rel: digest for (rel, _), digest in zip(sources, hashed, strict=True)}
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        try:
+            archive.write_tar(
+                fd, job.members, "none", progress=lambda b, n: task.advance(bytes=b, files=n)
+            )
+        except archive.SourceChanged as e:
+            raise StepError("changed while it was being delivered", path=e.path) from None
+        finally:
+            os.close(fd)
+            task.close()
+        if os.stat(path).st_size != job.document["archive"]["bytes"]:
+            raise StepError("the archive does not have its planned size", path=path)
+        digests = {job.archive: hash_file(path, "sha256", bytearray(BUFFER_SIZE))}
+        for (rel, _), digest in zip(sources, member_digests.result(), strict=True):
+            digests[rel] = digest
+    return digests
 
 
 def _install(job: Job, ctx: StepContext) -> None:

@@ -6,6 +6,7 @@ dry run can print what a real run will do, and tests can compare the two.
 
 from __future__ import annotations
 
+import builtins
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,7 +43,7 @@ class Effect:
     extra: dict[str, Any] = field(default_factory=dict)
     #: Content of a generated file, so a dry run's later steps can read it.
     #: Never printed or journaled.
-    content: bytes | None = field(default=None, repr=False, compare=False)
+    content: builtins.bytes | None = field(default=None, repr=False, compare=False)
     #: What the step already knows of ``source`` (a wsrun.fs.FileInfo), so a
     #: dry run need not look at it again. Never printed or journaled.
     source_info: Any = field(default=None, repr=False, compare=False)

@@ -25,7 +25,7 @@ def dirname(path: str | os.PathLike[str]) -> str:
 
 def joinpath(path: str | os.PathLike[str], *parts: str | os.PathLike[str]) -> str:
     """``path`` with ``parts`` appended: ``{{ dir | joinpath("sub", name) }}``."""
-    return os.path.join(os.fspath(path), *map(os.fspath, parts))
+    return os.path.join(os.fspath(path), *(os.fspath(p) for p in parts))
 
 
 def relpath(path: str | os.PathLike[str], start: str | os.PathLike[str]) -> str:

@@ -32,7 +32,7 @@ def hash_stream(f: BinaryIO, algorithm: str, task: ProgressTask | None = None) -
     buf = bytearray(CHUNK)
     view = memoryview(buf)
     total = 0
-    while n := f.readinto(buf):
+    while n := f.readinto(buf):  # type: ignore[attr-defined]  # typeshed: BinaryIO lacks readinto
         h.update(view[:n])
         total += n
         if task is not None:

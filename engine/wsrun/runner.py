@@ -58,7 +58,12 @@ class StepReport:
     failure: StepFailed | None = field(default=None, repr=False)
 
     def to_json(self) -> dict[str, Any]:
-        d = {"id": self.key, "uses": self.uses, "status": self.status, "effects": self.effects}
+        d: dict[str, Any] = {
+            "id": self.key,
+            "uses": self.uses,
+            "status": self.status,
+            "effects": self.effects,
+        }
         if self.error:
             d["error"] = self.error
         if self.resumed:

@@ -21,7 +21,7 @@ from wsrun.step import BUILTIN_STEPS, UnknownStep, load_step, params_schema
 
 STEP_SECTIONS = ("steps", "on_failure", "finally")
 SCOPE_NAMES = frozenset({"inputs", "settings", "vars", "steps", "run", "env"})
-INPUT_TYPES_PY = {
+INPUT_TYPES_PY: dict[str, Any] = {
     "path": str,
     "string": str,
     "int": int,

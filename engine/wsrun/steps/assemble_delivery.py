@@ -16,6 +16,7 @@ from typing import Any
 from urllib.parse import quote
 
 from wsrun import archive
+from wsrun.archive import Member
 from wsrun.effects import Effect, create_dir, create_file, remove
 from wsrun.fileio import TMP_SUFFIX, is_temp_name, write_bytes_atomic
 from wsrun.fs import FileInfo, WorldView, norm
@@ -223,7 +224,7 @@ class Job:
     entries: list[Entry]
     document: dict[str, Any]
     archive: str | None = None
-    members: list[archive.Member] = field(default_factory=list)
+    members: list[Member] = field(default_factory=list)
     workers: int = 1
     noop: bool = False
 
@@ -733,7 +734,7 @@ def apply(plan: Plan, ctx: StepContext) -> Result:
 def _make_dirs(job: Job, root: str) -> list[tuple[str, int, int]]:
     """Create the delivery's directories (loose files only); returns those whose
     mode and mtime are set once their files are in."""
-    made = []
+    made: list[tuple[str, int, int]] = []
     if job.archive:
         return made
     for e in job.entries:

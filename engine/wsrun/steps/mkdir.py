@@ -84,7 +84,7 @@ def plan(params: dict[str, Any], ctx: StepContext) -> Plan:
         while current not in planned and (info := ctx.fs.stat(current)) is None:
             missing.append(current)
             current = os.path.dirname(current)
-        if current not in planned and not info.is_dir:
+        if current not in planned and info is not None and not info.is_dir:
             raise StepError("exists and is not a directory", path=current)
         for p in reversed(missing):
             planned[p] = Effect("create_dir", p, mode=mode if p == path else None)

@@ -214,7 +214,7 @@ def plan(params: dict[str, Any], ctx: StepContext) -> Plan:
     if to_info is not None and not to_info.is_dir:
         raise StepError("destination is not a directory", path=to)
 
-    new_dirs = []
+    new_dirs: list[str] = []
     path = to
     while ctx.fs.lstat(path) is None:
         new_dirs.insert(0, path)

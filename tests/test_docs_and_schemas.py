@@ -40,6 +40,7 @@ def test_step_documents_itself(name: str) -> None:
         assert spec.get("description"), f"{name}.{prop} has no description"
     from jsonschema import Draft202012Validator
 
+    Draft202012Validator.check_schema(params_schema(module))
     validator = Draft202012Validator(params_schema(module))
     for example in module.EXAMPLES:
         steps = yaml.safe_load(example)

@@ -55,6 +55,16 @@ BUILTIN_STEPS: dict[str, str] = {
 }
 
 
+#: Schema of a parameter that takes one path or a list of them (copy's
+#: ``sources``, mkdir's and remove's ``path``, tar's ``source``).
+PATHS: dict[str, Any] = {
+    "oneOf": [
+        {"type": "string", "minLength": 1},
+        {"type": "array", "items": {"type": "string", "minLength": 1}},
+    ]
+}
+
+
 class StepError(Exception):
     """A step failed for a reason the operator can act on.
 

@@ -6,13 +6,11 @@ import os
 import re
 from pathlib import Path
 
-import jsonschema
 import pytest
-import yaml
 
 from wsrun.effects import create_dir, create_file, remove
 from wsrun.fs import WorldView
-from wsrun.step import StepError, load_step, params_schema
+from wsrun.step import StepError
 from wsrun.steps.find import glob_to_regex
 from wsrun.testing import plan_step, run_step
 
@@ -103,18 +101,6 @@ def found(params: dict, tmp_path: Path, view: WorldView | None = None) -> list[s
     plan = plan_step("find", {"root": "root", **params}, str(tmp_path), view=view)
     assert plan.effects == []
     return [os.path.relpath(p, tmp_path / "root") for p in plan.outputs["files"]]
-
-
-def test_schema_is_valid_and_documented() -> None:
-    module = load_step("find")
-    jsonschema.Draft202012Validator.check_schema(params_schema(module))
-    for name, prop in module.SCHEMA["properties"].items():
-        assert prop.get("description"), name
-    validator = jsonschema.Draft202012Validator(params_schema(module))
-    for example in module.EXAMPLES:
-        (step,) = yaml.safe_load(example)
-        assert step["uses"] == module.NAME
-        validator.validate(step["with"])
 
 
 def test_default_lists_every_regular_file(root: Path, tmp_path: Path) -> None:

@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 from wsrun.effects import Effect, create_dir, create_file, create_symlink
 from wsrun.fileio import TMP_SUFFIX, is_temp_name, remove_stray_temps, temp_path
 from wsrun.fs import FileInfo, WorldView
-from wsrun.step import Plan, Result, StepContext, StepError
+from wsrun.step import PATHS, Plan, Result, StepContext, StepError
 
 NAME = "copy"
 DOC = """Copy files and directory trees into a directory, preserving modes and mtimes.
@@ -40,10 +40,7 @@ SCHEMA: dict[str, Any] = {
         "sources": {
             "description": "A file or directory to copy, or a list of them. A directory is "
             "copied as a whole tree; symlinks are copied as symlinks.",
-            "oneOf": [
-                {"type": "string", "minLength": 1},
-                {"type": "array", "items": {"type": "string", "minLength": 1}},
-            ],
+            **PATHS,
             "examples": ["products/run42", ["products/a.fits", "products/b.fits"]],
         },
         "to": {

@@ -6,7 +6,7 @@ import os
 from typing import Any
 
 from wsrun.effects import Effect
-from wsrun.step import Plan, Result, StepContext, StepError
+from wsrun.step import PATHS, Plan, Result, StepContext, StepError
 
 NAME = "mkdir"
 DOC = """Make sure directories exist, with their parents (like ``mkdir -p``).
@@ -24,10 +24,7 @@ SCHEMA: dict[str, Any] = {
     "properties": {
         "path": {
             "description": "A directory to create, or a list of them; parents are created too.",
-            "oneOf": [
-                {"type": "string", "minLength": 1},
-                {"type": "array", "items": {"type": "string", "minLength": 1}},
-            ],
+            **PATHS,
             "examples": ["delivery/{{ inputs.user }}", ["staging/in", "staging/out"]],
         },
         "mode": {

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 from wsrun.effects import Effect, remove
-from wsrun.step import Plan, Result, StepContext, StepError
+from wsrun.step import PATHS, Plan, Result, StepContext, StepError
 
 NAME = "remove"
 DOC = """Remove files, symlinks and whole directory trees (like ``rm -rf``).
@@ -30,10 +30,7 @@ SCHEMA: dict[str, Any] = {
     "properties": {
         "path": {
             "description": "A path to remove, or a list of them.",
-            "oneOf": [
-                {"type": "string", "minLength": 1},
-                {"type": "array", "items": {"type": "string", "minLength": 1}},
-            ],
+            **PATHS,
             "examples": ["staging/run42", ["tmp/a.part", "tmp/b.part"]],
         },
         "must_exist": {

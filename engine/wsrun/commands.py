@@ -254,7 +254,8 @@ def recipes() -> None:
     for path in sorted(root.rglob("*.yaml")):
         name = str(path.relative_to(root))[: -len(".yaml")]
         try:
-            summary = load_recipe(str(path)).description.strip().splitlines()[0]
+            first_paragraph = load_recipe(str(path)).description.strip().split("\n\n")[0]
+            summary = " ".join(first_paragraph.split())
         except Exception:  # a broken packaged recipe still gets listed
             summary = ""
         print(f"{name:<28} {summary}")

@@ -4,6 +4,7 @@ DOC, EXAMPLES and OUTPUTS, so the docs cannot drift from the code."""
 from __future__ import annotations
 
 import json
+import textwrap
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -41,20 +42,20 @@ def _params(module: ModuleType) -> list[tuple[str, str, bool, Any, str]]:
 
 
 def text(module: ModuleType) -> str:
+    """The documentation ``wsrun steps NAME`` prints."""
     lines = [f"{module.NAME}: {summary(module)}", ""]
-    rest = module.DOC.strip().splitlines()[1:]
+    rest = "\n".join(module.DOC.strip().splitlines()[1:]).strip("\n")
     if rest:
-        lines += [line for line in rest] + [""]
-    lines.append("parameters:")
-    for name, kind, req, default, desc in _params(module):
-        flag = (
-            "required"
-            if req
-            else (f"default {json.dumps(default)}" if default is not None else "optional")
-        )
+        lines += [rest, ""]
+    params = _params(module)
+    lines.append("parameters:" if params else "parameters: any (passed through)")
+    for name, kind, req, default, desc in params:
+        if req:
+            flag = "required"
+        else:
+            flag = f"default {json.dumps(default)}" if default is not None else "optional"
         lines.append(f"  {name} ({kind}, {flag})")
-        if desc:
-            lines.append(f"      {desc}")
+        lines += textwrap.wrap(desc, width=88, initial_indent="      ", subsequent_indent="      ")
     outputs = getattr(module, "OUTPUTS", {})
     if outputs:
         lines += ["", "outputs:"] + [f"  {k}: {v}" for k, v in outputs.items()]

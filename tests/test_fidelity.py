@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from conftest import ROOT, snapshot
+from fixtures import staging
 
 Setup = Callable[[Path], list[str]]
 
@@ -35,11 +36,38 @@ def nrao_deliver_tar(tmp: Path) -> list[str]:
     return [*nrao_deliver(tmp), "-t"]
 
 
+def nrao_conveyor(tmp: Path, option: str = "--deliver") -> list[str]:
+    from fixtures.workspaces import workspace
+
+    ws = workspace(tmp)
+    root = f"edu.nrao.workspaces.ProcessingSettings.rootDirectory={ws.root}"
+    return ["nrao/conveyor", option, str(ws.metadata), "--set", root]
+
+
+def nrao_conveyor_qa_fail(tmp: Path) -> list[str]:
+    """A delivered request (its directories in qa2/, linked from the parent)."""
+    import os
+
+    from fixtures.workspaces import DIRS
+
+    args = nrao_conveyor(tmp, "--qa-fail")
+    parent = Path(args[2]).parent
+    qa = parent.parent.parent / "qa2" / parent.name
+    qa.mkdir()
+    for d in DIRS:
+        os.rename(parent / d, qa / d)
+        (parent / d).symlink_to(qa / d)
+    return args
+
+
 #: How to run each recipe offline: recipe path (relative to the repo) -> setup.
 CASES: dict[str, Setup] = {
     "examples/quickstart/recipe.yaml": quickstart,
     "recipes/nrao/deliver.yaml": nrao_deliver,
     "recipes/nrao/deliver.yaml -t": nrao_deliver_tar,
+    "recipes/nrao/conveyor.yaml --deliver": nrao_conveyor,
+    "recipes/nrao/conveyor.yaml --qa-fail": nrao_conveyor_qa_fail,
+    "recipes/nrao/ingest_envoy.yaml": staging.envoy_calibration_case,
 }
 
 

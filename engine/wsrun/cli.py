@@ -27,11 +27,12 @@ commands:
   resume ID            continue a failed or interrupted run
   settings [KEY...]    show settings and where each value comes from
   recipes              list the packaged recipes
+  archive ls|show|get|verify   list, inspect, retrieve and audit the archive
 
 exit status: 0 success, 1 a step failed, 2 invalid recipe or usage
 """
 
-COMMANDS = ("validate", "steps", "schema", "runs", "resume", "settings", "recipes")
+COMMANDS = ("validate", "steps", "schema", "runs", "resume", "settings", "recipes", "archive")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -47,6 +47,8 @@ def build_parser(recipe: Recipe, prog: str, common: bool = True) -> argparse.Arg
             if group_id not in exclusive:
                 exclusive[group_id] = container.add_mutually_exclusive_group()
             container = exclusive[group_id]
+            if spec.get("exclusive_required"):
+                container.required = True  # one input of the group must be given
         _add_input(container, name, spec)
     if common:
         _add_common(parser)

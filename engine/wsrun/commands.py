@@ -259,3 +259,112 @@ def recipes() -> None:
         except Exception:  # a broken packaged recipe still gets listed
             summary = ""
         print(f"{name:<28} {summary}")
+
+
+archive_app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="List, inspect, retrieve and audit the archive.",
+)
+app.add_typer(archive_app, name="archive")
+
+ArchiveOption = Annotated[
+    str | None,
+    typer.Option(
+        "--archive",
+        help="Archive URL (default: $WSRUN_ARCHIVE_URL, the setting, $WSRUN_HOME/archive)",
+    ),
+]
+
+
+def _open_archive(url: str | None) -> Any:
+    from wsrun.archive_store import ArchiveError, ArchiveStore, archive_url
+
+    try:
+        return ArchiveStore.open(archive_url(url), create=False)
+    except ArchiveError as e:
+        print(f"wsrun: {e}", file=sys.stderr)
+        raise typer.Exit(2) from None
+
+
+@archive_app.command("ls")
+def archive_ls(
+    archive: ArchiveOption = None, as_json: Annotated[bool, typer.Option("--json")] = False
+) -> None:
+    """List the archived products, oldest first."""
+    store = _open_archive(archive)
+    records = store.products()
+    if as_json:
+        print(json.dumps([r.to_json() for r in records], indent=2))
+        return
+    for r in records:
+        kind = "" if r.science else "  (ancillary)"
+        print(f"{r.locator}  {_when(r.ingested)}  {r.filename}{kind}")
+
+
+@archive_app.command("show")
+def archive_show(
+    locator: Annotated[str, typer.Argument(help="The product's locator")],
+    archive: ArchiveOption = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """One product: type, files with checksums, provenance, ancillary products."""
+    store = _open_archive(archive)
+    record = store.product(locator)
+    if record is None:
+        print(f"wsrun: no product '{locator}'", file=sys.stderr)
+        raise typer.Exit(2)
+    if as_json:
+        print(json.dumps(record.to_json(), indent=2))
+        return
+    print(f"{record.locator}")
+    print(f"  type {record.type}, telescope {record.telescope}, ingested {_when(record.ingested)}")
+    print(f"  from {record.ingestion_path}/{record.filename}")
+    if record.parent:
+        print(f"  ancillary of {record.parent}")
+    for f in record.files:
+        print(f"  file {f.name}  {f.size} bytes  sha256 {f.sha256}")
+    for loc in record.inputs:
+        print(f"  derived from {loc}")
+    for loc in record.outputs:
+        print(f"  used by {loc}")
+    for loc in record.ancillary:
+        print(f"  ancillary {loc}")
+
+
+@archive_app.command("get")
+def archive_get(
+    locator: Annotated[str, typer.Argument(help="The product's locator")],
+    dest: Annotated[str, typer.Argument(help="Where to write it (into it, if a directory)")],
+    archive: ArchiveOption = None,
+) -> None:
+    """Retrieve a product's files, checksums verified, each written atomically."""
+    from wsrun.archive_store import ArchiveError
+
+    store = _open_archive(archive)
+    try:
+        for path in store.get(locator, dest):
+            print(path)
+    except (ArchiveError, OSError) as e:
+        print(f"wsrun: {e}", file=sys.stderr)
+        raise typer.Exit(1) from None
+
+
+@archive_app.command("verify")
+def archive_verify(
+    archive: ArchiveOption = None, as_json: Annotated[bool, typer.Option("--json")] = False
+) -> None:
+    """Re-hash every stored file; report missing and changed ones (exit 1 if any)."""
+    store = _open_archive(archive)
+    problems = store.verify()
+    if as_json:
+        print(json.dumps([p.__dict__ for p in problems], indent=2))
+    else:
+        for p in problems:
+            print(f"{p.locator}: {p.name}: {p.issue} (sha256 {p.sha256})")
+        print(f"{len(store.products())} products checked, {len(problems)} problems")
+        if orphans := store.orphans():
+            print(f"{len(orphans)} stored files no product refers to (an interrupted ingest's;")
+            print("  the next ingest removes them)")
+    if problems:
+        raise typer.Exit(1)

@@ -50,8 +50,11 @@ BUILTIN_STEPS: dict[str, str] = {
     "shell": "wsrun.steps.shell",
     "rsync": "wsrun.steps.rsync",
     "noop": "wsrun.steps.noop",
+    "qa-request": "wsrun.steps.qa_request",
     "find-products": "wsrun.steps.find_products",
     "assemble-delivery": "wsrun.steps.assemble_delivery",
+    "ingest": "wsrun.steps.ingest",
+    "ingestion-manifest": "wsrun.steps.ingestion_manifest",
 }
 
 

@@ -1,0 +1,276 @@
+"""The ``ingest`` step type: ingest the products an ingestion manifest names into the archive."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from functools import cache
+from typing import Any
+
+from wsrun.archive_store import (
+    ArchiveError,
+    ArchiveStore,
+    FileSpec,
+    IngestRequest,
+    ProductRecord,
+    ProductSpec,
+    archive_url,
+    new_locator,
+)
+from wsrun.effects import Effect
+from wsrun.fs import ContentUnknown, WorldView
+from wsrun.hashing import hash_files
+from wsrun.step import Plan, Result, StepContext, StepError
+
+NAME = "ingest"
+DOC = """Ingest the products an ingestion manifest names into the archive, all or nothing.
+
+This is the archive's front door (NGAS and the metadata database in the NRAO
+system). The manifest (schemas/ingestion-manifest.schema.json) names the staged
+files in ``ingestion_path``, their product types, their ancillary products
+(weblog, artifacts tar files, thumbnails) and the products they derive from.
+Every file is copied into the archive's content store and verified, then the
+metadata is committed in one transaction: a failure at any point leaves the
+archive as it was. Each product gets a locator (``uid://evla/image/<uuid>``).
+
+A manifest already ingested with the very same files is left alone (status
+ok, its locators are the outputs). The same science product from the same
+ingestion_path with different content is refused unless the manifest sets
+``reingest``; then the earlier ingestion is replaced in the same transaction.
+"""
+
+SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["manifest"],
+    "properties": {
+        "manifest": {
+            "description": "The ingestion manifest (JSON); relative ingestion_path values are "
+            "taken from its directory.",
+            "type": "string",
+            "minLength": 1,
+            "examples": ["{{ inputs.staging }}/ingestion-manifest.json"],
+        },
+        "archive": {
+            "description": "The archive URL (sqlite:///path or a directory). Default: "
+            "$WSRUN_ARCHIVE_URL, else the edu.nrao.archive.url setting, else $WSRUN_HOME/archive.",
+            "type": ["string", "null"],
+            "examples": ["sqlite:///lustre/archive"],
+        },
+    },
+}
+
+EXAMPLES = [
+    """- id: ingest
+  uses: ingest
+  with:
+    manifest: "{{ inputs.staging }}/ingestion-manifest.json"
+"""
+]
+
+OUTPUTS = {
+    "locators": "locators of the science products ingested",
+    "products": "every product ingested (science and ancillary): {locator, type, filename}",
+    "archive": "the archive URL",
+}
+
+
+@dataclass
+class IngestJob:
+    url: str
+    request: IngestRequest
+
+
+@cache
+def manifest_validator() -> Any:
+    from jsonschema import Draft202012Validator
+
+    from wsrun.resources import schemas_dir
+
+    with open(schemas_dir() / "ingestion-manifest.schema.json", encoding="utf-8") as f:
+        return Draft202012Validator(json.load(f))
+
+
+def read_manifest(path: str, fs: WorldView) -> dict[str, Any]:
+    """The manifest at ``path``, checked against its schema."""
+    try:
+        with fs.open(path) as f:
+            manifest = json.load(f)
+    except FileNotFoundError:
+        raise StepError("no such manifest", path=path) from None
+    except ContentUnknown:
+        raise StepError("the manifest is only written by the real run", path=path) from None
+    except (ValueError, UnicodeDecodeError) as e:
+        raise StepError(f"not valid JSON: {e}", path=path) from None
+    errors = sorted(manifest_validator().iter_errors(manifest), key=lambda e: list(e.path))
+    if errors:
+        where = "/".join(str(p) for p in errors[0].absolute_path) or "manifest"
+        raise StepError(f"invalid manifest: {where}: {errors[0].message}", path=path)
+    return manifest
+
+
+def build_request(manifest: dict[str, Any], manifest_path: str, fs: WorldView) -> IngestRequest:
+    """What to ingest: every product with its files, as ``fs`` sees them."""
+    params = manifest["parameters"]
+    telescope = params["telescope"]
+    base = os.path.normpath(os.path.join(os.path.dirname(manifest_path), params["ingestion_path"]))
+    if not fs.is_dir(base):
+        raise StepError("ingestion_path is not a directory", path=base)
+
+    def product(spec: dict[str, Any]) -> ProductSpec:
+        return ProductSpec(
+            locator=new_locator(telescope, spec["type"]),
+            type=spec["type"],
+            filename=spec["filename"],
+            files=product_files(base, spec["filename"], fs),
+            ancillary=[product(a) for a in spec.get("ancillary_products", [])],
+        )
+
+    output = manifest["output_group"]
+    metadata = None
+    if params.get("additional_metadata"):
+        side = os.path.join(base, params["additional_metadata"])
+        if not fs.is_file(side):
+            raise StepError("additional_metadata file is missing", path=side)
+        try:
+            with fs.open(side) as f:
+                metadata = json.load(f)
+        except ContentUnknown:
+            metadata = None  # a dry run: written by an earlier step
+        except (ValueError, UnicodeDecodeError) as e:
+            raise StepError(f"additional_metadata is not valid JSON: {e}", path=side) from None
+    return IngestRequest(
+        telescope=telescope,
+        ingestion_path=base,
+        products=[product(p) for p in output["science_products"]],
+        ancillary=[product(a) for a in output.get("ancillary_products", [])],
+        inputs=[p["locator"] for p in manifest.get("input_group", {}).get("science_products", [])],
+        reingest=bool(params.get("reingest", False)),
+        manifest=manifest,
+        metadata=metadata,
+    )
+
+
+def product_files(base: str, filename: str, fs: WorldView) -> list[FileSpec]:
+    """A product's files: the file itself, or every file of a directory
+    (an execution block), named by their path under ``base``."""
+    path = os.path.join(base, filename)
+    info = fs.stat(path)
+    if info is None:
+        raise StepError("a file the manifest names is missing", path=path)
+    if info.is_file:
+        return [FileSpec(filename, path, info.size, info.mtime_ns)]
+    if not info.is_dir:
+        raise StepError("cannot ingest a special file", path=path)
+    files = []
+    for rel, entry in fs.walk(path):
+        if entry.is_file:
+            name = os.path.join(filename, rel)
+            files.append(FileSpec(name, os.path.join(path, rel), entry.size, entry.mtime_ns))
+        elif not entry.is_dir:
+            raise StepError("cannot ingest a symlink or special file", path=os.path.join(path, rel))
+    return files
+
+
+def plan(params: dict[str, Any], ctx: StepContext) -> Plan:
+    manifest_path = ctx.path(params["manifest"])
+    manifest = read_manifest(manifest_path, ctx.fs)
+    request = build_request(manifest, manifest_path, ctx.fs)
+    url = archive_url(params.get("archive"), ctx.env)
+    replaces: dict[str, str] = {}
+    existing = _existing(url, request)
+    if existing:
+        old_manifest, old_products = existing
+        if old_manifest == manifest and _same_files(ctx, request, old_products):
+            return Plan(outputs=_outputs(url, old_products))
+        if not request.reingest:
+            first = next(p for p in old_products if p.science)
+            raise StepError(
+                f"{first.filename} is already ingested as {first.locator} with other content; "
+                "set reingest in the manifest to replace it",
+                path=manifest_path,
+            )
+        replaces = {p.filename: p.locator for p in old_products if p.science}
+    effects: list[Effect] = []
+    products = list(request.all_products())
+    for product, _, _ in products:
+        for f in product.files:
+            effects.append(Effect("upload", f.source, bytes=f.size, target=url))
+    for product, _, science in products:
+        extra: dict[str, Any] = {"type": product.type}
+        if science and product.filename in replaces:
+            extra["replaces"] = replaces[product.filename]
+        path = os.path.join(request.ingestion_path, product.filename)
+        effects.append(Effect("record", path, extra=extra))
+    outputs = {
+        "locators": [p.locator for p in request.products],
+        "products": [
+            {"locator": p.locator, "type": p.type, "filename": p.filename} for p, _, _ in products
+        ],
+        "archive": url,
+    }
+    return Plan(effects=effects, outputs=outputs, data=IngestJob(url, request))
+
+
+def _existing(url: str, request: IngestRequest) -> tuple[Any, list[ProductRecord]] | None:
+    """The earlier ingestion of these science products, read without creating anything."""
+    try:
+        archive = ArchiveStore.open(url, create=False)
+    except ArchiveError:
+        return None  # no archive yet: nothing ingested
+    try:
+        found = archive.existing(request.ingestion_path, [p.filename for p in request.products])
+        return archive.ingestion(found[0].locator) if found else None
+    finally:
+        archive.close()
+
+
+def _same_files(ctx: StepContext, request: IngestRequest, old: list[ProductRecord]) -> bool:
+    """Whether the staged files are exactly the ones already ingested."""
+    new = {(p.type, p.filename): p.files for p, _, _ in request.all_products()}
+    if set(new) != {(p.type, p.filename) for p in old}:
+        return False
+    sources = [f.source for files in new.values() for f in files]
+    digests = hash_files(ctx, sources, "sha256")
+    for p in old:
+        staged = {f.name: digests[f.source] for f in new[(p.type, p.filename)]}
+        if staged != {f.name: (f.sha256, f.size) for f in p.files}:
+            return False
+    return True
+
+
+def _outputs(url: str, products: list[ProductRecord]) -> dict[str, Any]:
+    return {
+        "locators": [p.locator for p in products if p.science],
+        "products": [
+            {"locator": p.locator, "type": p.type, "filename": p.filename} for p in products
+        ],
+        "archive": url,
+    }
+
+
+def apply(plan: Plan, ctx: StepContext) -> Result:
+    job: IngestJob | None = plan.data
+    if job is None:
+        return Result(outputs=plan.outputs)  # already ingested
+    uploads = [e for e in plan.effects if e.op == "upload"]
+    task = ctx.progress.task(
+        "ingest", total_bytes=sum(e.bytes or 0 for e in uploads), total_files=len(uploads)
+    )
+
+    def stored(size: int) -> None:
+        task.advance(bytes=size, files=1)
+        ctx.check_deadline()
+
+    try:
+        archive = ArchiveStore.open(job.url)
+        try:
+            archive.ingest(job.request, stored)
+        finally:
+            archive.close()
+    except ArchiveError as e:
+        raise StepError(str(e)) from None
+    finally:
+        task.close()
+    return Result(effects=list(plan.effects), outputs=plan.outputs)

@@ -1,0 +1,335 @@
+"""The archive: content store + metadata database, all-or-nothing ingest, the CLI."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, run_wsrun
+from fixtures import staging
+from wsrun.archive_store import (
+    ArchiveError,
+    ArchiveStore,
+    IngestRequest,
+    LocalArchive,
+    archive_url,
+)
+from wsrun.fs import WorldView
+from wsrun.steps.ingest import build_request, read_manifest
+
+
+def request(manifest: Path, reingest: bool = False) -> IngestRequest:
+    req = build_request(read_manifest(str(manifest), WorldView()), str(manifest), WorldView())
+    req.reingest = reingest
+    return req
+
+
+def state(archive: LocalArchive) -> tuple[list[dict], list[str]]:
+    """Everything a reader of the archive can see: products and stored blobs."""
+    blobs = sorted(p.name for p in Path(archive.root, "files").rglob("*") if p.is_file())
+    products = [archive.product(p.locator).to_json() for p in archive.products()]  # type: ignore[union-attr]
+    return products, blobs
+
+
+@pytest.fixture
+def archive(tmp_path: Path) -> LocalArchive:
+    store = ArchiveStore.open(f"sqlite://{tmp_path}/archive")
+    assert isinstance(store, LocalArchive)
+    yield store
+    store.close()
+
+
+def sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_store_and_verify(tmp_path: Path, archive: LocalArchive) -> None:
+    manifest = staging.calibration(tmp_path / "cal")
+    records = archive.ingest(request(manifest))
+    assert [r.type for r in records] == ["calibration", "pipeline_weblog", "ingestion_artifacts"]
+    cal = records[0]
+    assert cal.locator.startswith("uid://evla/calibration/") and cal.science
+    assert cal.ingestion_path == str(tmp_path / "cal")
+    source = tmp_path / "cal" / cal.filename
+    assert [(f.name, f.size, f.sha256) for f in cal.files] == [
+        (cal.filename, source.stat().st_size, sha(source))
+    ]
+    blob = Path(archive.blob_path(sha(source)))
+    assert blob.read_bytes() == source.read_bytes()
+    assert blob.parent.name == sha(source)[2:4] and blob.parent.parent.name == sha(source)[:2]
+    assert not records[1].science and records[1].parent is None
+    assert [p.locator for p in archive.products()] == [r.locator for r in records]
+    assert archive.verify() == [] and archive.orphans() == []
+    assert not list(Path(archive.root, "tmp").iterdir())
+    db = sqlite3.connect(archive.db_path)
+    assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_get_verifies_checksums(tmp_path: Path, archive: LocalArchive) -> None:
+    manifest = staging.calibration(tmp_path / "cal")
+    cal = archive.ingest(request(manifest))[0]
+    out = tmp_path / "out"
+    out.mkdir()
+    [written] = archive.get(cal.locator, str(out))
+    assert Path(written).read_bytes() == (tmp_path / "cal" / cal.filename).read_bytes()
+    renamed = tmp_path / "renamed.tar"
+    archive.get(cal.locator, str(renamed))
+    assert sha(renamed) == cal.files[0].sha256
+
+    blob = Path(archive.blob_path(cal.files[0].sha256))
+    blob.chmod(0o644)
+    blob.write_bytes(b"x" * cal.files[0].size)  # bit rot, same size
+    with pytest.raises(ArchiveError, match="fails its checksum"):
+        archive.get(cal.locator, str(tmp_path / "bad.tar"))
+    assert not (tmp_path / "bad.tar").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".wsrun-tmp")]
+    [problem] = archive.verify()
+    assert (problem.locator, problem.issue) == (cal.locator, "checksum mismatch")
+    blob.unlink()
+    assert archive.verify()[0].issue == "missing"
+    with pytest.raises(ArchiveError, match="missing"):
+        archive.get(cal.locator, str(tmp_path / "bad.tar"))
+    with pytest.raises(ArchiveError, match="no such product"):
+        archive.get("uid://evla/calibration/nope", str(out))
+
+
+def test_directory_product_round_trip(tmp_path: Path, archive: LocalArchive) -> None:
+    manifest = staging.observation(tmp_path / "obs")
+    [eb] = archive.ingest(request(manifest))
+    sdm = tmp_path / "obs" / eb.filename
+    assert sorted(f.name for f in eb.files) == sorted(
+        str(p.relative_to(sdm.parent)) for p in sdm.rglob("*") if p.is_file()
+    )
+    out = tmp_path / "out"
+    out.mkdir()
+    archive.get(eb.locator, str(out))
+    for p in sdm.rglob("*"):
+        if p.is_file():
+            assert (out / p.relative_to(sdm.parent)).read_bytes() == p.read_bytes()
+    with pytest.raises(ArchiveError, match="already exists"):
+        archive.get(eb.locator, str(out))
+
+
+def test_provenance_both_ways(tmp_path: Path, archive: LocalArchive) -> None:
+    [eb] = archive.ingest(request(staging.observation(tmp_path / "obs")))
+    cal = archive.ingest(request(staging.calibration(tmp_path / "cal", inputs=[eb.locator])))[0]
+    images = archive.ingest(request(staging.image(tmp_path / "img", cal.locator)))
+    science = [r for r in images if r.science]
+    assert len(science) == 2 and all(r.inputs == [cal.locator] for r in science)
+    assert archive.product(eb.locator).outputs == [cal.locator]  # type: ignore[union-attr]
+    assert archive.product(cal.locator).inputs == [eb.locator]  # type: ignore[union-attr]
+    assert archive.product(cal.locator).outputs == sorted(r.locator for r in science)  # type: ignore[union-attr]
+    thumb = archive.product(science[0].ancillary[0])
+    assert (
+        thumb is not None and thumb.type == "thumbnail_image" and thumb.parent == science[0].locator
+    )
+    manifest, products = archive.ingestion(science[0].locator)
+    assert manifest["parameters"]["collection_name"] == "VLASS2.1"
+    assert [p.locator for p in products] == [r.locator for r in images]
+    row = archive.db.execute("SELECT metadata FROM ingestions ORDER BY id DESC").fetchone()
+    assert "bands" in row[0]
+
+
+def test_missing_file_leaves_archive_unchanged(tmp_path: Path, archive: LocalArchive) -> None:
+    archive.ingest(request(staging.observation(tmp_path / "obs")))
+    before = state(archive)
+    req = request(staging.calibration(tmp_path / "cal"))
+    (tmp_path / "cal" / "ingestion_artifacts_2026_11_23.tar").unlink()  # vanishes mid-way
+    with pytest.raises(FileNotFoundError):
+        archive.ingest(req)
+    assert state(archive) == before
+    assert archive.verify() == []
+
+
+def test_checksum_mismatch_after_copy(
+    tmp_path: Path, archive: LocalArchive, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    archive.ingest(request(staging.observation(tmp_path / "obs")))
+    before = state(archive)
+    from wsrun import archive_store
+
+    real = archive_store.file_sha256
+    calls = []
+
+    def flaky(path: str, buf: bytearray) -> str:
+        calls.append(path)
+        return "0" * 64 if len(calls) == 2 else real(path, buf)
+
+    monkeypatch.setattr(archive_store, "file_sha256", flaky)
+    with pytest.raises(ArchiveError, match="checksum mismatch after copying"):
+        archive.ingest(request(staging.calibration(tmp_path / "cal")))
+    assert len(calls) == 2
+    assert state(archive) == before
+    assert not list(Path(archive.root, "tmp").iterdir())
+
+
+def test_source_changed_during_ingest(tmp_path: Path, archive: LocalArchive) -> None:
+    req = request(staging.calibration(tmp_path / "cal"))
+    with open(tmp_path / "cal" / "weblog.tgz", "ab") as f:
+        f.write(b"more")
+    with pytest.raises(ArchiveError, match="changed while ingesting"):
+        archive.ingest(req)
+    assert state(archive) == ([], [])
+
+
+@pytest.mark.parametrize("fail_at", [1, 3, 6])
+def test_database_error_mid_commit(
+    tmp_path: Path, archive: LocalArchive, monkeypatch: pytest.MonkeyPatch, fail_at: int
+) -> None:
+    manifest = staging.calibration(tmp_path / "cal")
+    archive.ingest(request(manifest))
+    before = state(archive)
+    (tmp_path / "cal" / "weblog.tgz").write_bytes(b"a new weblog")
+    real = LocalArchive._exec
+    calls = []
+
+    def failing(self: LocalArchive, sql: str, args: tuple = ()) -> sqlite3.Cursor:
+        calls.append(sql)
+        if len(calls) == fail_at:
+            raise sqlite3.OperationalError("disk I/O error")
+        return real(self, sql, args)
+
+    monkeypatch.setattr(LocalArchive, "_exec", failing)
+    with pytest.raises(sqlite3.OperationalError):
+        archive.ingest(request(manifest, reingest=True))  # replaces: deletes, then inserts
+    assert state(archive) == before
+    monkeypatch.setattr(LocalArchive, "_exec", real)
+    assert archive.verify() == []
+    records = archive.ingest(request(manifest, reingest=True))  # and it still works
+    assert records[1].files[0].size == len(b"a new weblog")
+
+
+def test_reingest_refused_then_replaces(tmp_path: Path, archive: LocalArchive) -> None:
+    manifest = staging.calibration(tmp_path / "cal")
+    first = archive.ingest(request(manifest))
+    old_weblog = first[1].files[0].sha256
+    with pytest.raises(ArchiveError, match="already ingested as .*set reingest"):
+        archive.ingest(request(manifest))
+    (tmp_path / "cal" / "weblog.tgz").write_bytes(b"a new weblog")
+    second = archive.ingest(request(manifest, reingest=True))
+    assert {r.locator for r in second}.isdisjoint(r.locator for r in first)
+    assert [p.locator for p in archive.products()] == [r.locator for r in second]
+    assert not os.path.exists(archive.blob_path(old_weblog))
+    assert os.path.exists(archive.blob_path(first[0].files[0].sha256))  # unchanged, kept
+    assert archive.verify() == [] and archive.orphans() == []
+
+
+KILL_SCRIPT = """
+import os, sys, time
+from pathlib import Path
+sys.path[:0] = [{engine!r}, {tests!r}]
+from wsrun.archive_store import ArchiveStore, LocalArchive
+from test_archive_store import request
+
+point = sys.argv[3]
+real_exec = LocalArchive._exec
+calls = []
+
+def hang():
+    Path(sys.argv[2]).touch()
+    time.sleep(60)
+
+if point == "before-commit":
+    real_commit = LocalArchive._commit
+    def _commit(self, *args):
+        hang()
+    LocalArchive._commit = _commit
+else:
+    def _exec(self, sql, args=()):
+        calls.append(sql)
+        if len(calls) == 4:
+            hang()
+        return real_exec(self, sql, args)
+    LocalArchive._exec = _exec
+archive = ArchiveStore.open(sys.argv[1])
+archive.ingest(request(Path(sys.argv[4]), reingest=True))
+"""
+
+
+@pytest.mark.parametrize("point", ["before-commit", "mid-commit"])
+def test_killed_mid_ingest(tmp_path: Path, archive: LocalArchive, point: str) -> None:
+    manifest = staging.calibration(tmp_path / "cal")
+    archive.ingest(request(manifest))
+    (tmp_path / "cal" / "weblog.tgz").write_bytes(b"a new weblog")
+    before = state(archive)
+    script = tmp_path / "kill.py"
+    script.write_text(
+        textwrap.dedent(KILL_SCRIPT).format(engine=str(ROOT / "engine"), tests=str(ROOT / "tests"))
+    )
+    marker = tmp_path / "hanging"
+    proc = subprocess.Popen(
+        [sys.executable, str(script), archive.root, str(marker), point, str(manifest)]
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not marker.exists():
+            assert proc.poll() is None, "the ingest ended before the kill point"
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait()
+    after = ArchiveStore.open(archive.root)
+    assert isinstance(after, LocalArchive)
+    products, blobs = state(after)
+    assert products == before[0]
+    r = run_wsrun("archive", "verify", "--archive", archive.root, cwd=tmp_path)
+    assert r.code == 0, r.out + r.err
+    if after.orphans():
+        assert "stored files no product refers to" in r.out
+    # The blobs the killed ingest stored are unreferenced; the next writer sweeps them.
+    assert set(blobs) - set(before[1]) == set(after.orphans())
+    after.ingest(request(manifest, reingest=True))
+    assert after.orphans() == [] and after.verify() == []
+    assert not list(Path(archive.root, "tmp").iterdir())
+
+
+def test_urls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for url in (f"sqlite://{tmp_path}/a", f"file://{tmp_path}/a", str(tmp_path / "a")):
+        store = ArchiveStore.open(url)
+        assert isinstance(store, LocalArchive) and store.root == str(tmp_path / "a")
+        store.close()
+    with pytest.raises(ArchiveError, match="unsupported archive URL scheme 's3'"):
+        ArchiveStore.open("s3://bucket/archive")
+    with pytest.raises(ArchiveError, match="no archive here"):
+        ArchiveStore.open(str(tmp_path / "none"), create=False)
+    assert not (tmp_path / "none").exists()
+    monkeypatch.delenv("WSRUN_ARCHIVE_URL", raising=False)
+    assert archive_url(env={}) == os.path.join(os.environ["WSRUN_HOME"], "archive")
+    assert archive_url(env={"EDU_NRAO_ARCHIVE_URL": "sqlite:///s"}) == "sqlite:///s"
+    env = {"WSRUN_ARCHIVE_URL": "/e", "EDU_NRAO_ARCHIVE_URL": "sqlite:///s"}
+    assert archive_url(env=env) == "/e"
+    assert archive_url("/x", env=env) == "/x"
+
+
+def test_cli_commands(tmp_path: Path, archive: LocalArchive, cli) -> None:
+    cal = archive.ingest(request(staging.calibration(tmp_path / "cal")))[0]
+    url = archive.root
+    r = cli("archive", "ls", "--archive", url)
+    assert r.code == 0 and cal.locator in r.out and "weblog.tgz  (ancillary)" in r.out
+    r = cli("archive", "show", cal.locator, "--archive", url)
+    assert (
+        r.code == 0
+        and cal.files[0].sha256 in r.out
+        and "derived from uid://evla/execblock" in r.out
+    )
+    assert cli("archive", "show", "uid://nope", "--archive", url).code == 2
+    r = cli("archive", "get", cal.locator, str(tmp_path / "got.tar"), "--archive", url)
+    assert r.code == 0 and sha(tmp_path / "got.tar") == cal.files[0].sha256
+    r = cli("archive", "verify", "--archive", url)
+    assert r.code == 0 and "3 products checked, 0 problems" in r.out
+    Path(archive.blob_path(cal.files[0].sha256)).unlink()
+    r = cli("archive", "verify", "--archive", url)
+    assert r.code == 1 and f"{cal.locator}: {cal.filename}: missing" in r.out
+    assert cli("archive", "get", cal.locator, str(tmp_path / "x"), "--archive", url).code == 1
+    assert cli("archive", "ls", "--archive", str(tmp_path / "none")).code == 2
+    assert "archive ls|show|get|verify" in cli("--help").out

@@ -235,3 +235,43 @@ def test_missing_recipe_and_exit_codes(cli, tmp_path: Path) -> None:
     assert r.code == 2
     r = cli("--help")
     assert r.code == 0 and "usage: wsrun RECIPE" in r.out
+
+
+def test_retry_with_backoff_until_the_step_succeeds(cli, tmp_path: Path) -> None:
+    recipe = write(
+        tmp_path / "r.yaml",
+        """
+        recipe: flaky
+        steps:
+          - id: third_time_lucky
+            uses: shell
+            retry: {attempts: 3, delay: 0.01, backoff: 2}
+            with:
+              argv: [sh, -c, 'n=$(cat count 2>/dev/null || echo 0); echo $((n+1)) > count; [ "$n" -ge 2 ]']
+    """,
+    )
+    r = cli(recipe)
+    assert r.code == 0, r.err
+    assert (tmp_path / "count").read_text().strip() == "3"
+    assert r.err.count("retrying in") == 2
+    (tmp_path / "count").unlink()
+    recipe.write_text(recipe.read_text().replace("attempts: 3", "attempts: 2"))
+    r = cli(recipe)
+    assert r.code == 1 and "(after 2 attempts)" in r.err
+
+
+def test_step_timeout_stops_a_slow_step(cli, tmp_path: Path) -> None:
+    recipe = write(
+        tmp_path / "r.yaml",
+        """
+        recipe: slow
+        steps:
+          - id: nap
+            uses: shell
+            timeout: 300ms
+            with: {argv: [sleep, "10"]}
+    """,
+    )
+    r = cli(recipe)
+    assert r.code == 1
+    assert "step 'nap'" in r.err and "timed out" in r.err

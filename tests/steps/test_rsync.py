@@ -340,7 +340,7 @@ def test_timeout_stops_rsync_and_leaves_no_partial_file(tmp_path: Path) -> None:
     plan = rsync.plan(params, ctx)
     ctx.deadline = time.monotonic() + 1.0
     started = time.monotonic()
-    with pytest.raises(StepError, match=r"timed out after 1 s"):
+    with pytest.raises(StepError, match=r"timed out after [0-9.]+ s"):
         rsync.apply(plan, ctx)
     assert time.monotonic() - started < 4.5  # stopped, not waited for
     assert os.listdir(tmp_path / "dst") == []  # rsync removed its temporary file

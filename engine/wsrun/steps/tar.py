@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+import stat as statmod
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from wsrun import archive, fileio
 from wsrun.effects import Effect, create_dir, create_file
-from wsrun.fs import ContentUnknown, FileInfo
+from wsrun.fs import ContentUnknown, FileInfo, WorldView
 from wsrun.step import Plan, Result, StepContext, StepError
 
 NAME = "tar"
@@ -215,26 +217,31 @@ def _members(params: dict[str, Any], to: str, ctx: StepContext) -> tuple[list[ar
             raise StepError("source does not exist", path=path)
         root = _root_name(path, base, arcname)
         if root:
-            found.append(_member(root, path, info, ctx))
+            found.append(
+                _member(
+                    root, path, info.kind, info.size, info.mode, info.mtime_ns, info.target, ctx
+                )
+            )
             newest = max(newest, info.mtime_ns)
         if not info.is_dir:
             continue
         prefix = root + "/" if root else ""
         left_out: set[str] = set()  # excluded directories
-        for rel, i in ctx.fs.walk(path):
+        walk = _view_walk(ctx.fs, path) if ctx.fs.virtual else _disk_walk(path)
+        for rel, kind, size, mode, mtime_ns, target in walk:
             if left_out and _below_any(rel, left_out):
                 continue
             if exclude or rel.endswith(fileio.TMP_SUFFIX):
                 base_name = rel.rpartition("/")[2]
                 if fileio.is_temp_name(base_name) or _excluded(base_name, prefix + rel, exclude):
-                    if i.is_dir:
+                    if kind == "dir":
                         left_out.add(rel)
                     continue
             full = path + "/" + rel
             if full not in skip:
-                found.append(_member(prefix + rel, full, i, ctx))
-                if i.mtime_ns > newest:
-                    newest = i.mtime_ns
+                found.append(_member(prefix + rel, full, kind, size, mode, mtime_ns, target, ctx))
+                if mtime_ns > newest:
+                    newest = mtime_ns
     members = [m for m in found if m is not None]
     # "/" sorts before every other character: each directory's contents follow it.
     members.sort(key=lambda m: m.name.replace("/", "\x00"))
@@ -258,15 +265,61 @@ def _root_name(path: str, base: str | None, arcname: str | None) -> str:
     return "" if rel == "." else rel
 
 
-def _member(name: str, path: str, info: FileInfo, ctx: StepContext) -> archive.Member | None:
-    kind = info.kind
-    mtime = info.mtime_ns // 1_000_000_000
+#: One entry below a source: relative path, kind, size, mode, mtime (ns) and symlink target.
+_Entry = tuple[str, str, int, int, int, str | None]
+_KINDS = {statmod.S_IFREG: "file", statmod.S_IFDIR: "dir", statmod.S_IFLNK: "symlink"}
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def _view_walk(view: WorldView, root: str) -> Iterable[_Entry]:
+    for rel, i in view.walk(root):
+        yield rel, i.kind, i.size, i.mode, i.mtime_ns, i.target
+
+
+def _disk_walk(root: str) -> Iterator[_Entry]:
+    """What ``_view_walk`` gives when the view shows just the disk, read
+    straight from it: without a FileInfo per entry it takes half the time,
+    most of a big tree's planning."""
+    stack = [""]
+    while stack:
+        rel = stack.pop()
+        try:
+            fd = os.open(root + "/" + rel if rel else root, _DIR_FLAGS)
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        entries = []
+        try:
+            prefix = rel + "/" if rel else ""
+            for name in sorted(os.listdir(fd)):
+                st = os.lstat(name, dir_fd=fd)
+                kind = _KINDS.get(statmod.S_IFMT(st.st_mode), "other")
+                target = os.readlink(name, dir_fd=fd) if kind == "symlink" else None
+                entries.append(
+                    (prefix + name, kind, st.st_size, st.st_mode & 0o7777, st.st_mtime_ns, target)
+                )
+        finally:
+            os.close(fd)
+        yield from entries
+        stack.extend(e[0] for e in reversed(entries) if e[1] == "dir")
+
+
+def _member(
+    name: str,
+    path: str,
+    kind: str,
+    size: int,
+    mode: int,
+    mtime_ns: int,
+    target: str | None,
+    ctx: StepContext,
+) -> archive.Member | None:
+    mtime = mtime_ns // 1_000_000_000
     if kind == "file":
-        return archive.Member(name, kind, path, info.size, info.mode, mtime)
+        return archive.Member(name, kind, path, size, mode, mtime)
     if kind == "dir":
-        return archive.Member(name + "/", kind, path, 0, info.mode, mtime)
+        return archive.Member(name + "/", kind, path, 0, mode, mtime)
     if kind == "symlink":
-        return archive.Member(name, kind, path, 0, info.mode, mtime, info.target or "")
+        return archive.Member(name, kind, path, 0, mode, mtime, target or "")
     ctx.log(f"{path}: not a file, directory or symlink; left out of the archive")
     return None
 

@@ -78,3 +78,14 @@ def snapshot(root: Path) -> dict[str, tuple[str, int]]:
         kind = "link" if p.is_symlink() else "dir" if p.is_dir() else "file"
         out[str(p.relative_to(root))] = (kind, p.lstat().st_size if kind == "file" else 0)
     return out
+
+
+def tree(root: Path) -> dict[str, bytes | None]:
+    """Every entry below root -> its content (None for directories)."""
+    out: dict[str, bytes | None] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for d in dirnames:
+            out[os.path.relpath(os.path.join(dirpath, d), root)] = None
+        for f in filenames:
+            out[os.path.relpath(os.path.join(dirpath, f), root)] = Path(dirpath, f).read_bytes()
+    return out

@@ -9,22 +9,12 @@ from pathlib import Path
 
 import pytest
 
+from conftest import tree
 from wsrun.effects import create_file
 from wsrun.fs import WorldView
 from wsrun.hashing import CHUNK, hash_files
 from wsrun.step import StepContext, StepError, load_step
 from wsrun.testing import effect_dicts, plan_step, run_step
-
-
-def tree(root: Path) -> dict[str, bytes | None]:
-    """Every entry below root -> its content (None for directories)."""
-    out: dict[str, bytes | None] = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        for d in dirnames:
-            out[os.path.relpath(os.path.join(dirpath, d), root)] = None
-        for f in filenames:
-            out[os.path.relpath(os.path.join(dirpath, f), root)] = Path(dirpath, f).read_bytes()
-    return out
 
 
 def sha256(data: bytes) -> str:

@@ -11,6 +11,7 @@ from pathlib import Path
 import jsonschema
 import pytest
 
+from conftest import tree
 from wsrun.effects import create_file
 from wsrun.fs import WorldView
 from wsrun.resources import schemas_dir
@@ -20,16 +21,6 @@ from wsrun.testing import effect_dicts, plan_step, run_step
 VALIDATOR = jsonschema.Draft202012Validator(
     json.loads((schemas_dir() / "manifest.schema.json").read_text())
 )
-
-
-def tree(root: Path) -> dict[str, bytes | None]:
-    out: dict[str, bytes | None] = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        for d in dirnames:
-            out[os.path.relpath(os.path.join(dirpath, d), root)] = None
-        for f in filenames:
-            out[os.path.relpath(os.path.join(dirpath, f), root)] = Path(dirpath, f).read_bytes()
-    return out
 
 
 @pytest.fixture

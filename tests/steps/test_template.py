@@ -3,28 +3,18 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import jsonschema
 import pytest
 import yaml
 
+from conftest import tree
 from wsrun.effects import create_file
 from wsrun.filters import FILTERS
 from wsrun.fs import WorldView
 from wsrun.step import StepContext, StepError, load_step, params_schema
 from wsrun.testing import effect_dicts, plan_step, run_step
-
-
-def tree(root: Path) -> dict[str, bytes | None]:
-    out: dict[str, bytes | None] = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        for d in dirnames:
-            out[os.path.relpath(os.path.join(dirpath, d), root)] = None
-        for f in filenames:
-            out[os.path.relpath(os.path.join(dirpath, f), root)] = Path(dirpath, f).read_bytes()
-    return out
 
 
 @pytest.fixture

@@ -259,6 +259,22 @@ class Bench:
                 '{"workflowName": "std_calibration", "systemId": "2", "productLocator": "uid://evla/execblock/1"}\n'
             )
 
+    def build_staging(self, path: str) -> None:
+        """A 2 GiB calibration staging area (scaled): three 600 MiB calibration tars, a
+        50 MiB weblog and 100 log files of 1-64 KiB."""
+        rng = random.Random(SEED + 7)
+        for i in range(3):
+            write_random(os.path.join(path, f"cal{i}.tar"), scaled_size(600 * MiB, self.scale), rng)
+        write_random(os.path.join(path, "weblog.tgz"), scaled_size(50 * MiB, self.scale), rng)
+        for i in range(scaled_count(100, self.scale)):
+            write_random(os.path.join(path, f"casa-{i:03d}.log"), rng.randint(KiB, 64 * KiB), rng)
+
+    def build_staging_many(self, path: str) -> None:
+        """A staging area of 1,000 (scaled) small calibration tars of 1-16 KiB."""
+        rng = random.Random(SEED + 8)
+        for i in range(scaled_count(1000, self.scale)):
+            write_random(os.path.join(path, f"p{i:05d}.tar"), rng.randint(KiB, 16 * KiB), rng)
+
     # -- running things --
 
     def warm_up(self) -> None:
@@ -487,6 +503,51 @@ def deliver_case(tar: bool) -> Callable[[Bench, Case], Outcome]:
     return run
 
 
+def ingest_case(dataset: str) -> Callable[[Bench, Case], Outcome]:
+    """`ingest_envoy --calibration` of a staging area (manifest, then copy, verify and
+    record in a fresh archive) against cp -a + sha256sum of the same files."""
+
+    def run(b: Bench, case: Case) -> Outcome:
+        stage = b.dataset(dataset)
+        dest = os.path.join(b.out, "ingested")
+        archive = os.path.join(b.out, "archive")
+        # The first run writes the manifest and the artifacts tar into the staging area;
+        # later runs (and cp) find them there.
+        wsrun = b.wsrun(
+            "nrao/ingest_envoy",
+            "--calibration",
+            stage,
+            "--input",
+            "uid://evla/execblock/bench",
+            "--set",
+            f"edu.nrao.archive.url={archive}",
+            "-q",
+        )
+        baseline = [
+            "sh",
+            "-c",
+            'mkdir -p "$2" && cp -a "$1/." "$2/" && find "$2" -type f -exec sha256sum {} + >/dev/null',
+            "sh",
+            stage,
+            dest,
+        ]
+
+        def check(which: str) -> None:
+            if which == "wsrun" and not os.path.exists(os.path.join(archive, "archive.db")):
+                raise CaseError("ingest wrote no archive.db")
+
+        read_all(stage)
+        w, base = b.best_pair(wsrun, baseline, [archive, dest], check=check)
+        files, size = tree_stats(stage)
+        note = f"{files} files, {size / MiB:.0f} MiB; wsrun {size / MiB / w:.0f} MiB/s"
+        if case.target is None:
+            products = sum(1 for n in os.listdir(stage) if n.endswith(".tar") and n.startswith("p"))
+            note = f"{products} products; {products / w:.0f} products/s; cp+sha256sum {base:.2f}s"
+        return scored(case, w, base, w / base, note)
+
+    return run
+
+
 def zst_vs_gzip(b: Bench, case: Case) -> Outcome:
     """wsrun's tar.zst against GNU tar -czf on the same data: zstd's speed-up."""
     zst = b.results.get("tar-zst")
@@ -543,6 +604,7 @@ def dry_run_case(b: Bench, case: Case) -> Outcome:
 
 
 COPY, TAR, NOOP = ("copy",), ("tar",), ("noop",)
+INGEST = ("ingestion-manifest", "ingest")
 CASES = [
     Case("copy-large", "copy 4 x 512 MiB vs cp -a", 1.10, COPY, copy_case("large")),
     Case("copy-small", "copy 20,000 files of 1-64 KiB vs cp -a", 1.3, COPY, copy_case("small")),
@@ -589,6 +651,20 @@ CASES = [
         0.35,
         ("find-products",),
         deliver_case(True),
+    ),
+    Case(
+        "ingest",
+        "ingest 2 GiB staging area vs cp -a + sha256sum",
+        0.4,
+        INGEST,
+        ingest_case("staging"),
+    ),
+    Case(
+        "ingest-many",
+        "ingest 1,000 small products (products/s)",
+        None,
+        INGEST,
+        ingest_case("staging_many"),
     ),
     Case("help", "wsrun --help wall time (best of 5)", 0.25, (), help_case, "s"),
     Case("overhead", "engine overhead per noop step", 0.002, NOOP, overhead_case, "s/step"),

@@ -30,6 +30,7 @@ import time
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -40,6 +41,8 @@ from wsrun.fileio import atomic_write, temp_path
 SETTING = "edu.nrao.archive.url"
 ENV = "WSRUN_ARCHIVE_URL"
 BUFFER_SIZE = 8 << 20
+#: Files from this size on are verified on a second thread while the next one is copied.
+OVERLAP_SIZE = 4 << 20
 
 
 class ArchiveError(Exception):
@@ -350,23 +353,49 @@ class LocalArchive(ArchiveStore):
         stored: list[str],
         on_file: Callable[[int], None] | None,
     ) -> dict[str, str]:
-        """Store every file; source path -> sha256."""
+        """Store every file; source path -> sha256. Each copy is verified (re-read and
+        hashed) on a second thread while the next file is copied, so the two passes
+        overlap instead of adding up."""
         from wsrun.steps.copy import current_umask
 
         umask = current_umask()
-        buf = bytearray(BUFFER_SIZE)
+        buf, verify_buf = bytearray(BUFFER_SIZE), bytearray(BUFFER_SIZE)
         digests: dict[str, str] = {}
-        for product, _, _ in request.all_products():
-            for f in product.files:
-                if f.source not in digests:
-                    digests[f.source] = self._store(f, umask, buf, stored)
-                    if on_file is not None:
-                        on_file(f.size)
+        tmps: list[str] = []  # copies not yet verified and placed
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            verifying: Future[None] | None = None
+            try:
+                for product, _, _ in request.all_products():
+                    for f in product.files:
+                        if f.source in digests:
+                            continue
+                        tmp, digests[f.source] = self._copy_in(f, umask, buf)
+                        tmps.append(tmp)
+                        if verifying is not None:
+                            verifying.result()  # the previous file's: stop at its failure
+                            verifying = None
+                        if f.size < OVERLAP_SIZE:  # not worth a thread hand-over
+                            self._place(f, tmp, digests[f.source], verify_buf, stored)
+                        else:
+                            verifying = pool.submit(
+                                self._place, f, tmp, digests[f.source], verify_buf, stored
+                            )
+                        if on_file is not None:
+                            on_file(f.size)
+                if verifying is not None:
+                    verifying.result()
+            except BaseException:
+                if verifying is not None:
+                    with contextlib.suppress(BaseException):
+                        verifying.result()
+                for tmp in tmps:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(tmp)
+                raise
         return digests
 
-    def _store(self, f: FileSpec, umask: int, buf: bytearray, stored: list[str]) -> str:
-        """Copy one file in, hashing it on the way, then re-read the copy to
-        prove it landed intact."""
+    def _copy_in(self, f: FileSpec, umask: int, buf: bytearray) -> tuple[str, str]:
+        """Copy one file into tmp/, hashing it on the way: (temp path, sha256)."""
         from wsrun.steps.copy import copy_file
 
         tmp = os.path.join(self.root, "tmp", uuid.uuid4().hex)
@@ -378,6 +407,15 @@ class LocalArchive(ArchiveStore):
                 raise ArchiveError(
                     f"{f.source}: changed while ingesting ({f.size} -> {size} bytes)"
                 )
+            return tmp, digest
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+
+    def _place(self, f: FileSpec, tmp: str, digest: str, buf: bytearray, stored: list[str]) -> None:
+        """Re-read the copy to prove it landed intact, then move it to its blob path."""
+        try:
             if file_sha256(tmp, buf) != digest:
                 raise ArchiveError(f"{f.source}: checksum mismatch after copying into the archive")
             final = self.blob_path(digest)
@@ -387,7 +425,6 @@ class LocalArchive(ArchiveStore):
                 os.makedirs(os.path.dirname(final), exist_ok=True)
                 os.rename(tmp, final)
                 stored.append(digest)
-            return digest
         except BaseException:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)

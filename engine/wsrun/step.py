@@ -55,6 +55,7 @@ BUILTIN_STEPS: dict[str, str] = {
     "assemble-delivery": "wsrun.steps.assemble_delivery",
     "ingest": "wsrun.steps.ingest",
     "ingestion-manifest": "wsrun.steps.ingestion_manifest",
+    "ingestion-staging": "wsrun.steps.ingestion_staging",
 }
 
 

@@ -22,10 +22,10 @@ products, this step names each staged file's product type and writes
 ``ingest`` step. Files are classified by ``kind``:
 
 - ``calibration``: each ``*.tar`` is a calibration (science product);
-- ``image`` and ``seci`` (VLASS): each ``*.fits`` with ``.image`` in its name is
-  an image; its ``.png`` thumbnail and the primary beam (``.pb.``), clean mask
+- ``image`` and ``seci`` (VLASS): each ``*.fits`` is an image unless it is one of
+  the ancillary FITS below; its ``.png`` thumbnail and the primary beam (``.pb.``), clean mask
   (``.mask.``) and spectral index (``.alpha``) FITS sharing its name before
-  ``.image`` are its ancillary products; ``aux_image_metadata.json`` is the
+  ``.image`` (or ``.pbcor``) are its ancillary products; ``aux_image_metadata.json`` is the
   additional metadata;
 - ``observation``: the one directory (an SDM) is the execution block.
 
@@ -222,9 +222,9 @@ def _images(names: list[str]) -> tuple[list[dict[str, Any]], list[dict[str, Any]
         found = next(((m, t) for m, t in _IMAGE_ANCILLARY if m in name), None)
         if found:
             ancillary.append((name, name.split(".image")[0].split(found[0])[0], found[1]))
-        elif ".image" in name:
+        else:
             images[name] = {"type": "image", "filename": name, "ancillary_products": []}
-    stems = {name.split(".image")[0]: img for name, img in images.items()}
+    stems = {name.split(".image")[0].split(".pbcor")[0]: img for name, img in images.items()}
     for name, img in images.items():
         thumb = name[: -len(".fits")] + ".png"
         if thumb in names:

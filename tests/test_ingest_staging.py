@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 
 from conftest import snapshot
-from fixtures import processing
+from fixtures import processing, staging
 from wsrun.archive_store import ArchiveStore
 from wsrun.fs import WorldView
-from wsrun.step import StepError
+from wsrun.step import StepContext, StepError, load_step
 from wsrun.testing import effect_dicts, plan_step, run_step
 
 EXPECTED = Path(__file__).parent / "fixtures" / "expected_manifests"
@@ -139,6 +139,22 @@ def _archived(archive: ArchiveStore) -> list[tuple]:
     )
 
 
+def _steps(out: str) -> list[tuple[str, list[dict]]]:
+    """(step id, effects) of a --json run."""
+    return [(s["id"], s["effects"]) for s in json.loads(out)["steps"]]
+
+
+def _same_plan(dry: str, real: str) -> bool:
+    """The dry run's effects are the real run's, where a size the dry run could not
+    know (no ``bytes``: a compressed archive an earlier step writes) matches any."""
+    planned, done = _steps(dry), _steps(real)
+    for (_, effects), (_, real_effects) in zip(planned, done, strict=True):
+        for e, r in zip(effects, real_effects, strict=True):
+            if "bytes" not in e:
+                r.pop("bytes", None)
+    return planned == done
+
+
 def test_envoy_collects_calibration_then_image(tmp_path: Path, cli, wsrun_home: Path) -> None:
     cal = processing.vla_calibration(tmp_path).root
     ws = tmp_path / "ws"
@@ -149,8 +165,9 @@ def test_envoy_collects_calibration_then_image(tmp_path: Path, cli, wsrun_home: 
     assert snapshot(tmp_path) == before
     real = cli("nrao/ingest_envoy", "--calibration", str(cal), *setting, "--json")
     assert real.code == 0, real.err
-    steps = lambda out: [(s["id"], s["effects"]) for s in json.loads(out)["steps"]]  # noqa: E731
-    assert steps(dry.out) == steps(real.out)
+    assert _same_plan(dry.out, real.out)
+    weblog = [e for _, es in _steps(dry.out) for e in es if e["path"].endswith("/weblog.tgz")]
+    assert weblog and all("bytes" not in e for e in weblog)  # unknown, not 0
     stage = ws / "staging" / "calibration-calibration"
     expected = json.loads((EXPECTED / "calibration.json").read_text())
     assert _manifest_of(stage) == expected
@@ -178,7 +195,7 @@ def test_envoy_collects_calibration_then_image(tmp_path: Path, cli, wsrun_home: 
     assert record is not None and record.inputs == [f"uid://evla/execblock/{EB}"]
     assert record.ancillary == []  # the weblog and artifacts belong to the whole group
     again = cli("nrao/ingest_envoy", "--calibration", str(cal), *setting, "--json")
-    assert again.code == 0 and all(not e for _, e in steps(again.out))
+    assert again.code == 0 and all(not e for _, e in _steps(again.out))
 
     img = _imaging(tmp_path / "i", cal_locator)
     r = cli("nrao/ingest_envoy", "--image", str(img), *setting, "--json")
@@ -208,6 +225,83 @@ def test_envoy_collects_calibration_then_image(tmp_path: Path, cli, wsrun_home: 
     assert sorted(ingested) == staged
 
 
+def test_envoy_ingests_an_observation(tmp_path: Path, cli, wsrun_home: Path) -> None:
+    stage = tmp_path / "eb-1"
+    sdm = staging.observation_area(stage)
+    args = ["nrao/ingest_envoy", "--observation", str(stage), "EVLA", "--json"]
+    before = snapshot(tmp_path)
+    dry = cli(*args, "--dry-run")
+    assert dry.code == 0, dry.err
+    assert snapshot(tmp_path) == before
+    real = cli(*args)
+    assert real.code == 0, real.err
+    assert _steps(dry.out) == _steps(real.out)
+    assert _manifest_of(stage) == json.loads((EXPECTED / "observation.json").read_text())
+    [locator] = json.loads(real.out)["outputs"]["locators"]
+    archive = ArchiveStore.open(str(wsrun_home / "archive"))
+    record = archive.product(locator)
+    assert record is not None and record.type == "execution_block"
+    assert record.filename == sdm.name and record.inputs == []
+    sdm_files = sorted(
+        (str(p.relative_to(stage)), p.stat().st_size) for p in sdm.rglob("*") if p.is_file()
+    )
+    assert sorted((f.name, f.size) for f in record.files) == sdm_files
+    artifacts = stage / "ingestion_artifacts.tar"
+    assert _archived(archive) == sorted(
+        [
+            ("execution_block", sdm.name, True, sdm_files),
+            (
+                "ingestion_artifacts",
+                "ingestion_artifacts.tar",
+                False,
+                [("ingestion_artifacts.tar", artifacts.stat().st_size)],
+            ),
+        ]
+    )
+    assert _members(artifacts) == ["ingestion-manifest.json"]
+    again = cli(*args)
+    assert again.code == 0 and all(not e for _, e in _steps(again.out))
+
+
+def test_envoy_ingests_a_seci_image(tmp_path: Path, cli, wsrun_home: Path) -> None:
+    stage = staging.seci_area(tmp_path / "seci-1")
+    args = ["nrao/ingest_envoy", "--seci", str(stage), "VLASS2.1", "--json"]
+    before = snapshot(tmp_path)
+    dry = cli(*args, "--dry-run")
+    assert dry.code == 0, dry.err
+    assert snapshot(tmp_path) == before
+    real = cli(*args)
+    assert real.code == 0, real.err
+    assert _steps(dry.out) == _steps(real.out)
+    assert _manifest_of(stage) == json.loads((EXPECTED / "seci.json").read_text())
+    [locator] = json.loads(real.out)["outputs"]["locators"]
+    archive = ArchiveStore.open(str(wsrun_home / "archive"))
+    stem = "VLASS2.1.se.T10t01.J123456+563000.06.2048.v1.I.iter1"
+    image = archive.product(locator)
+    assert image is not None and image.filename == f"{stem}.image.pbcor.tt0.subim.fits"
+    assert sorted(archive.product(a).filename for a in image.ancillary) == [
+        f"{stem}.image.pbcor.tt0.subim.png",
+        f"{stem}.pb.tt0.subim.fits",
+    ]
+    sizes = {p.name: p.stat().st_size for p in stage.iterdir()}
+    archived = _archived(archive)
+    assert [(t, n, s) for t, n, s, _ in archived] == sorted(
+        [
+            ("image", f"{stem}.image.pbcor.tt0.subim.fits", True),
+            ("thumbnail_image", f"{stem}.image.pbcor.tt0.subim.png", False),
+            ("primary_beam", f"{stem}.pb.tt0.subim.fits", False),
+            ("pipeline_weblog", "weblog.tgz", False),
+            ("pipeline_artifacts", "pipeline_artifacts.tar", False),
+            ("ingestion_artifacts", "ingestion_artifacts.tar", False),
+        ]
+    )
+    assert all(files == [(n, sizes[n])] for _, n, _, files in archived)
+    artifacts = stage / "ingestion_artifacts.tar"
+    assert _members(artifacts) == ["ingestion-manifest.json", "aux_image_metadata.json"]
+    again = cli(*args)
+    assert again.code == 0 and all(not e for _, e in _steps(again.out))
+
+
 def test_envoy_failed_ingest_keeps_staging_area(tmp_path: Path, cli, wsrun_home: Path) -> None:
     cal = processing.vla_calibration(tmp_path).root
     ws = tmp_path / "ws"
@@ -223,7 +317,36 @@ def test_envoy_failed_ingest_keeps_staging_area(tmp_path: Path, cli, wsrun_home:
 
 
 def test_generated_tars_are_deterministic(tmp_path: Path) -> None:
+    """Tars are streamed to disk, the same bytes on every run; the plan knows the exact size of
+    the plain tar, and neither plan nor run claims one for the gzipped weblog."""
     proc = processing.vla_calibration(tmp_path).root
-    a = plan_step("ingestion-staging", _params(proc, "calibration", tmp_path / "a"), "/")
-    b = plan_step("ingestion-staging", _params(proc, "calibration", tmp_path / "b"), "/")
-    assert [c for _, c in a.data] == [c for _, c in b.data]
+    runs = []
+    for root in ("a", "b"):
+        plan, result = run_step(
+            "ingestion-staging", _params(proc, "calibration", tmp_path / root), "/"
+        )
+        assert effect_dicts(result.effects) == effect_dicts(plan.effects)
+        runs.append(Path(plan.outputs["staging"]))
+        sizes = {Path(e.path).name: e.bytes for e in plan.effects if e.op == "create_file"}
+        assert sizes == {
+            f"{EB}.caltables.tar": (runs[-1] / f"{EB}.caltables.tar").stat().st_size,
+            "weblog.tgz": None,
+        }
+    a, b = runs
+    assert sorted(p.name for p in a.iterdir()) == sorted(p.name for p in b.iterdir())
+    assert all((a / p.name).read_bytes() == (b / p.name).read_bytes() for p in a.iterdir())
+    assert not [p for p in a.iterdir() if p.name.startswith(".")]  # no temporary left
+
+
+def test_a_table_changing_under_the_tar_leaves_no_partial_file(tmp_path: Path) -> None:
+    proc = processing.vla_calibration(tmp_path).root
+    params = _params(proc, "calibration", tmp_path / "ws")
+    ctx = StepContext(fs=WorldView(), workdir="/", step_id="stage")
+    step = load_step("ingestion-staging")
+    plan = step.plan(params, ctx)
+    with (proc / "products" / "unknown.session_1.caltables.tgz").open("ab") as f:
+        f.write(b"more")
+    with pytest.raises(StepError, match="changed while the step ran"):
+        step.apply(plan, ctx)
+    stage = Path(plan.outputs["staging"])
+    assert list(stage.iterdir()) == []  # neither the tar nor its temporary file

@@ -31,6 +31,9 @@ class FileInfo:
     #: planned copy), or None when it is only known after the real run.
     content_from: str | None = None
     content: bytes | None = None
+    #: False for a planned file whose size is only known after the real run
+    #: (a compressed archive); ``size`` is then 0.
+    size_known: bool = True
 
     @property
     def is_file(self) -> bool:
@@ -279,6 +282,7 @@ class WorldView:
                     mode,
                     content_from=content_from,
                     content=content,
+                    size_known=effect.bytes is not None,
                 ),
             )
         elif op == "create_dir":

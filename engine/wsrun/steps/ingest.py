@@ -173,6 +173,16 @@ def product_files(base: str, filename: str, fs: WorldView) -> list[FileSpec]:
     return files
 
 
+def _planned_size(ctx: StepContext, f: FileSpec) -> int | None:
+    """A file's size, or None in a dry run where an earlier step would write it
+    and its size is only known then (a compressed archive)."""
+    if ctx.fs.virtual:
+        info = ctx.fs.stat(f.source)
+        if info is not None and not info.size_known:
+            return None
+    return f.size
+
+
 def plan(params: dict[str, Any], ctx: StepContext) -> Plan:
     manifest_path = ctx.path(params["manifest"])
     manifest = read_manifest(manifest_path, ctx.fs)
@@ -196,7 +206,7 @@ def plan(params: dict[str, Any], ctx: StepContext) -> Plan:
     products = list(request.all_products())
     for product, _, _ in products:
         for f in product.files:
-            effects.append(Effect("upload", f.source, bytes=f.size, target=url))
+            effects.append(Effect("upload", f.source, bytes=_planned_size(ctx, f), target=url))
     for product, _, science in products:
         extra: dict[str, Any] = {"type": product.type}
         if science and product.filename in replaces:

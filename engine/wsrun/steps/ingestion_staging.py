@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import fnmatch
-import gzip
-import io
 import json
 import os
 import shutil
-import tarfile
+from dataclasses import dataclass
 from typing import Any
 
+from wsrun import archive
 from wsrun.effects import Effect, create_dir, create_file
 from wsrun.fileio import atomic_write, write_bytes_atomic
-from wsrun.fs import ContentUnknown
+from wsrun.fs import ContentUnknown, FileInfo
 from wsrun.step import Plan, Result, StepContext, StepError
 
 NAME = "ingestion-staging"
@@ -38,7 +37,10 @@ name on every run so a failed ingestion is retried on the same files. It stages:
 ``pipeline-*`` directory with the greatest name (they are named by time) that has
 an ``html`` directory, in ``products/`` or ``working/``; without one, the
 pipeline's ``products/weblog.tgz`` is staged as is. Generated tar files are
-byte-for-byte the same for the same files, so a re-run changes nothing.
+streamed to disk (never held in memory) and byte-for-byte the same for the same
+files; one that is not older than its newest member and lists the same members
+(name, size, mode, mtime) is kept, so a re-run changes nothing. The size of
+``weblog.tgz`` is only known once it is written.
 
 Any other ``source`` (a staging directory, or another kind) is passed through:
 the outputs then name ``staging_directory`` and no inputs.
@@ -47,6 +49,18 @@ the outputs then name ``staging_directory`` and no inputs.
 KINDS = ("calibration", "image", "observation", "seci")
 AUX_METADATA = "aux_image_metadata.json"
 ARTIFACT_PATTERNS = ("casa_pipescript.py", "*.pprequest.xml", "PPR.xml", "*.log")
+
+
+@dataclass
+class _Tar:
+    """A tar to generate: written straight to disk from ``members`` in apply."""
+
+    members: list[archive.Member]
+    compression: str = "none"
+
+
+#: What a staged file is made from: a file to copy, small generated content, or a tar.
+What = str | bytes | _Tar
 
 SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -121,7 +135,7 @@ def plan(params: dict[str, Any], ctx: StepContext) -> Plan:
         inputs = [_key(metadata, "calProductLocator", meta_path)]
         files = _image(ctx, source, products, metadata)
     effects = [create_dir(d) for d in _missing_dirs(ctx, staging)]
-    todo: list[tuple[str, str | bytes]] = []
+    todo: list[tuple[str, What]] = []
     for name, what in files:
         target = os.path.join(staging, name)
         effect = _plan_file(ctx, target, what)
@@ -143,6 +157,8 @@ def apply(plan: Plan, ctx: StepContext) -> Result:
         ctx.check_deadline()
         if isinstance(what, bytes):
             write_bytes_atomic(target, what)
+        elif isinstance(what, _Tar):
+            _write(target, what, ctx)
         else:
             with open(what, "rb") as src, atomic_write(target, 0o644) as dst:
                 shutil.copyfileobj(src, dst, 1 << 20)
@@ -153,7 +169,7 @@ def apply(plan: Plan, ctx: StepContext) -> Result:
 
 def _calibration(
     ctx: StepContext, source: str, products: str, metadata: dict[str, Any]
-) -> list[tuple[str, str | bytes]]:
+) -> list[tuple[str, What]]:
     tables = [n for n in sorted(ctx.fs.listdir(products)) if "caltables" in n]
     if not tables:
         raise StepError("no calibration tables (*caltables*) in products/", path=products)
@@ -164,9 +180,9 @@ def _calibration(
 
 def _image(
     ctx: StepContext, source: str, products: str, metadata: dict[str, Any]
-) -> list[tuple[str, str | bytes]]:
+) -> list[tuple[str, What]]:
     names = sorted(ctx.fs.listdir(products))
-    files: list[tuple[str, str | bytes]] = [
+    files: list[tuple[str, What]] = [
         (n, os.path.join(products, n)) for n in names if n.endswith((".fits", ".png"))
     ]
     if not any(n.endswith(".fits") for n, _ in files):
@@ -202,7 +218,7 @@ def _image(
     return files
 
 
-def _weblog(ctx: StepContext, source: str, products: str) -> str | bytes:
+def _weblog(ctx: StepContext, source: str, products: str) -> str | _Tar:
     """A fresh tgz of the newest ``pipeline-*/html``, else products/weblog.tgz."""
     found = []
     for sub in ("products", "working"):
@@ -213,11 +229,7 @@ def _weblog(ctx: StepContext, source: str, products: str) -> str | bytes:
                     found.append((n, d))
     if found:
         name, d = max(found)
-        members = list(_tree(ctx, d, name))
-        out = io.BytesIO()
-        with gzip.GzipFile(fileobj=out, mode="wb", mtime=0) as gz:
-            gz.write(_tar(ctx, members))
-        return out.getvalue()
+        return _tar(ctx, _tree(ctx, d, name), "gz")
     tgz = os.path.join(products, "weblog.tgz")
     if not ctx.fs.is_file(tgz):
         raise StepError("no weblog (pipeline-*/html or products/weblog.tgz)", path=source)
@@ -236,23 +248,51 @@ def _tree(ctx: StepContext, base: str, name: str) -> list[tuple[str, str]]:
     ]
 
 
-def _tar(ctx: StepContext, members: list[tuple[str, str]]) -> bytes:
+def _tar(ctx: StepContext, members: list[tuple[str, str]], compression: str = "none") -> _Tar:
     """A tar of ``members`` (name, path), byte-for-byte the same for the same files."""
-    out = io.BytesIO()
-    with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        for name, path in members:
-            data = _read(ctx, path)
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            info.mode = 0o644
-            stat = ctx.fs.stat(path)
-            info.mtime = stat.mtime_ns // 1_000_000_000 if stat else 0
-            tar.addfile(info, io.BytesIO(data))
-    return out.getvalue()
+    planned = []
+    for name, path in members:
+        info = ctx.fs.stat(path)
+        if info is None or not info.is_file:
+            raise StepError("vanished while staging", path=path)
+        planned.append(
+            archive.Member(
+                name, "file", path, info.size, info.mode & 0o7777, info.mtime_ns // 1_000_000_000
+            )
+        )
+    return _Tar(planned, compression)
 
 
-def _plan_file(ctx: StepContext, target: str, what: str | bytes) -> Effect | None:
-    """The effect of staging ``what`` (content, or a file to copy) at ``target``, if needed."""
+def _write(target: str, tar: _Tar, ctx: StepContext) -> None:
+    """Write ``tar`` to ``target`` through a temporary file, streaming each member."""
+    size = archive.archive_size(tar.members)
+    task = ctx.progress.task(
+        "tar", total_bytes=sum(m.size for m in tar.members), total_files=len(tar.members)
+    )
+
+    def progress(n: int, files: int) -> None:
+        task.advance(bytes=n, files=files)
+        ctx.check_deadline()
+
+    try:
+        with atomic_write(target, 0o644) as f:
+            try:
+                archive.write_tar(f.fileno(), tar.members, tar.compression, None, progress, size)
+            except archive.SourceChanged as e:
+                raise StepError(
+                    "changed while the step ran (planned size or type differs); run it again",
+                    path=e.path,
+                ) from None
+            written = os.fstat(f.fileno()).st_size
+            if tar.compression == "none" and written != size:
+                raise StepError(f"wrote {written} bytes, planned {size}", path=target)
+    finally:
+        task.close()
+
+
+def _plan_file(ctx: StepContext, target: str, what: What) -> Effect | None:
+    """The effect of staging ``what`` (content, a tar, or a file to copy) at ``target``, if
+    needed."""
     existing = ctx.fs.lstat(target)
     if existing is not None and not existing.is_file:
         raise StepError("exists and is not a regular file; refusing to replace it", path=target)
@@ -260,12 +300,50 @@ def _plan_file(ctx: StepContext, target: str, what: str | bytes) -> Effect | Non
         if existing and existing.size == len(what) and _read(ctx, target) == what:
             return None
         return create_file(target, bytes=len(what), content=what, mode=0o644)
+    if isinstance(what, _Tar):
+        size = archive.archive_size(what.members) if what.compression == "none" else None
+        if existing and _tar_up_to_date(ctx, target, existing, what, size):
+            return None
+        return create_file(target, bytes=size, mode=0o644)
     src = ctx.fs.stat(what)
     if src is None:
         raise StepError("vanished while staging", path=what)
     if existing and existing.size == src.size and existing.mtime_ns == src.mtime_ns:
         return None
     return create_file(target, bytes=src.size, source=what, mode=0o644)
+
+
+def _tar_up_to_date(
+    ctx: StepContext, target: str, existing: FileInfo, tar: _Tar, size: int | None
+) -> bool:
+    """Whether ``target`` already is ``tar``: as new as its members, of its size, and with
+    the same headers in the same order (read as a stream, never whole)."""
+    newest = max((m.mtime * 1_000_000_000 for m in tar.members), default=0)
+    if existing.mtime_ns < newest or (size is not None and existing.size != size):
+        return False
+    want = [(m.name, archive.TYPES["file"], m.size, m.mode, m.mtime) for m in tar.members]
+    try:
+        raw, found, reader = archive.open_tar(target, ctx.fs.open)
+    except ContentUnknown:
+        return False  # planned by an earlier step of a dry run
+    except Exception as e:
+        if archive.is_corrupt(e):
+            return False
+        raise
+    try:
+        if found != tar.compression:
+            return False
+        for expected in want:
+            h = reader.next()
+            if h is None or (h.name, h.type, h.size, h.mode, h.mtime) != expected:
+                return False
+        return reader.next() is None
+    except Exception as e:
+        if archive.is_corrupt(e):
+            return False
+        raise
+    finally:
+        raw.close()
 
 
 def _missing_dirs(ctx: StepContext, directory: str) -> list[str]:

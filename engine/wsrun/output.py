@@ -93,21 +93,26 @@ def totals(steps: list[StepReport]) -> str:
             counts[e["op"]] = counts.get(e["op"], 0) + 1
             if e["op"] == "create_file" and e.get("bytes"):
                 size += e["bytes"]
-    parts = [
-        f"{counts.get('create_file', 0)} files ({human_bytes(size)})",
-        f"{counts.get('create_dir', 0)} directories",
-    ]
     names = {
-        "create_symlink": "symlinks",
-        "remove": "removals",
-        "move": "moves",
-        "upload": "uploads",
-        "run": "commands",
-        "set_state": "state changes",
-        "publish": "messages",
-        "record": "records",
+        "create_file": "file",
+        "create_dir": "directory",
+        "create_symlink": "symlink",
+        "remove": "removal",
+        "move": "move",
+        "upload": "upload",
+        "run": "command",
+        "set_state": "state change",
+        "publish": "message",
+        "record": "record",
     }
-    parts += [f"{counts[op]} {name}" for op, name in names.items() if counts.get(op)]
+    parts = []
+    for op, name in names.items():
+        n = counts.get(op, 0)
+        if n or op in ("create_file", "create_dir"):
+            plural = name if n == 1 else ("directories" if name == "directory" else name + "s")
+            parts.append(
+                f"{n} {plural}" + (f" ({human_bytes(size)})" if op == "create_file" else "")
+            )
     return ", ".join(parts)
 
 
@@ -150,7 +155,8 @@ class LineEvents(Events):
     def step_finished(self, report: StepReport) -> None:
         if report.status == "failed":
             return  # the error line is printed once, at the end
-        extra = f" {len(report.effects)} effects" if report.effects else ""
+        n = len(report.effects)
+        extra = f" {n} effect{'' if n == 1 else 's'}" if n else ""
         label = "planned" if self.dry_run and report.status == "changed" else report.status
         line = f"[{label}] {report.key} ({report.uses}){extra} {report.seconds:.2f}s"
         if self.bars is not None:

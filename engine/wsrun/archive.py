@@ -1019,6 +1019,50 @@ def is_corrupt(e: BaseException) -> bool:
     )
 
 
+def holds(
+    path: str,
+    opener: Callable[[str], BinaryIO],
+    existing: FileInfo,
+    members: list[Member],
+    compression: str,
+    size: int | None,
+    newest: int,
+) -> bool:
+    """Whether the archive at ``path`` already holds exactly ``members``: as new
+    as the newest (ns), of ``size`` when that is known, in ``compression``, and
+    with the same headers in the same order. Only headers are read (a
+    compressed archive is decompressed as a stream, never recompressed)."""
+    from wsrun.fs import ContentUnknown
+
+    if not existing.is_file or existing.mtime_ns < newest:
+        return False
+    if size is not None and existing.size != size:
+        return False
+    want = [(m.name, TYPES[m.kind], m.size, m.mode, m.mtime, m.linkname) for m in members]
+    try:
+        raw, found, reader = open_tar(path, opener)
+    except ContentUnknown:
+        return False  # planned by an earlier step of a dry run
+    except Exception as e:
+        if is_corrupt(e):
+            return False
+        raise
+    try:
+        if found != compression:
+            return False
+        for expected in want:
+            h = reader.next()
+            if h is None or (h.name, h.type, h.size, h.mode, h.mtime, h.linkname) != expected:
+                return False
+        return reader.next() is None
+    except Exception as e:
+        if is_corrupt(e):
+            return False
+        raise
+    finally:
+        raw.close()
+
+
 # ---- safe extraction --------------------------------------------------------------
 
 

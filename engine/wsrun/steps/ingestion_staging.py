@@ -12,7 +12,7 @@ from typing import Any
 from wsrun import archive
 from wsrun.effects import Effect, create_dir, create_file
 from wsrun.fileio import atomic_write, write_bytes_atomic
-from wsrun.fs import ContentUnknown, FileInfo
+from wsrun.fs import ContentUnknown
 from wsrun.step import Plan, Result, StepContext, StepError
 
 NAME = "ingestion-staging"
@@ -302,7 +302,15 @@ def _plan_file(ctx: StepContext, target: str, what: What) -> Effect | None:
         return create_file(target, bytes=len(what), content=what, mode=0o644)
     if isinstance(what, _Tar):
         size = archive.archive_size(what.members) if what.compression == "none" else None
-        if existing and _tar_up_to_date(ctx, target, existing, what, size):
+        if existing and archive.holds(
+            target,
+            ctx.fs.open,
+            existing,
+            what.members,
+            what.compression,
+            size,
+            max((m.mtime * 1_000_000_000 for m in what.members), default=0),
+        ):
             return None
         return create_file(target, bytes=size, mode=0o644)
     src = ctx.fs.stat(what)
@@ -311,39 +319,6 @@ def _plan_file(ctx: StepContext, target: str, what: What) -> Effect | None:
     if existing and existing.size == src.size and existing.mtime_ns == src.mtime_ns:
         return None
     return create_file(target, bytes=src.size, source=what, mode=0o644)
-
-
-def _tar_up_to_date(
-    ctx: StepContext, target: str, existing: FileInfo, tar: _Tar, size: int | None
-) -> bool:
-    """Whether ``target`` already is ``tar``: as new as its members, of its size, and with
-    the same headers in the same order (read as a stream, never whole)."""
-    newest = max((m.mtime * 1_000_000_000 for m in tar.members), default=0)
-    if existing.mtime_ns < newest or (size is not None and existing.size != size):
-        return False
-    want = [(m.name, archive.TYPES["file"], m.size, m.mode, m.mtime) for m in tar.members]
-    try:
-        raw, found, reader = archive.open_tar(target, ctx.fs.open)
-    except ContentUnknown:
-        return False  # planned by an earlier step of a dry run
-    except Exception as e:
-        if archive.is_corrupt(e):
-            return False
-        raise
-    try:
-        if found != tar.compression:
-            return False
-        for expected in want:
-            h = reader.next()
-            if h is None or (h.name, h.type, h.size, h.mode, h.mtime) != expected:
-                return False
-        return reader.next() is None
-    except Exception as e:
-        if archive.is_corrupt(e):
-            return False
-        raise
-    finally:
-        raw.close()
 
 
 def _missing_dirs(ctx: StepContext, directory: str) -> list[str]:

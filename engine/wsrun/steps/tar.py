@@ -10,7 +10,7 @@ from typing import Any
 
 from wsrun import archive, fileio
 from wsrun.effects import Effect, create_dir, create_file
-from wsrun.fs import ContentUnknown, FileInfo, WorldView
+from wsrun.fs import WorldView
 from wsrun.step import Plan, Result, StepContext, StepError
 
 NAME = "tar"
@@ -142,7 +142,9 @@ def plan(params: dict[str, Any], ctx: StepContext) -> Plan:
     existing = ctx.fs.lstat(to)
     if existing is not None and existing.is_dir:
         raise StepError("is a directory; give the archive's file name", path=to)
-    if existing is not None and _up_to_date(ctx, to, existing, members, compression, size, newest):
+    if existing is not None and archive.holds(
+        to, ctx.fs.open, existing, members, compression, size, newest
+    ):
         outputs["bytes"] = existing.size
         return Plan(outputs=outputs)
 
@@ -347,43 +349,3 @@ def _missing_parents(ctx: StepContext, directory: str) -> list[str]:
     if info is None or not info.is_dir:
         raise StepError("is not a directory", path=directory)
     return missing[::-1]
-
-
-def _up_to_date(
-    ctx: StepContext,
-    to: str,
-    existing: FileInfo,
-    members: list[archive.Member],
-    compression: str,
-    size: int | None,
-    newest: int,
-) -> bool:
-    """Whether the archive at ``to`` already holds what the step would write
-    (the rule is in DOC)."""
-    if not existing.is_file or existing.mtime_ns < newest:
-        return False
-    if size is not None and existing.size != size:
-        return False
-    want = [(m.name, archive.TYPES[m.kind], m.size, m.mode, m.mtime, m.linkname) for m in members]
-    try:
-        raw, found, reader = archive.open_tar(to, ctx.fs.open)
-    except ContentUnknown:
-        return False  # planned by an earlier step of a dry run
-    except Exception as e:
-        if archive.is_corrupt(e):
-            return False
-        raise
-    try:
-        if found != compression:
-            return False
-        for expected in want:
-            h = reader.next()
-            if h is None or (h.name, h.type, h.size, h.mode, h.mtime, h.linkname) != expected:
-                return False
-        return reader.next() is None
-    except Exception as e:
-        if archive.is_corrupt(e):
-            return False
-        raise
-    finally:
-        raw.close()

@@ -89,3 +89,14 @@ def tree(root: Path) -> dict[str, bytes | None]:
         for f in filenames:
             out[os.path.relpath(os.path.join(dirpath, f), root)] = Path(dirpath, f).read_bytes()
     return out
+
+
+def stat_snapshot(root: str) -> dict[str, tuple]:
+    """Every entry below root with its mode, size and mtime: proof nothing was touched."""
+    out = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for n in dirnames + filenames:
+            p = os.path.join(dirpath, n)
+            st = os.lstat(p)
+            out[p] = (st.st_mode, st.st_size, st.st_mtime_ns)
+    return out

@@ -14,6 +14,7 @@ import tarfile
 
 import pytest
 
+from conftest import stat_snapshot
 from wsrun import archive, fileio
 from wsrun.effects import create_file
 from wsrun.fs import WorldView
@@ -71,16 +72,6 @@ def tree(root: str) -> dict[str, tuple]:
                     int(st.st_mtime),
                     digest,
                 )
-    return out
-
-
-def snapshot(root: str) -> dict[str, tuple]:
-    out = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        for n in dirnames + filenames:
-            p = os.path.join(dirpath, n)
-            st = os.lstat(p)
-            out[p] = (st.st_mode, st.st_size, st.st_mtime_ns)
     return out
 
 
@@ -216,12 +207,12 @@ def test_second_run_is_ok_and_changes_nothing(work):
     for compression in COMPRESSIONS:
         params = {"source": "src", "to": f"x.{compression}", "compression": compression}
         _, first = run_step("tar", params, work)
-        before = snapshot(work)
+        before = stat_snapshot(work)
         plan, result = run_step("tar", params, work)
         assert plan.status == "ok" and result.status == "ok"
         assert result.effects == []
         assert result.outputs == first.outputs
-        assert snapshot(work) == before
+        assert stat_snapshot(work) == before
 
 
 @pytest.mark.parametrize("compression", ["none", "zst"])
@@ -245,10 +236,10 @@ def test_rebuilt_when_compression_changes(work):
 
 
 def test_dry_run_writes_nothing(work):
-    before = snapshot(work)
+    before = stat_snapshot(work)
     plan = plan_step("tar", {"source": "src", "to": "new/dir/x.tar"}, work, view=WorldView())
     assert [e.op for e in plan.effects] == ["create_dir", "create_dir", "create_file"]
-    assert snapshot(work) == before
+    assert stat_snapshot(work) == before
     _, result = run_step("tar", {"source": "src", "to": "new/dir/x.tar"}, work)
     assert effect_dicts(plan.effects) == effect_dicts(result.effects)
 

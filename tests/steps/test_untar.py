@@ -12,22 +12,13 @@ import zipfile
 
 import pytest
 
+from conftest import stat_snapshot
 from wsrun import archive
 from wsrun.fs import WorldView
 from wsrun.step import StepContext, StepError, load_step
 from wsrun.testing import effect_dicts, plan_step, run_step
 
 MTIME = 1_600_000_000
-
-
-def snapshot(root: str) -> dict[str, tuple]:
-    out = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        for n in dirnames + filenames:
-            p = os.path.join(dirpath, n)
-            st = os.lstat(p)
-            out[p] = (st.st_mode, st.st_size, st.st_mtime_ns)
-    return out
 
 
 def add(tf: tarfile.TarFile, name: str, data: bytes = b"", **attrs) -> None:
@@ -163,11 +154,11 @@ def test_second_run_ok_and_only_changed_files_rewritten(tmp_path):
     sample(tmp_path / "x.tar.gz", "w:gz")
     params = {"source": "x.tar.gz", "to": "out"}
     _, first = run_step("untar", params, str(tmp_path))
-    before = snapshot(str(tmp_path))
+    before = stat_snapshot(str(tmp_path))
     plan, result = run_step("untar", params, str(tmp_path))
     assert plan.status == "ok" and result.effects == []
     assert result.outputs == first.outputs
-    assert snapshot(str(tmp_path)) == before
+    assert stat_snapshot(str(tmp_path)) == before
 
     (tmp_path / "out" / "top" / "sub" / "b.bin").write_bytes(b"edited")
     plan = plan_step("untar", params, str(tmp_path))
@@ -198,10 +189,10 @@ def test_rewritten_file_also_relinks_its_hard_link(tmp_path):
 
 def test_dry_run_writes_nothing_and_chains(tmp_path):
     sample(tmp_path / "x.tar.xz", "w:xz")
-    before = snapshot(str(tmp_path))
+    before = stat_snapshot(str(tmp_path))
     view = WorldView()
     plan = plan_step("untar", {"source": "x.tar.xz", "to": "out"}, str(tmp_path), view=view)
-    assert snapshot(str(tmp_path)) == before
+    assert stat_snapshot(str(tmp_path)) == before
     for e in plan.effects:
         view.record(e)
     later = plan_step("tar", {"source": "out/top", "to": "again.tar"}, str(tmp_path), view=view)
@@ -262,11 +253,13 @@ def test_hostile_tar_is_refused_before_writing(tmp_path, case, compression):
     (outside / "secret").write_text("secret")
     members = hostile_tars(str(outside))[case]
     make_tar(tmp_path / "evil.tar", members, mode=f"w:{compression}" if compression else "w")
-    before = snapshot(str(tmp_path))
+    before = stat_snapshot(str(tmp_path))
     with pytest.raises(StepError, match="refusing") as info:
         run_step("untar", {"source": "evil.tar", "to": "target"}, str(tmp_path))
     assert info.value.path is not None
-    assert snapshot(str(tmp_path)) == before  # nothing outside, and "target" was not even created
+    assert (
+        stat_snapshot(str(tmp_path)) == before
+    )  # nothing outside, and "target" was not even created
     assert not (tmp_path / "target").exists()
 
 
@@ -275,11 +268,11 @@ def test_zip_slip_is_refused(tmp_path, name):
     with zipfile.ZipFile(tmp_path / "evil.zip", "w") as zf:
         zf.writestr("fine.txt", "fine")
         zf.writestr(name, "pwned")
-    before = snapshot(str(tmp_path))
+    before = stat_snapshot(str(tmp_path))
     with pytest.raises(StepError, match="refusing") as info:
         run_step("untar", {"source": "evil.zip", "to": "target"}, str(tmp_path))
     assert info.value.path == name
-    assert snapshot(str(tmp_path)) == before
+    assert stat_snapshot(str(tmp_path)) == before
     assert not os.path.exists("/tmp/evil-zip-abs.txt")
 
 

@@ -172,6 +172,40 @@ def test_checksum_mismatch_after_copy(
     assert not list(Path(archive.root, "tmp").iterdir())
 
 
+@pytest.mark.parametrize("size", [200_000, 2 << 20, 6 << 20])
+def test_a_corrupted_write_is_caught_by_the_independent_read(
+    tmp_path: Path, archive: LocalArchive, monkeypatch: pytest.MonkeyPatch, size: int
+) -> None:
+    """The check reads the other side of the copy, so bytes that landed wrong are
+    caught whichever way (user-space buffer or kernel copy) the file was copied."""
+    manifest = staging.calibration(tmp_path / "cal")
+    big = tmp_path / "cal" / "19A-001_sb1_eb2.ms.calapply.tar"
+    big.write_bytes(os.urandom(size))
+    from wsrun.steps import copy
+
+    real_range, real_write = copy._by_copy_file_range, copy._write_all
+
+    def corrupt(fd: int) -> None:
+        if os.fstat(fd).st_size == size:
+            os.pwrite(fd, b"\x00\xff", size // 2)
+
+    def bad_range(src_fd: int, dst_fd: int, count: int) -> int:
+        n = real_range(src_fd, dst_fd, count)
+        corrupt(dst_fd)
+        return n
+
+    def bad_write(fd: int, data: bytes | memoryview) -> None:
+        real_write(fd, data)
+        corrupt(fd)
+
+    monkeypatch.setattr(copy, "_by_copy_file_range", bad_range)
+    monkeypatch.setattr(copy, "_write_all", bad_write)
+    with pytest.raises(ArchiveError, match="checksum mismatch after copying"):
+        archive.ingest(request(manifest))
+    assert state(archive) == ([], [])
+    assert not list(Path(archive.root, "tmp").iterdir())
+
+
 def test_source_changed_during_ingest(tmp_path: Path, archive: LocalArchive) -> None:
     req = request(staging.calibration(tmp_path / "cal"))
     with open(tmp_path / "cal" / "weblog.tgz", "ab") as f:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import tarfile
+import time
 from pathlib import Path
 
 import pytest
@@ -23,6 +24,17 @@ ROOT_SETTING = "edu.nrao.workspaces.ProcessingSettings.rootDirectory"
 
 def _params(source: Path, kind: str, root: Path) -> dict[str, str]:
     return {"source": str(source), "kind": kind, "workspaces_root": str(root)}
+
+
+def _stamp(*paths: Path) -> str:
+    """The name stamp of the ingestion artifacts tar: the newest mtime, in UTC."""
+    newest = max(p.stat().st_mtime for p in paths)
+    return time.strftime("%Y_%m_%dT%H_%M_%S", time.gmtime(newest))
+
+
+def _expected(kind: str, stamp: str) -> dict:
+    text = (EXPECTED / f"{kind}.json").read_text().replace("{timestamp}", stamp)
+    return json.loads(text)
 
 
 def _members(path: Path) -> list[str]:
@@ -52,6 +64,7 @@ def test_calibration_staging(tmp_path: Path) -> None:
         "staging": str(stage),
         "inputs": [f"uid://evla/execblock/{EB}"],
         "collected": True,
+        "timestamp": _stamp(proc / "metadata.json"),
     }
     assert sorted(p.name for p in stage.iterdir()) == [f"{EB}.caltables.tar", "weblog.tgz"]
     assert _members(stage / f"{EB}.caltables.tar") == ["unknown.session_1.caltables.tgz"]
@@ -109,7 +122,12 @@ def test_passes_a_staging_directory_through(tmp_path: Path) -> None:
     params = {"source": "cal-1", "kind": "calibration", "staging_directory": "/s/cal-1"}
     plan = plan_step("ingestion-staging", params, str(tmp_path), WorldView())
     assert plan.effects == []
-    assert plan.outputs == {"staging": "/s/cal-1", "inputs": [], "collected": False}
+    assert plan.outputs == {
+        "staging": "/s/cal-1",
+        "inputs": [],
+        "collected": False,
+        "timestamp": "1970_01_01T00_00_00",  # nothing staged there yet
+    }
 
 
 def test_errors_leave_nothing(tmp_path: Path) -> None:
@@ -169,8 +187,9 @@ def test_envoy_collects_calibration_then_image(tmp_path: Path, cli, wsrun_home: 
     weblog = [e for _, es in _steps(dry.out) for e in es if e["path"].endswith("/weblog.tgz")]
     assert weblog and all("bytes" not in e for e in weblog)  # unknown, not 0
     stage = ws / "staging" / "calibration-calibration"
-    expected = json.loads((EXPECTED / "calibration.json").read_text())
-    assert _manifest_of(stage) == expected
+    stamp = _stamp(cal / "metadata.json")
+    artifacts = f"ingestion_artifacts_{stamp}.tar"
+    assert _manifest_of(stage) == _expected("calibration", stamp)
     [cal_locator] = json.loads(real.out)["outputs"]["locators"]
     archive = ArchiveStore.open(str(wsrun_home / "archive"))
     sizes = {p.name: p.stat().st_size for p in stage.iterdir()}
@@ -183,12 +202,7 @@ def test_envoy_collects_calibration_then_image(tmp_path: Path, cli, wsrun_home: 
                 [(f"{EB}.caltables.tar", sizes[f"{EB}.caltables.tar"])],
             ),
             ("pipeline_weblog", "weblog.tgz", False, [("weblog.tgz", sizes["weblog.tgz"])]),
-            (
-                "ingestion_artifacts",
-                "ingestion_artifacts.tar",
-                False,
-                [("ingestion_artifacts.tar", sizes["ingestion_artifacts.tar"])],
-            ),
+            ("ingestion_artifacts", artifacts, False, [(artifacts, sizes[artifacts])]),
         ]
     )
     record = archive.product(cal_locator)
@@ -201,7 +215,7 @@ def test_envoy_collects_calibration_then_image(tmp_path: Path, cli, wsrun_home: 
     r = cli("nrao/ingest_envoy", "--image", str(img), *setting, "--json")
     assert r.code == 0, r.err
     istage = ws / "staging" / "image-imaging"
-    expected = json.loads((EXPECTED / "image.json").read_text())
+    expected = _expected("image", _stamp(img / "metadata.json"))
     expected["input_group"]["science_products"][0]["locator"] = cal_locator
     assert _manifest_of(istage) == expected
     images = json.loads(r.out)["outputs"]["locators"]
@@ -236,7 +250,8 @@ def test_envoy_ingests_an_observation(tmp_path: Path, cli, wsrun_home: Path) -> 
     real = cli(*args)
     assert real.code == 0, real.err
     assert _steps(dry.out) == _steps(real.out)
-    assert _manifest_of(stage) == json.loads((EXPECTED / "observation.json").read_text())
+    stamp = _stamp(sdm)
+    assert _manifest_of(stage) == _expected("observation", stamp)
     [locator] = json.loads(real.out)["outputs"]["locators"]
     archive = ArchiveStore.open(str(wsrun_home / "archive"))
     record = archive.product(locator)
@@ -246,15 +261,15 @@ def test_envoy_ingests_an_observation(tmp_path: Path, cli, wsrun_home: Path) -> 
         (str(p.relative_to(stage)), p.stat().st_size) for p in sdm.rglob("*") if p.is_file()
     )
     assert sorted((f.name, f.size) for f in record.files) == sdm_files
-    artifacts = stage / "ingestion_artifacts.tar"
+    artifacts = stage / f"ingestion_artifacts_{stamp}.tar"
     assert _archived(archive) == sorted(
         [
             ("execution_block", sdm.name, True, sdm_files),
             (
                 "ingestion_artifacts",
-                "ingestion_artifacts.tar",
+                artifacts.name,
                 False,
-                [("ingestion_artifacts.tar", artifacts.stat().st_size)],
+                [(artifacts.name, artifacts.stat().st_size)],
             ),
         ]
     )
@@ -273,7 +288,8 @@ def test_envoy_ingests_a_seci_image(tmp_path: Path, cli, wsrun_home: Path) -> No
     real = cli(*args)
     assert real.code == 0, real.err
     assert _steps(dry.out) == _steps(real.out)
-    assert _manifest_of(stage) == json.loads((EXPECTED / "seci.json").read_text())
+    stamp = _stamp(*(p for p in stage.iterdir() if not p.name.startswith("ingestion")))
+    assert _manifest_of(stage) == _expected("seci", stamp)
     [locator] = json.loads(real.out)["outputs"]["locators"]
     archive = ArchiveStore.open(str(wsrun_home / "archive"))
     stem = "VLASS2.1.se.T10t01.J123456+563000.06.2048.v1.I.iter1"
@@ -292,11 +308,11 @@ def test_envoy_ingests_a_seci_image(tmp_path: Path, cli, wsrun_home: Path) -> No
             ("primary_beam", f"{stem}.pb.tt0.subim.fits", False),
             ("pipeline_weblog", "weblog.tgz", False),
             ("pipeline_artifacts", "pipeline_artifacts.tar", False),
-            ("ingestion_artifacts", "ingestion_artifacts.tar", False),
+            ("ingestion_artifacts", f"ingestion_artifacts_{stamp}.tar", False),
         ]
     )
     assert all(files == [(n, sizes[n])] for _, n, _, files in archived)
-    artifacts = stage / "ingestion_artifacts.tar"
+    artifacts = stage / f"ingestion_artifacts_{stamp}.tar"
     assert _members(artifacts) == ["ingestion-manifest.json", "aux_image_metadata.json"]
     again = cli(*args)
     assert again.code == 0 and all(not e for _, e in _steps(again.out))

@@ -30,7 +30,7 @@ import time
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -41,7 +41,7 @@ from wsrun.fileio import atomic_write, temp_path
 SETTING = "edu.nrao.archive.url"
 ENV = "WSRUN_ARCHIVE_URL"
 BUFFER_SIZE = 8 << 20
-#: Files from this size on are verified on a second thread while the next one is copied.
+#: Files from this size on have their source hashed on a second thread during the copy.
 OVERLAP_SIZE = 4 << 20
 
 
@@ -353,45 +353,46 @@ class LocalArchive(ArchiveStore):
         stored: list[str],
         on_file: Callable[[int], None] | None,
     ) -> dict[str, str]:
-        """Store every file; source path -> sha256. Each copy is verified (re-read and
-        hashed) on a second thread while the next file is copied, so the two passes
-        overlap instead of adding up."""
-        from wsrun.steps.copy import current_umask
+        """Store every file; source path -> sha256.
+
+        Each file is hashed twice, from two independent reads: the copy hashes what
+        it wrote (big files through the destination's pages), and the check hashes
+        the other side (the source for big files, read on a second thread while the
+        copy runs; the stored copy for small ones). A mismatch means the bytes that
+        landed are not the bytes of the file, and nothing is stored.
+        """
+        from wsrun.steps.copy import MMAP_MIN, current_umask
 
         umask = current_umask()
-        buf, verify_buf = bytearray(BUFFER_SIZE), bytearray(BUFFER_SIZE)
+        buf, check_buf = bytearray(BUFFER_SIZE), bytearray(BUFFER_SIZE)
         digests: dict[str, str] = {}
-        tmps: list[str] = []  # copies not yet verified and placed
         with ThreadPoolExecutor(max_workers=1) as pool:
-            verifying: Future[None] | None = None
-            try:
-                for product, _, _ in request.all_products():
-                    for f in product.files:
-                        if f.source in digests:
-                            continue
-                        tmp, digests[f.source] = self._copy_in(f, umask, buf)
-                        tmps.append(tmp)
-                        if verifying is not None:
-                            verifying.result()  # the previous file's: stop at its failure
-                            verifying = None
-                        if f.size < OVERLAP_SIZE:  # not worth a thread hand-over
-                            self._place(f, tmp, digests[f.source], verify_buf, stored)
-                        else:
-                            verifying = pool.submit(
-                                self._place, f, tmp, digests[f.source], verify_buf, stored
-                            )
-                        if on_file is not None:
-                            on_file(f.size)
-                if verifying is not None:
-                    verifying.result()
-            except BaseException:
-                if verifying is not None:
-                    with contextlib.suppress(BaseException):
-                        verifying.result()
-                for tmp in tmps:
-                    with contextlib.suppress(FileNotFoundError):
-                        os.unlink(tmp)
-                raise
+            for product, _, _ in request.all_products():
+                for f in product.files:
+                    if f.source in digests:
+                        continue
+                    if f.size >= OVERLAP_SIZE:
+                        check = pool.submit(file_sha256, f.source, check_buf)
+                        tmp, digest = self._copy_in(f, umask, buf)
+                        try:
+                            other = check.result()
+                        except BaseException:
+                            _unlink(tmp)
+                            raise
+                    else:
+                        tmp, digest = self._copy_in(f, umask, buf)
+                        # The copy hashed the source's bytes below MMAP_MIN, the
+                        # destination's pages above: read the other side.
+                        other_side = tmp if f.size < MMAP_MIN else f.source
+                        try:
+                            other = file_sha256(other_side, check_buf)
+                        except BaseException:
+                            _unlink(tmp)
+                            raise
+                    self._place(f, tmp, digest, other, stored)
+                    digests[f.source] = digest
+                    if on_file is not None:
+                        on_file(f.size)
         return digests
 
     def _copy_in(self, f: FileSpec, umask: int, buf: bytearray) -> tuple[str, str]:
@@ -409,14 +410,13 @@ class LocalArchive(ArchiveStore):
                 )
             return tmp, digest
         except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
+            _unlink(tmp)
             raise
 
-    def _place(self, f: FileSpec, tmp: str, digest: str, buf: bytearray, stored: list[str]) -> None:
-        """Re-read the copy to prove it landed intact, then move it to its blob path."""
+    def _place(self, f: FileSpec, tmp: str, digest: str, other: str, stored: list[str]) -> None:
+        """Move a copy whose two digests agree to its blob path."""
         try:
-            if file_sha256(tmp, buf) != digest:
+            if other != digest:
                 raise ArchiveError(f"{f.source}: checksum mismatch after copying into the archive")
             final = self.blob_path(digest)
             if os.path.exists(final):
@@ -426,8 +426,7 @@ class LocalArchive(ArchiveStore):
                 os.rename(tmp, final)
                 stored.append(digest)
         except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
+            _unlink(tmp)
             raise
 
     def _exec(self, sql: str, args: tuple[Any, ...] = ()) -> sqlite3.Cursor:
@@ -673,6 +672,11 @@ class LocalArchive(ArchiveStore):
         if actual != size:
             return f"size mismatch ({actual} bytes, recorded {size})"
         return None if file_sha256(path, buf) == sha else "checksum mismatch"
+
+
+def _unlink(path: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
 
 
 def file_sha256(path: str, buf: bytearray) -> str:

@@ -6,6 +6,7 @@ import fnmatch
 import json
 import os
 import shutil
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -106,6 +107,9 @@ OUTPUTS = {
     "staging": "the staging directory",
     "inputs": "locators of the input products read from metadata.json ([] when passed through)",
     "collected": "whether the products were collected from a processing directory",
+    "timestamp": "when the products were made, as YYYY_MM_DDTHH_MM_SS (UTC): the mtime of "
+    "metadata.json, or of the newest staged entry when passed through; it names the "
+    "ingestion artifacts tar and stays the same on a re-run",
 }
 
 
@@ -115,10 +119,15 @@ def plan(params: dict[str, Any], ctx: StepContext) -> Plan:
     meta_path = os.path.join(source, "metadata.json")
     if kind not in ("calibration", "image") or not ctx.fs.is_file(meta_path):
         staging = ctx.path(params.get("staging_directory") or params["source"])
-        return Plan(
-            effects=[], outputs={"staging": staging, "inputs": [], "collected": False}, data=[]
-        )
+        outputs = {
+            "staging": staging,
+            "inputs": [],
+            "collected": False,
+            "timestamp": _timestamp(_newest_staged(ctx, staging)),
+        }
+        return Plan(effects=[], outputs=outputs, data=[])
     metadata = _metadata(ctx, meta_path)
+    made = ctx.fs.stat(meta_path)
     root = params.get("workspaces_root")
     if not root:
         raise StepError(
@@ -144,9 +153,32 @@ def plan(params: dict[str, Any], ctx: StepContext) -> Plan:
             todo.append((target, what))
     return Plan(
         effects=effects,
-        outputs={"staging": staging, "inputs": inputs, "collected": True},
+        outputs={
+            "staging": staging,
+            "inputs": inputs,
+            "collected": True,
+            "timestamp": _timestamp(made.mtime_ns if made else 0),
+        },
         data=todo,
     )
+
+
+def _newest_staged(ctx: StepContext, staging: str) -> int:
+    """The newest mtime among the products in a staging directory, leaving out what
+    the envoy itself writes there (so a re-run finds the same time)."""
+    if not ctx.fs.is_dir(staging):
+        return 0
+    times = [
+        info.mtime_ns
+        for name in ctx.fs.listdir(staging)
+        if name != "ingestion-manifest.json" and not name.startswith("ingestion_artifacts")
+        if (info := ctx.fs.stat(os.path.join(staging, name))) is not None
+    ]
+    return max(times, default=0)
+
+
+def _timestamp(mtime_ns: int) -> str:
+    return time.strftime("%Y_%m_%dT%H_%M_%S", time.gmtime(mtime_ns // 1_000_000_000))
 
 
 def apply(plan: Plan, ctx: StepContext) -> Result:

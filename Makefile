@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test lint bench schemas docs tools clean
+.PHONY: demo alma-demo test lint bench schemas docs tools clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +19,10 @@ tools:
 
 demo: $(STAMP) tools
 	$(BIN)/python examples/quickstart/demo.py
+
+# The ALMA workflow on one machine (docs/alma.md); ARGS=--movies for the seed's nine OUSs.
+alma-demo: $(STAMP) tools
+	$(BIN)/python examples/alma/demo.py $(ARGS)
 
 test: $(STAMP) tools
 	$(BIN)/ruff check engine tests bench

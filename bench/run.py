@@ -18,6 +18,7 @@ ran (pass or fail), 1 when a case hit an error.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -32,6 +33,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -605,6 +607,136 @@ def dry_run_case(b: Bench, case: Case) -> Outcome:
 
 COPY, TAR, NOOP = ("copy",), ("tar",), ("noop",)
 INGEST = ("ingestion-manifest", "ingest")
+BUS_LOAD = os.path.join(REPO, "bench", "bus_load.py")
+ALMA_DEMO = os.path.join(REPO, "examples", "alma", "demo.py")
+
+
+def bus_load(b: Bench, *args: str) -> dict[str, Any]:
+    """Run bench/bus_load.py on a fresh bus file; its JSON result."""
+    where = os.path.join(b.out, "bus")
+    b.fresh(where)
+    os.makedirs(where)
+    done = subprocess.run(
+        [sys.executable, BUS_LOAD, args[0], os.path.join(where, "bus.db"), *args[1:]],
+        env=b.env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    b.fresh(where)
+    if done.returncode != 0:
+        raise CaseError(f"bus_load.py {args[0]} failed: {done.stderr.strip()[-300:]}")
+    return json.loads(done.stdout)
+
+
+def bus_throughput_case(consumers: int) -> Callable[[Bench, Case], Outcome]:
+    """One producer publishing as fast as it can, ``consumers`` processes claiming
+    and acking; seconds from the first publish to the last ack (best of N)."""
+
+    def run(b: Bench, case: Case) -> Outcome:
+        messages = scaled_count(5000, b.scale, least=50)
+        best = min(
+            bus_load(b, "throughput", str(messages), str(consumers))["seconds"]
+            for _ in range(b.repeat)
+        )
+        note = f"{messages} messages, {consumers} consumer process(es): {messages / best:.0f} messages/s"
+        return scored(case, best, None, best / messages * 1000, note + "; ratio = ms/message")
+
+    return run
+
+
+def bus_latency_case(b: Bench, case: Case) -> Outcome:
+    """Publish to claim by an idle consumer process, a message every 30 ms."""
+    messages = scaled_count(300, b.scale, least=20)
+    result = bus_load(b, "latency", str(messages))
+    p50, p99 = result["p50"], result["p99"]
+    note = f"{result['n']} messages: p50 {p50 * 1000:.1f} ms, p99 {p99 * 1000:.1f} ms; ratio = p99 / target"
+    return scored(case, p99, None, p99 / (case.target or 1), note)
+
+
+@contextlib.contextmanager
+def alma_system(b: Bench, **options: Any) -> Iterator[Any]:
+    """The ALMA workflow of examples/alma/demo.py, started in a fresh directory
+    with zero simulated delays and failures, stopped (SIGTERM) afterwards."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("alma_demo", ALMA_DEMO)
+    assert spec is not None and spec.loader is not None
+    demo = importlib.util.module_from_spec(spec)
+    sys.modules["alma_demo"] = demo
+    spec.loader.exec_module(demo)
+    root = os.path.join(b.out, "alma")
+    b.fresh(root)
+    env = {k: v for k, v in b.env.items() if k != "WSRUN_HOME"}
+    system = demo.System(Path(root), base_env=env, auto_review="Pass", **options)
+    try:
+        system.start()
+        yield system
+    except (TimeoutError, RuntimeError) as e:
+        raise CaseError(str(e)[-500:]) from None
+    finally:
+        codes = system.stop()
+        b.fresh(root)
+    if any(codes.values()):
+        raise CaseError(f"workers did not stop cleanly: {codes}")
+
+
+def alma_one_case(b: Bench, case: Case) -> Outcome:
+    """One OUS from launch to Delivered, the QA2 review automatic, every component
+    its own worker process (the seed's set-up); best of N OUSs."""
+    best = math.inf
+    with alma_system(b) as system:
+        for i in range(b.repeat):
+            ous = f"uid://X1/X1/Xc{i}"
+            started = time.monotonic()
+            system.launch(ous)
+            system.wait_for(ous, "Delivered")
+            best = min(best, time.monotonic() - started)
+    note = "launch to Delivered, 8 worker processes, zero delays; ratio = seconds / target"
+    return scored(case, best, None, best / (case.target or 1), note)
+
+
+def alma_many_case(b: Bench, case: Case) -> Outcome:
+    """100 OUSs launched at once through 2 worker processes that each run every
+    recipe (Pipeline at JAO); all must be Delivered with exactly their products."""
+    count = scaled_count(100, b.scale, least=4)
+    ids = [f"uid://X1/X2/Xd{i}" for i in range(count)]
+    with alma_system(b, topology="all-in-one", processes=2, concurrency=4) as system:
+        started = time.monotonic()
+        system.launch_many(ids)
+        deadline = started + 60 + 6 * count
+        while (states := system.states(ids)) and any(s != "Delivered" for s in states.values()):
+            if time.monotonic() > deadline:
+                raise CaseError(f"not all Delivered: {sorted(set(states.values()))}")
+            time.sleep(0.1)
+        seconds = time.monotonic() - started
+        system.settle()
+        from wsrun.archive_store import ArchiveStore
+
+        archive = ArchiveStore.open(str(system.home / "archive"), create=False)
+        try:
+            products = archive.products()
+        finally:
+            archive.close()
+        with system.state_store() as store:
+            passes = [sum(c.state == "Delivered" for c in store.history("ous", o)) for o in ids]
+        unconsumed = system.messages()
+    data = [p for p in products if p.type == "alma_data_product"]
+    names = [p.filename for p in data]
+    if len(data) != 5 * count or len(set(names)) != len(names) or set(passes) != {1}:
+        raise CaseError(
+            f"{len(data)} products for {count} OUSs ({len(set(names))} distinct), "
+            f"delivered {sorted(set(passes))} times"
+        )
+    if unconsumed:
+        raise CaseError(f"messages left: {unconsumed}")
+    note = (
+        f"{count} OUSs, 2 workers x 4 runs: all Delivered, {len(data)} products, none lost or "
+        f"duplicated; {count / seconds:.1f} OUS/s"
+    )
+    return scored(case, seconds, None, seconds / count, note + "; ratio = s/OUS")
+
+
 CASES = [
     Case("copy-large", "copy 4 x 512 MiB vs cp -a", 1.10, COPY, copy_case("large")),
     Case("copy-small", "copy 20,000 files of 1-64 KiB vs cp -a", 1.3, COPY, copy_case("small")),
@@ -669,6 +801,42 @@ CASES = [
     Case("help", "wsrun --help wall time (best of 5)", 0.25, (), help_case, "s"),
     Case("overhead", "engine overhead per noop step", 0.002, NOOP, overhead_case, "s/step"),
     Case("dry-run", "dry run of a copy of 100,000 files", 5.0, COPY, dry_run_case, "s"),
+    Case(
+        "bus-throughput-1",
+        "bus: 1 producer, 1 consumer process (messages/s)",
+        None,
+        (),
+        bus_throughput_case(1),
+    ),
+    Case(
+        "bus-throughput-4",
+        "bus: 1 producer, 4 consumer processes (messages/s)",
+        None,
+        (),
+        bus_throughput_case(4),
+    ),
+    Case(
+        "bus-latency",
+        "bus: publish-to-handler latency p99",
+        0.05,
+        ("publish",),
+        bus_latency_case,
+        "s",
+    ),
+    Case(
+        "alma-one-ous",
+        "ALMA: one OUS from launch to Delivered, zero delays",
+        None,
+        ("alma-pipeline", "publish", "set-state"),
+        alma_one_case,
+    ),
+    Case(
+        "alma-100-ous",
+        "ALMA: 100 OUSs launched at once through 2 workers",
+        None,
+        ("alma-pipeline", "publish", "set-state"),
+        alma_many_case,
+    ),
 ]
 
 

@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from conftest import ROOT, snapshot
-from fixtures import staging
+from fixtures import alma, staging
 
 Setup = Callable[[Path], list[str]]
 
@@ -68,7 +68,11 @@ CASES: dict[str, Setup] = {
     "recipes/nrao/conveyor.yaml --deliver": nrao_conveyor,
     "recipes/nrao/conveyor.yaml --qa-fail": nrao_conveyor_qa_fail,
     "recipes/nrao/ingest_envoy.yaml": staging.envoy_calibration_case,
+    **alma.CASES,
 }
+
+#: Cases whose second run must be refused (changing nothing) rather than be a no-op.
+SECOND_RUN_REFUSED: dict[str, str] = {**alma.SECOND_RUN_REFUSED}
 
 
 def all_recipes() -> list[str]:
@@ -106,5 +110,8 @@ def test_dry_run_effects_equal_real_run_effects(recipe: str, cli, tmp_path: Path
     assert effects(dry_report) == effects(real_report)
     assert any(e for _, e in effects(real_report)), "the case should change something"
     again = cli(*args, "--json")
-    assert again.code == 0, again.err
+    if recipe in SECOND_RUN_REFUSED:
+        assert again.code == 1, f"a second run must be refused: {SECOND_RUN_REFUSED[recipe]}"
+    else:
+        assert again.code == 0, again.err
     assert all(not e for _, e in effects(json.loads(again.out))), "a second run must change nothing"

@@ -28,11 +28,26 @@ commands:
   settings [KEY...]    show settings and where each value comes from
   recipes              list the packaged recipes
   archive ls|show|get|verify   list, inspect, retrieve and audit the archive
+  state ls|show|set|history|lifecycle   entities in the state store, their lifecycles
+  worker RECIPE...      run recipes on messages, state changes and new files
+  bus send|call|ls|show|resend|queues   send and inspect bus messages
 
 exit status: 0 success, 1 a step failed, 2 invalid recipe or usage
 """
 
-COMMANDS = ("validate", "steps", "schema", "runs", "resume", "settings", "recipes", "archive")
+COMMANDS = (
+    "validate",
+    "steps",
+    "schema",
+    "runs",
+    "resume",
+    "settings",
+    "recipes",
+    "archive",
+    "state",
+    "worker",
+    "bus",
+)
 
 
 def main(argv: list[str] | None = None) -> int:

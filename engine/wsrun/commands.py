@@ -26,17 +26,22 @@ def validate(
 ) -> None:
     """Check recipes; print every problem as file:line:col."""
     from wsrun.recipe import RecipeNotFound, resolve
+    from wsrun.state.lifecycle import LifecycleError, is_lifecycle_file, load_lifecycle
     from wsrun.validate import InvalidRecipe, load_valid
 
     bad = 0
     for ref in files:
         try:
-            load_valid(resolve(ref))
+            path = resolve(ref)
+            if is_lifecycle_file(path):
+                load_lifecycle(path)
+            else:
+                load_valid(path)
             print(f"{ref}: ok")
         except RecipeNotFound:
             print(f"{ref}: no such recipe", file=sys.stderr)
             bad += 1
-        except InvalidRecipe as e:
+        except (InvalidRecipe, LifecycleError) as e:
             print(str(e), file=sys.stderr)
             bad += 1
     if bad:
@@ -249,17 +254,27 @@ def recipes() -> None:
     """List the packaged recipes."""
     from wsrun.recipe import load_recipe
     from wsrun.resources import recipes_dir
+    from wsrun.state.lifecycle import is_lifecycle_document
 
     root = recipes_dir()
     for path in sorted(root.rglob("*.yaml")):
         name = str(path.relative_to(root))[: -len(".yaml")]
         try:
-            first_paragraph = load_recipe(str(path)).description.strip().split("\n\n")[0]
+            recipe = load_recipe(str(path))
+            if is_lifecycle_document(recipe.doc.data):
+                continue  # a state lifecycle (alma/ous-lifecycle), not a recipe
+            first_paragraph = recipe.description.strip().split("\n\n")[0]
             summary = " ".join(first_paragraph.split())
         except Exception:  # a broken packaged recipe still gets listed
             summary = ""
         print(f"{name:<28} {summary}")
 
+
+from wsrun.bus.cli import bus_app  # noqa: E402  (wsrun bus ...)
+from wsrun.worker_cli import worker  # noqa: E402  (wsrun worker ...)
+
+app.add_typer(bus_app, name="bus")
+app.command("worker")(worker)
 
 archive_app = typer.Typer(
     add_completion=False,
@@ -267,6 +282,10 @@ archive_app = typer.Typer(
     help="List, inspect, retrieve and audit the archive.",
 )
 app.add_typer(archive_app, name="archive")
+
+from wsrun.state.cli import state_app  # noqa: E402  (its own module)
+
+app.add_typer(state_app, name="state")
 
 ArchiveOption = Annotated[
     str | None,

@@ -7,6 +7,8 @@ everywhere Jinja runs in wsrun.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import os
 from collections.abc import Callable
@@ -45,6 +47,20 @@ def from_json(text: str) -> Any:
     return json.loads(text)
 
 
+def b64encode(text: str | bytes) -> str:
+    """``text`` (UTF-8) as base64, for message bodies that carry a file's text."""
+    data = text.encode("utf-8") if isinstance(text, str) else text
+    return base64.b64encode(data).decode("ascii")
+
+
+def b64decode(text: str) -> str:
+    """The UTF-8 text a base64 string encodes; invalid base64 is an error, not garbage."""
+    try:
+        return base64.b64decode(text, validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError) as e:
+        raise ValueError(f"not base64-encoded UTF-8 text: {e}") from None
+
+
 FILTERS: dict[str, Callable[..., Any]] = {
     "basename": basename,
     "dirname": dirname,
@@ -52,4 +68,6 @@ FILTERS: dict[str, Callable[..., Any]] = {
     "relpath": relpath,
     "to_json": to_json,
     "from_json": from_json,
+    "b64encode": b64encode,
+    "b64decode": b64decode,
 }

@@ -91,6 +91,10 @@ def norm(path: str | os.PathLike[str]) -> str:
     return os.path.abspath(os.fspath(path))
 
 
+#: Effects on the filesystem; the view keeps any other effect in ``planned_other``.
+FILE_OPS = frozenset({"create_file", "create_dir", "create_symlink", "remove", "move"})
+
+
 class ContentUnknown(Exception):
     """The content of a planned file is only known once the real run writes it."""
 
@@ -110,6 +114,11 @@ class WorldView:
         self._aliases: dict[str, str] = {}  # moved real directory: new path -> real path
         self._has_links = False  # any planned symlink (lookups must follow it)
         self._dir_cache: dict[str, str | None] = {}
+        #: Planned effects on things other than files (``set_state``, ``record``,
+        #: ``publish``, ``upload``), in plan order. Steps that read a store in a
+        #: dry run replay these over what the store holds, so a step sees the
+        #: state an earlier planned step would have set (wsrun.state.planning).
+        self.planned_other: list[Effect] = []
 
     @property
     def virtual(self) -> bool:
@@ -260,6 +269,9 @@ class WorldView:
     def record(self, effect: Effect) -> None:
         """Layer one planned effect over the view."""
         op = effect.op
+        if op not in FILE_OPS:
+            self.planned_other.append(effect)
+            return
         path = norm(effect.path)
         if op == "create_file":
             src = effect.source_info

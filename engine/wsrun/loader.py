@@ -75,6 +75,7 @@ def load(file: str, text: str | None = None) -> Document:
         node = loader.get_single_node()
         if node is None:
             return Document(file, None, {}, text)
+        _on_is_a_key(node)
         data = loader.construct_document(node)
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
@@ -85,6 +86,15 @@ def load(file: str, text: str | None = None) -> Document:
     marks: dict[Path_, Where] = {}
     _walk(file, node, (), marks)
     return Document(file, data, marks, text)
+
+
+def _on_is_a_key(node: yaml.Node) -> None:
+    """A recipe's top-level ``on:`` stays the string "on": YAML 1.1 reads a
+    plain ``on`` as the boolean true (the GitHub Actions pitfall)."""
+    if isinstance(node, yaml.MappingNode):
+        for key_node, _ in node.value:
+            if isinstance(key_node, yaml.ScalarNode) and key_node.value in ("on", "On", "ON"):
+                key_node.tag = "tag:yaml.org,2002:str"
 
 
 def _walk(file: str, node: yaml.Node, path: Path_, marks: dict[Path_, Where]) -> None:

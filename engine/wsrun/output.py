@@ -78,6 +78,10 @@ def format_effect(e: dict[str, Any]) -> str:
         text += f" -> {e.get('target')}"
     elif e["op"] == "run":
         text = f"{mark} {' '.join(e.get('argv', [e['path']]))}"
+    elif e["op"] == "set_state" and "to" in e:
+        text += f": {e.get('from') or '(new)'} -> {e['to']}"
+        if e.get("substate"):
+            text += f" [{e['substate']}]"
     if e.get("bytes") is not None and e["op"] in ("create_file", "remove", "move", "upload"):
         text += f"  {human_bytes(e['bytes'])}"
     if e.get("source") and e["op"] == "create_file":

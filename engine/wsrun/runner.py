@@ -263,8 +263,12 @@ class Runner:
                 "started": time.time(),
                 "workdir": self.workdir,
                 "dry_run": dry_run,
+                # where files that ship beside the recipe are (lifecycles, templates)
+                "recipe_dir": os.path.dirname(os.path.abspath(recipe.path)),
             },
             "env": self.env,
+            # the message that started the run under `wsrun worker` (set there)
+            "message": None,
         }
         self.scope["vars"] = expr.LazyVars(recipe.vars, self.scope)
 

@@ -56,6 +56,18 @@ BUILTIN_STEPS: dict[str, str] = {
     "ingest": "wsrun.steps.ingest",
     "ingestion-manifest": "wsrun.steps.ingestion_manifest",
     "ingestion-staging": "wsrun.steps.ingestion_staging",
+    "set-state": "wsrun.steps.set_state",
+    "get-state": "wsrun.steps.get_state",
+    "wait-state": "wsrun.steps.wait_state",
+    "alma-pipeline": "wsrun.steps.alma_pipeline",
+    "ask": "wsrun.steps.ask",
+    "fail": "wsrun.steps.fail",
+    "wait-files": "wsrun.steps.wait_files",
+    "archive-check": "wsrun.steps.archive_check",
+    "list-state": "wsrun.steps.list_state",
+    "publish": "wsrun.steps.publish",
+    "call": "wsrun.steps.call",
+    "reply": "wsrun.steps.reply",
 }
 
 

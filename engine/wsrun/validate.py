@@ -20,7 +20,7 @@ from wsrun.resources import schemas_dir
 from wsrun.step import BUILTIN_STEPS, UnknownStep, load_step, params_schema
 
 STEP_SECTIONS = ("steps", "on_failure", "finally")
-SCOPE_NAMES = frozenset({"inputs", "settings", "vars", "steps", "run", "env"})
+SCOPE_NAMES = frozenset({"inputs", "settings", "vars", "steps", "run", "env", "message"})
 INPUT_TYPES_PY: dict[str, Any] = {
     "path": str,
     "string": str,
@@ -241,6 +241,7 @@ class _Checker:
         for path, message, is_key in schema_messages(_recipe_validator(), data):
             self.add(path, message, is_key)
         self.check_inputs()
+        self.check_on()
         ids: list[str] = []
         for section in STEP_SECTIONS:
             steps = data.get(section)
@@ -273,6 +274,28 @@ class _Checker:
             for s in self.doc.data.get("steps") or []
             if isinstance(s, dict) and isinstance(s.get("id"), str)
         ]
+
+    def check_on(self) -> None:
+        """``on:`` (the triggers of ``wsrun worker``): a message selector is a
+        valid pattern and may use inputs; a file trigger needs input ``path``."""
+        on = self.doc.data.get("on")
+        if not isinstance(on, dict):
+            return
+        inputs = self.doc.data.get("inputs")
+        declared = inputs if isinstance(inputs, dict) else {}
+        selector = on.get("message")
+        if isinstance(selector, str) and selector:
+            if expr.is_template(selector):
+                self.check_expressions(("on", "message"), selector, [], False, False)
+            else:
+                from wsrun.bus.base import BusError, check_pattern
+
+                try:
+                    check_pattern(selector)
+                except BusError as e:
+                    self.add(("on", "message"), str(e))
+        if "file" in on and "path" not in declared:
+            self.add(("on", "file"), "a file trigger gives the recipe input 'path': declare it")
 
     def check_inputs(self) -> None:
         inputs = self.doc.data.get("inputs")

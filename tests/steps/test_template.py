@@ -90,8 +90,20 @@ def test_filters(tmp_path: Path) -> None:
     assert (tmp_path / "o").read_text() == (
         'x.fits|/a/b|/a/b/c/d.txt|b/x.fits|2|{"a": "ü", "b": 1}|1.5 MB'
     )
-    assert set(FILTERS) == {"basename", "dirname", "joinpath", "relpath", "to_json", "from_json"}
+    assert set(FILTERS) == {
+        "basename",
+        "dirname",
+        "joinpath",
+        "relpath",
+        "to_json",
+        "from_json",
+        "b64encode",
+        "b64decode",
+    }
     assert json.loads(FILTERS["to_json"]({"x": [1]}, indent=2)) == {"x": [1]}
+    assert FILTERS["b64decode"](FILTERS["b64encode"]("<report>ü</report>")) == "<report>ü</report>"
+    with pytest.raises(ValueError, match="not base64"):
+        FILTERS["b64decode"]("%%%")
 
 
 def test_undefined_name_fails_with_template_and_line(tpl: Path, tmp_path: Path) -> None:

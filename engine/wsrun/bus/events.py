@@ -1,0 +1,57 @@
+"""State changes as bus messages, so recipes can react to them (``on: state``).
+
+Every committed state change waits in the store's outbox until it is
+published here. Every worker with a state trigger relays several times a
+second (others may relay too, e.g. right after a transition), so a crash
+between the commit and the publish loses nothing: the change is published
+late, never dropped (at least once: a crash after publishing but before
+marking may publish it twice).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from wsrun.bus.base import Bus
+
+#: Seconds a relay holds the changes it claimed before another may take them.
+RELAY_LEASE = 30.0
+
+
+def change_selector(kind: str, state: str) -> str:
+    """``state.<kind>.<state>``: what a change to ``state`` is published as."""
+    return f"state.{kind}.{state}"
+
+
+def change_body(change: Any) -> dict[str, Any]:
+    """The message body of one state change (a ``wsrun.state.Change``)."""
+    return {
+        "kind": change.kind,
+        "id": change.id,
+        "state": change.state,
+        "substate": change.substate,
+        "from_state": change.from_state,
+        "from_substate": change.from_substate,
+        "attributes": change.attributes,
+        "seq": change.seq,
+        "at": change.at,
+    }
+
+
+def relay_state_changes(
+    store: Any, bus: Bus, consumer: str = "relay", limit: int = 100, lease: float = RELAY_LEASE
+) -> int:
+    """Publish every pending change of ``store`` on ``bus`` as
+    ``state.<kind>.<state>`` and mark it published; how many were published.
+    Relays running at once never publish the same change (they claim them)."""
+    published = 0
+    while True:
+        changes = store.claim_pending_changes(consumer, limit, lease)
+        if not changes:
+            return published
+        for change in changes:
+            bus.publish(change_selector(change.kind, change.state), change_body(change))
+        store.mark_published([c.seq for c in changes])
+        published += len(changes)
+        if len(changes) < limit:
+            return published

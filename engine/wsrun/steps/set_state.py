@@ -1,0 +1,232 @@
+"""The ``set-state`` step type: move an entity along its lifecycle in the state store."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from wsrun.effects import Effect
+from wsrun.state import UNSET, Lifecycle, StateError, open_state_store, state_url
+from wsrun.state.base import resolve_change
+from wsrun.state.planning import entity_path, planned_entity, planned_lifecycle, read_lifecycle
+from wsrun.step import Plan, Result, StepContext, StepError
+
+NAME = "set-state"
+DOC = """Set an entity's state, substate or attributes in the state store, in one transaction.
+
+The entity (an OUS, a request) is named by ``kind`` and ``id``. When the kind
+has a lifecycle (docs/state.md; ``lifecycle:`` registers one from a YAML
+file) only the moves it lists are allowed: an illegal one fails the step,
+naming the entity, both states and the states allowed from the current one,
+and changes nothing. ``expect`` guards against racing another process: the
+step fails unless the entity is in that state. A new entity needs
+``create: true`` and starts in the lifecycle's initial state. Every change is
+kept in the entity's history (``wsrun state history``) and waits in the
+store's outbox until ``wsrun worker`` publishes it on the bus as
+``state.<kind>.<state>``; this step publishes nothing itself.
+
+Setting what the entity already holds changes nothing (status ok), so a
+re-run is harmless. A dry run checks the move against the state the earlier
+steps of the run would have left and writes nothing to the store.
+"""
+
+_NAME = {"type": "string", "minLength": 1}
+
+SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["kind", "id"],
+    "properties": {
+        "kind": {
+            "description": "The kind of entity (its lifecycle's `kind`).",
+            "type": "string",
+            "pattern": "^[A-Za-z][A-Za-z0-9_.-]*$",
+            "examples": ["ous"],
+        },
+        "id": {
+            "description": "The entity's id.",
+            **_NAME,
+            "examples": ["{{ inputs.ous }}", "uid://X1/X1/Xb0"],
+        },
+        "state": {
+            "description": "The state to move to. Leave it out to change only the substate "
+            "or attributes.",
+            **_NAME,
+            "examples": ["Processing"],
+        },
+        "substate": {
+            "description": "The substate to set (null clears it). Left out: kept if the new "
+            "state allows it, cleared otherwise.",
+            "type": ["string", "null"],
+            "minLength": 1,
+            "examples": ["IngestionTriggered"],
+        },
+        "attributes": {
+            "description": "Attributes to set (merged into the entity's; other attributes "
+            "are kept). Values are any JSON.",
+            "type": "object",
+            "examples": [{"exec": "EU", "recipe": "PipelineCalibration"}],
+        },
+        "expect": {
+            "description": "Fail unless the entity is currently in this state (or one of "
+            "these states).",
+            "oneOf": [_NAME, {"type": "array", "minItems": 1, "items": _NAME}],
+            "examples": ["ReadyForReview", ["Verified", "DeliveryInProgress"]],
+        },
+        "create": {
+            "description": "Create the entity if it does not exist (in the lifecycle's "
+            "initial state); otherwise an unknown entity is an error.",
+            "type": "boolean",
+            "default": False,
+        },
+        "lifecycle": {
+            "description": "A lifecycle YAML file for `kind` to register in the store first "
+            "(replacing the registered one if it differs).",
+            **_NAME,
+            "examples": ["ous-lifecycle.yaml"],
+        },
+        "store": {
+            "description": "The state store URL. Default: $WSRUN_STATE_URL, else the "
+            "wsrun.state.url setting, else sqlite:///$WSRUN_HOME/state.db.",
+            "type": ["string", "null"],
+            "examples": ["sqlite:///srv/wsrun/state.db"],
+        },
+    },
+}
+
+EXAMPLES = [
+    """- id: launch
+  uses: set-state
+  with:
+    kind: ous
+    id: "{{ inputs.ous }}"
+    state: ReadyForProcessing
+    create: true
+    lifecycle: ous-lifecycle.yaml
+    attributes: {progID: "{{ inputs.prog }}", exec: "{{ inputs.exec }}"}
+""",
+    """- id: pass
+  uses: set-state
+  with: {kind: ous, id: "{{ inputs.ous }}", state: Verified, expect: Reviewing}
+""",
+    """- id: progress
+  uses: set-state
+  with: {kind: ous, id: "{{ inputs.ous }}", substate: IngestingProducts}
+""",
+]
+
+OUTPUTS = {
+    "kind": "the entity's kind",
+    "id": "the entity's id",
+    "state": "its state after the step",
+    "substate": "its substate after the step (None if none)",
+    "from": "its state before the step (None if the step created it)",
+    "attributes": "all its attributes after the step",
+    "changed": "whether the step changed anything",
+    "store": "the state store URL",
+}
+
+
+@dataclass
+class _Job:
+    url: str
+    lifecycle: Lifecycle | None
+    create: bool
+
+
+def plan(params: dict[str, Any], ctx: StepContext) -> Plan:
+    kind, id = params["kind"], params["id"]
+    url = state_url(params.get("store"), ctx.env)
+    attributes = dict(params.get("attributes") or {})
+    effects: list[Effect] = []
+    try:
+        store = open_state_store(url)
+    except StateError as e:
+        raise StepError(str(e)) from None
+    try:
+        lifecycle = planned_lifecycle(store, ctx.fs, kind)
+        new_lifecycle = None
+        if params.get("lifecycle"):
+            path = ctx.path(params["lifecycle"])
+            new_lifecycle = read_lifecycle(path, ctx.fs)
+            if new_lifecycle.kind != kind:
+                raise StepError(f"is the lifecycle of '{new_lifecycle.kind}', not '{kind}'", path)
+            if lifecycle is None or lifecycle.to_json() != new_lifecycle.to_json():
+                effects.append(Effect("record", path, target=url, extra={"lifecycle": kind}))
+            lifecycle = new_lifecycle
+        current = planned_entity(store, ctx.fs, kind, id)
+    except StateError as e:
+        raise StepError(str(e)) from None
+    finally:
+        store.close()
+    try:
+        state, substate = resolve_change(
+            lifecycle,
+            current,
+            kind,
+            id,
+            state=params.get("state"),
+            substate=params["substate"] if "substate" in params else UNSET,
+            expect_state=params.get("expect"),
+            create=bool(params.get("create")),
+        )
+    except StateError as e:
+        raise StepError(str(e)) from None  # the message names the entity
+    old_attributes = current.attributes if current else {}
+    unchanged = (
+        current is not None
+        and state == current.state
+        and substate == current.substate
+        and all(k in old_attributes and old_attributes[k] == v for k, v in attributes.items())
+    )
+    if not unchanged:
+        extra: dict[str, Any] = {
+            "from": current.state if current else None,
+            "to": state,
+            "substate": substate,
+        }
+        if attributes:
+            extra["attributes"] = attributes
+        effects.append(Effect("set_state", entity_path(kind, id), target=url, extra=extra))
+    outputs = {
+        "kind": kind,
+        "id": id,
+        "state": state,
+        "substate": substate,
+        "from": current.state if current else None,
+        "attributes": {**old_attributes, **attributes},
+        "changed": not unchanged,
+        "store": url,
+    }
+    return Plan(effects=effects, outputs=outputs, data=_Job(url, new_lifecycle, current is None))
+
+
+def apply(plan: Plan, ctx: StepContext) -> Result:
+    job: _Job = plan.data
+    try:
+        store = open_state_store(job.url)
+    except StateError as e:
+        raise StepError(str(e)) from None
+    try:
+        for effect in plan.effects:
+            if effect.op == "record":
+                assert job.lifecycle is not None
+                store.register_lifecycle(job.lifecycle)
+            elif effect.op == "set_state":
+                # Exactly the planned change: from the planned state (or absent).
+                store.transition(
+                    plan.outputs["kind"],
+                    plan.outputs["id"],
+                    state=effect.extra["to"],
+                    substate=effect.extra["substate"],
+                    attributes=effect.extra.get("attributes"),
+                    expect_state=None if job.create else effect.extra["from"],
+                    expect_version=0 if job.create else None,
+                    create=job.create,
+                    actor=ctx.run_id or f"step {ctx.step_id}",
+                )
+    except StateError as e:
+        raise StepError(str(e)) from None
+    finally:
+        store.close()
+    return Result(effects=list(plan.effects), outputs=plan.outputs)

@@ -1,0 +1,349 @@
+"""``wsrun worker`` end to end, as an operator runs it: a separate process fed
+through ``wsrun bus`` and the state store, stopped with SIGTERM."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from conftest import run_wsrun, write
+from wsrun.bus import open_bus
+
+
+class WorkerProcess:
+    """A ``wsrun worker`` subprocess whose log goes to a file the test reads."""
+
+    def __init__(self, cwd: Path, args: tuple[str, ...], log: Path) -> None:
+        self.log = log
+        with open(log, "a") as err:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "wsrun", "worker", *args],
+                cwd=cwd,
+                stdout=subprocess.DEVNULL,
+                stderr=err,
+            )
+
+    def text(self) -> str:
+        return self.log.read_text()
+
+    def wait_for(self, text: str, timeout: float = 20) -> None:
+        until(lambda: text in self.text(), timeout, f"worker log to show {text!r}")
+
+    def stop(self, timeout: float = 30) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout=timeout)
+
+
+def until(check: Callable[[], object], timeout: float = 20, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def start_worker(tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
+    started: list[WorkerProcess] = []
+
+    def start(*args: str, ready: bool = True) -> WorkerProcess:
+        w = WorkerProcess(tmp_path, args, tmp_path / f"worker{len(started)}.log")
+        started.append(w)
+        if ready:
+            w.wait_for("listening:")
+        return w
+
+    yield start
+    for w in started:
+        if w.proc.poll() is None:
+            w.proc.kill()
+            w.proc.wait()
+
+
+HELLO = """
+recipe: hello
+on: {message: "hello.{{ inputs.site }}"}
+inputs:
+  site: {type: string}
+  name: {type: string, required: true}
+  count: {type: int, default: 1}
+steps:
+  - uses: template
+    with:
+      to: "out/{{ inputs.name }}.txt"
+      content: "{{ name }} x{{ count }} at {{ site }} via {{ via }}"
+      vars:
+        name: "{{ inputs.name }}"
+        count: "{{ inputs.count }}"
+        site: "{{ inputs.site }}"
+        via: "{{ message.selector if message else 'hand' }}"
+"""
+
+
+def test_a_message_runs_its_recipe_and_a_bad_body_is_parked_dead(
+    tmp_path: Path, start_worker
+) -> None:
+    recipe = write(tmp_path / "hello.yaml", HELLO)
+    (tmp_path / "out").mkdir()
+    early = run_wsrun("bus", "send", "hello.EU", '{"name": "ann"}', cwd=tmp_path)
+    assert early.code == 0, early.err  # sent before any worker listens: kept
+    worker = start_worker(str(recipe), "--set", "site=EU", "--concurrency", "2")
+    bus = open_bus()
+    bus.publish("hello.EU", {"name": "bob", "count": 3})
+    bus.publish("hello.NA", {"name": "nobody"})  # not ours
+    bad = bus.publish("hello.EU", {"name": "cy", "count": "many"})
+    unknown = bus.publish("hello.EU", {"nom": "dee"})
+    until(lambda: (tmp_path / "out" / "bob.txt").exists(), what="bob.txt")
+    until(lambda: bus.counts()["hello:hello.EU"].get("dead") == 2, what="two dead messages")
+    assert (tmp_path / "out" / "ann.txt").read_text() == "ann x1 at EU via hello.EU"
+    assert (tmp_path / "out" / "bob.txt").read_text() == "bob x3 at EU via hello.EU"
+    assert bus.get(bad).error == (
+        "invalid message for hello: input 'count': 'many' is not a valid int"
+    )
+    assert "unknown input(s) nom" in bus.get(unknown).error
+    assert worker.stop() == 0
+    assert bus.counts() == {"hello:hello.EU": {"done": 2, "dead": 2}, "": {"ready": 1}}
+    assert "stopped after 4 message(s)" in worker.text()
+    runs = json.loads(run_wsrun("runs", "--json", cwd=tmp_path).out)
+    assert sorted(r["inputs"]["name"] for r in runs) == ["ann", "bob"]
+    by_hand = run_wsrun(recipe, "--name", "eve", "--site", "XX", cwd=tmp_path)
+    assert by_hand.code == 0, by_hand.err
+    assert (tmp_path / "out" / "eve.txt").read_text() == "eve x1 at XX via hand"
+
+
+def test_a_failing_run_is_retried_then_parked_dead_and_can_be_resent(
+    tmp_path: Path, start_worker
+) -> None:
+    url = f"sqlite:///{tmp_path}/retry.db?max_attempts=2&backoff=0.2"
+    write(
+        tmp_path / "flaky.yaml",
+        """
+        recipe: flaky
+        on: {message: flaky.run}
+        inputs:
+          marker: {type: path}
+        steps:
+          - uses: shell
+            with: {argv: [sh, -c, 'echo x >> tries; test -e "$0"', "{{ inputs.marker }}"]}
+        """,
+    )
+    worker = start_worker("flaky.yaml", "--bus", url)
+    bus = open_bus(url)
+    id = bus.publish("flaky.run", {"marker": "ok-now"})
+    until(lambda: bus.get(id).status == "dead", what="the message to go dead")
+    dead = bus.get(id)
+    assert dead.attempts == 2 and "sh exited with code 1" in dead.error
+    assert (tmp_path / "tries").read_text() == "x\nx\n"
+    (tmp_path / "ok-now").touch()
+    assert run_wsrun("bus", "resend", id, "--bus", url, cwd=tmp_path).code == 0
+    until(lambda: bus.get(id).status == "done", what="the resent message to be handled")
+    assert worker.stop() == 0
+
+
+def test_a_recipe_answers_a_call_from_another_recipe(tmp_path: Path, start_worker) -> None:
+    write(
+        tmp_path / "xtss.yaml",
+        """
+        recipe: xtss
+        on: {message: xtss}
+        inputs:
+          operation: {type: string}
+          ousUID: {type: string}
+        steps:
+          - uses: reply
+            with:
+              message: "{{ message }}"
+              body: {done: "{{ inputs.operation }}", ous: "{{ inputs.ousUID }}"}
+        """,
+    )
+    caller = write(
+        tmp_path / "ask.yaml",
+        """
+        recipe: ask
+        steps:
+          - id: ask
+            uses: call
+            with:
+              selector: xtss
+              body: {operation: get-state, ousUID: "uid://X1/X1/Xb2"}
+              timeout: 20
+        outputs:
+          reply: "{{ steps.ask.outputs.reply }}"
+        """,
+    )
+    write(
+        tmp_path / "asker.yaml",
+        """
+        recipe: asker
+        on: {message: ask.go}
+        inputs:
+          ous: {type: string}
+        steps:
+          - id: ask
+            uses: call
+            with: {selector: xtss, body: {operation: get, ousUID: "{{ inputs.ous }}"}, timeout: 20}
+          - uses: shell
+            with: {argv: [sh, -c, 'echo "$0" > asked', "{{ steps.ask.outputs.reply.ous }}"]}
+        """,
+    )
+    # one run of each recipe at a time: the asker waiting for its answer does
+    # not take the slot the xtss recipe needs to give it
+    worker = start_worker("xtss.yaml", "asker.yaml", "--concurrency", "1")
+    open_bus().publish("ask.go", {"ous": "uid://X1/X1/Xb9"})
+    until(lambda: (tmp_path / "asked").exists(), what="the asker's answer")
+    assert (tmp_path / "asked").read_text() == "uid://X1/X1/Xb9\n"
+    dry = run_wsrun(caller, "--dry-run", "--json", cwd=tmp_path)
+    assert json.loads(dry.out)["outputs"] == {"reply": None}
+    done = run_wsrun(caller, "--json", cwd=tmp_path)
+    assert done.code == 0, done.err
+    assert json.loads(done.out)["outputs"]["reply"] == {
+        "done": "get-state",
+        "ous": "uid://X1/X1/Xb2",
+    }
+    cli_call = run_wsrun("bus", "call", "xtss", '{"operation": "x", "ousUID": "u"}', cwd=tmp_path)
+    assert json.loads(cli_call.out) == {"done": "x", "ous": "u"}
+    assert worker.stop() == 0
+
+
+def test_a_new_file_runs_its_recipe_once_even_across_restarts(tmp_path: Path, start_worker) -> None:
+    write(
+        tmp_path / "watch.yaml",
+        """
+        recipe: watch
+        on: {file: "inbox/*.txt"}
+        inputs:
+          path: {type: path}
+        steps:
+          - uses: shell
+            with: {argv: [sh, -c, 'basename "$0" >> handled', "{{ inputs.path }}"]}
+        """,
+    )
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    (inbox / "a.txt").write_text("a")
+    worker = start_worker("watch.yaml")
+    handled = tmp_path / "handled"
+    until(lambda: handled.exists() and "a.txt" in handled.read_text(), what="a.txt handled")
+    assert worker.stop() == 0
+    (inbox / "b.txt").write_text("b")
+    (inbox / "skip.dat").write_text("not matched")
+    again = start_worker("watch.yaml")
+    until(lambda: "b.txt" in handled.read_text(), what="b.txt handled")
+    time.sleep(0.8)  # a few more scans: nothing is handled twice
+    assert handled.read_text().split() == ["a.txt", "b.txt"]
+    assert again.stop() == 0
+
+
+def test_sigterm_finishes_the_run_in_progress_and_loses_nothing(
+    tmp_path: Path, start_worker
+) -> None:
+    write(
+        tmp_path / "slow.yaml",
+        """
+        recipe: slow
+        on: {message: slow.job}
+        inputs:
+          n: {type: int}
+        steps:
+          - uses: shell
+            with: {argv: [sh, -c, 'sleep 1; echo "$0" >> done.txt', "n{{ inputs.n }}"]}
+        """,
+    )
+    bus = open_bus()
+    worker = start_worker("slow.yaml")
+    for n in range(3):
+        bus.publish("slow.job", {"n": n})
+    until(lambda: bus.counts()["slow:slow.job"].get("claimed"), what="a claim")
+    assert worker.stop() == 0
+    assert (tmp_path / "done.txt").read_text() == "n0\n"  # the run in progress finished
+    assert bus.counts()["slow:slow.job"] == {"done": 1, "ready": 2}
+    assert "finishing the runs in progress" in worker.text()
+    again = start_worker("slow.yaml", "--concurrency", "2")
+    until(lambda: bus.counts()["slow:slow.job"] == {"done": 3}, what="all done")
+    assert sorted((tmp_path / "done.txt").read_text().split()) == ["n0", "n1", "n2"]
+    assert again.stop() == 0
+
+
+def test_a_state_change_runs_the_recipe_subscribed_to_it(tmp_path: Path, start_worker) -> None:
+    from wsrun.state import open_state_store
+
+    write(
+        tmp_path / "tracker.yaml",
+        """
+        recipe: tracker
+        on: {state: {kind: ous, to: DeliveryInProgress, substate: ProductsIngested}}
+        inputs:
+          id: {type: string}
+          state: {type: string}
+          products: {type: int, default: 0}
+        steps:
+          - uses: shell
+            with: {argv: [sh, -c, 'echo "$0 $1 $2" >> tracked', "{{ inputs.id }}", "{{ inputs.state }}", "p{{ inputs.products }}"]}
+        """,
+    )
+    worker = start_worker("tracker.yaml")
+    store = open_state_store()
+    store.transition(
+        "ous", "X1", state="DeliveryInProgress", substate="IngestingProducts", create=True
+    )
+    store.transition("ous", "X2", state="DeliveryInProgress", create=True)
+    store.transition("ous", "X1", substate="ProductsIngested", attributes={"products": 5})
+    tracked = tmp_path / "tracked"
+    until(lambda: tracked.exists(), what="the tracker to run")
+    bus = open_bus()
+    until(lambda: bus.counts()["tracker:state.ous.DeliveryInProgress"] == {"done": 3})
+    assert tracked.read_text() == "X1 DeliveryInProgress p5\n"  # the others were filtered out
+    assert worker.stop() == 0
+
+
+def test_triggers_are_checked_before_the_worker_starts(tmp_path: Path, cli) -> None:
+    write(
+        tmp_path / "nopath.yaml",
+        """
+        recipe: nopath
+        on: {file: "in/*"}
+        steps: [{uses: noop}]
+        """,
+    )
+    write(
+        tmp_path / "badsel.yaml",
+        """
+        recipe: badsel
+        on: {message: "cached.E*"}
+        steps: [{uses: noop}]
+        """,
+    )
+    write(tmp_path / "plain.yaml", "recipe: plain\nsteps: [{uses: noop}]\n")
+    checked = cli("validate", "nopath.yaml", "badsel.yaml")
+    assert checked.code == 2
+    assert "declare it" in checked.err and "whole words" in checked.err
+    no_trigger = cli("worker", "plain.yaml")
+    assert no_trigger.code == 2 and "has no 'on:' trigger" in no_trigger.err
+    write(tmp_path / "hello.yaml", HELLO)
+    missing = cli("worker", "hello.yaml")
+    assert missing.code == 2 and "input 'site' is not given (give it with --set)" in missing.err
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert "no recipe with an 'on:' trigger" in cli("worker", str(empty)).err
+
+
+def test_a_folder_gives_every_recipe_in_it_with_a_trigger(tmp_path: Path, start_worker) -> None:
+    folder = tmp_path / "recipes"
+    write(folder / "hello.yaml", HELLO)
+    write(folder / "plain.yaml", "recipe: plain\nsteps: [{uses: noop}]\n")
+    write(folder / "lifecycle.yaml", "kind: ous\nstates: [A, B]\n")
+    (tmp_path / "out").mkdir()
+    worker = start_worker(str(folder), "--set", "site=JAO")
+    assert worker.text().count("listening:") == 1
+    open_bus().publish("hello.JAO", {"name": "fay"})
+    until(lambda: (tmp_path / "out" / "fay.txt").exists(), what="fay.txt")
+    assert worker.stop() == 0
+    assert os.path.exists(tmp_path / "wsrun-home" / "journal.db")

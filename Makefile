@@ -12,10 +12,13 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
-# System tools the steps and tests use for real: rsync (the rsync step), zstd and GNU tar (checks).
+# System tools the steps and tests use for real: rsync (the rsync step), zstd and GNU tar (checks),
+# opj_compress (image bench baseline) and exiftool (reads back embedded XMP in tests).
 tools:
 	@command -v rsync >/dev/null 2>&1 || { (apt-get update -qq || true) && apt-get install -y -qq rsync zstd >/dev/null; }
 	@command -v zstd >/dev/null 2>&1 || { apt-get install -y -qq zstd >/dev/null 2>&1 || echo "zstd not installed: its checks will skip"; }
+	@command -v opj_compress >/dev/null 2>&1 || { apt-get install -y -qq libopenjp2-tools >/dev/null 2>&1 || echo "opj_compress not installed: the image bench compares with nothing"; }
+	@command -v exiftool >/dev/null 2>&1 || { apt-get install -y -qq libimage-exiftool-perl >/dev/null 2>&1 || echo "exiftool not installed: its metadata checks will skip"; }
 
 demo: $(STAMP) tools
 	$(BIN)/python examples/quickstart/demo.py

@@ -277,6 +277,42 @@ class Bench:
         for i in range(scaled_count(1000, self.scale)):
             write_random(os.path.join(path, f"p{i:05d}.tar"), rng.randint(KiB, 16 * KiB), rng)
 
+    def build_objects(self, path: str) -> None:
+        """What an archive sends to object storage: 16 files of 16 MiB (scaled; multipart
+        at 8 MiB parts) and 100 small files of 4-64 KiB in 4 directories."""
+        rng = random.Random(SEED + 9)
+        for i in range(16):
+            write_random(
+                os.path.join(path, f"master{i:02d}.jp2"), scaled_size(16 * MiB, self.scale), rng
+            )
+        build_tree(
+            os.path.join(path, "small"),
+            scaled_count(100, self.scale),
+            4,
+            4 * KiB,
+            64 * KiB,
+            SEED + 10,
+        )
+
+    def build_tiffs(self, path: str) -> None:
+        """20 RGB TIFFs of 20 MB (scaled): gradients, a fractal and noise, like a scan
+        (pure noise would be no picture at all, and no codec's case)."""
+        from PIL import Image, ImageChops
+
+        side = max(8, round(math.sqrt(20_000_000 * self.scale / 3)))
+        for i in range(20):
+            gradient = Image.linear_gradient("L").resize((side, side)).rotate(i * 17)
+            fractal = Image.effect_mandelbrot((side, side), (-2.0 + i * 0.01, -1.2, 0.8, 1.2), 100)
+            noise = Image.effect_noise((side, side), 12 + i)
+            # one picture (light) seen through three channels, as in a colour scan
+            light = ImageChops.add(ImageChops.blend(gradient, fractal, 0.5), noise, scale=1.5)
+            channels = (
+                light,
+                ImageChops.blend(light, gradient, 0.2),
+                ImageChops.blend(light, noise, 0.2),
+            )
+            Image.merge("RGB", channels).save(os.path.join(path, f"scan{i:03d}.tif"))
+
     # -- running things --
 
     def warm_up(self) -> None:
@@ -737,6 +773,160 @@ def alma_many_case(b: Bench, case: Case) -> Outcome:
     return scored(case, seconds, None, seconds / count, note + "; ratio = s/OUS")
 
 
+JP2_RECIPE = os.path.join(RECIPES, "jp2.yaml")
+
+
+def jp2_case(b: Bench, case: Case) -> Outcome:
+    """image-derivative's lossless JPEG 2000 (with its decode-and-compare proof) against
+    opj_compress on the same TIFFs, one image at a time each: seconds per image."""
+    if shutil.which("opj_compress") is None:
+        return Outcome(case.name, case.title, "missing", note="opj_compress not installed")
+    source = b.dataset("tiffs")
+    read_all(source)
+    dest = os.path.join(b.out, "jp2-wsrun")
+    opj_dest = os.path.join(b.out, "jp2-opj")
+    wsrun = b.wsrun(JP2_RECIPE, source, dest, "-q")
+    baseline = [
+        "sh",
+        "-c",
+        'mkdir -p "$2" && for f in "$1"/*.tif; do '
+        'n=$(basename "$f" .tif); opj_compress -i "$f" -o "$2/$n.jp2" -quiet >/dev/null || exit 1; '
+        "done",
+        "sh",
+        source,
+        opj_dest,
+    ]
+    sizes: dict[str, int] = {}
+
+    def check(which: str) -> None:
+        out = dest if which == "wsrun" else opj_dest
+        names = sorted(os.listdir(out))
+        if len(names) != 20:
+            raise CaseError(f"{which} wrote {len(names)} JPEG 2000 files, want 20")
+        sizes[which] = tree_stats(out)[1]
+
+    w, base = b.best_pair(wsrun, baseline, [dest, opj_dest], check=check)
+    files, size = tree_stats(source)
+    note = (
+        f"{files} TIFFs, {size / files / MiB:.0f} MiB each; wsrun {w / files:.2f} s/image "
+        f"(proof included), opj_compress {base / files:.2f} s/image; "
+        f"JP2 {sizes['wsrun'] / size:.0%} vs {sizes['baseline'] / size:.0%} of the TIFFs"
+    )
+    outcome = scored(case, w, base, w / base, note)
+    outcome.details = {
+        "seconds_per_image": {"wsrun": w / files, "opj_compress": base / files},
+        "jp2_bytes": sizes,
+        "tiff_bytes": size,
+    }
+    return outcome
+
+
+S3_RECIPE = os.path.join(RECIPES, "s3-upload.yaml")
+
+
+BOTO3_UPLOAD = """
+import os, sys, boto3
+source, endpoint, bucket, prefix = sys.argv[1:]
+client = boto3.client("s3", endpoint_url=endpoint)
+for dirpath, _dirs, names in os.walk(source):
+    for name in sorted(names):
+        path = os.path.join(dirpath, name)
+        client.upload_file(path, bucket, prefix + "/" + os.path.relpath(path, source))
+"""
+
+
+@contextlib.contextmanager
+def moto_s3(b: Bench) -> Iterator[str]:
+    """moto's S3 server on a free port of 127.0.0.1, as its own process; yields the endpoint."""
+    import socket
+    import urllib.request
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=b.env,
+    )
+    endpoint = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(300):
+            try:
+                urllib.request.urlopen(endpoint + "/moto-api/", timeout=1).close()
+                break
+            except OSError:
+                if server.poll() is not None:
+                    raise CaseError("moto's server exited at start") from None
+                time.sleep(0.1)
+        else:
+            raise CaseError("moto's server did not answer in 30 s")
+        yield endpoint
+    finally:
+        server.terminate()
+        server.wait()
+
+
+def s3_upload_case(b: Bench, case: Case) -> Outcome:
+    """s3-upload of a tree to a local S3 API (moto's server) against boto3's upload_file
+    of the same files to the same server; both end with the same keys and ETags."""
+    try:
+        import boto3
+        import moto.server  # noqa: F401
+    except ImportError as e:
+        return Outcome(case.name, case.title, "missing", note=f"needs moto[server] and boto3: {e}")
+    source = b.dataset("objects")
+    read_all(source)
+    keys = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench"}
+    saved = dict(b.env)
+    b.env.update(keys, AWS_DEFAULT_REGION="us-east-1")
+    try:
+        with moto_s3(b) as endpoint:
+            client = boto3.client(
+                "s3",
+                endpoint_url=endpoint,
+                region_name="us-east-1",
+                aws_access_key_id="bench",
+                aws_secret_access_key="bench",
+            )
+            client.create_bucket(Bucket="bench")
+            wsrun = b.wsrun(S3_RECIPE, source, "s3://bench/up", "--endpoint", endpoint, "-q")
+            baseline = [sys.executable, "-c", BOTO3_UPLOAD, source, endpoint, "bench", "up"]
+            etags: dict[str, dict[str, tuple[int, str]]] = {}
+
+            def stored() -> dict[str, tuple[int, str]]:
+                out = {}
+                for page in client.get_paginator("list_objects_v2").paginate(Bucket="bench"):
+                    for o in page.get("Contents", []):
+                        out[o["Key"]] = (o["Size"], o["ETag"])
+                return out
+
+            def empty() -> None:
+                for key in stored():
+                    client.delete_object(Bucket="bench", Key=key)
+
+            def check(which: str) -> None:
+                etags[which] = stored()
+                files, size = tree_stats(source)
+                got = etags[which]
+                if (len(got), sum(s for s, _ in got.values())) != (files, size):
+                    raise CaseError(f"{which} stored {len(got)} objects, want {files}")
+                if len(etags) == 2 and etags["wsrun"] != etags["baseline"]:
+                    raise CaseError("wsrun's and boto3's objects have different ETags")
+
+            w, base = b.best_pair(wsrun, baseline, [], prepare=empty, check=check)
+    finally:
+        b.env.clear()
+        b.env.update(saved)
+    files, size = tree_stats(source)
+    note = (
+        f"{files} files, {size / MiB:.0f} MiB; wsrun {size / MiB / w:.0f} MiB/s, "
+        f"boto3 {size / MiB / base:.0f} MiB/s: {base / w:.2f} x boto3's throughput"
+    )
+    return scored(case, w, base, w / base, note)
+
+
 CASES = [
     Case("copy-large", "copy 4 x 512 MiB vs cp -a", 1.10, COPY, copy_case("large")),
     Case("copy-small", "copy 20,000 files of 1-64 KiB vs cp -a", 1.3, COPY, copy_case("small")),
@@ -836,6 +1026,20 @@ CASES = [
         None,
         ("alma-pipeline", "publish", "set-state"),
         alma_many_case,
+    ),
+    Case(
+        "jp2-lossless",
+        "lossless JPEG 2000 of 20 TIFFs of 20 MB vs opj_compress",
+        None,
+        ("find", "image-derivative"),
+        jp2_case,
+    ),
+    Case(
+        "s3-upload",
+        "s3-upload 16 x 16 MiB + 100 small files to local S3 (moto) vs boto3 upload_file",
+        round(1 / 0.9, 2),
+        ("s3-upload",),
+        s3_upload_case,
     ),
 ]
 

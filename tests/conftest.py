@@ -100,3 +100,17 @@ def stat_snapshot(root: str) -> dict[str, tuple]:
             st = os.lstat(p)
             out[p] = (st.st_mode, st.st_size, st.st_mtime_ns)
     return out
+
+
+# moto's S3 server and a bucket per test (tests/fixtures/s3server.py).
+from fixtures.s3server import bucket, s3, s3_server  # noqa: E402, F401
+
+
+@pytest.fixture
+def archivesspace():
+    """A started, empty in-memory ArchivesSpace (tests/fixtures/fake_archivesspace.py):
+    seed_collection(...), then digital_objects(), components(), writes()."""
+    from fixtures.fake_archivesspace import FakeArchivesSpace
+
+    with FakeArchivesSpace() as fake:
+        yield fake

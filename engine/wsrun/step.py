@@ -68,6 +68,12 @@ BUILTIN_STEPS: dict[str, str] = {
     "publish": "wsrun.steps.publish",
     "call": "wsrun.steps.call",
     "reply": "wsrun.steps.reply",
+    "s3-upload": "wsrun.steps.s3_upload",
+    "s3-download": "wsrun.steps.s3_download",
+    "s3-list": "wsrun.steps.s3_list",
+    "image-derivative": "wsrun.steps.image_derivative",
+    "archivesspace": "wsrun.steps.archivesspace",
+    "http": "wsrun.steps.http",
 }
 
 

@@ -1,0 +1,282 @@
+"""The ``s3-download`` step type: download objects from S3 or any fsspec store, verified."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from wsrun import objectstore as osx
+from wsrun.effects import Effect, create_dir, create_file
+from wsrun.fileio import temp_path
+from wsrun.fs import ContentUnknown, FileInfo
+from wsrun.step import Plan, Result, StepContext, StepError
+
+NAME = "s3-download"
+DOC = """Download objects or whole prefixes from S3 (or any fsspec store) into a directory, verified.
+
+Use it to fetch preservation copies back, or inputs a recipe needs from a
+bucket. An object URL lands at ``to/<basename>``; a prefix (a URL ending in
+``/``, or one that names no object but has objects below it) lands at
+``to/<last part of the prefix>/`` with its key layout, the mirror of
+``s3-upload``. Each file is written under a temporary name, checked against
+the ETag the store reports (the MD5, or the MD5 of the parts' MD5s for a
+multipart object) or its ``sha256`` metadata, and only then renamed into
+place. A local file with the same size and content is left alone.
+"""
+
+SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["sources", "to"],
+    "properties": {
+        "sources": {
+            "description": "An object URL or prefix URL, or a list of them.",
+            "oneOf": [
+                {"type": "string", "minLength": 1},
+                {
+                    "type": "array",
+                    "items": {"type": "string", "minLength": 1},
+                },
+            ],
+            "examples": ["s3://preservation/C42/", ["s3://b/a.jp2", "s3://b/b.jp2"]],
+        },
+        "to": {
+            "description": "The local directory the files land in (created if missing).",
+            "type": "string",
+            "minLength": 1,
+            "examples": ["restore/{{ inputs.collection }}"],
+        },
+        "part_size": {
+            "description": "The part size the objects were uploaded with, to check a "
+            "multipart ETag (common sizes are tried too).",
+            **osx.SIZE_SCHEMA,
+            "default": "8MiB",
+        },
+        "workers": {
+            "description": "Objects downloaded in parallel.",
+            "type": "integer",
+            "minimum": 1,
+            "maximum": 64,
+            "default": 8,
+        },
+        **osx.CLIENT_PROPERTIES,
+    },
+}
+
+EXAMPLES = [
+    """- id: restore
+  uses: s3-download
+  with:
+    sources: s3://caltech-preservation/{{ inputs.collection }}/
+    to: restore
+"""
+]
+
+OUTPUTS = {
+    "files": "local paths of every object downloaded or already in place, sorted",
+    "downloaded": "number of files written",
+    "unchanged": "number of files already in place with the same content",
+    "bytes": "total size of all the objects",
+}
+
+
+@dataclass
+class Download:
+    path: str  # object path without protocol
+    dest: str
+    size: int
+    etag: str | None
+
+
+@dataclass
+class DownloadJob:
+    store: osx.Store
+    downloads: list[Download]
+    part_size: int
+    workers: int
+
+
+def plan(params: dict[str, Any], ctx: StepContext) -> Plan:
+    sources = params["sources"]
+    if isinstance(sources, str):
+        sources = [sources]
+    to = ctx.path(params["to"])
+    part_size = osx.parse_size(params.get("part_size", osx.DEFAULT_PART_SIZE))
+    workers = int(params.get("workers", 8))
+    store = osx.open_store(sources[0], params, ctx, workers)
+    wanted: dict[str, tuple[osx.ObjectInfo, str]] = {}
+    for url in sources:
+        if osx.split_url(url)[0] != store.protocol:
+            raise StepError(f"all sources must use {store.protocol}://", path=url)
+        try:
+            for info, dest in _objects(store, url, to):
+                wanted[dest] = (info, dest)
+        except StepError:
+            raise
+        except Exception as e:
+            raise store.error(e, url) from None
+    effects: list[Effect] = []
+    made: set[str] = set()
+    downloads = []
+    for dest, (info, _) in sorted(wanted.items()):
+        if _unchanged(ctx, store, dest, info, part_size):
+            continue
+        _plan_dirs(ctx, os.path.dirname(dest), made, effects)
+        effects.append(
+            create_file(
+                dest,
+                info.size,
+                source=store.url(info.path),
+                source_info=FileInfo("file", info.size),
+            )
+        )
+        downloads.append(Download(info.path, dest, info.size, info.etag))
+    outputs = {
+        "files": sorted(wanted),
+        "downloaded": len(downloads),
+        "unchanged": len(wanted) - len(downloads),
+        "bytes": sum(info.size for info, _ in wanted.values()),
+    }
+    return Plan(effects, outputs, DownloadJob(store, downloads, part_size, workers))
+
+
+def _objects(store: osx.Store, url: str, to: str) -> list[tuple[osx.ObjectInfo, str]]:
+    """The objects ``url`` names with their local destinations."""
+    path = store.path(url)
+    # One listing answers both "is it an object" and "what is below it".
+    found = osx.list_objects(store, path if not url.endswith("/") else path + "/")
+    if path in found and not url.endswith("/"):
+        return [(found[path], os.path.join(to, os.path.basename(path)))]
+    below = {k: v for k, v in found.items() if k.startswith(path + "/")}
+    if not below:
+        raise StepError("no such object, and no objects below it", path=url)
+    top = os.path.join(to, os.path.basename(path)) if "/" in path.strip("/") else to
+    out = []
+    for key, info in below.items():
+        rel = key[len(path) + 1 :]
+        dest = os.path.normpath(os.path.join(top, rel))
+        if not rel or rel.endswith("/") or not dest.startswith(top + os.sep):
+            continue  # "directory" markers; keys that would escape the target
+        out.append((info, dest))
+    return out
+
+
+def _unchanged(
+    ctx: StepContext, store: osx.Store, dest: str, info: osx.ObjectInfo, part_size: int
+) -> bool:
+    local = ctx.fs.stat(dest)
+    if local is None:
+        return False
+    if not local.is_file:
+        raise StepError("exists and is not a regular file", path=dest)
+    if local.size != info.size:
+        return False
+    try:
+        f = ctx.fs.open(dest)
+    except ContentUnknown:
+        return False
+    with f:
+        if info.etag is None:
+            mine = hashlib.md5()
+            while chunk := f.read(4 * osx.MiB):
+                mine.update(chunk)
+            with store.fs.open(info.path, "rb") as r:
+                theirs = hashlib.md5()
+                while chunk := r.read(4 * osx.MiB):
+                    theirs.update(chunk)
+            return mine.digest() == theirs.digest()
+        return bool(osx.matches_etag(f, info.size, info.etag, part_size))
+
+
+def _plan_dirs(ctx: StepContext, path: str, made: set[str], effects: list[Effect]) -> None:
+    missing = []
+    while path not in made and (info := ctx.fs.stat(path)) is None:
+        missing.append(path)
+        path = os.path.dirname(path)
+    if path not in made and info is not None and not info.is_dir:
+        raise StepError("exists and is not a directory", path=path)
+    for p in reversed(missing):
+        made.add(p)
+        effects.append(create_dir(p))
+
+
+def apply(plan: Plan, ctx: StepContext) -> Result:
+    job: DownloadJob = plan.data
+    for effect in plan.effects:
+        if effect.op == "create_dir":
+            os.makedirs(effect.path, exist_ok=True)
+    task = ctx.progress.task(
+        "download",
+        total_bytes=sum(d.size for d in job.downloads),
+        total_files=len(job.downloads),
+    )
+
+    def one(download: Download) -> None:
+        ctx.check_deadline()
+        url = job.store.url(download.path)
+        try:
+            _fetch(job, download)
+        except StepError:
+            raise
+        except Exception as e:
+            raise job.store.error(e, url) from None
+        task.advance(bytes=download.size, files=1)
+
+    try:
+        if len(job.downloads) <= 1:
+            for d in job.downloads:
+                one(d)
+        else:
+            with ThreadPoolExecutor(max_workers=job.workers) as pool:
+                for fut in [pool.submit(one, d) for d in job.downloads]:
+                    fut.result()
+    finally:
+        task.close()
+    return Result(effects=list(plan.effects), outputs=plan.outputs)
+
+
+def _fetch(job: DownloadJob, download: Download) -> None:
+    """Download to a temporary name beside the target, verify, rename into place."""
+    store = job.store
+    tmp = temp_path(download.dest)
+    url = store.url(download.path)
+    try:
+        store.fs.get_file(download.path, tmp)
+        size = os.path.getsize(tmp)
+        if size != download.size:
+            raise StepError(f"got {size} bytes, the store listed {download.size}", path=url)
+        if download.etag is not None:
+            with open(tmp, "rb") as f:
+                ok = osx.matches_etag(f, download.size, download.etag, job.part_size)
+            if ok is None:
+                ok = _matches_sha256(store, download, tmp)
+            if not ok:
+                raise StepError(
+                    f"the content does not match the store's ETag {download.etag}", path=url
+                )
+        os.replace(tmp, download.dest)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def _matches_sha256(store: osx.Store, download: Download, local: str) -> bool:
+    """The fallback check for a multipart ETag of unknown part size: sha256 metadata."""
+    meta = (osx.head(store, download.path) or {}).get("Metadata", {})
+    want = meta.get(osx.SHA256_META)
+    if not want:
+        raise StepError(
+            "cannot verify: a multipart ETag of unknown part size and no sha256 metadata "
+            "(set part_size to the one used for the upload)",
+            path=store.url(download.path),
+        )
+    h = hashlib.sha256()
+    with open(local, "rb") as f:
+        while chunk := f.read(4 * osx.MiB):
+            h.update(chunk)
+    return h.hexdigest() == want

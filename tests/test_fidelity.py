@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from conftest import ROOT, snapshot
-from fixtures import alma, staging
+from fixtures import alma, distillery, staging
 
 Setup = Callable[[Path], list[str]]
 
@@ -69,10 +69,14 @@ CASES: dict[str, Setup] = {
     "recipes/nrao/conveyor.yaml --qa-fail": nrao_conveyor_qa_fail,
     "recipes/nrao/ingest_envoy.yaml": staging.envoy_calibration_case,
     **alma.CASES,
+    **distillery.CASES,
 }
 
 #: Cases whose second run must be refused (changing nothing) rather than be a no-op.
-SECOND_RUN_REFUSED: dict[str, str] = {**alma.SECOND_RUN_REFUSED}
+SECOND_RUN_REFUSED: dict[str, str] = {
+    **alma.SECOND_RUN_REFUSED,
+    **distillery.SECOND_RUN_REFUSED,
+}
 
 
 def all_recipes() -> list[str]:
@@ -90,7 +94,7 @@ def test_every_recipe_has_a_fidelity_case() -> None:
 
 
 #: Recipes that cannot run offline (they need a network service), with the reason.
-OFFLINE_EXEMPT: dict[str, str] = {}
+OFFLINE_EXEMPT: dict[str, str] = {**distillery.OFFLINE_EXEMPT}
 
 
 def effects(report: dict) -> list[tuple[str, list[dict]]]:

@@ -71,6 +71,8 @@ BUILTIN_STEPS: dict[str, str] = {
     "s3-upload": "wsrun.steps.s3_upload",
     "s3-download": "wsrun.steps.s3_download",
     "s3-list": "wsrun.steps.s3_list",
+    "s3-remove": "wsrun.steps.s3_remove",
+    "which": "wsrun.steps.which",
     "image-derivative": "wsrun.steps.image_derivative",
     "archivesspace": "wsrun.steps.archivesspace",
     "http": "wsrun.steps.http",

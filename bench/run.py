@@ -541,14 +541,46 @@ def deliver_case(tar: bool) -> Callable[[Bench, Case], Outcome]:
     return run
 
 
-def ingest_case(dataset: str) -> Callable[[Bench, Case], Outcome]:
+#: The PostgreSQL server of the ``ingest-pg`` case (a schema of its own, dropped after).
+BENCH_PG_URL = os.environ.get("WSRUN_BENCH_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+@contextlib.contextmanager
+def pg_schema(b: Bench) -> Iterator[str]:
+    """A fresh schema on BENCH_PG_URL with wsrun's tables (``wsrun db upgrade``); its URL."""
+    import psycopg
+
+    schema = f"wsrun_bench_{os.getpid()}"
+    try:
+        admin = psycopg.connect(BENCH_PG_URL, autocommit=True, connect_timeout=3)
+    except psycopg.Error as e:
+        raise CaseError(f"PostgreSQL at {BENCH_PG_URL}: {str(e).strip()[:200]}") from None
+    with admin:
+        admin.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+        admin.execute(f"CREATE SCHEMA {schema}")
+        url = f"{BENCH_PG_URL}?options=-csearch_path%3D{schema}"
+        try:
+            b.timed(b.wsrun("db", "upgrade", "--url", url), "wsrun db upgrade")
+            yield url
+        finally:
+            admin.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+
+
+def ingest_case(dataset: str, postgres: bool = False) -> Callable[[Bench, Case], Outcome]:
     """`ingest_envoy --calibration` of a staging area (manifest, then copy, verify and
-    record in a fresh archive) against cp -a + sha256sum of the same files."""
+    record in a fresh archive) against cp -a + sha256sum of the same files. With
+    ``postgres``, the archive's metadata is in PostgreSQL and its files in a directory."""
 
     def run(b: Bench, case: Case) -> Outcome:
+        if not postgres:
+            return measure(b, case, os.path.join(b.out, "archive"), None)
+        with pg_schema(b) as url:
+            return measure(b, case, os.path.join(b.out, "archive"), url)
+
+    def measure(b: Bench, case: Case, archive: str, pg_url: str | None) -> Outcome:
         stage = b.dataset(dataset)
         dest = os.path.join(b.out, "ingested")
-        archive = os.path.join(b.out, "archive")
+        url = f"{pg_url}&files={archive}" if pg_url else archive
         # The first run writes the manifest and the artifacts tar into the staging area;
         # later runs (and cp) find them there.
         wsrun = b.wsrun(
@@ -558,7 +590,7 @@ def ingest_case(dataset: str) -> Callable[[Bench, Case], Outcome]:
             "--input",
             "uid://evla/execblock/bench",
             "--set",
-            f"edu.nrao.archive.url={archive}",
+            f"edu.nrao.archive.url={url}",
             "-q",
         )
         baseline = [
@@ -571,13 +603,29 @@ def ingest_case(dataset: str) -> Callable[[Bench, Case], Outcome]:
         ]
 
         def check(which: str) -> None:
-            if which == "wsrun" and not os.path.exists(os.path.join(archive, "archive.db")):
+            if which != "wsrun":
+                return
+            if pg_url is None and not os.path.exists(os.path.join(archive, "archive.db")):
                 raise CaseError("ingest wrote no archive.db")
+            if pg_url is not None and not ingested_products(pg_url):
+                raise CaseError("ingest recorded no product in PostgreSQL")
+
+        def empty() -> None:
+            if pg_url is not None:
+                import psycopg
+
+                with psycopg.connect(pg_url) as conn:
+                    conn.execute(
+                        "TRUNCATE archive_provenance, archive_files, archive_products,"
+                        " archive_ingestions, archive_unreferenced"
+                    )
 
         read_all(stage)
-        w, base = b.best_pair(wsrun, baseline, [archive, dest], check=check)
+        w, base = b.best_pair(wsrun, baseline, [archive, dest], prepare=empty, check=check)
         files, size = tree_stats(stage)
         note = f"{files} files, {size / MiB:.0f} MiB; wsrun {size / MiB / w:.0f} MiB/s"
+        if pg_url is not None and "ingest" in b.results:
+            note += f"; embedded (SQLite) {b.results['ingest'].wsrun_seconds:.2f}s"
         if case.target is None:
             products = sum(1 for n in os.listdir(stage) if n.endswith(".tar") and n.startswith("p"))
             note = f"{products} products; {products / w:.0f} products/s; cp+sha256sum {base:.2f}s"
@@ -586,191 +634,13 @@ def ingest_case(dataset: str) -> Callable[[Bench, Case], Outcome]:
     return run
 
 
-def zst_vs_gzip(b: Bench, case: Case) -> Outcome:
-    """wsrun's tar.zst against GNU tar -czf on the same data: zstd's speed-up."""
-    zst = b.results.get("tar-zst")
-    gz = b.results.get("tar-gz")
-    if not zst or not gz or zst.wsrun_seconds is None or gz.baseline_seconds is None:
-        return Outcome(
-            case.name, case.title, "missing", note="needs tar-zst and tar-gz in the same run"
-        )
-    ratio = zst.wsrun_seconds / gz.baseline_seconds
-    note = f"wsrun zst is {1 / ratio:.1f}x as fast as tar -czf"
-    return scored(case, zst.wsrun_seconds, gz.baseline_seconds, ratio, note)
+def ingested_products(pg_url: str) -> int:
+    """How many products the archive in ``pg_url``'s schema holds."""
+    import psycopg
 
-
-def help_case(b: Bench, case: Case) -> Outcome:
-    seconds = b.best(b.wsrun("--help"), max(5, b.repeat), "wsrun --help")
-    ratio = seconds / (case.target or 1)
-    return scored(case, seconds, None, ratio, "ratio = seconds / target")
-
-
-def noop_recipe(path: str, steps: int) -> str:
-    lines = [f"recipe: bench-noop-{steps}", "steps:"]
-    lines += [f"  - uses: noop\n    with: {{index: {i}}}" for i in range(steps)]
-    with open(path, "w") as f:
-        f.write("\n".join(lines) + "\n")
-    return path
-
-
-def overhead_case(b: Bench, case: Case) -> Outcome:
-    steps = scaled_count(1000, b.scale, least=10)
-    many = noop_recipe(os.path.join(b.root, f"noop-{steps}.yaml"), steps)
-    one = noop_recipe(os.path.join(b.root, "noop-1.yaml"), 1)
-    best_many = best_one = math.inf
-    for _ in range(b.repeat):
-        best_many = min(best_many, b.timed(b.wsrun(many, "-q"), f"{steps}-step recipe"))
-        best_one = min(best_one, b.timed(b.wsrun(one, "-q"), "1-step recipe"))
-    per_step = max(0.0, best_many - best_one) / (steps - 1)
-    ratio = per_step / (case.target or 1)
-    note = f"{per_step * 1000:.2f} ms/step over {steps - 1} steps; baseline = the 1-step recipe"
-    return scored(case, best_many, best_one, ratio, note)
-
-
-def dry_run_case(b: Bench, case: Case) -> Outcome:
-    source = b.dataset("tiny")
-    read_all(source)
-    dest = os.path.join(b.out, "dest")
-    b.fresh(dest)
-    seconds = b.best(b.wsrun(COPY_RECIPE, source, dest, "--dry-run", "--json"), b.repeat, "dry run")
-    if os.path.exists(dest):
-        raise CaseError("the dry run wrote the destination")
-    files, _ = tree_stats(source)
-    ratio = seconds / (case.target or 1)
-    note = f"{files} files; {seconds / files * 1e6:.0f} us/file; ratio = seconds / target"
-    return scored(case, seconds, None, ratio, note)
-
-
-COPY, TAR, NOOP = ("copy",), ("tar",), ("noop",)
-INGEST = ("ingestion-manifest", "ingest")
-BUS_LOAD = os.path.join(REPO, "bench", "bus_load.py")
-ALMA_DEMO = os.path.join(REPO, "examples", "alma", "demo.py")
-
-
-def bus_load(b: Bench, *args: str) -> dict[str, Any]:
-    """Run bench/bus_load.py on a fresh bus file; its JSON result."""
-    where = os.path.join(b.out, "bus")
-    b.fresh(where)
-    os.makedirs(where)
-    done = subprocess.run(
-        [sys.executable, BUS_LOAD, args[0], os.path.join(where, "bus.db"), *args[1:]],
-        env=b.env,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    b.fresh(where)
-    if done.returncode != 0:
-        raise CaseError(f"bus_load.py {args[0]} failed: {done.stderr.strip()[-300:]}")
-    return json.loads(done.stdout)
-
-
-def bus_throughput_case(consumers: int) -> Callable[[Bench, Case], Outcome]:
-    """One producer publishing as fast as it can, ``consumers`` processes claiming
-    and acking; seconds from the first publish to the last ack (best of N)."""
-
-    def run(b: Bench, case: Case) -> Outcome:
-        messages = scaled_count(5000, b.scale, least=50)
-        best = min(
-            bus_load(b, "throughput", str(messages), str(consumers))["seconds"]
-            for _ in range(b.repeat)
-        )
-        note = f"{messages} messages, {consumers} consumer process(es): {messages / best:.0f} messages/s"
-        return scored(case, best, None, best / messages * 1000, note + "; ratio = ms/message")
-
-    return run
-
-
-def bus_latency_case(b: Bench, case: Case) -> Outcome:
-    """Publish to claim by an idle consumer process, a message every 30 ms."""
-    messages = scaled_count(300, b.scale, least=20)
-    result = bus_load(b, "latency", str(messages))
-    p50, p99 = result["p50"], result["p99"]
-    note = f"{result['n']} messages: p50 {p50 * 1000:.1f} ms, p99 {p99 * 1000:.1f} ms; ratio = p99 / target"
-    return scored(case, p99, None, p99 / (case.target or 1), note)
-
-
-@contextlib.contextmanager
-def alma_system(b: Bench, **options: Any) -> Iterator[Any]:
-    """The ALMA workflow of examples/alma/demo.py, started in a fresh directory
-    with zero simulated delays and failures, stopped (SIGTERM) afterwards."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("alma_demo", ALMA_DEMO)
-    assert spec is not None and spec.loader is not None
-    demo = importlib.util.module_from_spec(spec)
-    sys.modules["alma_demo"] = demo
-    spec.loader.exec_module(demo)
-    root = os.path.join(b.out, "alma")
-    b.fresh(root)
-    env = {k: v for k, v in b.env.items() if k != "WSRUN_HOME"}
-    system = demo.System(Path(root), base_env=env, auto_review="Pass", **options)
-    try:
-        system.start()
-        yield system
-    except (TimeoutError, RuntimeError) as e:
-        raise CaseError(str(e)[-500:]) from None
-    finally:
-        codes = system.stop()
-        b.fresh(root)
-    if any(codes.values()):
-        raise CaseError(f"workers did not stop cleanly: {codes}")
-
-
-def alma_one_case(b: Bench, case: Case) -> Outcome:
-    """One OUS from launch to Delivered, the QA2 review automatic, every component
-    its own worker process (the seed's set-up); best of N OUSs."""
-    best = math.inf
-    with alma_system(b) as system:
-        for i in range(b.repeat):
-            ous = f"uid://X1/X1/Xc{i}"
-            started = time.monotonic()
-            system.launch(ous)
-            system.wait_for(ous, "Delivered")
-            best = min(best, time.monotonic() - started)
-    note = "launch to Delivered, 8 worker processes, zero delays; ratio = seconds / target"
-    return scored(case, best, None, best / (case.target or 1), note)
-
-
-def alma_many_case(b: Bench, case: Case) -> Outcome:
-    """100 OUSs launched at once through 2 worker processes that each run every
-    recipe (Pipeline at JAO); all must be Delivered with exactly their products."""
-    count = scaled_count(100, b.scale, least=4)
-    ids = [f"uid://X1/X2/Xd{i}" for i in range(count)]
-    with alma_system(b, topology="all-in-one", processes=2, concurrency=4) as system:
-        started = time.monotonic()
-        system.launch_many(ids)
-        deadline = started + 60 + 6 * count
-        while (states := system.states(ids)) and any(s != "Delivered" for s in states.values()):
-            if time.monotonic() > deadline:
-                raise CaseError(f"not all Delivered: {sorted(set(states.values()))}")
-            time.sleep(0.1)
-        seconds = time.monotonic() - started
-        system.settle()
-        from wsrun.archive_store import ArchiveStore
-
-        archive = ArchiveStore.open(str(system.home / "archive"), create=False)
-        try:
-            products = archive.products()
-        finally:
-            archive.close()
-        with system.state_store() as store:
-            passes = [sum(c.state == "Delivered" for c in store.history("ous", o)) for o in ids]
-        unconsumed = system.messages()
-    data = [p for p in products if p.type == "alma_data_product"]
-    names = [p.filename for p in data]
-    if len(data) != 5 * count or len(set(names)) != len(names) or set(passes) != {1}:
-        raise CaseError(
-            f"{len(data)} products for {count} OUSs ({len(set(names))} distinct), "
-            f"delivered {sorted(set(passes))} times"
-        )
-    if unconsumed:
-        raise CaseError(f"messages left: {unconsumed}")
-    note = (
-        f"{count} OUSs, 2 workers x 4 runs: all Delivered, {len(data)} products, none lost or "
-        f"duplicated; {count / seconds:.1f} OUS/s"
-    )
-    return scored(case, seconds, None, seconds / count, note + "; ratio = s/OUS")
+    with psycopg.connect(pg_url) as conn:
+        row = conn.execute("SELECT count(*) FROM archive_products").fetchone()
+    return int(row[0]) if row else 0
 
 
 JP2_RECIPE = os.path.join(RECIPES, "jp2.yaml")
@@ -822,8 +692,8 @@ def jp2_case(b: Bench, case: Case) -> Outcome:
 
 
 S3_RECIPE = os.path.join(RECIPES, "s3-upload.yaml")
-
-
+#: The baseline: boto3's own upload_file (its default 8 MiB parts, 10 threads per file)
+#: on every file of a tree, keys relative to the tree, as a script would do it.
 BOTO3_UPLOAD = """
 import os, sys, boto3
 source, endpoint, bucket, prefix = sys.argv[1:]
@@ -927,6 +797,367 @@ def s3_upload_case(b: Bench, case: Case) -> Outcome:
     return scored(case, w, base, w / base, note)
 
 
+def zst_vs_gzip(b: Bench, case: Case) -> Outcome:
+    """wsrun's tar.zst against GNU tar -czf on the same data: zstd's speed-up."""
+    zst = b.results.get("tar-zst")
+    gz = b.results.get("tar-gz")
+    if not zst or not gz or zst.wsrun_seconds is None or gz.baseline_seconds is None:
+        return Outcome(
+            case.name, case.title, "missing", note="needs tar-zst and tar-gz in the same run"
+        )
+    ratio = zst.wsrun_seconds / gz.baseline_seconds
+    note = f"wsrun zst is {1 / ratio:.1f}x as fast as tar -czf"
+    return scored(case, zst.wsrun_seconds, gz.baseline_seconds, ratio, note)
+
+
+def help_case(b: Bench, case: Case) -> Outcome:
+    seconds = b.best(b.wsrun("--help"), max(5, b.repeat), "wsrun --help")
+    ratio = seconds / (case.target or 1)
+    return scored(case, seconds, None, ratio, "ratio = seconds / target")
+
+
+def noop_recipe(path: str, steps: int) -> str:
+    lines = [f"recipe: bench-noop-{steps}", "steps:"]
+    lines += [f"  - uses: noop\n    with: {{index: {i}}}" for i in range(steps)]
+    with open(path, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    return path
+
+
+def overhead_case(b: Bench, case: Case) -> Outcome:
+    steps = scaled_count(1000, b.scale, least=10)
+    many = noop_recipe(os.path.join(b.root, f"noop-{steps}.yaml"), steps)
+    one = noop_recipe(os.path.join(b.root, "noop-1.yaml"), 1)
+    best_many = best_one = math.inf
+    for _ in range(b.repeat):
+        best_many = min(best_many, b.timed(b.wsrun(many, "-q"), f"{steps}-step recipe"))
+        best_one = min(best_one, b.timed(b.wsrun(one, "-q"), "1-step recipe"))
+    per_step = max(0.0, best_many - best_one) / (steps - 1)
+    ratio = per_step / (case.target or 1)
+    note = f"{per_step * 1000:.2f} ms/step over {steps - 1} steps; baseline = the 1-step recipe"
+    return scored(case, best_many, best_one, ratio, note)
+
+
+def dry_run_case(b: Bench, case: Case) -> Outcome:
+    source = b.dataset("tiny")
+    read_all(source)
+    dest = os.path.join(b.out, "dest")
+    b.fresh(dest)
+    seconds = b.best(b.wsrun(COPY_RECIPE, source, dest, "--dry-run", "--json"), b.repeat, "dry run")
+    if os.path.exists(dest):
+        raise CaseError("the dry run wrote the destination")
+    files, _ = tree_stats(source)
+    ratio = seconds / (case.target or 1)
+    note = f"{files} files; {seconds / files * 1e6:.0f} us/file; ratio = seconds / target"
+    return scored(case, seconds, None, ratio, note)
+
+
+BUS_LOAD = os.path.join(REPO, "bench", "bus_load.py")
+
+
+def bus_load(b: Bench, *args: str) -> dict[str, Any]:
+    """Run bench/bus_load.py on a fresh bus file; its JSON result."""
+    where = os.path.join(b.out, "bus")
+    b.fresh(where)
+    os.makedirs(where)
+    done = subprocess.run(
+        [sys.executable, BUS_LOAD, args[0], os.path.join(where, "bus.db"), *args[1:]],
+        env=b.env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    b.fresh(where)
+    if done.returncode != 0:
+        raise CaseError(f"bus_load.py {args[0]} failed: {done.stderr.strip()[-300:]}")
+    return json.loads(done.stdout)
+
+
+def bus_throughput_case(consumers: int) -> Callable[[Bench, Case], Outcome]:
+    """One producer publishing as fast as it can, ``consumers`` processes claiming
+    and acking; seconds from the first publish to the last ack (best of N)."""
+
+    def run(b: Bench, case: Case) -> Outcome:
+        messages = scaled_count(5000, b.scale, least=50)
+        best = min(
+            bus_load(b, "throughput", str(messages), str(consumers))["seconds"]
+            for _ in range(b.repeat)
+        )
+        note = f"{messages} messages, {consumers} consumer process(es): {messages / best:.0f} messages/s"
+        return scored(case, best, None, best / messages * 1000, note + "; ratio = ms/message")
+
+    return run
+
+
+def bus_latency_case(b: Bench, case: Case) -> Outcome:
+    """Publish to claim by an idle consumer process, a message every 30 ms."""
+    messages = scaled_count(300, b.scale, least=20)
+    result = bus_load(b, "latency", str(messages))
+    p50, p99 = result["p50"], result["p99"]
+    note = f"{result['n']} messages: p50 {p50 * 1000:.1f} ms, p99 {p99 * 1000:.1f} ms; ratio = p99 / target"
+    return scored(case, p99, None, p99 / (case.target or 1), note)
+
+
+AMQP_LOAD = os.path.join(REPO, "bench", "amqp_load.py")
+#: The RabbitMQ broker of the ``bus-amqp-*`` cases (a name prefix of their own, deleted after).
+BENCH_AMQP_URL = os.environ.get("WSRUN_BENCH_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")
+
+
+def amqp_load(
+    b: Bench, command: str, kind: str, messages: int, prefetch: int = 1
+) -> dict[str, Any]:
+    """Run bench/amqp_load.py for wsrun's bus or bare pika under a fresh prefix."""
+    sep = "&" if "?" in BENCH_AMQP_URL else "?"
+    url = f"{BENCH_AMQP_URL}{sep}prefix=wsrun-bench-{os.getpid()}.&prefetch={prefetch}"
+    done = subprocess.run(
+        [sys.executable, AMQP_LOAD, command, kind, url, str(messages)],
+        env=b.env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    if done.returncode != 0:
+        from wsrun.bus.base import mask
+
+        raise CaseError(
+            f"amqp_load.py {command} {kind} on {mask(url)} failed: {done.stderr.strip()[-300:]}"
+        )
+    return json.loads(done.stdout)  # type: ignore[no-any-return]
+
+
+def amqp_throughput_case(b: Bench, case: Case) -> Outcome:
+    """One producer, one consumer process, through wsrun's amqp:// bus and through
+    bare pika doing the same durable work (persistent messages, a confirm per
+    publish, manual acks, prefetch 1); best of N each, alternating."""
+    messages = scaled_count(1500, b.scale, least=20)
+    ours = theirs = math.inf
+    for _ in range(b.repeat):
+        ours = min(ours, amqp_load(b, "throughput", "wsrun", messages)["seconds"])
+        theirs = min(theirs, amqp_load(b, "throughput", "pika", messages)["seconds"])
+    note = (
+        f"{messages} messages: wsrun {messages / ours:.0f}/s, bare pika {messages / theirs:.0f}/s"
+        f" ({theirs / ours:.2f}x); ratio = wsrun s / pika s"
+    )
+    return scored(case, ours, theirs, ours / theirs, note)
+
+
+def amqp_latency_case(b: Bench, case: Case) -> Outcome:
+    """Publish to handler start on an idle consumer, a message every 30 ms, through
+    wsrun's amqp:// bus and through bare pika."""
+    messages = scaled_count(300, b.scale, least=20)
+    ours = amqp_load(b, "latency", "wsrun", messages)
+    theirs = amqp_load(b, "latency", "pika", messages)
+    note = (
+        f"{ours['n']} messages: wsrun p50 {ours['p50'] * 1000:.1f} ms, p99 {ours['p99'] * 1000:.1f} ms;"
+        f" bare pika p50 {theirs['p50'] * 1000:.1f} ms, p99 {theirs['p99'] * 1000:.1f} ms;"
+        " ratio = p99 / target"
+    )
+    return scored(case, ours["p99"], theirs["p99"], ours["p99"] / (case.target or 1), note)
+
+
+STATE_LOAD = os.path.join(REPO, "bench", "state_load.py")
+
+
+def state_transitions_case(postgres: bool) -> Callable[[Bench, Case], Outcome]:
+    """4 worker processes moving their own OUSs along the whole OUS lifecycle
+    (7 checked transitions each, with history): transitions per second on the
+    embedded SQLite store or on PostgreSQL (a fresh schema; every commit durable)."""
+
+    def run(b: Bench, case: Case) -> Outcome:
+        if postgres:
+            with pg_schema(b) as url:
+                return measure(b, case, lambda: url, note_embedded=True)
+        where = os.path.join(b.out, "state")
+
+        def fresh_file() -> str:
+            b.fresh(where)
+            os.makedirs(where)
+            return "sqlite://" + os.path.join(where, "state.db")
+
+        try:
+            return measure(b, case, fresh_file, note_embedded=False)
+        finally:
+            b.fresh(where)
+
+    def measure(b: Bench, case: Case, store: Callable[[], str], note_embedded: bool) -> Outcome:
+        workers, per_worker = 4, scaled_count(100, b.scale, least=2)
+        best: dict[str, Any] | None = None
+        for attempt in range(b.repeat):
+            url = store()
+            if postgres and attempt:
+                _empty_state_tables(url)
+            done = subprocess.run(
+                [sys.executable, STATE_LOAD, url, str(workers), str(per_worker)],
+                env=b.env,
+                capture_output=True,
+                text=True,
+                timeout=900,
+            )
+            if done.returncode != 0:
+                raise CaseError(f"state_load.py failed: {done.stderr.strip()[-300:]}")
+            result = json.loads(done.stdout)
+            if best is None or result["seconds"] < best["seconds"]:
+                best = result
+        assert best is not None
+        rate = best["per_second"]
+        note = f"{best['transitions']} transitions, {workers} processes: {rate:.0f} transitions/s"
+        embedded = b.results.get("state-sqlite")
+        if note_embedded and embedded is not None and "per_second" in embedded.details:
+            note += f"; embedded (SQLite) {embedded.details.get('per_second', 0):.0f}/s"
+        outcome = scored(case, best["seconds"], None, 1000 / rate, note + "; ratio = ms/transition")
+        outcome.details = best
+        return outcome
+
+    return run
+
+
+def _empty_state_tables(url: str) -> None:
+    import psycopg
+
+    with psycopg.connect(url) as conn:
+        conn.execute("TRUNCATE state_history, state_entities, state_lifecycles")
+
+
+ALMA_DEMO = os.path.join(REPO, "examples", "alma", "demo.py")
+
+
+@contextlib.contextmanager
+def alma_system(b: Bench, **options: Any) -> Iterator[Any]:
+    """The ALMA workflow of examples/alma/demo.py, started in a fresh directory
+    with zero simulated delays and failures, stopped (SIGTERM) afterwards."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("alma_demo", ALMA_DEMO)
+    assert spec is not None and spec.loader is not None
+    demo = importlib.util.module_from_spec(spec)
+    sys.modules["alma_demo"] = demo
+    spec.loader.exec_module(demo)
+    root = os.path.join(b.out, "alma")
+    b.fresh(root)
+    env = {k: v for k, v in b.env.items() if k != "WSRUN_HOME"}
+    system = demo.System(Path(root), base_env=env, auto_review="Pass", **options)
+    try:
+        system.start()
+        yield system
+    except (TimeoutError, RuntimeError) as e:
+        raise CaseError(str(e)[-500:]) from None
+    finally:
+        codes = system.stop()
+        b.fresh(root)
+    if any(codes.values()):
+        raise CaseError(f"workers did not stop cleanly: {codes}")
+
+
+def alma_one_case(b: Bench, case: Case) -> Outcome:
+    """One OUS from launch to Delivered, the QA2 review automatic, every component
+    its own worker process (the seed's set-up); best of N OUSs."""
+    best = math.inf
+    with alma_system(b) as system:
+        for i in range(b.repeat):
+            ous = f"uid://X1/X1/Xc{i}"
+            started = time.monotonic()
+            system.launch(ous)
+            system.wait_for(ous, "Delivered")
+            best = min(best, time.monotonic() - started)
+    note = "launch to Delivered, 8 worker processes, zero delays; ratio = seconds / target"
+    return scored(case, best, None, best / (case.target or 1), note)
+
+
+@contextlib.contextmanager
+def scale_out_backends(b: Bench) -> Iterator[dict[str, str]]:
+    """``System`` options putting the ALMA system on PostgreSQL (state store,
+    archive metadata with files in a directory, run journal; a fresh schema)
+    and RabbitMQ (a name prefix of its own); all of it removed afterwards."""
+    from wsrun.bus.amqp import AmqpBus
+
+    sep = "&" if "?" in BENCH_AMQP_URL else "?"
+    bus = f"{BENCH_AMQP_URL}{sep}prefix=wsrun-bench-alma-{os.getpid()}."
+    with pg_schema(b) as pg:
+        files = os.path.join(b.out, "alma-archive-files")
+        try:
+            AmqpBus(bus).destroy()  # left by an earlier run that was killed
+            yield {
+                "state_url": pg,
+                "journal_url": pg,
+                "archive_url": f"{pg}&files={files}",
+                "bus_url": bus,
+            }
+        finally:
+            AmqpBus(bus).destroy()
+            b.fresh(files)
+
+
+def alma_many_case(scale_out: bool) -> Callable[[Bench, Case], Outcome]:
+    """100 OUSs launched at once through 2 worker processes that each run every
+    recipe (Pipeline at JAO); all must be Delivered with exactly their products.
+    With ``scale_out``, on PostgreSQL and RabbitMQ instead of the embedded stores."""
+
+    def run(b: Bench, case: Case) -> Outcome:
+        if not scale_out:
+            return measure(b, case, {})
+        with scale_out_backends(b) as backends:
+            return measure(b, case, backends)
+
+    def measure(b: Bench, case: Case, backends: dict[str, str]) -> Outcome:
+        count = scaled_count(100, b.scale, least=4)
+        ids = [f"uid://X1/X2/Xd{i}" for i in range(count)]
+        with alma_system(
+            b, topology="all-in-one", processes=2, concurrency=4, **backends
+        ) as system:
+            seconds, note = launch_all(system, ids)
+        embedded = b.results.get("alma-100-ous")
+        if backends and embedded is not None and embedded.wsrun_seconds:
+            note += f"; embedded (SQLite) in the same run {embedded.wsrun_seconds:.1f} s"
+        return scored(case, seconds, None, seconds / count, note + "; ratio = s/OUS")
+
+    return run
+
+
+def launch_all(system: Any, ids: list[str]) -> tuple[float, str]:
+    """Launch every OUS of ``ids`` at once and wait until all are Delivered, each
+    with exactly its five products, once, and no message left: the seconds it
+    took and a note."""
+    count = len(ids)
+    started = time.monotonic()
+    system.launch_many(ids)
+    deadline = started + 60 + 6 * count
+    while (states := system.states(ids)) and any(s != "Delivered" for s in states.values()):
+        if time.monotonic() > deadline:
+            bus = system.bus()
+            try:
+                dead = [f"{m.selector}: {m.error}" for m in bus.messages(status="dead", limit=3)]
+            finally:
+                bus.close()
+            raise CaseError(f"not all Delivered: {sorted(set(states.values()))}; dead: {dead}")
+        time.sleep(0.1)
+    seconds = time.monotonic() - started
+    system.settle()
+    archive = system.archive()
+    try:
+        products = archive.products()
+    finally:
+        archive.close()
+    with system.state_store() as store:
+        passes = [sum(c.state == "Delivered" for c in store.history("ous", o)) for o in ids]
+    unconsumed = system.messages()
+    data = [p for p in products if p.type == "alma_data_product"]
+    names = [p.filename for p in data]
+    if len(data) != 5 * count or len(set(names)) != len(names) or set(passes) != {1}:
+        raise CaseError(
+            f"{len(data)} products for {count} OUSs ({len(set(names))} distinct), "
+            f"delivered {sorted(set(passes))} times"
+        )
+    if unconsumed:
+        raise CaseError(f"messages left: {unconsumed}")
+    note = (
+        f"{count} OUSs, 2 workers x 4 runs: all Delivered, {len(data)} products, none lost or "
+        f"duplicated; {count / seconds:.1f} OUS/s"
+    )
+    return seconds, note
+
+
+COPY, TAR, NOOP = ("copy",), ("tar",), ("noop",)
+INGEST = ("ingestion-manifest", "ingest")
 CASES = [
     Case("copy-large", "copy 4 x 512 MiB vs cp -a", 1.10, COPY, copy_case("large")),
     Case("copy-small", "copy 20,000 files of 1-64 KiB vs cp -a", 1.3, COPY, copy_case("small")),
@@ -988,6 +1219,27 @@ CASES = [
         INGEST,
         ingest_case("staging_many"),
     ),
+    Case(
+        "ingest-pg",
+        "ingest 2 GiB staging area into PostgreSQL + files vs cp -a + sha256sum",
+        0.4,
+        INGEST,
+        ingest_case("staging", postgres=True),
+    ),
+    Case(
+        "jp2-lossless",
+        "lossless JPEG 2000 of 20 TIFFs of 20 MB vs opj_compress",
+        None,
+        ("find", "image-derivative"),
+        jp2_case,
+    ),
+    Case(
+        "s3-upload",
+        "s3-upload 16 x 16 MiB + 100 small files to local S3 (moto) vs boto3 upload_file",
+        round(1 / 0.9, 2),
+        ("s3-upload",),
+        s3_upload_case,
+    ),
     Case("help", "wsrun --help wall time (best of 5)", 0.25, (), help_case, "s"),
     Case("overhead", "engine overhead per noop step", 0.002, NOOP, overhead_case, "s/step"),
     Case("dry-run", "dry run of a copy of 100,000 files", 5.0, COPY, dry_run_case, "s"),
@@ -1014,6 +1266,35 @@ CASES = [
         "s",
     ),
     Case(
+        "bus-amqp-throughput",
+        "bus on RabbitMQ: 1 producer, 1 consumer vs bare pika (>= 0.7x)",
+        round(1 / 0.7, 2),
+        (),
+        amqp_throughput_case,
+    ),
+    Case(
+        "bus-amqp-latency",
+        "bus on RabbitMQ: publish-to-handler latency p99",
+        0.05,
+        ("publish",),
+        amqp_latency_case,
+        "s",
+    ),
+    Case(
+        "state-sqlite",
+        "state store: transitions/s, 4 worker processes, embedded SQLite",
+        None,
+        (),
+        state_transitions_case(postgres=False),
+    ),
+    Case(
+        "state-pg",
+        "state store: transitions/s, 4 worker processes, PostgreSQL",
+        None,
+        (),
+        state_transitions_case(postgres=True),
+    ),
+    Case(
         "alma-one-ous",
         "ALMA: one OUS from launch to Delivered, zero delays",
         None,
@@ -1025,21 +1306,14 @@ CASES = [
         "ALMA: 100 OUSs launched at once through 2 workers",
         None,
         ("alma-pipeline", "publish", "set-state"),
-        alma_many_case,
+        alma_many_case(scale_out=False),
     ),
     Case(
-        "jp2-lossless",
-        "lossless JPEG 2000 of 20 TIFFs of 20 MB vs opj_compress",
+        "alma-100-ous-pg-amqp",
+        "ALMA: 100 OUSs at once through 2 workers, PostgreSQL + RabbitMQ",
         None,
-        ("find", "image-derivative"),
-        jp2_case,
-    ),
-    Case(
-        "s3-upload",
-        "s3-upload 16 x 16 MiB + 100 small files to local S3 (moto) vs boto3 upload_file",
-        round(1 / 0.9, 2),
-        ("s3-upload",),
-        s3_upload_case,
+        ("alma-pipeline", "publish", "set-state"),
+        alma_many_case(scale_out=True),
     ),
 ]
 

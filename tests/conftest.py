@@ -102,8 +102,23 @@ def stat_snapshot(root: str) -> dict[str, tuple]:
     return out
 
 
+# The archive on each backend: embedded, PostgreSQL + directory, PostgreSQL + S3.
+from fixtures.archives import store_url  # noqa: E402, F401
+
+# PostgreSQL with a fresh schema per test (tests/fixtures/pgserver.py).
+from fixtures.pgserver import pg_empty_url, pg_server, pg_url  # noqa: E402, F401
+
 # moto's S3 server and a bucket per test (tests/fixtures/s3server.py).
 from fixtures.s3server import bucket, s3, s3_server  # noqa: E402, F401
+
+# wsrun serve in a thread, chromium through Playwright, screenshots on failure
+# (tests/fixtures/webserver.py).
+from fixtures.webserver import (  # noqa: E402, F401
+    browser_page,
+    chromium,
+    live_server,
+    pytest_runtest_makereport,
+)
 
 
 @pytest.fixture
@@ -114,3 +129,9 @@ def archivesspace():
 
     with FakeArchivesSpace() as fake:
         yield fake
+
+
+# The whole ALMA system on each set of backends (tests/fixtures/alma_backends.py), and
+# the bus on each backend: embedded SQLite and RabbitMQ (tests/fixtures/rabbitmq.py).
+from fixtures.alma_backends import alma_backends, scale_out_backends  # noqa: E402, F401
+from fixtures.rabbitmq import bus_backend, rabbitmq  # noqa: E402, F401

@@ -52,9 +52,14 @@ def history(id: str = OUS) -> list[Any]:
 # ---- the whole system, one process per component ------------------------------
 
 
-def test_one_ous_launched_passed_and_delivered_meets_the_seeds_checks(tmp_path: Path) -> None:
+def test_one_ous_launched_passed_and_delivered_meets_the_seeds_checks(
+    tmp_path: Path, alma_backends: dict[str, str]
+) -> None:
+    """On the embedded stores and on PostgreSQL + RabbitMQ (+ S3 for the
+    archive's files); "0 unconsumed messages" counts every queue, unrouted
+    messages included."""
     alma = demo()
-    system = alma.System(tmp_path / "alma", failure_rate=0.0, seed="1")
+    system = alma.System(tmp_path / "alma", failure_rate=0.0, seed="1", **alma_backends)
     try:
         system.start()
         system.launch(OUS)
@@ -264,6 +269,19 @@ def test_a_failing_pipeline_sets_processing_problem_and_a_relaunch_is_allowed(al
         "ProcessingProblem",
         "ReadyForProcessing",
     ]
+
+
+def test_a_driver_run_failing_after_taking_the_ous_leaves_a_processing_problem(alma) -> None:
+    """Not Processing for ever: a redelivery would be refused, so nobody would move it."""
+    assert alma.launch().code == 0
+    alma.eu.parent.mkdir(parents=True, exist_ok=True)
+    alma.eu.write_text("a file where the cache directory should be")
+    failed = alma.drive()
+    assert failed.code == 1 and "cache_products" in failed.err
+    ous = entity()
+    assert ous.state == "ProcessingProblem" and "cache_products" in ous.attributes["error"]
+    assert alma.launch().code == 0  # relaunch allowed
+    assert [c.state for c in history()][-2:] == ["ProcessingProblem", "ReadyForProcessing"]
 
 
 def test_unknown_ous_duplicate_launch_and_review_out_of_turn_are_refused_unchanged(

@@ -1,4 +1,5 @@
-"""The archive: content store + metadata database, all-or-nothing ingest, the CLI."""
+"""The archive: content store + metadata database, all-or-nothing ingest, the CLI,
+on every backend (``store_url``: embedded, PostgreSQL + directory, PostgreSQL + S3)."""
 
 from __future__ import annotations
 
@@ -12,11 +13,17 @@ import textwrap
 import time
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from conftest import ROOT, run_wsrun
 from fixtures import staging
+from fixtures.archives import BACKENDS, overwrite, stored, temp_left
+from wsrun import archive_content
+from wsrun.archive_content import LocalContent
+from wsrun.archive_meta import SqlMetadata
 from wsrun.archive_store import (
+    Archive,
     ArchiveError,
     ArchiveStore,
     IngestRequest,
@@ -33,17 +40,21 @@ def request(manifest: Path, reingest: bool = False) -> IngestRequest:
     return req
 
 
-def state(archive: LocalArchive) -> tuple[list[dict], list[str]]:
+def state(archive: Archive) -> tuple[list[dict], list[str]]:
     """Everything a reader of the archive can see: products and stored blobs."""
-    blobs = sorted(p.name for p in Path(archive.root, "files").rglob("*") if p.is_file())
+    blobs = sorted(archive.content.blobs())
     products = [archive.product(p.locator).to_json() for p in archive.products()]  # type: ignore[union-attr]
     return products, blobs
 
 
+#: What a database raises when a statement fails, on either metadata backend.
+DB_ERRORS = (sqlite3.Error, psycopg.Error)
+
+
 @pytest.fixture
-def archive(tmp_path: Path) -> LocalArchive:
-    store = ArchiveStore.open(f"sqlite://{tmp_path}/archive")
-    assert isinstance(store, LocalArchive)
+def archive(store_url: str) -> Archive:
+    store = ArchiveStore.open(store_url)
+    assert isinstance(store, Archive)
     yield store
     store.close()
 
@@ -52,7 +63,7 @@ def sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def test_store_and_verify(tmp_path: Path, archive: LocalArchive) -> None:
+def test_store_and_verify(tmp_path: Path, archive: Archive) -> None:
     manifest = staging.calibration(tmp_path / "cal")
     records = archive.ingest(request(manifest))
     assert [r.type for r in records] == ["calibration", "pipeline_weblog", "ingestion_artifacts"]
@@ -63,18 +74,20 @@ def test_store_and_verify(tmp_path: Path, archive: LocalArchive) -> None:
     assert [(f.name, f.size, f.sha256) for f in cal.files] == [
         (cal.filename, source.stat().st_size, sha(source))
     ]
-    blob = Path(archive.blob_path(sha(source)))
-    assert blob.read_bytes() == source.read_bytes()
-    assert blob.parent.name == sha(source)[2:4] and blob.parent.parent.name == sha(source)[:2]
+    assert stored(archive, sha(source)) == source.read_bytes()
+    if isinstance(archive.content, LocalContent):
+        blob = Path(archive.content.blob_path(sha(source)))
+        assert blob.parent.name == sha(source)[2:4] and blob.parent.parent.name == sha(source)[:2]
     assert not records[1].science and records[1].parent is None
     assert [p.locator for p in archive.products()] == [r.locator for r in records]
     assert archive.verify() == [] and archive.orphans() == []
-    assert not list(Path(archive.root, "tmp").iterdir())
-    db = sqlite3.connect(archive.db_path)
-    assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert temp_left(archive) == []
+    if isinstance(archive, LocalArchive):
+        db = sqlite3.connect(archive.db_path)
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 
-def test_get_verifies_checksums(tmp_path: Path, archive: LocalArchive) -> None:
+def test_get_verifies_checksums(tmp_path: Path, archive: Archive) -> None:
     manifest = staging.calibration(tmp_path / "cal")
     cal = archive.ingest(request(manifest))[0]
     out = tmp_path / "out"
@@ -85,16 +98,14 @@ def test_get_verifies_checksums(tmp_path: Path, archive: LocalArchive) -> None:
     archive.get(cal.locator, str(renamed))
     assert sha(renamed) == cal.files[0].sha256
 
-    blob = Path(archive.blob_path(cal.files[0].sha256))
-    blob.chmod(0o644)
-    blob.write_bytes(b"x" * cal.files[0].size)  # bit rot, same size
+    overwrite(archive, cal.files[0].sha256, b"x" * cal.files[0].size)  # bit rot, same size
     with pytest.raises(ArchiveError, match="fails its checksum"):
         archive.get(cal.locator, str(tmp_path / "bad.tar"))
     assert not (tmp_path / "bad.tar").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".wsrun-tmp")]
     [problem] = archive.verify()
     assert (problem.locator, problem.issue) == (cal.locator, "checksum mismatch")
-    blob.unlink()
+    archive.content.delete(cal.files[0].sha256)
     assert archive.verify()[0].issue == "missing"
     with pytest.raises(ArchiveError, match="missing"):
         archive.get(cal.locator, str(tmp_path / "bad.tar"))
@@ -102,7 +113,7 @@ def test_get_verifies_checksums(tmp_path: Path, archive: LocalArchive) -> None:
         archive.get("uid://evla/calibration/nope", str(out))
 
 
-def test_directory_product_round_trip(tmp_path: Path, archive: LocalArchive) -> None:
+def test_directory_product_round_trip(tmp_path: Path, archive: Archive) -> None:
     manifest = staging.observation(tmp_path / "obs")
     [eb] = archive.ingest(request(manifest))
     sdm = tmp_path / "obs" / eb.filename
@@ -119,7 +130,7 @@ def test_directory_product_round_trip(tmp_path: Path, archive: LocalArchive) -> 
         archive.get(eb.locator, str(out))
 
 
-def test_provenance_both_ways(tmp_path: Path, archive: LocalArchive) -> None:
+def test_provenance_both_ways(tmp_path: Path, archive: Archive) -> None:
     [eb] = archive.ingest(request(staging.observation(tmp_path / "obs")))
     cal = archive.ingest(request(staging.calibration(tmp_path / "cal", inputs=[eb.locator])))[0]
     images = archive.ingest(request(staging.image(tmp_path / "img", cal.locator)))
@@ -135,11 +146,11 @@ def test_provenance_both_ways(tmp_path: Path, archive: LocalArchive) -> None:
     manifest, products = archive.ingestion(science[0].locator)
     assert manifest["parameters"]["collection_name"] == "VLASS2.1"
     assert [p.locator for p in products] == [r.locator for r in images]
-    row = archive.db.execute("SELECT metadata FROM ingestions ORDER BY id DESC").fetchone()
+    row = archive.meta.q("SELECT metadata FROM {ingestions} ORDER BY id DESC")[0]
     assert "bands" in row[0]
 
 
-def test_missing_file_leaves_archive_unchanged(tmp_path: Path, archive: LocalArchive) -> None:
+def test_missing_file_leaves_archive_unchanged(tmp_path: Path, archive: Archive) -> None:
     archive.ingest(request(staging.observation(tmp_path / "obs")))
     before = state(archive)
     req = request(staging.calibration(tmp_path / "cal"))
@@ -151,30 +162,31 @@ def test_missing_file_leaves_archive_unchanged(tmp_path: Path, archive: LocalArc
 
 
 def test_checksum_mismatch_after_copy(
-    tmp_path: Path, archive: LocalArchive, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, archive: Archive, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     archive.ingest(request(staging.observation(tmp_path / "obs")))
     before = state(archive)
-    from wsrun import archive_store
-
-    real = archive_store.file_sha256
+    # The second read: the stored copy (or the source) on disk, the object read back from S3.
+    name = "file_sha256" if isinstance(archive.content, LocalContent) else "stored_sha256"
+    real = getattr(archive_content, name)
     calls = []
 
-    def flaky(path: str, buf: bytearray) -> str:
+    def flaky(path: str, *args: object) -> str:
         calls.append(path)
-        return "0" * 64 if len(calls) == 2 else real(path, buf)
+        return "0" * 64 if len(calls) == 2 else real(path, *args)
 
-    monkeypatch.setattr(archive_store, "file_sha256", flaky)
+    monkeypatch.setattr(archive_content, name, flaky)
     with pytest.raises(ArchiveError, match="checksum mismatch after copying"):
         archive.ingest(request(staging.calibration(tmp_path / "cal")))
     assert len(calls) == 2
     assert state(archive) == before
-    assert not list(Path(archive.root, "tmp").iterdir())
+    assert temp_left(archive) == []
 
 
+@pytest.mark.parametrize("store_url", ["embedded", "pg-local"], indirect=True)
 @pytest.mark.parametrize("size", [200_000, 2 << 20, 6 << 20])
 def test_a_corrupted_write_is_caught_by_the_independent_read(
-    tmp_path: Path, archive: LocalArchive, monkeypatch: pytest.MonkeyPatch, size: int
+    tmp_path: Path, archive: Archive, monkeypatch: pytest.MonkeyPatch, size: int
 ) -> None:
     """The check reads the other side of the copy, so bytes that landed wrong are
     caught whichever way (user-space buffer or kernel copy) the file was copied."""
@@ -203,10 +215,10 @@ def test_a_corrupted_write_is_caught_by_the_independent_read(
     with pytest.raises(ArchiveError, match="checksum mismatch after copying"):
         archive.ingest(request(manifest))
     assert state(archive) == ([], [])
-    assert not list(Path(archive.root, "tmp").iterdir())
+    assert temp_left(archive) == []
 
 
-def test_source_changed_during_ingest(tmp_path: Path, archive: LocalArchive) -> None:
+def test_source_changed_during_ingest(tmp_path: Path, archive: Archive) -> None:
     req = request(staging.calibration(tmp_path / "cal"))
     with open(tmp_path / "cal" / "weblog.tgz", "ab") as f:
         f.write(b"more")
@@ -215,34 +227,39 @@ def test_source_changed_during_ingest(tmp_path: Path, archive: LocalArchive) -> 
     assert state(archive) == ([], [])
 
 
-@pytest.mark.parametrize("fail_at", [1, 3, 6])
+@pytest.mark.parametrize(
+    ("store_url", "fail_at"),
+    # The file store only matters for the cleanup: S3 once.
+    [(b, n) for b in BACKENDS for n in (1, 3, 6) if b != "pg-s3" or n == 3],
+    indirect=["store_url"],
+)
 def test_database_error_mid_commit(
-    tmp_path: Path, archive: LocalArchive, monkeypatch: pytest.MonkeyPatch, fail_at: int
+    tmp_path: Path, archive: Archive, monkeypatch: pytest.MonkeyPatch, fail_at: int
 ) -> None:
     manifest = staging.calibration(tmp_path / "cal")
     archive.ingest(request(manifest))
     before = state(archive)
     (tmp_path / "cal" / "weblog.tgz").write_bytes(b"a new weblog")
-    real = LocalArchive._exec
+    real = SqlMetadata._exec
     calls = []
 
-    def failing(self: LocalArchive, sql: str, args: tuple = ()) -> sqlite3.Cursor:
+    def failing(self: SqlMetadata, sql: str, args: tuple = ()) -> list:
         calls.append(sql)
-        if len(calls) == fail_at:
-            raise sqlite3.OperationalError("disk I/O error")
+        if len(calls) == fail_at:  # the database refuses this statement
+            return real(self, "SELECT no_such_column FROM {files}")
         return real(self, sql, args)
 
-    monkeypatch.setattr(LocalArchive, "_exec", failing)
-    with pytest.raises(sqlite3.OperationalError):
+    monkeypatch.setattr(SqlMetadata, "_exec", failing)
+    with pytest.raises(DB_ERRORS, match="no_such_column"):
         archive.ingest(request(manifest, reingest=True))  # replaces: deletes, then inserts
     assert state(archive) == before
-    monkeypatch.setattr(LocalArchive, "_exec", real)
+    monkeypatch.setattr(SqlMetadata, "_exec", real)
     assert archive.verify() == []
     records = archive.ingest(request(manifest, reingest=True))  # and it still works
     assert records[1].files[0].size == len(b"a new weblog")
 
 
-def test_reingest_refused_then_replaces(tmp_path: Path, archive: LocalArchive) -> None:
+def test_reingest_refused_then_replaces(tmp_path: Path, archive: Archive) -> None:
     manifest = staging.calibration(tmp_path / "cal")
     first = archive.ingest(request(manifest))
     old_weblog = first[1].files[0].sha256
@@ -252,8 +269,8 @@ def test_reingest_refused_then_replaces(tmp_path: Path, archive: LocalArchive) -
     second = archive.ingest(request(manifest, reingest=True))
     assert {r.locator for r in second}.isdisjoint(r.locator for r in first)
     assert [p.locator for p in archive.products()] == [r.locator for r in second]
-    assert not os.path.exists(archive.blob_path(old_weblog))
-    assert os.path.exists(archive.blob_path(first[0].files[0].sha256))  # unchanged, kept
+    assert old_weblog not in archive.content.blobs()
+    assert first[0].files[0].sha256 in archive.content.blobs()  # unchanged, kept
     assert archive.verify() == [] and archive.orphans() == []
 
 
@@ -261,11 +278,12 @@ KILL_SCRIPT = """
 import os, sys, time
 from pathlib import Path
 sys.path[:0] = [{engine!r}, {tests!r}]
-from wsrun.archive_store import ArchiveStore, LocalArchive
+from wsrun.archive_store import ArchiveStore
+from wsrun.archive_meta import SqlMetadata
 from test_archive_store import request
 
 point = sys.argv[3]
-real_exec = LocalArchive._exec
+real_exec = SqlMetadata._exec
 calls = []
 
 def hang():
@@ -273,35 +291,49 @@ def hang():
     time.sleep(60)
 
 if point == "before-commit":
-    real_commit = LocalArchive._commit
-    def _commit(self, *args):
+    def commit(self, *args):
         hang()
-    LocalArchive._commit = _commit
+    SqlMetadata.commit = commit
 else:
     def _exec(self, sql, args=()):
         calls.append(sql)
         if len(calls) == 4:
             hang()
         return real_exec(self, sql, args)
-    LocalArchive._exec = _exec
+    SqlMetadata._exec = _exec
 archive = ArchiveStore.open(sys.argv[1])
 archive.ingest(request(Path(sys.argv[4]), reingest=True))
 """
 
 
-@pytest.mark.parametrize("point", ["before-commit", "mid-commit"])
-def test_killed_mid_ingest(tmp_path: Path, archive: LocalArchive, point: str) -> None:
+def script(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "script.py"
+    path.write_text(
+        textwrap.dedent(text).format(engine=str(ROOT / "engine"), tests=str(ROOT / "tests"))
+    )
+    return path
+
+
+@pytest.mark.parametrize(
+    ("store_url", "point"),
+    # The file store only matters for what was stored before the kill: S3 once.
+    [
+        (b, point)
+        for b in BACKENDS
+        for point in ("before-commit", "mid-commit")
+        if b != "pg-s3" or point == "before-commit"
+    ],
+    indirect=["store_url"],
+)
+def test_killed_mid_ingest(tmp_path: Path, store_url: str, archive: Archive, point: str) -> None:
     manifest = staging.calibration(tmp_path / "cal")
     archive.ingest(request(manifest))
     (tmp_path / "cal" / "weblog.tgz").write_bytes(b"a new weblog")
     before = state(archive)
-    script = tmp_path / "kill.py"
-    script.write_text(
-        textwrap.dedent(KILL_SCRIPT).format(engine=str(ROOT / "engine"), tests=str(ROOT / "tests"))
-    )
     marker = tmp_path / "hanging"
     proc = subprocess.Popen(
-        [sys.executable, str(script), archive.root, str(marker), point, str(manifest)]
+        [sys.executable, str(script(tmp_path, KILL_SCRIPT)), store_url, str(marker), point]
+        + [str(manifest)]
     )
     try:
         deadline = time.monotonic() + 30
@@ -312,11 +344,11 @@ def test_killed_mid_ingest(tmp_path: Path, archive: LocalArchive, point: str) ->
         os.kill(proc.pid, signal.SIGKILL)
     finally:
         proc.wait()
-    after = ArchiveStore.open(archive.root)
-    assert isinstance(after, LocalArchive)
+    after = ArchiveStore.open(store_url)
+    assert isinstance(after, Archive)
     products, blobs = state(after)
     assert products == before[0]
-    r = run_wsrun("archive", "verify", "--archive", archive.root, cwd=tmp_path)
+    r = run_wsrun("archive", "verify", "--archive", store_url, cwd=tmp_path)
     assert r.code == 0, r.out + r.err
     if after.orphans():
         assert "stored files no product refers to" in r.out
@@ -324,7 +356,7 @@ def test_killed_mid_ingest(tmp_path: Path, archive: LocalArchive, point: str) ->
     assert set(blobs) - set(before[1]) == set(after.orphans())
     after.ingest(request(manifest, reingest=True))
     assert after.orphans() == [] and after.verify() == []
-    assert not list(Path(archive.root, "tmp").iterdir())
+    assert temp_left(after) == []
 
 
 def test_urls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -345,9 +377,144 @@ def test_urls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert archive_url("/x", env=env) == "/x"
 
 
-def test_cli_commands(tmp_path: Path, archive: LocalArchive, cli) -> None:
+def test_postgres_urls(tmp_path: Path, pg_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("WSRUN_ARCHIVE_FILES", raising=False)
+    with pytest.raises(ArchiveError, match="needs a file store: add .files=s3://"):
+        ArchiveStore.open(pg_url)
+    monkeypatch.setenv("WSRUN_ARCHIVE_FILES", str(tmp_path / "files"))
+    store = ArchiveStore.open(pg_url)
+    assert isinstance(store.content, LocalContent)  # type: ignore[attr-defined]
+    assert store.content.root == str(tmp_path / "files")  # type: ignore[attr-defined]
+    # The embedded archive may keep its files elsewhere too.
+    split = ArchiveStore.open(f"sqlite://{tmp_path}/meta?files={tmp_path}/content")
+    [cal] = split.ingest(request(staging.calibration(tmp_path / "cal")))[:1]
+    assert (tmp_path / "meta" / "archive.db").is_file()
+    assert (tmp_path / "content" / "files" / cal.files[0].sha256[:2]).is_dir()
+
+
+def test_a_corrupted_upload_is_caught_by_reading_it_back(
+    tmp_path: Path, pg_url: str, s3, bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3.endpoint)
+    archive = ArchiveStore.open(f"{pg_url}&files=s3://{bucket}/archive")
+    assert isinstance(archive, Archive)
+    real_open = archive.content.fs.open  # type: ignore[attr-defined]
+
+    class Flipping:
+        """Writes every chunk with its first byte changed, as a faulty link might."""
+
+        def __init__(self, f) -> None:
+            self.f = f
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc) -> None:
+            self.f.__exit__(*exc)
+
+        def write(self, data: bytes) -> int:
+            return self.f.write(bytes([data[0] ^ 1]) + data[1:])
+
+    def faulty_open(path: str, mode: str = "rb", **kw):
+        f = real_open(path, mode, **kw)
+        return Flipping(f.__enter__()) if "w" in mode else f
+
+    monkeypatch.setattr(archive.content.fs, "open", faulty_open)  # type: ignore[attr-defined]
+    with pytest.raises(ArchiveError, match="checksum mismatch after copying"):
+        archive.ingest(request(staging.calibration(tmp_path / "cal")))
+    assert state(archive) == ([], []) and temp_left(archive) == []
+
+
+def test_a_store_failure_is_one_line(
+    tmp_path: Path, pg_url: str, s3, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3.endpoint)
+    archive = ArchiveStore.open(f"{pg_url}&files=s3://no-such-bucket-here/archive")
+    with pytest.raises(ArchiveError, match="^s3://no-such-bucket-here/archive: no such bucket$"):
+        archive.ingest(request(staging.calibration(tmp_path / "cal")))
+    assert archive.products() == []
+
+
+CONCURRENT_SCRIPT = """
+import sys, time
+from pathlib import Path
+sys.path[:0] = [{engine!r}, {tests!r}]
+from wsrun.archive_store import ArchiveError, ArchiveStore
+from test_archive_store import request
+
+url, start, manifest, reingest = sys.argv[1:5]
+archive = ArchiveStore.open(url)
+req = request(Path(manifest), reingest=reingest == "1")
+while not Path(start).exists():
+    time.sleep(0.005)
+try:
+    archive.ingest(req)
+    print("ingested")
+except ArchiveError as e:
+    print("refused:", e)
+"""
+
+
+@pytest.mark.parametrize("reingest", [False, True])
+def test_two_hosts_ingest_the_same_manifest_at_once(
+    tmp_path: Path, pg_url: str, reingest: bool
+) -> None:
+    """Two processes (as on two hosts) ingest one manifest at the same moment:
+    exactly one ingestion results; without reingest the other is refused."""
+    url = f"{pg_url}&files={tmp_path}/archive"
+    manifest = staging.calibration(tmp_path / "cal")
+    (tmp_path / "cal" / "big.tar").write_bytes(os.urandom(6 << 20))  # both copying at once
+    path = script(tmp_path, CONCURRENT_SCRIPT)
+    start = tmp_path / "start"
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(path), url, str(start), str(manifest), str(int(reingest))],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    time.sleep(0.5)
+    start.touch()
+    outs = sorted(p.communicate(timeout=60)[0].strip() for p in procs)
+    assert all(p.returncode == 0 for p in procs)
+    if reingest:
+        assert outs == ["ingested", "ingested"]
+    else:
+        assert outs[0] == "ingested" and outs[1].startswith("refused:")
+        assert "already ingested" in outs[1]
+    archive = ArchiveStore.open(url)
+    products = archive.products()
+    assert [p.type for p in products] == ["calibration", "pipeline_weblog", "ingestion_artifacts"]
+    assert archive.verify() == []
+    archive.sweep()
+    assert archive.orphans() == [] and temp_left(archive) == []
+
+
+def test_different_manifests_from_two_hosts_both_commit(tmp_path: Path, pg_url: str) -> None:
+    url = f"{pg_url}&files={tmp_path}/archive"
+    manifests = [staging.calibration(tmp_path / "cal"), staging.observation(tmp_path / "obs")]
+    path = script(tmp_path, CONCURRENT_SCRIPT)
+    start = tmp_path / "start"
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(path), url, str(start), str(m), "0"],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for m in manifests
+    ]
+    time.sleep(0.5)
+    start.touch()
+    assert [p.communicate(timeout=60)[0].strip() for p in procs] == ["ingested", "ingested"]
+    archive = ArchiveStore.open(url)
+    assert len([p for p in archive.products() if p.science]) == 2
+    assert archive.verify() == [] and archive.orphans() == []
+
+
+def test_cli_commands(tmp_path: Path, store_url: str, archive: Archive, cli) -> None:
     cal = archive.ingest(request(staging.calibration(tmp_path / "cal")))[0]
-    url = archive.root
+    url = store_url
     r = cli("archive", "ls", "--archive", url)
     assert r.code == 0 and cal.locator in r.out and "weblog.tgz  (ancillary)" in r.out
     r = cli("archive", "show", cal.locator, "--archive", url)
@@ -361,7 +528,7 @@ def test_cli_commands(tmp_path: Path, archive: LocalArchive, cli) -> None:
     assert r.code == 0 and sha(tmp_path / "got.tar") == cal.files[0].sha256
     r = cli("archive", "verify", "--archive", url)
     assert r.code == 0 and "3 products checked, 0 problems" in r.out
-    Path(archive.blob_path(cal.files[0].sha256)).unlink()
+    archive.content.delete(cal.files[0].sha256)
     r = cli("archive", "verify", "--archive", url)
     assert r.code == 1 and f"{cal.locator}: {cal.filename}: missing" in r.out
     assert cli("archive", "get", cal.locator, str(tmp_path / "x"), "--archive", url).code == 1

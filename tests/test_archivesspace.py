@@ -245,7 +245,12 @@ file_versions:
     doc = ok(run(cli, aspace, recipe(tmp_path, access)))
     uri = "/repositories/2/digital_objects/1"
     assert effects(doc) == [
-        {"op": "record", "path": uri, "action": "update", "digital_object_id": "MS01_001"}
+        {
+            "op": "record",
+            "path": "/repositories/2/digital_objects",
+            "action": "update",
+            "digital_object_id": "MS01_001",
+        }
     ]
     assert doc["outputs"]["result"] == {"uri": uri, "change": "updated"}
     [record] = aspace.digital_objects()
@@ -327,6 +332,62 @@ steps:
     }
     again = ok(cli(path, *args))
     assert again["status"] == "ok" and len(aspace.components()) == 1
+
+
+def test_a_dry_run_sees_records_planned_by_earlier_steps(
+    cli: Any, tmp_path: Path, aspace: FakeArchivesSpace
+) -> None:
+    """A digital object created and linked by one step, then updated by a later one:
+    the dry run plans the update (not a second create and link), like the real run."""
+    uris = aspace.seed_collection("MS01", "Papers", SERIES)
+    step = """
+  - id: {id}
+    uses: archivesspace
+    with:
+      url: "{url}"
+      username: admin
+      password: "{{{{ settings.password }}}}"
+      action: digital-object
+      digital_object_id: MS01_001
+      title: Letters, 1921
+      archival_object: {folder}
+      file_versions: {versions}
+      file_versions_mode: merge
+"""
+    steps = step.format(id="first", url=aspace.url, folder=uris["MS01_001"], versions="[]")
+    steps += step.format(
+        id="later",
+        url=aspace.url,
+        folder=uris["MS01_001"],
+        versions='[{file_uri: "https://islandora.example.edu/object/caltech:1"}]',
+    )
+    text = (
+        "recipe: twice\nsettings:\n  password: {name: distillery.aspace.password, secret: true}\n"
+    )
+    path = write(tmp_path / "twice.yaml", text + "steps:" + steps)
+    args = ["--set", f"distillery.aspace.password={aspace.password}", "--json"]
+    dry = ok(cli(path, *args, "--dry-run"))
+    assert aspace.writes() == []
+    real = ok(cli(path, *args))
+    planned = [(s["id"], s["effects"]) for s in dry["steps"]]
+    assert planned == [(s["id"], s["effects"]) for s in real["steps"]]
+    assert [[e["action"] for e in effects] for _, effects in planned] == [
+        ["create", "link"],
+        ["update"],
+    ]
+    [record] = aspace.digital_objects()
+    assert [v["file_uri"] for v in record["file_versions"]] == [
+        "https://islandora.example.edu/object/caltech:1"
+    ]
+    assert record["lock_version"] == 1  # created, then updated once
+    find = "action: find-digital-object\ndigital_object_id: MS01_001\n"
+    found = ok(run(cli, aspace, recipe(tmp_path, find)))["outputs"]["result"]["digital_object"]
+    assert found["uri"] == record["uri"] and found["title"] == "Letters, 1921"
+    assert [v["file_uri"] for v in found["file_versions"]] == [
+        "https://islandora.example.edu/object/caltech:1"
+    ]
+    missing = ok(run(cli, aspace, recipe(tmp_path, find.replace("MS01_001", "MS01_404"))))
+    assert missing["outputs"]["result"]["digital_object"] is None
 
 
 def test_wrong_password_is_one_line_without_the_password(

@@ -11,18 +11,24 @@ import sys
 import threading
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 
 from conftest import write
-from wsrun.bus import BusTimeout, bus_url, matches, open_bus
-from wsrun.bus.base import BusError, retry_delay
-from wsrun.bus.sqlite import SqliteBus, sqlite_path
+from wsrun.bus import Bus, BusTimeout, bus_url, matches, open_bus
+from wsrun.bus.base import BusError, mask, retry_delay, unconsumed
+from wsrun.bus.sqlite import sqlite_path
 
 
 @pytest.fixture
-def bus(tmp_path: Path) -> SqliteBus:
-    return SqliteBus(str(tmp_path / "bus.db"), backoff=0.05, max_attempts=3)
+def bus(bus_backend: str) -> Bus:
+    """The bus on each backend (embedded, RabbitMQ), retrying after 0.05 s, 3 attempts."""
+    return open_bus(bus_backend)
+
+
+def is_amqp(bus: Bus) -> bool:
+    return bus.url.startswith("amqp")
 
 
 @pytest.mark.parametrize(
@@ -47,7 +53,7 @@ def test_selector_patterns_follow_rabbitmq_topic_rules(pattern, selector, expect
     assert matches(pattern, selector) is expected
 
 
-def test_publish_copies_the_message_to_every_matching_queue(bus: SqliteBus) -> None:
+def test_publish_copies_the_message_to_every_matching_queue(bus: Bus) -> None:
     bus.declare_queue("eu", ["cached.EU"])
     bus.declare_queue("any-cache", ["cached.*"])
     bus.declare_queue("other", ["pipeline.#"])
@@ -55,11 +61,12 @@ def test_publish_copies_the_message_to_every_matching_queue(bus: SqliteBus) -> N
     assert bus.counts() == {"any-cache": {"ready": 1}, "eu": {"ready": 1}, "other": {}}
     got = bus.claim("eu", "c1")
     assert got is not None and got.body == {"name": "weblog.zip"} and got.selector == "cached.EU"
+    assert json.loads(json.dumps(got.to_json()))["queue"] == "eu"  # no backend handle in it
     assert bus.claim("eu", "c1") is None
     assert bus.claim("other", "c1") is None
 
 
-def test_bad_selectors_and_patterns_are_refused(bus: SqliteBus) -> None:
+def test_bad_selectors_and_patterns_are_refused(bus: Bus) -> None:
     with pytest.raises(BusError, match="no wildcards"):
         bus.publish("cached.*", {})
     with pytest.raises(BusError, match="dotted words"):
@@ -70,7 +77,7 @@ def test_bad_selectors_and_patterns_are_refused(bus: SqliteBus) -> None:
         bus.publish("a.b", [1, 2])  # type: ignore[arg-type]
 
 
-def test_a_message_nobody_listens_to_yet_waits_for_the_first_matching_queue(bus: SqliteBus) -> None:
+def test_a_message_nobody_listens_to_yet_waits_for_the_first_matching_queue(bus: Bus) -> None:
     id = bus.publish("pipeline.process.EU", {"ousUID": "uid://X1/X1/Xb2"})
     assert bus.counts() == {"": {"ready": 1}}
     assert bus.get(id).queue == ""
@@ -85,8 +92,8 @@ def test_a_message_nobody_listens_to_yet_waits_for_the_first_matching_queue(bus:
 
 CONSUMER = """
 import sys, time
-from wsrun.bus.sqlite import SqliteBus
-bus = SqliteBus(sys.argv[1])
+from wsrun.bus import open_bus
+bus = open_bus(sys.argv[1])
 name, out = sys.argv[2], open(sys.argv[3], "w")
 idle_since = time.monotonic()
 while time.monotonic() - idle_since < 1.5:
@@ -101,14 +108,14 @@ while time.monotonic() - idle_since < 1.5:
 """
 
 
-def test_each_message_is_handled_exactly_once_by_four_consumer_processes(tmp_path: Path) -> None:
-    path = str(tmp_path / "bus.db")
-    bus = SqliteBus(path)
+def test_each_message_is_handled_exactly_once_by_four_consumer_processes(
+    tmp_path: Path, bus: Bus
+) -> None:
     bus.declare_queue("work", ["job.*"])
     total = 400
     outs = [tmp_path / f"consumer{i}.txt" for i in range(4)]
     procs = [
-        subprocess.Popen([sys.executable, "-c", CONSUMER, path, f"c{i}", str(out)])
+        subprocess.Popen([sys.executable, "-c", CONSUMER, bus.url, f"c{i}", str(out)])
         for i, out in enumerate(outs)
     ]
     for n in range(total):
@@ -118,39 +125,64 @@ def test_each_message_is_handled_exactly_once_by_four_consumer_processes(tmp_pat
     handled = [int(line) for out in outs for line in out.read_text().split()]
     assert sorted(handled) == list(range(total))  # none lost, none twice
     assert sum(1 for out in outs if out.read_text()) >= 2  # the work was really shared
-    assert bus.counts()["work"] == {"done": total}
+    assert unconsumed(bus.counts()) == 0
+    assert bus.counts()["work"] == ({} if is_amqp(bus) else {"done": total})
 
 
 HOLDER = """
 import sys, time
-from wsrun.bus.sqlite import SqliteBus
-bus = SqliteBus(sys.argv[1])
+from wsrun.bus import open_bus
+bus = open_bus(sys.argv[1])
 m = bus.claim("work", "doomed", lease=float(sys.argv[2]))
 print(m.id, flush=True)
 time.sleep(60)
 """
 
 
-def test_a_killed_consumers_message_is_redelivered_after_its_lease(tmp_path: Path) -> None:
-    path = str(tmp_path / "bus.db")
-    bus = SqliteBus(path)
+def test_a_killed_consumers_message_is_redelivered(bus: Bus) -> None:
+    """Embedded: when the claim's lease runs out. RabbitMQ: when the consumer's
+    connection closes, at once."""
     bus.declare_queue("work", ["job.*"])
     id = bus.publish("job.run", {"n": 1})
     holder = subprocess.Popen(
-        [sys.executable, "-c", HOLDER, path, "0.5"], stdout=subprocess.PIPE, text=True
+        [sys.executable, "-c", HOLDER, bus.url, "0.5"], stdout=subprocess.PIPE, text=True
     )
     assert holder.stdout is not None
     assert holder.stdout.readline().strip() == id
     os.kill(holder.pid, signal.SIGKILL)
     holder.wait()
-    assert bus.claim("work", "survivor") is None  # the lease still runs
+    if not is_amqp(bus):
+        assert bus.claim("work", "survivor") is None  # the lease still runs
     assert bus.wait("work", 5.0)  # wakes when the lease ends
     again = bus.claim("work", "survivor")
     assert again is not None and again.id == id and again.attempts == 2
     assert again.consumer == "survivor"
 
 
-def test_a_lease_can_be_renewed_while_the_work_goes_on(bus: SqliteBus) -> None:
+def test_a_message_whose_consumers_keep_dying_is_parked_dead(rabbitmq: str) -> None:
+    """RabbitMQ has no lease to run out: a redelivery counts as an attempt, and
+    one past the last attempt is parked dead instead of killing the next consumer."""
+    from fixtures.rabbitmq import amqp_url
+
+    bus = open_bus(amqp_url(rabbitmq, "max_attempts=1"))
+    try:
+        bus.declare_queue("work", ["job.*"])
+        id = bus.publish("job.run", {"n": 1})
+        holder = subprocess.Popen(
+            [sys.executable, "-c", HOLDER, bus.url, "60"], stdout=subprocess.PIPE, text=True
+        )
+        assert holder.stdout is not None and holder.stdout.readline().strip() == id
+        os.kill(holder.pid, signal.SIGKILL)
+        holder.wait()
+        bus.wait("work", 5.0)
+        assert bus.claim("work", "survivor") is None
+        dead = bus.get(id)
+        assert dead.status == "dead" and "consumer stopped without finishing" in dead.error
+    finally:
+        bus.destroy()
+
+
+def test_a_lease_can_be_renewed_while_the_work_goes_on(bus: Bus) -> None:
     bus.declare_queue("q", ["a.b"])
     bus.publish("a.b", {})
     m = bus.claim("q", "slow", lease=0.3)
@@ -160,20 +192,24 @@ def test_a_lease_can_be_renewed_while_the_work_goes_on(bus: SqliteBus) -> None:
         assert bus.extend(m, 0.3)
     assert bus.claim("q", "other") is None
     bus.ack(m)
-    assert bus.get(m.id).status == "done"
+    assert bus.claim("q", "other") is None and unconsumed(bus.counts()) == 0
 
 
-def test_failures_are_retried_with_back_off_then_parked_dead_and_resent(bus: SqliteBus) -> None:
+def test_failures_are_retried_with_back_off_then_parked_dead_and_resent(bus: Bus) -> None:
     bus.declare_queue("q", ["a.b"])
     id = bus.publish("a.b", {"x": 1})
-    for attempt in (1, 2):
-        m = bus.claim("q", "w")
-        assert m is not None and m.attempts == attempt
-        assert bus.fail(m, f"boom {attempt}") == "ready"
-        assert bus.claim("q", "w") is None  # backing off
-        assert m.available - time.time() <= retry_delay(attempt, 0.05)
-        assert bus.wait("q", 2.0)
     m = bus.claim("q", "w")
+    for attempt in (1, 2):
+        assert m is not None and m.attempts == attempt
+        failed = time.time()
+        assert bus.fail(m, f"boom {attempt}") == "ready"
+        assert m.available - time.time() <= retry_delay(attempt, 0.05)
+        m = bus.claim("q", "w")
+        if m is None:  # backing off
+            assert bus.wait("q", 2.0)
+            m = bus.claim("q", "w")
+        assert time.time() - failed >= retry_delay(attempt, 0.05) * 0.9
+        assert m.error == f"boom {attempt}"
     assert m is not None and m.attempts == 3
     assert bus.fail(m, "boom 3") == "dead"
     dead = bus.get(id)
@@ -183,19 +219,20 @@ def test_failures_are_retried_with_back_off_then_parked_dead_and_resent(bus: Sql
     resent = bus.resend(id)
     assert resent.status == "ready" and resent.attempts == 0
     assert bus.claim("q", "w").id == id
-    with pytest.raises(BusError, match="only dead or done"):
+    with pytest.raises(BusError, match="only dead or done|no dead message"):
         bus.resend(id)
 
 
-def test_an_invalid_message_can_be_parked_dead_at_once(bus: SqliteBus) -> None:
+def test_an_invalid_message_can_be_parked_dead_at_once(bus: Bus) -> None:
     bus.declare_queue("q", ["a.b"])
     bus.publish("a.b", {"bad": True})
     m = bus.claim("q", "w")
     assert bus.fail(m, "input 'x' is required", retry=False) == "dead"
     assert bus.get(m.id).attempts == 1
+    assert bus.counts()["q"] == {"dead": 1} and unconsumed(bus.counts()) == 1
 
 
-def test_release_returns_a_claim_without_counting_the_attempt(bus: SqliteBus) -> None:
+def test_release_returns_a_claim_without_counting_the_attempt(bus: Bus) -> None:
     bus.declare_queue("q", ["a.b"])
     bus.publish("a.b", {})
     m = bus.claim("q", "w")
@@ -204,7 +241,7 @@ def test_release_returns_a_claim_without_counting_the_attempt(bus: SqliteBus) ->
     assert again.id == m.id and again.attempts == 1
 
 
-def _responder(bus: SqliteBus, stop: threading.Event) -> None:
+def _responder(bus: Bus, stop: threading.Event) -> None:
     while not stop.is_set():
         m = bus.claim("xtss", "server")
         if m is None:
@@ -214,7 +251,7 @@ def _responder(bus: SqliteBus, stop: threading.Event) -> None:
         bus.ack(m)
 
 
-def test_call_gets_the_reply_and_times_out_without_one(bus: SqliteBus) -> None:
+def test_call_gets_the_reply_and_times_out_without_one(bus: Bus) -> None:
     bus.declare_queue("xtss", ["xtss"])
     stop = threading.Event()
     server = threading.Thread(target=_responder, args=(bus, stop))
@@ -232,7 +269,7 @@ def test_call_gets_the_reply_and_times_out_without_one(bus: SqliteBus) -> None:
     assert not [q for q in bus.queues() if q.startswith("reply.")]  # reply queues removed
 
 
-def test_publish_to_handler_latency_is_small(bus: SqliteBus) -> None:
+def test_publish_to_handler_latency_is_small(bus: Bus) -> None:
     """A smoke test with generous bounds; bench/run.py measures the real figures."""
     bus.declare_queue("q", ["lat.x"])
     seen: list[float] = []
@@ -341,21 +378,23 @@ def test_publish_and_call_steps_send_only_in_a_real_run(cli, tmp_path: Path) -> 
     assert message.headers == {"by": "test"}
 
 
-def test_state_changes_are_relayed_once_with_their_fields(bus: SqliteBus) -> None:
+def test_state_changes_are_relayed_once_with_their_fields(bus: Bus) -> None:
     from wsrun.bus.events import relay_state_changes
     from wsrun.state import open_state_store
 
     store = open_state_store()
+    store.transition("ous", "X0", state="Verified", create=True)
+    assert relay_state_changes(store, bus, "relay-0") == 1
+    assert bus.counts() == {}  # nobody subscribed: dropped, not kept unrouted
     bus.declare_queue("tracker", ["state.ous.*"])
     store.transition("ous", "X1", state="Verified", create=True)
     store.transition("ous", "X1", state="DeliveryInProgress", substate="IngestionTriggered")
     assert relay_state_changes(store, bus, "relay-1") == 2
     assert relay_state_changes(store, bus, "relay-2") == 0  # published once only
-    bodies = [m.body for m in reversed(bus.messages(queue="tracker"))]
-    assert [m.selector for m in reversed(bus.messages(queue="tracker"))] == [
-        "state.ous.Verified",
-        "state.ous.DeliveryInProgress",
-    ]
+    got = [bus.claim("tracker", "t"), bus.claim("tracker", "t")]
+    assert bus.claim("tracker", "t") is None  # the change before the queue was not kept
+    assert [m.selector for m in got] == ["state.ous.Verified", "state.ous.DeliveryInProgress"]
+    bodies = [m.body for m in got]
     last = bodies[1]
     assert {k: last[k] for k in ("kind", "id", "state", "substate", "from_state")} == {
         "kind": "ous",
@@ -376,3 +415,94 @@ def test_state_changes_are_relayed_once_with_their_fields(bus: SqliteBus) -> Non
         "at",
     }
     assert bodies[0]["seq"] < last["seq"]
+
+
+def test_unrouted_messages_are_kept_unless_told_otherwise(bus: Bus) -> None:
+    kept = bus.publish("pipeline.process.EU", {"n": 1})
+    bus.publish("pipeline.process.EU", {"n": 2}, keep_unrouted=False)
+    assert bus.counts() == {"": {"ready": 1}} and unconsumed(bus.counts()) == 1
+    assert [m.id for m in bus.messages(queue="")] == [kept]
+    bus.declare_queue("driver", ["pipeline.#"])
+    assert bus.claim("driver", "w").body == {"n": 1}
+    assert bus.claim("driver", "w") is None
+
+
+def test_purge_removes_old_messages_of_a_status(bus: Bus, cli) -> None:
+    bus.declare_queue("q", ["a.b"])
+    for n in range(3):
+        bus.publish("a.b", {"n": n})
+    for status in ("done", "dead"):
+        m = bus.claim("q", "w")
+        bus.ack(m) if status == "done" else bus.fail(m, "bad", retry=False)
+    bus.publish("nobody.home", {})
+    url = bus.url
+    assert (
+        cli("bus", "purge", "--older-than", "1d", "--bus", url).out == "0 done messages removed\n"
+    )
+    done = cli("bus", "purge", "--bus", url)
+    assert done.out == ("0 done messages removed\n" if is_amqp(bus) else "1 done message removed\n")
+    assert cli("bus", "purge", "--status", "dead", "--bus", url).out.startswith("1 dead message ")
+    unrouted = cli("bus", "purge", "--status", "ready", "--queue", "", "--bus", url)
+    assert unrouted.out == "1 ready message removed\n"
+    assert bus.counts() == {"q": {"ready": 1}}
+    refused = cli("bus", "purge", "--status", "claimed", "--bus", url)
+    assert refused.code == 2 and "cannot purge 'claimed'" in refused.err
+    assert cli("bus", "purge", "--older-than", "soon", "--bus", url).code == 2
+
+
+def test_done_messages_past_the_retention_are_removed(tmp_path: Path) -> None:
+    bus = open_bus(f"sqlite:///{tmp_path}/kept.db?retention=0.2s")
+    assert bus.retention == 0.2
+    bus.declare_queue("q", ["a.b"])
+    first = bus.publish("a.b", {})
+    bus.ack(bus.claim("q", "w"))
+    assert bus.counts()["q"] == {"done": 1}  # younger than the retention: kept
+    time.sleep(0.3)
+    second = bus.publish("a.b", {})
+    bus._next_prune = 0.0  # the next ack looks again (once a minute otherwise)
+    bus.ack(bus.claim("q", "w"))
+    assert [m.id for m in bus.messages(queue="q")] == [second]
+    assert bus.get(first) is None
+    with pytest.raises(BusError, match="invalid duration"):
+        open_bus(f"sqlite:///{tmp_path}/x.db?retention=forever")
+
+
+def test_the_rabbitmq_password_never_shows(rabbitmq: str, tmp_path: Path, cli) -> None:
+    from fixtures.rabbitmq import amqp_url
+
+    assert mask("amqp://wsrun:s3cret@mq:5672/%2F") == "amqp://wsrun:****@mq:5672/%2F"
+    wrong = amqp_url(rabbitmq.replace(":guest@", ":s3cret-pw@"))
+    with pytest.raises(BusError) as refused:
+        open_bus(wrong)
+    assert "s3cret-pw" not in str(refused.value) and "****" in str(refused.value)
+    assert "login refused" in str(refused.value)
+    sent = cli("bus", "send", "a.b", "{}", "--bus", wrong)
+    assert sent.code == 2 and "s3cret-pw" not in sent.err + sent.out
+    url = amqp_url(rabbitmq)
+    password = urlsplit(url).password
+    try:
+        write(tmp_path / "noop.yaml", "recipe: noop\non: {message: a.b}\nsteps: [{uses: noop}]\n")
+        log = tmp_path / "worker.log"
+        with open(log, "w") as err:
+            worker = subprocess.Popen(
+                [sys.executable, "-m", "wsrun", "worker", "noop.yaml", "--bus", url],
+                cwd=tmp_path,
+                stderr=err,
+            )
+        deadline = time.monotonic() + 20
+        while "listening:" not in log.read_text() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        open_bus(url).publish("a.b", {})
+        while "message" not in log.read_text() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(timeout=20) == 0
+        text = log.read_text()
+        assert "bus amqp://guest:****@127.0.0.1" in text and f":{password}@" not in text
+        shown = cli("bus", "queues", "--bus", url)
+        assert shown.code == 0 and f":{password}@" not in shown.out + shown.err
+        assert "noop:a.b" in shown.out
+    finally:
+        from wsrun.bus.amqp import AmqpBus
+
+        AmqpBus(url).destroy()

@@ -1,4 +1,5 @@
-"""The ``ingest`` step: manifest checks, faithful dry runs, idempotence, reingest."""
+"""The ``ingest`` step: manifest checks, faithful dry runs, idempotence, reingest,
+on every archive backend."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import pytest
 
 from conftest import snapshot, write
 from fixtures import staging
+from fixtures.archives import BACKENDS, backend_url
 from wsrun.archive_store import ArchiveStore
 from wsrun.fs import WorldView
 from wsrun.step import StepError
@@ -20,11 +22,17 @@ def archive_files(root: Path) -> dict[str, tuple[str, int]]:
     return {k: v for k, v in snapshot(root).items() if not k.endswith(("-wal", "-shm"))}
 
 
-@pytest.fixture
-def url(tmp_path: Path) -> str:
-    return f"sqlite://{tmp_path}/archive"
+@pytest.fixture(params=["embedded", "pg-local"])
+def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The archive on the embedded backend and on PostgreSQL + a directory; the tests
+    where the file store matters run on PostgreSQL + S3 too (``ON_EVERY_BACKEND``)."""
+    return backend_url(request, request.param, tmp_path)
 
 
+ON_EVERY_BACKEND = pytest.mark.parametrize("url", BACKENDS, indirect=True)
+
+
+@ON_EVERY_BACKEND
 def test_real_run_ingests(tmp_path: Path, url: str) -> None:
     manifest = staging.calibration(tmp_path / "cal")
     plan, result = run_step("ingest", {"manifest": str(manifest), "archive": url}, str(tmp_path))
@@ -63,6 +71,7 @@ def test_default_archive_is_under_wsrun_home(tmp_path: Path, wsrun_home: Path) -
     assert (wsrun_home / "archive" / "archive.db").is_file()
 
 
+@ON_EVERY_BACKEND
 def test_dry_run_changes_nothing_and_matches(tmp_path: Path, url: str) -> None:
     manifest = staging.image(tmp_path / "img", staging.EB_LOCATOR)
     params = {"manifest": str(manifest), "archive": url}
@@ -90,6 +99,7 @@ def test_second_run_is_ok(tmp_path: Path, url: str) -> None:
     assert archive_files(tmp_path / "archive") == archive_before
 
 
+@ON_EVERY_BACKEND
 def test_reingest(tmp_path: Path, url: str) -> None:
     manifest = staging.calibration(tmp_path / "cal")
     params = {"manifest": str(manifest), "archive": url}
@@ -395,6 +405,7 @@ def test_envoy_observation_image_and_seci(tmp_path: Path, cli, wsrun_home: Path)
     assert main([]) == 2 and main(["--image", "a", "--calibration", "b"]) == 2
 
 
+@ON_EVERY_BACKEND
 def test_timeout_mid_ingest_leaves_archive_unchanged(tmp_path: Path, url: str) -> None:
     from wsrun.step import StepContext, load_step
 
@@ -406,3 +417,12 @@ def test_timeout_mid_ingest_leaves_archive_unchanged(tmp_path: Path, url: str) -
         module.apply(plan, ctx)
     archive = ArchiveStore.open(url)
     assert archive.products() == [] and archive.orphans() == []
+
+
+def test_a_password_in_the_archive_url_stays_out_of_plans(tmp_path: Path, pg_url: str) -> None:
+    url = pg_url.replace("postgres@", "postgres:s3cret@") + f"&files={tmp_path}/archive"
+    params = {"manifest": str(staging.calibration(tmp_path / "cal")), "archive": url}
+    plan, result = run_step("ingest", params, str(tmp_path))
+    shown = json.dumps([effect_dicts(plan.effects), plan.outputs, result.outputs])
+    assert "s3cret" not in shown and "postgres:****@" in shown
+    assert len(ArchiveStore.open(url).products()) == 3

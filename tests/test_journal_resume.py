@@ -1,4 +1,5 @@
-"""The run journal: concurrent runs, listing, and resume after a crash."""
+"""The run journal: concurrent runs, listing, and resume after a crash, on the
+embedded SQLite journal and on PostgreSQL."""
 
 from __future__ import annotations
 
@@ -6,13 +7,28 @@ import hashlib
 import json
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from conftest import run_wsrun, write
+from wsrun.journal import Journal
+
+
+@pytest.fixture(autouse=True, params=["sqlite", "postgresql"])
+def journal_url(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str | None:
+    """Each test once on the default journal and once on PostgreSQL
+    ($WSRUN_JOURNAL_URL, which the subprocesses inherit)."""
+    if request.param == "sqlite":
+        monkeypatch.delenv("WSRUN_JOURNAL_URL", raising=False)
+        return None
+    url = request.getfixturevalue("pg_url")
+    monkeypatch.setenv("WSRUN_JOURNAL_URL", url)
+    return url
+
 
 COPY_RECIPE = """
 recipe: bigcopy
@@ -44,6 +60,7 @@ def digest_tree(root: Path) -> dict[str, str]:
     }
 
 
+@pytest.mark.parametrize("journal_url", ["sqlite"], indirect=True)  # PostgreSQL: the test below
 def test_sigkill_mid_copy_then_resume(tmp_path: Path, wsrun_home: Path) -> None:
     src = tmp_path / "src"
     make_tree(src, 2000, 32 * 1024)
@@ -122,7 +139,9 @@ def test_resume_skips_finished_steps(cli, tmp_path: Path) -> None:
     assert r.code == 0 and "nothing to resume" in r.out
 
 
-def test_concurrent_runs_share_the_journal(tmp_path: Path, wsrun_home: Path) -> None:
+def test_concurrent_runs_share_the_journal(
+    tmp_path: Path, wsrun_home: Path, journal_url: str | None
+) -> None:
     steps = "\n".join(f"  - {{id: s{i}, uses: noop, with: {{i: {i}}}}}" for i in range(300))
     recipe = tmp_path / "many.yaml"
     recipe.write_text(f"recipe: many\nsteps:\n{steps}\n")
@@ -140,11 +159,16 @@ def test_concurrent_runs_share_the_journal(tmp_path: Path, wsrun_home: Path) -> 
     for p in procs:
         _, err = p.communicate(timeout=120)
         assert p.returncode == 0, err
-    db = sqlite3.connect(wsrun_home / "journal.db")
-    assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-    rows = db.execute("SELECT run_id, count(*) FROM steps GROUP BY run_id").fetchall()
-    assert len(rows) == 3 and all(n == 300 for _, n in rows)
-    assert {s for (s,) in db.execute("SELECT status FROM runs")} == {"ok"}
+    journal = Journal()
+    runs = journal.runs()
+    assert len(runs) == 3 and {r.status for r in runs} == {"ok"}
+    for r in runs:
+        steps = journal.steps(r.id)
+        assert [s["key"] for s in steps] == [f"s{i}" for i in range(300)]
+        assert {s["status"] for s in steps} == {"ok"}
+    if journal_url is None:
+        db = journal.tables.db  # type: ignore[union-attr]
+        assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
 
 
 def test_runs_listing_and_show(cli, tmp_path: Path) -> None:
@@ -165,3 +189,54 @@ def test_runs_listing_and_show(cli, tmp_path: Path) -> None:
     r = cli("runs", "show", run_id[-8:])
     assert r.code == 0 and "one" in r.out and "noop" in r.out
     assert cli("runs", "show", "nonexistent").code == 2
+
+
+def test_a_run_of_another_host_is_not_called_interrupted(tmp_path: Path) -> None:
+    journal = Journal()
+    journal.start_run("r-elsewhere", "x", "/r.yaml", {}, {}, False, str(tmp_path))
+    sql = journal.sql("UPDATE {runs} SET pid=?, host=? WHERE id=?")
+    journal.tables.write([(sql, (2**22 + 1, "another-host", "r-elsewhere"))])
+    record = journal.run("r-elsewhere")
+    assert record is not None and record.host == "another-host"
+    assert record.shown_status == "running"  # its process cannot be seen from here
+    journal.tables.write([(sql, (2**22 + 1, record_host(), "r-elsewhere"))])
+    assert journal.run("r-elsewhere").shown_status == "interrupted"  # type: ignore[union-attr]
+
+
+def record_host() -> str:
+    from wsrun.journal import HOST
+
+    return HOST
+
+
+def test_a_killed_run_is_interrupted_then_resumed(tmp_path: Path, wsrun_home: Path) -> None:
+    marker = tmp_path / "marker"
+    recipe = write(
+        tmp_path / "r.yaml",
+        f"""
+        recipe: waits
+        steps:
+          - {{id: first, uses: mkdir, with: {{path: "{tmp_path}/made"}}}}
+          - {{id: wait, uses: wait-files, with: {{paths: ["{marker}"], timeout: 60}}}}
+          - {{id: after, uses: mkdir, with: {{path: "{tmp_path}/after"}}}}
+    """,
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "wsrun", str(recipe), "-q"],
+        cwd=tmp_path,
+        env={**os.environ, "WSRUN_HOME": str(wsrun_home)},
+    )
+    deadline = time.monotonic() + 30
+    while not (tmp_path / "made").is_dir():  # then it waits for the marker
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.02)
+    time.sleep(0.3)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    [run] = json.loads(run_wsrun("runs", "--json", cwd=tmp_path).out)
+    assert run["status"] == "interrupted"
+    marker.touch()
+    r = run_wsrun("resume", run["id"], cwd=tmp_path)
+    assert r.code == 0, r.err
+    assert (tmp_path / "after").is_dir()
+    assert Journal().run(run["id"]).status == "changed"  # type: ignore[union-attr]

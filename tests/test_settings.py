@@ -97,3 +97,25 @@ def test_secrets_are_masked_in_output_and_journal(cli, tmp_path: Path, wsrun_hom
     assert "hunter2" not in shown.out
     for f in wsrun_home.glob("journal.db*"):
         assert b"hunter2" not in f.read_bytes()
+
+
+def test_url_passwords_in_settings_are_masked(cli, tmp_path: Path, wsrun_home: Path) -> None:
+    """A URL setting is not secret by its name, but the password inside it is."""
+    url = "postgresql://wsrun:hunter2@db.example/archive?files=s3://key:s3cret@bucket/a"
+    write(tmp_path / "capo" / "prod.properties", f"edu.nrao.archive.url={url}\n")
+    recipe = write(
+        tmp_path / "r.yaml",
+        """
+        recipe: url
+        settings:
+          archive: edu.nrao.archive.url
+        steps:
+          - uses: noop
+    """,
+    )
+    assert cli(recipe, "--profile", "prod").code == 0
+    shown = cli("settings", "edu.nrao.archive.url", "--profile", "prod").out
+    assert "postgresql://wsrun:****@db.example/archive?files=s3://key:****@bucket/a" in shown
+    for f in wsrun_home.glob("journal.db*"):
+        data = f.read_bytes()
+        assert b"hunter2" not in data and b"s3cret" not in data

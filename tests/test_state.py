@@ -42,10 +42,13 @@ HAPPY_PATH = [
 ]
 
 
-@pytest.fixture
-def url(wsrun_home: Path, monkeypatch: pytest.MonkeyPatch) -> str:
-    """The store under test, also the default store of this test."""
-    found = f"sqlite://{wsrun_home}/state.db"
+@pytest.fixture(params=["sqlite", "postgresql"])
+def url(request: pytest.FixtureRequest, wsrun_home: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The store under test on each backend, also the default store of this test."""
+    if request.param == "sqlite":
+        found = f"sqlite://{wsrun_home}/state.db"
+    else:
+        found = request.getfixturevalue("pg_url")
     monkeypatch.setenv("WSRUN_STATE_URL", found)
     return found
 
@@ -244,8 +247,12 @@ def test_reading_a_missing_store_creates_nothing(tmp_path: Path) -> None:
 
 
 def _done(store: StateStore) -> None:
-    """Close a child process's store (the child outlives the test)."""
+    """Close a child process's store and its connection pools (the child
+    outlives the test, and the test's PostgreSQL schema)."""
+    from wsrun import db
+
     store.close()
+    db.close_pools()
 
 
 def _increment(url: str, times: int) -> int:
@@ -279,6 +286,19 @@ def _race(url: str, start: float) -> bool:
         return True
     except StateConflict:
         return False
+    finally:
+        _done(store)
+
+
+def _move(url: str, start: float, state: str) -> str:
+    """Move the OUS to ``state`` without expecting anything; what happened."""
+    store = open_state_store(url)
+    time.sleep(max(0.0, start - time.time()))
+    try:
+        store.transition("ous", "X1", state=state)
+        return "moved"
+    except StateError as e:
+        return type(e).__name__
     finally:
         _done(store)
 
@@ -332,6 +352,27 @@ def test_racing_transitions_have_exactly_one_winner(store: StateStore, url: str,
     results = pool.starmap(_race, [(url, start)] * 8)
     assert results.count(True) == 1
     assert [c.state for c in store.history("ous", "X1")] == ["ReadyForProcessing", "Processing"]
+
+
+def test_racing_different_moves_never_make_an_illegal_one(
+    store: StateStore, url: str, pool
+) -> None:
+    for state in HAPPY_PATH[:4]:
+        store.transition("ous", "X1", state=state, create=True)
+    # From Reviewing both are legal; once one is made, the other is not.
+    targets = ["Verified", "ReadyForProcessing"] * 4
+    start = time.time() + 0.3
+    results = pool.starmap(_move, [(url, start, t) for t in targets])
+    winner = store.get("ous", "X1").state  # type: ignore[union-attr]
+    assert winner in ("Verified", "ReadyForProcessing")
+    expected = ["moved" if t == winner else "IllegalTransition" for t in targets]
+    assert results == expected
+    lifecycle = store.lifecycle("ous")
+    assert lifecycle is not None
+    history = store.history("ous", "X1")
+    for change in history[1:]:
+        lifecycle.check(change.from_state, change.state)  # type: ignore[arg-type]
+    assert [c.state for c in history[4:]] == [winner] * 4
 
 
 def test_racing_creations_make_one_entity(store: StateStore, url: str, pool) -> None:
@@ -703,7 +744,7 @@ def test_state_commands(cli, tmp_path: Path, url: str) -> None:
     bad = write(tmp_path / "bad.yaml", "kind: ous\nstates: [A]\ntransitions: [{from: A, to: B}]\n")
     r = cli("state", "lifecycle", bad)
     assert r.code == 2 and r.err == f"{bad}:3:29: unknown state 'B' (states: A)\n"
-    r = cli("state", "ls", "--store", "nowhere://db")
+    r = cli("state", "ls", "--store", "postgresql://nowhere/db")
     assert r.code == 2 and "Traceback" not in r.err
 
 
@@ -743,3 +784,84 @@ def test_claims_keep_each_entitys_changes_in_order(store: StateStore) -> None:
     assert [(c.id, c.state) for c in store.claim_pending_changes("relay-b")] == [
         ("X1", "Processing")
     ]
+
+
+# ---- PostgreSQL only ------------------------------------------------------------------
+
+
+def test_postgres_store_refuses_a_schema_behind_with_one_line(pg_empty_url: str, cli) -> None:
+    with pytest.raises(StateError) as e:
+        open_state_store(pg_empty_url)
+    assert "\n" not in str(e.value)
+    assert "missing 0001_archive" in str(e.value) and "run `wsrun db upgrade --url" in str(e.value)
+    r = cli("state", "ls", "--store", pg_empty_url)
+    assert r.code == 2 and "wsrun db upgrade" in r.err and "Traceback" not in r.err
+
+
+def test_a_claim_in_progress_elsewhere_holds_back_the_entitys_later_changes(pg_url: str) -> None:
+    import psycopg
+
+    from wsrun import db
+
+    store = open_state_store(pg_url)
+    store.transition("ous", "X1", state="ReadyForProcessing", create=True)
+    store.transition("ous", "X1", state="Processing", create=True)
+    store.transition("ous", "X2", state="ReadyForProcessing", create=True)
+    with psycopg.connect(db.conninfo(pg_url)) as other:  # a relay in the middle of its claim
+        other.execute(
+            "SELECT seq FROM state_history WHERE id = 'X1' ORDER BY seq LIMIT 1 FOR UPDATE"
+        )
+        got = store.claim_pending_changes("relay-b")
+        assert [(c.id, c.state) for c in got] == [("X2", "ReadyForProcessing")]
+        other.rollback()  # that relay claimed nothing after all
+    got = store.claim_pending_changes("relay-b")
+    assert [(c.id, c.state) for c in got] == [("X1", "ReadyForProcessing"), ("X1", "Processing")]
+
+
+def test_postgres_urls_open_the_postgres_store(pg_url: str) -> None:
+    from wsrun.state.postgres import PostgresStateStore
+
+    assert isinstance(open_state_store(pg_url), PostgresStateStore)
+    assert isinstance(
+        open_state_store(pg_url.replace("postgresql://", "postgres://", 1)), PostgresStateStore
+    )
+
+
+def test_the_relay_publishes_every_change_once_in_order(store: StateStore, tmp_path: Path) -> None:
+    from wsrun.bus import open_bus
+    from wsrun.bus.events import relay_state_changes
+
+    bus = open_bus(f"sqlite://{tmp_path}/bus.db")
+    bus.declare_queue("watch", ["state.ous.#"])
+    for state in HAPPY_PATH[:3]:
+        store.transition("ous", "X1", state=state, create=True, attributes={"s": state})
+    assert relay_state_changes(store, bus, consumer="relay-a") == 3
+    assert relay_state_changes(store, bus, consumer="relay-b") == 0
+    received = []
+    while (message := bus.claim("watch", "reader")) is not None:
+        received.append((message.selector, message.body["from_state"], message.body["attributes"]))
+        bus.ack(message)
+    assert received == [
+        ("state.ous.ReadyForProcessing", None, {"s": "ReadyForProcessing"}),
+        ("state.ous.Processing", "ReadyForProcessing", {"s": "Processing"}),
+        ("state.ous.ReadyForReview", "Processing", {"s": "ReadyForReview"}),
+    ]
+
+
+def test_a_password_in_the_url_stays_out_of_plans_outputs_and_the_journal(
+    cli, tmp_path: Path, pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The server trusts local connections, so any password is accepted.
+    secret_url = pg_url.replace("postgresql://postgres@", "postgresql://postgres:s3cret@", 1)
+    monkeypatch.setenv("WSRUN_STATE_URL", secret_url)
+    recipe = write(tmp_path / "process.yaml", LAUNCH_AND_PROCESS)
+    dry = cli(recipe, "X1", "--dry-run", "--json")
+    real = cli(recipe, "X1", "--json")
+    assert dry.code == 0 and real.code == 0, dry.err + real.err
+    assert effects(dry.out) == effects(real.out)
+    shown = pg_url.replace("postgresql://postgres@", "postgresql://postgres:****@", 1)
+    assert {e["target"] for _, es in effects(real.out) for e in es} == {shown}
+    run = cli("runs", "show", json.loads(real.out)["run_id"], "--json")
+    assert run.code == 0 and "X1" in run.out
+    assert "s3cret" not in dry.out + dry.err + real.out + real.err + run.out
+    assert [c.state for c in open_state_store(secret_url).history("ous", "X1")] == HAPPY_PATH[:3]

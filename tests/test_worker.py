@@ -16,6 +16,13 @@ import pytest
 
 from conftest import run_wsrun, write
 from wsrun.bus import open_bus
+from wsrun.bus.base import unconsumed
+
+
+def waiting(queue: str) -> dict[str, int]:
+    """The queue's counts without ``done`` (RabbitMQ keeps no handled messages)."""
+    counts = open_bus().counts().get(queue, {})
+    return {status: n for status, n in counts.items() if status != "done"}
 
 
 class WorkerProcess:
@@ -89,7 +96,7 @@ steps:
 
 
 def test_a_message_runs_its_recipe_and_a_bad_body_is_parked_dead(
-    tmp_path: Path, start_worker
+    tmp_path: Path, start_worker, bus_backend: str
 ) -> None:
     recipe = write(tmp_path / "hello.yaml", HELLO)
     (tmp_path / "out").mkdir()
@@ -110,7 +117,9 @@ def test_a_message_runs_its_recipe_and_a_bad_body_is_parked_dead(
     )
     assert "unknown input(s) nom" in bus.get(unknown).error
     assert worker.stop() == 0
-    assert bus.counts() == {"hello:hello.EU": {"done": 2, "dead": 2}, "": {"ready": 1}}
+    assert waiting("hello:hello.EU") == {"dead": 2} and bus.counts()[""] == {"ready": 1}
+    if bus_backend.startswith("sqlite"):
+        assert bus.counts()["hello:hello.EU"] == {"done": 2, "dead": 2}
     assert "stopped after 4 message(s)" in worker.text()
     runs = json.loads(run_wsrun("runs", "--json", cwd=tmp_path).out)
     assert sorted(r["inputs"]["name"] for r in runs) == ["ann", "bob"]
@@ -120,9 +129,9 @@ def test_a_message_runs_its_recipe_and_a_bad_body_is_parked_dead(
 
 
 def test_a_failing_run_is_retried_then_parked_dead_and_can_be_resent(
-    tmp_path: Path, start_worker
+    tmp_path: Path, start_worker, bus_backend: str
 ) -> None:
-    url = f"sqlite:///{tmp_path}/retry.db?max_attempts=2&backoff=0.2"
+    url = bus_backend.replace("max_attempts=3&backoff=0.05", "max_attempts=2&backoff=0.2")
     write(
         tmp_path / "flaky.yaml",
         """
@@ -138,17 +147,20 @@ def test_a_failing_run_is_retried_then_parked_dead_and_can_be_resent(
     worker = start_worker("flaky.yaml", "--bus", url)
     bus = open_bus(url)
     id = bus.publish("flaky.run", {"marker": "ok-now"})
-    until(lambda: bus.get(id).status == "dead", what="the message to go dead")
+    until(lambda: getattr(bus.get(id), "status", None) == "dead", what="the message to go dead")
     dead = bus.get(id)
     assert dead.attempts == 2 and "sh exited with code 1" in dead.error
     assert (tmp_path / "tries").read_text() == "x\nx\n"
     (tmp_path / "ok-now").touch()
     assert run_wsrun("bus", "resend", id, "--bus", url, cwd=tmp_path).code == 0
-    until(lambda: bus.get(id).status == "done", what="the resent message to be handled")
+    until(lambda: (tmp_path / "tries").read_text() == "x\nx\nx\n", what="the resent run")
+    until(lambda: unconsumed(bus.counts()) == 0, what="the resent message to be handled")
     assert worker.stop() == 0
 
 
-def test_a_recipe_answers_a_call_from_another_recipe(tmp_path: Path, start_worker) -> None:
+def test_a_recipe_answers_a_call_from_another_recipe(
+    tmp_path: Path, start_worker, bus_backend: str
+) -> None:
     write(
         tmp_path / "xtss.yaml",
         """
@@ -243,7 +255,7 @@ def test_a_new_file_runs_its_recipe_once_even_across_restarts(tmp_path: Path, st
 
 
 def test_sigterm_finishes_the_run_in_progress_and_loses_nothing(
-    tmp_path: Path, start_worker
+    tmp_path: Path, start_worker, bus_backend: str
 ) -> None:
     write(
         tmp_path / "slow.yaml",
@@ -254,25 +266,28 @@ def test_sigterm_finishes_the_run_in_progress_and_loses_nothing(
           n: {type: int}
         steps:
           - uses: shell
-            with: {argv: [sh, -c, 'sleep 1; echo "$0" >> done.txt', "n{{ inputs.n }}"]}
+            with: {argv: [sh, -c, 'touch started; sleep 1; echo "$0" >> done.txt', "n{{ inputs.n }}"]}
         """,
     )
     bus = open_bus()
     worker = start_worker("slow.yaml")
     for n in range(3):
         bus.publish("slow.job", {"n": n})
-    until(lambda: bus.counts()["slow:slow.job"].get("claimed"), what="a claim")
+    until(lambda: (tmp_path / "started").exists(), what="a run to start")
     assert worker.stop() == 0
     assert (tmp_path / "done.txt").read_text() == "n0\n"  # the run in progress finished
-    assert bus.counts()["slow:slow.job"] == {"done": 1, "ready": 2}
+    assert waiting("slow:slow.job") == {"ready": 2}
     assert "finishing the runs in progress" in worker.text()
     again = start_worker("slow.yaml", "--concurrency", "2")
-    until(lambda: bus.counts()["slow:slow.job"] == {"done": 3}, what="all done")
+    until(lambda: len((tmp_path / "done.txt").read_text().split()) == 3, what="all done")
+    until(lambda: unconsumed(bus.counts()) == 0, what="all acked")
     assert sorted((tmp_path / "done.txt").read_text().split()) == ["n0", "n1", "n2"]
     assert again.stop() == 0
 
 
-def test_a_state_change_runs_the_recipe_subscribed_to_it(tmp_path: Path, start_worker) -> None:
+def test_a_state_change_runs_the_recipe_subscribed_to_it(
+    tmp_path: Path, start_worker, bus_backend: str
+) -> None:
     from wsrun.state import open_state_store
 
     write(
@@ -299,7 +314,7 @@ def test_a_state_change_runs_the_recipe_subscribed_to_it(tmp_path: Path, start_w
     tracked = tmp_path / "tracked"
     until(lambda: tracked.exists(), what="the tracker to run")
     bus = open_bus()
-    until(lambda: bus.counts()["tracker:state.ous.DeliveryInProgress"] == {"done": 3})
+    until(lambda: unconsumed(bus.counts()) == 0 and bus.counts().get("") is None)
     assert tracked.read_text() == "X1 DeliveryInProgress p5\n"  # the others were filtered out
     assert worker.stop() == 0
 

@@ -5,48 +5,55 @@ database: every ingested product gets a locator (``uid://evla/image/<uuid>``),
 its type, its files (name, size, sha256), the products it derives from, its
 ancillary products and when it was ingested.
 
-Ingest is all or nothing. Files are copied into the content store and verified
-first; then the metadata is committed in one transaction. A failure before the
-commit removes the blobs this ingest stored that nothing committed refers to,
-so the archive is as it was. A process killed mid-ingest may leave such blobs
-behind; they are invisible (no product refers to them) and the next writer
-sweeps them away.
+An archive is two separable parts, each chosen by URL: the metadata database
+(``wsrun.archive_meta``: SQLite, or PostgreSQL shared by many hosts) and the
+file store (``wsrun.archive_content``: a local directory, or any fsspec URL such
+as ``s3://bucket/prefix``). URLs:
 
-The embedded backend (the default) is a directory: ``files/ab/cd/<sha256>``
-holds the content, ``archive.db`` (SQLite, WAL) the metadata. Other backends
-(PostgreSQL + S3) register in ``BACKENDS`` under their URL scheme.
+- ``/data/archive``, ``sqlite:///data/archive``: the embedded default, SQLite
+  (``archive.db``) and the content (``files/ab/cd/<sha256>``) in one directory;
+- ``postgresql://user@host/db?files=s3://bucket/prefix``: PostgreSQL (tables
+  ``archive_*``, created by ``wsrun db upgrade``) and the files in S3 (endpoint:
+  the ``edu.nrao.archive.files.endpoint`` setting or $AWS_ENDPOINT_URL). Instead
+  of ``files=``, $WSRUN_ARCHIVE_FILES or the ``edu.nrao.archive.files`` setting.
+
+Ingest is all or nothing. Files are copied into the file store and verified by
+two independent reads first; then the metadata is committed in one transaction.
+Content a failed ingest stored (or a reingest replaced) that nothing refers to
+is removed once no other ingest is in flight, so the archive is as it was. A
+process killed mid-ingest may leave such content behind; it is invisible (no
+product refers to it) and a later writer sweeps it away.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
-import json
 import os
 import shutil
-import sqlite3
-import time
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
+from wsrun.archive_content import (
+    BUFFER_SIZE,
+    ArchiveError,
+    ContentStore,
+    LocalContent,
+    open_content,
+)
+from wsrun.archive_meta import ArchiveMetadata, PostgresMetadata, SqliteMetadata
 from wsrun.fileio import atomic_write, temp_path
 
 #: The setting that names the archive; the environment variable overrides it.
 SETTING = "edu.nrao.archive.url"
 ENV = "WSRUN_ARCHIVE_URL"
-BUFFER_SIZE = 8 << 20
-#: Files from this size on have their source hashed on a second thread during the copy.
-OVERLAP_SIZE = 4 << 20
-
-
-class ArchiveError(Exception):
-    """An ingest or retrieval the operator can act on was refused or failed."""
+#: Where the files of an archive whose URL has no ``files=`` parameter are.
+FILES_SETTING = "edu.nrao.archive.files"
+FILES_ENV = "WSRUN_ARCHIVE_FILES"
 
 
 def archive_url(explicit: str | None = None, env: Mapping[str, str] | None = None) -> str:
@@ -184,8 +191,9 @@ class ArchiveStore(ABC):
 
     @staticmethod
     def open(url: str, create: bool = True) -> ArchiveStore:
-        """The archive at ``url``: ``sqlite:///root``, ``file:///root`` or a plain path.
-        Without ``create``, a missing archive is an ArchiveError."""
+        """The archive at ``url``: ``sqlite:///root``, ``file:///root``, a plain path
+        or ``postgresql://...?files=...``. Without ``create``, a missing archive is
+        an ArchiveError."""
         scheme = urlsplit(url).scheme if "://" in url else ""
         backend = BACKENDS.get(scheme)
         if backend is None:
@@ -233,378 +241,125 @@ class ArchiveStore(ABC):
         """Release connections."""
 
 
-# ---- the embedded backend ---------------------------------------------------
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS ingestions (
-    id INTEGER PRIMARY KEY,
-    telescope TEXT NOT NULL,
-    ingestion_path TEXT NOT NULL,
-    ingested REAL NOT NULL,
-    manifest TEXT,
-    metadata TEXT
-);
-CREATE TABLE IF NOT EXISTS products (
-    locator TEXT PRIMARY KEY,
-    ingestion INTEGER NOT NULL REFERENCES ingestions(id),
-    telescope TEXT NOT NULL,
-    type TEXT NOT NULL,
-    filename TEXT NOT NULL,
-    ingestion_path TEXT NOT NULL,
-    science INTEGER NOT NULL,
-    parent TEXT,
-    ingested REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS files (
-    locator TEXT NOT NULL REFERENCES products(locator),
-    name TEXT NOT NULL,
-    size INTEGER NOT NULL,
-    sha256 TEXT NOT NULL,
-    PRIMARY KEY (locator, name)
-);
-CREATE TABLE IF NOT EXISTS provenance (
-    product TEXT NOT NULL REFERENCES products(locator),
-    input TEXT NOT NULL,
-    PRIMARY KEY (product, input)
-);
-CREATE INDEX IF NOT EXISTS products_key ON products(ingestion_path, filename);
-CREATE INDEX IF NOT EXISTS files_sha ON files(sha256);
-CREATE INDEX IF NOT EXISTS provenance_input ON provenance(input);
-"""
+# ---- the archive: metadata + content ----------------------------------------
 
 
-def root_of(url: str) -> str:
-    """The directory of an embedded archive URL."""
-    if "://" not in url:
-        return os.path.abspath(url)
-    parts = urlsplit(url)
-    if parts.netloc not in ("", "localhost"):
-        raise ArchiveError(f"{url}: an embedded archive must be a local path")
-    return os.path.abspath(parts.path)
+class Archive(ArchiveStore):
+    """An archive made of a metadata database and a file store, any of each."""
 
-
-class LocalArchive(ArchiveStore):
-    """Content directory + SQLite: the default, for one host or a shared filesystem."""
-
-    def __init__(self, url: str, create: bool = True) -> None:
+    def __init__(self, url: str, meta: ArchiveMetadata, content: ContentStore) -> None:
         self.url = url
-        self.root = root_of(url)
-        self.db_path = os.path.join(self.root, "archive.db")
-        if not create:
-            # Read only: nothing is created, not even the database.
-            if not os.path.exists(self.db_path):
-                raise ArchiveError(f"{self.root}: no archive here")
-            self.db = sqlite3.connect(
-                f"file:{self.db_path}?mode=ro", uri=True, timeout=30, isolation_level=None
-            )
-            self.db.execute("PRAGMA busy_timeout = 30000")
-            return
-        for sub in ("files", "tmp"):
-            os.makedirs(os.path.join(self.root, sub), exist_ok=True)
-        self.db = sqlite3.connect(self.db_path, timeout=30, isolation_level=None)
-        self.db.execute("PRAGMA busy_timeout = 30000")
-        self.db.execute("PRAGMA journal_mode = WAL")
-        self.db.executescript(SCHEMA)
+        self.meta = meta
+        self.content = content
 
     def close(self) -> None:
-        self.db.close()
-
-    def blob_path(self, sha256: str) -> str:
-        return os.path.join(self.root, "files", sha256[:2], sha256[2:4], sha256)
+        self.meta.close()
+        self.content.close()
 
     # ---- writing ----------------------------------------------------------
-
-    @contextlib.contextmanager
-    def _writer(self) -> Iterator[None]:
-        """One writer at a time: ingests and sweeps exclude each other."""
-        fd = os.open(os.path.join(self.root, "lock"), os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
-        finally:
-            os.close(fd)
 
     def ingest(
         self, request: IngestRequest, on_file: Callable[[int], None] | None = None
     ) -> list[ProductRecord]:
-        with self._writer():
-            self._sweep()
-            names = [p.filename for p in request.products]
-            replaced = self.existing(request.ingestion_path, names)
-            if replaced and not request.reingest:
-                first = replaced[0]
-                raise ArchiveError(
-                    f"{first.filename} from {request.ingestion_path} is already ingested as "
-                    f"{first.locator}; set reingest to replace it"
-                )
-            stored: list[str] = []  # blobs this ingest added
-            try:
-                digests = self._store_all(request, stored, on_file)
-                old_blobs = self._commit(request, digests, [r.locator for r in replaced])
-            except BaseException:
-                self._remove_unreferenced(stored)
-                raise
-            self._remove_unreferenced(old_blobs)
-        return [self.product(p.locator) for p, _, _ in request.all_products()]  # type: ignore[misc]
+        exclusive = True
+        try:
+            with self.meta.writer() as exclusive:
+                if exclusive:
+                    self._sweep()
+                names = [p.filename for p in request.products]
+                replaced = self.meta.existing(request.ingestion_path, names)
+                if replaced and not request.reingest:  # refused before copying anything
+                    first = replaced[0]
+                    raise ArchiveError(
+                        f"{first.filename} from {request.ingestion_path} is already ingested as "
+                        f"{first.locator}; set reingest to replace it"
+                    )
+                placed: list[str] = []  # content this ingest added
+                try:
+                    digests = self._store_all(request, placed, on_file, track=not exclusive)
+                    old_blobs = self.meta.commit(request, digests)
+                except BaseException:
+                    if exclusive:
+                        self._remove_unreferenced(placed)
+                    raise
+                if exclusive:
+                    self._remove_unreferenced(old_blobs)
+        finally:
+            if not exclusive:
+                # Housekeeping: a failure here must not fail a committed ingest,
+                # and a later ingest sweeps again.
+                with contextlib.suppress(Exception):
+                    self.sweep()
+        return self.meta.records([p.locator for p, _, _ in request.all_products()])
 
     def _store_all(
         self,
         request: IngestRequest,
-        stored: list[str],
+        placed: list[str],
         on_file: Callable[[int], None] | None,
+        track: bool,
     ) -> dict[str, str]:
-        """Store every file; source path -> sha256.
+        """Store every file, each verified by two independent reads; source path -> sha256."""
 
-        Each file is hashed twice, from two independent reads: the copy hashes what
-        it wrote (big files through the destination's pages), and the check hashes
-        the other side (the source for big files, read on a second thread while the
-        copy runs; the stored copy for small ones). A mismatch means the bytes that
-        landed are not the bytes of the file, and nothing is stored.
-        """
-        from wsrun.steps.copy import MMAP_MIN, current_umask
+        def before_place(sha: str) -> None:
+            if track:
+                self.meta.track([sha])
 
-        umask = current_umask()
-        buf, check_buf = bytearray(BUFFER_SIZE), bytearray(BUFFER_SIZE)
         digests: dict[str, str] = {}
-        with ThreadPoolExecutor(max_workers=1) as pool:
-            for product, _, _ in request.all_products():
-                for f in product.files:
-                    if f.source in digests:
-                        continue
-                    if f.size >= OVERLAP_SIZE:
-                        check = pool.submit(file_sha256, f.source, check_buf)
-                        tmp, digest = self._copy_in(f, umask, buf)
-                        try:
-                            other = check.result()
-                        except BaseException:
-                            _unlink(tmp)
-                            raise
-                    else:
-                        tmp, digest = self._copy_in(f, umask, buf)
-                        # The copy hashed the source's bytes below MMAP_MIN, the
-                        # destination's pages above: read the other side.
-                        other_side = tmp if f.size < MMAP_MIN else f.source
-                        try:
-                            other = file_sha256(other_side, check_buf)
-                        except BaseException:
-                            _unlink(tmp)
-                            raise
-                    self._place(f, tmp, digest, other, stored)
-                    digests[f.source] = digest
-                    if on_file is not None:
-                        on_file(f.size)
+        for product, _, _ in request.all_products():
+            for f in product.files:
+                if f.source in digests:
+                    continue
+                digest, added = self.content.put(f.source, f.size, f.mtime_ns, before_place)
+                if added:
+                    placed.append(digest)
+                digests[f.source] = digest
+                if on_file is not None:
+                    on_file(f.size)
         return digests
 
-    def _copy_in(self, f: FileSpec, umask: int, buf: bytearray) -> tuple[str, str]:
-        """Copy one file into tmp/, hashing it on the way: (temp path, sha256)."""
-        from wsrun.steps.copy import copy_file
-
-        tmp = os.path.join(self.root, "tmp", uuid.uuid4().hex)
-        try:
-            digest = copy_file(f.source, tmp, 0o444, f.mtime_ns, umask, "sha256", buf, f.size + 1)
-            assert digest is not None
-            size = os.stat(tmp).st_size
-            if size != f.size:
-                raise ArchiveError(
-                    f"{f.source}: changed while ingesting ({f.size} -> {size} bytes)"
-                )
-            return tmp, digest
-        except BaseException:
-            _unlink(tmp)
-            raise
-
-    def _place(self, f: FileSpec, tmp: str, digest: str, other: str, stored: list[str]) -> None:
-        """Move a copy whose two digests agree to its blob path."""
-        try:
-            if other != digest:
-                raise ArchiveError(f"{f.source}: checksum mismatch after copying into the archive")
-            final = self.blob_path(digest)
-            if os.path.exists(final):
-                os.unlink(tmp)  # same content already stored
-            else:
-                os.makedirs(os.path.dirname(final), exist_ok=True)
-                os.rename(tmp, final)
-                stored.append(digest)
-        except BaseException:
-            _unlink(tmp)
-            raise
-
-    def _exec(self, sql: str, args: tuple[Any, ...] = ()) -> sqlite3.Cursor:
-        """Every write of an ingest goes through here (tests inject failures)."""
-        return self.db.execute(sql, args)
-
-    def _commit(
-        self, request: IngestRequest, digests: dict[str, str], replaced: list[str]
-    ) -> list[str]:
-        """Record the ingest in one transaction, dropping what it replaces;
-        the blobs the replaced products used."""
-        now = time.time()
-        self.db.execute("BEGIN IMMEDIATE")
-        try:
-            old_blobs: list[str] = []
-            for ingestion in self._ingestions_of(replaced):
-                old_blobs += self._drop_ingestion(ingestion)
-            ingestion_id = self._exec(
-                "INSERT INTO ingestions (telescope, ingestion_path, ingested, manifest, metadata)"
-                " VALUES (?, ?, ?, ?, ?)",
-                (
-                    request.telescope,
-                    request.ingestion_path,
-                    now,
-                    json.dumps(request.manifest),
-                    json.dumps(request.metadata),
-                ),
-            ).lastrowid
-            for product, parent, science in request.all_products():
-                self._exec(
-                    "INSERT INTO products (locator, ingestion, telescope, type, filename,"
-                    " ingestion_path, science, parent, ingested) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        product.locator,
-                        ingestion_id,
-                        request.telescope,
-                        product.type,
-                        product.filename,
-                        request.ingestion_path,
-                        int(science),
-                        parent,
-                        now,
-                    ),
-                )
-                for f in product.files:
-                    self._exec(
-                        "INSERT INTO files (locator, name, size, sha256) VALUES (?, ?, ?, ?)",
-                        (product.locator, f.name, f.size, digests[f.source]),
-                    )
-            for product in request.products:
-                for input_ in dict.fromkeys(request.inputs):
-                    self._exec(
-                        "INSERT INTO provenance (product, input) VALUES (?, ?)",
-                        (product.locator, input_),
-                    )
-            self.db.execute("COMMIT")
-        except BaseException:
-            self.db.execute("ROLLBACK")
-            raise
-        return old_blobs
-
-    def _ingestions_of(self, locators: list[str]) -> list[int]:
-        ids = {
-            row[0]
-            for loc in locators
-            for row in self.db.execute("SELECT ingestion FROM products WHERE locator=?", (loc,))
-        }
-        return sorted(ids)
-
-    def _drop_ingestion(self, ingestion: int) -> list[str]:
-        locs = [
-            r[0]
-            for r in self.db.execute("SELECT locator FROM products WHERE ingestion=?", (ingestion,))
-        ]
-        blobs: list[str] = []
-        for loc in locs:
-            blobs += [
-                r[0] for r in self.db.execute("SELECT sha256 FROM files WHERE locator=?", (loc,))
-            ]
-            self._exec("DELETE FROM files WHERE locator=?", (loc,))
-            self._exec("DELETE FROM provenance WHERE product=?", (loc,))
-        self._exec("DELETE FROM products WHERE ingestion=?", (ingestion,))
-        self._exec("DELETE FROM ingestions WHERE id=?", (ingestion,))
-        return blobs
-
-    def _referenced(self, sha256: str) -> bool:
-        row = self.db.execute("SELECT 1 FROM files WHERE sha256=? LIMIT 1", (sha256,)).fetchone()
-        return row is not None
-
     def _remove_unreferenced(self, blobs: list[str]) -> None:
-        for sha in dict.fromkeys(blobs):
-            if not self._referenced(sha):
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(self.blob_path(sha))
+        """Remove content no product refers to; only with every other writer excluded."""
+        blobs = list(dict.fromkeys(blobs))
+        used = self.meta.referenced(blobs)
+        for sha in blobs:
+            if sha not in used:
+                self.content.delete(sha)
 
-    def orphans(self) -> list[str]:
-        referenced = {r[0] for r in self.db.execute("SELECT DISTINCT sha256 FROM files")}
-        found = []
-        for _, _, names in os.walk(os.path.join(self.root, "files")):
-            found += [n for n in names if n not in referenced]
-        return sorted(found)
+    def sweep(self) -> bool:
+        """Remove what failed or killed ingests left, if no ingest is in flight
+        (otherwise a later ingest does it); whether it ran."""
+        with self.meta.sweeper() as granted:
+            if granted:
+                self._sweep()
+            return granted
 
     def _sweep(self) -> None:
-        """Remove what a killed ingest left: temp files and unreferenced blobs.
-        Called with the writer lock held."""
-        shutil.rmtree(os.path.join(self.root, "tmp"), ignore_errors=True)
-        os.makedirs(os.path.join(self.root, "tmp"), exist_ok=True)
-        self._remove_unreferenced(self.orphans())
+        self.content.clear_tmp()
+        noted = self.meta.candidates()
+        if noted is None:
+            self._remove_unreferenced(self.orphans())
+        else:
+            self._remove_unreferenced(noted)
+            self.meta.forget(noted)
+
+    def orphans(self) -> list[str]:
+        referenced = self.meta.all_referenced()
+        return sorted(sha for sha in self.content.blobs() if sha not in referenced)
 
     # ---- reading ----------------------------------------------------------
 
     def existing(self, ingestion_path: str, filenames: list[str]) -> list[ProductRecord]:
-        found = []
-        for name in dict.fromkeys(filenames):
-            for row in self.db.execute(
-                "SELECT locator FROM products WHERE ingestion_path=? AND filename=? AND science=1",
-                (ingestion_path, name),
-            ):
-                record = self.product(row[0])
-                assert record is not None
-                found.append(record)
-        return found
+        return self.meta.existing(ingestion_path, filenames)
 
     def ingestion(self, locator: str) -> tuple[Any, list[ProductRecord]]:
-        row = self.db.execute(
-            "SELECT i.id, i.manifest FROM ingestions i JOIN products p ON p.ingestion=i.id"
-            " WHERE p.locator=?",
-            (locator,),
-        ).fetchone()
-        if row is None:
-            return None, []
-        locs = self.db.execute(
-            "SELECT locator FROM products WHERE ingestion=? ORDER BY rowid", (row[0],)
-        )
-        return json.loads(row[1]), [self.product(r[0]) for r in locs.fetchall()]  # type: ignore[misc]
-
-    _COLUMNS = "locator, type, telescope, filename, ingestion_path, ingested, science, parent"
-
-    def _record(self, row: tuple[Any, ...]) -> ProductRecord:
-        loc, type_, tel, filename, path, ingested, science, parent = row
-        return ProductRecord(loc, type_, tel, filename, path, ingested, bool(science), parent)
+        return self.meta.ingestion(locator)
 
     def products(self) -> list[ProductRecord]:
-        rows = self.db.execute(f"SELECT {self._COLUMNS} FROM products ORDER BY ingested, rowid")
-        return [self._record(r) for r in rows]
+        return self.meta.products()
 
     def product(self, locator: str) -> ProductRecord | None:
-        row = self.db.execute(
-            f"SELECT {self._COLUMNS} FROM products WHERE locator=?", (locator,)
-        ).fetchone()
-        if row is None:
-            return None
-        record = self._record(row)
-        record.files = [
-            StoredFile(*r)
-            for r in self.db.execute(
-                "SELECT name, size, sha256 FROM files WHERE locator=? ORDER BY name", (locator,)
-            )
-        ]
-        record.inputs = [
-            r[0]
-            for r in self.db.execute(
-                "SELECT input FROM provenance WHERE product=? ORDER BY input", (locator,)
-            )
-        ]
-        record.outputs = [
-            r[0]
-            for r in self.db.execute(
-                "SELECT product FROM provenance WHERE input=? ORDER BY product", (locator,)
-            )
-        ]
-        record.ancillary = [
-            r[0]
-            for r in self.db.execute(
-                "SELECT locator FROM products WHERE parent=? ORDER BY filename", (locator,)
-            )
-        ]
-        return record
+        return self.meta.product(locator)
 
     def get(self, locator: str, dest: str) -> list[str]:
         record = self.product(locator)
@@ -636,11 +391,10 @@ class LocalArchive(ArchiveStore):
         return written
 
     def _fetch(self, f: StoredFile, target: str) -> None:
-        """Copy one blob to ``target`` atomically, refusing content that does
-        not match its recorded checksum."""
-        blob = self.blob_path(f.sha256)
+        """Copy one stored file to ``target`` atomically, refusing content that
+        does not match its recorded checksum."""
         try:
-            src = open(blob, "rb")  # noqa: SIM115 - closed below
+            src = self.content.open(f.sha256)
         except FileNotFoundError:
             raise ArchiveError(f"{f.name}: stored file {f.sha256} is missing") from None
         with src, atomic_write(target, 0o644) as out:
@@ -653,41 +407,76 @@ class LocalArchive(ArchiveStore):
 
     def verify(self) -> list[Problem]:
         problems = []
-        buf = bytearray(BUFFER_SIZE)
         checked: dict[str, str | None] = {}
-        rows = self.db.execute("SELECT locator, name, size, sha256 FROM files ORDER BY locator")
-        for loc, name, size, sha in rows.fetchall():
+        for loc, name, size, sha in self.meta.files():
             if sha not in checked:
-                checked[sha] = self._check_blob(sha, size, buf)
+                checked[sha] = self.content.check(sha, size)
             if checked[sha]:
                 problems.append(Problem(loc, name, sha, checked[sha]))  # type: ignore[arg-type]
         return problems
 
-    def _check_blob(self, sha: str, size: int, buf: bytearray) -> str | None:
-        path = self.blob_path(sha)
-        try:
-            actual = os.stat(path).st_size
-        except FileNotFoundError:
-            return "missing"
-        if actual != size:
-            return f"size mismatch ({actual} bytes, recorded {size})"
-        return None if file_sha256(path, buf) == sha else "checksum mismatch"
+
+def root_of(url: str) -> str:
+    """The directory of an embedded archive URL."""
+    if "://" not in url:
+        return os.path.abspath(url)
+    parts = urlsplit(url)
+    if parts.netloc not in ("", "localhost"):
+        raise ArchiveError(f"{url}: an embedded archive must be a local path")
+    return os.path.abspath(parts.path)
 
 
-def _unlink(path: str) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(path)
+def files_url(url: str, env: Mapping[str, str] | None = None) -> str | None:
+    """Where an archive's files are: the URL's ``files=`` parameter, else
+    $WSRUN_ARCHIVE_FILES, else the ``edu.nrao.archive.files`` setting."""
+    from wsrun.settings import Settings
+
+    found = dict(parse_qsl(urlsplit(url).query)).get("files") if "://" in url else None
+    if found:
+        return found
+    env = os.environ if env is None else env
+    if env.get(FILES_ENV):
+        return env[FILES_ENV]
+    setting = Settings(env=env).get(FILES_SETTING)
+    return str(setting.value) if setting is not None and setting.value else None
 
 
-def file_sha256(path: str, buf: bytearray) -> str:
-    """The sha256 of a file on disk (the copy step's reader)."""
-    from wsrun.steps.copy import hash_file
+class LocalArchive(Archive):
+    """SQLite in a directory, with the content beside it (``files/``) or in the
+    file store a ``files=`` parameter names: the default, for one host or a
+    shared file system."""
 
-    return hash_file(path, "sha256", buf)
+    def __init__(self, url: str, create: bool = True) -> None:
+        base = url.split("?", 1)[0]
+        self.root = root_of(base)
+        meta = SqliteMetadata(self.root, create)
+        files = dict(parse_qsl(urlsplit(url).query)).get("files") if "://" in url else None
+        content = open_content(files, create) if files else LocalContent(self.root, create)
+        super().__init__(url, meta, content)
+        self.db_path = meta.db_path
+
+
+class PostgresArchive(Archive):
+    """Metadata in PostgreSQL (tables ``archive_*``), files in any store:
+    ``postgresql://host/db?files=s3://bucket/prefix``. Many hosts may ingest at once."""
+
+    def __init__(self, url: str, create: bool = True) -> None:
+        from wsrun import db
+
+        files = files_url(url)
+        if not files:
+            raise ArchiveError(
+                f"{db.mask(url)}: a PostgreSQL archive needs a file store: add"
+                f" ?files=s3://bucket/prefix (or a directory) to the URL, or set"
+                f" ${FILES_ENV} or the {FILES_SETTING} setting"
+            )
+        super().__init__(url, PostgresMetadata(url), open_content(files, create))
 
 
 BACKENDS: dict[str, type[ArchiveStore]] = {
     "": LocalArchive,
     "sqlite": LocalArchive,
     "file": LocalArchive,
+    "postgresql": PostgresArchive,
+    "postgres": PostgresArchive,
 }

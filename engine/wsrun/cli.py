@@ -30,7 +30,11 @@ commands:
   archive ls|show|get|verify   list, inspect, retrieve and audit the archive
   state ls|show|set|history|lifecycle   entities in the state store, their lifecycles
   worker RECIPE...      run recipes on messages, state changes and new files
-  bus send|call|ls|show|resend|queues   send and inspect bus messages
+  bus send|call|ls|show|resend|purge|queues   send and inspect bus messages
+  serve [--port 8080]  the web dashboard (runs, board, QA2 review, messages)
+  graph RECIPE         a recipe's steps (or --lifecycle FILE) as DOT, Mermaid or SVG
+  db upgrade|status    create or upgrade the PostgreSQL tables of the backends
+  doctor               which backends are in use and whether each is reachable
 
 exit status: 0 success, 1 a step failed, 2 invalid recipe or usage
 """
@@ -47,6 +51,10 @@ COMMANDS = (
     "state",
     "worker",
     "bus",
+    "serve",
+    "graph",
+    "db",
+    "doctor",
 )
 
 

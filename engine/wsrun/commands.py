@@ -103,9 +103,7 @@ def runs(
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """List recent runs, or `runs show ID` for one run's steps and effects."""
-    from wsrun.journal import Journal
-
-    journal = Journal()
+    journal = _open_journal()
     if action is None:
         records = journal.runs(limit)
         if as_json:
@@ -142,6 +140,17 @@ def runs(
         print(f"  outputs {json.dumps(record.outputs)}")
 
 
+def _open_journal() -> Any:
+    """The configured journal, or exit 2 with the one-line reason it cannot be used."""
+    from wsrun.journal import Journal, JournalError
+
+    try:
+        return Journal()
+    except JournalError as e:
+        print(f"wsrun: {e}", file=sys.stderr)
+        raise typer.Exit(2) from None
+
+
 def _when(ts: float) -> str:
     return datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S")
 
@@ -171,10 +180,9 @@ def resume(
 ) -> None:
     """Continue a failed or interrupted run from its first unfinished step, with the same inputs."""
     from wsrun.cli import execute
-    from wsrun.journal import Journal
     from wsrun.validate import InvalidRecipe, load_valid
 
-    journal = Journal()
+    journal = _open_journal()
     record = journal.run(run_id)
     if record is None:
         print(f"wsrun: no run '{run_id}'", file=sys.stderr)
@@ -387,3 +395,15 @@ def archive_verify(
             print("  the next ingest removes them)")
     if problems:
         raise typer.Exit(1)
+
+
+from wsrun.web.cli import graph_command, serve_command  # noqa: E402  (wsrun serve, wsrun graph)
+
+app.command("serve")(serve_command)
+app.command("graph")(graph_command)
+
+from wsrun.db.commands import db_app  # noqa: E402  (wsrun db upgrade|status)
+from wsrun.doctor import doctor  # noqa: E402  (wsrun doctor)
+
+app.add_typer(db_app, name="db")
+app.command("doctor")(doctor)

@@ -1,19 +1,25 @@
 """The run journal: every run, its inputs, plan, and each step's outcome.
 
 It is what makes ``wsrun resume`` possible after a crash, and it is the audit
-trail of every file a run wrote. One SQLite file under ``$WSRUN_HOME`` (default:
-the XDG state directory), in WAL mode so concurrent runs can write it.
+trail of every file a run wrote. By default one SQLite file under
+``$WSRUN_HOME`` (default: the XDG state directory), in WAL mode so concurrent
+runs can write it; with ``WSRUN_JOURNAL_URL`` (or the ``wsrun.journal.url``
+setting) set to ``postgresql://...``, a database every host shares, so
+``wsrun runs`` anywhere lists the runs of all of them.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import socket
 import sqlite3
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -27,6 +33,7 @@ CREATE TABLE IF NOT EXISTS runs (
     started REAL NOT NULL,
     ended REAL,
     pid INTEGER,
+    host TEXT,
     workdir TEXT,
     outputs TEXT,
     error TEXT
@@ -48,6 +55,8 @@ CREATE INDEX IF NOT EXISTS runs_started ON runs(started);
 """
 
 FINISHED = ("ok", "changed", "skipped")
+#: This host's name, recorded with each run (a shared journal holds runs of many hosts).
+HOST = socket.gethostname()
 
 
 def default_home() -> str:
@@ -57,6 +66,29 @@ def default_home() -> str:
         os.path.expanduser("~"), ".local", "state"
     )
     return os.path.join(state, "wsrun")
+
+
+#: The setting that names the journal; the environment variable overrides it.
+SETTING = "wsrun.journal.url"
+ENV = "WSRUN_JOURNAL_URL"
+
+
+def journal_url(
+    explicit: str | None = None, env: Mapping[str, str] | None = None, default: str | None = None
+) -> str:
+    """The journal to use: ``explicit``, else $WSRUN_JOURNAL_URL, else the
+    ``wsrun.journal.url`` setting, else ``default`` or ``sqlite:///<$WSRUN_HOME>/journal.db``."""
+    from wsrun.settings import Settings
+
+    env = os.environ if env is None else env
+    if explicit:
+        return explicit
+    if env.get(ENV):
+        return env[ENV]
+    found = Settings(env=env).get(SETTING)
+    if found is not None and found.value:
+        return found.value
+    return default or "sqlite://" + os.path.join(default_home(), "journal.db")
 
 
 def new_run_id() -> str:
@@ -78,10 +110,15 @@ class RunRecord:
     workdir: str | None
     outputs: Any
     error: str | None
+    #: The host the run's process ran on (None in journals older than this field).
+    host: str | None = None
 
     @property
     def shown_status(self) -> str:
-        """'interrupted' for a run whose process died without finishing."""
+        """'interrupted' for a run whose process died without finishing. A run on
+        another host (a shared journal) stays 'running': its process cannot be seen."""
+        if self.host not in (None, HOST):
+            return self.status
         if self.status == "running" and self.pid and not _alive(self.pid):
             return "interrupted"
         return self.status
@@ -97,18 +134,85 @@ def _alive(pid: int) -> bool:
     return True
 
 
-class Journal:
-    def __init__(self, home: str | None = None) -> None:
-        self.home = home or default_home()
-        os.makedirs(self.home, exist_ok=True)
-        self.path = os.path.join(self.home, "journal.db")
-        self.db = sqlite3.connect(
-            self.path, timeout=30, isolation_level=None, check_same_thread=False
-        )
+class JournalError(ValueError):
+    """The configured journal cannot be used (unreachable, schema behind); one line.
+    A ValueError, so commands report it as a usage problem rather than a crash."""
+
+
+class _SqliteTables:
+    """The journal in one SQLite file, in WAL mode so concurrent runs can write it."""
+
+    RUNS, STEPS, PARAM = "runs", "steps", "?"
+
+    def __init__(self, path: str) -> None:
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        self.path = path
+        self.db = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
         self.db.execute("PRAGMA busy_timeout = 30000")
         self.db.execute("PRAGMA journal_mode = WAL")
         self.db.execute("PRAGMA synchronous = NORMAL")
         self.db.executescript(SCHEMA)
+        columns = {r[1] for r in self.db.execute("PRAGMA table_info(runs)")}
+        if "host" not in columns:  # journals written before runs recorded their host
+            self.db.execute("ALTER TABLE runs ADD COLUMN host TEXT")
+
+    def query(self, sql: str, args: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+        return self.db.execute(sql, args).fetchall()
+
+    def write(self, statements: list[tuple[str, tuple[Any, ...]]]) -> None:
+        with self.db:
+            self.db.execute("BEGIN")
+            for sql, args in statements:
+                self.db.execute(sql, args)
+
+    def close(self) -> None:
+        self.db.close()
+
+
+class _PostgresTables:
+    """The journal in PostgreSQL (tables ``journal_*``; ``wsrun db upgrade`` creates them)."""
+
+    RUNS, STEPS, PARAM = "journal_runs", "journal_steps", "%s"
+
+    def __init__(self, url: str) -> None:
+        from wsrun import db
+
+        self.url = url
+        try:
+            db.require_current(url)
+        except db.DbError as e:
+            raise JournalError(f"journal: {e}") from None
+
+    def query(self, sql: str, args: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+        from wsrun import db
+
+        with db.connection(self.url) as conn:
+            return conn.execute(sql, args).fetchall()
+
+    def write(self, statements: list[tuple[str, tuple[Any, ...]]]) -> None:
+        from wsrun import db
+
+        with db.connection(self.url) as conn, conn.transaction():
+            for sql, args in statements:
+                conn.execute(sql, args)
+
+    def close(self) -> None:
+        """The pool is the process's; nothing of this journal's own to release."""
+
+
+class Journal:
+    """The run journal at ``url`` (default: ``journal_url()``; with ``home``, the
+    SQLite default is ``<home>/journal.db``). SQLite or ``postgresql://``."""
+
+    def __init__(self, home: str | None = None, url: str | None = None) -> None:
+        self.home = home or default_home()
+        default = "sqlite://" + os.path.join(self.home, "journal.db")
+        self.url = url or journal_url(default=default)
+        if urlsplit(self.url).scheme in ("postgresql", "postgres"):
+            self.tables: _SqliteTables | _PostgresTables = _PostgresTables(self.url)
+        else:
+            self.tables = _SqliteTables(_sqlite_path(self.url))
+        self._sql: dict[str, str] = {}
         self._last_commit = time.monotonic()
         self._pending: list[tuple[str, tuple[Any, ...]]] = []
 
@@ -118,25 +222,33 @@ class Journal:
     #: which find their work done.
     COMMIT_EVERY = 0.25
 
+    def sql(self, text: str) -> str:
+        """``text`` for this backend: ``{runs}``/``{steps}`` named, ``?`` parameters mapped."""
+        found = self._sql.get(text)
+        if found is None:
+            t = self.tables
+            found = self._sql[text] = text.format(runs=t.RUNS, steps=t.STEPS).replace("?", t.PARAM)
+        return found
+
+    def _query(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        return self.tables.query(self.sql(sql), args)
+
     def _write(self, sql: str, args: tuple[Any, ...], commit: bool = False) -> None:
         """Queue a write; queued writes go to the database in one short
         transaction, so no lock is held while a step works."""
-        self._pending.append((sql, args))
+        self._pending.append((self.sql(sql), args))
         if commit or time.monotonic() - self._last_commit > self.COMMIT_EVERY:
             self.flush()
 
     def flush(self) -> None:
         if self._pending:
-            with self.db:
-                self.db.execute("BEGIN")
-                for sql, args in self._pending:
-                    self.db.execute(sql, args)
+            self.tables.write(self._pending)
             self._pending.clear()
         self._last_commit = time.monotonic()
 
     def close(self) -> None:
         self.flush()
-        self.db.close()
+        self.tables.close()
 
     def start_run(
         self,
@@ -149,9 +261,10 @@ class Journal:
         workdir: str,
     ) -> None:
         self._write(
-            "INSERT INTO runs (id, recipe, recipe_path, inputs, settings, dry_run, status, started, pid, workdir)"
-            " VALUES (?, ?, ?, ?, ?, ?, 'running', ?, ?, ?)"
-            " ON CONFLICT(id) DO UPDATE SET status='running', ended=NULL, pid=excluded.pid, error=NULL",
+            "INSERT INTO {runs} (id, recipe, recipe_path, inputs, settings, dry_run, status, started, pid, host, workdir)"
+            " VALUES (?, ?, ?, ?, ?, ?, 'running', ?, ?, ?, ?)"
+            " ON CONFLICT(id) DO UPDATE SET status='running', ended=NULL, pid=excluded.pid,"
+            " host=excluded.host, error=NULL",
             (
                 run_id,
                 recipe,
@@ -161,6 +274,7 @@ class Journal:
                 int(dry_run),
                 time.time(),
                 os.getpid(),
+                HOST,
                 workdir,
             ),
             commit=True,
@@ -170,7 +284,7 @@ class Journal:
         self, run_id: str, status: str, outputs: Any = None, error: str | None = None
     ) -> None:
         self._write(
-            "UPDATE runs SET status=?, ended=?, outputs=?, error=? WHERE id=?",
+            "UPDATE {runs} SET status=?, ended=?, outputs=?, error=? WHERE id=?",
             (status, time.time(), _json(outputs), error, run_id),
             commit=True,
         )
@@ -186,7 +300,11 @@ class Journal:
         """Record a step starting; with its planned effects (just before it
         changes the world) the record is committed at once."""
         self._write(
-            "INSERT OR REPLACE INTO steps (run_id, key, seq, uses, status, started, effects) VALUES (?, ?, ?, ?, 'running', ?, ?)",
+            "INSERT INTO {steps} (run_id, key, seq, uses, status, started, effects)"
+            " VALUES (?, ?, ?, ?, 'running', ?, ?)"
+            " ON CONFLICT(run_id, key) DO UPDATE SET seq=excluded.seq, uses=excluded.uses,"
+            " status='running', started=excluded.started, ended=NULL,"
+            " effects=excluded.effects, outputs=NULL, error=NULL",
             (run_id, key, seq, uses, time.time(), _json(planned)),
             commit=planned is not None,
         )
@@ -201,16 +319,16 @@ class Journal:
         error: str | None = None,
     ) -> None:
         self._write(
-            "UPDATE steps SET status=?, ended=?, effects=?, outputs=?, error=? WHERE run_id=? AND key=?",
+            "UPDATE {steps} SET status=?, ended=?, effects=?, outputs=?, error=? WHERE run_id=? AND key=?",
             (status, time.time(), _json(effects), _json(outputs), error, run_id, key),
         )
 
     def finished_steps(self, run_id: str) -> dict[str, dict[str, Any]]:
         """Steps of a run that completed, by key, with their status and outputs."""
-        rows = self.db.execute(
-            "SELECT key, status, outputs, effects FROM steps WHERE run_id=? AND status IN (?, ?, ?)",
+        rows = self._query(
+            "SELECT key, status, outputs, effects FROM {steps} WHERE run_id=? AND status IN (?, ?, ?)",
             (run_id, *FINISHED),
-        ).fetchall()
+        )
         return {
             key: {
                 "status": status,
@@ -220,30 +338,34 @@ class Journal:
             for key, status, outputs, effects in rows
         }
 
+    _RUN_COLUMNS = (
+        "id, recipe, recipe_path, inputs, settings, dry_run, status, started, ended, pid,"
+        " workdir, outputs, error, host"
+    )
+
     def run(self, run_id: str) -> RunRecord | None:
-        row = self.db.execute(
-            "SELECT id, recipe, recipe_path, inputs, settings, dry_run, status, started, ended, pid, workdir, outputs, error"
-            " FROM runs WHERE id=? OR id LIKE ? ORDER BY started DESC LIMIT 2",
+        row = self._query(
+            f"SELECT {self._RUN_COLUMNS} FROM {{runs}} WHERE id=? OR id LIKE ?"
+            " ORDER BY started DESC LIMIT 2",
             (run_id, f"%{run_id}%"),
-        ).fetchall()
+        )
         exact = [r for r in row if r[0] == run_id]
         if exact:
             return _record(exact[0])
         return _record(row[0]) if len(row) == 1 else None
 
     def runs(self, limit: int = 20) -> list[RunRecord]:
-        rows = self.db.execute(
-            "SELECT id, recipe, recipe_path, inputs, settings, dry_run, status, started, ended, pid, workdir, outputs, error"
-            " FROM runs ORDER BY started DESC LIMIT ?",
-            (limit,),
-        ).fetchall()
+        rows = self._query(
+            f"SELECT {self._RUN_COLUMNS} FROM {{runs}} ORDER BY started DESC LIMIT ?", (limit,)
+        )
         return [_record(r) for r in rows]
 
     def steps(self, run_id: str) -> list[dict[str, Any]]:
-        rows = self.db.execute(
-            "SELECT key, seq, uses, status, started, ended, effects, outputs, error FROM steps WHERE run_id=? ORDER BY seq, started",
+        rows = self._query(
+            "SELECT key, seq, uses, status, started, ended, effects, outputs, error FROM {steps}"
+            " WHERE run_id=? ORDER BY seq, started",
             (run_id,),
-        ).fetchall()
+        )
         return [
             {
                 "key": r[0],
@@ -258,6 +380,11 @@ class Journal:
             }
             for r in rows
         ]
+
+
+def _sqlite_path(url: str) -> str:
+    """The file of a ``sqlite:///path`` URL (or a plain path)."""
+    return urlsplit(url).path if "://" in url else url
 
 
 def _record(r: tuple[Any, ...]) -> RunRecord:
@@ -275,6 +402,7 @@ def _record(r: tuple[Any, ...]) -> RunRecord:
         r[10],
         json.loads(r[11]) if r[11] else None,
         r[12],
+        r[13],
     )
 
 

@@ -135,6 +135,13 @@ class Settings:
         return f"files: {files}; environment {env_name(name)}; --set {name}=..."
 
 
+#: The password of a URL (scheme://user:password@host), wherever it is in a value.
+URL_PASSWORD = re.compile(r"(://[^/\s:@]*:)[^/\s@]+@")
+
+
 def display(name: str, value: object, secret: bool = False) -> str:
-    """A value as it may be printed: masked when the setting is secret."""
-    return MASK if secret or is_secret_name(name) else str(value)
+    """A value as it may be printed: masked when the setting is secret, and any URL
+    password in it masked always (postgresql://u:pw@db -> postgresql://u:****@db)."""
+    if secret or is_secret_name(name):
+        return MASK
+    return URL_PASSWORD.sub(r"\1****@", str(value))

@@ -65,9 +65,6 @@ BUILTIN_STEPS: dict[str, str] = {
     "wait-files": "wsrun.steps.wait_files",
     "archive-check": "wsrun.steps.archive_check",
     "list-state": "wsrun.steps.list_state",
-    "publish": "wsrun.steps.publish",
-    "call": "wsrun.steps.call",
-    "reply": "wsrun.steps.reply",
     "s3-upload": "wsrun.steps.s3_upload",
     "s3-download": "wsrun.steps.s3_download",
     "s3-list": "wsrun.steps.s3_list",
@@ -76,6 +73,9 @@ BUILTIN_STEPS: dict[str, str] = {
     "image-derivative": "wsrun.steps.image_derivative",
     "archivesspace": "wsrun.steps.archivesspace",
     "http": "wsrun.steps.http",
+    "publish": "wsrun.steps.publish",
+    "call": "wsrun.steps.call",
+    "reply": "wsrun.steps.reply",
 }
 
 

@@ -253,7 +253,7 @@ class Worker:
             self.env["WSRUN_STATE_URL"] = state_url
         self.workdir = os.getcwd()
         self.stopping = threading.Event()
-        self.in_flight: dict[str, tuple[Message, Future[None]]] = {}
+        self.in_flight: dict[tuple[str, str], tuple[Message, Future[None]]] = {}
         self.running: dict[str, int] = {t.recipe.path: 0 for t in self.triggers}
         self.freed = threading.Event()
         self.lock = threading.Lock()
@@ -315,7 +315,7 @@ class Worker:
                     with self.lock:
                         self.running[trigger.recipe.path] += 1
                         future = pool.submit(self.handle, trigger, message)
-                        self.in_flight[message.id] = (message, future)
+                        self.in_flight[(message.queue, message.id)] = (message, future)
             finally:
                 self.stopping.set()
                 self.finish_in_flight()
@@ -404,7 +404,7 @@ class Worker:
             self.log(f"{name}: message {message.id} failed: {type(e).__name__}: {e}")
         finally:
             with self.lock:
-                self.in_flight.pop(message.id, None)
+                self.in_flight.pop((message.queue, message.id), None)
                 self.running[trigger.recipe.path] -= 1
                 self.handled += 1
             self.freed.set()

@@ -40,6 +40,7 @@ def worker(
 ) -> None:
     """Run recipes when a message arrives, a state changes or a file appears, until SIGTERM/SIGINT."""
     from wsrun.bus import BusError, bus_url, open_bus
+    from wsrun.bus.base import mask
     from wsrun.cliargs import parse_sets
     from wsrun.settings import Settings, SettingsError
     from wsrun.validate import InvalidRecipe
@@ -83,6 +84,6 @@ def worker(
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    log(f"started (pid {os.getpid()}, bus {the_bus.url}, concurrency {concurrency})")
+    log(f"started (pid {os.getpid()}, bus {mask(the_bus.url)}, concurrency {concurrency})")
     w.run()
     log(f"stopped after {w.handled} message(s)")

@@ -15,7 +15,13 @@ automatic reviewer (auto-review.yaml), the states printed as they move.
 wsrun state ls ous``), ``--serve`` serves both caches over HTTP (ports 8000
 and 8001) as the seed's replicated caches do.
 
-``System`` is also what tests/test_alma.py and bench/run.py drive.
+``--state-url``, ``--bus-url``, ``--archive-url`` and ``--journal-url`` put
+the system on other backends, e.g. PostgreSQL and RabbitMQ (docs/alma.md,
+"On PostgreSQL and RabbitMQ"); without them everything is embedded in the
+temporary directory.
+
+``System`` is also what tests/test_alma.py, tests/test_scaleout.py and
+bench/run.py drive.
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,6 +53,13 @@ HAPPY_PATH = [
     "DeliveryInProgress",
     "Delivered",
 ]
+#: System's backend URL attributes (``<name>_url``) and the variables that give them to wsrun.
+BACKEND_ENV = {
+    "state": "WSRUN_STATE_URL",
+    "bus": "WSRUN_BUS_URL",
+    "archive": "WSRUN_ARCHIVE_URL",
+    "journal": "WSRUN_JOURNAL_URL",
+}
 #: The seed's nine OUSs of "going to the movies".
 MOVIES = [f"uid://X1/X1/Xb{c}" for c in "12345678a"]
 
@@ -79,9 +92,22 @@ class System:
     topology: str = "sites"
     processes: int = 1
     concurrency: int = 1
+    #: Runs at once of the workers named here (the others: ``concurrency``).
+    concurrency_of: dict[str, int] = field(default_factory=dict)
     auto_review: str | None = None
     #: Environment the workers and commands get besides WSRUN_HOME (default: ours).
     base_env: dict[str, str] | None = None
+    #: The bus they share (default: the embedded one in ``home``), e.g. RabbitMQ's amqp:// URL.
+    bus_url: str | None = None
+    #: The state store (default: SQLite in ``home``), e.g. a postgresql:// URL.
+    state_url: str | None = None
+    #: The archive (default: ``home``/archive), e.g. ``postgresql://…?files=s3://bucket/archive``.
+    archive_url: str | None = None
+    #: The run journal (default: SQLite in ``home``), e.g. a postgresql:// URL.
+    journal_url: str | None = None
+    #: Seconds a worker's claim on a message lasts unless renewed (the embedded
+    #: bus gives a killed worker's messages to another after it; default: the worker's).
+    lease: float | None = None
     workers: list[Worker] = field(default_factory=list)
 
     @property
@@ -101,9 +127,19 @@ class System:
         env = {
             k: v
             for k, v in (self.base_env or os.environ).items()
-            if k not in ("WSRUN_STATE_URL", "WSRUN_BUS_URL", "WSRUN_ARCHIVE_URL")
+            if k not in BACKEND_ENV.values() and k != "WSRUN_ARCHIVE_FILES"
         }
-        return {**env, "WSRUN_HOME": str(self.home), "PYTHONUNBUFFERED": "1"}
+        env = {**env, "WSRUN_HOME": str(self.home), "PYTHONUNBUFFERED": "1"}
+        for name, variable in BACKEND_ENV.items():
+            if url := getattr(self, f"{name}_url"):
+                env[variable] = url
+        return env
+
+    @property
+    def on_postgresql(self) -> bool:
+        """Whether any of its stores is a PostgreSQL database (which needs ``wsrun db upgrade``)."""
+        urls = (self.state_url, self.archive_url, self.journal_url)
+        return any(u and u.startswith(("postgresql:", "postgres:")) for u in urls)
 
     # ---- running it -----------------------------------------------------------
 
@@ -120,11 +156,14 @@ class System:
             raise RuntimeError(f"wsrun {' '.join(args)} failed:\n{done.stdout}{done.stderr}")
         return done
 
-    def start(self) -> None:
-        """Create the caches, register the OUS lifecycle and start the workers."""
+    def start(self, hold: Collection[str] = ()) -> None:
+        """Create the caches, register the OUS lifecycle and start the workers,
+        except those named in ``hold`` (a site that is down; ``start_held`` later)."""
         for executive in ("EU", "JAO"):
             (self.cache(executive) / "weblogs").mkdir(parents=True, exist_ok=True)
         (self.root / "logs").mkdir(parents=True, exist_ok=True)
+        if self.on_postgresql:
+            self.wsrun("db", "upgrade")  # every PostgreSQL database the stores use
         self.wsrun("state", "lifecycle", str(RECIPES / "ous-lifecycle.yaml"))
         pipeline = [
             f"delay={self.delay}",
@@ -166,26 +205,55 @@ class System:
                 sets.append(f"flag={self.auto_review}")
             specs = {f"worker-{i + 1}": (recipes, sets) for i in range(self.processes)}
         for name, (recipes, sets) in specs.items():
-            args = [*recipes, "--concurrency", str(self.concurrency)]
+            args = [*recipes, "--concurrency", str(self.concurrency_of.get(name, self.concurrency))]
+            if self.lease is not None:
+                args += ["--lease", str(self.lease)]
             for s in sets:
                 args += ["--set", s]
             self.workers.append(Worker(name, args, self.root / "logs" / f"{name}.log"))
         for w in self.workers:
-            with open(w.log, "wb") as log:
-                w.process = subprocess.Popen(
-                    [sys.executable, "-m", "wsrun", "worker", *w.args],
-                    env=self.env,
-                    cwd=self.root,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                )
-        self.wait_listening()
+            if w.name not in hold:
+                self.spawn(w)
+        self.wait_listening([w for w in self.workers if w.process is not None])
 
-    def wait_listening(self, timeout: float = 60) -> None:
+    def start_held(self, name: str) -> None:
+        """Start the worker ``start`` held back; return once it listens."""
+        (held,) = [w for w in self.workers if w.name == name and w.process is None]
+        self.spawn(held)
+        self.wait_listening([held])
+
+    def spawn(self, w: Worker) -> None:
+        """Start worker ``w``'s process, logging to ``w.log``."""
+        with open(w.log, "wb") as log:
+            w.process = subprocess.Popen(
+                [sys.executable, "-m", "wsrun", "worker", *w.args],
+                env=self.env,
+                cwd=self.root,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+
+    def crash_and_replace(self, name: str) -> Worker:
+        """SIGKILL worker ``name``, as a crash would (no chance to release its
+        messages), and start a new one with the same recipes and options; it is
+        returned once it listens. The messages the killed one held come back:
+        from RabbitMQ at once, from the embedded bus when their lease runs out."""
+        old = next(w for w in self.workers if w.name == name and w.process is not None)
+        assert old.process is not None
+        old.process.kill()
+        old.process.wait()
+        self.workers.remove(old)
+        new = Worker(name, old.args, old.log.with_name(f"{name}-{int(time.time() * 1000)}.log"))
+        self.workers.append(new)
+        self.spawn(new)
+        self.wait_listening([new])
+        return new
+
+    def wait_listening(self, workers: list[Worker] | None = None, timeout: float = 60) -> None:
         """Wait until every worker has declared its queues (messages published
         earlier would wait for them anyway; this makes start-up visible)."""
         deadline = time.monotonic() + timeout
-        for w in self.workers:
+        for w in self.workers if workers is None else workers:
             while "listening:" not in w.log.read_text(errors="replace"):
                 assert w.process is not None
                 if w.process.poll() is not None:
@@ -251,12 +319,18 @@ class System:
     def state_store(self) -> Any:
         from wsrun.state import open_state_store
 
-        return open_state_store(f"sqlite://{self.home / 'state.db'}")
+        return open_state_store(self.state_url or f"sqlite://{self.home / 'state.db'}")
 
     def bus(self) -> Any:
         from wsrun.bus import open_bus
 
-        return open_bus(f"sqlite://{self.home / 'bus.db'}")
+        return open_bus(self.bus_url or f"sqlite://{self.home / 'bus.db'}")
+
+    def archive(self) -> Any:
+        """The archive the workers ingest into, open (close it after)."""
+        from wsrun.archive_store import ArchiveStore
+
+        return ArchiveStore.open(self.archive_url or str(self.home / "archive"), create=False)
 
     def states(self, ids: Iterable[str]) -> dict[str, str | None]:
         with self.state_store() as store:
@@ -275,8 +349,9 @@ class System:
             time.sleep(0.05)
 
     def messages(self, statuses: Iterable[str] = ("ready", "claimed", "dead")) -> dict[str, int]:
-        """Messages in these states per subscribed queue (state changes nobody
-        subscribes to wait unrouted: they are not work anyone should do)."""
+        """Messages in these states per queue, unrouted ones (queue ``""``)
+        included: state changes nobody subscribes to are not kept, so
+        anything left is work somebody should still do."""
         bus = self.bus()
         try:
             counts = bus.counts()
@@ -285,11 +360,11 @@ class System:
         return {
             q: n
             for q, by_status in counts.items()
-            if q and (n := sum(by_status.get(s, 0) for s in statuses))
+            if (n := sum(by_status.get(s, 0) for s in statuses))
         }
 
     def settle(self, timeout: float = 60) -> None:
-        """Wait until no subscribed queue holds a message waiting or in handling."""
+        """Wait until no queue holds a message waiting or in handling."""
         deadline = time.monotonic() + timeout
         while left := self.messages(("ready", "claimed")):
             if time.monotonic() > deadline:
@@ -298,12 +373,13 @@ class System:
 
     def logs(self) -> str:
         return "".join(
-            f"\n--- {w.name}\n{w.log.read_text(errors='replace')[-3000:]}" for w in self.workers
+            f"\n--- {w.name}\n{w.log.read_text(errors='replace')[-3000:]}"
+            for w in self.workers
+            if w.log.exists()
         )
 
     def checks(self, ous: str) -> dict[str, Any]:
         """The seed's checks for one OUS, as values (see docs/alma.md)."""
-        from wsrun.archive_store import ArchiveStore
         from wsrun.steps.alma_pipeline import ous_tag
 
         with self.state_store() as store:
@@ -317,7 +393,7 @@ class System:
             delivery = store.get("delivery-status", ous)
         states = [s for i, s in enumerate(history) if i == 0 or history[i - 1] != s]
         tag = ous_tag(ous)
-        archive = ArchiveStore.open(str(self.home / "archive"), create=False)
+        archive = self.archive()
         try:
             mine = [p for p in archive.products() if f"-{tag}-" in p.filename]
             files = sum(len(archive.product(p.locator).files) for p in mine)  # type: ignore[union-attr]
@@ -443,6 +519,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dir", type=Path, help="where to put it all (default: a temp dir)")
     parser.add_argument("--keep", action="store_true", help="keep the directory afterwards")
     parser.add_argument("--serve", action="store_true", help="serve the caches on :8000 and :8001")
+    embedded = "default: SQLite in the demo's directory"
+    backends = {
+        "state": f"the state store, e.g. postgresql://wsrun@db/alma ({embedded})",
+        "bus": f"the bus, e.g. amqp://guest:guest@127.0.0.1:5672/%%2F?prefix=alma. ({embedded})",
+        "archive": "the archive, e.g. postgresql://wsrun@db/alma?files=s3://bucket/archive"
+        " (default: a directory in the demo's directory)",
+        "journal": f"the run journal, e.g. postgresql://wsrun@db/alma ({embedded})",
+    }
+    for name, what in backends.items():
+        parser.add_argument(f"--{name}-url", metavar="URL", help=what)
     args = parser.parse_args(argv)
     root = args.dir or Path(tempfile.mkdtemp(prefix="wsrun-alma-"))
     delay = args.delay if args.delay is not None else (5.0 if args.movies else 0.0)
@@ -454,9 +540,15 @@ def main(argv: list[str] | None = None) -> int:
         seed=args.seed,
         concurrency=4 if args.movies else 1,
         auto_review="Pass" if args.movies else None,
+        **{f"{name}_url": getattr(args, f"{name}_url") for name in BACKEND_ENV},
     )
     servers: list[subprocess.Popen[bytes]] = []
     print(f"wsrun ALMA workflow in {root}; worker logs in {root / 'logs'}")
+    for name in BACKEND_ENV:
+        if url := getattr(system, f"{name}_url"):
+            from wsrun.bus.base import mask
+
+            print(f"{name}: {mask(url)}")
     try:
         system.start()
         print("workers: " + ", ".join(w.name for w in system.workers))

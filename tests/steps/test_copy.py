@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -239,6 +240,8 @@ def test_resume_after_kill_removes_stray_temps(tmp_path: Path, tree: Path) -> No
     (dest / "sub/b.dat").unlink()
     (dest / f"sub/.b.dat{TMP_SUFFIX}").symlink_to("../a.txt")  # a link is never followed
     (dest / f".a.txt{TMP_SUFFIX}").write_bytes(b"half")  # where nothing else is written
+    an_hour_ago = time.time() - 3600  # a killed run's leftover, not a file being written now
+    os.utime(dest / f".a.txt{TMP_SUFFIX}", (an_hour_ago, an_hour_ago))
     plan_step("copy", {"sources": "src", "to": "out"}, str(tmp_path))
     assert len(temps(tmp_path)) == 2  # planning never changes anything
     plan, result = run_step("copy", {"sources": "src", "to": "out"}, str(tmp_path))
@@ -363,3 +366,24 @@ def test_checksummed_copy_through_the_kernel_and_without(
     assert result.outputs["checksums"] == {
         str(tmp_path / "out/f.bin"): hashlib.sha1(data).hexdigest()
     }
+
+
+def test_a_temp_another_run_is_writing_is_left_alone(tmp_path: Path, tree: Path) -> None:
+    """Two runs copying into one directory at once must not delete each other's
+    temporary files (two ALMA pipeline drivers sharing a cache did)."""
+    from wsrun.fileio import atomic_write, remove_stray_temps
+
+    out = tmp_path / "out" / "src"  # where the copy below writes
+    out.mkdir(parents=True)
+    old = time.time() - 3600
+    with atomic_write(str(out / "busy.dat")) as busy:  # another run, mid-write
+        busy.write(b"half")
+        busy.flush()
+        os.utime(out / f".busy.dat{TMP_SUFFIX}", (old, old))  # even if slow
+        (out / f".dead.dat{TMP_SUFFIX}").write_bytes(b"left by a killed run")
+        os.utime(out / f".dead.dat{TMP_SUFFIX}", (old, old))
+        run_step("copy", {"sources": "src", "to": "out"}, str(tmp_path))
+        assert temps(out) == [str(out / f".busy.dat{TMP_SUFFIX}")]
+        remove_stray_temps(str(out))
+        assert temps(out) == [str(out / f".busy.dat{TMP_SUFFIX}")]
+    assert (out / "busy.dat").read_bytes() == b"half" and temps(out) == []

@@ -1,8 +1,9 @@
 """The message bus: selectors, queues, at-least-once delivery, request/reply.
 
 A bus is chosen by URL, like the state store: ``sqlite:///path/bus.db`` (the
-embedded default, shared by the processes of one machine). Other backends
-(``amqp://`` for RabbitMQ) register in ``BACKENDS`` under their URL scheme.
+embedded default, shared by the processes of one machine) or
+``amqp://user:password@host:5672/vhost`` (RabbitMQ, shared by many hosts).
+Backends register in ``BACKENDS`` under their URL scheme.
 """
 
 from __future__ import annotations
@@ -42,8 +43,14 @@ def _sqlite(url: str) -> Bus:
     return SqliteBus.from_url(url)
 
 
+def _amqp(url: str) -> Bus:
+    from wsrun.bus.amqp import AmqpBus
+
+    return AmqpBus(url)
+
+
 #: URL scheme -> constructor of a bus.
-BACKENDS: dict[str, Callable[[str], Bus]] = {"sqlite": _sqlite}
+BACKENDS: dict[str, Callable[[str], Bus]] = {"sqlite": _sqlite, "amqp": _amqp, "amqps": _amqp}
 
 _open: dict[tuple[int, str], Bus] = {}
 _open_lock = threading.Lock()

@@ -9,12 +9,14 @@ to SQLite, so an AMQP backend can implement the same class.
 
 from __future__ import annotations
 
+import re
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from functools import lru_cache
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 #: Message statuses: waiting to be claimed, being handled, handled, given up on.
 STATUSES = ("ready", "claimed", "done", "dead")
@@ -24,6 +26,16 @@ DEFAULT_MAX_ATTEMPTS = 5
 DEFAULT_BACKOFF = 1.0
 #: Seconds a consumer holds a claimed message before others may take it.
 DEFAULT_LEASE = 60.0
+#: Seconds handled (``done``) messages are kept for inspection before a bus
+#: removes them (7 days); ``wsrun bus purge`` removes them sooner.
+DEFAULT_RETENTION = 7 * 86400.0
+#: Statuses of a message still to be handled or looked at: what "unconsumed" counts.
+UNCONSUMED = ("ready", "claimed", "dead")
+
+#: Statuses ``purge`` removes; a claimed message is being handled and is left alone.
+PURGEABLE = ("done", "dead", "ready")
+
+_UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
 
 
 class BusError(Exception):
@@ -58,9 +70,12 @@ class Message:
     lease_until: float | None = None
     #: Not to be claimed before this time (a retry's back-off).
     available: float | None = None
+    #: The backend's handle on this delivery (an AMQP delivery tag), for ack/fail.
+    receipt: Any = field(default=None, repr=False, compare=False)
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        # not asdict(): it would deep-copy the receipt (a live connection's handle)
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "receipt"}
 
     def scope(self) -> dict[str, Any]:
         """What a recipe started by this message sees as ``message``."""
@@ -119,6 +134,39 @@ def route(selector: str, queues: Iterable[tuple[str, Sequence[str]]]) -> list[st
     return [name for name, patterns in queues if any(matches(p, selector) for p in patterns)]
 
 
+def parse_duration(text: str | float) -> float:
+    """Seconds from ``90``, ``30s``, ``10m``, ``2h``, ``1d`` or ``1w`` (for
+    ``--older-than`` and a bus URL's ``retention``)."""
+    if isinstance(text, (int, float)):
+        return float(text)
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*", text)
+    if not m:
+        raise BusError(f"invalid duration {text!r}: a number with s, m, h, d or w, e.g. 1d")
+    return float(m.group(1)) * _UNITS[m.group(2)]
+
+
+def mask(url: str) -> str:
+    """``url`` with its password replaced by ``****``: what logs and messages show."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rsplit("@", 1)[1]
+    return urlunsplit(parts._replace(netloc=f"{parts.username}:****@{host}"))
+
+
+def check_purge_status(status: str) -> str:
+    """``status`` if ``purge`` may remove messages of it."""
+    if status not in PURGEABLE:
+        raise BusError(f"cannot purge {status!r} messages (one of {', '.join(PURGEABLE)})")
+    return status
+
+
+def unconsumed(counts: dict[str, dict[str, int]]) -> int:
+    """Messages waiting, in handling or dead in every queue of ``counts``
+    (``Bus.counts()``), unrouted ones included: zero when all work is done."""
+    return sum(n for by_status in counts.values() for s, n in by_status.items() if s in UNCONSUMED)
+
+
 def retry_delay(attempts: int, backoff: float) -> float:
     """Seconds before retrying a message that failed its ``attempts``-th time."""
     return backoff * (2 ** max(0, attempts - 1))
@@ -157,9 +205,13 @@ class Bus(ABC):
         reply_to: str | None = None,
         correlation_id: str | None = None,
         headers: dict[str, Any] | None = None,
+        keep_unrouted: bool = True,
     ) -> str:
-        """Put a copy of the message in every matching queue (or keep it until
-        one is declared); returns the message id."""
+        """Put a copy of the message in every matching queue; returns the
+        message id. When no queue matches, the message is kept until one is
+        declared, unless ``keep_unrouted`` is False: then it is dropped (a
+        notification such as a state change, which a queue declared later
+        does not want: it subscribes to the changes from then on)."""
 
     @abstractmethod
     def send_to_queue(
@@ -247,6 +299,18 @@ class Bus(ABC):
     @abstractmethod
     def counts(self) -> dict[str, dict[str, int]]:
         """Messages per queue and status; unrouted ones under the queue ``""``."""
+
+    @abstractmethod
+    def purge(
+        self,
+        status: str = "done",
+        older_than: float = 0.0,
+        queue: str | None = None,
+    ) -> int:
+        """Remove messages of ``status`` (``done``, ``dead``, or ``ready``,
+        which loses work: for unrouted messages nobody will want) created
+        more than ``older_than`` seconds ago, in ``queue`` or all queues
+        (``""``: the unrouted ones); how many were removed."""
 
     def close(self) -> None:  # noqa: B027  (a backend without connections has nothing to do)
         """Release connections; the bus reconnects if used again."""

@@ -151,6 +151,30 @@ def resend(
     print(f"{m.id}: ready again in {m.queue or '(unrouted)'}")
 
 
+@bus_app.command("purge")
+def purge(
+    status: Annotated[str, typer.Option(help="done, dead, or ready (loses the work)")] = "done",
+    older_than: Annotated[
+        str,
+        typer.Option(
+            "--older-than", help="Only messages created before this long ago: 1d, 12h, 30m, 90"
+        ),
+    ] = "0",
+    queue: Annotated[str | None, typer.Option(help="Only this queue ('' for unrouted)")] = None,
+    bus: BusOption = None,
+) -> None:
+    """Remove handled (or dead) messages; prints how many. Done messages
+    past the bus's retention (7 days by default) are removed anyway."""
+    from wsrun.bus import BusError
+    from wsrun.bus.base import parse_duration
+
+    try:
+        removed = _bus(bus).purge(status, parse_duration(older_than), queue)
+    except BusError as e:
+        _fail(str(e))
+    print(f"{removed} {status} message{'' if removed == 1 else 's'} removed")
+
+
 @bus_app.command("queues")
 def queues(
     as_json: Annotated[bool, typer.Option("--json")] = False,

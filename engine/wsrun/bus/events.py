@@ -6,6 +6,11 @@ second (others may relay too, e.g. right after a transition), so a crash
 between the commit and the publish loses nothing: the change is published
 late, never dropped (at least once: a crash after publishing but before
 marking may publish it twice).
+
+A change no queue subscribes to is dropped, not kept unrouted (it would pile
+up, several per OUS, forever): a queue declared later for a state trigger
+wants the changes from its declaration on, not a backlog of old ones. Nothing
+anybody subscribed to is lost.
 """
 
 from __future__ import annotations
@@ -50,7 +55,11 @@ def relay_state_changes(
         if not changes:
             return published
         for change in changes:
-            bus.publish(change_selector(change.kind, change.state), change_body(change))
+            bus.publish(
+                change_selector(change.kind, change.state),
+                change_body(change),
+                keep_unrouted=False,
+            )
         store.mark_published([c.seq for c in changes])
         published += len(changes)
         if len(changes) < limit:

@@ -34,12 +34,15 @@ from wsrun.bus.base import (
     DEFAULT_BACKOFF,
     DEFAULT_LEASE,
     DEFAULT_MAX_ATTEMPTS,
+    DEFAULT_RETENTION,
     Bus,
     BusError,
     BusTimeout,
     Message,
     check_pattern,
+    check_purge_status,
     check_selector,
+    parse_duration,
     retry_delay,
     route,
 )
@@ -52,6 +55,8 @@ POLL_MIN = 0.001
 BUSY_SLICE_MS = 2
 #: Seconds a write waits for the lock before it fails.
 LOCK_TIMEOUT = 30.0
+#: Seconds between two removals of done messages past the retention, per process.
+PRUNE_EVERY = 60.0
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS queues (
@@ -107,12 +112,15 @@ class SqliteBus(Bus):
         *,
         max_attempts: int = DEFAULT_MAX_ATTEMPTS,
         backoff: float = DEFAULT_BACKOFF,
+        retention: float = DEFAULT_RETENTION,
         url: str | None = None,
     ) -> None:
         self.path = os.path.abspath(path)
         self.url = url or "sqlite:///" + self.path.lstrip("/")
         self.max_attempts = max_attempts
         self.backoff = backoff
+        self.retention = retention
+        self._next_prune = 0.0
         self._local = threading.local()
         self._lock = threading.Lock()
         self._connections: list[sqlite3.Connection] = []
@@ -121,14 +129,21 @@ class SqliteBus(Bus):
 
     @classmethod
     def from_url(cls, url: str) -> SqliteBus:
-        """``sqlite:///path/bus.db?max_attempts=5&backoff=1``."""
+        """``sqlite:///path/bus.db?max_attempts=5&backoff=1&retention=7d``."""
         query = parse_qs(urlsplit(url).query)
         try:
             max_attempts = int(query.get("max_attempts", [DEFAULT_MAX_ATTEMPTS])[0])
             backoff = float(query.get("backoff", [DEFAULT_BACKOFF])[0])
-        except ValueError as e:
+            retention = parse_duration(query.get("retention", [DEFAULT_RETENTION])[0])
+        except (ValueError, BusError) as e:
             raise BusError(f"{url}: {e}") from None
-        return cls(sqlite_path(url), max_attempts=max_attempts, backoff=backoff, url=url)
+        return cls(
+            sqlite_path(url),
+            max_attempts=max_attempts,
+            backoff=backoff,
+            retention=retention,
+            url=url,
+        )
 
     # ---- connections -------------------------------------------------------------
 
@@ -203,6 +218,7 @@ class SqliteBus(Bus):
         reply_to: str | None = None,
         correlation_id: str | None = None,
         headers: dict[str, Any] | None = None,
+        keep_unrouted: bool = True,
     ) -> str:
         check_selector(selector)
         origin = uuid.uuid4().hex[:16]
@@ -210,7 +226,9 @@ class SqliteBus(Bus):
         now = time.time()
         with self._transaction() as db:
             rows = db.execute("SELECT name, patterns FROM queues ORDER BY created").fetchall()
-            targets = route(selector, [(n, json.loads(p)) for n, p in rows]) or [""]
+            targets = route(selector, [(n, json.loads(p)) for n, p in rows])
+            if not targets and keep_unrouted:
+                targets = [""]
             db.executemany(
                 "INSERT INTO messages (id, origin, selector, body, queue, status, created, available,"
                 " reply_to, correlation_id, headers) VALUES (?, ?, ?, ?, ?, 'ready', ?, ?, ?, ?, ?)",
@@ -324,6 +342,9 @@ class SqliteBus(Bus):
     def ack(self, message: Message) -> None:
         self._finish(message, "UPDATE messages SET status='done', lease_until=NULL", ())
         message.status = "done"
+        if self.retention and time.monotonic() >= self._next_prune:
+            self._next_prune = time.monotonic() + PRUNE_EVERY
+            self.purge("done", self.retention)
 
     def fail(self, message: Message, error: str, *, retry: bool = True) -> str:
         if retry and message.attempts < self.max_attempts:
@@ -468,6 +489,21 @@ class SqliteBus(Bus):
         ):
             out.setdefault(queue, {})[status] = n
         return out
+
+    def purge(
+        self,
+        status: str = "done",
+        older_than: float = 0.0,
+        queue: str | None = None,
+    ) -> int:
+        where, args = (
+            "status=? AND created<?",
+            [check_purge_status(status), time.time() - older_than],
+        )
+        if queue is not None:
+            where += " AND queue=?"
+            args.append(queue)
+        return self._write(f"DELETE FROM messages WHERE {where}", tuple(args)).rowcount
 
 
 class _Immediate:

@@ -3,7 +3,8 @@ free attributes and their history, moved only along their kind's lifecycle.
 
 Stores are chosen by URL, like fsspec file systems: ``BACKENDS`` maps a URL
 scheme to a function that opens a store. The embedded default is one SQLite
-file under ``$WSRUN_HOME``. See docs/state.md.
+file under ``$WSRUN_HOME``; ``postgresql://`` URLs open the store shared by
+many hosts (``wsrun.state.postgres``). See docs/state.md.
 """
 
 from __future__ import annotations
@@ -50,9 +51,17 @@ def _open_sqlite(url: str) -> StateStore:
     return SqliteStateStore(url)
 
 
+def _open_postgres(url: str) -> StateStore:
+    from wsrun.state.postgres import PostgresStateStore
+
+    return PostgresStateStore(url)
+
+
 #: URL scheme -> a function opening a store at that URL.
 BACKENDS: dict[str, Callable[[str], StateStore]] = {
     "sqlite": _open_sqlite,
+    "postgresql": _open_postgres,
+    "postgres": _open_postgres,
 }
 
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
 from wsrun.archivesspace import ArchivesSpace, ArchivesSpaceError
 from wsrun.effects import Effect
+from wsrun.fs import WorldView
 from wsrun.settings import MASK
 from wsrun.step import Plan, Result, StepContext, StepError
 
@@ -19,6 +21,8 @@ DOC = """Read a collection from ArchivesSpace and record digital objects in it.
   tree; outputs the resource and every archival object in tree order with its
   title, component id, level, dates, ancestors and linked digital objects.
 - ``archival-object``: read one archival object by URI.
+- ``find-digital-object``: read the digital object with this
+  ``digital_object_id`` (its URI, title and file versions), or null.
 - ``digital-object``: make sure a digital object with this ``digital_object_id``
   exists with this title and these file versions, linked to ``archival_object``
   when given; an existing one is updated (``file_versions_mode: merge`` adds or
@@ -27,9 +31,12 @@ DOC = """Read a collection from ArchivesSpace and record digital objects in it.
   (found by ``component_id``).
 
 Reading is done while planning, dry runs included (so later steps see real
-titles); every change is a ``record`` effect naming the URI it writes
-(``/repositories/2/digital_objects`` for one still to create) and is made only by
-a real run. A second run with the same values finds nothing to change. Log in
+titles); every change is a ``record`` effect naming the records' collection
+(``/repositories/2/digital_objects``) and the record's id (a link names the
+archival object), made only by a real run; the record's URI is the ``uri``
+output. A dry run sees the records earlier steps of the same run would create
+or update, so it plans what the real run does. A second run with the same
+values finds nothing to change. Log in
 with ``username`` and ``password``; give the password from a secret setting
 (``password: "{{ settings.aspace_password }}"``): it never appears in effects,
 outputs, logs or errors. Talks to the backend API (port 8089 by default).
@@ -58,7 +65,13 @@ SCHEMA: dict[str, Any] = {
     "properties": {
         "action": {
             "description": "What to do (see the step's description).",
-            "enum": ["resource", "archival-object", "digital-object", "digital-object-component"],
+            "enum": [
+                "resource",
+                "archival-object",
+                "find-digital-object",
+                "digital-object",
+                "digital-object-component",
+            ],
         },
         "url": {
             "description": "The backend API's URL.",
@@ -90,7 +103,8 @@ SCHEMA: dict[str, Any] = {
             "examples": ["/repositories/2/archival_objects/1234"],
         },
         "digital_object_id": {
-            "description": "digital-object: the identifier that makes it unique.",
+            "description": "digital-object, find-digital-object: the identifier that makes "
+            "it unique.",
             "type": "string",
             "minLength": 1,
             "examples": ["MS01_001_0001"],
@@ -174,6 +188,9 @@ OUTPUTS = {
     "display_string, component_id, level, ref_id, dates, ancestors (URIs), path ([{uri, title, "
     "level, component_id}] from the top), digital_objects (linked URIs)}",
     "archival_object": "archival-object: the archival object, in the same form",
+    "digital_object": "find-digital-object: {uri, digital_object_id, title, file_versions} "
+    "or null (in a dry run as earlier steps of the run would leave it; uri null when it is "
+    "still to create)",
     "uri": "digital-object and -component: the record's URI (null in a dry run of one to create)",
     "change": "digital-object and -component: created, updated or unchanged",
 }
@@ -210,7 +227,9 @@ def plan(params: dict[str, Any], ctx: StepContext) -> Plan:
                 if not params.get("uri"):
                     raise StepError("archival-object needs `uri`")
                 return Plan(outputs={"archival_object": _archival_object(client, params["uri"])})
-            return _plan_write(client, params, action)
+            if action == "find-digital-object":
+                return Plan(outputs={"digital_object": _find_digital_object(client, params, ctx)})
+            return _plan_write(client, params, action, ctx.fs)
     except ArchivesSpaceError as e:
         raise StepError(_masked(str(e), params["password"])) from None
 
@@ -285,6 +304,33 @@ def _resource(client: ArchivesSpace, params: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _find_digital_object(
+    client: ArchivesSpace, params: dict[str, Any], ctx: StepContext
+) -> dict[str, Any] | None:
+    record_id = params.get("digital_object_id")
+    if not record_id:
+        raise StepError("find-digital-object needs `digital_object_id`")
+    repository = params.get("repository", 2)
+    record = client.find_digital_object(repository, record_id) or _planned_record(
+        ctx.fs,
+        client.url,
+        f"/repositories/{repository}/digital_objects",
+        "digital_object_id",
+        record_id,
+    )
+    if record is None:
+        return None
+    return {
+        "uri": record.get("uri"),
+        "digital_object_id": record_id,
+        "title": record.get("title"),
+        "file_versions": [
+            {k: v for k, v in version.items() if k not in ("jsonmodel_type", "lock_version")}
+            for version in record.get("file_versions", [])
+        ],
+    }
+
+
 def _archival_object(client: ArchivesSpace, uri: str) -> dict[str, Any]:
     record = client.get(uri)
     ancestors = [
@@ -326,7 +372,38 @@ def _describe(record: dict[str, Any], ancestors: list[str]) -> dict[str, Any]:
     }
 
 
-def _plan_write(client: ArchivesSpace, params: dict[str, Any], action: str) -> Plan:
+def _planned_record(
+    fs: WorldView, url: str, collection_path: str, id_field: str, record_id: str
+) -> dict[str, Any] | None:
+    """The record an earlier step of this dry run would have written (created or
+    updated), as it would then be; None when no earlier step writes it. A real
+    run has no planned effects: the store itself answers."""
+    found = None
+    for effect in fs.planned_other:
+        if (
+            effect.op == "record"
+            and effect.path == collection_path
+            and effect.extra.get(id_field) == record_id
+            and effect.content is not None
+        ):
+            written = json.loads(effect.content)
+            if written["url"] == url:
+                found = written["record"]
+    return found
+
+
+def _planned_link(fs: WorldView, archival_object: str, digital_object_id: str) -> bool:
+    """Whether an earlier step of this dry run links the digital object to the archival object."""
+    return any(
+        e.op == "record"
+        and e.path == archival_object
+        and e.extra.get("action") == "link"
+        and e.extra.get("digital_object_id") == digital_object_id
+        for e in fs.planned_other
+    )
+
+
+def _plan_write(client: ArchivesSpace, params: dict[str, Any], action: str, fs: WorldView) -> Plan:
     collection, jsonmodel, id_field = _RECORDS[action]
     repository = params.get("repository", 2)
     record_id = params.get(id_field)
@@ -345,16 +422,25 @@ def _plan_write(client: ArchivesSpace, params: dict[str, Any], action: str) -> P
         if parent.startswith("/repositories/"):
             wanted["digital_object"] = {"ref": parent}
         else:
-            found = client.find_digital_object(repository, parent)
-            if found is not None:
+            found = client.find_digital_object(repository, parent) or _planned_record(
+                fs,
+                client.url,
+                f"/repositories/{repository}/digital_objects",
+                "digital_object_id",
+                parent,
+            )
+            if found is not None and found.get("uri"):
                 wanted["digital_object"] = {"ref": found["uri"]}
             else:
                 parent_id = parent  # planned by an earlier step of this dry run
+    # Effects name the collection and the record's id, not its URI: a record an
+    # earlier step of the same run creates has no URI yet in a dry run.
+    collection_path = f"/repositories/{repository}/{collection}"
     existing = (
         client.find_digital_object(repository, record_id)
         if action == "digital-object"
         else client.find_component(repository, record_id)
-    )
+    ) or _planned_record(fs, client.url, collection_path, id_field, record_id)
     versions = [dict(v, jsonmodel_type="file_version") for v in params.get("file_versions", [])]
     # Without `file_versions` an existing record keeps the versions it has.
     mode = params.get("file_versions_mode", "replace" if "file_versions" in params else "merge")
@@ -372,31 +458,48 @@ def _plan_write(client: ArchivesSpace, params: dict[str, Any], action: str) -> P
             **wanted,
             "file_versions": versions,
         }
-        data.path = f"/repositories/{repository}/{collection}"
+        data.path = collection_path
         data.record = record
-        effects.append(Effect("record", data.path, extra={"action": "create", id_field: record_id}))
+        effects.append(_write_effect(client.url, collection_path, "create", id_field, record))
         change, uri = "created", None
     else:
-        uri = existing["uri"]
+        uri = existing.get("uri")  # None: planned by an earlier step of this dry run
         merged = _merged(existing.get("file_versions", []), versions, mode)
         differs = any(existing.get(k) != v for k, v in wanted.items()) or not _same_versions(
             existing.get("file_versions", []), merged
         )
         change = "unchanged"
         if differs:
-            data.path = uri
+            data.path = uri or collection_path
             data.record = {**existing, **wanted, "file_versions": merged}
-            effects.append(Effect("record", uri, extra={"action": "update", id_field: record_id}))
+            effects.append(
+                _write_effect(client.url, collection_path, "update", id_field, data.record)
+            )
             change = "updated"
     if link:
         if action != "digital-object":
             raise StepError("only a digital object is linked to an archival object")
-        linked = uri is not None and uri in _describe(client.get(link), [])["digital_objects"]
+        linked = _planned_link(fs, link, record_id) or (
+            uri is not None and uri in _describe(client.get(link), [])["digital_objects"]
+        )
         if not linked:
             data.link = link
             effects.append(Effect("record", link, extra={"action": "link", id_field: record_id}))
     data.outputs = {"uri": uri, "change": change}
     return Plan(effects=effects, outputs=dict(data.outputs), data=data)
+
+
+def _write_effect(
+    url: str, collection_path: str, action: str, id_field: str, record: dict[str, Any]
+) -> Effect:
+    """A ``record`` effect creating or updating a record; it carries the record as
+    it will be (never printed) so later steps of a dry run see it."""
+    return Effect(
+        "record",
+        collection_path,
+        extra={"action": action, id_field: record[id_field]},
+        content=json.dumps({"url": url, "record": record}).encode(),
+    )
 
 
 def _merged(

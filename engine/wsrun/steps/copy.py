@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from wsrun.effects import Effect, create_dir, create_file, create_symlink
-from wsrun.fileio import TMP_SUFFIX, is_temp_name, remove_stray_temps, temp_path
+from wsrun.fileio import TMP_SUFFIX, hold_temp, is_temp_name, remove_stray_temps, temp_path
 from wsrun.fs import FileInfo, WorldView
 from wsrun.step import PATHS, Plan, Result, StepContext, StepError
 
@@ -507,10 +507,12 @@ def _create(path: str, mode: int) -> int:
     """Create ``path`` afresh; a leftover (even a symlink) is removed, never followed."""
     flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC  # read: hashed through mmap
     try:
-        return os.open(path, flags, mode)
+        fd = os.open(path, flags, mode)
     except FileExistsError:
         os.unlink(path)
-        return os.open(path, flags, mode)
+        fd = os.open(path, flags, mode)
+    hold_temp(fd)  # a concurrent run's clean-up of leftovers leaves it alone
+    return fd
 
 
 def _by_copy_file_range(src_fd: int, dst_fd: int, count: int) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -200,13 +201,29 @@ def _request(params: dict[str, Any]) -> _Request:
     )
 
 
+_ssl: dict[str, Any] = {}
+_ssl_lock = threading.Lock()
+
+
+def _ssl_context() -> Any:
+    """The default (verifying) SSL context, made once per process and shared by
+    every request: loading the CA bundle costs 0.03-0.15 s per client. It holds
+    no credentials; each request still gets a client (and cookie jar) of its own."""
+    import httpx
+
+    with _ssl_lock:
+        if "default" not in _ssl:
+            _ssl["default"] = httpx.create_ssl_context()
+        return _ssl["default"]
+
+
 def send(r: _Request, ctx: StepContext) -> dict[str, Any]:
     """Send the request (retrying 5xx, 429 and connection errors) and return the outputs."""
     import httpx
 
     where = mask(f"{r.method} {r.url}", r.secrets)
     delay = r.backoff
-    with httpx.Client(timeout=r.timeout, follow_redirects=True) as client:
+    with httpx.Client(timeout=r.timeout, follow_redirects=True, verify=_ssl_context()) as client:
         for attempt in range(r.retries + 1):
             last = attempt == r.retries
             try:

@@ -18,6 +18,7 @@ from wsrun.archive_store import (
     archive_url,
     new_locator,
 )
+from wsrun.db import mask
 from wsrun.effects import Effect
 from wsrun.fs import ContentUnknown, WorldView
 from wsrun.hashing import hash_files
@@ -206,7 +207,9 @@ def plan(params: dict[str, Any], ctx: StepContext) -> Plan:
     products = list(request.all_products())
     for product, _, _ in products:
         for f in product.files:
-            effects.append(Effect("upload", f.source, bytes=_planned_size(ctx, f), target=url))
+            effects.append(
+                Effect("upload", f.source, bytes=_planned_size(ctx, f), target=mask(url))
+            )
     for product, _, science in products:
         extra: dict[str, Any] = {"type": product.type}
         if science and product.filename in replaces:
@@ -218,7 +221,7 @@ def plan(params: dict[str, Any], ctx: StepContext) -> Plan:
         "products": [
             {"locator": p.locator, "type": p.type, "filename": p.filename} for p, _, _ in products
         ],
-        "archive": url,
+        "archive": mask(url),  # no password in plans, logs or the journal
     }
     return Plan(effects=effects, outputs=outputs, data=IngestJob(url, request))
 
@@ -256,7 +259,7 @@ def _outputs(url: str, products: list[ProductRecord]) -> dict[str, Any]:
         "products": [
             {"locator": p.locator, "type": p.type, "filename": p.filename} for p in products
         ],
-        "archive": url,
+        "archive": mask(url),
     }
 
 

@@ -123,7 +123,7 @@ OUTPUTS = {
     "from": "its state before the step (None if the step created it)",
     "attributes": "all its attributes after the step",
     "changed": "whether the step changed anything",
-    "store": "the state store URL",
+    "store": "the state store URL (a password in it masked)",
 }
 
 
@@ -143,6 +143,7 @@ def plan(params: dict[str, Any], ctx: StepContext) -> Plan:
         store = open_state_store(url)
     except StateError as e:
         raise StepError(str(e)) from None
+    shown = store.url  # what effects and outputs name: the URL, its password masked
     try:
         lifecycle = planned_lifecycle(store, ctx.fs, kind)
         new_lifecycle = None
@@ -152,7 +153,7 @@ def plan(params: dict[str, Any], ctx: StepContext) -> Plan:
             if new_lifecycle.kind != kind:
                 raise StepError(f"is the lifecycle of '{new_lifecycle.kind}', not '{kind}'", path)
             if lifecycle is None or lifecycle.to_json() != new_lifecycle.to_json():
-                effects.append(Effect("record", path, target=url, extra={"lifecycle": kind}))
+                effects.append(Effect("record", path, target=shown, extra={"lifecycle": kind}))
             lifecycle = new_lifecycle
         current = planned_entity(store, ctx.fs, kind, id)
     except StateError as e:
@@ -187,7 +188,7 @@ def plan(params: dict[str, Any], ctx: StepContext) -> Plan:
         }
         if attributes:
             extra["attributes"] = attributes
-        effects.append(Effect("set_state", entity_path(kind, id), target=url, extra=extra))
+        effects.append(Effect("set_state", entity_path(kind, id), target=shown, extra=extra))
     outputs = {
         "kind": kind,
         "id": id,
@@ -196,7 +197,7 @@ def plan(params: dict[str, Any], ctx: StepContext) -> Plan:
         "from": current.state if current else None,
         "attributes": {**old_attributes, **attributes},
         "changed": not unchanged,
-        "store": url,
+        "store": shown,
     }
     return Plan(effects=effects, outputs=outputs, data=_Job(url, new_lifecycle, current is None))
 

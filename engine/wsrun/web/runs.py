@@ -1,0 +1,136 @@
+"""Runs: the journal's recent runs, and one run's steps, effects, outputs and log.
+
+A run page polls its live fragment while the run is running (htmx, no
+full-page reload) and stops once the run has finished.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from wsrun.journal import RunRecord
+from wsrun.web.common import Paging, Table, api, not_found, page_of, render, sources
+
+#: How many recent runs the list pages through and filters.
+RECENT = 5000
+COLUMNS = ("id", "recipe", "inputs", "status", "started", "duration")
+
+
+def run_row(r: RunRecord) -> dict[str, Any]:
+    """A run as the list and the API show it."""
+    end = r.ended if r.ended else (time.time() if r.shown_status == "running" else None)
+    return {
+        "id": r.id,
+        "recipe": r.recipe,
+        "recipe_path": r.recipe_path,
+        "inputs": r.inputs,
+        "status": r.shown_status,
+        "dry_run": r.dry_run,
+        "started": r.started,
+        "ended": r.ended,
+        "duration": None if end is None else round(end - r.started, 3),
+        "outputs": r.outputs,
+        "error": r.error,
+    }
+
+
+def runs_table(request: Request) -> Table:
+    """A page of the most recent runs (newest first), filtered by ``q``."""
+    records = sources(request).journal.runs(RECENT)
+    return page_of("runs", COLUMNS, [run_row(r) for r in records], Paging.of(request))
+
+
+def run_detail(request: Request) -> dict[str, Any]:
+    """A run with its steps and a log; each effect gets the checksum its step
+    reported for that path (``outputs.checksums``) or carried itself."""
+    run_id = request.path_params["run_id"]
+    journal = sources(request).journal
+    record = journal.run(run_id)
+    if record is None or record.id != run_id:
+        raise not_found(f"no run '{run_id}'")
+    steps = journal.steps(record.id)
+    for step in steps:
+        outputs = step["outputs"] if isinstance(step["outputs"], dict) else {}
+        sums = outputs.get("checksums") if isinstance(outputs.get("checksums"), dict) else {}
+        for effect in step["effects"]:
+            effect["checksum"] = (
+                sums.get(effect.get("path")) or effect.get("sha256") or effect.get("md5")
+            )
+    return {**run_row(record), "steps": steps, "log": log_lines(record, steps)}
+
+
+def log_lines(record: RunRecord, steps: list[dict[str, Any]]) -> list[str]:
+    """The run's story from its journal records, one line per event in time order."""
+    events: list[tuple[float, str]] = [
+        (record.started, f"run {record.id} of {record.recipe} started")
+    ]
+    for s in steps:
+        events.append((s["started"], f"step {s['key']} ({s['uses']}) started"))
+        if s["ended"]:
+            took = s["ended"] - s["started"]
+            line = f"step {s['key']} {s['status']} in {took:.2f} s, {len(s['effects'])} effects"
+            if s["error"]:
+                line += f": {s['error']}"
+            events.append((s["ended"], line))
+    if record.ended:
+        line = f"run {record.shown_status}"
+        if record.error:
+            line += f": {record.error}"
+        events.append((record.ended, line))
+    events.sort(key=lambda e: e[0])
+    return [
+        f"{time.strftime('%H:%M:%S', time.localtime(t))}.{int(t % 1 * 1000):03d}  {m}"
+        for t, m in events
+    ]
+
+
+async def runs_page(request: Request) -> Response:
+    return render(request, "runs.html", table=runs_table(request))
+
+
+async def runs_fragment(request: Request) -> Response:
+    return render(request, "runs_table.html", table=runs_table(request))
+
+
+async def runs_api(request: Request) -> Response:
+    """Recent runs, newest first.
+    ---
+    summary: Recent runs (page, size, q filter)
+    responses:
+      200: {description: "A page of runs: rows, total, page, pages"}
+    """
+    return api(runs_table(request).to_json())
+
+
+async def run_page(request: Request) -> Response:
+    return render(request, "run.html", run=run_detail(request))
+
+
+async def run_fragment(request: Request) -> Response:
+    return render(request, "run_live.html", run=run_detail(request))
+
+
+async def run_api(request: Request) -> Response:
+    """One run.
+    ---
+    summary: One run with its steps, effects, outputs and log
+    responses:
+      200: {description: The run}
+      404: {description: No such run}
+    """
+    return api(run_detail(request))
+
+
+routes = [
+    Route("/runs", runs_page),
+    Route("/runs/table", runs_fragment),
+    Route("/runs/{run_id}", run_page),
+    Route("/runs/{run_id}/live", run_fragment),
+    Route("/api/runs", runs_api),
+    Route("/api/runs/{run_id}", run_api),
+]

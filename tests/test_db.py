@@ -1,0 +1,137 @@
+"""The PostgreSQL schema: ``wsrun db upgrade`` / ``status`` and the check backends make."""
+
+from __future__ import annotations
+
+import threading
+
+import psycopg
+import pytest
+
+from wsrun import db
+from wsrun.archive_store import ArchiveError, ArchiveStore
+
+
+def tables(url: str) -> set[str]:
+    with psycopg.connect(db.conninfo(url)) as conn:
+        rows = conn.execute(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = current_schema()"
+        ).fetchall()
+    return {r[0] for r in rows}
+
+
+def test_upgrade_applies_every_migration_once(cli, pg_empty_url: str) -> None:
+    names = [m.name for m in db.migrations()]
+    assert names[:2] == ["0001_archive", "0002_journal"]
+
+    behind = cli("db", "status", "--url", pg_empty_url)
+    assert behind.code == 1
+    assert f"schema version 0 of {db.migrations()[-1].version}" in behind.out
+    assert "pending  0001_archive" in behind.out
+
+    first = cli("db", "upgrade", "--url", pg_empty_url)
+    assert first.code == 0, first.err
+    assert [line.rsplit(" ", 1)[1] for line in first.out.splitlines()] == names
+    assert {"wsrun_migrations", "archive_products", "journal_runs"} <= tables(pg_empty_url)
+
+    again = cli("db", "upgrade", "--url", pg_empty_url)
+    assert again.code == 0 and again.out.strip().endswith(": up to date")
+
+    current = cli("db", "status", "--url", pg_empty_url)
+    assert current.code == 0
+    assert "pending" not in current.out
+    assert "applied  0001_archive" in current.out
+
+
+def test_concurrent_upgrades_apply_each_migration_once(pg_empty_url: str) -> None:
+    applied: list[list[str]] = []
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            applied.append(db.upgrade(pg_empty_url))
+        except BaseException as e:  # reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=run) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert sorted(n for names in applied for n in names) == sorted(m.name for m in db.migrations())
+    with psycopg.connect(db.conninfo(pg_empty_url)) as conn:
+        count = conn.execute("SELECT count(*) FROM wsrun_migrations").fetchone()
+    assert count == (len(db.migrations()),)
+
+
+def test_a_backend_refuses_a_database_behind_with_one_line(pg_empty_url: str) -> None:
+    with pytest.raises(db.SchemaBehind) as e:
+        db.require_current(pg_empty_url + "&files=/tmp/x")
+    message = str(e.value)
+    assert "\n" not in message
+    assert "missing 0001_archive" in message
+    assert "run `wsrun db upgrade --url postgresql://" in message
+    assert "files=" not in message.split("--url", 1)[1]
+    with pytest.raises(ArchiveError, match=r"schema is behind .* run `wsrun db upgrade --url"):
+        ArchiveStore.open(pg_empty_url + "&files=/tmp/x")
+    db.upgrade(pg_empty_url)
+    db.require_current(pg_empty_url)
+
+
+def test_unreachable_database_is_one_line_with_the_password_masked(cli) -> None:
+    url = "postgresql://wsrun:hunter2@127.0.0.1:1/nowhere"
+    with pytest.raises(db.DbError) as e:
+        db.status(url)
+    assert "hunter2" not in str(e.value) and "wsrun:****@127.0.0.1:1" in str(e.value)
+    result = cli("db", "upgrade", "--url", url)
+    assert result.code == 1
+    assert "cannot connect" in result.err and "hunter2" not in result.err
+
+
+def test_upgrade_without_url_uses_the_configured_backends(cli, pg_empty_url, monkeypatch) -> None:
+    none = cli("db", "upgrade")
+    assert none.code == 2 and "no backend uses PostgreSQL" in none.err
+    monkeypatch.setenv("WSRUN_JOURNAL_URL", pg_empty_url)
+    result = cli("db", "upgrade")
+    assert result.code == 0, result.err
+    assert "applied 0002_journal" in result.out
+
+
+def test_a_missing_schema_is_named(pg_server: str) -> None:
+    url = pg_server + "?options=-csearch_path%3Dno_such_schema_here"
+    with pytest.raises(db.DbError, match="no schema on the search_path"):
+        db.upgrade(url)
+
+
+def test_mask_hides_only_the_password() -> None:
+    assert db.mask("postgresql://u:secret@h:5/d?x=1") == "postgresql://u:****@h:5/d?x=1"
+    assert db.mask("postgresql://u@h/d") == "postgresql://u@h/d"
+    assert db.split_url("postgresql://h/d?sslmode=disable&files=s3://b/p") == (
+        "postgresql://h/d?sslmode=disable",
+        {"files": "s3://b/p"},
+    )
+
+
+def test_an_unusable_journal_is_one_line(cli, pg_empty_url: str, monkeypatch) -> None:
+    monkeypatch.setenv("WSRUN_JOURNAL_URL", "postgresql://wsrun:s3cret@127.0.0.1:1/db")
+    r = cli("runs")
+    assert r.code == 2 and "cannot connect" in r.err and "s3cret" not in r.err
+    assert len(r.err.strip().splitlines()) == 1
+    monkeypatch.setenv("WSRUN_JOURNAL_URL", pg_empty_url)
+    r = cli("runs")
+    assert r.code == 2 and "run `wsrun db upgrade --url" in r.err
+
+
+def test_status_notes_edited_and_unknown_migrations(cli, pg_url: str) -> None:
+    with psycopg.connect(db.conninfo(pg_url), autocommit=True) as conn:
+        conn.execute("UPDATE wsrun_migrations SET checksum='x' WHERE version=1")
+        conn.execute(
+            "INSERT INTO wsrun_migrations (version, name, checksum) VALUES (9999, '9999_later', 'y')"
+        )
+    found = db.status(pg_url)
+    assert (
+        found.up_to_date and found.changed == ["0001_archive"] and found.unknown == ["9999_later"]
+    )
+    r = cli("db", "status", "--url", pg_url)
+    assert r.code == 0
+    assert "warning: 0001_archive differs" in r.out and "note: 9999_later is not known" in r.out

@@ -1,0 +1,82 @@
+"""``wsrun doctor``: the backends in use, each reachable or not, and the exit status."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+BACKENDS = ["state", "bus", "archive", "journal"]
+
+
+def checks(cli) -> tuple[int, dict[str, dict]]:
+    r = cli("doctor", "--json")
+    return r.code, {c["backend"]: c for c in json.loads(r.out)}
+
+
+def test_embedded_defaults_are_reachable(cli, wsrun_home, monkeypatch) -> None:
+    for name in ("WSRUN_STATE_URL", "WSRUN_BUS_URL", "WSRUN_ARCHIVE_URL", "WSRUN_JOURNAL_URL"):
+        monkeypatch.delenv(name, raising=False)
+    r = cli("doctor")
+    assert r.code == 0, r.out + r.err
+    lines = r.out.splitlines()
+    assert [line.split()[0] for line in lines] == BACKENDS
+    assert all(" ok " in line and "embedded (SQLite)" in line for line in lines)
+    assert str(wsrun_home / "journal.db") in r.out
+
+
+def test_postgresql_backends_reachable(cli, tmp_path, pg_url, s3, bucket, monkeypatch) -> None:
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3.endpoint)
+    monkeypatch.setenv("WSRUN_JOURNAL_URL", pg_url)
+    monkeypatch.setenv("WSRUN_ARCHIVE_URL", f"{pg_url}&files=s3://{bucket}/archive")
+    code, found = checks(cli)
+    assert code == 0, found
+    assert found["journal"]["ok"] and found["journal"]["url"] == pg_url
+    assert found["journal"]["detail"].startswith("PostgreSQL, schema version ")
+    assert (
+        found["archive"]["ok"]
+        and f"files s3 store s3://{bucket}/archive" in (found["archive"]["detail"])
+    )
+
+
+@pytest.mark.parametrize(
+    ("variable", "url", "finding"),
+    [
+        ("WSRUN_STATE_URL", "postgresql://wsrun:s3cret@127.0.0.1:1/db", "cannot connect"),
+        ("WSRUN_BUS_URL", "amqp://guest:s3cret@127.0.0.1:1/", "refused"),
+        ("WSRUN_ARCHIVE_URL", "ftp://example.org/archive", "unsupported URL scheme 'ftp'"),
+    ],
+)
+def test_an_unreachable_backend_fails(cli, monkeypatch, variable, url, finding) -> None:
+    monkeypatch.setenv(variable, url)
+    r = cli("doctor")
+    assert r.code == 1
+    assert "s3cret" not in r.out + r.err
+    [line] = [line for line in r.out.splitlines() if " FAIL " in line]
+    assert finding in line.lower() or finding in line
+    if "s3cret" in url:
+        assert ":****@127.0.0.1:1" in line
+
+
+def test_a_schema_behind_names_the_fix(cli, pg_empty_url, monkeypatch) -> None:
+    monkeypatch.setenv("WSRUN_JOURNAL_URL", pg_empty_url)
+    code, found = checks(cli)
+    assert code == 1
+    assert not found["journal"]["ok"]
+    assert "schema version 0 of" in found["journal"]["detail"]
+    assert "run `wsrun db upgrade --url postgresql://" in found["journal"]["detail"]
+    assert all(found[b]["ok"] for b in ("state", "bus", "archive"))
+
+
+def test_the_archive_file_store_is_checked_too(cli, tmp_path, pg_url, s3, monkeypatch) -> None:
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3.endpoint)
+    monkeypatch.delenv("WSRUN_ARCHIVE_FILES", raising=False)
+    monkeypatch.setenv("WSRUN_ARCHIVE_URL", pg_url)
+    code, found = checks(cli)
+    assert code == 1 and "no file store" in found["archive"]["detail"]
+    monkeypatch.setenv("WSRUN_ARCHIVE_FILES", "s3://no-such-bucket-here/archive")
+    code, found = checks(cli)
+    assert code == 1 and found["archive"]["detail"].endswith("no such bucket")
+    monkeypatch.setenv("WSRUN_ARCHIVE_FILES", str(tmp_path / "files"))
+    code, found = checks(cli)
+    assert code == 0 and "(created on first use)" in found["archive"]["detail"]

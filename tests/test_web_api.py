@@ -1,0 +1,556 @@
+"""``wsrun serve`` over plain HTTP: the JSON API of every page, 404s, the token,
+CSRF and path traversal refusals. The server runs in a thread on a free port."""
+
+from __future__ import annotations
+
+import http.client
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import httpx
+import pytest
+
+from conftest import ROOT, write
+from web_data import dead_message, make_ous, state_store
+
+
+def client(server, **kwargs) -> httpx.Client:
+    return httpx.Client(base_url=server.url, timeout=30, **kwargs)
+
+
+@contextmanager
+def csrf_client(server, **kwargs) -> Iterator[httpx.Client]:
+    """A client holding the CSRF cookie and sending it back as the header."""
+    with client(server, **kwargs) as c:
+        c.get("/runs")
+        c.headers["X-CSRF-Token"] = c.cookies["wsrun_csrf"]
+        yield c
+
+
+def raw_get(server, path: str) -> tuple[int, bytes]:
+    """GET with the path sent exactly as written (no client-side '..' removal)."""
+    parts = urlsplit(server.url)
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=10)
+    conn.request("GET", path)
+    response = conn.getresponse()
+    return response.status, response.read()
+
+
+# ---- runs ---------------------------------------------------------------------
+
+
+def test_runs_api_lists_runs_with_effects_checksums_and_log(
+    cli, live_server, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    assert (
+        cli(
+            ROOT / "examples" / "quickstart", ROOT / "examples" / "quickstart" / "products", out
+        ).code
+        == 0
+    )
+    server = live_server()
+    with client(server) as c:
+        page = c.get("/api/runs").json()
+        assert page["total"] == 1
+        [run] = page["rows"]
+        assert run["recipe"] == "quickstart" and run["status"] == "changed"
+        assert run["duration"] > 0
+        detail = c.get(f"/api/runs/{run['id']}").json()
+        copy = next(s for s in detail["steps"] if s["key"] == "copy")
+        fits = next(e for e in copy["effects"] if e["path"].endswith("J1234+5678.I.pb.fits"))
+        assert fits["bytes"] == (out / "request-1" / "J1234+5678.I.pb.fits").stat().st_size
+        assert fits["checksum"] == copy["outputs"]["checksums"][fits["path"]]
+        assert detail["outputs"]["files"] == 6
+        assert any("step copy changed" in line for line in detail["log"])
+        html = c.get(f"/runs/{run['id']}")
+        assert html.status_code == 200
+        assert fits["checksum"] in html.text
+        assert c.get("/api/runs", params={"q": "no-such-recipe"}).json()["total"] == 0
+
+
+def test_unknown_ids_are_404_pages_not_tracebacks(live_server) -> None:
+    state_store()
+    server = live_server()
+    with client(server) as c:
+        for path in (
+            "/runs/20260101-000000-deadbeef",
+            "/messages/nope",
+            "/review/ous?id=uid://X9/X9/X9",
+            "/entities/ous?id=uid://X9/X9/X9",
+            "/pictures/recipe/no/such",
+            "/pictures/lifecycle/nokind",
+            "/files/nope/",
+            "/board/tables/nope",
+            "/no/such/page",
+        ):
+            r = c.get(path)
+            assert r.status_code == 404, path
+            assert "text/html" in r.headers["content-type"]
+            assert "Traceback" not in r.text and 'id="error-message"' in r.text
+        r = c.get("/api/runs/nope")
+        assert r.status_code == 404 and r.json() == {"error": "no run 'nope'"}
+        assert c.get("/api/messages/nope").status_code == 404
+
+
+def test_openapi_describes_the_json_api(live_server) -> None:
+    server = live_server()
+    with client(server) as c:
+        r = c.get("/api/openapi.json")
+    assert r.status_code == 200
+    paths = r.json()["paths"]
+    assert {"/api/runs/{run_id}", "/api/review/decide", "/api/messages/{message_id}/resend"} <= set(
+        paths
+    )
+    assert all(p.startswith("/api/") for p in paths)
+    assert paths["/api/review/decide"]["post"]["responses"]["409"]["description"]
+
+
+# ---- board --------------------------------------------------------------------
+
+
+def test_board_columns_follow_the_lifecycle_newest_first(live_server) -> None:
+    store = state_store()
+    make_ous(store, "uid://X1/X1/Xb0", "ReadyForReview")
+    make_ous(store, "uid://X1/X1/Xb1", "Processing")
+    make_ous(store, "uid://X1/X1/Xb2", "ReadyForReview")
+    server = live_server()
+    with client(server) as c:
+        board = c.get("/api/board").json()
+    assert [col["state"] for col in board["columns"]][:4] == [
+        "ReadyForProcessing",
+        "Processing",
+        "ProcessingProblem",
+        "ReadyForReview",
+    ]
+    by_state = {col["state"]: [e["id"] for e in col["entities"]] for col in board["columns"]}
+    assert by_state["ReadyForReview"] == ["uid://X1/X1/Xb2", "uid://X1/X1/Xb0"]
+    assert by_state["Processing"] == ["uid://X1/X1/Xb1"]
+
+
+def test_board_tables_page_and_filter(live_server) -> None:
+    store = state_store()
+    for i in range(30):
+        store.transition(
+            "delivery-status",
+            f"uid://X1/X1/X{i:02d}",
+            state="complete",
+            create=True,
+            attributes={"products": i},
+        )
+    server = live_server()
+    with client(server) as c:
+        first = c.get("/api/board/tables/kind-delivery-status").json()
+        assert (first["total"], first["pages"], len(first["rows"])) == (30, 2, 25)
+        second = c.get("/api/board/tables/kind-delivery-status", params={"page": 2}).json()
+        assert len(second["rows"]) == 5
+        ids = {r["id"] for r in first["rows"]} | {r["id"] for r in second["rows"]}
+        assert len(ids) == 30
+        found = c.get("/api/board/tables/kind-delivery-status", params={"q": "X07"}).json()
+        assert [r["id"] for r in found["rows"]] == ["uid://X1/X1/X07"]
+        assert (
+            c.get("/api/board/tables/kind-delivery-status", params={"page": "0"}).status_code == 400
+        )
+        names = [t["name"] for t in c.get("/api/board/tables").json()]
+        assert names == [
+            "kind-pipeline-report",
+            "kind-delivery-status",
+            "unread",
+            "archive",
+            "products",
+        ]
+
+
+def test_board_archive_table_lists_stored_files(cli, live_server, tmp_path: Path) -> None:
+    from fixtures import staging
+
+    manifest = staging.calibration(tmp_path / "cal")
+    recipe = tmp_path / "ingest.yaml"
+    recipe.write_text(
+        "recipe: ingest-one\nsteps:\n  - uses: ingest\n    with: {manifest: "
+        + str(manifest)
+        + "}\n"
+    )
+    assert cli(recipe).code == 0
+    server = live_server()
+    with client(server) as c:
+        table = c.get("/api/board/tables/archive").json()
+        assert table["total"] == 3
+        assert {r["file"] for r in table["rows"]} == {
+            "19A-001_sb1_eb2.ms.calapply.tar",
+            "weblog.tgz",
+            "ingestion_artifacts_2026_11_23.tar",
+        }
+        assert all(len(r["sha256"]) == 64 and r["size"] > 0 for r in table["rows"])
+        products = c.get("/api/board/tables/products").json()
+        assert [r["type"] for r in products["rows"]] == [
+            "ingestion_artifacts",
+            "pipeline_weblog",
+            "calibration",
+        ]
+
+
+# ---- messages -----------------------------------------------------------------
+
+
+def test_dead_message_is_listed_and_resent(live_server) -> None:
+    message_id = dead_message(error="validation failed: ousUID missing")
+    server = live_server()
+    with csrf_client(server) as c:
+        dead = c.get("/api/messages", params={"status": "dead"}).json()
+        assert [(r["id"], r["error"]) for r in dead["rows"]] == [
+            (message_id, "validation failed: ousUID missing")
+        ]
+        queues = {q["queue"]: q for q in c.get("/api/queues").json()}
+        assert queues["pipeline"]["dead"] == 1
+        r = c.post(f"/api/messages/{message_id}/resend")
+        assert r.status_code == 200 and r.json()["status"] == "ready"
+        again = c.post(f"/api/messages/{message_id}/resend")
+        assert again.status_code == 409 and "not dead" in again.json()["error"]
+        assert c.post("/api/messages/nope/resend").status_code == 404
+    from wsrun.bus import open_bus
+
+    assert open_bus().get(message_id).status == "ready"
+
+
+def test_resend_form_without_csrf_token_is_refused(live_server) -> None:
+    message_id = dead_message()
+    server = live_server()
+    with client(server) as c:
+        c.get("/messages")
+        r = c.post(f"/messages/{message_id}/resend")
+        assert r.status_code == 403 and "CSRF" in r.text
+        r = c.post(f"/messages/{message_id}/resend", data={"csrf_token": "x" * 43})
+        assert r.status_code == 403
+        r = c.post(f"/messages/{message_id}/resend", data={"csrf_token": c.cookies["wsrun_csrf"]})
+        assert r.status_code == 303 and r.headers["location"] == f"/messages?resent={message_id}"
+    from wsrun.bus import open_bus
+
+    assert open_bus().get(message_id).status == "ready"
+
+
+# ---- Distillery ---------------------------------------------------------------
+
+
+def test_distillery_api_queues_and_validates(live_server) -> None:
+    server = live_server()
+    with csrf_client(server) as c:
+        r = c.post("/api/distillery", json={"collection": "HaleGE", "access": True})
+        assert r.status_code == 201, r.text
+        assert r.json()["body"] == {"collection": "HaleGE", "preservation": False, "access": True}
+        dup = c.post("/api/distillery", json={"collection": "HaleGE", "preservation": True})
+        assert dup.status_code == 400 and "already queued" in dup.json()["error"]
+        bad = c.post("/api/distillery", json={"collection": "../etc", "preservation": True})
+        assert bad.status_code == 400 and "collection id" in bad.json()["error"]
+        neither = c.post("/api/distillery", json={"collection": "Other"})
+        assert (
+            neither.status_code == 400 and "preservation, access or both" in neither.json()["error"]
+        )
+        [row] = c.get("/api/distillery").json()
+        assert (row["collection"], row["status"], row["run"]) == ("HaleGE", "ready", None)
+        form = c.post("/distillery", data={"collection": "", "access": "on"})
+        assert form.status_code == 400 and "collection id" in form.text
+    from wsrun.bus import open_bus
+
+    [message] = open_bus().messages(queue="")
+    assert message.selector == "distillery.process"
+
+
+# ---- QA2 review -----------------------------------------------------------------
+
+
+def test_review_api_fail_and_cancel_do_what_the_terminal_review_does(live_server) -> None:
+    store = state_store()
+    make_ous(store, "uid://X1/X1/Xc0", "ReadyForReview")
+    make_ous(store, "uid://X1/X1/Xc1", "ReadyForReview")
+    server = live_server()
+    with csrf_client(server) as c:
+        detail = c.get("/api/review/ous", params={"id": "uid://X1/X1/Xc0"}).json()
+        assert detail["report"]["outline"][0]["tag"] == "PipelineReport"
+        assert detail["weblog"] == "http://localhost:8001/weblogs/weblog-Xc0/index.html"
+        opened = c.post("/api/review/open", json={"id": "uid://X1/X1/Xc0"})
+        assert opened.status_code == 200 and opened.json()["state"] == "Reviewing"
+        r = c.post("/api/review/decide", json={"id": "uid://X1/X1/Xc0", "flag": "Fail"})
+        assert r.status_code == 200, r.text
+        assert r.json()["flag"] == "Fail"
+        r = c.post("/api/review/decide", json={"id": "uid://X1/X1/Xc1", "flag": "Cancel"})
+        assert r.status_code == 200, r.text
+        assert (
+            c.post(
+                "/api/review/decide", json={"id": "uid://X1/X1/Xc1", "flag": "Maybe"}
+            ).status_code
+            == 400
+        )
+        assert (
+            c.post("/api/review/decide", json={"id": "uid://X9/X9/X9", "flag": "Pass"}).status_code
+            == 404
+        )
+    assert store.get("ous", "uid://X1/X1/Xc0").state == "ReadyForProcessing"
+    assert store.get("ous", "uid://X1/X1/Xc0").attributes["qa2"] == "Fail"
+    assert store.get("ous", "uid://X1/X1/Xc1").state == "ReadyForReview"
+
+
+def test_decision_on_an_ous_no_longer_in_review_is_refused(live_server) -> None:
+    store = state_store()
+    make_ous(store, "uid://X1/X1/Xc2", "Delivered")
+    before = store.get("ous", "uid://X1/X1/Xc2")
+    server = live_server()
+    with csrf_client(server) as c:
+        r = c.post("/api/review/decide", json={"id": "uid://X1/X1/Xc2", "flag": "Pass"})
+        assert r.status_code == 409
+        assert "is Delivered: only an OUS ReadyForReview or Reviewing" in r.json()["error"]
+        page = c.post("/review/decide", data={"id": "uid://X1/X1/Xc2", "flag": "Fail"})
+        assert page.status_code == 409 and "is Delivered" in page.text
+        opened = c.post("/api/review/open", json={"id": "uid://X1/X1/Xc2"})
+        assert opened.status_code == 409
+    assert store.get("ous", "uid://X1/X1/Xc2") == before
+
+
+# ---- files --------------------------------------------------------------------
+
+
+def test_files_are_browsed_and_traversal_is_refused(live_server, tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    (cache / "weblog-Xb0").mkdir(parents=True)
+    (cache / "weblog-Xb0" / "index.html").write_text("<h1>weblog</h1>")
+    (tmp_path / "secret.txt").write_text("not served")
+    os.symlink(tmp_path / "secret.txt", cache / "escape.txt")
+    server = live_server(dirs={"cache": str(cache)})
+    with client(server) as c:
+        assert c.get("/api/files").json() == {"cache": str(cache)}
+        entries = c.get("/api/files/cache/").json()
+        assert [e["name"] for e in entries] == ["weblog-Xb0/", "escape.txt"]
+        r = c.get("/files/cache/weblog-Xb0/index.html")
+        assert r.text == "<h1>weblog</h1>"
+        assert r.headers["content-security-policy"].startswith("sandbox")
+        assert c.get("/files/cache/weblog-Xb0").status_code == 307
+        listing = c.get("/files/cache/weblog-Xb0/")
+        assert 'href="index.html"' in listing.text
+        assert c.get("/files/cache/escape.txt").status_code == 403
+        assert c.get("/files/cache/nothing-here").status_code == 404
+    for path in (
+        "/files/cache/../secret.txt",
+        "/files/cache/weblog-Xb0/../../secret.txt",
+        "/files/cache/%2e%2e/secret.txt",
+        "/files/cache/..%2fsecret.txt",
+        "/api/files/cache/../",
+    ):
+        status, body = raw_get(server, path)
+        assert status == 403, path
+        assert b"not served" not in body
+
+
+# ---- the token ---------------------------------------------------------------------
+
+
+def test_token_is_required_on_every_request(live_server) -> None:
+    server = live_server(token="s3cret-token")
+    with client(server) as c:
+        r = c.get("/api/runs")
+        assert r.status_code == 401 and r.json() == {"error": "a token is required"}
+        r = c.get("/board")
+        assert r.status_code == 401 and 'name="token"' in r.text
+        assert c.get("/runs", params={"token": "wrong"}).status_code == 401
+        assert (
+            c.get("/api/runs", headers={"Authorization": "Bearer s3cret-token"}).status_code == 200
+        )
+        assert c.get("/api/runs", headers={"X-Wsrun-Token": "s3cret-token"}).status_code == 200
+        r = c.get("/runs", params={"token": "s3cret-token", "page": "1"})
+        assert r.status_code == 303 and r.headers["location"] == "/runs?page=1"
+        assert "s3cret-token" not in r.headers["set-cookie"]
+        assert c.get("/runs").status_code == 200  # the cookie now
+    with client(server) as c:
+        c.get("/login")
+        r = c.post("/login", data={"token": "nope", "csrf_token": c.cookies["wsrun_csrf"]})
+        assert r.status_code == 401
+        r = c.post(
+            "/login",
+            data={
+                "token": "s3cret-token",
+                "next": "/messages",
+                "csrf_token": c.cookies["wsrun_csrf"],
+            },
+        )
+        assert r.status_code == 303 and r.headers["location"] == "/messages"
+        assert c.get("/messages").status_code == 200
+    with client(server, headers={"Authorization": "Bearer s3cret-token"}) as c:
+        # A header token cannot be forged cross-site: no CSRF token needed.
+        r = c.post("/api/distillery", json={"collection": "HaleGE", "preservation": True})
+        assert r.status_code == 201
+
+
+# ---- the command ------------------------------------------------------------------
+
+
+def test_wsrun_serve_listens_on_loopback(tmp_path: Path, wsrun_home: Path) -> None:
+    from fixtures.webserver import free_port
+
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "wsrun", "serve", "--port", str(port)],
+        cwd=tmp_path,
+        env={**os.environ, "WSRUN_HOME": str(wsrun_home)},
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                r = httpx.get(f"http://127.0.0.1:{port}/api/runs", timeout=5)
+                break
+            except httpx.TransportError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    pytest.fail("wsrun serve did not start")
+                time.sleep(0.05)
+        assert r.status_code == 200 and r.json()["total"] == 0
+    finally:
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=20)
+    assert f"http://127.0.0.1:{port}/" in err
+    assert proc.returncode == 0
+
+
+# ---- seams and failures -------------------------------------------------------------
+
+
+def test_distillery_progress_comes_from_the_run_of_the_collection(
+    cli, live_server, tmp_path: Path
+) -> None:
+    recipe = write(
+        tmp_path / "distill.yaml",
+        f"""
+        recipe: distill
+        inputs:
+          collection: {{type: string, flags: [--collection]}}
+        steps:
+          - id: folders
+            uses: mkdir
+            with: {{path: "{tmp_path}/{{{{ inputs.collection }}}}"}}
+          - id: done
+            uses: mkdir
+            with: {{path: "{tmp_path}/{{{{ inputs.collection }}}}/done"}}
+        """,
+    )
+    server = live_server()
+    with csrf_client(server) as c:
+        assert (
+            c.post(
+                "/api/distillery", json={"collection": "HaleGE", "preservation": True}
+            ).status_code
+            == 201
+        )
+        assert cli(recipe, "--collection", "HaleGE").code == 0
+        state_store().transition(
+            "distillery-collection",
+            "HaleGE",
+            state="Failed",
+            create=True,
+            attributes={"error": "bucket gone"},
+        )
+        [row] = c.get("/api/distillery").json()
+    assert (row["processing"]["state"], row["processing"]["error"]) == ("Failed", "bucket gone")
+    assert row["run"]["recipe"] == "distill"
+    assert (row["run"]["status"], row["run"]["steps_done"], row["run"]["steps"]) == (
+        "changed",
+        2,
+        2,
+    )
+
+
+def test_entity_page_shows_history(live_server) -> None:
+    store = state_store()
+    make_ous(store, "uid://X1/X1/Xe0", "ReadyForReview")
+    server = live_server()
+    with client(server) as c:
+        data = c.get("/api/entities/ous", params={"id": "uid://X1/X1/Xe0"}).json()
+        assert [h["state"] for h in data["history"]] == [
+            "ReadyForProcessing",
+            "Processing",
+            "ReadyForReview",
+        ]
+        page = c.get("/entities/ous", params={"id": "uid://X1/X1/Xe0"})
+        assert page.status_code == 200 and 'id="entity-state">ReadyForReview<' in page.text
+
+
+def test_unreachable_state_store_is_a_503_page(
+    live_server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("WSRUN_STATE_URL", "nosuch://somewhere")
+    server = live_server()
+    with client(server) as c:
+        page = c.get("/board")
+        assert page.status_code == 503 and "cannot open the state store" in page.text
+        r = c.get("/api/board")
+        assert r.status_code == 503 and "nosuch://" in r.json()["error"]
+        assert c.get("/runs").status_code == 200  # the journal still works
+
+
+def test_an_unexpected_error_is_a_page_without_traceback(
+    live_server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import wsrun.web.runs
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("secret detail")
+
+    monkeypatch.setattr(wsrun.web.runs, "page_of", broken)
+    server = live_server()
+    with client(server) as c:
+        r = c.get("/runs")
+        assert r.status_code == 500
+        assert "secret detail" not in r.text and "Traceback" not in r.text
+        assert "internal error" in r.text
+    with client(server) as c:  # uvicorn closes a connection whose request raised
+        r = c.get("/api/runs")
+        assert r.status_code == 500 and r.json() == {
+            "error": "internal error; the server's log has the details"
+        }
+
+
+def test_serve_refuses_a_bad_directory_option(cli) -> None:
+    r = cli("serve", "--dir", "no-equals-sign")
+    assert r.code == 2 and "expected NAME=DIRECTORY" in r.err
+
+
+def test_configuration_comes_from_settings_and_options(tmp_path: Path) -> None:
+    from wsrun.settings import Settings
+    from wsrun.web.config import config_from_settings
+
+    settings = Settings(
+        env={"WSRUN_WEB_TOKEN": "from-env", "CAPO_PATH": str(tmp_path)},
+        overrides={
+            "wsrun.web.dirs": f"cache={tmp_path}/c, weblogs=rel",
+            "wsrun.web.board.tables": "a,b",
+        },
+    )
+    config = config_from_settings(settings, board_kind="request", token=None)
+    assert config.token == "from-env"
+    assert config.dirs == {"cache": f"{tmp_path}/c", "weblogs": os.path.abspath("rel")}
+    assert config.table_kinds == ("a", "b")
+    assert config.board_kind == "request"
+    assert config_from_settings(settings, token="given").token == "given"
+
+
+def test_unread_messages_are_those_waiting_in_a_queue(live_server) -> None:
+    from wsrun.bus import open_bus
+
+    bus = open_bus()
+    bus.declare_queue("product-ingestor", ["ingest.JAO"])
+    waiting = bus.publish("ingest.JAO", {"ousUID": "uid://X1/X1/Xb0"})
+    bus.publish("state.ous.Delivered", {"id": "uid://X1/X1/Xb0"})  # nobody subscribes
+    server = live_server()
+    with client(server) as c:
+        unread = c.get("/api/board/tables/unread").json()
+        assert [(r["selector"], r["queue"]) for r in unread["rows"]] == [
+            ("ingest.JAO", "product-ingestor")
+        ]
+        assert unread["rows"][0]["id"] == waiting
+        assert c.get("/api/messages").json()["total"] == 2

@@ -122,15 +122,19 @@ def execute(
     run_id: str | None = None,
     resume: Any = None,
 ) -> int:
-    """Run a loaded recipe with parsed inputs and print the outcome."""
+    """Run a loaded recipe with parsed inputs and print the outcome. Everything
+    printed goes through the run's masker: no secret, and no undecodable byte."""
     import os
 
     from wsrun.cliargs import parse_sets
-    from wsrun.journal import Journal
+    from wsrun.journal import Journal, JournalError
+    from wsrun.masking import MaskedStream, Masker
     from wsrun.output import LineEvents, RichProgress, print_report, report_json, stream_is_terminal
     from wsrun.runner import Events, RunError, Runner, coerce_inputs
     from wsrun.settings import Settings, SettingsError
 
+    masker = Masker()
+    out, err = MaskedStream(sys.stdout, masker), MaskedStream(sys.stderr, masker)
     try:
         settings = Settings(
             profile=options.get("profile"), overrides=parse_sets(options.get("set") or [])
@@ -140,7 +144,7 @@ def execute(
         show_bars = not quiet and not options.get("dry_run") and stream_is_terminal(sys.stderr)
         progress = RichProgress() if show_bars else None
         events: Events = (
-            Events() if quiet else LineEvents(sys.stderr, bool(options.get("dry_run")), progress)
+            Events() if quiet else LineEvents(err, bool(options.get("dry_run")), progress)
         )
         journal = Journal()
         runner = Runner(
@@ -153,10 +157,11 @@ def execute(
             resume=resume,
             events=events,
             progress=progress,
-            log=(lambda m: None) if quiet else (lambda m: print(m, file=sys.stderr, flush=True)),
+            log=(lambda m: None) if quiet else (lambda m: print(m, file=err, flush=True)),
+            masker=masker,
         )
     except (RunError, SettingsError, ValueError) as e:
-        sys.stderr.write(f"{recipe.name}: {e}\n")
+        err.write(f"{recipe.name}: {e}\n")
         return 2
     try:
         if progress is not None:
@@ -166,19 +171,36 @@ def execute(
             report = runner.run()
     except KeyboardInterrupt:
         journal.end_run(runner.run_id, "interrupted", None, "interrupted by the operator")
-        sys.stderr.write(
-            f"{recipe.name}: interrupted (resume with: wsrun resume {runner.run_id})\n"
-        )
+        err.write(f"{recipe.name}: interrupted (resume with: wsrun resume {runner.run_id})\n")
         return 130
+    except JournalError as e:
+        return _journal_failed(journal, runner.run_id, recipe.name, e, err)
     if options.get("json"):
-        print(report_json(report.to_json()))
+        print(report_json(masker.clean(report.to_json())))
     elif not options.get("quiet"):
-        print_report(report, sys.stdout, verbose=bool(options.get("verbose")))
+        print_report(report, out, verbose=bool(options.get("verbose")))
     if report.status == "failed":
         if options.get("verbose") and report.traceback:
-            sys.stderr.write(report.traceback)
-        sys.stderr.write(f"error: {report.error}\n")
+            err.write(report.traceback)
+        err.write(f"error: {report.error}\n")
         if not report.dry_run:
-            sys.stderr.write(f"(resume with: wsrun resume {report.run_id})\n")
+            err.write(f"(resume with: wsrun resume {report.run_id})\n")
         return 1
     return 0
+
+
+def _journal_failed(journal: Any, run_id: str, name: str, error: Exception, err: Any) -> int:
+    """The journal could not be written mid-run (disk full, read-only): the run
+    stopped before its next change; say so in one line and record the end if the
+    journal takes that much."""
+    from wsrun.journal import JournalError
+
+    try:
+        journal.end_run(run_id, "failed", None, str(error))
+    except JournalError:
+        pass
+    err.write(
+        f"{name}: {error}; the run stopped before its next change"
+        f" (wsrun resume {run_id} continues it once the journal can be written)\n"
+    )
+    return 1

@@ -13,10 +13,15 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 
 
 def run_command(args: list[str]) -> int:
+    from wsrun.journal import JournalError
+
     try:
         app(args=args, prog_name="wsrun")
     except SystemExit as e:
         return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    except JournalError as e:  # the journal cannot be read: one line, no traceback
+        print(f"wsrun: {e}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -41,10 +41,20 @@ def atomic_write(target: str, mode: int | None = None) -> Iterator[BinaryIO]:
         if mode is not None:
             os.chmod(tmp, mode)
         os.replace(tmp, target)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(e, OSError) and e.filename is None:
+            raise naming(e, target) from e
         raise
+
+
+def naming(exc: OSError, path: str) -> OSError:
+    """``exc`` naming ``path`` when it names no file: a write that failed because
+    the disk is full or the file too large then says which file it was."""
+    if exc.filename is not None or not exc.strerror:
+        return exc
+    return OSError(exc.errno, exc.strerror, path)
 
 
 def write_bytes_atomic(target: str, data: bytes, mode: int = 0o644) -> None:

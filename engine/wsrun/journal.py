@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+from wsrun.masking import printable
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
     id TEXT PRIMARY KEY,
@@ -145,25 +147,41 @@ class _SqliteTables:
     RUNS, STEPS, PARAM = "runs", "steps", "?"
 
     def __init__(self, path: str) -> None:
-        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
         self.path = path
-        self.db = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
-        self.db.execute("PRAGMA busy_timeout = 30000")
-        self.db.execute("PRAGMA journal_mode = WAL")
-        self.db.execute("PRAGMA synchronous = NORMAL")
-        self.db.executescript(SCHEMA)
-        columns = {r[1] for r in self.db.execute("PRAGMA table_info(runs)")}
-        if "host" not in columns:  # journals written before runs recorded their host
-            self.db.execute("ALTER TABLE runs ADD COLUMN host TEXT")
+        try:
+            os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+            self.db = sqlite3.connect(
+                path, timeout=30, isolation_level=None, check_same_thread=False
+            )
+            self.db.execute("PRAGMA busy_timeout = 30000")
+            self.db.execute("PRAGMA journal_mode = WAL")
+            self.db.execute("PRAGMA synchronous = NORMAL")
+            self.db.executescript(SCHEMA)
+            columns = {r[1] for r in self.db.execute("PRAGMA table_info(runs)")}
+            if "host" not in columns:  # journals written before runs recorded their host
+                self.db.execute("ALTER TABLE runs ADD COLUMN host TEXT")
+        except (sqlite3.Error, OSError) as e:
+            raise self.error(e) from None
+
+    def error(self, e: BaseException) -> JournalError:
+        """A failure to use the journal as one line naming its file."""
+        cause = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+        return JournalError(f"journal {self.path}: {cause}")
 
     def query(self, sql: str, args: tuple[Any, ...]) -> list[tuple[Any, ...]]:
-        return self.db.execute(sql, args).fetchall()
+        try:
+            return self.db.execute(sql, args).fetchall()
+        except sqlite3.Error as e:
+            raise self.error(e) from None
 
     def write(self, statements: list[tuple[str, tuple[Any, ...]]]) -> None:
-        with self.db:
-            self.db.execute("BEGIN")
-            for sql, args in statements:
-                self.db.execute(sql, args)
+        try:
+            with self.db:
+                self.db.execute("BEGIN")
+                for sql, args in statements:
+                    self.db.execute(sql, args)
+        except sqlite3.Error as e:
+            raise self.error(e) from None
 
     def close(self) -> None:
         self.db.close()
@@ -184,17 +202,27 @@ class _PostgresTables:
             raise JournalError(f"journal: {e}") from None
 
     def query(self, sql: str, args: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+        import psycopg
+
         from wsrun import db
 
-        with db.connection(self.url) as conn:
-            return conn.execute(sql, args).fetchall()
+        try:
+            with db.connection(self.url) as conn:
+                return conn.execute(sql, args).fetchall()
+        except psycopg.Error as e:
+            raise JournalError(f"journal {db.mask(self.url)}: {e}") from None
 
     def write(self, statements: list[tuple[str, tuple[Any, ...]]]) -> None:
+        import psycopg
+
         from wsrun import db
 
-        with db.connection(self.url) as conn, conn.transaction():
-            for sql, args in statements:
-                conn.execute(sql, args)
+        try:
+            with db.connection(self.url) as conn, conn.transaction():
+                for sql, args in statements:
+                    conn.execute(sql, args)
+        except psycopg.Error as e:
+            raise JournalError(f"journal {db.mask(self.url)}: {e}") from None
 
     def close(self) -> None:
         """The pool is the process's; nothing of this journal's own to release."""
@@ -236,15 +264,18 @@ class Journal:
     def _write(self, sql: str, args: tuple[Any, ...], commit: bool = False) -> None:
         """Queue a write; queued writes go to the database in one short
         transaction, so no lock is held while a step works."""
-        self._pending.append((self.sql(sql), args))
+        self._pending.append((self.sql(sql), tuple(_text(a) for a in args)))
         if commit or time.monotonic() - self._last_commit > self.COMMIT_EVERY:
             self.flush()
 
     def flush(self) -> None:
-        if self._pending:
-            self.tables.write(self._pending)
-            self._pending.clear()
+        """Commit the queued writes. When that fails (disk full, read-only file) they
+        are dropped and JournalError names the journal: the run stops, and a later
+        smaller write (the run's end) may still get through."""
+        pending, self._pending = self._pending, []
         self._last_commit = time.monotonic()
+        if pending:
+            self.tables.write(pending)
 
     def close(self) -> None:
         self.flush()
@@ -404,6 +435,12 @@ def _record(r: tuple[Any, ...]) -> RunRecord:
         r[12],
         r[13],
     )
+
+
+def _text(value: Any) -> Any:
+    """A text column's value with bytes that are not UTF-8 escaped (sqlite3 and
+    psycopg refuse surrogates); JSON columns keep them exactly as ``\\udcNN``."""
+    return printable(value) if isinstance(value, str) else value
 
 
 def _json(value: Any) -> str | None:

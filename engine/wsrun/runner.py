@@ -8,6 +8,7 @@ effects a real run performs.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 import traceback
@@ -18,12 +19,16 @@ from typing import Any
 from wsrun import expr
 from wsrun.effects import Effect
 from wsrun.fs import ContentUnknown, WorldView
-from wsrun.journal import Journal, new_run_id
+from wsrun.journal import Journal, JournalError, new_run_id
+from wsrun.masking import Masker, printable
 from wsrun.recipe import Recipe, is_recipe_ref, resolve
-from wsrun.settings import Settings, display
-from wsrun.step import Progress, StepContext, StepError, load_step
+from wsrun.settings import MASK, Settings, display, is_secret_name
+from wsrun.step import Progress, ProgressTask, StepContext, StepError, load_step
 
 MAX_DEPTH = 20
+#: Environment variables named like credentials (AWS_SECRET_ACCESS_KEY, PGPASSWORD)
+#: are masked when their value is at least this long (not flags such as "true").
+ENV_SECRET_LENGTH = 8
 
 
 class RunError(Exception):
@@ -236,6 +241,7 @@ class Runner:
         view: WorldView | None = None,
         key_prefix: str = "",
         depth: int = 0,
+        masker: Masker | None = None,
     ) -> None:
         self.recipe = recipe
         self.inputs = inputs
@@ -245,8 +251,11 @@ class Runner:
         self.journal = journal
         self.resume = resume or {}
         self.events = events or Events()
-        self.progress = progress or Progress()
-        self.log = log or (lambda message: None)
+        #: The run's secrets (shared with the recipes it calls); see wsrun.masking.
+        self.masker = Masker() if masker is None else masker
+        self.progress = _MaskedProgress(progress or Progress(), self.masker)
+        shown_log = log or (lambda message: None)
+        self.log = lambda message: shown_log(self.masker.text(message))
         self.workdir = workdir or os.getcwd()
         self.env = dict(os.environ if env is None else env)
         self.view = view or WorldView()
@@ -254,6 +263,7 @@ class Runner:
         self.depth = depth
         self.seq = 0
         self.setting_values, self.settings_shown = resolve_settings(recipe, settings)
+        self.add_secrets()
         self.scope: dict[str, Any] = {
             "inputs": inputs,
             "settings": self.setting_values,
@@ -272,6 +282,24 @@ class Runner:
         }
         self.scope["vars"] = expr.LazyVars(recipe.vars, self.scope)
 
+    def add_secrets(self) -> None:
+        """Tell the masker this recipe's secrets: secret settings and inputs, URL
+        passwords in settings and, at the top, the environment's credentials."""
+        for alias, spec in self.recipe.settings.items():
+            value = self.setting_values.get(alias)
+            if spec.get("secret") or is_secret_name(spec["name"]):
+                self.masker.add(value)
+            self.masker.add_url_passwords(value)
+        for name, spec in self.recipe.inputs.items():
+            if spec.get("secret"):
+                values = self.inputs.get(name)
+                for value in values if isinstance(values, list) else [values]:
+                    self.masker.add(value)
+        if not self.depth:
+            for name, value in self.env.items():
+                if is_secret_name(name) and len(value) >= ENV_SECRET_LENGTH:
+                    self.masker.add(value)
+
     # ---- the run ---------------------------------------------------------------
 
     def run(self) -> RunReport:
@@ -282,7 +310,7 @@ class Runner:
                 self.recipe.name,
                 self.recipe.path,
                 self.masked_inputs(),
-                self.settings_shown,
+                self.masker.clean(self.settings_shown),
                 self.dry_run,
                 self.workdir,
             )
@@ -309,23 +337,34 @@ class Runner:
                     k: expr.render(v, self.scope) for k, v in self.recipe.outputs.items()
                 }
             except expr.ExpressionError as e:
-                failure = StepFailed(f"{self.recipe.where('outputs')}: outputs: {e.message}", e)
+                message = self.masker.text(f"{self.recipe.where('outputs')}: outputs: {e.message}")
+                failure = StepFailed(message, e)
         if failure is not None:
             report.status = "failed"
             report.error = failure.message
             if failure.cause is not None and failure.cause.__traceback__ is not None:
-                report.traceback = "".join(traceback.format_exception(failure.cause))
+                trace = "".join(traceback.format_exception(failure.cause))
+                report.traceback = self.masker.text(trace)
         else:
             report.status = "changed" if any(s.status == "changed" for s in report.steps) else "ok"
         if self.journal and not self.depth:
-            self.journal.end_run(self.run_id, report.status, report.outputs, report.error)
+            self.journal.end_run(
+                self.run_id, report.status, self.masker.clean(report.outputs), report.error
+            )
         return report
 
     def masked_inputs(self) -> dict[str, Any]:
+        """The inputs as the journal keeps them: a secret one, or one that holds a
+        secret, as MASK (so ``wsrun resume`` refuses the run rather than use the mask).
+        Paths keep their exact bytes, so a resumed run writes where the first did."""
         return {
-            k: ("********" if self.recipe.inputs.get(k, {}).get("secret") else v)
+            k: MASK if self.recipe.inputs.get(k, {}).get("secret") or self.holds_secret(v) else v
             for k, v in self.inputs.items()
         }
+
+    def holds_secret(self, value: Any) -> bool:
+        text = json.dumps(value, default=str, ensure_ascii=False)
+        return self.masker.text(text) != text
 
     def run_section(
         self, section: str, report: RunReport, stop_on_failure: bool = True
@@ -377,13 +416,19 @@ class Runner:
                 report.status = "changed" if effects else "ok"
         except StepFailed as e:
             report.status = "failed"
-            report.error = f"step '{key}' ({where}) failed: {e.message}"
+            report.error = self.masker.text(f"step '{key}' ({where}) failed: {e.message}")
             report.failure = StepFailed(report.error, e.cause, e.path)
+        report.effects = self.masker.effects(report.effects)  # as printed and journaled
         report.seconds = time.monotonic() - started
         if self.journal:
             status = report.status if not self.dry_run or report.status == "failed" else "planned"
             self.journal.end_step(
-                self.run_id, key, status, report.effects, report.outputs, report.error
+                self.run_id,
+                key,
+                status,
+                report.effects,
+                self.masker.clean(report.outputs),
+                report.error,
             )
         self.remember(sid, report)
         self.events.step_finished(report)
@@ -421,11 +466,38 @@ class Runner:
         results = []
         for i, item in enumerate(items):
             scope = {**self.scope, "item": item, "index": i}
-            effects, outputs = self.run_unit(step, f"{key}[{i}]", scope)
+            unit = f"{key}[{i}]"
+            try:
+                effects, outputs = self.run_unit(step, unit, scope)
+            except StepFailed as e:
+                self.end_unit(unit, "failed", [], None, e.message)
+                raise
+            self.end_unit(unit, "changed" if effects else "ok", effects, outputs)
             report.effects.extend(effects)
             results.append(outputs)
         report.outputs = {"results": results}
         report.status = "changed" if report.effects else "ok"
+
+    def end_unit(
+        self,
+        unit: str,
+        status: str,
+        effects: list[dict[str, Any]],
+        outputs: Any,
+        error: str | None = None,
+    ) -> None:
+        """End the journal record of one iteration of a loop. A real run records an
+        iteration that changes the world before applying it (see plan_apply); one
+        that had nothing to do has no record, and this changes nothing."""
+        if self.journal and not self.dry_run:
+            self.journal.end_step(
+                self.run_id,
+                unit,
+                status,
+                self.masker.effects(effects),
+                self.masker.clean(outputs),
+                None if error is None else self.masker.text(error),
+            )
 
     def run_unit(
         self, step: dict[str, Any], key: str, scope: dict[str, Any]
@@ -486,6 +558,7 @@ class Runner:
             log=self.log,
             deadline=deadline,
         )
+        plan = None
         try:
             plan = module.plan(params, ctx)
             if self.dry_run:
@@ -493,15 +566,16 @@ class Runner:
                     self.view.record(effect)
                 return _dicts(plan.effects), plan.outputs
             if self.journal and plan.effects:
-                self.journal.start_step(
-                    self.run_id, key, self.seq, step["uses"], _dicts(plan.effects)
-                )
+                planned = self.masker.effects(_dicts(plan.effects))
+                self.journal.start_step(self.run_id, key, self.seq, step["uses"], planned)
             result = module.apply(plan, ctx)
             return _dicts(result.effects), result.outputs
-        except StepFailed:
+        except (StepFailed, JournalError):
             raise
         except (StepError, OSError, expr.ExpressionError, ContentUnknown) as e:
             message, path = describe_error(e)
+            if isinstance(e, OSError) and path is None and plan is not None:
+                message, path = _name_written(e, plan.effects) or (message, path)
             raise StepFailed(message, e, path) from None
         except Exception as e:  # a bug in a step type: still one line, traceback with -v
             raise StepFailed(f"{type(e).__name__}: {e}", e) from None
@@ -548,6 +622,7 @@ class Runner:
                 view=self.view,
                 key_prefix=key + "/",
                 depth=self.depth + 1,
+                masker=self.masker,
             )
         except InvalidRecipe as e:
             raise StepFailed(
@@ -564,3 +639,28 @@ class Runner:
 
 def _dicts(effects: list[Effect]) -> list[dict[str, Any]]:
     return [e.to_dict() for e in effects]
+
+
+def _name_written(exc: OSError, effects: list[Effect]) -> tuple[str, str] | None:
+    """A write error that names no file (disk full, file too large) as a line that
+    names what the step was writing: its one file, or the directory of its files."""
+    written = [e.path for e in effects if e.op == "create_file"]
+    if not written or not exc.strerror:
+        return None
+    path = written[0] if len(written) == 1 else os.path.commonpath(written)
+    what = "" if len(written) == 1 else f" (writing {len(written)} files)"
+    return f"{path}: {exc.strerror}{what}", path
+
+
+class _MaskedProgress(Progress):
+    """Progress bars whose descriptions (often paths) have the run's secrets masked."""
+
+    def __init__(self, progress: Progress, masker: Masker) -> None:
+        self.inner = progress.inner if isinstance(progress, _MaskedProgress) else progress
+        self.masker = masker
+
+    def task(
+        self, description: str, total_bytes: int | None = None, total_files: int | None = None
+    ) -> ProgressTask:
+        shown = printable(self.masker.text(description))
+        return self.inner.task(shown, total_bytes, total_files)

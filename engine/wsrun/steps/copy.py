@@ -14,7 +14,14 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from wsrun.effects import Effect, create_dir, create_file, create_symlink
-from wsrun.fileio import TMP_SUFFIX, hold_temp, is_temp_name, remove_stray_temps, temp_path
+from wsrun.fileio import (
+    TMP_SUFFIX,
+    hold_temp,
+    is_temp_name,
+    naming,
+    remove_stray_temps,
+    temp_path,
+)
 from wsrun.fs import FileInfo, WorldView
 from wsrun.step import PATHS, Plan, Result, StepContext, StepError
 
@@ -494,9 +501,11 @@ def copy_file(
         finally:
             os.close(dst_fd)
         os.rename(tmp, dest)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(e, OSError) and e.filename is None:
+            raise naming(e, dest) from e
         raise
     finally:
         os.close(src_fd)

@@ -14,6 +14,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from wsrun.journal import RunRecord
+from wsrun.masking import printable_data
 from wsrun.web.common import Paging, Table, api, not_found, page_of, render, sources
 
 #: How many recent runs the list pages through and filters.
@@ -28,7 +29,7 @@ def run_row(r: RunRecord) -> dict[str, Any]:
         "id": r.id,
         "recipe": r.recipe,
         "recipe_path": r.recipe_path,
-        "inputs": r.inputs,
+        "inputs": printable_data(r.inputs),  # a path's exact bytes, as text
         "status": r.shown_status,
         "dry_run": r.dry_run,
         "started": r.started,

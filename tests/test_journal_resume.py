@@ -191,6 +191,49 @@ def test_runs_listing_and_show(cli, tmp_path: Path) -> None:
     assert cli("runs", "show", "nonexistent").code == 2
 
 
+LOOP = """
+recipe: looped
+inputs:
+  dest: {type: path, positional: true}
+steps:
+  - id: each
+    uses: copy
+    for_each: [a, b, c]
+    with: {sources: "{{ run.recipe_dir }}/{{ item }}.txt", to: "{{ inputs.dest }}/{{ item }}"}
+"""
+
+
+def test_for_each_iterations_end_in_the_journal(cli, tmp_path: Path) -> None:
+    """Every iteration of a loop of a plain step type ends finished (or failed) in
+    the journal; none is left running once the run is over."""
+    recipe = write(tmp_path / "loop.yaml", LOOP)
+    for name in "abc":
+        write(tmp_path / f"{name}.txt", name)
+    assert cli(recipe, tmp_path / "out").code == 0
+    run_id = json.loads(cli("runs", "--json").out)[0]["id"]
+    steps = {s["key"]: s for s in json.loads(cli("runs", "show", run_id, "--json").out)["steps"]}
+    assert {k: s["status"] for k, s in steps.items()} == {
+        "each": "changed",
+        "each[0]": "changed",
+        "each[1]": "changed",
+        "each[2]": "changed",
+    }
+    assert all(s["ended"] for s in steps.values())
+    assert [e["path"] for e in steps["each[1]"]["effects"]][-1] == f"{tmp_path}/out/b/b.txt"
+    shown = cli("runs", "show", run_id).out
+    assert "running" not in shown and shown.count(" changed ") == 4
+
+    (tmp_path / "b.txt").unlink()  # the second iteration now fails
+    assert cli(recipe, tmp_path / "out2").code == 1
+    run_id = json.loads(cli("runs", "--json").out)[0]["id"]
+    steps = json.loads(cli("runs", "show", run_id, "--json").out)["steps"]
+    statuses = {s["key"]: s["status"] for s in steps}
+    assert statuses == {"each": "failed", "each[0]": "changed", "each[1]": "failed"}
+    assert all(s["ended"] for s in steps)
+    failed = next(s for s in steps if s["key"] == "each[1]")
+    assert f"{tmp_path}/b.txt" in failed["error"]
+
+
 def test_a_run_of_another_host_is_not_called_interrupted(tmp_path: Path) -> None:
     journal = Journal()
     journal.start_run("r-elsewhere", "x", "/r.yaml", {}, {}, False, str(tmp_path))

@@ -76,6 +76,30 @@ def test_runs_api_lists_runs_with_effects_checksums_and_log(
         assert c.get("/api/runs", params={"q": "no-such-recipe"}).json()["total"] == 0
 
 
+def test_a_run_page_counts_the_iterations_of_a_loop_as_finished(
+    cli, live_server, tmp_path: Path
+) -> None:
+    recipe = write(
+        tmp_path / "loop.yaml",
+        """
+        recipe: looped
+        steps:
+          - id: each
+            uses: mkdir
+            for_each: [a, b, c]
+            with: {path: "{{ run.workdir }}/out/{{ item }}"}
+        """,
+    )
+    assert cli(recipe).code == 0
+    server = live_server()
+    with client(server) as c:
+        [run] = c.get("/api/runs").json()["rows"]
+        detail = c.get(f"/api/runs/{run['id']}").json()
+        assert [s["key"] for s in detail["steps"]] == ["each", "each[0]", "each[1]", "each[2]"]
+        assert all(s["ended"] and s["status"] == "changed" for s in detail["steps"])
+        assert "4 of 4 finished" in c.get(f"/runs/{run['id']}").text
+
+
 def test_unknown_ids_are_404_pages_not_tracebacks(live_server) -> None:
     state_store()
     server = live_server()

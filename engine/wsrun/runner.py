@@ -470,6 +470,8 @@ class Runner:
             try:
                 effects, outputs = self.run_unit(step, unit, scope)
             except StepFailed as e:
+                if self.journal and not self.dry_run:  # recorded even if it failed planning
+                    self.journal.start_step(self.run_id, unit, self.seq, step["uses"])
                 self.end_unit(unit, "failed", [], None, e.message)
                 raise
             self.end_unit(unit, "changed" if effects else "ok", effects, outputs)
@@ -487,8 +489,9 @@ class Runner:
         error: str | None = None,
     ) -> None:
         """End the journal record of one iteration of a loop. A real run records an
-        iteration that changes the world before applying it (see plan_apply); one
-        that had nothing to do has no record, and this changes nothing."""
+        iteration that changes the world before applying it (see plan_apply), and
+        one that failed; one that had nothing to do has no record, and this
+        changes nothing."""
         if self.journal and not self.dry_run:
             self.journal.end_step(
                 self.run_id,

@@ -1,0 +1,209 @@
+"""Integrity at the edges of a run's output: file names that are not UTF-8 in
+--json, text and the journal; a full disk or a file-size limit while writing;
+a journal that cannot be written."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import resource
+import signal
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import write
+
+NAME = b"\xff\xfe.dat"  # not UTF-8
+
+
+def wsrun(*args: object, cwd: Path, fsize: int | None = None) -> subprocess.CompletedProcess:
+    """``wsrun ARGS`` as a process, output as bytes; with ``fsize``, no file it
+    writes may grow beyond that many bytes (EFBIG, as on a full disk)."""
+
+    def limit() -> None:
+        if fsize is not None:
+            signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG instead of a kill
+            resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, fsize))
+
+    return subprocess.run(
+        [sys.executable, "-m", "wsrun", *map(os.fsencode, map(str, args))],
+        cwd=cwd,
+        capture_output=True,
+        preexec_fn=limit,
+        timeout=120,
+    )
+
+
+def tree(root: Path) -> Path:
+    src = root / "src"
+    src.mkdir()
+    (src / "plain.txt").write_text("plain\n")
+    with open(os.path.join(os.fsencode(src), NAME), "wb") as f:
+        f.write(b"not utf-8 name\n")
+    return src
+
+
+RECIPE = """
+recipe: both
+inputs:
+  src: {type: path, positional: true}
+  dest: {type: path, positional: true}
+steps:
+  - id: copy
+    uses: copy
+    with: {sources: "{{ inputs.src }}", to: "{{ inputs.dest }}"}
+  - id: tar
+    uses: tar
+    with: {source: "{{ inputs.src }}", to: "{{ inputs.dest }}/src.tar"}
+"""
+
+
+@pytest.mark.parametrize("dry", [True, False], ids=["dry-run", "real-run"])
+def test_json_is_valid_for_file_names_that_are_not_utf8(tmp_path: Path, dry: bool) -> None:
+    src = tree(tmp_path)
+    recipe = write(tmp_path / "both.yaml", RECIPE)
+    dest = tmp_path / "out"
+    result = wsrun(recipe, src, dest, "--json", *(["--dry-run"] if dry else []), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout.decode("utf-8"))  # strict UTF-8, strict JSON
+    effects = [e for s in report["steps"] for e in s["effects"]]
+    [odd] = [e for e in effects if e["path"].endswith(".dat")]
+    # shown with the byte escaped, and exactly in base64
+    assert odd["path"] == f"{dest}/src/\\xff\\xfe.dat"
+    assert base64.b64decode(odd["path_base64"]) == os.fsencode(dest / "src") + b"/" + NAME
+    assert base64.b64decode(odd["source_base64"]) == os.fsencode(src) + b"/" + NAME
+    assert "path_base64" not in next(e for e in effects if e["path"].endswith("plain.txt"))
+    if not dry:
+        copied = os.path.join(os.fsencode(dest / "src"), NAME)
+        assert open(copied, "rb").read() == b"not utf-8 name\n"
+        import tarfile
+
+        with tarfile.open(dest / "src.tar") as archive:
+            assert os.fsdecode(b"src/" + NAME) in archive.getnames()
+    # the text output and the journal take the name too
+    text = wsrun(recipe, src, tmp_path / "again", *(["--dry-run"] if dry else []), cwd=tmp_path)
+    assert text.returncode == 0, text.stderr
+    if dry:
+        assert "/src/\\xff\\xfe.dat" in text.stdout.decode("utf-8")
+    shown = wsrun("runs", "show", report["run_id"], "--json", cwd=tmp_path)
+    assert shown.returncode == 0, shown.stderr
+    steps = json.loads(shown.stdout.decode("utf-8"))["steps"]
+    assert any(e["path"] == odd["path"] for s in steps for e in s["effects"])
+
+
+def test_an_error_about_a_name_that_is_not_utf8_is_printed_and_journaled(
+    tmp_path: Path, wsrun_home: Path
+) -> None:
+    recipe = write(tmp_path / "both.yaml", RECIPE)
+    missing = os.path.join(os.fsencode(tmp_path), NAME)
+    result = wsrun(recipe, os.fsdecode(missing), tmp_path / "out", cwd=tmp_path)
+    assert result.returncode == 1
+    err = result.stderr.decode("utf-8")
+    assert f"{tmp_path}/\\xff\\xfe.dat" in err and "Traceback" not in err
+    with sqlite3.connect(wsrun_home / "journal.db") as db:
+        [(error,)] = db.execute("SELECT error FROM runs").fetchall()
+    assert f"{tmp_path}/\\xff\\xfe.dat" in error
+
+
+@pytest.mark.parametrize("step", ["copy", "tar", "tar.gz"])
+def test_a_write_beyond_the_file_size_limit_names_the_file(tmp_path: Path, step: str) -> None:
+    """EFBIG (RLIMIT_FSIZE) as a full disk shows itself: one line naming the file
+    being written, exit 1, no file or temporary left at the destination."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "big.dat").write_bytes(os.urandom(3 << 20))  # incompressible
+    to = "{{ inputs.dest }}" if step == "copy" else "{{ inputs.dest }}/big." + step
+    recipe = write(
+        tmp_path / "r.yaml",
+        f"""
+        recipe: r
+        inputs:
+          src: {{type: path, positional: true}}
+          dest: {{type: path, positional: true}}
+        steps:
+          - id: write
+            uses: {step.split(".")[0]}
+            with: {{{"sources" if step == "copy" else "source"}: "{{{{ inputs.src }}}}", to: "{to}"}}
+        """,
+    )
+    dest = tmp_path / "out"
+    result = wsrun(recipe, src, dest, cwd=tmp_path, fsize=1 << 20)
+    err = result.stderr.decode()
+    assert result.returncode == 1, err
+    target = dest / "src" / "big.dat" if step == "copy" else dest / f"big.{step}"
+    [line] = [x for x in err.splitlines() if x.startswith("error:")]
+    assert line.endswith(f"failed: {target}: File too large"), err
+    assert "Traceback" not in err
+    leftovers = [p.name for p in dest.rglob("*") if p.is_file()] if dest.exists() else []
+    assert leftovers == []
+
+
+def test_a_journal_that_cannot_be_written_mid_run_stops_the_run_in_one_line(
+    tmp_path: Path, wsrun_home: Path
+) -> None:
+    """The journal's file may not grow (as on a full disk) when the second step
+    records its plan: one line naming the journal, exit 1, the first step's work
+    in place and the second step's not begun."""
+    src = tmp_path / "many"
+    src.mkdir()
+    for i in range(2000):  # a plan of 2,000 effects: far more than the journal may grow
+        (src / f"file-{i:05d}-with-a-longish-name.txt").write_bytes(b"x")
+    recipe = write(
+        tmp_path / "r.yaml",
+        """
+        recipe: r
+        inputs:
+          src: {type: path, positional: true}
+          dest: {type: path, positional: true}
+        steps:
+          - id: layout
+            uses: mkdir
+            with: {path: "{{ inputs.dest }}/first"}
+          - id: copy
+            uses: copy
+            with: {sources: "{{ inputs.src }}", to: "{{ inputs.dest }}/second"}
+        """,
+    )
+    dest = tmp_path / "out"
+    result = wsrun(recipe, src, dest, cwd=tmp_path, fsize=192 << 10)
+    err = result.stderr.decode()
+    assert result.returncode == 1, err
+    journal = wsrun_home / "journal.db"
+    [line] = [x for x in err.splitlines() if str(journal) in x]
+    assert line.startswith(f"r: journal {journal}: ") and "the run stopped" in line
+    assert "Traceback" not in err and "OperationalError" not in err
+    assert (dest / "first").is_dir()
+    assert not (dest / "second").exists()
+    runs = wsrun("runs", "--json", cwd=tmp_path)
+    assert runs.returncode == 0, runs.stderr
+    [run] = json.loads(runs.stdout)
+    assert run["status"] == "failed" and str(journal) in run["error"]
+
+
+def test_a_journal_that_cannot_be_opened_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / "plain-file").write_text("not a directory\n")
+    home = tmp_path / "plain-file" / "home"
+    recipe = write(
+        tmp_path / "r.yaml",
+        """
+        recipe: r
+        steps:
+          - uses: noop
+        """,
+    )
+    env = {**os.environ, "WSRUN_HOME": str(home)}
+    result = subprocess.run(
+        [sys.executable, "-m", "wsrun", str(recipe)], capture_output=True, text=True, env=env
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"r: journal {home}/journal.db: Not a directory"
+    listed = subprocess.run(
+        [sys.executable, "-m", "wsrun", "runs"], capture_output=True, text=True, env=env
+    )
+    assert listed.returncode == 2
+    assert listed.stderr.strip() == f"wsrun: journal {home}/journal.db: Not a directory"

@@ -37,9 +37,17 @@ services:
 	@$(PYTHON) -c "import socket; socket.create_connection(('127.0.0.1', 5432), 1)" 2>/dev/null || { command -v pg_ctlcluster >/dev/null 2>&1 && pg_ctlcluster --skip-systemctl-redirect $$(ls /etc/postgresql | head -1) main start; } || true
 	@$(PYTHON) -c "import socket; socket.create_connection(('127.0.0.1', 5672), 1)" 2>/dev/null || { command -v rabbitmq-server >/dev/null 2>&1 && rabbitmq-server -detached && sleep 10; } || true
 
+# A failing run ends with the ids of the failed tests (pytest keeps them in
+# .pytest_cache/v/cache/lastfailed; `pytest --lf` reruns just those). The exit status
+# is pytest's: 5 when no test ran, which fails too.
 test: $(STAMP) tools services
 	$(BIN)/ruff check engine tests bench
-	$(BIN)/pytest -n 2 -q
+	@rm -f .pytest_cache/v/cache/lastfailed
+	$(BIN)/pytest -n 2 -q || { status=$$?; \
+	  if [ $$status -eq 5 ]; then echo "make test: no tests ran"; else \
+	  echo "make test: failed tests (rerun them with $(BIN)/pytest --lf):"; \
+	  $(BIN)/python -c 'import json; print("\n".join(json.load(open(".pytest_cache/v/cache/lastfailed"))))' || true; fi; \
+	  exit $$status; }
 
 lint: $(STAMP)
 	$(BIN)/ruff check engine tests bench

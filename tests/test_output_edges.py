@@ -105,9 +105,13 @@ def test_an_error_about_a_name_that_is_not_utf8_is_printed_and_journaled(
     assert result.returncode == 1
     err = result.stderr.decode("utf-8")
     assert f"{tmp_path}/\\xff\\xfe.dat" in err and "Traceback" not in err
+    as_json = wsrun(recipe, os.fsdecode(missing), tmp_path / "out", "--json", cwd=tmp_path)
+    assert as_json.returncode == 1
+    report = json.loads(as_json.stdout.decode("utf-8"))
+    assert f"{tmp_path}/\\xff\\xfe.dat" in report["error"]
     with sqlite3.connect(wsrun_home / "journal.db") as db:
-        [(error,)] = db.execute("SELECT error FROM runs").fetchall()
-    assert f"{tmp_path}/\\xff\\xfe.dat" in error
+        errors = [error for (error,) in db.execute("SELECT error FROM runs")]
+    assert len(errors) == 2 and all(f"{tmp_path}/\\xff\\xfe.dat" in e for e in errors)
 
 
 @pytest.mark.parametrize("step", ["copy", "tar", "tar.gz"])

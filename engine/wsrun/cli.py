@@ -176,7 +176,9 @@ def execute(
     except JournalError as e:
         return _journal_failed(journal, runner.run_id, recipe.name, e, err)
     if options.get("json"):
-        print(report_json(masker.clean(report.to_json())))
+        shown = report.to_json()  # effects and errors: masked by the runner already
+        shown["outputs"] = masker.clean(shown["outputs"])
+        print(report_json(shown))
     elif not options.get("quiet"):
         print_report(report, out, verbose=bool(options.get("verbose")))
     if report.status == "failed":

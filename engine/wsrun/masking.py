@@ -67,14 +67,17 @@ class Masker:
                 self.add(password)
                 self.add(unquote(password))
 
+    def pattern(self) -> re.Pattern[str] | None:
+        """One expression matching every form of every secret, longest first."""
+        if self._pattern is None and self._forms:
+            ordered = sorted(self._forms, key=len, reverse=True)
+            self._pattern = re.compile("|".join(map(re.escape, ordered)))
+        return self._pattern
+
     def text(self, text: str) -> str:
         """``text`` with every secret replaced by MASK."""
-        if not self._forms or not text:
-            return text
-        if self._pattern is None:
-            ordered = sorted(self._forms, key=len, reverse=True)  # longest form first
-            self._pattern = re.compile("|".join(map(re.escape, ordered)))
-        return self._pattern.sub(MASK, text)
+        pattern = self.pattern()
+        return pattern.sub(MASK, text) if pattern is not None and text else text
 
     def clean(self, value: Any) -> Any:
         """``value`` (JSON-like data) with secrets masked and every string printable."""
@@ -88,9 +91,14 @@ class Masker:
 
     def effects(self, effects: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Effects as they are shown and journaled: cleaned, and a path field that is
-        not UTF-8 also given in base64 (of its bytes, secrets masked)."""
+        not UTF-8 also given in base64 (of its bytes, secrets masked). An effect with
+        nothing to clean is passed on as it is (a dry run may plan 100,000)."""
+        pattern = self.pattern()
         out = []
         for effect in effects:
+            if _clean_already(effect, pattern):
+                out.append(effect)
+                continue
             shown = self.clean(effect)
             for name in PATH_FIELDS:
                 value = effect.get(name)
@@ -99,6 +107,18 @@ class Masker:
                     shown[f"{name}_base64"] = base64.b64encode(raw).decode("ascii")
             out.append(shown)
         return out
+
+
+def _clean_already(effect: dict[str, Any], pattern: re.Pattern[str] | None) -> bool:
+    for value in effect.values():
+        if isinstance(value, str):
+            if not value.isascii() and not _is_utf8(value):
+                return False
+            if pattern is not None and pattern.search(value):
+                return False
+        elif not isinstance(value, (int, float, type(None))):
+            return False  # lists and dicts (a command's argv): cleaned in full
+    return True
 
 
 #: The password of a URL (scheme://user:password@host).

@@ -337,7 +337,7 @@ class Runner:
                     k: expr.render(v, self.scope) for k, v in self.recipe.outputs.items()
                 }
             except expr.ExpressionError as e:
-                message = self.masker.text(f"{self.recipe.where('outputs')}: outputs: {e.message}")
+                message = self.shown(f"{self.recipe.where('outputs')}: outputs: {e.message}")
                 failure = StepFailed(message, e)
         if failure is not None:
             report.status = "failed"
@@ -352,6 +352,10 @@ class Runner:
                 self.run_id, report.status, self.masker.clean(report.outputs), report.error
             )
         return report
+
+    def shown(self, message: str) -> str:
+        """A message as it may be printed and journaled (see wsrun.masking)."""
+        return printable(self.masker.text(message))
 
     def masked_inputs(self) -> dict[str, Any]:
         """The inputs as the journal keeps them: a secret one, or one that holds a
@@ -416,7 +420,7 @@ class Runner:
                 report.status = "changed" if effects else "ok"
         except StepFailed as e:
             report.status = "failed"
-            report.error = self.masker.text(f"step '{key}' ({where}) failed: {e.message}")
+            report.error = self.shown(f"step '{key}' ({where}) failed: {e.message}")
             report.failure = StepFailed(report.error, e.cause, e.path)
         report.effects = self.masker.effects(report.effects)  # as printed and journaled
         report.seconds = time.monotonic() - started
@@ -499,7 +503,7 @@ class Runner:
                 status,
                 self.masker.effects(effects),
                 self.masker.clean(outputs),
-                None if error is None else self.masker.text(error),
+                None if error is None else self.shown(error),
             )
 
     def run_unit(

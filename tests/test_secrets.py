@@ -185,3 +185,19 @@ def test_environment_credentials_and_url_passwords_are_masked(
     paths = [e["path"] for e in json.loads(result.out)["steps"][0]["effects"]]
     assert paths[-1] == f"{tmp_path}/out/***/***"
     assert (tmp_path / "out" / "tok-abcdef-123456" / "pa55word-xyz").is_dir()
+
+
+def test_an_invalid_secret_input_is_not_echoed(cli, tmp_path: Path) -> None:
+    recipe = write(
+        tmp_path / "r.yaml",
+        """
+        recipe: r
+        inputs:
+          pin: {type: int, secret: true, required: true}
+        steps:
+          - uses: noop
+        """,
+    )
+    result = cli(recipe, "--pin", "not-a-number-4711")
+    assert result.code == 2
+    assert "input 'pin'" in result.err and "not-a-number-4711" not in result.err

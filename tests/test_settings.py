@@ -50,6 +50,16 @@ def test_bad_profile_files(tmp_path: Path, text: str, message: str) -> None:
         Settings(profile="p", env={"CAPO_PATH": str(tmp_path), "HOME": str(tmp_path)})
 
 
+@pytest.mark.parametrize(
+    "line", ["db.password: hunter2", "db.password:hunter2", "api.token hunter2"]
+)
+def test_a_malformed_line_of_a_secret_setting_is_not_echoed(tmp_path: Path, line: str) -> None:
+    write(tmp_path / "p.properties", f"plain=1\n{line}\n")
+    with pytest.raises(SettingsError, match="expected key=value") as e:
+        Settings(profile="p", env={"CAPO_PATH": str(tmp_path), "HOME": str(tmp_path)})
+    assert "hunter2" not in str(e.value) and ":2:" in str(e.value)
+
+
 def test_missing_setting_fails_before_any_step(cli, tmp_path: Path) -> None:
     recipe = write(
         tmp_path / "r.yaml",

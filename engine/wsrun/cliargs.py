@@ -61,9 +61,11 @@ def _add_input(container: Any, name: str, spec: dict[str, Any]) -> None:
     kwargs: dict[str, Any] = {"help": argparse.SUPPRESS if spec.get("hidden") else spec.get("help")}
     if spec.get("metavar"):
         kwargs["metavar"] = spec["metavar"]
-    if kind in ("int", "float"):
+    # a secret's value is checked later (wsrun.runner.convert_input), by a message
+    # that does not echo it as argparse's does
+    if kind in ("int", "float") and not spec.get("secret"):
         kwargs["type"] = int if kind == "int" else float
-    if kind == "choice":
+    if kind == "choice" and not spec.get("secret"):
         kwargs["choices"] = spec["choices"]
     if spec.get("positional"):
         kwargs.setdefault("metavar", name.upper())

@@ -41,7 +41,7 @@ class Masker:
         return bool(self._forms)
 
     def add(self, value: Any) -> None:
-        """Mask ``value`` (and its percent-encoded and JSON-escaped forms) from now on."""
+        """Mask ``value`` (and its percent-encoded, JSON-escaped and repr forms) from now on."""
         if value is None or isinstance(value, bool):
             return
         text = str(value)
@@ -54,6 +54,7 @@ class Masker:
             quote_plus(text),
             json.dumps(text)[1:-1],
             json.dumps(text, ensure_ascii=False)[1:-1],
+            repr(text)[1:-1],  # inside a printed list or dict
         }
         new = forms - self._forms
         if new:

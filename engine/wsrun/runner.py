@@ -189,8 +189,9 @@ def convert_input(name: str, kind: str, value: Any, spec: Mapping[str, Any], wor
             return bool(value)
         if kind == "choice":
             if value not in spec.get("choices", []):
+                shown = MASK if spec.get("secret") else repr(value)
                 raise RunError(
-                    f"input '{name}': {value!r} is not one of {', '.join(map(str, spec['choices']))}"
+                    f"input '{name}': {shown} is not one of {', '.join(map(str, spec['choices']))}"
                 )
             return value
         if kind == "list":
@@ -199,7 +200,8 @@ def convert_input(name: str, kind: str, value: Any, spec: Mapping[str, Any], wor
             return [convert_input(name, item_kind, v, {}, workdir) for v in items]
         return str(value)
     except (TypeError, ValueError):
-        raise RunError(f"input '{name}': {value!r} is not a valid {kind}") from None
+        shown = MASK if spec.get("secret") else repr(value)
+        raise RunError(f"input '{name}': {shown} is not a valid {kind}") from None
 
 
 def describe_error(exc: BaseException) -> tuple[str, str | None]:

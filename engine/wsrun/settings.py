@@ -62,7 +62,9 @@ def parse_properties(path: str, env: Mapping[str, str]) -> dict[str, SettingValu
                     f"{where}: section headers like {line} are not allowed in a properties file"
                 )
             if "=" not in line:
-                raise SettingsError(f"{where}: expected key=value, got {line!r}")
+                first = re.split(r"[\s:]", line, maxsplit=1)[0]
+                shown = f"{first} ..." if is_secret_name(first) else line  # may be a secret
+                raise SettingsError(f"{where}: expected key=value, got {shown!r}")
             key, value = (part.strip() for part in line.split("=", 1))
             if not key:
                 raise SettingsError(f"{where}: empty key")

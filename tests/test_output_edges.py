@@ -8,10 +8,12 @@ import base64
 import json
 import os
 import resource
+import shutil
 import signal
 import sqlite3
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -211,3 +213,88 @@ def test_a_journal_that_cannot_be_opened_is_one_line(tmp_path: Path) -> None:
     )
     assert listed.returncode == 2
     assert listed.stderr.strip() == f"wsrun: journal {home}/journal.db: Not a directory"
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A real full disk: a tmpfs of 1 MiB (needs the right to mount; skips without)."""
+    if shutil.which("mount") is None:
+        pytest.skip("no mount command")
+    mnt = tmp_path / "small-disk"
+    mnt.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], capture_output=True, text=True
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", str(mnt)], check=False)
+
+
+def test_a_full_disk_names_the_file_and_leaves_nothing(tmp_path: Path, small_disk: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "big.dat").write_bytes(os.urandom(2 << 20))
+    recipe = write(
+        tmp_path / "r.yaml",
+        """
+        recipe: r
+        inputs:
+          src: {type: path, positional: true}
+          dest: {type: path, positional: true}
+        steps:
+          - uses: copy
+            with: {sources: "{{ inputs.src }}", to: "{{ inputs.dest }}"}
+        """,
+    )
+    result = wsrun(recipe, src, small_disk / "out", cwd=tmp_path)
+    err = result.stderr.decode()
+    assert result.returncode == 1, err
+    [line] = [x for x in err.splitlines() if x.startswith("error:")]
+    assert line.endswith(f"failed: {small_disk}/out/src/big.dat: No space left on device")
+    assert [p for p in small_disk.rglob("*") if p.is_file()] == []
+
+
+def test_a_journal_on_a_full_disk_stops_the_run_in_one_line(
+    tmp_path: Path, small_disk: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The journal shares a disk that the run's first step nearly fills; the second
+    step's plan cannot be recorded: one line naming the journal, nothing of the
+    second step done."""
+    home = small_disk / "home"
+    monkeypatch.setenv("WSRUN_HOME", str(home))
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "fill.dat").write_bytes(os.urandom(800 << 10))
+    many = tmp_path / "many"
+    many.mkdir()
+    for i in range(2000):
+        (many / f"file-{i:05d}-with-a-longish-name.txt").write_bytes(b"x")
+    recipe = write(
+        tmp_path / "r.yaml",
+        """
+        recipe: r
+        inputs:
+          src: {type: path, positional: true}
+          many: {type: path, positional: true}
+          dest: {type: path, positional: true}
+        steps:
+          - id: fill
+            uses: copy
+            with: {sources: "{{ inputs.src }}/fill.dat", to: "{{ inputs.dest }}"}
+          - id: copy
+            uses: copy
+            with: {sources: "{{ inputs.many }}", to: "{{ run.workdir }}/second"}
+        """,
+    )
+    result = wsrun(recipe, src, many, small_disk / "data", cwd=tmp_path)
+    err = result.stderr.decode()
+    assert result.returncode == 1, err
+    journal = home / "journal.db"
+    [line] = [x for x in err.splitlines() if str(journal) in x]
+    assert line.startswith(f"r: journal {journal}: ") and "the run stopped" in line
+    assert "Traceback" not in err
+    assert (small_disk / "data" / "fill.dat").stat().st_size == 800 << 10
+    assert not (tmp_path / "second").exists()

@@ -116,14 +116,30 @@ def test_an_error_about_a_name_that_is_not_utf8_is_printed_and_journaled(
     assert len(errors) == 2 and all(f"{tmp_path}/\\xff\\xfe.dat" in e for e in errors)
 
 
-@pytest.mark.parametrize("step", ["copy", "tar", "tar.gz"])
-def test_a_write_beyond_the_file_size_limit_names_the_file(tmp_path: Path, step: str) -> None:
+#: step type -> its parameters, and the file it writes (below the destination)
+WRITERS = {
+    "copy": ('{sources: "{{ inputs.src }}", to: "{{ inputs.dest }}"}', "src/big.dat"),
+    "tar": ('{source: "{{ inputs.src }}", to: "{{ inputs.dest }}/big.tar"}', "big.tar"),
+    "tar.gz": ('{source: "{{ inputs.src }}", to: "{{ inputs.dest }}/big.tar.gz"}', "big.tar.gz"),
+    "untar": ('{source: "{{ inputs.src }}/big.tar", to: "{{ inputs.dest }}"}', "big.dat"),
+}
+
+
+@pytest.mark.parametrize("case", list(WRITERS))
+def test_a_write_beyond_the_file_size_limit_names_the_file(tmp_path: Path, case: str) -> None:
     """EFBIG (RLIMIT_FSIZE) as a full disk shows itself: one line naming the file
     being written, exit 1, no file or temporary left at the destination."""
+    import tarfile
+
     src = tmp_path / "src"
     src.mkdir()
     (src / "big.dat").write_bytes(os.urandom(3 << 20))  # incompressible
-    to = "{{ inputs.dest }}" if step == "copy" else "{{ inputs.dest }}/big." + step
+    if case == "untar":
+        with tarfile.open(tmp_path / "big.tar", "w") as archive:
+            archive.add(src / "big.dat", "big.dat")
+        (src / "big.dat").unlink()
+        (tmp_path / "big.tar").rename(src / "big.tar")
+    params, written = WRITERS[case]
     recipe = write(
         tmp_path / "r.yaml",
         f"""
@@ -133,17 +149,16 @@ def test_a_write_beyond_the_file_size_limit_names_the_file(tmp_path: Path, step:
           dest: {{type: path, positional: true}}
         steps:
           - id: write
-            uses: {step.split(".")[0]}
-            with: {{{"sources" if step == "copy" else "source"}: "{{{{ inputs.src }}}}", to: "{to}"}}
+            uses: {case.split(".")[0]}
+            with: {params}
         """,
     )
     dest = tmp_path / "out"
     result = wsrun(recipe, src, dest, cwd=tmp_path, fsize=1 << 20)
     err = result.stderr.decode()
     assert result.returncode == 1, err
-    target = dest / "src" / "big.dat" if step == "copy" else dest / f"big.{step}"
     [line] = [x for x in err.splitlines() if x.startswith("error:")]
-    assert line.endswith(f"failed: {target}: File too large"), err
+    assert line.endswith(f"failed: {dest / written}: File too large"), err
     assert "Traceback" not in err
     leftovers = [p.name for p in dest.rglob("*") if p.is_file()] if dest.exists() else []
     assert leftovers == []

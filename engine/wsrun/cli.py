@@ -124,6 +124,7 @@ def execute(
 ) -> int:
     """Run a loaded recipe with parsed inputs and print the outcome. Everything
     printed goes through the run's masker: no secret, and no undecodable byte."""
+    import contextlib
     import os
 
     from wsrun.cliargs import parse_sets
@@ -170,7 +171,8 @@ def execute(
         else:
             report = runner.run()
     except KeyboardInterrupt:
-        journal.end_run(runner.run_id, "interrupted", None, "interrupted by the operator")
+        with contextlib.suppress(JournalError):
+            journal.end_run(runner.run_id, "interrupted", None, "interrupted by the operator")
         err.write(f"{recipe.name}: interrupted (resume with: wsrun resume {runner.run_id})\n")
         return 130
     except JournalError as e:
@@ -195,12 +197,12 @@ def _journal_failed(journal: Any, run_id: str, name: str, error: Exception, err:
     """The journal could not be written mid-run (disk full, read-only): the run
     stopped before its next change; say so in one line and record the end if the
     journal takes that much."""
+    import contextlib
+
     from wsrun.journal import JournalError
 
-    try:
+    with contextlib.suppress(JournalError):
         journal.end_run(run_id, "failed", None, str(error))
-    except JournalError:
-        pass
     err.write(
         f"{name}: {error}; the run stopped before its next change"
         f" (wsrun resume {run_id} continues it once the journal can be written)\n"

@@ -96,6 +96,14 @@ def test_json_is_valid_for_file_names_that_are_not_utf8(tmp_path: Path, dry: boo
     assert shown.returncode == 0, shown.stderr
     steps = json.loads(shown.stdout.decode("utf-8"))["steps"]
     assert any(e["path"] == odd["path"] for s in steps for e in s["effects"])
+    # an input that is not UTF-8: kept exactly for resume, shown escaped
+    odd_src = os.fsdecode(os.path.join(os.fsencode(tmp_path), b"src-\xff"))
+    os.rename(src, odd_src)
+    assert wsrun(recipe, odd_src, tmp_path / "third", cwd=tmp_path).returncode == 0
+    listed = json.loads(wsrun("runs", "--json", cwd=tmp_path).stdout.decode("utf-8"))
+    assert listed[0]["inputs"]["src"] == f"{tmp_path}/src-\\xff"
+    text = wsrun("runs", "show", listed[0]["id"], cwd=tmp_path).stdout.decode("utf-8")
+    assert "src-\\\\xff" in text  # JSON of the escaped form
 
 
 def test_an_error_about_a_name_that_is_not_utf8_is_printed_and_journaled(

@@ -127,6 +127,8 @@ def runs(
         print(f"wsrun: no run '{run_id}'", file=sys.stderr)
         raise typer.Exit(2)
     steps_ = journal.steps(record.id)
+    from wsrun.masking import printable_data
+
     if as_json:
         print(json.dumps({**_run_json(record), "steps": steps_}, indent=2, default=str))
         return
@@ -134,7 +136,7 @@ def runs(
     print(
         f"  status {record.shown_status}{' (dry run)' if record.dry_run else ''}, started {_when(record.started)}"
     )
-    print(f"  inputs {json.dumps(record.inputs)}")
+    print(f"  inputs {json.dumps(printable_data(record.inputs), ensure_ascii=False)}")
     if record.error:
         print(f"  error: {record.error}")
     for s in steps_:
@@ -161,13 +163,15 @@ def _when(ts: float) -> str:
 
 
 def _run_json(r: Any) -> dict[str, Any]:
+    from wsrun.masking import printable_data
+
     return {
         "id": r.id,
         "recipe": r.recipe,
         "recipe_path": r.recipe_path,
         "status": r.shown_status,
         "dry_run": r.dry_run,
-        "inputs": r.inputs,
+        "inputs": printable_data(r.inputs),  # a path's bytes that are not UTF-8 as \\xNN
         "started": r.started,
         "ended": r.ended,
         "outputs": r.outputs,

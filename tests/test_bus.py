@@ -91,17 +91,18 @@ def test_a_message_nobody_listens_to_yet_waits_for_the_first_matching_queue(bus:
 
 
 CONSUMER = """
-import sys, time
+import os, sys
 from wsrun.bus import open_bus
 bus = open_bus(sys.argv[1])
-name, out = sys.argv[2], open(sys.argv[3], "w")
-idle_since = time.monotonic()
-while time.monotonic() - idle_since < 1.5:
+name, out, done = sys.argv[2], open(sys.argv[3], "w"), sys.argv[4]
+print("ready", flush=True)
+while True:
     m = bus.claim("work", name)
     if m is None:
+        if os.path.exists(done):  # everything is published: an empty queue means finished
+            break
         bus.wait("work", 0.2)
         continue
-    idle_since = time.monotonic()
     out.write(m.body["n"].__str__() + "\\n")
     out.flush()
     bus.ack(m)
@@ -114,12 +115,20 @@ def test_each_message_is_handled_exactly_once_by_four_consumer_processes(
     bus.declare_queue("work", ["job.*"])
     total = 400
     outs = [tmp_path / f"consumer{i}.txt" for i in range(4)]
+    done = tmp_path / "all-published"
     procs = [
-        subprocess.Popen([sys.executable, "-c", CONSUMER, bus.url, f"c{i}", str(out)])
+        subprocess.Popen(
+            [sys.executable, "-c", CONSUMER, bus.url, f"c{i}", str(out), str(done)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         for i, out in enumerate(outs)
     ]
+    for p in procs:  # no consumer may finish before the producer starts, however slow the machine
+        assert p.stdout is not None and p.stdout.readline().strip() == "ready"
     for n in range(total):
         bus.publish("job.run", {"n": n})
+    done.touch()
     for p in procs:
         assert p.wait(timeout=60) == 0
     handled = [int(line) for out in outs for line in out.read_text().split()]

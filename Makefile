@@ -4,12 +4,12 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo alma-demo test lint bench schemas docs tools services clean
+.PHONY: demo alma-demo test lint bench schemas docs tools services clean constraints
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[test]'
 	touch $(STAMP)
 
 # System tools the steps and tests use for real: rsync (the rsync step), zstd and GNU tar (checks),
@@ -61,6 +61,11 @@ docs: $(STAMP)
 
 bench: $(STAMP) tools
 	$(BIN)/python bench/run.py
+
+# Re-pin constraints.txt from the working venv (run make test first).
+constraints: $(STAMP)
+	{ sed -n '1,4p' constraints.txt; $(BIN)/pip freeze --exclude-editable; } > constraints.txt.new
+	mv constraints.txt.new constraints.txt
 
 clean:
 	rm -rf $(VENV) build dist .pytest_cache

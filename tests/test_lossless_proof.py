@@ -8,10 +8,14 @@ which neither the encoder nor the step's proof uses.
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import imagecodecs
 import numpy as np
 import pytest
 import tifffile
@@ -92,6 +96,12 @@ def _cases() -> dict[str, Case]:
             1,
         ),
         "gray8-lzw": (g8, {"photometric": "minisblack", "compression": "lzw"}, gray(g8), 8),
+        "gray8-packbits": (
+            g8,
+            {"photometric": "minisblack", "compression": "packbits"},
+            gray(g8),
+            8,
+        ),
         "gray8-miniswhite-big-endian": (
             g8,
             {"photometric": "miniswhite", "byteorder": ">"},
@@ -394,3 +404,98 @@ def test_a_proof_decoder_that_sees_8_bits_fails(
     monkeypatch.setattr(lossless, "read_for_proof", eight_bits)
     r = cli(recipe, source)
     assert_proof_failed(r, tmp_path, source, "the master decodes to 16-bit RGB")
+
+
+def test_a_master_with_signed_samples_fails_the_proof(
+    cli: Any, tmp_path: Path, recipe: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source, _ = rgb16_source(tmp_path)
+
+    def signed(pixels: lossless.Pixels) -> bytes:
+        return imagecodecs.jpeg2k_encode(
+            pixels.samples.view(np.int16), level=0, codecformat="jp2", reversible=True
+        )
+
+    monkeypatch.setattr(lossless, "encode", signed)
+    r = cli(recipe, source)
+    assert_proof_failed(r, tmp_path, source, "the master decodes to signed samples")
+
+
+def test_a_master_with_subsampled_components_fails_the_proof(
+    cli: Any, tmp_path: Path, recipe: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An encoder that halves the alpha channel's resolution: opj_decompress refuses
+    to write the planes, and the proof fails with its words."""
+    if shutil.which("opj_compress") is None:
+        pytest.skip("opj_compress is not installed (make tools)")
+    source = tmp_path / "scan.tif"
+    la8 = noise((H, W, 2), 8, 30)
+    tifffile.imwrite(source, la8, photometric="minisblack", extrasamples=["unassalpha"])
+    raw = tmp_path / "planes.raw"
+    raw.write_bytes(la8[..., 0].tobytes() + la8[::2, ::2, 1].tobytes())
+    subsampled = tmp_path / "subsampled.jp2"
+    subprocess.run(
+        ["opj_compress", "-i", raw, "-o", subsampled, "-F", f"{W},{H},2,8,u@1x1:2x2"],
+        capture_output=True,
+        check=True,
+    )
+    monkeypatch.setattr(lossless, "encode", lambda pixels: subsampled.read_bytes())
+    r = cli(recipe, source)
+    assert_proof_failed(r, tmp_path, source, "opj_decompress cannot decode the master")
+
+
+FAKE_DECODER = """#!/bin/sh
+# A stand-in for opj_decompress that misbehaves: {what}
+while [ $# -gt 0 ]; do [ "$1" = -o ] && out=$2; shift; done
+{body}
+"""
+
+
+@pytest.mark.parametrize(
+    ("what", "body", "expected"),
+    [
+        (
+            "it fails",
+            'echo "[ERROR] Failed to decode the codestream" >&2; exit 1',
+            "opj_decompress cannot decode the master: [ERROR] Failed to decode the codestream",
+        ),
+        (
+            "it writes fewer samples than it reports",
+            f'echo "Component 0 characteristics: {W}x{H}x8 unsigned"; '
+            f'head -c 100 /dev/zero > "$out"',
+            f"opj_decompress wrote 100 samples, not {W * H}",
+        ),
+        (
+            "its components disagree",
+            f'echo "Component 0 characteristics: {W}x{H}x8 unsigned"; '
+            f'echo "Component 1 characteristics: {W}x{H}x16 unsigned"; '
+            f'head -c {W * H * 4} /dev/zero > "$out"',
+            f"the master's components differ in size or depth: {W}x{H} 8-bit unsigned, "
+            f"{W}x{H} 16-bit unsigned",
+        ),
+        (
+            "it reports nothing",
+            'touch "$out"',
+            "opj_decompress cannot decode the master: no output",
+        ),
+    ],
+    ids=["fails", "short", "disagrees", "silent"],
+)
+def test_a_misbehaving_proof_decoder_fails_the_proof(
+    cli: Any,
+    tmp_path: Path,
+    recipe: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    what: str,
+    body: str,
+    expected: str,
+) -> None:
+    source = tmp_path / "scan.tif"
+    tifffile.imwrite(source, noise((H, W), 8, 31))
+    fake = tmp_path / "bin" / "opj_decompress"
+    fake.parent.mkdir()
+    fake.write_text(FAKE_DECODER.format(what=what, body=body))
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake.parent}:{os.environ['PATH']}")
+    r = cli(recipe, source)
+    assert_proof_failed(r, tmp_path, source, expected)

@@ -361,7 +361,8 @@ def decode_master(path: str) -> Pixels:
             lines = (done.stderr + done.stdout).strip().splitlines() or ["no output"]
             raise ProofFailed(f"{OPJ_DECOMPRESS} cannot decode the master: {lines[-1]}")
         if len(set(found)) != 1:
-            raise ProofFailed(f"the master's components differ in size or depth: {found}")
+            sizes = ", ".join(f"{w}x{h} {b}-bit {sign}" for w, h, b, sign in found)
+            raise ProofFailed(f"the master's components differ in size or depth: {sizes}")
         width, height, bits, sign = found[0]
         if sign != "unsigned":
             raise ProofFailed(f"the master decodes to {sign} samples")

@@ -499,3 +499,22 @@ def test_a_misbehaving_proof_decoder_fails_the_proof(
     monkeypatch.setenv("PATH", f"{fake.parent}:{os.environ['PATH']}")
     r = cli(recipe, source)
     assert_proof_failed(r, tmp_path, source, expected)
+
+
+def test_masters_made_by_an_older_proof_are_made_again(
+    cli: Any, tmp_path: Path, recipe: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A master of the 8-bit era is not 'up to date': its fingerprint names the proof
+    that made it, and the next run makes it again (then finds it up to date)."""
+    source, samples = rgb16_source(tmp_path)
+    current = lossless.VERSION
+    monkeypatch.setattr(lossless, "VERSION", 1)
+    first = run_master(cli, recipe, source)
+    assert first["status"] == "changed"
+    monkeypatch.setattr(lossless, "VERSION", current)
+    again = run_master(cli, recipe, source)
+    assert again["status"] == "changed"
+    assert [e["op"] for s in again["steps"] for e in s["effects"]] == ["create_file"]
+    assert run_master(cli, recipe, source)["status"] == "ok"
+    decoded, bits = decode_pnm(tmp_path / "masters" / "scan.jp2")
+    assert bits == 16 and np.array_equal(decoded, samples)

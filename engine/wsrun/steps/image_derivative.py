@@ -162,7 +162,8 @@ OUTPUTS = {
     "source": "absolute path of the TIFF",
     "width": "its width in pixels (null when a dry run cannot read it yet)",
     "height": "its height in pixels",
-    "mode": "its Pillow pixel mode (RGB, L, I;16, ...)",
+    "mode": "its Pillow pixel mode (RGB, L, I;16, ...; 16-bit RGB reads as RGB: a master's "
+    "proof gives its true depth)",
     "derivatives": "one {path, format, lossless, width, height, bytes} per derivative; bytes is "
     "null in a dry run of a file still to write",
     "proofs": "one {path, source_pixels, derivative_pixels, depth, lossless} per lossless "

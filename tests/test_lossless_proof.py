@@ -518,3 +518,20 @@ def test_masters_made_by_an_older_proof_are_made_again(
     assert run_master(cli, recipe, source)["status"] == "ok"
     decoded, bits = decode_pnm(tmp_path / "masters" / "scan.jp2")
     assert bits == 16 and np.array_equal(decoded, samples)
+
+
+@pytest.mark.parametrize("compression", ["group4", "group3"])
+def test_a_ccitt_bilevel_scan_keeps_its_bits(
+    cli: Any, tmp_path: Path, recipe: Path, compression: str
+) -> None:
+    """Fax-compressed 1-bit scans (written by Pillow through libtiff): 1 bit per
+    sample in the master, white as 1 whatever the TIFF's photometric."""
+    from PIL import Image
+
+    white = noise((H, W), 1, 40).astype(bool)
+    source = tmp_path / "scan.tif"
+    Image.fromarray(white).convert("1").save(source, compression=compression)
+    doc = run_master(cli, recipe, source)
+    decoded, bits = decode_pnm(tmp_path / "masters" / "scan.jp2")
+    assert bits == 1 and np.array_equal(decoded, gray(white))
+    assert doc["outputs"]["proofs"][0]["depth"] == f"1-bit gray {W}x{H}"

@@ -535,3 +535,31 @@ def test_a_ccitt_bilevel_scan_keeps_its_bits(
     decoded, bits = decode_pnm(tmp_path / "masters" / "scan.jp2")
     assert bits == 1 and np.array_equal(decoded, gray(white))
     assert doc["outputs"]["proofs"][0]["depth"] == f"1-bit gray {W}x{H}"
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        (lambda a: np.stack([a, a, a], -1), f"decodes to an array of shape ({H}, {W}, 3), not 1"),
+        (lambda a: a.astype(np.float32), "decodes to float32 samples"),
+    ],
+    ids=["shape", "dtype"],
+)
+def test_a_proof_decoder_returning_other_samples_is_refused(
+    cli: Any,
+    tmp_path: Path,
+    recipe: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    change: Callable[[np.ndarray], np.ndarray],
+    expected: str,
+) -> None:
+    """libtiff's array must be the page's samples as its tags describe them."""
+    source = tmp_path / "scan.tif"
+    tifffile.imwrite(source, noise((H, W), 8, 50))
+    decode = imagecodecs.tiff_decode
+    monkeypatch.setattr(imagecodecs, "tiff_decode", lambda data, index: change(decode(data)))
+    r = cli(recipe, source)
+    assert r.code == 1
+    [line] = [ln for ln in r.err.splitlines() if "cannot make a lossless master" in ln]
+    assert str(source) in line and expected in line
+    assert not (tmp_path / "masters").exists()  # refused before any directory is made

@@ -113,12 +113,11 @@ def _check(layout: _Layout) -> None:
         raise NotLossless(
             f"has {layout.pages} pages; a JPEG 2000 master holds one image (split the pages first)"
         )
+    if layout.photometric == 5:
+        raise NotLossless(
+            "is CMYK: JP2 has no CMYK colour space (convert it to RGB with its ICC profile first)"
+        )
     if layout.photometric not in (0, 1, 2, 3):
-        if layout.photometric == 5:
-            raise NotLossless(
-                "is CMYK: JP2 has no CMYK colour space (convert it to RGB with its ICC profile "
-                "first)"
-            )
         kind = _PHOTOMETRIC.get(layout.photometric, f"photometric {layout.photometric}")
         raise NotLossless(f"is {kind}; only grayscale, RGB and palette images are kept")
     formats = set(layout.sample_format)
@@ -153,7 +152,9 @@ def _normalize(data: np.ndarray, layout: _Layout) -> Pixels:
     if data.ndim == 2:
         data = data[..., np.newaxis]
     if data.ndim != 3 or data.shape[2] != layout.samples:
-        raise NotLossless(f"decodes to an array of shape {data.shape}, not one page")
+        raise NotLossless(
+            f"decodes to an array of shape {data.shape}, not {layout.samples} samples"
+        )
     if data.dtype == np.bool_:
         data = data.astype(np.uint8)
     if data.dtype.kind != "u" or data.dtype.itemsize > 2:

@@ -13,12 +13,13 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 # System tools the steps and tests use for real: rsync (the rsync step), zstd and GNU tar (checks),
-# opj_compress (image bench baseline) and exiftool (reads back embedded XMP in tests),
+# opj_decompress (the lossless proof's decoder of JPEG 2000 masters; opj_compress is the image
+# bench baseline) and exiftool (reads back embedded XMP in tests),
 # graphviz (wsrun serve's pictures) and chromium (the web tests' browser, driven by Playwright).
 tools:
 	@command -v rsync >/dev/null 2>&1 || { (apt-get update -qq || true) && apt-get install -y -qq rsync zstd >/dev/null; }
 	@command -v zstd >/dev/null 2>&1 || { apt-get install -y -qq zstd >/dev/null 2>&1 || echo "zstd not installed: its checks will skip"; }
-	@command -v opj_compress >/dev/null 2>&1 || { apt-get install -y -qq libopenjp2-tools >/dev/null 2>&1 || echo "opj_compress not installed: the image bench compares with nothing"; }
+	@command -v opj_decompress >/dev/null 2>&1 || { (apt-get update -qq || true) && apt-get install -y -qq libopenjp2-tools >/dev/null 2>&1 || echo "opj_decompress not installed: lossless JPEG 2000 masters are refused (no proof)"; }
 	@command -v exiftool >/dev/null 2>&1 || { apt-get install -y -qq libimage-exiftool-perl >/dev/null 2>&1 || echo "exiftool not installed: its metadata checks will skip"; }
 	@command -v chromium >/dev/null 2>&1 || { (apt-get update -qq || true) && apt-get install -y -qq chromium >/dev/null 2>&1 || echo "chromium not installed: the browser tests skip (and fail under CI=true)"; }
 	@command -v dot >/dev/null 2>&1 || { apt-get install -y -qq graphviz >/dev/null 2>&1 || echo "graphviz not installed: wsrun serve shows pictures as DOT text"; }

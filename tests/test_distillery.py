@@ -16,12 +16,15 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
+import tifffile
 from PIL import Image
 
 from conftest import snapshot
 from fixtures.distillery import COLLECTION, IMAGES, KEYS, PROFILE, RECIPES, Site, make_site, tiff
 from fixtures.fake_archivesspace import Received
+from fixtures.jp2 import decode_pnm, need_opj_decompress
 
 ALL_IMAGES = sorted(i for images in IMAGES.values() for i in images)
 
@@ -190,6 +193,40 @@ def test_a_failing_image_is_skipped_and_the_rest_goes_on(cli: Any, site: Site) -
     assert broken.exists() and stray.exists()
     assert sorted(site.objects()) == sorted(KEYS.values())
     assert sorted(components(site)) == ALL_IMAGES
+
+
+def test_a_48_bit_scan_keeps_16_bits_and_a_cmyk_scan_is_skipped(
+    cli: Any, site: Site, tmp_path: Path
+) -> None:
+    """Issue 14: the master of a 3 x 16-bit RGB TIFF holds every 16-bit sample (decoded
+    here by opj_decompress, not the encoder); a TIFF no master can keep exactly is
+    skipped with its reason, stays in the initial area and reaches neither S3 nor
+    ArchivesSpace."""
+    need_opj_decompress()
+    deep = site.initial / rel("MS01_001_0001")
+    samples = np.random.default_rng(48).integers(0, 65536, (32, 48, 3), dtype=np.uint16)
+    tifffile.imwrite(deep, samples, photometric="rgb", compression="lzw", byteorder=">")
+    cmyk = site.initial / rel("MS01_001_0002")
+    tifffile.imwrite(cmyk, np.full((32, 48, 4), 7, np.uint8), photometric="separated")
+    code, report, err = run(cli, "distill", COLLECTION)
+    assert code == 0, err
+    out = report["outputs"]
+    assert out["preserved"] == [rel("MS01_001_0001"), rel("MS01_002_0001")]
+    [skip] = out["skipped"]
+    assert skip["image"] == rel("MS01_001_0002") and skip["failed_step"] == "master"
+    assert str(cmyk) in skip["error"]
+    assert "cannot make a lossless master: is CMYK: JP2 has no CMYK colour space" in skip["error"]
+    assert areas(site) == (
+        [rel("MS01_001_0002")],
+        [rel("MS01_001_0001"), rel("MS01_002_0001")],
+    )
+    assert sorted(site.objects()) == sorted([KEYS["MS01_001_0001"], KEYS["MS01_002_0001"]])
+    assert sorted(components(site)) == ["MS01_001_0001", "MS01_002_0001"]
+    body = site.s3.client().get_object(Bucket=site.bucket, Key=KEYS["MS01_001_0001"])["Body"]
+    master = tmp_path / "master.jp2"
+    master.write_bytes(body.read())
+    decoded, bits = decode_pnm(master)
+    assert bits == 16 and np.array_equal(decoded, samples)
 
 
 def test_an_unknown_collection_or_an_unusable_bucket_stops_the_run(cli: Any, site: Site) -> None:

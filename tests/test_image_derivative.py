@@ -11,12 +11,13 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from PIL import Image
 
 from conftest import snapshot, write
+from fixtures.jp2 import checksum, decode_pnm, need_opj_decompress
 from wsrun import imaging
-from wsrun.steps.image_derivative import pixel_checksum
 
 METADATA = {
     "title": "Letter to R. Millikan, 1921 — ünïcode",
@@ -87,6 +88,7 @@ def effects(doc: dict[str, Any]) -> list[dict[str, Any]]:
 
 @pytest.fixture
 def recipe(tmp_path: Path) -> Path:
+    need_opj_decompress()  # the lossless proof's decoder
     return write(tmp_path / "derive.yaml", RECIPE)
 
 
@@ -112,9 +114,11 @@ def test_lossless_master_and_access_copies(
     with Image.open(source) as original:
         original.load()
         assert original.mode == mode
-        want = pixel_checksum(original)
         width, height = original.size
         pixels = original.tobytes()
+    bits = 16 if mode.startswith("I;16") else 8
+    samples = np.frombuffer(pixels, dtype={"I;16": "<u2", "I;16B": ">u2"}.get(mode, "u1"))
+    want = checksum(samples.reshape(height, width, -1), bits)
     if mode == "I;16B":  # the JPEG 2000 decodes to little-endian I;16: the same values
         swapped = array.array("H", pixels)
         swapped.byteswap()
@@ -129,6 +133,7 @@ def test_lossless_master_and_access_copies(
             "path": str(master),
             "source_pixels": want,
             "derivative_pixels": want,
+            "depth": f"{bits}-bit {'RGB' if mode == 'RGB' else 'gray'} {width}x{height}",
             "lossless": True,
         }
     ]
@@ -137,6 +142,8 @@ def test_lossless_master_and_access_copies(
         assert decoded.format == "JPEG2000"
         assert decoded.size == (width, height)
         assert decoded.tobytes() == pixels
+    decoded_samples, depth = decode_pnm(master)
+    assert depth == bits and checksum(decoded_samples, depth) == want
     access = tmp_path / "access"
     assert master.stat().st_size > (access / "0001.jp2").stat().st_size
     sizes = {}
@@ -161,21 +168,21 @@ def test_lossless_master_and_access_copies(
     assert not [p for p in tmp_path.rglob("*") if ".wsrun-tmp" in p.name]
 
 
-def test_lossy_setting_fails_the_proof_and_leaves_no_file(
+def test_a_lossy_setting_on_a_lossless_master_is_refused_before_writing(
     cli: Any, tmp_path: Path, recipe: Path
 ) -> None:
     source = rgb_tiff(tmp_path / "scan.tif")
-    # A rate limit makes even the reversible wavelet lossy: the proof must catch it.
+    # A rate limit makes even the reversible wavelet lossy (the proof would fail after
+    # encoding; tests/test_lossless_proof.py has those mutations): refused up front.
     lossy = write(
         tmp_path / "lossy.yaml",
         RECIPE.replace("lossless: true}", "lossless: true, ratio: 8}"),
     )
     r = cli(lossy, source, "--name", "0001")
     assert r.code != 0
-    [line] = [ln for ln in r.err.splitlines() if "lossless proof failed" in ln]
+    [line] = [ln for ln in r.err.splitlines() if "cannot have a ratio" in ln]
     assert str(tmp_path / "preservation" / "0001.jp2") in line
-    assert not (tmp_path / "preservation" / "0001.jp2").exists()
-    assert os.listdir(tmp_path / "preservation") == []  # no temporary file either
+    assert not (tmp_path / "preservation").exists()
 
 
 def test_metadata_reads_back(cli: Any, tmp_path: Path, recipe: Path) -> None:

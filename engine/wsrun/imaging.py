@@ -21,7 +21,7 @@ XMP_UUID = bytes.fromhex("BE7ACFCB97A942E89C71999491E3AFAC")
 #: The Dublin Core fields the step embeds, in this order.
 DC_FIELDS = ("title", "identifier", "source", "publisher", "rights")
 #: wsrun's own XMP fields.
-WSRUN_FIELDS = ("derivation", "sourcePixels", "derivativePixels")
+WSRUN_FIELDS = ("derivation", "sourcePixels", "derivativePixels", "depth")
 
 _NS = {
     "x": "adobe:ns:meta/",

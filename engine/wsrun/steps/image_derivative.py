@@ -8,7 +8,7 @@ import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from wsrun import fileio, imaging
+from wsrun import fileio, imaging, lossless
 from wsrun.effects import Effect, create_dir, create_file
 from wsrun.fs import ContentUnknown
 from wsrun.step import Plan, Result, StepContext, StepError
@@ -22,14 +22,22 @@ DOC = """Make JPEG 2000 and JPEG derivatives of a TIFF, with a proof that lossle
 An archive keeps a lossless JPEG 2000 master (about half the size of the TIFF)
 and gives readers lossy JPEG 2000, JPEG and thumbnail copies. Each entry of
 ``derivatives`` is one file; its format comes from ``format`` or the name's
-extension (.jp2, .jpg/.jpeg). A ``lossless`` JPEG 2000 (the reversible 5/3
-wavelet, no rate limit) is decoded again after writing, and the SHA-256 of its
-decoded pixels must equal that of the TIFF's decoded pixels (same mode, size
-and values; 16-bit TIFFs may be in either byte order): the ``proofs`` output
-holds both checksums. When they differ the step fails and the file is not left
-behind. Access copies take a compression ``ratio`` (JPEG 2000) or ``quality``
-(JPEG) and ``max_size`` (the longest side, for thumbnails and screen copies);
-16-bit images are scaled to 8 bits for JPEG.
+extension (.jp2, .jpg/.jpeg).
+
+A ``lossless`` JPEG 2000 master keeps every sample at the TIFF's full depth
+(1- to 16-bit grayscale or RGB, with or without alpha; a palette image becomes
+RGB with the palette's exact colours, a min-is-white one is inverted to
+min-is-black). It is proven after writing, independently of the encoder: the
+TIFF is decoded again by libtiff (the encoder was fed by tifffile) and the
+master by ``opj_decompress`` (Debian's libopenjp2-tools, required), and shape,
+bits per sample and every sample must be equal; the ``proofs`` output holds
+the SHA-256 of both decodings. When they differ the step fails and the file is
+not left behind. A TIFF that a master cannot keep exactly (CMYK, floating-point
+or signed samples, more than 16 bits, several pages, extra samples that are not
+alpha) is refused before anything is written. Access copies take a compression
+``ratio`` (JPEG 2000) or ``quality`` (JPEG) and ``max_size`` (the longest side,
+for thumbnails and screen copies); they are made from the image as Pillow reads
+it, so 16-bit RGB is scaled to 8 bits, as is any 16-bit image for JPEG.
 
 ``metadata`` (title, identifier, source, publisher, rights) is embedded in every
 derivative as Dublin Core in an XMP packet: the APP1 XMP segment of a JPEG, a
@@ -38,7 +46,7 @@ and Adobe tools read both). The packet also records how the file was derived
 (source size and mtime, the derivative's settings, the metadata) and its proof,
 so a second run finds the file up to date without decoding it and reports
 ``ok``. Files are written under a temporary name and renamed when complete.
-Pillow (with OpenJPEG) does the coding.
+imagecodecs (OpenJPEG) encodes masters, Pillow (OpenJPEG, libjpeg) access copies.
 """
 
 _DERIVATIVE: dict[str, Any] = {
@@ -62,7 +70,7 @@ _DERIVATIVE: dict[str, Any] = {
         },
         "ratio": {
             "description": "JPEG 2000 compression ratio (e.g. 20 for 1/20 of the raw size); "
-            "with `lossless` it makes the file lossy and the proof fails.",
+            "not with `lossless`.",
             "type": "number",
             "exclusiveMinimum": 1,
         },
@@ -154,11 +162,13 @@ OUTPUTS = {
     "source": "absolute path of the TIFF",
     "width": "its width in pixels (null when a dry run cannot read it yet)",
     "height": "its height in pixels",
-    "mode": "its Pillow pixel mode (RGB, L, I;16, ...)",
+    "mode": "its Pillow pixel mode (RGB, L, I;16, ...; 16-bit RGB reads as RGB: a master's "
+    "proof gives its true depth)",
     "derivatives": "one {path, format, lossless, width, height, bytes} per derivative; bytes is "
     "null in a dry run of a file still to write",
-    "proofs": "one {path, source_pixels, derivative_pixels, lossless} per lossless derivative "
-    "(SHA-256 of the decoded pixels; null in a dry run)",
+    "proofs": "one {path, source_pixels, derivative_pixels, depth, lossless} per lossless "
+    "derivative: SHA-256 of the TIFF's and of the master's samples as decoded for the proof, "
+    "and what they are (e.g. `16-bit RGB 6000x4000`); null in a dry run",
     "metadata": "the metadata embedded",
 }
 
@@ -196,6 +206,10 @@ def plan(params: dict[str, Any], ctx: StepContext) -> Plan:
         width, height, mode = _header(ctx, source)
     except ContentUnknown:
         pass  # a dry run of a file an earlier step would write
+    except StepError:
+        if any(spec.get("lossless") for spec in params["derivatives"]):
+            _refuse_unkeepable(ctx, source)  # a TIFF Pillow cannot read: the reason says more
+        raise
 
     targets, seen = [], set()
     for spec in params["derivatives"]:
@@ -230,6 +244,8 @@ def plan(params: dict[str, Any], ctx: StepContext) -> Plan:
                 parents.append(parent)
                 effects.append(create_dir(parent))
         effects.append(create_file(t.path, bytes=None, derived_from=source, format=t.format))
+    if any(t.lossless for t in stale):
+        _check_lossless(ctx, source, readable=width is not None)
     outputs = {
         "source": source,
         "width": width,
@@ -247,21 +263,29 @@ def apply(plan: Plan, ctx: StepContext) -> Result:
     d: _Data = plan.data
     if not d.targets:
         return Result(outputs=plan.outputs)
-    from PIL import Image, UnidentifiedImageError
-
+    image = None
+    if any(not t.lossless for t in d.targets):
+        image = _pillow_image(d.source)
+    feed = truth = None
+    if any(t.lossless for t in d.targets):
+        try:  # two decoders: one feeds the encoder, the other is what the proof trusts
+            feed = lossless.read_for_encoding(d.source)
+            truth = lossless.read_for_proof(d.source)
+        except (lossless.NotLossless, OSError) as e:
+            raise StepError(
+                f"cannot make a lossless master: {e}; nothing written", path=d.source
+            ) from None
     for parent in d.parents:
         os.makedirs(parent, exist_ok=True)
-    try:
-        with Image.open(d.source) as opened:
-            image = opened.copy()  # decodes the first page
-    except (UnidentifiedImageError, OSError) as e:
-        raise StepError(f"cannot read the image: {e}", path=d.source) from None
-    image = native_order(image)
-    source_pixels = pixel_checksum(image)
     written: dict[str, dict[str, Any]] = {}
     for t in d.targets:
         ctx.check_deadline()
-        written[t.path] = _write(image, source_pixels, t, d.metadata)
+        if t.lossless:
+            assert feed is not None and truth is not None
+            written[t.path] = _write_master(feed, truth, t, d.metadata)
+        else:
+            assert image is not None
+            written[t.path] = _write(image, t, d.metadata)
     outputs = dict(plan.outputs)
     outputs["derivatives"] = [
         {**item, "bytes": written[item["path"]]["bytes"]} if item["path"] in written else item
@@ -274,25 +298,27 @@ def apply(plan: Plan, ctx: StepContext) -> Result:
     return Result(effects=plan.effects, outputs=outputs)
 
 
+def _pillow_image(source: str) -> Image:
+    """The TIFF's first page as Pillow decodes it, for the access copies."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(source) as opened:
+            image = opened.copy()  # decodes the first page
+    except (UnidentifiedImageError, OSError) as e:
+        raise StepError(f"cannot read the image: {e}", path=source) from None
+    return native_order(image)
+
+
 def native_order(image: Image) -> Image:
     """A 16-bit image in the byte order Pillow and OpenJPEG exchange (``I;16``):
     big-endian TIFFs (``I;16B``, Motorola order, common from Macs) would
-    otherwise be written byte-swapped, and their checksums would not compare."""
+    otherwise be written byte-swapped."""
     from PIL import Image as PILImage
 
     if image.mode in ("I;16B", "I;16L"):
         return PILImage.frombytes("I;16", image.size, image.tobytes(), "raw", image.mode)
     return image
-
-
-def pixel_checksum(image: Image) -> str:
-    """SHA-256 of an image's decoded pixels, with its mode and size: two images
-    with the same checksum are the same picture, bit for bit (16-bit pixels are
-    taken in native order, so a big-endian TIFF compares with its JPEG 2000)."""
-    image = native_order(image)
-    digest = hashlib.sha256(f"{image.mode} {image.size[0]}x{image.size[1]}\n".encode())
-    digest.update(image.tobytes())
-    return digest.hexdigest()
 
 
 def _header(ctx: StepContext, source: str) -> tuple[int, int, str]:
@@ -323,23 +349,27 @@ def _target(
     fmt = spec.get("format") or _EXTENSIONS.get(os.path.splitext(path)[1].lower())
     if fmt is None:
         raise StepError("name a format (jp2 or jpeg) or use .jp2/.jpg", path=path)
-    lossless = bool(spec.get("lossless", False))
-    if lossless and fmt != "jp2":
+    exact = bool(spec.get("lossless", False))
+    if exact and fmt != "jp2":
         raise StepError("only a JPEG 2000 derivative can be lossless", path=path)
-    if lossless and spec.get("max_size"):
+    if exact and spec.get("max_size"):
         raise StepError("a lossless derivative cannot be scaled (max_size)", path=path)
+    if exact and spec.get("ratio"):
+        raise StepError("a lossless derivative cannot have a ratio (it would be lossy)", path=path)
     if fmt == "jpeg" and mode is not None and mode not in _JPEG_MODES:
         raise StepError(f"cannot make a JPEG from a {mode} image", path=source)
-    if fmt == "jp2" and mode is not None and mode not in _JP2_MODES:
+    if fmt == "jp2" and not exact and mode is not None and mode not in _JP2_MODES:
         raise StepError(f"cannot make a JPEG 2000 from a {mode} image", path=source)
     size = None if width is None or height is None else _scaled(width, height, spec.get("max_size"))
     settings = {
         "format": fmt,
-        "lossless": lossless,
+        "lossless": exact,
         "ratio": spec.get("ratio"),
         "quality": spec.get("quality", 85) if fmt == "jpeg" else None,
         "max_size": spec.get("max_size"),
     }
+    if exact:  # masters made by an older way are made again
+        settings["proof"] = lossless.VERSION
     derivation = json.dumps(
         {"source": [info.size, info.mtime_ns], "settings": settings, "metadata": metadata},
         sort_keys=True,
@@ -348,7 +378,7 @@ def _target(
     return _Target(
         path,
         fmt,
-        lossless,
+        exact,
         settings["ratio"],
         settings["quality"] or 85,
         size,
@@ -361,6 +391,33 @@ _RGB = {"RGB", "RGBA"}
 #: Pixel modes each format takes (JPEG ones after 16-bit scaling).
 _JP2_MODES = {"L", "LA", "RGB", "RGBA", "I;16", "I;16B", "I;16L"}
 _JPEG_MODES = {"L", "RGB", "I;16", "I;16B", "I;16L", "I", "LA", "RGBA", "P", "1", "CMYK"}
+
+
+def _check_lossless(ctx: StepContext, source: str, readable: bool) -> None:
+    """Refuse, before anything is written, a TIFF no master can keep exactly (its
+    tags say so), and any master when the proof's decoder is missing."""
+    try:
+        lossless.decoder()
+        if readable:
+            with ctx.fs.open(source) as f:
+                lossless.check(f)
+    except lossless.NotLossless as e:
+        raise StepError(
+            f"cannot make a lossless master: {e}; nothing written", path=source
+        ) from None
+
+
+def _refuse_unkeepable(ctx: StepContext, source: str) -> None:
+    """Raise the refusal when the TIFF's tags say no master can keep it."""
+    try:
+        with ctx.fs.open(source) as f:
+            lossless.check(f)
+    except lossless.Unreadable:
+        return  # not a TIFF at all: Pillow's error says so
+    except lossless.NotLossless as e:
+        raise StepError(
+            f"cannot make a lossless master: {e}; nothing written", path=source
+        ) from None
 
 
 def _scaled(width: int, height: int, max_size: int | None) -> tuple[int, int]:
@@ -397,54 +454,67 @@ def _proof(path: str, fields: dict[str, Any] | None) -> dict[str, Any]:
         "path": path,
         "source_pixels": source,
         "derivative_pixels": derivative,
+        "depth": fields.get("depth") if fields else None,
         "lossless": None if source is None else source == derivative,
     }
 
 
-def _write(
-    image: Image, source_pixels: str, t: _Target, metadata: dict[str, str]
+def _write_master(
+    feed: lossless.Pixels, truth: lossless.Pixels, t: _Target, metadata: dict[str, str]
 ) -> dict[str, Any]:
-    """Encode one derivative under its temporary name, prove it when lossless,
-    and rename it into place; returns what ``_current`` would read from it."""
-    from PIL import Image as PILImage
+    """Encode the master under its temporary name, decode it with the proof's own
+    decoder, and rename it into place only when it holds exactly the TIFF's
+    samples as libtiff decoded them; returns what ``_current`` would read from it."""
+    source_pixels = truth.checksum()
+    # The proof's checksums go into the file, so both are known before it is written;
+    # the decoding below makes the claim true or removes the file.
+    wsrun_fields = {
+        "derivation": t.derivation,
+        "sourcePixels": source_pixels,
+        "derivativePixels": source_pixels,
+        "depth": truth.describe(),
+    }
+    packet = imaging.build_xmp(metadata, wsrun_fields)
+    encoded = lossless.encode(feed)
+    with fileio.atomic_write(t.path, mode=0o644) as f:
+        f.write(encoded)
+        imaging.append_jp2_xmp(f, packet)
+        f.flush()
+        try:
+            master = lossless.decode_master(fileio.temp_path(t.path))
+            lossless.compare(truth, master)
+        except (lossless.ProofFailed, lossless.NotLossless) as e:
+            raise StepError(f"lossless proof failed: {e}; not written", path=t.path) from None
+        size = os.fstat(f.fileno()).st_size
+    # Equal to the claim in the file, since every sample compared equal.
+    return {"bytes": size, **wsrun_fields, "derivativePixels": master.checksum()}
 
+
+def _write(image: Image, t: _Target, metadata: dict[str, str]) -> dict[str, Any]:
+    """Encode one access copy under its temporary name and rename it into place;
+    returns what ``_current`` would read from it."""
     wsrun_fields = {"derivation": t.derivation}
     out = image
     if t.size is not None and t.size != image.size:
         out = _resized(image, t.size)
     if t.format == "jpeg":
         out = _for_jpeg(out)
-    derivative_pixels = None
-    if t.lossless:
-        # The proof's checksums go into the file, so both are known before it is written:
-        # the decoded pixels must equal the source's, which the check below enforces.
-        wsrun_fields["sourcePixels"] = source_pixels
-        wsrun_fields["derivativePixels"] = source_pixels
     packet = imaging.build_xmp(metadata, wsrun_fields)
     with fileio.atomic_write(t.path, mode=0o644) as f:
         if t.format == "jp2":
-            # The colour transform (RCT/ICT) for RGB, as opj_compress and Kakadu do by default:
-            # scans' channels are alike, so it makes masters smaller.
-            options: dict[str, Any] = {"irreversible": False, "mct": int(out.mode in _RGB)}
-            if not t.lossless or t.ratio:
-                options["irreversible"] = not t.lossless
-                options["quality_mode"] = "rates"
-                options["quality_layers"] = [t.ratio or 20]
-            out.save(f, format="JPEG2000", **options)
+            out.save(
+                f,
+                format="JPEG2000",
+                irreversible=True,
+                quality_mode="rates",
+                quality_layers=[t.ratio or 20],
+                # The colour transform (ICT) for RGB, as opj_compress and Kakadu do by default.
+                mct=int(out.mode in _RGB),
+            )
             imaging.append_jp2_xmp(f, packet)
         else:
             out.save(f, format="JPEG", quality=t.quality, xmp=packet, optimize=True)
         f.flush()
-        if t.lossless:
-            with PILImage.open(fileio.temp_path(t.path)) as decoded:
-                decoded.load()
-                derivative_pixels = pixel_checksum(decoded)
-            if derivative_pixels != source_pixels:
-                raise StepError(
-                    f"lossless proof failed: decoded pixels {derivative_pixels[:16]}... differ "
-                    f"from the source's {source_pixels[:16]}...; not written",
-                    path=t.path,
-                )
         size = os.fstat(f.fileno()).st_size
     return {"bytes": size, **wsrun_fields}
 

@@ -147,4 +147,3 @@ def _read_members(reader: TarReader, depth: int) -> int:
         if chunk.strip(b"\x00"):
             raise CorruptArchive(f"data after the end of the archive (after member {last})")
     return members
-

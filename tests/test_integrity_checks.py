@@ -69,7 +69,10 @@ def test_staging_refuses_a_random_file_named_caltables(
     tables = proc / "products" / f"unknown.{processing.SESSION}.caltables.tgz"
     tables.write_bytes(os.urandom(5000))
     ws = tmp_path / "ws"
-    r = cli("nrao/ingest_envoy", "--calibration", proc, "--set", f"{ROOT_SETTING}={ws}")
+    args = ["nrao/ingest_envoy", "--calibration", proc, "--set", f"{ROOT_SETTING}={ws}"]
+    dry = cli(*args, "--dry-run")
+    assert dry.code == 1 and error_line(dry.err) and not ws.exists()
+    r = cli(*args)
     assert r.code == 1
     line = error_line(r.err)
     assert "step 'stage'" in line and str(tables) in line

@@ -145,6 +145,36 @@ def test_ingest_reads_every_tar_product_through(tmp_path: Path, damage: str) -> 
     assert archive_holds(url) == ([], [])  # all or nothing: not even the good files
 
 
+def test_ingest_reads_a_zip_product_through(tmp_path: Path) -> None:
+    """An ALMA weblog is a zip: a member with a flipped byte fails its CRC."""
+    import zipfile
+
+    stage = tmp_path / "cache"
+    stage.mkdir()
+    weblog = stage / "weblog-X1-2026.zip"
+    with zipfile.ZipFile(weblog, "w", zipfile.ZIP_STORED) as z:
+        z.writestr("html/index.html", os.urandom(4000))
+    manifest = staging.write_manifest(
+        stage,
+        {
+            "parameters": {"telescope": "ALMA", "ingestion_path": str(stage)},
+            "output_group": {
+                "science_products": [{"type": "pipeline_weblog", "filename": weblog.name}]
+            },
+        },
+    )
+    url = f"sqlite://{tmp_path}/archive"
+    flip(weblog, 1000)  # inside the stored member's data
+    with pytest.raises(StepError) as refused:
+        run_step("ingest", {"manifest": str(manifest), "archive": url}, str(tmp_path))
+    assert refused.value.path == str(weblog)
+    assert "member html/index.html fails its CRC check" in refused.value.message
+    assert archive_holds(url) == ([], [])
+    weblog.write_bytes(weblog.read_bytes()[:-30])  # cut off: no central directory
+    with pytest.raises(StepError, match="not a whole zip archive"):
+        run_step("ingest", {"manifest": str(manifest), "archive": url}, str(tmp_path))
+
+
 # ---- ingest: an image needs its calibration; the telescope must be known ---------------
 
 

@@ -24,7 +24,7 @@ from wsrun.effects import Effect
 from wsrun.fs import ContentUnknown, WorldView
 from wsrun.hashing import hash_files
 from wsrun.step import Plan, Result, StepContext, StepError
-from wsrun.tarcheck import is_tar_name, read_through
+from wsrun.tarcheck import is_tar_name, read_through, read_zip_through
 
 NAME = "ingest"
 DOC = """Ingest the products an ingestion manifest names into the archive, all or nothing.
@@ -39,9 +39,11 @@ archive as it was. Each product gets a locator (``uid://evla/image/<uuid>``).
 
 Before anything is stored the step refuses what it cannot vouch for: a
 telescope that is not one of ALMA, EVLA, GBT, VLA or VLBA (it would become
-part of every locator), and any ``*.tar``/``*.tgz`` file (and tar inside it) that does not read through whole:
-every header, all member data, the end-of-archive marker and the compression's
-own check (gzip's CRC). One bad file refuses the whole manifest.
+part of every locator), and any ``*.tar``/``*.tgz`` file (and tar inside
+it) that does not read through whole: every header, all member data, the
+end-of-archive marker and the compression's own check (gzip's CRC); a
+``*.zip`` must have every member pass its CRC. One bad file refuses the whole
+manifest.
 
 A manifest already ingested with the very same files is left alone (status
 ok, its locators are the outputs). The same science product from the same
@@ -180,16 +182,17 @@ def known_telescope(value: str, path: str | None = None) -> str:
     raise StepError(f"unknown telescope '{value}' (known: {', '.join(TELESCOPES)})", path=path)
 
 
-def check_tars(ctx: StepContext, request: IngestRequest) -> None:
-    """Read every tar file to be ingested through; the first that is not whole
-    refuses the ingest (nothing has been stored yet)."""
+def check_archives(ctx: StepContext, request: IngestRequest) -> None:
+    """Read every tar and zip file to be ingested through; the first that is not
+    whole refuses the ingest (nothing has been stored yet)."""
     for product, _, _ in request.all_products():
         for f in product.files:
-            if not is_tar_name(f.name):
+            zipped = f.name.lower().endswith(".zip")
+            if not zipped and not is_tar_name(f.name):
                 continue
             try:
                 with ctx.fs.open(f.source) as stream:
-                    read_through(stream)
+                    (read_zip_through if zipped else read_through)(stream)
             except ContentUnknown:
                 continue  # a dry run: an earlier step writes it
             except CorruptArchive as e:
@@ -247,7 +250,7 @@ def plan(params: dict[str, Any], ctx: StepContext) -> Plan:
                 path=manifest_path,
             )
         replaces = {p.filename: p.locator for p in old_products if p.science}
-    check_tars(ctx, request)
+    check_archives(ctx, request)
     effects: list[Effect] = []
     products = list(request.all_products())
     for product, _, _ in products:

@@ -257,6 +257,28 @@ def test_changed_reingest_names_the_option_the_user_has(
     assert archive.product(old) is None and archive.product(new) is not None
 
 
+def test_reingest_refused_at_commit_names_the_option_too(tmp_path: Path) -> None:
+    """Another run ingests the same products between this run's plan and its
+    commit: the archive refuses, and the message still names the user's option."""
+    from wsrun.fs import WorldView
+    from wsrun.step import StepContext, load_step
+
+    manifest = staging.calibration(tmp_path / "cal")
+    url = f"sqlite://{tmp_path}/archive"
+    params = {"manifest": str(manifest), "archive": url, "reingest_hint": "run again with --x"}
+    step = load_step("ingest")
+    ctx = StepContext(fs=WorldView(), workdir=str(tmp_path), step_id="ingest")
+    stale = step.plan(params, ctx)
+    _, other = run_step("ingest", params, str(tmp_path))
+    with pytest.raises(StepError) as refused:
+        step.apply(stale, ctx)
+    [locator] = other.outputs["locators"]
+    assert f"is already ingested as {locator}; run again with --x to replace it" in str(
+        refused.value
+    )
+    assert archive_holds(url)[0] == [p["locator"] for p in other.outputs["products"]]
+
+
 # ---- the archive: write check, verify, get ---------------------------------------------
 
 

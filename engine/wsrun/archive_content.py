@@ -36,6 +36,15 @@ class ArchiveError(Exception):
     """An ingest or retrieval the operator can act on was refused or failed."""
 
 
+class AlreadyIngested(ArchiveError):
+    """A science product is already ingested and the request does not replace
+    it; ``what`` says which, the message adds what to do about it."""
+
+    def __init__(self, what: str) -> None:
+        super().__init__(f"{what}; set reingest to replace it")
+        self.what = what
+
+
 def file_sha256(path: str, buf: bytearray) -> str:
     """The sha256 of a file on disk (the copy step's reader)."""
     from wsrun.steps.copy import hash_file

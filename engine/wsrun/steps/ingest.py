@@ -10,6 +10,7 @@ from typing import Any
 
 from wsrun.archive import CorruptArchive
 from wsrun.archive_store import (
+    AlreadyIngested,
     ArchiveError,
     ArchiveStore,
     FileSpec,
@@ -102,6 +103,8 @@ OUTPUTS = {
 class IngestJob:
     url: str
     request: IngestRequest
+    #: What the user does to replace an earlier ingestion.
+    reingest_hint: str
 
 
 @cache
@@ -243,10 +246,9 @@ def plan(params: dict[str, Any], ctx: StepContext) -> Plan:
             return Plan(outputs=_outputs(url, old_products))
         if not request.reingest:
             first = next(p for p in old_products if p.science)
-            hint = params.get("reingest_hint") or "set reingest in the manifest"
             raise StepError(
                 f"{first.filename} is already ingested as {first.locator} with other content; "
-                f"{hint} to replace it",
+                f"{_hint(params)} to replace it",
                 path=manifest_path,
             )
         replaces = {p.filename: p.locator for p in old_products if p.science}
@@ -271,7 +273,11 @@ def plan(params: dict[str, Any], ctx: StepContext) -> Plan:
         ],
         "archive": mask(url),  # no password in plans, logs or the journal
     }
-    return Plan(effects=effects, outputs=outputs, data=IngestJob(url, request))
+    return Plan(effects=effects, outputs=outputs, data=IngestJob(url, request, _hint(params)))
+
+
+def _hint(params: dict[str, Any]) -> str:
+    return str(params.get("reingest_hint") or "set reingest in the manifest")
 
 
 def _existing(url: str, request: IngestRequest) -> tuple[Any, list[ProductRecord]] | None:
@@ -330,6 +336,8 @@ def apply(plan: Plan, ctx: StepContext) -> Result:
             archive.ingest(job.request, stored)
         finally:
             archive.close()
+    except AlreadyIngested as e:  # by another run since the plan
+        raise StepError(f"{e.what}; {job.reingest_hint} to replace it") from None
     except ArchiveError as e:
         raise StepError(str(e)) from None
     finally:

@@ -125,7 +125,7 @@ def read_through(f: Readable, depth: int = 0) -> int:
         raise
     except EOFError:
         raise CorruptArchive("truncated: the compressed data ends early") from None
-    except (zlib.error, OSError, ValueError) as e:
+    except (zlib.error, OSError) as e:
         if isinstance(e, OSError) and not is_corrupt(e):
             raise  # an I/O error, not bad data
         raise CorruptArchive(f"damaged compressed data ({e})") from None
@@ -145,7 +145,8 @@ def _read_members(reader: TarReader, depth: int) -> int:
         except CorruptArchive as e:
             if members == 0:
                 raise CorruptArchive(f"not a tar archive ({e})") from None
-            raise CorruptArchive(f"{e} after member {last}") from None
+            what = "truncated" if "unexpected end" in str(e) else "damaged"
+            raise CorruptArchive(f"{what}: {e} after member {last}") from None
         if h is None:
             break
         members += 1

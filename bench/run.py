@@ -105,6 +105,29 @@ def write_random(path: str, size: int, rng: random.Random, squeeze: bool = False
             left -= n
 
 
+class _RandomStream:
+    """``size`` seeded random bytes to read, never all in memory."""
+
+    def __init__(self, size: int, rng: random.Random) -> None:
+        self.left = size
+        self.rng = rng
+
+    def read(self, n: int = -1) -> bytes:
+        n = self.left if n < 0 else min(n, self.left)
+        self.left -= n
+        return self.rng.randbytes(n)
+
+
+def write_random_tar(path: str, size: int, rng: random.Random) -> None:
+    """A real tar archive (gzip-compressed for ``.tgz``) of about ``size`` bytes: one
+    member of seeded random bytes (the ingest reads tar products through)."""
+    member = max(0, size - 3 * tarfile.BLOCKSIZE)
+    with tarfile.open(path, "w:gz" if path.endswith(".tgz") else "w") as tar:
+        info = tarfile.TarInfo("data.bin")
+        info.size, info.mtime = member, 1_700_000_000
+        tar.addfile(info, _RandomStream(member, rng))  # type: ignore[arg-type]
+
+
 def tree_dir(root: str, index: int) -> str:
     """The directory of the ``index``-th leaf in a two-level tree (10 leaves per top dir)."""
     return os.path.join(root, f"d{index // 10:03d}", f"s{index % 10}")
@@ -266,8 +289,9 @@ class Bench:
         50 MiB weblog and 100 log files of 1-64 KiB."""
         rng = random.Random(SEED + 7)
         for i in range(3):
-            write_random(os.path.join(path, f"cal{i}.tar"), scaled_size(600 * MiB, self.scale), rng)
-        write_random(os.path.join(path, "weblog.tgz"), scaled_size(50 * MiB, self.scale), rng)
+            size = scaled_size(600 * MiB, self.scale)
+            write_random_tar(os.path.join(path, f"cal{i}.tar"), size, rng)
+        write_random_tar(os.path.join(path, "weblog.tgz"), scaled_size(50 * MiB, self.scale), rng)
         for i in range(scaled_count(100, self.scale)):
             write_random(os.path.join(path, f"casa-{i:03d}.log"), rng.randint(KiB, 64 * KiB), rng)
 
@@ -275,7 +299,7 @@ class Bench:
         """A staging area of 1,000 (scaled) small calibration tars of 1-16 KiB."""
         rng = random.Random(SEED + 8)
         for i in range(scaled_count(1000, self.scale)):
-            write_random(os.path.join(path, f"p{i:05d}.tar"), rng.randint(KiB, 16 * KiB), rng)
+            write_random_tar(os.path.join(path, f"p{i:05d}.tar"), rng.randint(KiB, 16 * KiB), rng)
 
     def build_objects(self, path: str) -> None:
         """What an archive sends to object storage: 16 files of 16 MiB (scaled; multipart

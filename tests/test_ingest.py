@@ -82,7 +82,7 @@ def test_dry_run_changes_nothing_and_matches(tmp_path: Path, url: str) -> None:
     assert effect_dicts(dry.effects) == effect_dicts(result.effects)
     assert len([e for e in dry.effects if e.op == "record"]) == 6
     # A dry run against an existing archive also leaves it alone.
-    (tmp_path / "img" / "weblog.tgz").write_bytes(b"new")
+    (tmp_path / "img" / "weblog.tgz").write_bytes(staging.tar_of({"new": b"new"}, gz=True))
     archive_before = archive_files(tmp_path / "archive")
     with pytest.raises(StepError):
         plan_step("ingest", params, str(tmp_path), view=WorldView())
@@ -104,8 +104,9 @@ def test_reingest(tmp_path: Path, url: str) -> None:
     manifest = staging.calibration(tmp_path / "cal")
     params = {"manifest": str(manifest), "archive": url}
     _, first = run_step("ingest", params, str(tmp_path))
-    (tmp_path / "cal" / "weblog.tgz").write_bytes(b"a newer weblog")
-    with pytest.raises(StepError, match="already ingested as .* set reingest"):
+    newer = staging.tar_of({"index.html": b"a newer weblog"}, gz=True)
+    (tmp_path / "cal" / "weblog.tgz").write_bytes(newer)
+    with pytest.raises(StepError, match="already ingested as .* set reingest in the manifest"):
         plan_step("ingest", params, str(tmp_path))
     data = json.loads(manifest.read_text())
     data["parameters"]["reingest"] = True
@@ -239,6 +240,9 @@ def test_recipe_runs_ingest(tmp_path: Path, cli) -> None:
 # ---- the ingestion-manifest step ---------------------------------------------
 
 
+CAL_LOCATOR = "uid://evla/calibration/0d8f6a51-7f34-4c55-9c0e-8e2d5bbf4a10"
+
+
 def _stage_images(root: Path) -> None:
     for band in ("L", "C"):
         stem = f"VLASS_{band}.I.iter1"
@@ -247,8 +251,8 @@ def _stage_images(root: Path) -> None:
         write(root / f"{stem}.pb.tt0.fits", "pb")
         write(root / f"{stem}.mask.fits", "mask")
         write(root / f"{stem}.image.alpha.fits", "alpha")
-    write(root / "weblog.tgz", "weblog")
-    write(root / "pipeline_artifacts.tar", "artifacts")
+    (root / "weblog.tgz").write_bytes(staging.tar_of({"index.html": b"weblog"}, gz=True))
+    (root / "pipeline_artifacts.tar").write_bytes(staging.tar_of({"PPR.xml": b"artifacts"}))
     write(root / "casa.log", "log")
     write(root / "aux_image_metadata.json", '{"bands": ["L", "C"]}')
 
@@ -343,9 +347,8 @@ def test_manifest_dry_run_chain(tmp_path: Path, url: str) -> None:
     _stage_images(stage)
     before = snapshot(tmp_path)
     view = WorldView()
-    plan = plan_step(
-        "ingestion-manifest", {"ingestion_path": str(stage), "kind": "image"}, "/", view
-    )
+    params = {"ingestion_path": str(stage), "kind": "image", "inputs": [CAL_LOCATOR]}
+    plan = plan_step("ingestion-manifest", params, "/", view)
     for e in plan.effects:
         view.record(e)
     ingest = plan_step(
@@ -353,7 +356,7 @@ def test_manifest_dry_run_chain(tmp_path: Path, url: str) -> None:
     )
     assert str(stage / "ingestion_artifacts.tar") in [e.path for e in ingest.effects]
     assert snapshot(tmp_path) == before
-    real, _ = run_step("ingestion-manifest", {"ingestion_path": str(stage), "kind": "image"}, "/")
+    real, _ = run_step("ingestion-manifest", params, "/")
     assert effect_dicts(real.effects) == effect_dicts(plan.effects)
 
 

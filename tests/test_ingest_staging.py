@@ -97,9 +97,8 @@ def test_image_staging_and_dry_run_chain(tmp_path: Path) -> None:
     for e in plan.effects:
         view.record(e)
     stage = plan.outputs["staging"]
-    manifest = plan_step(
-        "ingestion-manifest", {"ingestion_path": stage, "kind": "image"}, "/", view
-    )
+    params = {"ingestion_path": stage, "kind": "image", "inputs": plan.outputs["inputs"]}
+    manifest = plan_step("ingestion-manifest", params, "/", view)
     assert len(manifest.outputs["science_products"]) == 2
     assert snapshot(tmp_path) == before
     _, result = run_step("ingestion-staging", _params(proc, "image", root), "/")

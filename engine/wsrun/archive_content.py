@@ -6,7 +6,8 @@ MinIO or Ceph). Both use one layout under their root: ``files/ab/cd/<sha256>``
 for the content and ``tmp/`` for copies not yet verified.
 
 A file enters the store by ``put``: it is copied to ``tmp/``, checked by two
-independent reads, and only then moved to its content address. What is in
+independent reads (the source, and the stored copy read back after the copy),
+and only then moved to its content address. What is in
 ``files/`` is therefore always whole and correct; whether anything refers to
 it is the metadata's business (``wsrun.archive_store``).
 """
@@ -33,6 +34,15 @@ ENDPOINT_SETTING = "edu.nrao.archive.files.endpoint"
 
 class ArchiveError(Exception):
     """An ingest or retrieval the operator can act on was refused or failed."""
+
+
+class AlreadyIngested(ArchiveError):
+    """A science product is already ingested and the request does not replace
+    it; ``what`` says which, the message adds what to do about it."""
+
+    def __init__(self, what: str) -> None:
+        super().__init__(f"{what}; set reingest to replace it")
+        self.what = what
 
 
 def file_sha256(path: str, buf: bytearray) -> str:
@@ -118,13 +128,12 @@ class LocalContent(ContentStore):
     def put(
         self, source: str, size: int, mtime_ns: int, before_place: Callable[[str], None]
     ) -> tuple[str, bool]:
-        """Each file is hashed twice, from two independent reads: the copy hashes
-        what it wrote (big files through the destination's pages), and the check
-        hashes the other side (the source for big files, read on a second thread
-        while the copy runs; the stored copy for small ones). A mismatch means the
-        bytes that landed are not the bytes of the file, and nothing is stored."""
-        from wsrun.steps.copy import MMAP_MIN
-
+        """Each file is hashed twice, from two independent reads: the source
+        (on a second thread while the copy runs, for big files) and the stored
+        copy, read back once the copy is complete. The copy itself hashes
+        nothing, so a write that lands other bytes than the source's (in any
+        way the kernel or the file system copies) is a mismatch, and nothing is
+        stored."""
         if self._bufs is None:
             self._bufs = (bytearray(BUFFER_SIZE), bytearray(BUFFER_SIZE))
         buf, check_buf = self._bufs
@@ -133,27 +142,29 @@ class LocalContent(ContentStore):
                 self._pool = ThreadPoolExecutor(max_workers=1)
             check = self._pool.submit(file_sha256, source, check_buf)
             try:
-                tmp, digest = self._copy_in(source, size, mtime_ns, buf)
+                tmp = self._copy_in(source, size, mtime_ns)
             except BaseException:
                 with contextlib.suppress(BaseException):
                     check.result()  # the buffer is free again once it is done
                 raise
             try:
-                other = check.result()
+                stored = file_sha256(tmp, buf)
+                digest = check.result()
             except BaseException:
+                with contextlib.suppress(BaseException):
+                    check.result()
                 _unlink(tmp)
                 raise
         else:
-            tmp, digest = self._copy_in(source, size, mtime_ns, buf)
-            # The copy hashed the source's bytes below MMAP_MIN, the
-            # destination's pages above: read the other side.
+            tmp = self._copy_in(source, size, mtime_ns)
             try:
-                other = file_sha256(tmp if size < MMAP_MIN else source, check_buf)
+                digest = file_sha256(source, check_buf)
+                stored = file_sha256(tmp, buf)
             except BaseException:
                 _unlink(tmp)
                 raise
         try:
-            if other != digest:
+            if stored != digest:
                 raise ArchiveError(f"{source}: checksum mismatch after copying into the archive")
             before_place(digest)
             final = self.blob_path(digest)
@@ -167,20 +178,17 @@ class LocalContent(ContentStore):
             _unlink(tmp)
             raise
 
-    def _copy_in(self, source: str, size: int, mtime_ns: int, buf: bytearray) -> tuple[str, str]:
-        """Copy one file into tmp/, hashing it on the way: (temp path, sha256)."""
+    def _copy_in(self, source: str, size: int, mtime_ns: int) -> str:
+        """Copy one file into tmp/ (in the kernel where it can); the temp path."""
         from wsrun.steps.copy import copy_file, current_umask
 
         tmp = os.path.join(self.root, "tmp", uuid.uuid4().hex)
         try:
-            digest = copy_file(
-                source, tmp, 0o444, mtime_ns, current_umask(), "sha256", buf, size + 1
-            )
-            assert digest is not None
+            copy_file(source, tmp, 0o444, mtime_ns, current_umask(), None, None, size + 1)
             landed = os.stat(tmp).st_size
             if landed != size:
                 raise ArchiveError(f"{source}: changed while ingesting ({size} -> {landed} bytes)")
-            return tmp, digest
+            return tmp
         except BaseException:
             _unlink(tmp)
             raise

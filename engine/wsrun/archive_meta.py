@@ -32,7 +32,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from wsrun.archive_content import ArchiveError
+from wsrun.archive_content import AlreadyIngested, ArchiveError
 
 if TYPE_CHECKING:
     from wsrun.archive_store import IngestRequest, ProductRecord
@@ -220,9 +220,9 @@ class SqlMetadata(ArchiveMetadata):
                 )
             ]
             if replaced and not request.reingest:
-                raise ArchiveError(
+                raise AlreadyIngested(
                     f"{replaced[0][1]} from {request.ingestion_path} is already ingested as "
-                    f"{replaced[0][0]}; set reingest to replace it"
+                    f"{replaced[0][0]}"
                 )
             old_blobs: list[str] = []
             ingestions = {

@@ -40,6 +40,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 from wsrun.archive_content import (
     BUFFER_SIZE,
+    AlreadyIngested,
     ArchiveError,
     ContentStore,
     LocalContent,
@@ -270,9 +271,9 @@ class Archive(ArchiveStore):
                 replaced = self.meta.existing(request.ingestion_path, names)
                 if replaced and not request.reingest:  # refused before copying anything
                     first = replaced[0]
-                    raise ArchiveError(
+                    raise AlreadyIngested(
                         f"{first.filename} from {request.ingestion_path} is already ingested as "
-                        f"{first.locator}; set reingest to replace it"
+                        f"{first.locator}"
                     )
                 placed: list[str] = []  # content this ingest added
                 try:

@@ -8,7 +8,9 @@ from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
+from wsrun.archive import CorruptArchive
 from wsrun.archive_store import (
+    AlreadyIngested,
     ArchiveError,
     ArchiveStore,
     FileSpec,
@@ -23,6 +25,7 @@ from wsrun.effects import Effect
 from wsrun.fs import ContentUnknown, WorldView
 from wsrun.hashing import hash_files
 from wsrun.step import Plan, Result, StepContext, StepError
+from wsrun.tarcheck import is_tar_name, read_through, read_zip_through
 
 NAME = "ingest"
 DOC = """Ingest the products an ingestion manifest names into the archive, all or nothing.
@@ -35,11 +38,24 @@ Every file is copied into the archive's content store and verified, then the
 metadata is committed in one transaction: a failure at any point leaves the
 archive as it was. Each product gets a locator (``uid://evla/image/<uuid>``).
 
+Before anything is stored the step refuses what it cannot vouch for: a
+telescope that is not one of ALMA, EVLA, GBT, VLA or VLBA (it would become
+part of every locator), and any ``*.tar``/``*.tgz`` file (and tar inside
+it) that does not read through whole: every header, all member data, the
+end-of-archive marker and the compression's own check (gzip's CRC); a
+``*.zip`` must have every member pass its CRC. One bad file refuses the whole
+manifest.
+
 A manifest already ingested with the very same files is left alone (status
 ok, its locators are the outputs). The same science product from the same
 ingestion_path with different content is refused unless the manifest sets
 ``reingest``; then the earlier ingestion is replaced in the same transaction.
+The refusal tells the user to set reingest in the manifest, or what
+``reingest_hint`` says (a recipe names its own option).
 """
+
+#: The telescopes whose products the archive takes; the name is part of every locator.
+TELESCOPES = ("ALMA", "EVLA", "GBT", "VLA", "VLBA")
 
 SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -58,6 +74,12 @@ SCHEMA: dict[str, Any] = {
             "$WSRUN_ARCHIVE_URL, else the edu.nrao.archive.url setting, else $WSRUN_HOME/archive.",
             "type": ["string", "null"],
             "examples": ["sqlite:///lustre/archive"],
+        },
+        "reingest_hint": {
+            "description": "What the user does to replace an earlier ingestion, named when "
+            "a changed re-ingest is refused (default: set reingest in the manifest).",
+            "type": ["string", "null"],
+            "examples": ["run again with --reingest"],
         },
     },
 }
@@ -81,6 +103,8 @@ OUTPUTS = {
 class IngestJob:
     url: str
     request: IngestRequest
+    #: What the user does to replace an earlier ingestion.
+    reingest_hint: str
 
 
 @cache
@@ -114,7 +138,7 @@ def read_manifest(path: str, fs: WorldView) -> dict[str, Any]:
 def build_request(manifest: dict[str, Any], manifest_path: str, fs: WorldView) -> IngestRequest:
     """What to ingest: every product with its files, as ``fs`` sees them."""
     params = manifest["parameters"]
-    telescope = params["telescope"]
+    telescope = known_telescope(params["telescope"], manifest_path)
     base = os.path.normpath(os.path.join(os.path.dirname(manifest_path), params["ingestion_path"]))
     if not fs.is_dir(base):
         raise StepError("ingestion_path is not a directory", path=base)
@@ -151,6 +175,31 @@ def build_request(manifest: dict[str, Any], manifest_path: str, fs: WorldView) -
         manifest=manifest,
         metadata=metadata,
     )
+
+
+def known_telescope(value: str, path: str | None = None) -> str:
+    """``value`` as the archive spells it (any case is accepted); an unknown
+    telescope is refused, naming the known ones."""
+    if value.upper() in TELESCOPES:
+        return value.upper()
+    raise StepError(f"unknown telescope '{value}' (known: {', '.join(TELESCOPES)})", path=path)
+
+
+def check_archives(ctx: StepContext, request: IngestRequest) -> None:
+    """Read every tar and zip file to be ingested through; the first that is not
+    whole refuses the ingest (nothing has been stored yet)."""
+    for product, _, _ in request.all_products():
+        for f in product.files:
+            zipped = f.name.lower().endswith(".zip")
+            if not zipped and not is_tar_name(f.name):
+                continue
+            try:
+                with ctx.fs.open(f.source) as stream:
+                    (read_zip_through if zipped else read_through)(stream)
+            except ContentUnknown:
+                continue  # a dry run: an earlier step writes it
+            except CorruptArchive as e:
+                raise StepError(f"cannot be ingested: {e}", path=f.source) from None
 
 
 def product_files(base: str, filename: str, fs: WorldView) -> list[FileSpec]:
@@ -199,10 +248,11 @@ def plan(params: dict[str, Any], ctx: StepContext) -> Plan:
             first = next(p for p in old_products if p.science)
             raise StepError(
                 f"{first.filename} is already ingested as {first.locator} with other content; "
-                "set reingest in the manifest to replace it",
+                f"{_hint(params)} to replace it",
                 path=manifest_path,
             )
         replaces = {p.filename: p.locator for p in old_products if p.science}
+    check_archives(ctx, request)
     effects: list[Effect] = []
     products = list(request.all_products())
     for product, _, _ in products:
@@ -223,7 +273,11 @@ def plan(params: dict[str, Any], ctx: StepContext) -> Plan:
         ],
         "archive": mask(url),  # no password in plans, logs or the journal
     }
-    return Plan(effects=effects, outputs=outputs, data=IngestJob(url, request))
+    return Plan(effects=effects, outputs=outputs, data=IngestJob(url, request, _hint(params)))
+
+
+def _hint(params: dict[str, Any]) -> str:
+    return str(params.get("reingest_hint") or "set reingest in the manifest")
 
 
 def _existing(url: str, request: IngestRequest) -> tuple[Any, list[ProductRecord]] | None:
@@ -282,6 +336,8 @@ def apply(plan: Plan, ctx: StepContext) -> Result:
             archive.ingest(job.request, stored)
         finally:
             archive.close()
+    except AlreadyIngested as e:  # by another run since the plan
+        raise StepError(f"{e.what}; {job.reingest_hint} to replace it") from None
     except ArchiveError as e:
         raise StepError(str(e)) from None
     finally:

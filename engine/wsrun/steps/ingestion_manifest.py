@@ -12,6 +12,7 @@ from wsrun.fileio import is_temp_name, write_bytes_atomic
 from wsrun.fs import ContentUnknown
 from wsrun.step import Plan, Result, StepContext, StepError
 from wsrun.steps.checksum import plan_write
+from wsrun.steps.ingest import known_telescope
 
 NAME = "ingestion-manifest"
 DOC = """Write the ingestion manifest of a staging area, and its ingestion artifacts tar.
@@ -28,6 +29,11 @@ products, this step names each staged file's product type and writes
   ``.image`` (or ``.pbcor``) are its ancillary products; ``aux_image_metadata.json`` is the
   additional metadata;
 - ``observation``: the one directory (an SDM) is the execution block.
+
+An image is only vouched for with the calibration it was made from: ``kind:
+image`` without ``inputs`` is refused unless ``without_calibration`` is set.
+The telescope must be one of ALMA, EVLA, GBT, VLA and VLBA (any case; written
+in capitals), as the ``ingest`` step requires.
 
 In every kind ``weblog.tgz`` is the pipeline weblog, ``pipeline_artifacts*.tar``
 the pipeline artifacts and ``*.log`` log files (ancillary products of the
@@ -57,7 +63,7 @@ SCHEMA: dict[str, Any] = {
             "enum": list(KINDS),
         },
         "telescope": {
-            "description": "The telescope (part of every locator).",
+            "description": "The telescope (part of every locator): ALMA, EVLA, GBT, VLA or VLBA.",
             "type": "string",
             "default": "EVLA",
         },
@@ -68,6 +74,12 @@ SCHEMA: dict[str, Any] = {
             "items": {"type": "string", "minLength": 1},
             "default": [],
             "examples": [["uid://evla/execblock/8b7c1e0e-5f0a-4c33-9a6f-3b5e0d0d2a11"]],
+        },
+        "without_calibration": {
+            "description": "Images: write the manifest even though ``inputs`` names no "
+            "calibration (refused otherwise).",
+            "type": "boolean",
+            "default": False,
         },
         "reingest": {
             "description": "Let the ingest replace an earlier ingestion of these products.",
@@ -123,10 +135,16 @@ def plan(params: dict[str, Any], ctx: StepContext) -> Plan:
     science, group = classify(base, names, kind, ctx)
     if not science:
         raise StepError(f"no {kind} products staged here", path=base)
+    if kind == "image" and not params.get("inputs") and not params.get("without_calibration"):
+        raise StepError(
+            "an image ingest needs the locator of the calibration it was made from in "
+            "inputs; set without_calibration to ingest it without one",
+            path=base,
+        )
     if artifacts:
         group.append({"type": "ingestion_artifacts", "filename": artifacts})
     parameters: dict[str, Any] = {
-        "telescope": params.get("telescope", "EVLA"),
+        "telescope": known_telescope(params.get("telescope", "EVLA")),
         "ingestion_path": base,
         "reingest": bool(params.get("reingest", False)),
         "ngas_ingest": True,

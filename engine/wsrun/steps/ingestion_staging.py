@@ -7,7 +7,7 @@ import json
 import os
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from wsrun import archive
@@ -15,6 +15,7 @@ from wsrun.effects import Effect, create_dir, create_file
 from wsrun.fileio import atomic_write, write_bytes_atomic
 from wsrun.fs import ContentUnknown
 from wsrun.step import Plan, Result, StepContext, StepError
+from wsrun.tarcheck import is_tar_name, read_through
 
 NAME = "ingestion-staging"
 DOC = """Collect the products of a processing directory into an ingestion staging area.
@@ -43,6 +44,10 @@ files; one that is not older than its newest member and lists the same members
 (name, size, mode, mtime) is kept, so a re-run changes nothing. The size of
 ``weblog.tgz`` is only known once it is written.
 
+A tar the pipeline made (a calibration tables file, ``products/weblog.tgz``) is
+read through before it is staged: a file that is not a whole tar archive (a
+truncated tgz, a random file with a caltables name) is refused, naming it.
+
 Any other ``source`` (a staging directory, or another kind) is passed through:
 the outputs then name ``staging_directory`` and no inputs.
 """
@@ -58,6 +63,8 @@ class _Tar:
 
     members: list[archive.Member]
     compression: str = "none"
+    #: Members that must themselves be tar archives (the pipeline's caltables tar).
+    tars: list[str] = field(default_factory=list)
 
 
 #: What a staged file is made from: a file to copy, small generated content, or a tar.
@@ -149,6 +156,7 @@ def plan(params: dict[str, Any], ctx: StepContext) -> Plan:
         target = os.path.join(staging, name)
         effect = _plan_file(ctx, target, what)
         if effect is not None:
+            _vouch(ctx, name, what)
             effects.append(effect)
             todo.append((target, what))
     return Plan(
@@ -206,8 +214,11 @@ def _calibration(
     if not tables:
         raise StepError("no calibration tables (*caltables*) in products/", path=products)
     members = [m for n in tables for m in _tree(ctx, products, n)]
+    tar = _tar(ctx, members)
+    # A tables file (not a directory) is the pipeline's caltables tar: it must be one.
+    tar.tars = [p for n in tables if ctx.fs.is_file(p := os.path.join(products, n))]
     name = f"{metadata.get('fileSetIds') or os.path.basename(source)}.caltables.tar"
-    return [(name, _tar(ctx, members)), ("weblog.tgz", _weblog(ctx, source, products))]
+    return [(name, tar), ("weblog.tgz", _weblog(ctx, source, products))]
 
 
 def _image(
@@ -320,6 +331,22 @@ def _write(target: str, tar: _Tar, ctx: StepContext) -> None:
                 raise StepError(f"wrote {written} bytes, planned {size}", path=target)
     finally:
         task.close()
+
+
+def _vouch(ctx: StepContext, name: str, what: What) -> None:
+    """Read through the pipeline's tar files ``what`` stages as ``name``."""
+    if isinstance(what, _Tar):
+        paths = what.tars
+    else:
+        paths = [what] if isinstance(what, str) and is_tar_name(name) else []
+    for path in paths:
+        try:
+            with ctx.fs.open(path) as f:
+                read_through(f)
+        except ContentUnknown:
+            continue  # a dry run: an earlier step writes it
+        except archive.CorruptArchive as e:
+            raise StepError(f"cannot be staged: {e}", path=path) from None
 
 
 def _plan_file(ctx: StepContext, target: str, what: What) -> Effect | None:

@@ -27,7 +27,8 @@ one. Files from ``multipart_threshold`` on go up in parts of ``part_size``.
 Every body is sent with its Content-MD5, so the store refuses a corrupted
 one, and the ETag the store reports is compared with the one computed
 locally (the MD5, or for a multipart upload the MD5 of the parts' MD5s with
-the part count). An object is complete or absent: a PUT and a completed
+the part count); an object whose ETag differs is removed and the step fails.
+An object is complete or absent: a PUT and a completed
 multipart upload appear atomically, a failed multipart upload is aborted, and
 other fsspec stores get a temporary key renamed into place. An object already
 there with the same size and ETag (or the same ``sha256`` metadata) is left
@@ -391,7 +392,7 @@ def _s3_put(job: UploadJob, upload: Upload, sender: Sender) -> tuple[str, str | 
             ContentMD5=osx.content_md5(md5),
             Metadata=meta,
         )
-        _check_etag(reply, md5.hex(), store.url(upload.path))
+        _check_stored(store, upload.path, reply, md5.hex())
         sender.task.advance(bytes=upload.size)
         return md5.hex(), sha
     meta, sha = _metadata(job, upload)
@@ -448,8 +449,22 @@ def _s3_put(job: UploadJob, upload: Upload, sender: Sender) -> tuple[str, str | 
     finally:
         if fd is not None:
             os.close(fd)  # after every part has stopped reading it
-    _check_etag(reply, expected, store.url(upload.path))
+    _check_stored(store, upload.path, reply, expected)
     return expected, sha
+
+
+def _check_stored(store: osx.Store, path: str, reply: dict[str, Any], expected: str) -> None:
+    """The object's ETag is the local content's, or the object (whose bytes are
+    not the file's) is removed and the upload fails."""
+    try:
+        _check_etag(reply, expected, store.url(path))
+    except StepError as e:
+        bucket, key = osx.bucket_key(path)
+        try:
+            store.call("delete_object", Bucket=bucket, Key=key)
+        except Exception:
+            raise StepError(f"{e.message}; the object could not be removed", path=e.path) from None
+        raise StepError(f"{e.message}; the object was removed", path=e.path) from None
 
 
 def _check_etag(reply: dict[str, Any], expected: str, what: str) -> None:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, run_wsrun, write
+from conftest import ROOT, write
 from wsrun import loader
 from wsrun.editor_schema import full_schema
 from wsrun.step import load_step, step_names
@@ -61,6 +61,11 @@ BAD: dict[str, tuple[str, int]] = {
     "positional-with-flags": (
         "recipe: x\ninputs:\n  src:\n    positional: true\n    flags: [--src]\nsteps:\n  - uses: noop\n",
         5,
+    ),
+    "bad-selector": ("recipe: x\non:\n  message: pipeline..EU*\nsteps:\n  - uses: noop\n", 3),
+    "file-trigger-without-path": (
+        "recipe: x\non:\n  file: incoming/*.tar\ninputs:\n  other: {}\nsteps:\n  - uses: noop\n",
+        4,
     ),
     "default-of-wrong-type": (
         "recipe: x\ninputs:\n  n:\n    type: int\n    default: many\nsteps:\n  - uses: noop\n",
@@ -135,12 +140,16 @@ def test_shipped_recipes_and_doc_snippets_are_accepted(validator) -> None:
         assert not errors, f"{where}: {list(errors[0].absolute_path)}: {errors[0].message}"
 
 
-def test_bad_recipes_are_rejected_by_validate_and_the_schema(bad_dir: Path, validator) -> None:
-    for name in BAD:
-        path = bad_dir / f"{name}.yaml"
-        assert list(validator.iter_errors(loader.load(str(path)).data)), name
-        r = run_wsrun("validate", path, cwd=bad_dir)
-        assert r.code == 2 and f"{path}:" in r.err, (name, r.err)
+def test_bad_recipes_are_rejected_by_validate_and_the_schema(cli, bad_dir: Path, validator) -> None:
+    paths = [bad_dir / f"{name}.yaml" for name in BAD]
+    for path in paths:
+        assert list(validator.iter_errors(loader.load(str(path)).data)), path.name
+    r = cli("validate", "--json", *paths)
+    assert r.code == 2
+    results = json.loads(r.out)
+    assert [x["recipe"] for x in results] == [str(p) for p in paths]
+    accepted = [x["recipe"] for x in results if x["ok"]]
+    assert not accepted, "wsrun validate accepts these bad recipes"
 
 
 def test_templates_are_accepted_exactly_where_a_value_is_rendered(validator) -> None:

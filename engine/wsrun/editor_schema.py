@@ -46,6 +46,9 @@ RECIPE_PATH: dict[str, Any] = {
     "description": "A recipe file: ./x.yaml, ../dir/x.yaml or an absolute path.",
 }
 
+#: A bus selector pattern (see ``bus.base.check_pattern``).
+SELECTOR = r"^(\*|#|[^.*#]+)(\.(\*|#|[^.*#]+))*$"
+
 _ANNOTATIONS = ("title", "description", "default", "examples", "deprecated")
 #: Keywords that apply to one JSON type only (ajv's strictTypes wants the type beside them).
 _TYPE_KEYWORDS: dict[str, tuple[str, ...]] = {
@@ -112,6 +115,7 @@ def full_schema() -> dict[str, Any]:
     }
     step["allOf"] = conditions
     defs["input"]["allOf"] = _input_rules()
+    _trigger_rules(schema)
     return strict_types(schema)
 
 
@@ -176,6 +180,31 @@ def _recipe_inputs_schema(name: str, inputs: dict[str, Any]) -> dict[str, Any]:
     if required:
         schema["required"] = required
     return schema
+
+
+def _trigger_rules(schema: dict[str, Any]) -> None:
+    """What ``wsrun validate`` checks of ``on:``: a message selector is dotted
+    words with ``*`` and ``#`` as whole words (or a template), and a file
+    trigger's recipe declares the input ``path`` it is given."""
+    message = schema["properties"]["on"]["properties"]["message"]
+    selector = dict(message, pattern=SELECTOR)
+    description = selector.pop("description")
+    schema["properties"]["on"]["properties"]["message"] = {
+        "description": description,
+        "anyOf": [selector, TEMPLATE],
+    }
+    schema["allOf"] = [
+        {
+            "if": {
+                "properties": {"on": {"type": "object", "required": ["file"]}},
+                "required": ["on"],
+            },
+            "then": {
+                "required": ["inputs"],
+                "properties": {"inputs": {"type": "object", "required": ["path"]}},
+            },
+        }
+    ]
 
 
 def _input_rules() -> list[dict[str, Any]]:

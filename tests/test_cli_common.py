@@ -27,6 +27,10 @@ BAD = "recipe: bad\nsteps:\n  - uses: cpy\n"
         (("state", "ls", "--limit", "x"), "wsrun state ls: error: invalid value for '--limit'"),
         (("bus", "sendd"), "wsrun bus: error: no such command 'sendd'"),
         (("recipes", "--json", "extra"), "wsrun recipes: error: got unexpected extra argument"),
+        (("runs", "foo"), "wsrun runs: error: unknown action 'foo'"),
+        (("graph",), "wsrun graph: error: name a recipe or a lifecycle"),
+        (("plan",), "wsrun plan: error: name a recipe"),
+        (("completion",), "wsrun completion: error: name a shell"),
     ],
 )
 def test_usage_errors_read_like_a_recipes(cli, args: tuple[str, ...], message: str) -> None:

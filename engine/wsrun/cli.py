@@ -90,7 +90,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if head == "plan":
         if len(args) < 2:
-            sys.stderr.write("usage: wsrun plan RECIPE [recipe options]\n")
+            sys.stderr.write(
+                "usage: wsrun plan RECIPE [recipe options]\nwsrun plan: error: name a recipe\n"
+            )
             return 2
         return run_recipe_command(args[1], [*args[2:], "--dry-run"], prog=f"wsrun plan {args[1]}")
     if head in COMMANDS:

@@ -224,7 +224,11 @@ def runs(
             print(f"{r.id}  {_when(r.started)}  {r.shown_status:<11} {took:>8}  {r.recipe}{kind}")
         return
     if action != "show" or not run_id:
-        print("usage: wsrun runs [show ID]", file=sys.stderr)
+        print(
+            "usage: wsrun runs [show ID]\nwsrun runs: error: "
+            + (f"unknown action '{action}'" if action != "show" else "show needs a run id"),
+            file=sys.stderr,
+        )
         raise typer.Exit(2)
     record = journal.run(run_id)
     if record is None:

@@ -58,6 +58,32 @@ def test_bad_profile_files(tmp_path: Path, text: str, message: str) -> None:
         Settings(profile="p", env={"CAPO_PATH": str(tmp_path), "HOME": str(tmp_path)})
 
 
+@pytest.mark.parametrize(
+    "text, key, value",
+    [
+        # The examples of java.util.Properties.load's documentation, verbatim.
+        ("Truth = Beauty\n", "Truth", "Beauty"),
+        (" Truth:Beauty\n", "Truth", "Beauty"),
+        ("Truth                    :Beauty\n", "Truth", "Beauty"),
+        (
+            "fruits                           apple, banana, pear, \\\n"
+            "                                 cantaloupe, watermelon, \\\n"
+            "                                 kiwi, mango\n",
+            "fruits",
+            "apple, banana, pear, cantaloupe, watermelon, kiwi, mango",
+        ),
+        ("cheeses\n", "cheeses", ""),
+        ("\\:\\= = \\u0041\\t\n", ":=", "A\t"),
+        ("key\\ with\\ spaces = x\r\n", "key with spaces", "x"),
+    ],
+)
+def test_java_documentation_examples(tmp_path: Path, text: str, key: str, value: str) -> None:
+    write(tmp_path / "p.properties", "")
+    (tmp_path / "p.properties").write_bytes(text.encode())
+    s = Settings(profile="p", env={"CAPO_PATH": str(tmp_path), "HOME": str(tmp_path)})
+    assert s.names() == [key] and s.get(key).value == value
+
+
 def test_profile_files_read_as_java_reads_properties(tmp_path: Path) -> None:
     """The examples of java.util.Properties.load's documentation, and its escapes."""
     text = (

@@ -46,10 +46,15 @@ def _targets(urls: list[str] | None) -> list[str]:
 
 
 @db_app.command("upgrade")
-def db_upgrade(url: UrlOption = None) -> None:
+def db_upgrade(
+    url: UrlOption = None, as_json: Annotated[bool, typer.Option("--json")] = False
+) -> None:
     """Apply the pending migrations (safe to run again, and from several hosts at once)."""
+    import json
+
     from wsrun.db import DbError, conninfo, mask, upgrade
 
+    report = []
     for target in _targets(url):
         shown = mask(conninfo(target))
         try:
@@ -57,11 +62,15 @@ def db_upgrade(url: UrlOption = None) -> None:
         except DbError as e:
             print(f"wsrun: {e}", file=sys.stderr)
             raise typer.Exit(1) from None
-        if applied:
+        if as_json:
+            report.append({"database": shown, "applied": list(applied)})
+        elif applied:
             for name in applied:
                 print(f"{shown}: applied {name}")
         else:
             print(f"{shown}: up to date")
+    if as_json:
+        print(json.dumps(report, indent=2))
 
 
 @db_app.command("status")

@@ -12,10 +12,15 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/pip install --quiet -c constraints.txt -e '.[test]'
 	touch $(STAMP)
 
+# The JSON Schema clients recipe authors use, pinned, for tests/test_editor_schema.py.
+NODE_TOOLS := .tools
+NODE_PACKAGES := ajv-cli@5.0.0 yaml-language-server@1.25.0
+
 # System tools the steps and tests use for real: rsync (the rsync step), zstd and GNU tar (checks),
 # opj_decompress (the lossless proof's decoder of JPEG 2000 masters; opj_compress is the image
-# bench baseline) and exiftool (reads back embedded XMP in tests),
-# graphviz (wsrun serve's pictures) and chromium (the web tests' browser, driven by Playwright).
+# bench baseline), exiftool (reads back embedded XMP in tests), graphviz (wsrun serve's
+# pictures), zsh (its completion script), node with ajv-cli and yaml-language-server (the
+# schema as editors see it) and chromium (the web tests' browser, driven by Playwright).
 tools:
 	@command -v rsync >/dev/null 2>&1 || { (apt-get update -qq || true) && apt-get install -y -qq rsync zstd >/dev/null; }
 	@command -v zstd >/dev/null 2>&1 || { apt-get install -y -qq zstd >/dev/null 2>&1 || echo "zstd not installed: its checks will skip"; }
@@ -23,6 +28,9 @@ tools:
 	@command -v exiftool >/dev/null 2>&1 || { apt-get install -y -qq libimage-exiftool-perl >/dev/null 2>&1 || echo "exiftool not installed: its metadata checks will skip"; }
 	@command -v chromium >/dev/null 2>&1 || { (apt-get update -qq || true) && apt-get install -y -qq chromium >/dev/null 2>&1 || echo "chromium not installed: the browser tests skip (and fail under CI=true)"; }
 	@command -v dot >/dev/null 2>&1 || { apt-get install -y -qq graphviz >/dev/null 2>&1 || echo "graphviz not installed: wsrun serve shows pictures as DOT text"; }
+	@command -v zsh >/dev/null 2>&1 || { apt-get install -y -qq zsh >/dev/null 2>&1 || echo "zsh not installed: its completion test skips (and fails under CI=true)"; }
+	@command -v npm >/dev/null 2>&1 || { (apt-get update -qq || true) && apt-get install -y -qq nodejs npm >/dev/null 2>&1 || echo "node not installed: the schema's ajv and yaml-language-server tests skip (and fail under CI=true)"; }
+	@test -f $(NODE_TOOLS)/node_modules/.bin/ajv -a -f $(NODE_TOOLS)/node_modules/yaml-language-server/package.json || npm install --silent --no-audit --no-fund --prefix $(NODE_TOOLS) $(NODE_PACKAGES) >/dev/null || echo "npm install failed: the schema's ajv and yaml-language-server tests skip"
 
 demo: $(STAMP) tools
 	$(BIN)/python examples/quickstart/demo.py

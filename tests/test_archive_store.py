@@ -4,6 +4,7 @@ on every backend (``store_url``: embedded, PostgreSQL + directory, PostgreSQL + 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import signal
 import sqlite3
@@ -526,6 +527,8 @@ def test_cli_commands(tmp_path: Path, store_url: str, archive: Archive, cli) -> 
     assert cli("archive", "show", "uid://nope", "--archive", url).code == 2
     r = cli("archive", "get", cal.locator, str(tmp_path / "got.tar"), "--archive", url)
     assert r.code == 0 and sha(tmp_path / "got.tar") == cal.files[0].sha256
+    r = cli("archive", "get", cal.locator, str(tmp_path / "again.tar"), "--archive", url, "--json")
+    assert r.code == 0 and json.loads(r.out) == [str(tmp_path / "again.tar")]
     r = cli("archive", "verify", "--archive", url)
     assert r.code == 0 and "3 products checked, 0 problems" in r.out
     archive.content.delete(cal.files[0].sha256)

@@ -351,6 +351,22 @@ def test_bus_commands_send_list_show_resend_and_count(cli, tmp_path: Path) -> No
     assert timed_out.code == 1 and "no reply" in timed_out.err
 
 
+def test_bus_commands_print_json_too(cli, tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/cli.db?max_attempts=1"
+    sent = json.loads(cli("bus", "send", "a.b", '{"n": 1}', "--bus", url, "--json").out)
+    assert sent["selector"] == "a.b"
+    bus = open_bus(url)
+    assert bus.get(sent["id"]).body == {"n": 1}
+    bus.declare_queue("q", ["a.*"])
+    bus.fail(bus.claim("q", "w"), "broken")
+    again = json.loads(cli("bus", "resend", sent["id"], "--bus", url, "--json").out)
+    assert again["id"] == sent["id"] and again["status"] == "ready"
+    bus.ack(bus.claim("q", "w"))
+    purged = cli("bus", "purge", "--bus", url, "--json")
+    assert json.loads(purged.out) == {"removed": 1, "status": "done"}
+    assert cli("bus", "send", "a.b", "--bus", url, "-q").out == ""
+
+
 def test_publish_and_call_steps_send_only_in_a_real_run(cli, tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path}/steps.db"
     bus = open_bus(url)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 
 import psycopg
@@ -135,3 +136,15 @@ def test_status_notes_edited_and_unknown_migrations(cli, pg_url: str) -> None:
     r = cli("db", "status", "--url", pg_url)
     assert r.code == 0
     assert "warning: 0001_archive differs" in r.out and "note: 9999_later is not known" in r.out
+
+
+def test_status_and_upgrade_as_json(cli, pg_empty_url: str) -> None:
+    names = [m.name for m in db.migrations()]
+    behind = cli("db", "status", "--url", pg_empty_url, "--json")
+    assert behind.code == 1
+    (report,) = json.loads(behind.out)
+    assert report["version"] == 0 and report["pending"] == names and report["applied"] == []
+    up = cli("db", "upgrade", "--url", pg_empty_url, "--json")
+    assert up.code == 0 and json.loads(up.out)[0]["applied"] == names
+    now = cli("db", "status", "--url", pg_empty_url, "--json", "-q")
+    assert now.code == 0 and now.out == ""

@@ -66,3 +66,13 @@ def test_entry_point_step_is_listed_documented_and_runs(tmp_path: Path) -> None:
     bad = write(tmp_path / "bad.yaml", "recipe: b\nsteps:\n  - uses: greeting\n    with: {to: x}\n")
     r = run_wsrun("validate", bad, cwd=tmp_path, env=env)
     assert r.code == 2 and "'name' is a required property" in r.err
+    # The plugin's step type joins the editors' schema: a known `uses`, its parameters checked.
+    r = run_wsrun("schema", cwd=tmp_path, env=env)
+    from jsonschema import Draft202012Validator
+
+    validator = Draft202012Validator(json.loads(r.out))
+    good = {"recipe": "p", "steps": [{"uses": "greeting", "with": {"to": "x", "name": "y"}}]}
+    assert not list(validator.iter_errors(good))
+    misspelled = {"recipe": "p", "steps": [{"uses": "greeting", "with": {"to": "x", "nmae": "y"}}]}
+    assert list(validator.iter_errors(misspelled))
+    assert list(validator.iter_errors({"recipe": "p", "steps": [{"uses": "greetings"}]}))

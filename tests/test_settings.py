@@ -40,8 +40,16 @@ def test_profile_files_env_and_set_in_order(
     [
         ("a=1\nA=2\n", "duplicate key 'A'"),
         ("[section]\na=1\n", "section headers"),
-        ("novalue\n", "expected key=value"),
-        ("a=${env:NOPE_NOT_SET}\n", "NOPE_NOT_SET is not set"),
+        (
+            "a=1\n\nb=${env:NOPE_NOT_SET}\n",
+            "p.properties:3: environment variable NOPE_NOT_SET is not set",
+        ),
+        ("a=1 \\\n  2\nb=\\u00zz\n", "p.properties:3: invalid unicode escape"),
+        (
+            "# one\nfruits apple, \\\n  pear\nFRUITS = kiwi\n",
+            "p.properties:4: duplicate key 'FRUITS' .first at .*p.properties:2",
+        ),
+        ("= value\n", "empty key"),
     ],
 )
 def test_bad_profile_files(tmp_path: Path, text: str, message: str) -> None:
@@ -50,14 +58,80 @@ def test_bad_profile_files(tmp_path: Path, text: str, message: str) -> None:
         Settings(profile="p", env={"CAPO_PATH": str(tmp_path), "HOME": str(tmp_path)})
 
 
-@pytest.mark.parametrize(
-    "line", ["db.password: hunter2", "db.password:hunter2", "api.token hunter2"]
-)
+@pytest.mark.parametrize("line", ["db.password = hunter2\\uZZZZ", "api.token hunter2\\u12"])
 def test_a_malformed_line_of_a_secret_setting_is_not_echoed(tmp_path: Path, line: str) -> None:
     write(tmp_path / "p.properties", f"plain=1\n{line}\n")
-    with pytest.raises(SettingsError, match="expected key=value") as e:
+    with pytest.raises(SettingsError, match="invalid unicode escape") as e:
         Settings(profile="p", env={"CAPO_PATH": str(tmp_path), "HOME": str(tmp_path)})
     assert "hunter2" not in str(e.value) and ":2:" in str(e.value)
+
+
+@pytest.mark.parametrize(
+    "text, key, value",
+    [
+        # The examples of java.util.Properties.load's documentation, verbatim.
+        ("Truth = Beauty\n", "Truth", "Beauty"),
+        (" Truth:Beauty\n", "Truth", "Beauty"),
+        ("Truth                    :Beauty\n", "Truth", "Beauty"),
+        (
+            "fruits                           apple, banana, pear, \\\n"
+            "                                 cantaloupe, watermelon, \\\n"
+            "                                 kiwi, mango\n",
+            "fruits",
+            "apple, banana, pear, cantaloupe, watermelon, kiwi, mango",
+        ),
+        ("cheeses\n", "cheeses", ""),
+        ("\\:\\= = \\u0041\\t\n", ":=", "A\t"),
+        ("key\\ with\\ spaces = x\r\n", "key with spaces", "x"),
+    ],
+)
+def test_java_documentation_examples(tmp_path: Path, text: str, key: str, value: str) -> None:
+    write(tmp_path / "p.properties", "")
+    (tmp_path / "p.properties").write_bytes(text.encode())
+    s = Settings(profile="p", env={"CAPO_PATH": str(tmp_path), "HOME": str(tmp_path)})
+    assert s.names() == [key] and s.get(key).value == value
+
+
+def test_profile_files_read_as_java_reads_properties(tmp_path: Path) -> None:
+    """The examples of java.util.Properties.load's documentation, and its escapes."""
+    text = (
+        "# The three Truth lines of the Java documentation say the same\n"
+        "Truth = Beauty\n"
+        "  Truth2:Beauty\n"
+        "Truth3                    :Beauty\n"
+        "fruits                           apple, banana, pear, \\\n"
+        "                                  cantaloupe, watermelon, \\\n"
+        "                                  kiwi, mango\n"
+        "cheeses\n"
+        "! a comment too, and a comment's backslash does not continue it \\\n"
+        "key\\ with\\ spaces = x\n"
+        "caf\\u00e9 = d\\u00e9j\\u00e0 vu\n"
+        "\\u0041 = letter\n"
+        "path = C:\\\\data\\tnext\n"
+        "colon\\:key = a\\=b\n"
+        "edu.home = ${env:HOME}/x\n"
+        "last = ok"
+    )
+    write(tmp_path / "java.properties", text)
+    s = Settings(profile="java", env={"CAPO_PATH": str(tmp_path), "HOME": "/h"})
+    got = {name: s.get(name).value for name in s.names()}
+    assert got == {
+        "Truth": "Beauty",
+        "Truth2": "Beauty",
+        "Truth3": "Beauty",
+        "fruits": "apple, banana, pear, cantaloupe, watermelon, kiwi, mango",
+        "cheeses": "",
+        "key with spaces": "x",
+        "café": "déjà vu",
+        "A": "letter",
+        "path": "C:\\data\tnext",
+        "colon:key": "a=b",
+        "edu.home": "/h/x",
+        "last": "ok",
+    }
+    assert s.get("cheeses").source.endswith("java.properties:8")
+    assert s.get("key with spaces").source.endswith("java.properties:10")
+    assert s.get("last").source.endswith("java.properties:16")
 
 
 def test_missing_setting_fails_before_any_step(cli, tmp_path: Path) -> None:

@@ -128,6 +128,19 @@ def test_a_message_runs_its_recipe_and_a_bad_body_is_parked_dead(
     assert (tmp_path / "out" / "eve.txt").read_text() == "eve x1 at XX via hand"
 
 
+def test_quiet_worker_logs_only_failures(tmp_path: Path, start_worker) -> None:
+    recipe = write(tmp_path / "hello.yaml", HELLO)
+    (tmp_path / "out").mkdir()
+    worker = start_worker(str(recipe), "--set", "site=EU", "-q", ready=False)
+    bus = open_bus()
+    bus.publish("hello.EU", {"name": "bob"})
+    bad = bus.publish("hello.EU", {"name": "cy", "count": "many"})
+    until(lambda: (tmp_path / "out" / "bob.txt").exists(), what="bob.txt")
+    worker.wait_for(f"message {bad} parked dead")
+    assert worker.stop() == 0
+    assert len(worker.text().splitlines()) == 1, worker.text()
+
+
 def test_a_failing_run_is_retried_then_parked_dead_and_can_be_resent(
     tmp_path: Path, start_worker, bus_backend: str
 ) -> None:

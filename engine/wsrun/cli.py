@@ -35,6 +35,10 @@ commands:
   graph RECIPE         a recipe's steps (or --lifecycle FILE) as DOT, Mermaid or SVG
   db upgrade|status    create or upgrade the PostgreSQL tables of the backends
   doctor               which backends are in use and whether each is reachable
+  completion bash|zsh  the shell completion script (eval "$(wsrun completion bash)")
+
+Every command takes -q (only errors), -v (a traceback with an unexpected error)
+and, where it prints results, --json.
 
 exit status: 0 success, 1 a step failed, 2 invalid recipe or usage
 """
@@ -72,9 +76,23 @@ def main(argv: list[str] | None = None) -> int:
 
         print(f"wsrun {__version__}")
         return 0
+    if head in ("completion", "__complete"):
+        from wsrun import completion
+
+        if head == "__complete":
+            return completion.main(args[1:])
+        if len(args) != 2 or args[1] not in completion.SCRIPTS:
+            sys.stderr.write(
+                "usage: wsrun completion bash|zsh\nwsrun completion: error: name a shell\n"
+            )
+            return 2
+        sys.stdout.write(completion.SCRIPTS[args[1]])
+        return 0
     if head == "plan":
         if len(args) < 2:
-            sys.stderr.write("usage: wsrun plan RECIPE [recipe options]\n")
+            sys.stderr.write(
+                "usage: wsrun plan RECIPE [recipe options]\nwsrun plan: error: name a recipe\n"
+            )
             return 2
         return run_recipe_command(args[1], [*args[2:], "--dry-run"], prog=f"wsrun plan {args[1]}")
     if head in COMMANDS:

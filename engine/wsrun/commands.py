@@ -12,44 +12,148 @@ import typer
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False)
 
 
+#: Options every command takes, as a run does: -q prints nothing but errors, -v a
+#: traceback with an unexpected error. A command that declares them itself
+#: (resume) gets them; for the others ``run_command`` handles them.
+QUIET = ("-q", "--quiet")
+VERBOSE = ("-v", "--verbose")
+
+
 def run_command(args: list[str]) -> int:
+    """Run ``wsrun COMMAND ...``; the exit status. Usage errors read like a
+    recipe's (a usage line, then ``wsrun COMMAND: error: ...``), not a box."""
+    import contextlib
+    import io
+
     from wsrun.journal import JournalError
 
+    command = typer.main.get_command(app)
+    args, quiet, verbose = _common_options(command, args)
+    out = io.StringIO() if quiet else sys.stdout
     try:
-        app(args=args, prog_name="wsrun")
+        with contextlib.redirect_stdout(out):
+            code = command.main(args=args, prog_name="wsrun", standalone_mode=False)
     except SystemExit as e:
         return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
     except JournalError as e:  # the journal cannot be read: one line, no traceback
         print(f"wsrun: {e}", file=sys.stderr)
         return 2
-    return 0
+    except Exception as e:
+        # Typer's own exceptions and click's (which newer Typer vendors): by class name.
+        kinds = {c.__name__ for c in type(e).__mro__}
+        ctx = getattr(e, "ctx", None)
+        if "Exit" in kinds:
+            return int(getattr(e, "exit_code", 0))
+        if "Abort" in kinds:
+            return 130
+        if "NoArgsIsHelpError" in kinds:  # the help (some Typer versions print it already)
+            text = e.format_message().strip()  # type: ignore[attr-defined]
+            if text:
+                print(text, file=sys.stderr)
+            return 2
+        if "UsageError" in kinds:
+            prog = ctx.command_path if ctx is not None else "wsrun"
+            usage = ctx.get_usage().replace("Usage: ", "usage: ", 1) + "\n" if ctx else ""
+            print(f"{usage}{prog}: error: {_lower_first(e.format_message())}", file=sys.stderr)  # type: ignore[attr-defined]
+            return 2
+        if "ClickException" in kinds or "TyperException" in kinds:
+            print(f"wsrun {args[0]}: error: {e.format_message()}", file=sys.stderr)  # type: ignore[attr-defined]
+            return int(getattr(e, "exit_code", 1))
+        # A defect or an unforeseen failure: one line, the traceback with -v.
+        if verbose:
+            import traceback
+
+            traceback.print_exc()
+        hint = "" if verbose else " (-v shows the traceback)"
+        print(f"wsrun {args[0]}: error: {type(e).__name__}: {e}{hint}", file=sys.stderr)
+        return 1
+    return code if isinstance(code, int) else 0
+
+
+def _lower_first(message: str) -> str:
+    return message[:1].lower() + message[1:] if message[1:2].islower() else message
+
+
+def _common_options(command: Any, args: list[str]) -> tuple[list[str], bool, bool]:
+    """``args`` without the -q/-v the command does not declare itself, and
+    whether each was given."""
+    leaf = command
+    for word in args:
+        sub = getattr(leaf, "commands", {}).get(word)
+        if sub is None:
+            break
+        leaf = sub
+    declared = {o for p in leaf.params for o in getattr(p, "opts", ())}
+    takes_value = {
+        o
+        for p in leaf.params
+        if p.param_type_name == "option" and not getattr(p, "is_flag", False)
+        for o in p.opts
+    }
+    kept: list[str] = []
+    quiet = verbose = False
+    for i, word in enumerate(args):
+        if word == "--":
+            kept += args[i:]
+            break
+        if word not in declared and (not kept or kept[-1] not in takes_value):
+            if word in QUIET:
+                quiet = True
+                continue
+            if word in VERBOSE:
+                verbose = True
+                continue
+        kept.append(word)
+    return kept, quiet, verbose
 
 
 @app.command()
 def validate(
     files: Annotated[list[str], typer.Argument(help="Recipe files, directories or packaged names")],
+    as_json: Annotated[
+        bool, typer.Option("--json", help="One result per file, problems with file, line, col")
+    ] = False,
 ) -> None:
     """Check recipes; print every problem as file:line:col."""
     from wsrun.recipe import RecipeNotFound, resolve
     from wsrun.state.lifecycle import LifecycleError, is_lifecycle_file, load_lifecycle
     from wsrun.validate import InvalidRecipe, load_valid
 
-    bad = 0
+    results = []
     for ref in files:
+        problems: list[dict[str, Any]] = []
         try:
             path = resolve(ref)
             if is_lifecycle_file(path):
                 load_lifecycle(path)
             else:
                 load_valid(path)
-            print(f"{ref}: ok")
+            if not as_json:
+                print(f"{ref}: ok")
         except RecipeNotFound:
-            print(f"{ref}: no such recipe", file=sys.stderr)
-            bad += 1
-        except (InvalidRecipe, LifecycleError) as e:
-            print(str(e), file=sys.stderr)
-            bad += 1
-    if bad:
+            problems = [{"message": "no such recipe"}]
+            if not as_json:
+                print(f"{ref}: no such recipe", file=sys.stderr)
+        except InvalidRecipe as e:
+            problems = [
+                {
+                    "file": p.where.file,
+                    "line": p.where.line,
+                    "col": p.where.col,
+                    "message": p.message,
+                }
+                for p in e.problems
+            ]
+            if not as_json:
+                print(str(e), file=sys.stderr)
+        except LifecycleError as e:
+            problems = [{"message": str(e)}]
+            if not as_json:
+                print(str(e), file=sys.stderr)
+        results.append({"recipe": ref, "ok": not problems, "problems": problems})
+    if as_json:
+        print(json.dumps(results, indent=2))
+    if not all(r["ok"] for r in results):
         raise typer.Exit(2)
 
 
@@ -59,7 +163,9 @@ def steps(
     markdown: Annotated[
         bool, typer.Option("--markdown", help="The step reference as Markdown")
     ] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="The parameter schema as JSON")] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="The list, or the step's parameter schema, as JSON")
+    ] = False,
 ) -> None:
     """List step types, or print one's documentation (from its schema)."""
     from wsrun import stepdocs
@@ -69,8 +175,11 @@ def steps(
         print(stepdocs.markdown_reference())
         return
     if name is None:
-        for n in step_names():
-            print(f"{n:<20} {stepdocs.summary(load_step(n))}")
+        rows = [(n, stepdocs.summary(load_step(n))) for n in step_names()]
+        if as_json:
+            print(json.dumps([{"name": n, "summary": s} for n, s in rows], indent=2))
+        for n, summary in [] if as_json else rows:
+            print(f"{n:<20} {summary}")
         return
     try:
         module = load_step(name)
@@ -120,7 +229,11 @@ def runs(
             print(f"{r.id}  {_when(r.started)}  {r.shown_status:<11} {took:>8}  {r.recipe}{kind}")
         return
     if action != "show" or not run_id:
-        print("usage: wsrun runs [show ID]", file=sys.stderr)
+        print(
+            "usage: wsrun runs [show ID]\nwsrun runs: error: "
+            + (f"unknown action '{action}'" if action != "show" else "show needs a run id"),
+            file=sys.stderr,
+        )
         raise typer.Exit(2)
     record = journal.run(run_id)
     if record is None:
@@ -184,6 +297,7 @@ def resume(
     run_id: Annotated[str, typer.Argument(help="The run to continue")],
     as_json: Annotated[bool, typer.Option("--json")] = False,
     verbose: Annotated[bool, typer.Option("-v", "--verbose")] = False,
+    quiet: Annotated[bool, typer.Option("-q", "--quiet", help="Print only errors")] = False,
     profile: Annotated[str | None, typer.Option(help="Settings profile")] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="KEY=VALUE")] = None,
 ) -> None:
@@ -225,7 +339,7 @@ def resume(
         "profile": profile,
         "set": set_ or [],
         "dry_run": False,
-        "quiet": False,
+        "quiet": quiet,
     }
     import os
 
@@ -241,6 +355,7 @@ def settings(
     ] = None,
     profile: Annotated[str | None, typer.Option(help="Settings profile")] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="KEY=VALUE")] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Show each setting's value and where it came from (secrets masked)."""
     from wsrun.cliargs import parse_sets
@@ -249,31 +364,48 @@ def settings(
     try:
         s = Settings(profile=profile, overrides=parse_sets(set_ or []))
     except (SettingsError, ValueError) as e:
-        print(f"wsrun: {e}", file=sys.stderr)
+        print(f"wsrun settings: {e}", file=sys.stderr)
         raise typer.Exit(2) from None
-    print(f"profile: {s.profile or '(none)'}")
-    for path in s.files_searched:
-        print(f"  searched {path}")
-    missing = 0
-    for key in keys or s.names():
-        found = s.get(key)
-        if found is None:
-            print(f"{key}: (not set; {s.where_searched(key)})")
-            missing += 1
-        else:
-            print(f"{found.name} = {display(found.name, found.value)}    # {found.source}")
+    rows = [(key, s.get(key)) for key in keys or s.names()]
+    missing = [key for key, found in rows if found is None]
+    if as_json:
+        print(
+            json.dumps(
+                {
+                    "profile": s.profile,
+                    "searched": s.files_searched,
+                    "settings": [
+                        {"name": f.name, "value": display(f.name, f.value), "source": f.source}
+                        for _, f in rows
+                        if f is not None
+                    ],
+                    "missing": missing,
+                },
+                indent=2,
+            )
+        )
+    else:
+        print(f"profile: {s.profile or '(none)'}")
+        for path in s.files_searched:
+            print(f"  searched {path}")
+        for key, found in rows:
+            if found is None:
+                print(f"{key}: (not set; {s.where_searched(key)})")
+            else:
+                print(f"{found.name} = {display(found.name, found.value)}    # {found.source}")
     if missing:
         raise typer.Exit(1)
 
 
 @app.command()
-def recipes() -> None:
+def recipes(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """List the packaged recipes."""
     from wsrun.recipe import load_recipe
     from wsrun.resources import recipes_dir
     from wsrun.state.lifecycle import is_lifecycle_document
 
     root = recipes_dir()
+    found = []
     for path in sorted(root.rglob("*.yaml")):
         name = str(path.relative_to(root))[: -len(".yaml")]
         try:
@@ -284,7 +416,12 @@ def recipes() -> None:
             summary = " ".join(first_paragraph.split())
         except Exception:  # a broken packaged recipe still gets listed
             summary = ""
-        print(f"{name:<28} {summary}")
+        found.append({"name": name, "summary": summary})
+    if as_json:
+        print(json.dumps(found, indent=2))
+        return
+    for r in found:
+        print(f"{r['name']:<28} {r['summary']}")
 
 
 from wsrun.bus.cli import bus_app  # noqa: E402  (wsrun bus ...)
@@ -373,14 +510,16 @@ def archive_get(
     locator: Annotated[str, typer.Argument(help="The product's locator")],
     dest: Annotated[str, typer.Argument(help="Where to write it (into it, if a directory)")],
     archive: ArchiveOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="The files written, as JSON")] = False,
 ) -> None:
     """Retrieve a product's files, checksums verified, each written atomically."""
     from wsrun.archive_store import ArchiveError
 
     store = _open_archive(archive)
     try:
-        for path in store.get(locator, dest):
-            print(path)
+        written = [str(path) for path in store.get(locator, dest)]
+        for line in [json.dumps(written, indent=2)] if as_json else written:
+            print(line)
     except (ArchiveError, OSError) as e:
         print(f"wsrun: {e}", file=sys.stderr)
         raise typer.Exit(1) from None

@@ -26,6 +26,8 @@ SECRET_NAME = re.compile(
     re.I,
 )
 MASK = "********"
+#: Line ends as Java's properties reader counts them.
+_LINE_END = re.compile(r"\r\n|\r|\n")
 _ENV_REF = re.compile(r"\$\{env:([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
@@ -49,31 +51,43 @@ def env_name(name: str) -> str:
 
 
 def parse_properties(path: str, env: Mapping[str, str]) -> dict[str, SettingValue]:
-    """``key=value`` lines; ``#`` and ``!`` comments; no sections, no duplicates."""
-    values: dict[str, SettingValue] = {}
+    """A profile file read exactly as ``java.util.Properties.load`` reads it
+    (``key=value``, ``key: value`` or ``key value``; ``\\`` line continuation;
+    ``\\uXXXX`` and the other escapes; ``#`` and ``!`` comments), as UTF-8, by
+    javaproperties. wsrun adds: ``${env:NAME}`` in values, file:line in every
+    error, and it refuses a key given twice (names are case-insensitive), an
+    empty key and an INI section header, which Java would take silently as a key."""
+    import javaproperties
+
     with open(path, encoding="utf-8") as f:
-        for lineno, raw in enumerate(f, 1):
-            line = raw.strip()
-            if not line or line[0] in "#!":
-                continue
-            where = f"{path}:{lineno}"
-            if line.startswith("[") and line.endswith("]"):
-                raise SettingsError(
-                    f"{where}: section headers like {line} are not allowed in a properties file"
-                )
-            if "=" not in line:
-                first = re.split(r"[\s:]", line, maxsplit=1)[0]
-                shown = f"{first} ..." if is_secret_name(first) else line  # may be a secret
-                raise SettingsError(f"{where}: expected key=value, got {shown!r}")
-            key, value = (part.strip() for part in line.split("=", 1))
-            if not key:
-                raise SettingsError(f"{where}: empty key")
-            folded = key.lower()
-            if folded in values:
-                raise SettingsError(
-                    f"{where}: duplicate key '{key}' (first at {values[folded].source})"
-                )
-            values[folded] = SettingValue(key, _expand_env(value, env, where), where)
+        text = f.read()
+    values: dict[str, SettingValue] = {}
+    lineno = 1
+    elements = javaproperties.parse(text)
+    while True:
+        where = f"{path}:{lineno}"
+        try:
+            element = next(elements)
+        except StopIteration:
+            break
+        except javaproperties.InvalidUEscapeError as e:
+            raise SettingsError(f"{where}: invalid unicode escape {e.escape!r}") from None
+        start, lineno = where, lineno + len(_LINE_END.findall(element.source))
+        if not isinstance(element, javaproperties.KeyValue):
+            continue
+        key = element.key
+        if not key:
+            raise SettingsError(f"{start}: empty key")
+        if key.startswith("[") and key.endswith("]") and not element.value:
+            raise SettingsError(
+                f"{start}: section headers like {key} are not allowed in a properties file"
+            )
+        folded = key.lower()
+        if folded in values:
+            raise SettingsError(
+                f"{start}: duplicate key '{key}' (first at {values[folded].source})"
+            )
+        values[folded] = SettingValue(key, _expand_env(element.value, env, start), start)
     return values
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from wsrun.editor_schema import full_schema
 from wsrun.resources import schemas_dir
 from wsrun.step import load_step, params_schema, step_names
 
@@ -95,31 +96,6 @@ def markdown_reference() -> str:
     for name in step_names():
         parts += [markdown(load_step(name)), ""]
     return "\n".join(parts)
-
-
-def full_schema() -> dict[str, Any]:
-    """The recipe schema with each step type's parameters attached to ``with:``
-    by the value of ``uses:``, for editors (yaml-language-server)."""
-    with open(schemas_dir() / "recipe.schema.json", encoding="utf-8") as f:
-        schema = json.load(f)
-    schema["$id"] = "https://wsrun.example/schemas/wsrun.schema.json"
-    conditions = []
-    for name in step_names():
-        module = load_step(name)
-        sub = params_schema(module)
-        for key in ("$schema", "$id"):
-            sub.pop(key, None)
-        schema["$defs"][f"with_{name}"] = sub
-        conditions.append(
-            {
-                "if": {"properties": {"uses": {"const": name}}, "required": ["uses"]},
-                "then": {"properties": {"with": {"$ref": f"#/$defs/with_{name}"}}},
-            }
-        )
-    step = schema["$defs"]["step"]
-    step["allOf"] = conditions
-    step["properties"]["uses"]["examples"] = step_names()
-    return schema
 
 
 def write_schemas() -> list[Path]:

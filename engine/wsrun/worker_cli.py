@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import sys
 from typing import Annotated, Any
 
 import typer
+
+#: The worker's lines that report a failure (a failed run or message, one parked dead,
+#: a store it cannot reach): the only ones ``--quiet`` keeps.
+PROBLEM = re.compile(r"\bfailed\b|\bparked dead\b")
 
 
 def worker(
@@ -37,6 +42,9 @@ def worker(
         ),
     ] = 60.0,
     profile: Annotated[str | None, typer.Option(help="Settings profile")] = None,
+    quiet: Annotated[
+        bool, typer.Option("-q", "--quiet", help="Log only failures (runs and messages)")
+    ] = False,
 ) -> None:
     """Run recipes when a message arrives, a state changes or a file appears, until SIGTERM/SIGINT."""
     from wsrun.bus import BusError, bus_url, open_bus
@@ -47,6 +55,8 @@ def worker(
     from wsrun.worker import Worker, WorkerError, build_triggers, find_recipes
 
     def log(line: str) -> None:
+        if quiet and not PROBLEM.search(line):
+            return
         print(f"wsrun worker: {line}", file=sys.stderr, flush=True)
 
     try:

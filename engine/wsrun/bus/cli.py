@@ -56,14 +56,16 @@ def send(
     selector: Annotated[str, typer.Argument(help="Dotted selector, e.g. pipeline.process.EU")],
     body: Annotated[str, typer.Argument(help="The message body as a JSON object")] = "{}",
     bus: BusOption = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Publish a message; prints its id."""
     from wsrun.bus import BusError
 
     try:
-        print(_bus(bus).publish(selector, _body(body)))
+        id = _bus(bus).publish(selector, _body(body))
     except BusError as e:
         _fail(str(e))
+    print(json.dumps({"id": id, "selector": selector}) if as_json else id)
 
 
 @bus_app.command("call")
@@ -72,6 +74,7 @@ def call(
     body: Annotated[str, typer.Argument(help="The request body as a JSON object")] = "{}",
     timeout: Annotated[float, typer.Option(help="Seconds to wait for the reply")] = 30.0,
     bus: BusOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="The reply on one line")] = False,
 ) -> None:
     """Send a request and print the reply's body (exit 1 on timeout)."""
     from wsrun.bus import BusError, BusTimeout
@@ -82,7 +85,7 @@ def call(
         _fail(str(e), 1)
     except BusError as e:
         _fail(str(e))
-    print(json.dumps(reply, indent=2))
+    print(json.dumps(reply) if as_json else json.dumps(reply, indent=2))
 
 
 @bus_app.command("ls")
@@ -140,6 +143,7 @@ def show(
 def resend(
     id: Annotated[str, typer.Argument(help="A dead (or done) message's id")],
     bus: BusOption = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Make a dead message ready again, attempts reset."""
     from wsrun.bus import BusError
@@ -148,7 +152,10 @@ def resend(
         m = _bus(bus).resend(id)
     except BusError as e:
         _fail(str(e))
-    print(f"{m.id}: ready again in {m.queue or '(unrouted)'}")
+    if as_json:
+        print(json.dumps(m.to_json(), indent=2))
+    else:
+        print(f"{m.id}: ready again in {m.queue or '(unrouted)'}")
 
 
 @bus_app.command("purge")
@@ -162,6 +169,7 @@ def purge(
     ] = "0",
     queue: Annotated[str | None, typer.Option(help="Only this queue ('' for unrouted)")] = None,
     bus: BusOption = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Remove handled (or dead) messages; prints how many. Done messages
     past the bus's retention (7 days by default) are removed anyway."""
@@ -172,7 +180,10 @@ def purge(
         removed = _bus(bus).purge(status, parse_duration(older_than), queue)
     except BusError as e:
         _fail(str(e))
-    print(f"{removed} {status} message{'' if removed == 1 else 's'} removed")
+    if as_json:
+        print(json.dumps({"removed": removed, "status": status}))
+    else:
+        print(f"{removed} {status} message{'' if removed == 1 else 's'} removed")
 
 
 @bus_app.command("queues")

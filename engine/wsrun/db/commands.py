@@ -46,10 +46,15 @@ def _targets(urls: list[str] | None) -> list[str]:
 
 
 @db_app.command("upgrade")
-def db_upgrade(url: UrlOption = None) -> None:
+def db_upgrade(
+    url: UrlOption = None, as_json: Annotated[bool, typer.Option("--json")] = False
+) -> None:
     """Apply the pending migrations (safe to run again, and from several hosts at once)."""
+    import json
+
     from wsrun.db import DbError, conninfo, mask, upgrade
 
+    report = []
     for target in _targets(url):
         shown = mask(conninfo(target))
         try:
@@ -57,25 +62,48 @@ def db_upgrade(url: UrlOption = None) -> None:
         except DbError as e:
             print(f"wsrun: {e}", file=sys.stderr)
             raise typer.Exit(1) from None
-        if applied:
+        if as_json:
+            report.append({"database": shown, "applied": list(applied)})
+        elif applied:
             for name in applied:
                 print(f"{shown}: applied {name}")
         else:
             print(f"{shown}: up to date")
+    if as_json:
+        print(json.dumps(report, indent=2))
 
 
 @db_app.command("status")
-def db_status(url: UrlOption = None) -> None:
+def db_status(
+    url: UrlOption = None, as_json: Annotated[bool, typer.Option("--json")] = False
+) -> None:
     """Show the applied and pending migrations (exit 1 if any are pending)."""
+    import json
+
     from wsrun.db import DbError, conninfo, mask, status
 
     behind = False
+    report = []
     for target in _targets(url):
         try:
             found = status(target)
         except DbError as e:
             print(f"wsrun: {e}", file=sys.stderr)
             raise typer.Exit(1) from None
+        behind = behind or not found.up_to_date
+        if as_json:
+            report.append(
+                {
+                    "database": mask(conninfo(target)),
+                    "version": found.current,
+                    "latest": found.latest,
+                    "applied": [{"name": name, "at": str(at)} for _, name, at in found.applied],
+                    "pending": [m.name for m in found.pending],
+                    "changed": list(found.changed),
+                    "unknown": list(found.unknown),
+                }
+            )
+            continue
         print(f"{mask(conninfo(target))}: schema version {found.current} of {found.latest}")
         for _, name, at in found.applied:
             print(f"  applied  {name}  {at}")
@@ -85,7 +113,9 @@ def db_status(url: UrlOption = None) -> None:
             print(f"  warning: {name} differs from the file this wsrun ships")
         for name in found.unknown:
             print(f"  note: {name} is not known to this wsrun (a newer one applied it)")
-        behind = behind or not found.up_to_date
+    if as_json:
+        print(json.dumps(report, indent=2))
     if behind:
-        print("run `wsrun db upgrade` to apply the pending migrations")
+        if not as_json:
+            print("run `wsrun db upgrade` to apply the pending migrations")
         raise typer.Exit(1)

@@ -123,7 +123,7 @@ EXAMPLES = [
     output: /tmp/pipeline-EU
     delay: 5
 """,
-    """- id: always-fails
+    """- id: always_fails
   uses: alma-pipeline
   with: {progID: 2015.1.00657.S, ousUID: "uid://X1/X1/Xb2", exec: EU, output: out, failure_rate: 1}
 """,

@@ -57,7 +57,7 @@ SCHEMA: dict[str, Any] = {
 }
 
 EXAMPLES = [
-    """- id: in-archive
+    """- id: in_archive
   uses: archive-check
   with:
     locators: "{{ steps.request.outputs.locators }}"

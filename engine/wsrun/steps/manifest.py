@@ -68,7 +68,7 @@ EXAMPLES = [
     root: delivery
     exclude: SHA256SUMS  # written by a later checksum step, which covers this manifest
 """,
-    """- id: archive-manifest
+    """- id: archive_manifest
   uses: manifest
   with:
     root: "{{ inputs.product_dir }}"

@@ -48,7 +48,7 @@ EXAMPLES = [
   with:
     path: staging/{{ inputs.run }}
 """,
-    """- id: drop-partials
+    """- id: drop_partials
   uses: remove
   with:
     path: "{{ steps.find.outputs.files }}"

@@ -99,7 +99,7 @@ EXAMPLES = [
     to: s3://caltech-preservation/{{ inputs.collection }}
     sha256: true
 """,
-    """- id: to-minio
+    """- id: to_minio
   uses: s3-upload
   with:
     sources: products/run42

@@ -75,7 +75,7 @@ EXAMPLES = [
     source: incoming/run-42.tar.gz
     to: staging/run-42
 """,
-    """- id: unpack-zip
+    """- id: unpack_zip
   uses: untar
   with:
     source: incoming/delivery.zip

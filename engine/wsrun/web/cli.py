@@ -75,7 +75,11 @@ def graph_command(
     from wsrun.web import graph
 
     if (recipe is None) == (lifecycle is None):
-        print("usage: wsrun graph RECIPE | wsrun graph --lifecycle FILE", file=sys.stderr)
+        print(
+            "usage: wsrun graph RECIPE | wsrun graph --lifecycle FILE\n"
+            "wsrun graph: error: name a recipe or a lifecycle, not both",
+            file=sys.stderr,
+        )
         raise typer.Exit(2)
     if fmt not in ("dot", "mermaid", "svg"):
         print(f"wsrun graph: unknown format '{fmt}' (dot, mermaid, svg)", file=sys.stderr)

@@ -347,6 +347,16 @@ def test_killed_mid_ingest(tmp_path: Path, store_url: str, archive: Archive, poi
         proc.wait()
     after = ArchiveStore.open(store_url)
     assert isinstance(after, Archive)
+    # PostgreSQL ends the killed process's sessions (and frees their advisory locks) only
+    # when it notices the closed connection: wait for that, or the sweep below may be
+    # skipped because the dead writer still seems to be in flight.
+    deadline = time.monotonic() + 30
+    while True:
+        with after.meta.sweeper() as granted:
+            if granted:
+                break
+        assert time.monotonic() < deadline, "the killed writer's lock was never released"
+        time.sleep(0.05)
     products, blobs = state(after)
     assert products == before[0]
     r = run_wsrun("archive", "verify", "--archive", store_url, cwd=tmp_path)

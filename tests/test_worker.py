@@ -80,8 +80,8 @@ recipe: hello
 on: {message: "hello.{{ inputs.site }}"}
 inputs:
   site: {type: string}
-  name: {type: string, required: true}
-  count: {type: int, default: 1}
+  name: {type: string, required: true, from_message: true}
+  count: {type: int, default: 1, from_message: true}
 steps:
   - uses: template
     with:
@@ -113,9 +113,12 @@ def test_a_message_runs_its_recipe_and_a_bad_body_is_parked_dead(
     assert (tmp_path / "out" / "ann.txt").read_text() == "ann x1 at EU via hello.EU"
     assert (tmp_path / "out" / "bob.txt").read_text() == "bob x3 at EU via hello.EU"
     assert bus.get(bad).error == (
-        "invalid message for hello: input 'count': 'many' is not a valid int"
+        "invalid message for hello: input 'count': 'many' is not a whole number"
+        " (message bodies are JSON)"
     )
-    assert "unknown input(s) nom" in bus.get(unknown).error
+    assert bus.get(unknown).error == (
+        "invalid message for hello: the body may not set nom (a message may carry name, count)"
+    )
     assert worker.stop() == 0
     assert waiting("hello:hello.EU") == {"dead": 2} and bus.counts()[""] == {"ready": 1}
     if bus_backend.startswith("sqlite"):
@@ -138,10 +141,10 @@ def test_a_failing_run_is_retried_then_parked_dead_and_can_be_resent(
         recipe: flaky
         on: {message: flaky.run}
         inputs:
-          marker: {type: path}
+          marker: {type: path, from_message: true, within: .}
         steps:
           - uses: shell
-            with: {argv: [sh, -c, 'echo x >> tries; test -e "$0"', "{{ inputs.marker }}"]}
+            with: {argv: [sh, -c, 'echo x >> tries; test -e "$0" || exit 75', "{{ inputs.marker }}"]}
         """,
     )
     worker = start_worker("flaky.yaml", "--bus", url)
@@ -149,7 +152,7 @@ def test_a_failing_run_is_retried_then_parked_dead_and_can_be_resent(
     id = bus.publish("flaky.run", {"marker": "ok-now"})
     until(lambda: getattr(bus.get(id), "status", None) == "dead", what="the message to go dead")
     dead = bus.get(id)
-    assert dead.attempts == 2 and "sh exited with code 1" in dead.error
+    assert dead.attempts == 2 and "sh exited with code 75" in dead.error
     assert (tmp_path / "tries").read_text() == "x\nx\n"
     (tmp_path / "ok-now").touch()
     assert run_wsrun("bus", "resend", id, "--bus", url, cwd=tmp_path).code == 0
@@ -167,8 +170,8 @@ def test_a_recipe_answers_a_call_from_another_recipe(
         recipe: xtss
         on: {message: xtss}
         inputs:
-          operation: {type: string}
-          ousUID: {type: string}
+          operation: {type: string, from_message: true}
+          ousUID: {type: string, from_message: true}
         steps:
           - uses: reply
             with:
@@ -197,7 +200,7 @@ def test_a_recipe_answers_a_call_from_another_recipe(
         recipe: asker
         on: {message: ask.go}
         inputs:
-          ous: {type: string}
+          ous: {type: string, from_message: true}
         steps:
           - id: ask
             uses: call
@@ -263,7 +266,7 @@ def test_sigterm_finishes_the_run_in_progress_and_loses_nothing(
         recipe: slow
         on: {message: slow.job}
         inputs:
-          n: {type: int}
+          n: {type: int, from_message: true}
         steps:
           - uses: shell
             with: {argv: [sh, -c, 'touch started; sleep 1; echo "$0" >> done.txt', "n{{ inputs.n }}"]}
@@ -296,9 +299,9 @@ def test_a_state_change_runs_the_recipe_subscribed_to_it(
         recipe: tracker
         on: {state: {kind: ous, to: DeliveryInProgress, substate: ProductsIngested}}
         inputs:
-          id: {type: string}
-          state: {type: string}
-          products: {type: int, default: 0}
+          id: {type: string, from_message: true}
+          state: {type: string, from_message: true}
+          products: {type: int, default: 0, from_message: true}
         steps:
           - uses: shell
             with: {argv: [sh, -c, 'echo "$0 $1 $2" >> tracked', "{{ inputs.id }}", "{{ inputs.state }}", "p{{ inputs.products }}"]}

@@ -81,6 +81,8 @@ class RunReport:
     outputs: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
     traceback: str | None = None
+    #: The exception behind ``error`` (the worker decides from it whether to retry).
+    cause: BaseException | None = field(default=None, repr=False)
 
     def to_json(self) -> dict[str, Any]:
         d: dict[str, Any] = {
@@ -313,6 +315,7 @@ class Runner:
         if failure is not None:
             report.status = "failed"
             report.error = failure.message
+            report.cause = failure.cause
             if failure.cause is not None and failure.cause.__traceback__ is not None:
                 report.traceback = "".join(traceback.format_exception(failure.cause))
         else:
@@ -558,7 +561,7 @@ class Runner:
         sub_report = child.run()
         effects = [eff for s in sub_report.steps for eff in s.effects]
         if sub_report.status == "failed":
-            raise StepFailed(f"in recipe '{uses}': {sub_report.error}")
+            raise StepFailed(f"in recipe '{uses}': {sub_report.error}", sub_report.cause)
         return effects, sub_report.outputs
 
 

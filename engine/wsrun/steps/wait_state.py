@@ -88,6 +88,7 @@ OUTPUTS = {
     "substate": "its substate",
     "attributes": "its attributes",
     "updated": "when it last changed, seconds since the epoch",
+    "version": "its version (0 if it does not exist)",
     "entity": "the whole entity, or None",
 }
 

@@ -532,7 +532,7 @@ class AmqpBus(Bus):
             replies = self._local.replies = {}
 
             def on_reply(_ch: Any, _method: Any, props: Any, data: bytes) -> None:
-                replies[props.correlation_id or ""] = json.loads(data)
+                replies[props.correlation_id or ""] = decode_body(data)[0]
 
             ch.basic_consume(DIRECT_REPLY, on_reply, auto_ack=True)
             self._local.reply_channel = ch

@@ -667,3 +667,30 @@ def test_a_path_a_message_may_set_must_declare_its_roots(tmp_path: Path, cli) ->
     assert checked.code == 2
     assert "input 'where' is a path a message may set: declare the directories" in checked.err
     assert "input 'name' is not a path: 'within' confines paths only" in checked.err
+
+
+def test_a_file_trigger_takes_only_paths_under_its_glob(tmp_path: Path, start_worker) -> None:
+    write(
+        tmp_path / "watch.yaml",
+        """
+        recipe: watch
+        on: {file: "inbox/*.txt"}
+        inputs:
+          path: {type: path}
+        steps:
+          - uses: shell
+            with: {argv: [sh, -c, 'echo "$0" >> handled', "{{ inputs.path }}"]}
+        """,
+    )
+    (tmp_path / "inbox").mkdir()
+    worker = start_worker("watch.yaml")
+    queue = worker.text().split("(queue ")[1].split(")")[0]
+    selector = "wsrun." + queue.split(":", 1)[1]
+    bus = open_bus()
+    outside = bus.publish(selector, {"path": "/etc/passwd"})
+    extra = bus.publish(selector, {"path": str(tmp_path / "inbox" / "a.txt"), "x": 1})
+    until(lambda: waiting(queue) == {"dead": 2}, what="two dead messages")
+    assert "'/etc/passwd' is outside" in bus.get(outside).error
+    assert 'body is {"path": "..."} and nothing else' in bus.get(extra).error
+    assert not (tmp_path / "handled").exists()
+    assert worker.stop() == 0

@@ -457,8 +457,11 @@ class Worker:
                     f"{name}: message {message.id} {report.status} in {took:.2f}s (run {report.run_id})"
                 )
         except Exception as e:  # a bug or a lost database: the message is retried
-            self.bus.fail(message, f"{type(e).__name__}: {e}")
             self.log(f"{name}: message {message.id} failed: {type(e).__name__}: {e}")
+            try:
+                self.bus.fail(message, f"{type(e).__name__}: {e}")
+            except Exception as lost:  # the bus is gone too: its lease brings it back
+                self.log(f"{name}: message {message.id} not given back: {lost}")
         finally:
             with self.lock:
                 self.in_flight.pop((message.queue, message.id), None)

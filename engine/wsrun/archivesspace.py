@@ -98,9 +98,12 @@ class ArchivesSpace:
                 f"cannot reach ArchivesSpace at {self.url}: {e}", transient=True
             ) from None
         if response.status_code != 200:
+            busy = response.status_code >= 500 or response.status_code == 429
             raise ArchivesSpaceError(
                 f"ArchivesSpace login failed for user '{self.username}' at {self.url} "
-                f"(status {response.status_code}): check the user name and password"
+                f"(status {response.status_code}): "
+                + ("the service is unavailable" if busy else "check the user name and password"),
+                transient=busy,
             )
         token = str(response.json()["session"])
         _tokens[self._key] = token

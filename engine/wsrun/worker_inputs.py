@@ -49,13 +49,14 @@ def from_body(
 ) -> dict[str, Any]:
     """The run's inputs: ``given`` (fixed by ``--set``) and the body's values
     of the inputs a message may carry. ``strict``: any other key refuses the
-    message (a state change's other fields are ignored instead)."""
+    message (a state change's other fields, and those ``--set`` fixed, are
+    ignored instead: the change describes an entity, it asks for nothing)."""
     may = accepted(recipe)
     taken: dict[str, Any] = {}
     refused = []
     for key, value in body.items():
         if key in given:
-            if value is not None and _typed(recipe, key, value, workdir) != given[key]:
+            if strict and value is not None and _typed(recipe, key, value, workdir) != given[key]:
                 refused.append(f"{key} (fixed by the worker)")
         elif key in may:
             if value is not None:

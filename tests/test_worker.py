@@ -603,9 +603,10 @@ def test_only_transient_failures_are_retried(
         """,
     )
     service = _Busy()
-    worker = start_worker("fetch.yaml")
+    worker = start_worker("fetch.yaml", "alma/product-ingestor", "--set", "cache=jao")
     bus = open_bus()
     unknown = bus.publish("fetch.go", {"what": "unknown"})
+    no_ous = bus.publish("ingest.JAO", {"ousUID": "uid://X9", "timestamp": "t", "productsDir": "p"})
     busy = bus.publish("fetch.go", {"what": "web", "url": service.url})
     down = bus.publish("fetch.go", {"what": "web", "url": "http://127.0.0.1:1/"})
     until(lambda: len(service.times) == 2, what="the busy service to be asked again")
@@ -617,8 +618,11 @@ def test_only_transient_failures_are_retried(
     assert "no ous 'nobody'" in bus.get(unknown).error
     assert f"message {busy} failed" in log and "will be retried" in log
     assert bus.get(down).attempts == 3 and "ConnectError" in bus.get(down).error
-    if bus_backend.startswith("sqlite"):
-        assert bus.get(unknown).attempts == 1 and bus.get(busy).status == "done"
+    until(lambda: waiting("alma/product-ingestor:ingest.JAO") == {"dead": 1}, what="no OUS")
+    assert bus.get(no_ous).attempts == 1 and "uid://X9: no such OUS" in bus.get(no_ous).error
+    assert bus.get(unknown).attempts == 1
+    if bus_backend.startswith("sqlite"):  # RabbitMQ keeps no handled messages
+        assert bus.get(busy).status == "done"
     assert worker.stop() == 0
 
 

@@ -436,6 +436,8 @@ def test_poison_bodies_are_parked_dead_once_and_the_worker_goes_on(
     assert log.count("parked dead") == 3 and "Traceback" not in log
     shown = run_wsrun("bus", "ls", "--status", "dead", cwd=tmp_path)
     assert shown.code == 0 and shown.out.count("dead") == 3
+    one = run_wsrun("bus", "show", dead[1].id, cwd=tmp_path)
+    assert "  invalid: the body is not JSON" in one.out and '"not json {"' in one.out
     resent = run_wsrun("bus", "resend", dead[0].id, cwd=tmp_path)
     assert resent.code == 0, resent.err
 

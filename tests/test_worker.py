@@ -643,8 +643,17 @@ def test_yes_and_no_in_a_distillery_request_stay_strings(
         bus.publish("distillery.process", {"collection": "MS01", "preservation": "no"}),
         bus.publish("distillery.process", {"collection": "MS01", "access": "yes"}),
         bus.publish("distillery.process", {"collection": "MS01", "access": "false"}),
+        # the recipe's settings, by their local and their dotted names
+        bus.publish(
+            "distillery.process",
+            {"collection": "MS01", "access": True, "initial": "/", "completed": "/tmp"},
+        ),
+        bus.publish(
+            "distillery.process",
+            {"collection": "MS01", "access": True, "edu.caltech.distillery.initialFiles": "/"},
+        ),
     ]
-    until(lambda: waiting("distillery/alchemist:distillery.process") == {"dead": 3})
+    until(lambda: waiting("distillery/alchemist:distillery.process") == {"dead": 5})
     errors = [bus.get(id).error for id in ids]
     assert errors == [
         "invalid message for distillery/alchemist: input 'preservation': 'no' is not true"
@@ -653,7 +662,13 @@ def test_yes_and_no_in_a_distillery_request_stay_strings(
         " or false (message bodies are JSON)",
         "invalid message for distillery/alchemist: input 'access': 'false' is not true"
         " or false (message bodies are JSON)",
+        "invalid message for distillery/alchemist: the body may not set initial, completed"
+        " (a message may carry collection, preservation, access)",
+        "invalid message for distillery/alchemist: the body may not set"
+        " edu.caltech.distillery.initialFiles (a message may carry collection, preservation,"
+        " access)",
     ]
+    assert not (tmp_path / "initial").exists() and not (tmp_path / "completed").exists()
     assert worker.stop() == 0
 
 

@@ -2,8 +2,9 @@
 
 A message whose run failed is retried with back-off only when the failure is
 transient: a service that could not be reached or timed out, an HTTP 5xx or
-429 (not before its Retry-After), a step that says so (``StepError`` with
-``transient``: ``fail`` with ``transient: true``, ``shell`` exiting 75). Any
+429 (not before its Retry-After), a wait that timed out (``wait-files``,
+``wait-state``), a step that says so (``StepError`` with ``transient``:
+``fail`` with ``transient: true``, ``shell`` exiting 75). Any
 other failure is permanent (an unknown OUS or collection, a refused move, a
 checksum mismatch): retrying cannot help, so the message is parked dead at
 once with the reason. Work already claimed by another run is a duplicate: the
@@ -34,7 +35,14 @@ TRANSIENT_ERRNOS = frozenset(
 )
 #: How backends describe a lost service once its exception became a one-line
 #: error (the bus, the state store and the journal report ``cannot connect``).
-TRANSIENT_PHRASES = ("cannot connect", "connection lost", "connection refused", "no answer from")
+TRANSIENT_PHRASES = (
+    "cannot connect",
+    "connection lost",
+    "connection refused",
+    "no answer from",
+    "server closed the connection",
+    "database is locked",
+)
 
 
 @dataclass(frozen=True)

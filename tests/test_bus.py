@@ -118,6 +118,10 @@ def test_each_message_is_handled_exactly_once_by_four_consumer_processes(
         subprocess.Popen([sys.executable, "-c", CONSUMER, bus.url, f"c{i}", str(out)])
         for i, out in enumerate(outs)
     ]
+    deadline = time.monotonic() + 60  # every consumer is up (its file open) before the work
+    while not all(out.exists() for out in outs):
+        assert time.monotonic() < deadline and all(p.poll() is None for p in procs)
+        time.sleep(0.02)
     for n in range(total):
         bus.publish("job.run", {"n": n})
     for p in procs:

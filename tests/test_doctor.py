@@ -80,3 +80,24 @@ def test_the_archive_file_store_is_checked_too(cli, tmp_path, pg_url, s3, monkey
     monkeypatch.setenv("WSRUN_ARCHIVE_FILES", str(tmp_path / "files"))
     code, found = checks(cli)
     assert code == 0 and "(created on first use)" in found["archive"]["detail"]
+
+
+@pytest.mark.parametrize(
+    ("url", "finding"),
+    [
+        ("amqp://guest:s3cret@127.0.0.1:5672/%2F", "login refused for user 'guest'"),
+        (
+            "amqp://guest:guest@127.0.0.1:5672/no-such-vhost",
+            "user 'guest' may not use vhost 'no-such-vhost'",
+        ),
+    ],
+)
+def test_the_bus_check_logs_in_to_rabbitmq(cli, monkeypatch, rabbitmq, url, finding) -> None:
+    """An open port is not enough: a wrong password or vhost fails the check."""
+    monkeypatch.setenv("WSRUN_BUS_URL", url)
+    code, found = checks(cli)
+    assert code == 1 and not found["bus"]["ok"]
+    assert found["bus"]["detail"] == finding and "s3cret" not in json.dumps(found)
+    monkeypatch.setenv("WSRUN_BUS_URL", rabbitmq)
+    code, found = checks(cli)
+    assert found["bus"]["ok"] and "logged in as guest (vhost /)" in found["bus"]["detail"]

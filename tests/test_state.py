@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -865,3 +867,122 @@ def test_a_password_in_the_url_stays_out_of_plans_outputs_and_the_journal(
     assert run.code == 0 and "X1" in run.out
     assert "s3cret" not in dry.out + dry.err + real.out + real.err + run.out
     assert [c.state for c in open_state_store(secret_url).history("ous", "X1")] == HAPPY_PATH[:3]
+
+
+# ---- starting work is a compare-and-set (issue 14) ------------------------------------
+
+
+def _start(*args: str, cwd: Path) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "wsrun", *args],
+        cwd=cwd,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _wait_for(paths: list[Path], procs: list[subprocess.Popen[str]]) -> None:
+    deadline = time.monotonic() + 60
+    while not all(p.exists() for p in paths):
+        assert time.monotonic() < deadline and all(p.poll() is None for p in procs), [
+            p.stderr.read() for p in procs if p.poll() is not None and p.stderr
+        ]
+        time.sleep(0.02)
+
+
+def _race_recipe(tmp_path: Path, cas: bool) -> Path:
+    """Read the OUS, wait until every racer has read it, then claim it."""
+    guard = 'expect_version: "{{ steps.ous.outputs.version }}"' if cas else ""
+    return write(
+        tmp_path / f"race{int(cas)}.yaml",
+        f"""
+        recipe: race
+        inputs:
+          n: {{type: string, positional: true}}
+        steps:
+          - id: ous
+            uses: get-state
+            with: {{kind: ous, id: X1}}
+          - uses: template
+            with: {{to: "read-{{{{ inputs.n }}}}", content: read}}
+          - uses: wait-files
+            with: {{base: ., paths: [go], timeout: 60}}
+          - uses: set-state
+            with:
+              kind: ous
+              id: X1
+              state: ReadyForProcessing
+              attributes: {{launched: "{{{{ inputs.n }}}}"}}
+              {guard}
+        """,
+    )
+
+
+@pytest.mark.parametrize("cas", [True, False])
+def test_of_racers_that_read_the_same_version_exactly_one_wins(
+    store: StateStore, tmp_path: Path, cas: bool
+) -> None:
+    store.transition("ous", "X1", state="ReadyForProcessing", create=True)
+    recipe = _race_recipe(tmp_path, cas)
+    racers = [_start(str(recipe), str(n), cwd=tmp_path) for n in range(4)]
+    _wait_for([tmp_path / f"read-{n}" for n in range(4)], racers)
+    (tmp_path / "go").touch()
+    codes = [p.wait(timeout=60) for p in racers]
+    errors = [p.stderr.read() for p in racers if p.stderr]
+    if not cas:  # the control: without the compare-and-set every racer "wins"
+        assert codes == [0, 0, 0, 0]
+        return
+    assert sorted(codes) == [0, 1, 1, 1], errors
+    winner = str(codes.index(0))
+    assert store.get("ous", "X1").attributes["launched"] == winner  # type: ignore[union-attr]
+    assert len(store.history("ous", "X1")) == 2
+    refused = [e for code, e in zip(codes, errors, strict=True) if code == 1]
+    assert all("ous X1 changed (version 2, expected 1)" in e for e in refused), refused
+
+
+def test_four_launchers_after_a_qa2_fail_launch_once(
+    store: StateStore, tmp_path: Path, wsrun_home: Path
+) -> None:
+    from wsrun.bus import open_bus
+
+    ous = "uid://X1/X1/Xb0"
+    store.transition("ous", ous, state="ReadyForProcessing", create=True)
+    for state in ("Processing", "ReadyForReview", "Reviewing", "ReadyForProcessing"):
+        store.transition("ous", ous, state=state, attributes={"launched": False})
+    args = ("alma/launcher", "2015.1.00657.S", ous, "PipelineCalibration", "EU")
+    launchers = [_start(*args, cwd=tmp_path) for _ in range(4)]
+    codes = [p.wait(timeout=60) for p in launchers]
+    errors = [p.stderr.read() for p in launchers if p.stderr]
+    assert sorted(codes) == [0, 1, 1, 1], errors
+    bus = open_bus(f"sqlite:///{wsrun_home}/bus.db")
+    try:
+        assert [m.selector for m in bus.messages()] == ["pipeline.process.EU"]
+    finally:
+        bus.close()
+    assert [c.state for c in store.history("ous", ous)][-2:] == ["ReadyForProcessing"] * 2
+
+
+def test_a_claim_is_taken_over_by_its_claimant_and_refused_to_others(
+    store: StateStore, cli, tmp_path: Path
+) -> None:
+    recipe = write(
+        tmp_path / "claim.yaml",
+        """
+        recipe: claim
+        inputs:
+          token: {type: string, positional: true}
+        steps:
+          - uses: set-state
+            with: {kind: ous, id: X1, state: Processing, expect: ReadyForProcessing, claim: "{{ inputs.token }}"}
+        """,
+    )
+    store.transition("ous", "X1", state="ReadyForProcessing", create=True)
+    assert cli(recipe, "m1").code == 0
+    other = cli(recipe, "m2")
+    assert other.code == 1 and "ous X1 is already Processing, claimed by m1" in other.err
+    again = cli(recipe, "m1")  # the same message redelivered: takes it over
+    assert again.code == 0, again.err
+    ous = store.get("ous", "X1")
+    assert ous is not None and ous.attributes["claim"] == "m1"
+    assert [c.state for c in store.history("ous", "X1")] == ["ReadyForProcessing", "Processing"]

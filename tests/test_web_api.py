@@ -287,6 +287,21 @@ def test_distillery_api_queues_and_validates(live_server) -> None:
     assert message.selector == "distillery.process"
 
 
+def test_distillery_queue_shows_only_json_booleans_as_requested(live_server) -> None:
+    """A request another client sent with "yes"/"no" strings: the worker refuses
+    it (message bodies are JSON), so the page must not show it as requested."""
+    from wsrun.bus import open_bus
+
+    bus = open_bus()
+    bus.publish("distillery.process", {"collection": "MS07", "preservation": "no", "access": "yes"})
+    bus.publish("distillery.process", {"collection": "MS08", "preservation": True, "access": False})
+    server = live_server()
+    with csrf_client(server) as c:
+        rows = {r["collection"]: r for r in c.get("/api/distillery").json()}
+    assert (rows["MS07"]["preservation"], rows["MS07"]["access"]) == (False, False)
+    assert (rows["MS08"]["preservation"], rows["MS08"]["access"]) == (True, False)
+
+
 # ---- QA2 review -----------------------------------------------------------------
 
 

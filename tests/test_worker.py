@@ -11,6 +11,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 import pytest
 
@@ -80,8 +81,8 @@ recipe: hello
 on: {message: "hello.{{ inputs.site }}"}
 inputs:
   site: {type: string}
-  name: {type: string, required: true}
-  count: {type: int, default: 1}
+  name: {type: string, required: true, from_message: true}
+  count: {type: int, default: 1, from_message: true}
 steps:
   - uses: template
     with:
@@ -113,9 +114,12 @@ def test_a_message_runs_its_recipe_and_a_bad_body_is_parked_dead(
     assert (tmp_path / "out" / "ann.txt").read_text() == "ann x1 at EU via hello.EU"
     assert (tmp_path / "out" / "bob.txt").read_text() == "bob x3 at EU via hello.EU"
     assert bus.get(bad).error == (
-        "invalid message for hello: input 'count': 'many' is not a valid int"
+        "invalid message for hello: input 'count': 'many' is not a whole number"
+        " (message bodies are JSON)"
     )
-    assert "unknown input(s) nom" in bus.get(unknown).error
+    assert bus.get(unknown).error == (
+        "invalid message for hello: the body may not set nom (a message may carry name, count)"
+    )
     assert worker.stop() == 0
     assert waiting("hello:hello.EU") == {"dead": 2} and bus.counts()[""] == {"ready": 1}
     if bus_backend.startswith("sqlite"):
@@ -151,10 +155,10 @@ def test_a_failing_run_is_retried_then_parked_dead_and_can_be_resent(
         recipe: flaky
         on: {message: flaky.run}
         inputs:
-          marker: {type: path}
+          marker: {type: path, from_message: true, within: .}
         steps:
           - uses: shell
-            with: {argv: [sh, -c, 'echo x >> tries; test -e "$0"', "{{ inputs.marker }}"]}
+            with: {argv: [sh, -c, 'echo x >> tries; test -e "$0" || exit 75', "{{ inputs.marker }}"]}
         """,
     )
     worker = start_worker("flaky.yaml", "--bus", url)
@@ -162,7 +166,7 @@ def test_a_failing_run_is_retried_then_parked_dead_and_can_be_resent(
     id = bus.publish("flaky.run", {"marker": "ok-now"})
     until(lambda: getattr(bus.get(id), "status", None) == "dead", what="the message to go dead")
     dead = bus.get(id)
-    assert dead.attempts == 2 and "sh exited with code 1" in dead.error
+    assert dead.attempts == 2 and "sh exited with code 75" in dead.error
     assert (tmp_path / "tries").read_text() == "x\nx\n"
     (tmp_path / "ok-now").touch()
     assert run_wsrun("bus", "resend", id, "--bus", url, cwd=tmp_path).code == 0
@@ -180,8 +184,8 @@ def test_a_recipe_answers_a_call_from_another_recipe(
         recipe: xtss
         on: {message: xtss}
         inputs:
-          operation: {type: string}
-          ousUID: {type: string}
+          operation: {type: string, from_message: true}
+          ousUID: {type: string, from_message: true}
         steps:
           - uses: reply
             with:
@@ -210,7 +214,7 @@ def test_a_recipe_answers_a_call_from_another_recipe(
         recipe: asker
         on: {message: ask.go}
         inputs:
-          ous: {type: string}
+          ous: {type: string, from_message: true}
         steps:
           - id: ask
             uses: call
@@ -276,7 +280,7 @@ def test_sigterm_finishes_the_run_in_progress_and_loses_nothing(
         recipe: slow
         on: {message: slow.job}
         inputs:
-          n: {type: int}
+          n: {type: int, from_message: true}
         steps:
           - uses: shell
             with: {argv: [sh, -c, 'touch started; sleep 1; echo "$0" >> done.txt', "n{{ inputs.n }}"]}
@@ -309,9 +313,9 @@ def test_a_state_change_runs_the_recipe_subscribed_to_it(
         recipe: tracker
         on: {state: {kind: ous, to: DeliveryInProgress, substate: ProductsIngested}}
         inputs:
-          id: {type: string}
-          state: {type: string}
-          products: {type: int, default: 0}
+          id: {type: string, from_message: true}
+          state: {type: string, from_message: true}
+          products: {type: int, default: 0, from_message: true}
         steps:
           - uses: shell
             with: {argv: [sh, -c, 'echo "$0 $1 $2" >> tracked', "{{ inputs.id }}", "{{ inputs.state }}", "p{{ inputs.products }}"]}
@@ -375,3 +379,352 @@ def test_a_folder_gives_every_recipe_in_it_with_a_trigger(tmp_path: Path, start_
     until(lambda: (tmp_path / "out" / "fay.txt").exists(), what="fay.txt")
     assert worker.stop() == 0
     assert os.path.exists(tmp_path / "wsrun-home" / "journal.db")
+
+
+# ---- untrusted messages (issue 14) ---------------------------------------------------
+
+
+def _foreign_publish(url: str, routing_key: str, bodies: list[bytes]) -> None:
+    """Publish as another client would: bare pika, no ``type`` or ``message_id``."""
+    import pika
+
+    parts = urlsplit(url)
+    prefix = dict(parse_qsl(parts.query)).get("prefix", "")
+    connection = pika.BlockingConnection(pika.URLParameters(urlunsplit(parts._replace(query=""))))
+    try:
+        channel = connection.channel()
+        for body in bodies:
+            channel.basic_publish(prefix + "wsrun", routing_key, body)
+    finally:
+        connection.close()
+
+
+def _sqlite_insert(url: str, queue: str, selector: str, bodies: list[bytes]) -> None:
+    """Rows another program wrote straight into the embedded bus's table."""
+    import sqlite3
+    import uuid
+
+    from wsrun.bus.sqlite import sqlite_path
+
+    db = sqlite3.connect(sqlite_path(url))
+    with db:
+        for body in bodies:
+            id = uuid.uuid4().hex[:16]
+            db.execute(
+                "INSERT INTO messages (id, origin, selector, body, queue, status, created,"
+                " available) VALUES (?, ?, ?, ?, ?, 'ready', ?, ?)",
+                (id, id, selector, body, queue, time.time(), time.time()),
+            )
+    db.close()
+
+
+def test_poison_bodies_are_parked_dead_once_and_the_worker_goes_on(
+    tmp_path: Path, start_worker, bus_backend: str
+) -> None:
+    recipe = write(tmp_path / "hello.yaml", HELLO)
+    (tmp_path / "out").mkdir()
+    worker = start_worker(str(recipe), "--set", "site=EU")
+    poison = [b"not json {", b'{"name": "\xff\xfe"}', b'["name", "ann"]']
+    foreign = [b'{"name": "fox"}']
+    if bus_backend.startswith("amqp"):
+        _foreign_publish(bus_backend, "hello.EU", poison + foreign)
+    else:
+        _sqlite_insert(bus_backend, "hello:hello.EU", "hello.EU", poison + foreign)
+    bus = open_bus()
+    until(lambda: (tmp_path / "out" / "fox.txt").exists(), what="the foreign message's run")
+    until(lambda: waiting("hello:hello.EU") == {"dead": 3}, what="three dead messages")
+    assert worker.proc.poll() is None  # still running
+    bus.publish("hello.EU", {"name": "gil"})
+    until(lambda: (tmp_path / "out" / "gil.txt").exists(), what="a later message's run")
+    dead = sorted(bus.messages(status="dead"), key=lambda m: m.error or "")
+    errors = [m.error for m in dead]
+    assert errors[0].startswith("invalid message for hello: the body is an array")
+    assert errors[1].startswith("invalid message for hello: the body is not JSON")
+    assert errors[2].startswith("invalid message for hello: the body is not UTF-8")
+    assert all(m.selector == "hello.EU" and m.id for m in dead)
+    # the foreign message got its selector from the routing key
+    assert (tmp_path / "out" / "fox.txt").read_text() == "fox x1 at EU via hello.EU"
+    assert worker.stop() == 0
+    log = worker.text()
+    assert log.count("parked dead") == 3 and "Traceback" not in log
+    shown = run_wsrun("bus", "ls", "--status", "dead", cwd=tmp_path)
+    assert shown.code == 0 and shown.out.count("dead") == 3
+    one = run_wsrun("bus", "show", dead[1].id, cwd=tmp_path)
+    assert "  invalid: the body is not JSON" in one.out and '"not json {"' in one.out
+    resent = run_wsrun("bus", "resend", dead[0].id, cwd=tmp_path)
+    assert resent.code == 0, resent.err
+
+
+CACHE = """
+recipe: cache
+on: {message: "cached.{{ inputs.exec }}"}
+inputs:
+  exec: {type: string, required: true}
+  cache: {type: path, required: true}
+  euc: {type: string}
+  nac: {type: string}
+  flag: {type: bool, default: false, from_message: true}
+  name: {type: string, required: true, from_message: true}
+  extra: {type: path, from_message: true, within: "{{ inputs.cache }}"}
+steps:
+  - uses: shell
+    with: {argv: [sh, -c, 'echo "$0 $1 $2 $3" >> "$4/handled"', "{{ inputs.euc }}", "{{ inputs.name }}", "f{{ inputs.flag }}", "{{ inputs.extra }}", "{{ inputs.cache }}"]}
+"""
+
+
+def test_a_body_cannot_override_what_the_worker_was_given(
+    tmp_path: Path, start_worker, bus_backend: str
+) -> None:
+    """The JAO cache attack: a cached.JAO body carrying its own euc and cache."""
+    write(tmp_path / "cache.yaml", CACHE)
+    (tmp_path / "jao").mkdir()
+    (tmp_path / "jao" / "in").mkdir()
+    (tmp_path / "jao" / "up").symlink_to(tmp_path)
+    worker = start_worker(
+        "cache.yaml", *("--set", "exec=JAO", "--set", "cache=jao", "--set", "euc=eu-cache")
+    )
+    bus = open_bus()
+    attacks = {
+        bus.publish("cached.JAO", {"name": "x", "euc": "/etc", "cache": "/tmp"}): (
+            "the body may not set euc (fixed by the worker), cache (fixed by the worker)"
+            " (a message may carry flag, name, extra)"
+        ),
+        bus.publish("cached.JAO", {"name": "x", "nac": "/etc"}): "the body may not set nac (",
+        bus.publish("cached.JAO", {"name": "x", "exec": "EU"}): "exec (fixed by the worker)",
+        bus.publish("cached.JAO", {"name": "x", "flag": "no"}): (
+            "input 'flag': 'no' is not true or false (message bodies are JSON)"
+        ),
+        bus.publish("cached.JAO", {"name": "x", "extra": "/etc/passwd"}): (
+            f"input 'extra': '/etc/passwd' is outside {tmp_path / 'jao'}"
+        ),
+        bus.publish("cached.JAO", {"name": "x", "extra": "jao/up/cache.yaml"}): "is outside",
+    }
+    good = bus.publish(
+        "cached.JAO", {"name": "ok", "flag": False, "exec": "JAO", "extra": "jao/in"}
+    )
+    handled = tmp_path / "jao" / "handled"
+    until(lambda: handled.exists(), what="the good message's run")
+    until(lambda: waiting("cache:cached.JAO") == {"dead": len(attacks)}, what="dead attacks")
+    assert handled.read_text() == f"eu-cache ok fFalse {tmp_path / 'jao' / 'in'}\n"
+    for id, reason in attacks.items():
+        assert reason in bus.get(id).error, bus.get(id).error
+    assert bus.get(good) is None or bus.get(good).status == "done"
+    assert worker.stop() == 0
+
+
+def test_the_jao_cache_takes_no_directory_from_a_message(tmp_path: Path, start_worker) -> None:
+    """The attack of issue 14: a cached.JAO body with its own euc and cache made
+    the JAO cache rsync an arbitrary directory into another."""
+    eu, jao, secret, elsewhere = (tmp_path / n for n in ("eu", "jao", "secret", "elsewhere"))
+    for d in (eu / "p1", secret / "p1", elsewhere):
+        d.mkdir(parents=True)
+    (eu / "p1" / "product.data").write_text("product")
+    (secret / "p1" / "key").write_text("secret")
+    worker = start_worker(
+        "alma/replicated-cache",
+        *("--set", "exec=JAO", "--set", f"cache={jao}"),
+        *("--set", f"euc={eu}"),
+    )
+    bus = open_bus()
+    request = {"fileType": "productsdir", "cachedAt": "EU", "name": "p1"}
+    attack = bus.publish("cached.JAO", {**request, "euc": str(secret), "cache": str(elsewhere)})
+    archive = bus.publish("cached.JAO", {**request, "archive": str(elsewhere / "archive")})
+    good = bus.publish("cached.JAO", request)
+    until(lambda: (jao / "p1" / "product.data").exists(), what="the request's pull")
+    until(lambda: waiting("alma/replicated-cache:cached.JAO") == {"dead": 2}, what="2 dead")
+    assert (
+        "the body may not set euc (fixed by the worker), cache (fixed by" in bus.get(attack).error
+    )
+    assert "the body may not set archive (a message may carry" in bus.get(archive).error
+    assert not (jao / "p1" / "key").exists() and list(elsewhere.iterdir()) == []
+    assert bus.get(good).status == "done"
+    assert worker.stop() == 0
+
+
+def test_a_duplicate_request_for_an_ous_being_processed_is_acked_not_run(
+    tmp_path: Path, start_worker, bus_backend: str
+) -> None:
+    from conftest import ROOT
+    from wsrun.state import load_lifecycle, open_state_store
+
+    ous = "uid://X1/X1/Xb0"
+    store = open_state_store()
+    store.register_lifecycle(load_lifecycle(str(ROOT / "recipes/alma/ous-lifecycle.yaml")))
+    store.transition("ous", ous, state="ReadyForProcessing", create=True)
+    store.transition("ous", ous, state="Processing", attributes={"claim": "first-message"})
+    worker = start_worker(
+        "alma/pipeline-driver",
+        *("--set", "exec=EU", "--set", f"cache={tmp_path / 'eu'}", "--set", "failure_rate=0"),
+    )
+    request = {"progID": "2015.1.00657.S", "ousUID": ous, "recipe": "PipelineCalibration"}
+    bus = open_bus()
+    id = bus.publish("pipeline.process.EU", request)
+    worker.wait_for(f"message {id} acked as a duplicate")
+    assert "ous uid://X1/X1/Xb0 is already Processing, claimed by first-message" in worker.text()
+    assert waiting("alma/pipeline-driver:pipeline.process.EU") == {}
+    assert [c.state for c in store.history("ous", ous)] == ["ReadyForProcessing", "Processing"]
+    assert not (tmp_path / "eu").exists() and not (tmp_path / "eu-pipeline").exists()
+    assert worker.stop() == 0
+
+
+class _Busy:
+    """A web service that answers 503 with Retry-After: 1 once, then 200."""
+
+    def __init__(self) -> None:
+        import http.server
+        import threading
+
+        self.times: list[float] = []
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                outer.times.append(time.monotonic())
+                busy = len(outer.times) == 1
+                self.send_response(503 if busy else 200)
+                if busy:
+                    self.send_header("Retry-After", "1")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+
+def test_only_transient_failures_are_retried(
+    tmp_path: Path, start_worker, bus_backend: str
+) -> None:
+    """Unknown entity: dead at once. 503 with Retry-After: retried, not sooner.
+    A refused connection: retried until the attempts are used up (3 here)."""
+    write(
+        tmp_path / "fetch.yaml",
+        """
+        recipe: fetch
+        on: {message: fetch.go}
+        inputs:
+          what: {type: string, from_message: true}
+          url: {type: string, from_message: true}
+        steps:
+          - if: inputs.what == 'unknown'
+            uses: set-state
+            with: {kind: ous, id: nobody, state: Processing}
+          - if: inputs.what == 'web'
+            uses: http
+            with: {url: "{{ inputs.url }}", retries: 0, timeout: 10}
+        """,
+    )
+    service = _Busy()
+    worker = start_worker("fetch.yaml", "alma/product-ingestor", "--set", "cache=jao")
+    bus = open_bus()
+    unknown = bus.publish("fetch.go", {"what": "unknown"})
+    no_ous = bus.publish("ingest.JAO", {"ousUID": "uid://X9", "timestamp": "t", "productsDir": "p"})
+    busy = bus.publish("fetch.go", {"what": "web", "url": service.url})
+    down = bus.publish("fetch.go", {"what": "web", "url": "http://127.0.0.1:1/"})
+    until(lambda: len(service.times) == 2, what="the busy service to be asked again")
+    until(lambda: waiting("fetch:fetch.go") == {"dead": 2}, what="two dead messages")
+    assert service.times[1] - service.times[0] >= 1.0  # honoured Retry-After
+    log = worker.text()
+    assert f"message {unknown} failed (run " in log
+    assert "attempt 1; parked dead: a permanent failure): " in log
+    assert "no ous 'nobody'" in bus.get(unknown).error
+    assert f"message {busy} failed" in log and "will be retried" in log
+    assert bus.get(down).attempts == 3 and "ConnectError" in bus.get(down).error
+    until(lambda: waiting("alma/product-ingestor:ingest.JAO") == {"dead": 1}, what="no OUS")
+    assert bus.get(no_ous).attempts == 1 and "uid://X9: no such OUS" in bus.get(no_ous).error
+    assert bus.get(unknown).attempts == 1
+    if bus_backend.startswith("sqlite"):  # RabbitMQ keeps no handled messages
+        assert bus.get(busy).status == "done"
+    assert worker.stop() == 0
+
+
+def test_yes_and_no_in_a_distillery_request_stay_strings(
+    tmp_path: Path, start_worker, bus_backend: str
+) -> None:
+    """Message bodies are JSON: "no" is a string, so the request is refused,
+    not read as false (nor, as the web page read it, as true)."""
+    worker = start_worker(
+        "distillery/alchemist",
+        *("--set", f"edu.caltech.distillery.initialFiles={tmp_path / 'initial'}"),
+        *("--set", f"edu.caltech.distillery.completedFiles={tmp_path / 'completed'}"),
+    )
+    bus = open_bus()
+    ids = [
+        bus.publish("distillery.process", {"collection": "MS01", "preservation": "no"}),
+        bus.publish("distillery.process", {"collection": "MS01", "access": "yes"}),
+        bus.publish("distillery.process", {"collection": "MS01", "access": "false"}),
+        # the recipe's settings, by their local and their dotted names
+        bus.publish(
+            "distillery.process",
+            {"collection": "MS01", "access": True, "initial": "/", "completed": "/tmp"},
+        ),
+        bus.publish(
+            "distillery.process",
+            {"collection": "MS01", "access": True, "edu.caltech.distillery.initialFiles": "/"},
+        ),
+    ]
+    until(lambda: waiting("distillery/alchemist:distillery.process") == {"dead": 5})
+    errors = [bus.get(id).error for id in ids]
+    assert errors == [
+        "invalid message for distillery/alchemist: input 'preservation': 'no' is not true"
+        " or false (message bodies are JSON)",
+        "invalid message for distillery/alchemist: input 'access': 'yes' is not true"
+        " or false (message bodies are JSON)",
+        "invalid message for distillery/alchemist: input 'access': 'false' is not true"
+        " or false (message bodies are JSON)",
+        "invalid message for distillery/alchemist: the body may not set initial, completed"
+        " (a message may carry collection, preservation, access)",
+        "invalid message for distillery/alchemist: the body may not set"
+        " edu.caltech.distillery.initialFiles (a message may carry collection, preservation,"
+        " access)",
+    ]
+    assert not (tmp_path / "initial").exists() and not (tmp_path / "completed").exists()
+    assert worker.stop() == 0
+
+
+def test_a_path_a_message_may_set_must_declare_its_roots(tmp_path: Path, cli) -> None:
+    write(
+        tmp_path / "loose.yaml",
+        """
+        recipe: loose
+        on: {message: loose.go}
+        inputs:
+          where: {type: path, from_message: true}
+          name: {type: string, from_message: true, within: /srv}
+        steps: [{uses: noop}]
+        """,
+    )
+    checked = cli("validate", "loose.yaml")
+    assert checked.code == 2
+    assert "input 'where' is a path a message may set: declare the directories" in checked.err
+    assert "input 'name' is not a path: 'within' confines paths only" in checked.err
+
+
+def test_a_file_trigger_takes_only_paths_under_its_glob(tmp_path: Path, start_worker) -> None:
+    write(
+        tmp_path / "watch.yaml",
+        """
+        recipe: watch
+        on: {file: "inbox/*.txt"}
+        inputs:
+          path: {type: path}
+        steps:
+          - uses: shell
+            with: {argv: [sh, -c, 'echo "$0" >> handled', "{{ inputs.path }}"]}
+        """,
+    )
+    (tmp_path / "inbox").mkdir()
+    worker = start_worker("watch.yaml")
+    queue = worker.text().split("(queue ")[1].split(")")[0]
+    selector = "wsrun." + queue.split(":", 1)[1]
+    bus = open_bus()
+    outside = bus.publish(selector, {"path": "/etc/passwd"})
+    extra = bus.publish(selector, {"path": str(tmp_path / "inbox" / "a.txt"), "x": 1})
+    until(lambda: waiting(queue) == {"dead": 2}, what="two dead messages")
+    assert "'/etc/passwd' is outside" in bus.get(outside).error
+    assert 'body is {"path": "..."} and nothing else' in bus.get(extra).error
+    assert not (tmp_path / "handled").exists()
+    assert worker.stop() == 0

@@ -48,7 +48,15 @@ def _transport(url: str) -> Any:
 
 
 class ArchivesSpaceError(Exception):
-    """The API refused or failed a request; the message names it without secrets."""
+    """The API refused or failed a request; the message names it without secrets.
+    ``transient``: the service was unreachable or busy (5xx, 429), worth a retry."""
+
+    def __init__(
+        self, message: str, transient: bool = False, retry_after: float | None = None
+    ) -> None:
+        super().__init__(message)
+        self.transient = transient
+        self.retry_after = retry_after
 
 
 class ArchivesSpace:
@@ -86,11 +94,16 @@ class ArchivesSpace:
                 data={"password": self._password},
             )
         except httpx.HTTPError as e:
-            raise ArchivesSpaceError(f"cannot reach ArchivesSpace at {self.url}: {e}") from None
+            raise ArchivesSpaceError(
+                f"cannot reach ArchivesSpace at {self.url}: {e}", transient=True
+            ) from None
         if response.status_code != 200:
+            busy = response.status_code >= 500 or response.status_code == 429
             raise ArchivesSpaceError(
                 f"ArchivesSpace login failed for user '{self.username}' at {self.url} "
-                f"(status {response.status_code}): check the user name and password"
+                f"(status {response.status_code}): "
+                + ("the service is unavailable" if busy else "check the user name and password"),
+                transient=busy,
             )
         token = str(response.json()["session"])
         _tokens[self._key] = token
@@ -107,13 +120,18 @@ class ArchivesSpace:
                     method, path, headers={SESSION_HEADER: token}, **kwargs
                 )
             except httpx.HTTPError as e:
-                raise ArchivesSpaceError(f"{method} {path}: {e}") from None
+                raise ArchivesSpaceError(f"{method} {path}: {e}", transient=True) from None
             if response.status_code in (403, 412) and attempt == 0:
                 _tokens.pop(self._key, None)  # the session expired: log in again
                 continue
             if response.status_code >= 400:
+                from wsrun.steps.http import retry_after
+
+                status = response.status_code
                 raise ArchivesSpaceError(
-                    f"{method} {path}: status {response.status_code}: {_error(response)}"
+                    f"{method} {path}: status {status}: {_error(response)}",
+                    transient=status >= 500 or status == 429,
+                    retry_after=retry_after(response.headers.get("retry-after")),
                 )
             return response.json()
         raise AssertionError("unreachable")

@@ -92,7 +92,8 @@ def _probe(backend: str, url: str) -> str:
         parts = urlsplit(url)
         port = parts.port or (5671 if scheme == "amqps" else 5672)
         with socket.create_connection((parts.hostname or "localhost", port), timeout=TIMEOUT):
-            return f"AMQP broker listening on {parts.hostname or 'localhost'}:{port}"
+            pass
+        return _amqp_login(url)
     if scheme in ("", "sqlite", "file"):
         path = urlsplit(url).path if "://" in url else url
         detail = _probe_local(path, directory=backend == "archive")
@@ -100,6 +101,34 @@ def _probe(backend: str, url: str) -> str:
             detail += f"; files {_probe_files(url, required=False)}"
         return detail
     raise RuntimeError(f"unsupported URL scheme '{scheme}'")
+
+
+def _amqp_login(url: str) -> str:
+    """Log in to the broker with the URL's user, password and vhost: an open
+    port says nothing about a wrong password or a missing vhost."""
+    from urllib.parse import parse_qsl, urlencode, urlunsplit
+
+    import pika
+    import pika.exceptions
+
+    from wsrun.bus.amqp import OPTIONS
+
+    parts = urlsplit(url)
+    query = urlencode([(k, v) for k, v in parse_qsl(parts.query) if k not in OPTIONS])
+    params = pika.URLParameters(urlunsplit(parts._replace(query=query)))
+    params.socket_timeout = params.blocked_connection_timeout = TIMEOUT
+    params.connection_attempts = 1
+    try:
+        pika.BlockingConnection(params).close()
+    except pika.exceptions.ProbableAuthenticationError:
+        raise RuntimeError(f"login refused for user '{params.credentials.username}'") from None
+    except pika.exceptions.ProbableAccessDeniedError:
+        raise RuntimeError(
+            f"user '{params.credentials.username}' may not use vhost '{params.virtual_host}'"
+        ) from None
+    except pika.exceptions.AMQPError as e:
+        raise RuntimeError(f"cannot log in: {type(e).__name__}: {e}") from None
+    return f"AMQP broker on {parts.hostname or 'localhost'}:{parts.port or 5672}, logged in as {params.credentials.username} (vhost {params.virtual_host})"
 
 
 def _probe_local(path: str, directory: bool) -> str:

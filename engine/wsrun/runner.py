@@ -86,6 +86,8 @@ class RunReport:
     outputs: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
     traceback: str | None = None
+    #: The exception behind ``error`` (the worker decides from it whether to retry).
+    cause: BaseException | None = field(default=None, repr=False)
 
     def to_json(self) -> dict[str, Any]:
         d: dict[str, Any] = {
@@ -344,6 +346,7 @@ class Runner:
         if failure is not None:
             report.status = "failed"
             report.error = failure.message
+            report.cause = failure.cause
             if failure.cause is not None and failure.cause.__traceback__ is not None:
                 trace = "".join(traceback.format_exception(failure.cause))
                 report.traceback = self.masker.text(trace)
@@ -642,7 +645,7 @@ class Runner:
         sub_report = child.run()
         effects = [eff for s in sub_report.steps for eff in s.effects]
         if sub_report.status == "failed":
-            raise StepFailed(f"in recipe '{uses}': {sub_report.error}")
+            raise StepFailed(f"in recipe '{uses}': {sub_report.error}", sub_report.cause)
         return effects, sub_report.outputs
 
 

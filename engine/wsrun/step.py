@@ -93,16 +93,32 @@ class StepError(Exception):
     """A step failed for a reason the operator can act on.
 
     ``path`` names the file or value at fault; the runner prints it with the
-    step's id and recipe line, without a traceback.
+    step's id and recipe line, without a traceback. ``transient`` marks a
+    failure worth trying again later (a service down or busy, a timeout):
+    ``wsrun worker`` retries only those, not before ``retry_after`` seconds.
     """
 
-    def __init__(self, message: str, path: str | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        path: str | None = None,
+        *,
+        transient: bool = False,
+        retry_after: float | None = None,
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.path = path
+        self.transient = transient
+        self.retry_after = retry_after
 
     def __str__(self) -> str:
         return f"{self.path}: {self.message}" if self.path else self.message
+
+
+class DuplicateWork(StepError):
+    """The work is already claimed by another claimant (``set-state`` with
+    ``claim``): ``wsrun worker`` acks the message as a duplicate."""
 
 
 @dataclass
@@ -182,7 +198,7 @@ class StepContext:
     def check_deadline(self) -> None:
         """Long loops call this between units of work to honour ``timeout:``."""
         if self.deadline is not None and time.monotonic() > self.deadline:
-            raise StepError("timed out")
+            raise StepError("timed out", transient=True)
 
 
 class UnknownStep(LookupError):

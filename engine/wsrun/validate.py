@@ -311,6 +311,18 @@ class _Checker:
             kind = spec.get("type", "string")
             if kind == "choice" and not spec.get("choices"):
                 self.add(("inputs", name), f"input '{name}' is a choice but lists no 'choices'")
+            paths = kind == "path" or (kind == "list" and spec.get("items") == "path")
+            if spec.get("within") and not paths:
+                self.add(
+                    ("inputs", name, "within"),
+                    f"input '{name}' is not a path: 'within' confines paths only",
+                )
+            if spec.get("from_message") and paths and not spec.get("within"):
+                self.add(
+                    ("inputs", name, "from_message"),
+                    f"input '{name}' is a path a message may set: declare the directories it"
+                    " must lie in with 'within'",
+                )
             if spec.get("positional") and spec.get("flags"):
                 self.add(
                     ("inputs", name, "flags"), f"input '{name}' is positional and cannot have flags"

@@ -3,16 +3,20 @@
 Every trigger becomes a durable bus queue, so all three kinds share one
 delivery path: a message is claimed atomically, the recipe runs through the
 normal Runner (journaled like any run, in a thread of this process), and the
-message is acked only after the run succeeded. A failed run is retried with
-back-off and then parked as dead; a body that is not valid input is parked
-dead at once with the validation error.
+message is acked only after the run succeeded. A run that failed for a
+transient reason (a service down, a timeout) is retried with back-off and then
+parked as dead; any other failure, and a body that cannot be read or is not
+valid input, is parked dead at once with the reason; work another run already
+claimed is acked as a duplicate (``wsrun.failures``).
 
-- ``on: {message: SELECTOR}``: queue ``<recipe>:<selector>``; the body is the inputs.
+- ``on: {message: SELECTOR}``: queue ``<recipe>:<selector>``; the body fills the
+  inputs marked ``from_message`` that ``--set`` did not fix (``wsrun.worker_inputs``).
 - ``on: {state: {kind, to, from?, substate?}}``: queue ``<recipe>:state.<kind>.<to>``,
   fed by ``relay_state_changes``, which this worker runs several times a second; the
-  entity's fields become the inputs the recipe declares.
+  entity's fields fill the inputs marked ``from_message``.
 - ``on: {file: GLOB}``: the worker scans the glob and publishes each new, settled
-  file to the recipe's own queue; files handled are remembered in
+  file (input ``path``, which must lie under the glob's fixed directory) to the
+  recipe's own queue; files handled are remembered in
   ``worker.db`` under ``$WSRUN_HOME``, across restarts.
 
 Stopping (SIGTERM/SIGINT, or ``stop()``): no new claims; runs in progress
@@ -37,10 +41,12 @@ from wsrun import expr
 from wsrun.bus import Bus, Message
 from wsrun.bus.base import DEFAULT_LEASE
 from wsrun.bus.events import relay_state_changes
+from wsrun.failures import classify
 from wsrun.journal import Journal, default_home
 from wsrun.recipe import Recipe, RecipeNotFound, load_recipe, resolve
-from wsrun.runner import RunError, Runner, coerce_inputs, convert_input
+from wsrun.runner import RunError, Runner, coerce_inputs, convert_input, resolve_settings
 from wsrun.settings import Settings
+from wsrun.worker_inputs import InvalidMessage, confine, from_body
 
 #: Seconds between two looks for new files.
 FILE_SCAN_EVERY = 0.25
@@ -72,19 +78,43 @@ class Trigger:
     glob: str | None = None
     label: str = field(default="")
 
-    def inputs(self, message: Message) -> dict[str, Any] | None:
+    def inputs(
+        self, message: Message, workdir: str, settings: dict[str, Any]
+    ) -> dict[str, Any] | None:
         """The run's inputs from a message; None when a state change does not
-        pass the trigger's filters (the message is then simply acked)."""
+        pass the trigger's filters (the message is then simply acked).
+        InvalidMessage when the body may not start a run."""
         body = message.body
-        if self.kind != "state":
-            return {**self.given, **body}
+        if self.kind == "file":
+            if set(body) != {"path"} or not isinstance(body["path"], str):
+                raise InvalidMessage('a file trigger\'s body is {"path": "..."} and nothing else')
+            confine("path", body["path"], [glob_root(self.glob or "")], workdir)
+            return {**self.given, "path": body["path"]}
+        if self.kind == "message":
+            return from_body(self.recipe, self.given, body, workdir=workdir, settings=settings)
         if self.state_from is not None and body.get("from_state") != self.state_from:
             return None
         if self.state_substate is not None and body.get("substate") != self.state_substate:
             return None
-        offered = {**(body.get("attributes") or {}), **{k: body.get(k) for k in STATE_FIELDS}}
-        declared = self.recipe.inputs
-        return {**self.given, **{k: v for k, v in offered.items() if k in declared}}
+        attributes = body.get("attributes")
+        offered = {
+            **(attributes if isinstance(attributes, dict) else {}),
+            **{k: body.get(k) for k in STATE_FIELDS},
+        }
+        return from_body(
+            self.recipe, self.given, offered, workdir=workdir, settings=settings, strict=False
+        )
+
+
+def glob_root(pattern: str) -> str:
+    """The directory of a glob before its first wildcard: files it matches lie inside."""
+    parts = pattern.split(os.sep)
+    fixed = []
+    for part in parts[:-1]:
+        if glob.has_magic(part):
+            break
+        fixed.append(part)
+    return os.sep.join(fixed) or os.sep
 
 
 def find_recipes(refs: Sequence[str]) -> list[Recipe]:
@@ -359,11 +389,24 @@ class Worker:
             journal = self.local.journal = Journal()
         return journal
 
+    def park(self, message: Message, name: str, reason: str) -> None:
+        """Park a message that cannot start a run dead at once, logging it once."""
+        self.bus.fail(message, f"invalid message for {name}: {reason}", retry=False)
+        self.log(f"{name}: message {message.id} parked dead: {reason}")
+
     def handle(self, trigger: Trigger, message: Message) -> None:
         started = time.monotonic()
         name = trigger.recipe.name
         try:
-            inputs = trigger.inputs(message)
+            if message.invalid:
+                self.park(message, name, message.invalid)
+                return
+            try:
+                settings, _ = resolve_settings(trigger.recipe, self.settings)
+                inputs = trigger.inputs(message, self.workdir, settings)
+            except (InvalidMessage, RunError) as e:
+                self.park(message, name, str(e))
+                return
             if inputs is None:
                 self.bus.ack(message)
                 return
@@ -380,16 +423,30 @@ class Worker:
                     log=lambda line: self.log(f"{name}: {line}"),
                 )
             except RunError as e:
-                self.bus.fail(message, f"invalid message for {name}: {e}", retry=False)
-                self.log(f"{name}: message {message.id} parked dead: {e}")
+                self.park(message, name, str(e))
                 return
             runner.scope["message"] = message.scope()
             report = runner.run()
             journal.flush()
             took = time.monotonic() - started
-            if report.status == "failed":
-                status = self.bus.fail(message, report.error or "failed")
-                then = "parked dead" if status == "dead" else "will be retried"
+            verdict = classify(report.cause)
+            if report.status == "failed" and verdict.kind == "duplicate":
+                self.bus.ack(message)
+                self.log(
+                    f"{name}: message {message.id} acked as a duplicate (run {report.run_id}):"
+                    f" {report.error}"
+                )
+            elif report.status == "failed":
+                transient = verdict.kind == "transient"
+                status = self.bus.fail(
+                    message,
+                    report.error or "failed",
+                    retry=transient,
+                    delay=verdict.retry_after,
+                )
+                then = "will be retried" if status == "ready" else "parked dead"
+                if not transient:
+                    then += ": a permanent failure"
                 self.log(
                     f"{name}: message {message.id} failed (run {report.run_id}, attempt "
                     f"{message.attempts}; {then}): {report.error}"
@@ -400,8 +457,11 @@ class Worker:
                     f"{name}: message {message.id} {report.status} in {took:.2f}s (run {report.run_id})"
                 )
         except Exception as e:  # a bug or a lost database: the message is retried
-            self.bus.fail(message, f"{type(e).__name__}: {e}")
             self.log(f"{name}: message {message.id} failed: {type(e).__name__}: {e}")
+            try:
+                self.bus.fail(message, f"{type(e).__name__}: {e}")
+            except Exception as lost:  # the bus is gone too: its lease brings it back
+                self.log(f"{name}: message {message.id} not given back: {lost}")
         finally:
             with self.lock:
                 self.in_flight.pop((message.queue, message.id), None)

@@ -75,6 +75,7 @@ from wsrun.bus.base import (
     check_pattern,
     check_purge_status,
     check_selector,
+    decode_body,
     mask,
     matches,
     retry_delay,
@@ -385,7 +386,8 @@ class AmqpBus(Bus):
         return id
 
     def _republish(self, message: Message, target: str, own: dict[str, Any]) -> None:
-        """A copy of a claimed message to queue ``target`` (broker name), confirmed."""
+        """A copy of a claimed message to queue ``target`` (broker name),
+        confirmed: the bytes received, so a poison body is kept as it came."""
         props = _properties(
             message.id,
             message.selector,
@@ -394,7 +396,7 @@ class AmqpBus(Bus):
             message.reply_to,
             message.correlation_id,
         )
-        data = _dump(message.body)
+        data = message.receipt[1].body
         self._with_publisher(lambda ch: ch.basic_publish("", target, data, props))
 
     # ---- consuming -------------------------------------------------------------
@@ -410,19 +412,41 @@ class AmqpBus(Bus):
                 delivery = io.take(rq)
             if delivery is None:
                 return None
+            if not delivery.props.message_id or not delivery.props.type:
+                self._adopt(queue, delivery, io)
+                continue
             message = self._message(queue, consumer, delivery, io)
             if delivery.redelivered and message.attempts > self.max_attempts:
                 self.fail(message, "redelivered: its consumer stopped without finishing")
                 continue
             return message
 
+    def _adopt(self, queue: str, d: _Delivery, io: _Consumer) -> None:
+        """A message another client published without ``message_id`` or
+        ``type``: put it back in its queue with an id and its routing key as
+        the selector (so a redelivery keeps the id), and ack the original."""
+        head = {k: v for k, v in (d.props.headers or {}).items() if not k.startswith("x-")}
+        props = _properties(
+            d.props.message_id or uuid.uuid4().hex[:16],
+            d.props.type or d.routing_key,
+            json.loads(json.dumps(head, default=str)),
+            {H_CREATED: time.time()},
+            d.props.reply_to,
+            d.props.correlation_id,
+        )
+        target = self._q(queue)
+        self._with_publisher(lambda ch: ch.basic_publish("", target, d.body, props))
+        io.ack(d)
+
     def _message(self, queue: str, consumer: str, d: _Delivery, io: _Consumer) -> Message:
         head = dict(d.props.headers or {})
         attempts = int(head.get(H_ATTEMPTS, 0)) + 1 + (1 if d.redelivered else 0)
+        body, invalid = decode_body(d.body)
         return Message(
             id=d.props.message_id or "",
             selector=d.props.type or "",
-            body=json.loads(d.body),
+            body=body,
+            invalid=invalid,
             queue=queue,
             attempts=attempts,
             status="claimed",
@@ -450,13 +474,15 @@ class AmqpBus(Bus):
         self._ack_delivery(message)
         message.status = "done"
 
-    def fail(self, message: Message, error: str, *, retry: bool = True) -> str:
+    def fail(
+        self, message: Message, error: str, *, retry: bool = True, delay: float | None = None
+    ) -> str:
         io, _ = message.receipt
         if not io.alive():  # the broker redelivers it anyway
             return "ready"
         own = {H_ATTEMPTS: message.attempts, H_ERROR: error[:4000]}
         if retry and message.attempts < self.max_attempts:
-            delay = retry_delay(message.attempts, self.backoff)
+            delay = retry_delay(message.attempts, self.backoff, delay)
             target = self._retry_queue(message.queue, delay)
             ms = int(delay * 1000)
             self._with_publisher(
@@ -506,7 +532,7 @@ class AmqpBus(Bus):
             replies = self._local.replies = {}
 
             def on_reply(_ch: Any, _method: Any, props: Any, data: bytes) -> None:
-                replies[props.correlation_id or ""] = json.loads(data)
+                replies[props.correlation_id or ""] = decode_body(data)[0]
 
             ch.basic_consume(DIRECT_REPLY, on_reply, auto_ack=True)
             self._local.reply_channel = ch
@@ -540,11 +566,13 @@ class AmqpBus(Bus):
                 if method is None:
                     break
                 head = dict(props.headers or {})
+                data, invalid = decode_body(body)
                 found.append(
                     Message(
                         id=props.message_id or "",
                         selector=props.type or method.routing_key,
-                        body=json.loads(body),
+                        body=data,
+                        invalid=invalid,
                         queue=str(head.get(H_QUEUE, "")),
                         attempts=int(head.get(H_ATTEMPTS, 0)),
                         status=status,
@@ -598,7 +626,7 @@ class AmqpBus(Bus):
                     return Message(
                         id=mid,
                         selector=props.type or "",
-                        body=json.loads(body),
+                        body=decode_body(body)[0],
                         queue=queue,
                         created=float(head.get(H_CREATED, 0.0)),
                         headers=_user_headers(head),
@@ -675,13 +703,21 @@ class AmqpBus(Bus):
 class _Delivery:
     """A message the broker handed to this process and nobody acked yet."""
 
-    __slots__ = ("tag", "redelivered", "props", "body", "queue", "pushed")
+    __slots__ = ("tag", "redelivered", "props", "body", "queue", "pushed", "routing_key")
 
     def __init__(
-        self, tag: int, redelivered: bool, props: Any, body: bytes, queue: str, pushed: bool
+        self,
+        tag: int,
+        redelivered: bool,
+        props: Any,
+        body: bytes,
+        queue: str,
+        pushed: bool,
+        routing_key: str = "",
     ) -> None:
         self.tag, self.redelivered, self.props, self.body = tag, redelivered, props, body
         self.queue, self.pushed = queue, pushed  # pushed: by a consumer (holds a prefetch slot)
+        self.routing_key = routing_key
 
 
 class _Consumer:
@@ -788,7 +824,17 @@ class _Consumer:
         def deliver(_ch: Any, method: Any, props: Any, body: bytes) -> None:
             with self.cond:
                 self.pushed[rq] += 1
-            self._buffer(_Delivery(method.delivery_tag, method.redelivered, props, body, rq, True))
+            self._buffer(
+                _Delivery(
+                    method.delivery_tag,
+                    method.redelivered,
+                    props,
+                    body,
+                    rq,
+                    True,
+                    method.routing_key,
+                )
+            )
 
         return deliver
 
@@ -805,7 +851,17 @@ class _Consumer:
             method, props, body = self.channel.basic_get(rq)
             if method is None:
                 return False
-            self._buffer(_Delivery(method.delivery_tag, method.redelivered, props, body, rq, False))
+            self._buffer(
+                _Delivery(
+                    method.delivery_tag,
+                    method.redelivered,
+                    props,
+                    body,
+                    rq,
+                    False,
+                    method.routing_key,
+                )
+            )
             return True
 
         # a push on its way during the get lands in the buffer a moment later,

@@ -9,6 +9,7 @@ to SQLite, so an AMQP backend can implement the same class.
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from abc import ABC, abstractmethod
@@ -51,12 +52,15 @@ class Message:
     """One copy of a published message, in one queue.
 
     ``queue`` is empty for a message no queue's pattern matched yet: it waits
-    for the first matching queue to be declared.
+    for the first matching queue to be declared. ``invalid`` says why the body
+    is not a JSON object (a foreign publisher's bytes that are not UTF-8 or
+    not JSON, an array): ``body`` is then what could be read of it, and a
+    worker parks the message dead at once.
     """
 
     id: str
     selector: str
-    body: dict[str, Any]
+    body: Any
     queue: str
     attempts: int = 0
     status: str = "ready"
@@ -70,6 +74,8 @@ class Message:
     lease_until: float | None = None
     #: Not to be claimed before this time (a retry's back-off).
     available: float | None = None
+    #: Why the body cannot be used (None: a JSON object).
+    invalid: str | None = None
     #: The backend's handle on this delivery (an AMQP delivery tag), for ack/fail.
     receipt: Any = field(default=None, repr=False, compare=False)
 
@@ -90,6 +96,31 @@ class Message:
             "headers": self.headers,
             "created": self.created,
         }
+
+
+def decode_body(raw: bytes | str) -> tuple[Any, str | None]:
+    """A stored or received body: (the JSON object, None), or (what could be
+    read of it, why it is no message body). Never raises: a poison message
+    must be parked, not crash the consumer that took it."""
+    if isinstance(raw, bytes):
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            return raw.decode(
+                "utf-8", "replace"
+            ), f"the body is not UTF-8 ({e.reason} at byte {e.start})"
+    else:
+        text = raw
+    try:
+        body = json.loads(text)
+    except ValueError as e:
+        return text, f"the body is not JSON ({e})"
+    if not isinstance(body, dict):
+        kind = {list: "an array", str: "a string", bool: "a boolean"}.get(type(body), "a number")
+        if body is None:
+            kind = "null"
+        return body, f"the body is {kind}, not a JSON object"
+    return body, None
 
 
 def check_selector(selector: str) -> str:
@@ -167,9 +198,10 @@ def unconsumed(counts: dict[str, dict[str, int]]) -> int:
     return sum(n for by_status in counts.values() for s, n in by_status.items() if s in UNCONSUMED)
 
 
-def retry_delay(attempts: int, backoff: float) -> float:
-    """Seconds before retrying a message that failed its ``attempts``-th time."""
-    return backoff * (2 ** max(0, attempts - 1))
+def retry_delay(attempts: int, backoff: float, at_least: float | None = None) -> float:
+    """Seconds before retrying a message that failed its ``attempts``-th time
+    (``at_least``: a Retry-After the failure asked for)."""
+    return max(backoff * (2 ** max(0, attempts - 1)), at_least or 0.0)
 
 
 class Bus(ABC):
@@ -242,10 +274,13 @@ class Bus(ABC):
         """The message was handled: it is done."""
 
     @abstractmethod
-    def fail(self, message: Message, error: str, *, retry: bool = True) -> str:
-        """Handling failed: retry after a back-off, or park as dead once the
-        attempts are used up (at once when ``retry`` is False). Returns the
-        new status, ``ready`` or ``dead``."""
+    def fail(
+        self, message: Message, error: str, *, retry: bool = True, delay: float | None = None
+    ) -> str:
+        """Handling failed: retry after a back-off (at least ``delay`` seconds,
+        a service's Retry-After), or park as dead once the attempts are used up
+        (at once when ``retry`` is False). Returns the new status, ``ready`` or
+        ``dead``."""
 
     @abstractmethod
     def release(self, message: Message) -> None:

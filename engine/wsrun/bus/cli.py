@@ -136,6 +136,8 @@ def show(
         print(f"  headers {json.dumps(m.headers)}")
     if m.error:
         print(f"  error: {m.error}")
+    if m.invalid:
+        print(f"  invalid: {m.invalid}")
     print(f"  body {json.dumps(m.body, indent=2)}")
 
 

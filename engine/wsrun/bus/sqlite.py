@@ -42,6 +42,7 @@ from wsrun.bus.base import (
     check_pattern,
     check_purge_status,
     check_selector,
+    decode_body,
     parse_duration,
     retry_delay,
     route,
@@ -86,8 +87,9 @@ CREATE INDEX IF NOT EXISTS messages_by_queue ON messages(queue, status, availabl
 CREATE INDEX IF NOT EXISTS messages_by_origin ON messages(origin);
 """
 
+# the body as bytes: a row another client wrote may hold text that is not UTF-8
 COLUMNS = (
-    "id, selector, body, queue, attempts, status, error, created, reply_to, correlation_id,"
+    "id, selector, CAST(body AS BLOB), queue, attempts, status, error, created, reply_to, correlation_id,"
     " headers, consumer, lease_until, available"
 )
 
@@ -346,9 +348,11 @@ class SqliteBus(Bus):
             self._next_prune = time.monotonic() + PRUNE_EVERY
             self.purge("done", self.retention)
 
-    def fail(self, message: Message, error: str, *, retry: bool = True) -> str:
+    def fail(
+        self, message: Message, error: str, *, retry: bool = True, delay: float | None = None
+    ) -> str:
         if retry and message.attempts < self.max_attempts:
-            available = time.time() + retry_delay(message.attempts, self.backoff)
+            available = time.time() + retry_delay(message.attempts, self.backoff, delay)
             self._finish(
                 message,
                 "UPDATE messages SET status='ready', error=?, available=?, lease_until=NULL",
@@ -544,10 +548,12 @@ def _dump(value: Any) -> str:
 
 
 def _message(row: tuple[Any, ...]) -> Message:
+    body, invalid = decode_body(row[2])
     return Message(
         id=row[0],
         selector=row[1],
-        body=json.loads(row[2]),
+        body=body,
+        invalid=invalid,
         queue=row[3],
         attempts=row[4],
         status=row[5],

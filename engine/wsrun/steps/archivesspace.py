@@ -231,7 +231,9 @@ def plan(params: dict[str, Any], ctx: StepContext) -> Plan:
                 return Plan(outputs={"digital_object": _find_digital_object(client, params, ctx)})
             return _plan_write(client, params, action, ctx.fs)
     except ArchivesSpaceError as e:
-        raise StepError(_masked(str(e), params["password"])) from None
+        raise StepError(
+            _masked(str(e), params["password"]), transient=e.transient, retry_after=e.retry_after
+        ) from None
 
 
 def apply(plan: Plan, ctx: StepContext) -> Result:
@@ -253,7 +255,9 @@ def apply(plan: Plan, ctx: StepContext) -> Result:
             if w.link:
                 _link(client, w.link, uri)
     except ArchivesSpaceError as e:
-        raise StepError(_masked(str(e), w.password)) from None
+        raise StepError(
+            _masked(str(e), w.password), transient=e.transient, retry_after=e.retry_after
+        ) from None
     return Result(effects=plan.effects, outputs={**w.outputs, "uri": uri})
 
 

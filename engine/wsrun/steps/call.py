@@ -72,8 +72,8 @@ def apply(plan: Plan, ctx: StepContext) -> Result:
         timeout = min(timeout, remaining)
     try:
         reply = bus.call(params["selector"], params.get("body") or {}, timeout=timeout)
-    except BusTimeout as e:
-        raise StepError(str(e), path=params["selector"]) from None
+    except BusTimeout as e:  # nobody answered yet: worth asking again later
+        raise StepError(str(e), path=params["selector"], transient=True) from None
     except BusError as e:
         raise StepError(str(e), path=params["selector"]) from None
     return Result(effects=list(plan.effects), outputs={"reply": reply})

@@ -58,6 +58,7 @@ OUTPUTS = {
     "substate": "its substate (None if none)",
     "attributes": "its attributes ({} if it does not exist)",
     "updated": "when it last changed, seconds since the epoch (None if it does not exist)",
+    "version": "its version, counting its changes (0 if it does not exist): set-state's expect_version",
     "entity": "the whole entity {kind, id, state, substate, updated, attributes, version}, or None",
 }
 
@@ -71,6 +72,7 @@ def entity_outputs(entity: Entity | None) -> dict[str, Any]:
             "substate": None,
             "attributes": {},
             "updated": None,
+            "version": 0,
             "entity": None,
         }
     return {
@@ -79,6 +81,7 @@ def entity_outputs(entity: Entity | None) -> dict[str, Any]:
         "substate": entity.substate,
         "attributes": entity.attributes,
         "updated": entity.updated,
+        "version": entity.version,
         "entity": entity.to_json(),
     }
 

@@ -22,7 +22,10 @@ included, and its outputs are real; any other request is planned as a
 ``record`` effect (method and URL) and sent only by a real run. A response whose
 status is not in ``expect`` fails the step with the status and the start of the
 body; 5xx responses, 429 and connection errors are retried ``retries`` times
-with a doubling back-off (``backoff`` seconds first). Values of secret headers
+with a doubling back-off (``backoff`` seconds first); when they run out the
+failure is transient, so ``wsrun worker`` retries its message later (not
+before the response's ``Retry-After``), while any other status is permanent.
+Values of secret headers
 (Authorization, Cookie, tokens, keys; see ``secret_headers``) never appear in
 effects, outputs, logs or errors: pass them from a secret setting, e.g.
 ``Authorization: "Bearer {{ settings.api_token }}"``.
@@ -238,7 +241,7 @@ def send(r: _Request, ctx: StepContext) -> dict[str, Any]:
             except httpx.HTTPError as e:
                 problem = mask(f"{type(e).__name__}: {e}", r.secrets)
                 if last:
-                    raise StepError(f"{where}: {problem}") from None
+                    raise StepError(f"{where}: {problem}", transient=True) from None
             else:
                 retryable = response.status_code >= 500 or response.status_code == 429
                 if not retryable or last:
@@ -247,10 +250,26 @@ def send(r: _Request, ctx: StepContext) -> dict[str, Any]:
             ctx.log(f"{where}: {problem}; retrying in {delay:g}s")
             remaining = ctx.remaining()
             if remaining is not None and remaining < delay:
-                raise StepError(f"{where}: {problem}; no time left to retry") from None
+                raise StepError(
+                    f"{where}: {problem}; no time left to retry", transient=True
+                ) from None
             time.sleep(delay)
             delay *= 2
     raise AssertionError("unreachable")
+
+
+def retry_after(value: str | None) -> float | None:
+    """Seconds from a Retry-After header (a number or an HTTP date); None if absent."""
+    if not value:
+        return None
+    if value.strip().isdigit():
+        return float(value.strip())
+    from email.utils import parsedate_to_datetime
+
+    try:
+        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
+    except (TypeError, ValueError):
+        return None
 
 
 def _outputs(response: Any, r: _Request, where: str) -> dict[str, Any]:
@@ -262,7 +281,9 @@ def _outputs(response: Any, r: _Request, where: str) -> dict[str, Any]:
         raise StepError(
             f"{where}: status {status} {response.reason_phrase}"
             + (f" (expected {', '.join(map(str, r.expect))})" if r.expect else "")
-            + (f": {excerpt}" if excerpt else "")
+            + (f": {excerpt}" if excerpt else ""),
+            transient=status >= 500 or status == 429,
+            retry_after=retry_after(response.headers.get("retry-after")),
         )
     try:
         body = json.loads(text) if text else None  # the masked text: no secret comes back

@@ -76,6 +76,8 @@ EXIT_CODES = {
     30: "timeout in data send/receive",
     35: "timeout waiting for daemon connection",
 }
+#: Exit codes of a lost or timed-out connection: worth trying again later.
+NETWORK_EXIT_CODES = frozenset({10, 12, 30, 35})
 
 #: One line per item: rsync's 11-character change summary, the size, the name.
 OUT_FORMAT = "%i|%l|%n"
@@ -365,9 +367,15 @@ def _rsync(
             if timer is not None:
                 timer.cancel()
         if timed_out.is_set():
-            raise StepError(f"timed out after {round(timeout or 0, 1):g} s", path=source)
+            raise StepError(
+                f"timed out after {round(timeout or 0, 1):g} s", path=source, transient=True
+            )
         if proc.returncode != 0:
-            raise StepError(_failure(proc.returncode, err), path=source)
+            raise StepError(
+                _failure(proc.returncode, err),
+                path=source,
+                transient=proc.returncode in NETWORK_EXIT_CODES,
+            )
     return lines
 
 

@@ -7,9 +7,9 @@ from typing import Any
 
 from wsrun.effects import Effect
 from wsrun.state import UNSET, Lifecycle, StateError, open_state_store, state_url
-from wsrun.state.base import resolve_change
+from wsrun.state.base import StateConflict, resolve_change
 from wsrun.state.planning import entity_path, planned_entity, planned_lifecycle, read_lifecycle
-from wsrun.step import Plan, Result, StepContext, StepError
+from wsrun.step import DuplicateWork, Plan, Result, StepContext, StepError
 
 NAME = "set-state"
 DOC = """Set an entity's state, substate or attributes in the state store, in one transaction.
@@ -24,6 +24,15 @@ step fails unless the entity is in that state. A new entity needs
 kept in the entity's history (``wsrun state history``) and waits in the
 store's outbox until ``wsrun worker`` publishes it on the bus as
 ``state.<kind>.<state>``; this step publishes nothing itself.
+
+Starting work is a compare-and-set, so exactly one of several processes racing
+for an entity wins and the others fail with a one-line refusal:
+``expect_version`` (the ``version`` a ``get-state`` step read) refuses the
+change if anyone changed the entity since; ``claim`` (usually ``{{ message.id
+}}``) records the claimant in the attribute ``claim`` and fails the step as a
+*duplicate* when the entity is already in ``state`` under another claimant
+(``wsrun worker`` then acks the message instead of retrying it), while the same
+claimant, a message redelivered after its first run died, takes it over.
 
 Setting what the entity already holds changes nothing (status ok), so a
 re-run is harmless. A dry run checks the move against the state the earlier
@@ -72,6 +81,22 @@ SCHEMA: dict[str, Any] = {
             "these states).",
             "oneOf": [_NAME, {"type": "array", "minItems": 1, "items": _NAME}],
             "examples": ["ReadyForReview", ["Verified", "DeliveryInProgress"]],
+        },
+        "expect_version": {
+            "description": "Fail unless the entity is at this version (0: does not exist "
+            "yet): a compare-and-set against what a get-state step read. The change is "
+            "always written, so a racing claimant with the same version loses.",
+            "type": "integer",
+            "minimum": 0,
+            "examples": ["{{ steps.ous.outputs.version }}"],
+        },
+        "claim": {
+            "description": "Take the entity for this claimant (recorded as attribute "
+            "`claim`): already in `state` under another claimant fails as a duplicate; "
+            "under the same one (a redelivered message) it is taken over, `expect` aside.",
+            "type": "string",
+            "minLength": 1,
+            "examples": ["{{ message.id }}"],
         },
         "create": {
             "description": "Create the entity if it does not exist (in the lifecycle's "
@@ -132,6 +157,9 @@ class _Job:
     url: str
     lifecycle: Lifecycle | None
     create: bool
+    #: The version the change must find (a compare-and-set), or None.
+    version: int | None = None
+    claim: str | None = None
 
 
 def plan(params: dict[str, Any], ctx: StepContext) -> Plan:
@@ -160,6 +188,17 @@ def plan(params: dict[str, Any], ctx: StepContext) -> Plan:
         raise StepError(str(e)) from None
     finally:
         store.close()
+    expect, claim = params.get("expect"), params.get("claim")
+    if claim is not None:
+        attributes["claim"] = claim
+        if current is not None and current.state == params.get("state"):
+            holder = current.attributes.get("claim")
+            if holder != claim:
+                raise DuplicateWork(
+                    f"{kind} {id} is already {current.state}, claimed by {holder or 'another run'}",
+                    path=id,
+                )
+            expect = None  # ours: the message redelivered after its first run died
     try:
         state, substate = resolve_change(
             lifecycle,
@@ -168,14 +207,16 @@ def plan(params: dict[str, Any], ctx: StepContext) -> Plan:
             id,
             state=params.get("state"),
             substate=params["substate"] if "substate" in params else UNSET,
-            expect_state=params.get("expect"),
+            expect_state=expect,
+            expect_version=params.get("expect_version"),
             create=bool(params.get("create")),
         )
     except StateError as e:
         raise StepError(str(e)) from None  # the message names the entity
     old_attributes = current.attributes if current else {}
     unchanged = (
-        current is not None
+        params.get("expect_version") is None
+        and current is not None
         and state == current.state
         and substate == current.substate
         and all(k in old_attributes and old_attributes[k] == v for k, v in attributes.items())
@@ -199,7 +240,10 @@ def plan(params: dict[str, Any], ctx: StepContext) -> Plan:
         "changed": not unchanged,
         "store": shown,
     }
-    return Plan(effects=effects, outputs=outputs, data=_Job(url, new_lifecycle, current is None))
+    version = current.version if current else 0
+    cas = claim is not None or params.get("expect_version") is not None
+    job = _Job(url, new_lifecycle, current is None, version if cas else None, claim)
+    return Plan(effects=effects, outputs=outputs, data=job)
 
 
 def apply(plan: Plan, ctx: StepContext) -> Result:
@@ -222,10 +266,14 @@ def apply(plan: Plan, ctx: StepContext) -> Result:
                     substate=effect.extra["substate"],
                     attributes=effect.extra.get("attributes"),
                     expect_state=None if job.create else effect.extra["from"],
-                    expect_version=0 if job.create else None,
+                    expect_version=0 if job.create else job.version,
                     create=job.create,
                     actor=ctx.run_id or f"step {ctx.step_id}",
                 )
+    except StateConflict as e:
+        if job.claim is not None:
+            raise DuplicateWork(f"another claimant took it first: {e}") from None
+        raise StepError(str(e)) from None
     except StateError as e:
         raise StepError(str(e)) from None
     finally:

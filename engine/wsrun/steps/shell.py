@@ -31,7 +31,10 @@ effects. A failed run (bad exit code or timeout) removes the declared
 ``creates`` paths that did not exist before it, so no half-written output is
 left behind. ``env`` values are treated as secrets: they never appear in
 effects, outputs or logs, and values of 4 or more characters are masked as
-``***`` in the captured output and in error messages.
+``***`` in the captured output and in error messages. Under ``wsrun
+worker`` a failure is permanent (the message goes dead at once) unless the
+program exits with 75 (``EX_TEMPFAIL``, "try again later") or times out:
+those are retried with back-off.
 """
 
 #: Captured output beyond this many bytes per stream is cut from the front.
@@ -40,6 +43,9 @@ CAPTURE_LIMIT = 64 * 1024
 MASK_MIN_LENGTH = 4
 #: Seconds a timed-out program gets to clean up after SIGTERM before SIGKILL.
 STOP_GRACE = 5.0
+#: sysexits.h's "temporary failure, try again later": the one exit code that
+#: makes a failure transient (``wsrun worker`` retries it; others go dead).
+EX_TEMPFAIL = 75
 
 _PATHS: dict[str, Any] = {
     "oneOf": [
@@ -201,7 +207,11 @@ def apply(plan: Plan, ctx: StepContext) -> Result:
     try:
         returncode, stdout, stderr = _run(command, ctx.remaining())
         if returncode not in command.ok_codes:
-            raise StepError(_failure(command.argv[0], returncode, stderr), path=command.argv[0])
+            raise StepError(
+                _failure(command.argv[0], returncode, stderr),
+                path=command.argv[0],
+                transient=returncode == EX_TEMPFAIL,
+            )
     except BaseException:
         for path in command.creates:
             if path not in existed:
@@ -254,7 +264,9 @@ def _run(command: Command, timeout: float | None) -> tuple[int, str | None, str 
             proc.communicate(stdin, timeout=timeout)
         except subprocess.TimeoutExpired:
             _stop(proc)
-            raise StepError(f"timed out after {round(timeout or 0, 1):g} s") from None
+            raise StepError(
+                f"timed out after {round(timeout or 0, 1):g} s", transient=True
+            ) from None
         except BaseException:
             _stop(proc)
             raise

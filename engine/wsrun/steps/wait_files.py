@@ -81,7 +81,7 @@ def plan(params: dict[str, Any], ctx: StepContext) -> Plan:
         missing = [p for p in missing if not os.path.exists(p)]
     if missing:
         more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
-        raise StepError(f"still missing after {timeout:g} s{more}", path=missing[0])
+        raise StepError(f"still missing after {timeout:g} s{more}", path=missing[0], transient=True)
     return Plan(outputs={"paths": wanted, "waited": round(time.monotonic() - started, 3)})
 
 

@@ -88,6 +88,7 @@ OUTPUTS = {
     "substate": "its substate",
     "attributes": "its attributes",
     "updated": "when it last changed, seconds since the epoch",
+    "version": "its version (0 if it does not exist)",
     "entity": "the whole entity, or None",
 }
 
@@ -138,6 +139,7 @@ def apply(plan: Plan, ctx: StepContext) -> Result:
             )
             raise StepError(
                 f"timed out after {now - started:.1f}s waiting for {params['kind']} "
-                f"{params['id']} to reach {wanted}; it {seen}"
+                f"{params['id']} to reach {wanted}; it {seen}",
+                transient=True,
             )
         time.sleep(max(0.0, min(poll, until - now)))

@@ -70,8 +70,9 @@ def queue_rows(request: Request) -> list[dict[str, Any]]:
         )
         row: dict[str, Any] = {
             "collection": collection,
-            "preservation": bool(m.body.get("preservation")),
-            "access": bool(m.body.get("access")),
+            # JSON booleans only, as the worker reads them: "no" is not true (nor false)
+            "preservation": m.body.get("preservation") is True,
+            "access": m.body.get("access") is True,
             "message": m.id,
             "status": m.status,
             "error": m.error,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from datetime import datetime
 from typing import Annotated, Any
@@ -366,13 +367,20 @@ def archive_get(
     archive: ArchiveOption = None,
 ) -> None:
     """Retrieve a product's files, checksums verified, each written atomically."""
+    from wsrun import locks
     from wsrun.archive_store import ArchiveError
 
     store = _open_archive(archive)
     try:
-        for path in store.get(locator, dest):
-            print(path)
-    except (ArchiveError, OSError) as e:
+        held = locks.acquire(
+            [os.path.abspath(dest)], "wsrun archive get", locks.wait_seconds(os.environ)
+        )
+        try:
+            for path in store.get(locator, dest):
+                print(path)
+        finally:
+            held.release()
+    except (ArchiveError, OSError, locks.DestinationBusy) as e:
         print(f"wsrun: {e}", file=sys.stderr)
         raise typer.Exit(1) from None
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from wsrun.effects import Effect, create_dir, create_file, create_symlink
-from wsrun.fileio import TMP_SUFFIX, hold_temp, is_temp_name, remove_stray_temps, temp_path
+from wsrun.fileio import TMP_SUFFIX, create_temp, is_temp_name, remove_stray_temps, temp_path
 from wsrun.fs import FileInfo, WorldView
 from wsrun.step import PATHS, Plan, Result, StepContext, StepError
 
@@ -135,6 +135,11 @@ class CopyJob:
     write_dirs: set[str] = field(default_factory=set)
     algorithm: str | None = None
     workers: int = 1
+
+
+def destinations(params: dict[str, Any], ctx: StepContext) -> list[str]:
+    """The paths this step writes, locked (wsrun.locks) before it plans."""
+    return [ctx.path(params["to"])]
 
 
 def plan(params: dict[str, Any], ctx: StepContext) -> Plan:
@@ -478,7 +483,13 @@ def copy_file(
     left = (1 << 62) if size is None else size
     src_fd = os.open(source, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        dst_fd = _create(tmp, mode & 0o777)
+        # Read too: hashed through mmap. Raises (and removes nothing) if a
+        # live writer holds this temporary name.
+        dst_fd = create_temp(tmp, mode & 0o777, os.O_RDWR)
+    except BaseException:
+        os.close(src_fd)
+        raise
+    try:
         try:
             digest = None
             if algorithm:
@@ -491,9 +502,9 @@ def copy_file(
             if mode & ~0o777 or mode & umask:
                 os.fchmod(dst_fd, mode)
             os.utime(dst_fd, ns=(mtime_ns, mtime_ns))
+            os.rename(tmp, dest)  # still held: nobody takes it for a leftover
         finally:
             os.close(dst_fd)
-        os.rename(tmp, dest)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
@@ -501,18 +512,6 @@ def copy_file(
     finally:
         os.close(src_fd)
     return digest
-
-
-def _create(path: str, mode: int) -> int:
-    """Create ``path`` afresh; a leftover (even a symlink) is removed, never followed."""
-    flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC  # read: hashed through mmap
-    try:
-        fd = os.open(path, flags, mode)
-    except FileExistsError:
-        os.unlink(path)
-        fd = os.open(path, flags, mode)
-    hold_temp(fd)  # a concurrent run's clean-up of leftovers leaves it alone
-    return fd
 
 
 def _by_copy_file_range(src_fd: int, dst_fd: int, count: int) -> int:

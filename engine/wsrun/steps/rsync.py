@@ -17,6 +17,7 @@ from typing import IO, Any
 
 from wsrun.effects import Effect, create_dir, create_file, create_symlink, remove
 from wsrun.fs import ContentUnknown, FileInfo, WorldView
+from wsrun.procs import death_signal
 from wsrun.step import Plan, Result, StepContext, StepError
 
 NAME = "rsync"
@@ -200,6 +201,11 @@ class Transfer:
     new_dirs: list[str]  # `to` and its missing parents, created before rsync runs
 
 
+def destinations(params: dict[str, Any], ctx: StepContext) -> list[str]:
+    """The paths this step writes, locked (wsrun.locks) before it plans."""
+    return [ctx.path(params["to"])]
+
+
 def plan(params: dict[str, Any], ctx: StepContext) -> Plan:
     raw_source: str = params["source"]
     source = ctx.path(raw_source)
@@ -335,6 +341,8 @@ def _rsync(
                 stdout=subprocess.PIPE,
                 stderr=err,
                 start_new_session=True,
+                # Killed with wsrun (SIGTERM: rsync then removes its temporary file).
+                preexec_fn=death_signal(signal.SIGTERM),
             )
         except FileNotFoundError:
             raise StepError(

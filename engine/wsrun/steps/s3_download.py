@@ -100,6 +100,11 @@ class DownloadJob:
     workers: int
 
 
+def destinations(params: dict[str, Any], ctx: StepContext) -> list[str]:
+    """The paths this step writes, locked (wsrun.locks) before it plans."""
+    return [ctx.path(params["to"])]
+
+
 def plan(params: dict[str, Any], ctx: StepContext) -> Plan:
     sources = params["sources"]
     if isinstance(sources, str):

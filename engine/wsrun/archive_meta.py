@@ -424,12 +424,16 @@ class SqliteMetadata(SqlMetadata):
                 f"file:{self.db_path}?mode=ro", uri=True, timeout=30, isolation_level=None
             )
             self.db.execute("PRAGMA busy_timeout = 30000")
+            if not self._query("SELECT 1 FROM sqlite_master WHERE name = 'products'"):
+                self.db.close()  # being created by another process right now
+                raise ArchiveError(f"{root}: no archive here")
             return
         os.makedirs(root, exist_ok=True)
         self.db = sqlite3.connect(self.db_path, timeout=30, isolation_level=None)
         self.db.execute("PRAGMA busy_timeout = 30000")
         self.db.execute("PRAGMA journal_mode = WAL")
-        self.db.executescript(SQLITE_SCHEMA)
+        # One transaction: a reader sees all the tables or none.
+        self.db.executescript(f"BEGIN IMMEDIATE;\n{SQLITE_SCHEMA}\nCOMMIT;")
 
     def close(self) -> None:
         self.db.close()

@@ -108,6 +108,45 @@ def test_a_locked_destination_is_refused_naming_the_run(
     assert lock_files(wsrun_home) == []
 
 
+OTHER_WRITERS = {
+    "symlink": ("{link: out/link, target: ../stage}", "out/link"),
+    "remove": ("{path: out/old}", "out/old"),
+    "ingestion-manifest": ("{ingestion_path: stage, kind: calibration}", "stage"),
+}
+
+
+@pytest.mark.parametrize("uses", sorted(OTHER_WRITERS))
+def test_other_writing_steps_lock_too(
+    uses: str, cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    params, locked = OTHER_WRITERS[uses]
+    staging.calibration(tmp_path / "stage")
+    (tmp_path / "out" / "old").mkdir(parents=True)
+    recipe = write(
+        tmp_path / "r.yaml",
+        f"""
+        recipe: other
+        steps:
+          - id: w
+            uses: {uses}
+            with: {params}
+        """,
+    )
+    monkeypatch.setenv(locks.WAIT_ENV, "0")
+    held = locks.acquire([str(tmp_path / locked)], "20991231-000000-holder", 0)
+    try:
+        refused = cli(recipe)
+    finally:
+        held.release()
+    assert refused.code == 1
+    assert (
+        f"{tmp_path / locked}: destination is being written by run 20991231-000000" in refused.err
+    )
+    assert (tmp_path / "out" / "old").is_dir() and not (tmp_path / "out" / "link").exists()
+    done = cli(recipe)
+    assert done.code == 0, done.err
+
+
 def test_a_run_waits_for_the_holder_then_finishes(
     tmp_path: Path, wsrun_home: Path, zygote: Zygote, request: pytest.FixtureRequest
 ) -> None:

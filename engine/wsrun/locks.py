@@ -181,7 +181,8 @@ def acquire(
     if not wanted:
         return held
     os.makedirs(held.directory, exist_ok=True)
-    give_up = time.monotonic() + wait
+    began = time.monotonic()
+    give_up = began + wait
     if deadline is not None:
         give_up = min(give_up, deadline)
     told = False
@@ -202,7 +203,8 @@ def acquire(
         held.release()
         subject = next((n for n in wanted if wanted[n] and _related(n, blocked)), blocked)
         if time.monotonic() >= give_up:
-            waited = f" (waited {wait:g} s)" if wait > 0 else ""
+            seconds = time.monotonic() - began
+            waited = f" (waited {seconds:.0f} s)" if seconds >= 1 else ""
             raise DestinationBusy(
                 f"destination {describe(held.directory, subject)}{waited}", path=subject
             )

@@ -147,6 +147,47 @@ def test_other_writing_steps_lock_too(
     assert done.code == 0, done.err
 
 
+@pytest.mark.parametrize(
+    "uses,params",
+    [
+        ("copy", "{{sources: {src}, to: cache}}"),
+        ("rsync", "{{source: {src}, to: cache}}"),
+    ],
+)
+def test_runs_writing_other_things_into_one_cache_do_not_wait(
+    uses: str, params: str, cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Pipeline drivers copy their products into one shared cache directory:
+    only each source's place in it is locked, not the whole cache."""
+    for name in ("ous1", "ous2"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "product.fits").write_bytes(name.encode() * 1000)
+    recipes = {
+        name: write(
+            tmp_path / f"{name}.yaml",
+            f"""
+            recipe: cache
+            steps:
+              - id: w
+                uses: {uses}
+                with: {params.format(src=name)}
+            """,
+        )
+        for name in ("ous1", "ous2")
+    }
+    monkeypatch.setenv(locks.WAIT_ENV, "0")
+    held = locks.acquire([str(tmp_path / "cache" / "ous1")], "20991231-000000-holder", 0)
+    try:
+        other = cli(recipes["ous2"])
+        same = cli(recipes["ous1"])
+    finally:
+        held.release()
+    assert other.code == 0, other.err
+    assert (tmp_path / "cache/ous2/product.fits").read_bytes() == b"ous2" * 1000
+    assert same.code == 1 and "is being written by run 20991231-000000-holder" in same.err
+    assert not (tmp_path / "cache/ous1").exists()
+
+
 def test_a_run_waits_for_the_holder_then_finishes(
     tmp_path: Path, wsrun_home: Path, zygote: Zygote, request: pytest.FixtureRequest
 ) -> None:

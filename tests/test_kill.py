@@ -25,6 +25,7 @@ import pytest
 
 from fixtures.writers import KINDS, leftovers, make_case
 from fixtures.zygote import Zygote
+from wsrun import fileio
 
 KILLS = 6
 
@@ -159,3 +160,46 @@ def read_lines(fd: int, count: int, timeout: float) -> list[bytes]:
         assert chunk, f"the writer ended early after {data!r}"
         data += chunk
     return data.splitlines()[:count]
+
+
+STRAYS = {
+    "copy": "src/d0/f00.bin",
+    "untar": "d0/f00.bin",
+    "s3-download": "data/d0/f00.bin",
+}
+
+
+@pytest.mark.parametrize("kind", [k for k in KINDS if k not in ("move", "rsync", "ingest")])
+def test_a_killed_runs_leftovers_go_when_there_is_nothing_to_write(
+    kind: str, tmp_path: Path, zygote: Zygote, request: pytest.FixtureRequest
+) -> None:
+    """A run killed while replacing version 1, then the source back at version
+    1: the next run has nothing to write, and still removes what the killed
+    run left (temporary file, staging or replaced delivery)."""
+    case = make_case(kind, tmp_path, request.getfixturevalue)
+    env = dict(os.environ)
+    case.prepare(1)
+    run = zygote.start(case.recipe(1), "-q", cwd=case.tmp, env=env)
+    assert zygote.wait(run) == 0, run.stderr()
+    dest = case.destination
+    if kind == "assemble-delivery":
+        planted = [
+            dest.parent / fileio.hidden_name(dest.name, ".wsrun-staging"),
+            dest.parent / fileio.hidden_name(dest.name, ".wsrun-old"),
+        ]
+        for directory in planted:
+            directory.mkdir()
+            (directory / "half.bin").write_bytes(b"half")
+    else:
+        inside = dest / STRAYS[kind] if kind in STRAYS else dest
+        planted = [Path(fileio.temp_path(str(inside)))]
+        planted[0].write_bytes(b"half of version 2")
+    an_hour_ago = time.time() - 3600  # a killed run's, not one being written now
+    for path in planted:
+        os.utime(path, (an_hour_ago, an_hour_ago))
+    assert leftovers(tmp_path) != []
+    run = zygote.start(case.recipe(1), "--json", cwd=case.tmp, env=env)
+    assert zygote.wait(run) == 0, run.stderr()
+    assert '"status": "ok"' in run.stdout()  # nothing to write
+    assert case.state() == case.expected(1)
+    assert leftovers(tmp_path) == []

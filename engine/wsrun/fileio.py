@@ -104,7 +104,7 @@ def create_temp(tmp: str, mode: int, access: int = os.O_RDWR) -> int:
         try:
             fd = os.open(tmp, flags, mode)
         except FileExistsError:
-            _remove_leftover(tmp)
+            remove_leftover(tmp)
             continue
         try:
             hold_temp(fd)
@@ -115,7 +115,9 @@ def create_temp(tmp: str, mode: int, access: int = os.O_RDWR) -> int:
     raise TempBusy(tmp)
 
 
-def _remove_leftover(path: str) -> None:
+def remove_leftover(path: str) -> None:
+    """Remove the file or symlink ``path`` a killed run left, unless a live
+    writer holds it (TempBusy)."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
     except FileNotFoundError:

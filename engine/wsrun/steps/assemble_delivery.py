@@ -718,11 +718,12 @@ def _existing(fs: WorldView, job: Job) -> str:
 
 def apply(plan: Plan, ctx: StepContext) -> Result:
     job: Job = plan.data
-    if job.noop:
-        return Result(outputs=plan.outputs)
     staging = job.staging
     if os.path.lexists(staging):  # left by a run that was killed
         shutil.rmtree(staging)
+    if job.noop:
+        _remove_old(job)
+        return Result(outputs=plan.outputs)
     try:
         os.mkdir(staging)
         for path in [*job.chain, job.destination]:
@@ -832,10 +833,7 @@ def _install(job: Job, ctx: StepContext) -> None:
         # over a missing path, or over an empty destination directory
         os.rename(job.staging, job.top)
         return
-    head, tail = os.path.split(job.destination)
-    old = os.path.join(head, hidden_name(tail, OLD_SUFFIX))
-    if os.path.lexists(old):
-        shutil.rmtree(old)
+    old = _remove_old(job)
     os.rename(job.destination, old)
     try:
         os.rename(job.staging, job.destination)
@@ -847,3 +845,12 @@ def _install(job: Job, ctx: StepContext) -> None:
         shutil.rmtree(old)
     except OSError as e:  # the new delivery is in place: do not fail it for this
         ctx.log(f"warning: could not remove the replaced delivery {old}: {e}")
+
+
+def _remove_old(job: Job) -> str:
+    """Remove the replaced delivery a killed run left aside; returns its name."""
+    head, tail = os.path.split(job.destination)
+    old = os.path.join(head, hidden_name(tail, OLD_SUFFIX))
+    if os.path.lexists(old):
+        shutil.rmtree(old)
+    return old

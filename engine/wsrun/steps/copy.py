@@ -137,9 +137,29 @@ class CopyJob:
     workers: int = 1
 
 
+#: Up to this many sources, each one's place under ``to`` is locked; with more,
+#: all of ``to``.
+LOCK_EACH_MAX = 32
+
+
 def destinations(params: dict[str, Any], ctx: StepContext) -> list[str]:
-    """The paths this step writes, locked (wsrun.locks) before it plans."""
-    return [ctx.path(params["to"])]
+    """The paths this step writes, locked (wsrun.locks) before it plans: each
+    source's place under ``to``, so runs copying other things into one shared
+    directory (a cache) do not wait for each other."""
+    to = ctx.path(params["to"])
+    sources = params["sources"]
+    sources = [sources] if isinstance(sources, str) else sources
+    if len(sources) > LOCK_EACH_MAX:
+        return [to]
+    base = ctx.path(params["base"]) if params.get("base") else None
+    places = []
+    for source in sources:
+        path = ctx.path(source)
+        rel = os.path.basename(path) if base is None else os.path.relpath(path, base)
+        if rel in ("", os.curdir) or rel == os.pardir or rel.startswith(os.pardir + os.sep):
+            return [to]  # plan refuses it, or it is `to` as a whole
+        places.append(os.path.join(to, rel))
+    return places
 
 
 def plan(params: dict[str, Any], ctx: StepContext) -> Plan:

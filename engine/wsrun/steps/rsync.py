@@ -202,8 +202,15 @@ class Transfer:
 
 
 def destinations(params: dict[str, Any], ctx: StepContext) -> list[str]:
-    """The paths this step writes, locked (wsrun.locks) before it plans."""
-    return [ctx.path(params["to"])]
+    """The paths this step writes, locked (wsrun.locks) before it plans: the
+    source's place under ``to`` (so runs replicating other things into one
+    cache do not wait for each other), or ``to`` when the source's contents go
+    there."""
+    raw_source: str = params["source"]
+    to = ctx.path(params["to"])
+    if raw_source.endswith("/") or os.path.basename(raw_source) in (".", ".."):
+        return [to]
+    return [os.path.join(to, os.path.basename(ctx.path(raw_source)))]
 
 
 def plan(params: dict[str, Any], ctx: StepContext) -> Plan:

@@ -12,6 +12,7 @@ fit in 255 bytes) and file names of 255 bytes through copy, tar and untar.
 from __future__ import annotations
 
 import errno
+import json
 import os
 import random
 import subprocess
@@ -30,6 +31,7 @@ from wsrun import archive, fileio, locks
 from wsrun.archive_store import ArchiveStore
 from wsrun.fs import WorldView
 from wsrun.step import StepContext, load_step
+from wsrun.testing import run_step
 
 REPEAT = 10
 
@@ -242,6 +244,34 @@ def test_two_ingests_of_other_products_into_a_new_archive(tmp_path: Path, zygote
         finally:
             archive_store.close()
         assert leftovers(tmp_path) == []
+
+
+def test_archive_get_locks_its_destination(
+    cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    manifest = staging.calibration(tmp_path / "cal")
+    store = tmp_path / "archive"
+    _, result = run_step(
+        "ingest", {"manifest": str(manifest), "archive": str(store)}, str(tmp_path)
+    )
+    locator = result.outputs["locators"][0]
+    got = tmp_path / "got.tar"
+    monkeypatch.setenv(locks.WAIT_ENV, "0")
+    held = locks.acquire([str(got)], "20991231-000000-holder", 0)
+    try:
+        refused = cli("archive", "get", locator, str(got), "--archive", str(store))
+    finally:
+        held.release()
+    assert refused.code == 1
+    assert f"{got}: destination is being written by run 20991231-000000-holder" in refused.err
+    assert not got.exists()
+    done = cli("archive", "get", locator, str(got), "--archive", str(store))
+    assert done.code == 0, done.err
+    assert got.read_bytes() == (tmp_path / "cal" / locator_file(manifest)).read_bytes()
+
+
+def locator_file(manifest: Path) -> str:
+    return json.loads(manifest.read_text())["output_group"]["science_products"][0]["filename"]
 
 
 # ---- the lock primitive ----------------------------------------------------------

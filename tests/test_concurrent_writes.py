@@ -360,6 +360,7 @@ def test_a_temporary_file_replaced_under_the_writer_is_not_renamed_into_place(
             other.write_bytes(b"someone else's")
             os.replace(other, tmp)
     assert not target.exists()
+    assert Path(tmp).read_bytes() == b"someone else's"  # not ours to remove
 
 
 def test_tar_refuses_an_archive_that_lost_bytes_after_writing(

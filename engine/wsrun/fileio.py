@@ -54,18 +54,20 @@ def atomic_write(target: str, mode: int | None = None) -> Iterator[BinaryIO]:
     remove it on failure."""
     tmp = temp_path(target)
     fd = create_temp(tmp, 0o600 if mode is None else mode, os.O_WRONLY)
+    mine = os.fstat(fd)
     try:
         with os.fdopen(fd, "wb") as f:
             yield f
             f.flush()
             if mode is not None:
                 os.fchmod(fd, mode)
-            if not os.path.samestat(os.fstat(fd), os.lstat(tmp)):
+            if not os.path.samestat(mine, os.lstat(tmp)):
                 raise OSError(errno.EBUSY, "was replaced while being written", tmp)
             os.replace(tmp, target)  # still held: nobody takes it for a leftover
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+            if os.path.samestat(mine, os.lstat(tmp)):  # only our own
+                os.unlink(tmp)
         raise
 
 

@@ -142,6 +142,16 @@ def remove_leftover(path: str) -> None:
         os.close(fd)
 
 
+def remove_temp_of(target: str) -> None:
+    """Remove the temporary file of ``target`` a killed run left, if any and
+    if no live writer holds it. For a step that has locked ``target``
+    (wsrun.locks): nobody else writes it, so its age does not matter."""
+    tmp = temp_path(target)
+    with contextlib.suppress(OSError):  # TempBusy; a directory (move's)
+        if os.path.lexists(tmp):
+            remove_leftover(tmp)
+
+
 def remove_stray_temps(directory: str) -> None:
     """Remove temporary files a killed run left in ``directory``: those no live
     writer holds (see hold_temp) and nobody has touched for STRAY_AGE seconds

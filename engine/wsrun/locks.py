@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
 
-from wsrun.fileio import remove_leftover, temp_path
+from wsrun.fileio import remove_temp_of
 from wsrun.step import StepContext, StepError
 
 WAIT_ENV = "WSRUN_LOCK_WAIT"
@@ -237,14 +237,7 @@ def for_step(module: ModuleType, params: dict[str, Any], ctx: StepContext) -> He
     held = acquire(names, ctx.run_id, wait_seconds(ctx.env), ctx.log, ctx.deadline)
     for name in names:
         if _is_path(name):
-            _remove_stray(temp_path(name))
+            # A killed run's, also when this run has nothing to write (its
+            # source went back to what the destination holds).
+            remove_temp_of(name)
     return held
-
-
-def _remove_stray(path: str) -> None:
-    """With the destination locked, its temporary file is a killed run's
-    leftover, also when this run has nothing to write (its source went back
-    to what the destination holds)."""
-    with contextlib.suppress(OSError):  # a directory (move's), or still held
-        if os.path.lexists(path):
-            remove_leftover(path)

@@ -14,7 +14,14 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from wsrun.effects import Effect, create_dir, create_file, create_symlink
-from wsrun.fileio import TMP_SUFFIX, create_temp, is_temp_name, remove_stray_temps, temp_path
+from wsrun.fileio import (
+    TMP_SUFFIX,
+    create_temp,
+    is_temp_name,
+    remove_leftover,
+    remove_stray_temps,
+    temp_path,
+)
 from wsrun.fs import FileInfo, WorldView
 from wsrun.step import PATHS, Plan, Result, StepContext, StepError
 
@@ -130,9 +137,12 @@ class CopyJob:
     to_hash: list[str] = field(default_factory=list)
     #: Checksums already known from plan (compare: checksum).
     known: dict[str, str] = field(default_factory=dict)
-    #: Existing directories that may hold a killed run's temp files (seen
-    #: while walking the destination, or receiving a single file).
+    #: Existing directories that may hold a killed run's temp files (those
+    #: receiving a single file; others may write there too).
     write_dirs: set[str] = field(default_factory=set)
+    #: A killed run's temp files seen while walking a destination tree: inside
+    #: what this step writes (and has locked), so removed whatever their age.
+    strays: list[str] = field(default_factory=list)
     algorithm: str | None = None
     workers: int = 1
 
@@ -278,7 +288,7 @@ class _Planner:
         dest_infos = dict(self.fs.walk(dest)) if existing else {}
         for rel in dest_infos:
             if rel.endswith(TMP_SUFFIX) and is_temp_name(os.path.basename(rel)):
-                self.job.write_dirs.add(os.path.dirname(os.path.join(dest, rel)))
+                self.job.strays.append(os.path.join(dest, rel))
         src_prefix, dest_prefix = source + os.sep, dest + os.sep
         add_file = self.add_file
         skipped: set[str] = set()  # temp files a killed run left, and their contents
@@ -421,6 +431,9 @@ def _copy_files(plan: Plan, ctx: StepContext, umask: int) -> dict[str, Any]:
     job: CopyJob = plan.data
     for directory in job.write_dirs:
         remove_stray_temps(directory)
+    for path in job.strays:
+        with contextlib.suppress(OSError):  # TempBusy: a live writer's after all
+            remove_leftover(path)
     for dest, target, mtime_ns in job.links:
         copy_symlink(target, dest, mtime_ns)
     task = ctx.progress.task(

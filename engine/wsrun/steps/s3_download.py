@@ -11,7 +11,7 @@ from typing import Any
 
 from wsrun import objectstore as osx
 from wsrun.effects import Effect, create_dir, create_file
-from wsrun.fileio import remove_stray_temps, temp_path
+from wsrun.fileio import remove_temp_of, temp_path
 from wsrun.fs import ContentUnknown, FileInfo
 from wsrun.step import Plan, Result, StepContext, StepError
 
@@ -219,8 +219,8 @@ def _plan_dirs(ctx: StepContext, path: str, made: set[str], effects: list[Effect
 
 def apply(plan: Plan, ctx: StepContext) -> Result:
     job: DownloadJob = plan.data
-    for directory in sorted({os.path.dirname(f) for f in plan.outputs["files"]}):
-        remove_stray_temps(directory)  # a killed run's, also when nothing changed
+    for path in plan.outputs["files"]:  # a killed run's temp files, also when nothing changed
+        remove_temp_of(path)
     for effect in plan.effects:
         if effect.op == "create_dir":
             os.makedirs(effect.path, exist_ok=True)

@@ -189,8 +189,8 @@ def plan(params: dict[str, Any], ctx: StepContext) -> Plan:
 
 
 def apply(plan: Plan, ctx: StepContext) -> Result:
-    for directory in sorted({os.path.dirname(f) for f in plan.outputs["files"]}):
-        fileio.remove_stray_temps(directory)  # a killed run's, also when nothing changed
+    for path in plan.outputs["files"]:  # a killed run's temp files, also when nothing changed
+        fileio.remove_temp_of(path)
     if not plan.effects:
         return Result(outputs=plan.outputs)
     d: _Data = plan.data

@@ -18,14 +18,15 @@ import random
 import select
 import subprocess
 import sys
+import tarfile
 import time
 from pathlib import Path
 
 import pytest
 
 from fixtures.writers import KINDS, leftovers, make_case
-from fixtures.zygote import Zygote
-from wsrun import fileio
+from fixtures.zygote import Run, Zygote
+from wsrun import archive, fileio
 
 KILLS = 6
 
@@ -202,4 +203,46 @@ def test_a_killed_runs_leftovers_go_when_there_is_nothing_to_write(
     assert zygote.wait(run) == 0, run.stderr()
     assert '"status": "ok"' in run.stdout()  # nothing to write
     assert case.state() == case.expected(1)
+    assert leftovers(tmp_path) == []
+
+
+def test_killing_a_run_mid_tar_kills_its_forked_writers(
+    tmp_path: Path, wsrun_home: Path, zygote: Zygote
+) -> None:
+    """The issue's case through the command line: an uncompressed archive big
+    enough to be written by forked processes, the run SIGKILLed while one is
+    writing. The zygote is the orphans' subreaper, so it sees how they ended:
+    killed by the kernel with their parent (-9), not finishing their share."""
+    if archive.cpu_count() < 2:
+        pytest.skip("a single CPU: tar forks no writers")
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(2):
+        (src / f"part{i}.bin").write_bytes(bytes([i]) * (16 << 20))
+    recipe = tmp_path / "tar.yaml"
+    recipe.write_text(
+        "recipe: t\nsteps:\n  - id: t\n    uses: tar\n"
+        f"    with: {{source: {src}, to: {tmp_path}/out/a.tar}}\n"
+    )
+    env = dict(os.environ)
+    for _ in range(10):
+        run = zygote.start(recipe, "-q", cwd=tmp_path, env=env)
+        writers: list[int] = []
+        while not writers and zygote.poll(run) is None:
+            writers = children(run.pid)
+        if not writers:  # finished before a writer was seen: try again
+            assert zygote.wait(run) == 0, run.stderr()
+            (tmp_path / "out" / "a.tar").unlink()
+            continue
+        assert zygote.kill(run) == -9
+        for pid in writers:
+            assert zygote.wait(Run(pid, run.out, run.err), timeout=20) == -9
+        break
+    else:
+        pytest.fail("no forked writer was seen in ten runs")
+    assert not (tmp_path / "out" / "a.tar").exists()
+    rerun = zygote.start(recipe, "-q", cwd=tmp_path, env=env)
+    assert zygote.wait(rerun) == 0, rerun.stderr()
+    with tarfile.open(tmp_path / "out" / "a.tar") as tar:
+        assert sorted(tar.getnames()) == ["src", "src/part0.bin", "src/part1.bin"]
     assert leftovers(tmp_path) == []

@@ -18,9 +18,10 @@ PR_SET_PDEATHSIG = 1
 
 def death_signal(sig: int = signal.SIGKILL) -> Callable[[], None]:
     """A function for a child to call first thing after fork (or as Popen's
-    ``preexec_fn``): it asks for ``sig`` when the parent dies, and exits at once
-    if the parent is already gone. Made in the parent, so the child only calls
-    into libc, which is safe after a fork in a threaded process."""
+    ``preexec_fn``): it asks for ``sig`` when the parent dies, and sends it to
+    itself at once if the parent is already gone (so a child ends the same way
+    whether its parent died just before or after). Made in the parent, so the
+    child only calls into libc, which is safe after a fork in a threaded process."""
     parent = os.getpid()
     prctl = None
     try:
@@ -34,6 +35,7 @@ def death_signal(sig: int = signal.SIGKILL) -> Callable[[], None]:
         if prctl is not None:
             prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
         if os.getppid() != parent:  # died before the signal was armed
-            os._exit(1)
+            os.kill(os.getpid(), sig)
+            os._exit(1)  # a signal this process ignores
 
     return arm

@@ -660,8 +660,13 @@ class _Workers:
         self.progress = progress
         self.pipes: dict[int, tuple[int, bytearray]] = {}  # read end -> (pid, unread bytes)
         self.poller = select.poll()
+        self.arm: Callable[[], None] | None = None
 
     def start(self, fd: int, members: list[Member], start: int, offset: int, last: bool) -> None:
+        if self.arm is None:
+            from wsrun.procs import death_signal
+
+            self.arm = death_signal()
         r, w = os.pipe()
         try:
             pid = os.fork()
@@ -670,7 +675,7 @@ class _Workers:
             os.close(w)
             raise
         if pid == 0:
-            _worker(w, fd, members, start, offset, last)  # does not return
+            _worker(w, fd, members, start, offset, last, self.arm)  # does not return
         os.close(w)
         os.set_blocking(r, False)
         self.pipes[r] = (pid, bytearray())
@@ -752,12 +757,20 @@ def _exit_text(status: int) -> str:
 
 
 def _worker(
-    pipe: int, fd: int, members: list[Member], start: int, offset: int, last: bool
+    pipe: int,
+    fd: int,
+    members: list[Member],
+    start: int,
+    offset: int,
+    last: bool,
+    arm: Callable[[], None],
 ) -> NoReturn:
     """The body of a forked writer. It does only os-level work (the parent's
-    other threads may hold locks) and never returns into the caller."""
+    other threads may hold locks) and never returns into the caller; it dies
+    with the parent (``arm``: see wsrun.procs)."""
     code = 1
     try:
+        arm()
         gc.disable()  # no finalizers of the parent's objects run here
 
         parent = os.getppid()

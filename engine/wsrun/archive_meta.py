@@ -429,11 +429,14 @@ class SqliteMetadata(SqlMetadata):
                 raise ArchiveError(f"{root}: no archive here")
             return
         os.makedirs(root, exist_ok=True)
-        self.db = sqlite3.connect(self.db_path, timeout=30, isolation_level=None)
-        self.db.execute("PRAGMA busy_timeout = 30000")
-        self.db.execute("PRAGMA journal_mode = WAL")
-        # One transaction: a reader sees all the tables or none.
-        self.db.executescript(f"BEGIN IMMEDIATE;\n{SQLITE_SCHEMA}\nCOMMIT;")
+        # Under the writers' lock: two processes setting up a new database at
+        # once fail ("database is locked": switching to WAL does not wait).
+        with self._locked():
+            self.db = sqlite3.connect(self.db_path, timeout=30, isolation_level=None)
+            self.db.execute("PRAGMA busy_timeout = 30000")
+            self.db.execute("PRAGMA journal_mode = WAL")
+            # One transaction: a reader sees all the tables or none.
+            self.db.executescript(f"BEGIN IMMEDIATE;\n{SQLITE_SCHEMA}\nCOMMIT;")
 
     def close(self) -> None:
         self.db.close()

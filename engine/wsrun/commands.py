@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from datetime import datetime
 from typing import Annotated, Any
@@ -513,14 +514,21 @@ def archive_get(
     as_json: Annotated[bool, typer.Option("--json", help="The files written, as JSON")] = False,
 ) -> None:
     """Retrieve a product's files, checksums verified, each written atomically."""
+    from wsrun import locks
     from wsrun.archive_store import ArchiveError
 
     store = _open_archive(archive)
     try:
-        written = [str(path) for path in store.get(locator, dest)]
+        held = locks.acquire(
+            [os.path.abspath(dest)], "wsrun archive get", locks.wait_seconds(os.environ)
+        )
+        try:
+            written = [str(path) for path in store.get(locator, dest)]
+        finally:
+            held.release()
         for line in [json.dumps(written, indent=2)] if as_json else written:
             print(line)
-    except (ArchiveError, OSError) as e:
+    except (ArchiveError, OSError, locks.DestinationBusy) as e:
         print(f"wsrun: {e}", file=sys.stderr)
         raise typer.Exit(1) from None
 

@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from wsrun import expr
+from wsrun import expr, locks
 from wsrun.effects import Effect
 from wsrun.fs import ContentUnknown, WorldView
 from wsrun.journal import Journal, JournalError, new_run_id
@@ -571,7 +571,9 @@ class Runner:
             deadline=deadline,
         )
         plan = None
+        held = locks.Held()
         try:
+            held = locks.for_step(module, params, ctx)  # before the step reads or writes
             plan = module.plan(params, ctx)
             if self.dry_run:
                 for effect in plan.effects:
@@ -591,6 +593,8 @@ class Runner:
             raise StepFailed(message, e, path) from None
         except Exception as e:  # a bug in a step type: still one line, traceback with -v
             raise StepFailed(f"{type(e).__name__}: {e}", e) from None
+        finally:
+            held.release()
 
     def check_params(self, uses: str, params: dict[str, Any], templated: set[str]) -> None:
         """Check the values that expressions produced; the rest were checked

@@ -13,7 +13,11 @@ registered under the entry-point group ``wsrun.steps``) that defines:
   evaluating ``{{ }}`` in them, because the step renders them itself;
 - ``plan(params, ctx) -> Plan``: look at the world through ``ctx.fs`` and
   return the effects the step would have and the outputs later steps can use;
-- ``apply(plan, ctx) -> Result``: perform exactly those effects.
+- ``apply(plan, ctx) -> Result``: perform exactly those effects;
+- ``destinations(params, ctx) -> list[str]`` (optional, for step types that
+  write): the paths it writes, which the runner locks before ``plan`` and
+  releases after ``apply`` (``wsrun.locks``), so two runs never write one
+  destination at once.
 
 ``plan`` must not change anything; ``apply`` must not do anything ``plan`` did
 not report. That is what makes a dry run faithful.

@@ -18,7 +18,7 @@ from urllib.parse import quote
 from wsrun import archive
 from wsrun.archive import Member
 from wsrun.effects import Effect, create_dir, create_file, remove
-from wsrun.fileio import TMP_SUFFIX, is_temp_name, write_bytes_atomic
+from wsrun.fileio import TMP_SUFFIX, hidden_name, is_temp_name, write_bytes_atomic
 from wsrun.fs import FileInfo, WorldView, norm
 from wsrun.step import Plan, Result, StepContext, StepError
 from wsrun.steps.copy import BUFFER_SIZE, copy_file, current_umask, hash_file, run_parallel
@@ -231,7 +231,7 @@ class Job:
     @property
     def staging(self) -> str:
         head, tail = os.path.split(self.top)
-        return os.path.join(head, f".{tail}{STAGING_SUFFIX}")
+        return os.path.join(head, hidden_name(tail, STAGING_SUFFIX))
 
     def staged(self, path: str) -> str:
         """Where a final path is while the delivery is assembled."""
@@ -239,6 +239,21 @@ class Job:
 
 
 # ---- plan -------------------------------------------------------------------------
+
+
+def destinations(params: dict[str, Any], ctx: StepContext) -> list[str]:
+    """The paths this step writes, locked (wsrun.locks) before it plans: the
+    local destination, or its topmost missing ancestor, which is what gets
+    renamed into place. A download directory gets a new random name each run."""
+    local = params.get("local_destination")
+    if not local:
+        return []
+    path = ctx.path(local)
+    if params.get("prefix"):
+        path = os.path.join(path, params["prefix"])
+    while not os.path.lexists(os.path.dirname(path)) and os.path.dirname(path) != path:
+        path = os.path.dirname(path)
+    return [path]
 
 
 def plan(params: dict[str, Any], ctx: StepContext) -> Plan:
@@ -703,11 +718,12 @@ def _existing(fs: WorldView, job: Job) -> str:
 
 def apply(plan: Plan, ctx: StepContext) -> Result:
     job: Job = plan.data
-    if job.noop:
-        return Result(outputs=plan.outputs)
     staging = job.staging
     if os.path.lexists(staging):  # left by a run that was killed
         shutil.rmtree(staging)
+    if job.noop:
+        _remove_old(job)
+        return Result(outputs=plan.outputs)
     try:
         os.mkdir(staging)
         for path in [*job.chain, job.destination]:
@@ -817,10 +833,7 @@ def _install(job: Job, ctx: StepContext) -> None:
         # over a missing path, or over an empty destination directory
         os.rename(job.staging, job.top)
         return
-    head, tail = os.path.split(job.destination)
-    old = os.path.join(head, f".{tail}{OLD_SUFFIX}")
-    if os.path.lexists(old):
-        shutil.rmtree(old)
+    old = _remove_old(job)
     os.rename(job.destination, old)
     try:
         os.rename(job.staging, job.destination)
@@ -832,3 +845,12 @@ def _install(job: Job, ctx: StepContext) -> None:
         shutil.rmtree(old)
     except OSError as e:  # the new delivery is in place: do not fail it for this
         ctx.log(f"warning: could not remove the replaced delivery {old}: {e}")
+
+
+def _remove_old(job: Job) -> str:
+    """Remove the replaced delivery a killed run left aside; returns its name."""
+    head, tail = os.path.split(job.destination)
+    old = os.path.join(head, hidden_name(tail, OLD_SUFFIX))
+    if os.path.lexists(old):
+        shutil.rmtree(old)
+    return old

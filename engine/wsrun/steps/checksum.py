@@ -95,6 +95,11 @@ OUTPUTS = {
 }
 
 
+def destinations(params: dict[str, Any], ctx: StepContext) -> list[str]:
+    """The paths this step writes, locked (wsrun.locks) before it plans."""
+    return [ctx.path(params["to"])] if params.get("to") else []
+
+
 def plan(params: dict[str, Any], ctx: StepContext) -> Plan:
     algorithm = params.get("algorithm", "sha256")
     to = ctx.path(params["to"]) if params.get("to") else None

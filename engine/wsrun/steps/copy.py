@@ -16,9 +16,10 @@ from typing import Any, TypeVar
 from wsrun.effects import Effect, create_dir, create_file, create_symlink
 from wsrun.fileio import (
     TMP_SUFFIX,
-    hold_temp,
+    create_temp,
     is_temp_name,
     naming,
+    remove_leftover,
     remove_stray_temps,
     temp_path,
 )
@@ -137,11 +138,39 @@ class CopyJob:
     to_hash: list[str] = field(default_factory=list)
     #: Checksums already known from plan (compare: checksum).
     known: dict[str, str] = field(default_factory=dict)
-    #: Existing directories that may hold a killed run's temp files (seen
-    #: while walking the destination, or receiving a single file).
+    #: Existing directories that may hold a killed run's temp files (those
+    #: receiving a single file; others may write there too).
     write_dirs: set[str] = field(default_factory=set)
+    #: A killed run's temp files seen while walking a destination tree: inside
+    #: what this step writes (and has locked), so removed whatever their age.
+    strays: list[str] = field(default_factory=list)
     algorithm: str | None = None
     workers: int = 1
+
+
+#: Up to this many sources, each one's place under ``to`` is locked; with more,
+#: all of ``to``.
+LOCK_EACH_MAX = 32
+
+
+def destinations(params: dict[str, Any], ctx: StepContext) -> list[str]:
+    """The paths this step writes, locked (wsrun.locks) before it plans: each
+    source's place under ``to``, so runs copying other things into one shared
+    directory (a cache) do not wait for each other."""
+    to = ctx.path(params["to"])
+    sources = params["sources"]
+    sources = [sources] if isinstance(sources, str) else sources
+    if len(sources) > LOCK_EACH_MAX:
+        return [to]
+    base = ctx.path(params["base"]) if params.get("base") else None
+    places = []
+    for source in sources:
+        path = ctx.path(source)
+        rel = os.path.basename(path) if base is None else os.path.relpath(path, base)
+        if rel in ("", os.curdir) or rel == os.pardir or rel.startswith(os.pardir + os.sep):
+            return [to]  # plan refuses it, or it is `to` as a whole
+        places.append(os.path.join(to, rel))
+    return places
 
 
 def plan(params: dict[str, Any], ctx: StepContext) -> Plan:
@@ -260,7 +289,7 @@ class _Planner:
         dest_infos = dict(self.fs.walk(dest)) if existing else {}
         for rel in dest_infos:
             if rel.endswith(TMP_SUFFIX) and is_temp_name(os.path.basename(rel)):
-                self.job.write_dirs.add(os.path.dirname(os.path.join(dest, rel)))
+                self.job.strays.append(os.path.join(dest, rel))
         src_prefix, dest_prefix = source + os.sep, dest + os.sep
         add_file = self.add_file
         skipped: set[str] = set()  # temp files a killed run left, and their contents
@@ -403,6 +432,9 @@ def _copy_files(plan: Plan, ctx: StepContext, umask: int) -> dict[str, Any]:
     job: CopyJob = plan.data
     for directory in job.write_dirs:
         remove_stray_temps(directory)
+    for path in job.strays:
+        with contextlib.suppress(OSError):  # TempBusy: a live writer's after all
+            remove_leftover(path)
     for dest, target, mtime_ns in job.links:
         copy_symlink(target, dest, mtime_ns)
     task = ctx.progress.task(
@@ -485,7 +517,13 @@ def copy_file(
     left = (1 << 62) if size is None else size
     src_fd = os.open(source, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        dst_fd = _create(tmp, mode & 0o777)
+        # Read too: hashed through mmap. Raises (and removes nothing) if a
+        # live writer holds this temporary name.
+        dst_fd = create_temp(tmp, mode & 0o777, os.O_RDWR)
+    except BaseException:
+        os.close(src_fd)
+        raise
+    try:
         try:
             digest = None
             if algorithm:
@@ -498,9 +536,9 @@ def copy_file(
             if mode & ~0o777 or mode & umask:
                 os.fchmod(dst_fd, mode)
             os.utime(dst_fd, ns=(mtime_ns, mtime_ns))
+            os.rename(tmp, dest)  # still held: nobody takes it for a leftover
         finally:
             os.close(dst_fd)
-        os.rename(tmp, dest)
     except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
@@ -510,18 +548,6 @@ def copy_file(
     finally:
         os.close(src_fd)
     return digest
-
-
-def _create(path: str, mode: int) -> int:
-    """Create ``path`` afresh; a leftover (even a symlink) is removed, never followed."""
-    flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC  # read: hashed through mmap
-    try:
-        fd = os.open(path, flags, mode)
-    except FileExistsError:
-        os.unlink(path)
-        fd = os.open(path, flags, mode)
-    hold_temp(fd)  # a concurrent run's clean-up of leftovers leaves it alone
-    return fd
 
 
 def _by_copy_file_range(src_fd: int, dst_fd: int, count: int) -> int:

@@ -233,6 +233,19 @@ def _planned_size(ctx: StepContext, f: FileSpec) -> int | None:
     return f.size
 
 
+def destinations(params: dict[str, Any], ctx: StepContext) -> list[str]:
+    """What this step writes, locked (wsrun.locks) before it plans: the
+    archive's record of the products staged in the manifest's ingestion_path."""
+    manifest_path = ctx.path(params["manifest"])
+    try:
+        with ctx.fs.open(manifest_path) as f:
+            staged = json.load(f)["parameters"]["ingestion_path"]
+        base = os.path.normpath(os.path.join(os.path.dirname(manifest_path), staged))
+    except (OSError, ValueError, KeyError, TypeError, ContentUnknown):
+        return []  # plan says what is wrong with the manifest
+    return [f"archive {mask(archive_url(params.get('archive'), ctx.env))} ({base})"]
+
+
 def plan(params: dict[str, Any], ctx: StepContext) -> Plan:
     manifest_path = ctx.path(params["manifest"])
     manifest = read_manifest(manifest_path, ctx.fs)

@@ -121,6 +121,11 @@ OUTPUTS = {
 }
 
 
+def destinations(params: dict[str, Any], ctx: StepContext) -> list[str]:
+    """The paths this step writes, locked (wsrun.locks) before it plans."""
+    return [ctx.path(params["ingestion_path"])]
+
+
 def plan(params: dict[str, Any], ctx: StepContext) -> Plan:
     base = ctx.path(params["ingestion_path"])
     kind = params["kind"]

@@ -84,6 +84,12 @@ OUTPUTS = {
 }
 
 
+def destinations(params: dict[str, Any], ctx: StepContext) -> list[str]:
+    """The paths this step writes, locked (wsrun.locks) before it plans."""
+    root = ctx.path(params["root"])
+    return [ctx.path(params["to"]) if params.get("to") else os.path.join(root, "MANIFEST.json")]
+
+
 def plan(params: dict[str, Any], ctx: StepContext) -> Plan:
     root = ctx.path(params["root"])
     algorithm = params.get("algorithm", "sha256")

@@ -82,6 +82,11 @@ class MoveJob:
     parents: list[str] = field(default_factory=list)
 
 
+def destinations(params: dict[str, Any], ctx: StepContext) -> list[str]:
+    """The paths this step writes, locked (wsrun.locks) before it plans."""
+    return [ctx.path(params["source"]), ctx.path(params["to"])]
+
+
 def plan(params: dict[str, Any], ctx: StepContext) -> Plan:
     source = ctx.path(params["source"])
     to = ctx.path(params["to"])

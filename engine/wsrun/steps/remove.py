@@ -61,6 +61,12 @@ OUTPUTS = {
 }
 
 
+def destinations(params: dict[str, Any], ctx: StepContext) -> list[str]:
+    """The paths this step writes, locked (wsrun.locks) before it plans."""
+    paths = params["path"]
+    return [ctx.path(p) for p in ([paths] if isinstance(paths, str) else paths)]
+
+
 def plan(params: dict[str, Any], ctx: StepContext) -> Plan:
     paths = params["path"]
     if isinstance(paths, str):

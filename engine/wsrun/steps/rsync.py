@@ -17,6 +17,7 @@ from typing import IO, Any
 
 from wsrun.effects import Effect, create_dir, create_file, create_symlink, remove
 from wsrun.fs import ContentUnknown, FileInfo, WorldView
+from wsrun.procs import death_signal
 from wsrun.step import Plan, Result, StepContext, StepError
 
 NAME = "rsync"
@@ -202,6 +203,18 @@ class Transfer:
     new_dirs: list[str]  # `to` and its missing parents, created before rsync runs
 
 
+def destinations(params: dict[str, Any], ctx: StepContext) -> list[str]:
+    """The paths this step writes, locked (wsrun.locks) before it plans: the
+    source's place under ``to`` (so runs replicating other things into one
+    cache do not wait for each other), or ``to`` when the source's contents go
+    there."""
+    raw_source: str = params["source"]
+    to = ctx.path(params["to"])
+    if raw_source.endswith("/") or os.path.basename(raw_source) in (".", ".."):
+        return [to]
+    return [os.path.join(to, os.path.basename(ctx.path(raw_source)))]
+
+
 def plan(params: dict[str, Any], ctx: StepContext) -> Plan:
     raw_source: str = params["source"]
     source = ctx.path(raw_source)
@@ -337,6 +350,8 @@ def _rsync(
                 stdout=subprocess.PIPE,
                 stderr=err,
                 start_new_session=True,
+                # Killed with wsrun (SIGTERM: rsync then removes its temporary file).
+                preexec_fn=death_signal(signal.SIGTERM),
             )
         except FileNotFoundError:
             raise StepError(

@@ -11,7 +11,7 @@ from typing import Any
 
 from wsrun import objectstore as osx
 from wsrun.effects import Effect, create_dir, create_file
-from wsrun.fileio import temp_path
+from wsrun.fileio import remove_temp_of, temp_path
 from wsrun.fs import ContentUnknown, FileInfo
 from wsrun.step import Plan, Result, StepContext, StepError
 
@@ -98,6 +98,19 @@ class DownloadJob:
     downloads: list[Download]
     part_size: int
     workers: int
+
+
+def destinations(params: dict[str, Any], ctx: StepContext) -> list[str]:
+    """The paths this step writes, locked (wsrun.locks) before it plans: where
+    each source lands under ``to`` (``to/<last part of its key>``; ``to`` itself
+    for a whole bucket)."""
+    to = ctx.path(params["to"])
+    sources = params["sources"]
+    places = []
+    for url in [sources] if isinstance(sources, str) else sources:
+        path = url.partition("://")[2].strip("/")
+        places.append(os.path.join(to, os.path.basename(path)) if "/" in path else to)
+    return places
 
 
 def plan(params: dict[str, Any], ctx: StepContext) -> Plan:
@@ -206,6 +219,8 @@ def _plan_dirs(ctx: StepContext, path: str, made: set[str], effects: list[Effect
 
 def apply(plan: Plan, ctx: StepContext) -> Result:
     job: DownloadJob = plan.data
+    for path in plan.outputs["files"]:  # a killed run's temp files, also when nothing changed
+        remove_temp_of(path)
     for effect in plan.effects:
         if effect.op == "create_dir":
             os.makedirs(effect.path, exist_ok=True)

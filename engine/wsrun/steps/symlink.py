@@ -81,6 +81,11 @@ class SymlinkJob:
     remove_dir: bool = False
 
 
+def destinations(params: dict[str, Any], ctx: StepContext) -> list[str]:
+    """The paths this step writes, locked (wsrun.locks) before it plans."""
+    return [ctx.path(params["link"])]
+
+
 def plan(params: dict[str, Any], ctx: StepContext) -> Plan:
     link = ctx.path(params["link"])
     target = params["target"]

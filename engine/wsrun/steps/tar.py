@@ -123,6 +123,11 @@ class _Data:
     parents: list[str]  # directories to create for the archive
 
 
+def destinations(params: dict[str, Any], ctx: StepContext) -> list[str]:
+    """The paths this step writes, locked (wsrun.locks) before it plans."""
+    return [ctx.path(params["to"])]
+
+
 def plan(params: dict[str, Any], ctx: StepContext) -> Plan:
     to = ctx.path(params["to"])
     compression = params.get("compression", "auto")
@@ -185,6 +190,9 @@ def apply(plan: Plan, ctx: StepContext) -> Result:
             written = os.fstat(f.fileno()).st_size
             if d.compression == "none" and written != d.tar_size:
                 raise StepError(f"wrote {written} bytes, planned {d.tar_size}", path=d.to)
+            end = os.lseek(f.fileno(), 0, os.SEEK_CUR)
+            if written != end:
+                raise StepError(f"wrote {end} bytes but the file has {written}", path=d.to)
     finally:
         task.close()
     return Result(effects=plan.effects, outputs={**plan.outputs, "bytes": written})

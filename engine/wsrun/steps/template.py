@@ -96,6 +96,11 @@ OUTPUTS = {"file": "absolute path of the rendered file"}
 UNRENDERED = ("content",)
 
 
+def destinations(params: dict[str, Any], ctx: StepContext) -> list[str]:
+    """The paths this step writes, locked (wsrun.locks) before it plans."""
+    return [ctx.path(params["to"])]
+
+
 def plan(params: dict[str, Any], ctx: StepContext) -> Plan:
     to = ctx.path(params["to"])
     if ("src" in params) == ("content" in params):

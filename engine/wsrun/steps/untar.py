@@ -109,6 +109,11 @@ class _Data:
     dirs: list[Entry] = field(default_factory=list)  # archive directories, for modes and mtimes
 
 
+def destinations(params: dict[str, Any], ctx: StepContext) -> list[str]:
+    """The paths this step writes, locked (wsrun.locks) before it plans."""
+    return [ctx.path(params["to"])]
+
+
 def plan(params: dict[str, Any], ctx: StepContext) -> Plan:
     source = ctx.path(params["source"])
     to = ctx.path(params["to"])
@@ -184,6 +189,8 @@ def plan(params: dict[str, Any], ctx: StepContext) -> Plan:
 
 
 def apply(plan: Plan, ctx: StepContext) -> Result:
+    for path in plan.outputs["files"]:  # a killed run's temp files, also when nothing changed
+        fileio.remove_temp_of(path)
     if not plan.effects:
         return Result(outputs=plan.outputs)
     d: _Data = plan.data
@@ -397,12 +404,8 @@ def _open_source(d: _Data) -> Any:
         source.close()
 
 
-_NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-
-
 def _retry(create: Any, tmp: str) -> Any:
-    """Create ``tmp`` exclusively (never through a symlink), removing what a
-    killed run left there first."""
+    """Create the link ``tmp`` exclusively, removing what a killed run left there first."""
     try:
         return create()
     except FileExistsError:
@@ -445,9 +448,10 @@ class _Extractor:
             return
         assert e is not None
         tmp = fileio.temp_path(path)
+        # Created before the try: one that another process holds is not ours to remove.
+        fd = fileio.create_temp(tmp, 0o600, os.O_WRONLY) if a.op == "file" else -1
         try:
             if a.op == "file":
-                fd = _retry(lambda: os.open(tmp, _NEW_FILE, 0o600), tmp)
                 try:
                     source.fill(e, fd)
                     os.fchmod(fd, e.mode)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from dataclasses import dataclass
@@ -256,7 +257,8 @@ def plan(params: dict[str, Any], ctx: StepContext) -> Plan:
     if existing:
         old_manifest, old_products = existing
         if old_manifest == manifest and _same_files(ctx, request, old_products):
-            return Plan(outputs=_outputs(url, old_products))
+            # Nothing to ingest; the url lets apply sweep what killed ingests left.
+            return Plan(outputs=_outputs(url, old_products), data=url)
         if not request.reingest:
             first = next(p for p in old_products if p.science)
             raise StepError(
@@ -287,6 +289,18 @@ def plan(params: dict[str, Any], ctx: StepContext) -> Plan:
         "archive": mask(url),  # no password in plans, logs or the journal
     }
     return Plan(effects=effects, outputs=outputs, data=IngestJob(url, request, _hint(params)))
+
+
+def _sweep(url: str) -> None:
+    """Remove what killed ingests left in the archive (temporary copies,
+    unreferenced content), if no other ingest is in flight. Housekeeping: a
+    failure here fails nothing, and the next ingest sweeps again."""
+    with contextlib.suppress(Exception):
+        archive = ArchiveStore.open(url)
+        try:
+            archive.sweep()
+        finally:
+            archive.close()
 
 
 def _hint(params: dict[str, Any]) -> str:
@@ -331,9 +345,10 @@ def _outputs(url: str, products: list[ProductRecord]) -> dict[str, Any]:
 
 
 def apply(plan: Plan, ctx: StepContext) -> Result:
-    job: IngestJob | None = plan.data
-    if job is None:
-        return Result(outputs=plan.outputs)  # already ingested
+    job: IngestJob | str = plan.data
+    if isinstance(job, str):  # already ingested: only tidy up after killed ingests
+        _sweep(job)
+        return Result(outputs=plan.outputs)
     uploads = [e for e in plan.effects if e.op == "upload"]
     task = ctx.progress.task(
         "ingest", total_bytes=sum(e.bytes or 0 for e in uploads), total_files=len(uploads)

@@ -526,6 +526,10 @@ class PostgresMetadata(SqlMetadata):
             row = conn.execute(sql.format(key=self._WRITERS)).fetchone()
             yield (bool(row[0]) if row and row[0] is not None else True), conn
         finally:
+            # Released before returning: the server handles a closed connection
+            # asynchronously, and a sweep right after must find the lock free.
+            with contextlib.suppress(Exception):
+                conn.execute("SELECT pg_advisory_unlock_all()")
             conn.close()
 
     def writer(self) -> contextlib.AbstractContextManager[bool]:

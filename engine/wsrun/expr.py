@@ -8,7 +8,8 @@ stays a list, a bool a bool); any other string with ``{{`` is rendered as text.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from functools import lru_cache
 from typing import Any
 
@@ -29,22 +30,121 @@ class ExpressionError(Exception):
         self.line = line
 
 
+class UnsafeExpression(ExpressionError):
+    """The sandbox refused an expression: an unsafe attribute, or a result too large."""
+
+
 def is_template(value: Any) -> bool:
     return isinstance(value, str) and ("{{" in value or "{%" in value)
+
+
+#: Longest string or list one operation in an expression may build, and the
+#: most bits an integer power may have: ``{{ "x" * 10**10 }}`` is an error,
+#: not 10 GB.
+MAX_SIZE = 1_000_000
+MAX_POWER_BITS = 100_000
+#: Deepest nesting of brackets in an expression (Jinja's parser recurses).
+MAX_NESTING = 50
+_FORMAT_WIDTH = re.compile(r"%[-#0 +]*(\*|\d*)(?:\.(\*|\d*))?")
+
+
+def _too_big(size: int) -> None:
+    if size > MAX_SIZE:
+        from jinja2.exceptions import SecurityError
+
+        raise SecurityError(f"the result would have {size} items (at most {MAX_SIZE})")
+
+
+def _sized(value: Any) -> bool:
+    return isinstance(value, (str, bytes, list, tuple))
+
+
+def _bounded_binop(operator: str, left: Any, right: Any) -> None:
+    """Refuse an operation whose result would be too large, before computing it."""
+    if operator == "*":
+        if _sized(left) and isinstance(right, int):
+            _too_big(len(left) * right)
+        elif _sized(right) and isinstance(left, int):
+            _too_big(len(right) * left)
+    elif operator == "+" and _sized(left) and _sized(right):
+        _too_big(len(left) + len(right))
+    elif operator == "**" and isinstance(left, int) and isinstance(right, int) and right > 0:
+        if abs(left) > 1 and right * abs(left).bit_length() > MAX_POWER_BITS:
+            from jinja2.exceptions import SecurityError
+
+            raise SecurityError(f"{left} ** {right} is too large")
+    elif operator == "%" and isinstance(left, str):
+        _bounded_format(left, right)
+
+
+def _bounded_format(text: str, args: Any) -> None:
+    numbers = args if isinstance(args, tuple) else (args,)
+    for width, precision in _FORMAT_WIDTH.findall(text):
+        for n in (width, precision):
+            if n == "*":
+                _too_big(max((a for a in numbers if isinstance(a, int)), default=0))
+            elif n:
+                _too_big(int(n))
+
+
+def _bounded_filters() -> dict[str, Any]:
+    """Jinja's filters that can build a huge string from small arguments, with
+    the size of their result checked first."""
+    from jinja2 import filters as jf
+    from jinja2.utils import pass_eval_context
+
+    def center(value: Any, width: int = 80) -> str:
+        _too_big(width if isinstance(width, int) else 0)
+        return jf.do_center(value, width)
+
+    def indent(s: Any, width: Any = 4, first: bool = False, blank: bool = False) -> str:
+        if isinstance(width, int):
+            _too_big(width * (str(s).count("\n") + 1) + len(str(s)))
+        return jf.do_indent(s, width, first, blank)
+
+    def format_(value: Any, *args: Any, **kwargs: Any) -> str:
+        _bounded_format(str(value), args)
+        return jf.do_format(value, *args, **kwargs)
+
+    @pass_eval_context
+    def replace(eval_ctx: Any, s: Any, old: Any, new: Any, count: int | None = None) -> Any:
+        text, old_, new_ = str(s), str(old), str(new)
+        hits = text.count(old_) if old_ else len(text) + 1
+        if count is not None and count >= 0:
+            hits = min(hits, count)
+        _too_big(len(text) + hits * max(0, len(new_) - len(old_)))
+        return jf.do_replace(eval_ctx, s, old, new, count)
+
+    return {"center": center, "indent": indent, "format": format_, "replace": replace}
 
 
 @lru_cache(maxsize=1)
 def environment() -> Any:
     """The sandboxed Jinja2 environment; imported on first use, since plain
-    names (the common case) never need it."""
-    from jinja2 import StrictUndefined
+    names (the common case) never need it.
+
+    Nothing is computed while compiling: Jinja folds constant parts of an
+    expression at compile time (``"x" * 10**10`` would be built there, outside
+    any check), so folding is off and the operators that can build large
+    values go through ``call_binop``, which checks the size first."""
+    from jinja2 import StrictUndefined, nodes
+    from jinja2.compiler import CodeGenerator
     from jinja2.sandbox import ImmutableSandboxedEnvironment
 
     from wsrun.filters import FILTERS
 
+    class NoFolding(CodeGenerator):
+        def _output_child_to_const(self, node: Any, frame: Any, finalize: Any) -> str:
+            if isinstance(node, nodes.TemplateData):
+                return super()._output_child_to_const(node, frame, finalize)
+            raise nodes.Impossible()
+
     class RecipeEnvironment(ImmutableSandboxedEnvironment):
         """Keys before attributes: ``steps.copy`` is the step with id ``copy``,
         not the dict method ``copy``."""
+
+        code_generator_class = NoFolding
+        intercepted_binops = frozenset({"*", "**", "+", "%"})
 
         def getattr(self, obj: Any, attribute: str) -> Any:
             if isinstance(obj, Mapping) and isinstance(attribute, str):
@@ -54,7 +154,14 @@ def environment() -> Any:
                     pass
             return super().getattr(obj, attribute)
 
-    env = RecipeEnvironment(undefined=StrictUndefined, keep_trailing_newline=True, autoescape=False)
+        def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
+            _bounded_binop(operator, left, right)
+            return super().call_binop(context, operator, left, right)
+
+    env = RecipeEnvironment(
+        undefined=StrictUndefined, keep_trailing_newline=True, autoescape=False, optimized=False
+    )
+    env.filters.update(_bounded_filters())
     env.filters.update(FILTERS)
     return env
 
@@ -68,16 +175,64 @@ def _single_expression(text: str) -> str | None:
 
 @lru_cache(maxsize=4096)
 def _compiled(text: str, bare: bool) -> Any:
-    from jinja2.exceptions import TemplateSyntaxError
-
     env = environment()
     expr = text if bare and not is_template(text) else _single_expression(text)
-    try:
+    with _syntax_errors(text):
         if expr is not None:
             return ("expr", env.compile_expression(expr, undefined_to_none=False))
         return ("template", env.from_string(text))
+
+
+def compile_check(text: str, bare: bool = False) -> None:
+    """Raise ExpressionError when ``text`` would not compile (unknown filter or
+    test, too deep); ``wsrun validate`` calls it so a run never meets one."""
+    _compiled(text, bare)
+
+
+@contextmanager
+def _syntax_errors(text: str) -> Iterator[None]:
+    """Jinja's syntax errors, unknown filters and parser recursion as one
+    ExpressionError worded for authors."""
+    from jinja2.exceptions import TemplateSyntaxError
+
+    depth = _nesting(text)
+    if depth > MAX_NESTING:
+        raise ExpressionError(f"expression nests brackets {depth} deep (at most {MAX_NESTING})")
+    try:
+        yield
     except TemplateSyntaxError as e:
-        raise ExpressionError(f"expression syntax: {e.message}", e.lineno) from None
+        raise ExpressionError(_syntax_message(e.message or str(e)), e.lineno) from None
+    except (RecursionError, MemoryError, SyntaxError):
+        raise ExpressionError("expression too complex (split it into vars:)") from None
+
+
+def _nesting(text: str) -> int:
+    depth = deepest = 0
+    for c in text:
+        if c in "([{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif c in ")]}":
+            depth = max(0, depth - 1)
+    return deepest - 2 if "{{" in text or "{%" in text else deepest  # the braces of {{ }}
+
+
+def _syntax_message(message: str) -> str:
+    """ "No filter named 'lenght'." -> "unknown filter 'lenght' (did you mean 'length'?)"."""
+    m = re.match(r"No (filter|test) named '(.*)'", message)
+    if m:
+        env = environment()
+        names = env.filters if m.group(1) == "filter" else env.tests
+        return f"unknown {m.group(1)} '{m.group(2)}'{did_you_mean(m.group(2), names)}"
+    return f"expression syntax: {message}"
+
+
+def did_you_mean(name: str, known: Iterable[str]) -> str:
+    """ " (did you mean 'x'?)" for the closest known name, or ""."""
+    import difflib
+
+    close = difflib.get_close_matches(name, [str(k) for k in known], n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""
 
 
 _NAME = r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*"
@@ -144,7 +299,7 @@ def evaluate(text: str, scope: Mapping[str, Any], bare: bool = False) -> Any:
             return "".join(p if isinstance(p, str) else str(_lookup(p, scope)) for p in simple[1])
         except _NeedsJinja:
             pass
-    from jinja2.exceptions import UndefinedError
+    from jinja2.exceptions import SecurityError, UndefinedError
     from jinja2.runtime import Undefined
 
     kind, compiled = _compiled(text, bare)
@@ -159,6 +314,8 @@ def evaluate(text: str, scope: Mapping[str, Any], bare: bool = False) -> Any:
         raise ExpressionError(_undefined_message(str(e))) from None
     except ExpressionError:
         raise
+    except SecurityError as e:
+        raise UnsafeExpression(f"SecurityError: {e}") from None
     except Exception as e:  # a filter or operation failed inside the expression
         raise ExpressionError(f"{type(e).__name__}: {e}") from None
 
@@ -201,17 +358,14 @@ def references(text: str, bare: bool = False) -> Iterator[tuple[str, ...]]:
                 yield chain
         return
     from jinja2 import meta
-    from jinja2.exceptions import TemplateSyntaxError
 
     env = environment()
     source = text
     if bare and not is_template(text):
         source = "{{ " + text + " }}"
-    try:
+    with _syntax_errors(source):
         ast = env.parse(source)
-    except TemplateSyntaxError as e:
-        raise ExpressionError(f"expression syntax: {e.message}", e.lineno) from None
-    free = meta.find_undeclared_variables(ast)
+        free = meta.find_undeclared_variables(ast)
     from jinja2 import nodes
 
     for node in ast.find_all((nodes.Getattr, nodes.Getitem, nodes.Name)):

@@ -84,7 +84,7 @@ def _bounded_format(text: str, args: Any) -> None:
             if n == "*":
                 _too_big(max((a for a in numbers if isinstance(a, int)), default=0))
             elif n:
-                _too_big(int(n))
+                _too_big(int(n) if len(n) <= 7 else MAX_SIZE + 1)
 
 
 def _bounded_filters() -> dict[str, Any]:
@@ -118,20 +118,42 @@ def _bounded_filters() -> dict[str, Any]:
     return {"center": center, "indent": indent, "format": format_, "replace": replace}
 
 
+def _bounded_str_format(template: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    """``"{:>999999999}".format(x)``: refuse widths past MAX_SIZE, given in
+    the template or (``{:{w}}``) as an argument."""
+    import string
+
+    try:
+        specs = [spec or "" for _, _, spec, _ in string.Formatter().parse(template)]
+    except ValueError:
+        return  # str.format reports the malformed template itself
+    for spec in specs:
+        for n in re.findall(r"\d+", spec):
+            _too_big(int(n) if len(n) <= 7 else MAX_SIZE + 1)
+        if "{" in spec:
+            for a in (*args, *kwargs.values()):
+                if isinstance(a, int):
+                    _too_big(a)
+
+
+def _bounded_lipsum(n: int = 5, html: bool = True, min: int = 20, max: int = 100) -> str:
+    from jinja2.utils import generate_lorem_ipsum
+
+    _too_big(n * max * 8)
+    return generate_lorem_ipsum(n, html, min, max)
+
+
 @lru_cache(maxsize=1)
-def environment() -> Any:
-    """The sandboxed Jinja2 environment; imported on first use, since plain
-    names (the common case) never need it.
+def _sandbox_classes() -> tuple[type, type]:
+    """A sandbox that computes nothing while compiling and checks sizes.
 
-    Nothing is computed while compiling: Jinja folds constant parts of an
-    expression at compile time (``"x" * 10**10`` would be built there, outside
-    any check), so folding is off and the operators that can build large
-    values go through ``call_binop``, which checks the size first."""
-    from jinja2 import StrictUndefined, nodes
+    Jinja folds constant parts of a template at compile time (``"x" * 10**10``
+    would be built there, outside any check), so folding is off, and the
+    operators and filters that can build large values check the size of their
+    result first. Returns (for templates, for recipe expressions)."""
+    from jinja2 import nodes
     from jinja2.compiler import CodeGenerator
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
-
-    from wsrun.filters import FILTERS
+    from jinja2.sandbox import ImmutableSandboxedEnvironment, SandboxedEnvironment
 
     class NoFolding(CodeGenerator):
         def _output_child_to_const(self, node: Any, frame: Any, finalize: Any) -> str:
@@ -139,12 +161,29 @@ def environment() -> Any:
                 return super()._output_child_to_const(node, frame, finalize)
             raise nodes.Impossible()
 
-    class RecipeEnvironment(ImmutableSandboxedEnvironment):
-        """Keys before attributes: ``steps.copy`` is the step with id ``copy``,
-        not the dict method ``copy``."""
-
+    class Bounded(SandboxedEnvironment):
         code_generator_class = NoFolding
         intercepted_binops = frozenset({"*", "**", "+", "%"})
+
+        def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
+            _bounded_binop(operator, left, right)
+            return super().call_binop(context, operator, left, right)
+
+        def wrap_str_format(self, value: Any) -> Any:
+            fmt = super().wrap_str_format(value)
+            if fmt is None:
+                return None
+            template = value.__self__
+
+            def checked(*args: Any, **kwargs: Any) -> str:
+                _bounded_str_format(template, args, kwargs)
+                return fmt(*args, **kwargs)
+
+            return checked
+
+    class RecipeEnvironment(Bounded, ImmutableSandboxedEnvironment):
+        """Keys before attributes: ``steps.copy`` is the step with id ``copy``,
+        not the dict method ``copy``."""
 
         def getattr(self, obj: Any, attribute: str) -> Any:
             if isinstance(obj, Mapping) and isinstance(attribute, str):
@@ -154,15 +193,35 @@ def environment() -> Any:
                     pass
             return super().getattr(obj, attribute)
 
-        def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
-            _bounded_binop(operator, left, right)
-            return super().call_binop(context, operator, left, right)
+    return Bounded, RecipeEnvironment
 
-    env = RecipeEnvironment(
+
+def bounded_sandbox(**options: Any) -> Any:
+    """A sandboxed Jinja environment with wsrun's filters and the size checks
+    of recipe expressions (the template step renders files with it)."""
+    from wsrun.filters import FILTERS
+
+    env = _sandbox_classes()[0](optimized=False, **options)
+    env.filters.update(_bounded_filters())
+    env.filters.update(FILTERS)
+    env.globals["lipsum"] = _bounded_lipsum
+    return env
+
+
+@lru_cache(maxsize=1)
+def environment() -> Any:
+    """The environment of recipe expressions; imported on first use, since
+    plain names (the common case) never need it."""
+    from jinja2 import StrictUndefined
+
+    from wsrun.filters import FILTERS
+
+    env = _sandbox_classes()[1](
         undefined=StrictUndefined, keep_trailing_newline=True, autoescape=False, optimized=False
     )
     env.filters.update(_bounded_filters())
     env.filters.update(FILTERS)
+    env.globals["lipsum"] = _bounded_lipsum
     return env
 
 

@@ -132,7 +132,10 @@ def load(file: str, text: str | None = None) -> Document:
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         where = Where(file, mark.line + 1, mark.column + 1) if mark else Where(file, 1, 1)
-        raise YamlError(where, f"YAML: {e.problem or e.context}") from None
+        problem = e.problem or e.context
+        if e.context and e.problem and e.problem.startswith("but "):
+            problem = f"{e.context}, {e.problem}"  # "expected a single document ..., but found"
+        raise YamlError(where, f"YAML: {problem}") from None
     except yaml.YAMLError as e:  # a reader error: no mark, maybe a position
         raise YamlError(_where_index(file, text, getattr(e, "position", 0)), f"YAML: {e}") from None
     finally:

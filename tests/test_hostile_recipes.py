@@ -81,7 +81,12 @@ MALFORMED: dict[str, tuple[bytes, int, int, str]] = {
         400,  # the 100th brace: the recipe's own mapping is the first level
         "nested more than 100 levels",
     ),
-    "two-documents": (b"recipe: x\nsteps: [{uses: noop}]\n---\nrecipe: y\n", 3, 1, "expected a single document"),
+    "two-documents": (
+        b"recipe: x\nsteps: [{uses: noop}]\n---\nrecipe: y\n",
+        3,
+        1,
+        "expected a single document",
+    ),
 }
 
 

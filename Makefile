@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo alma-demo test lint bench schemas docs tools services clean
+.PHONY: demo alma-demo test fuzz lint bench schemas docs tools services clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,13 @@ services:
 test: $(STAMP) tools services
 	$(BIN)/ruff check engine tests bench
 	$(BIN)/pytest -n 2 -q
+
+# Fuzz validation and dry runs with hostile recipe files for MINUTES minutes, fresh inputs each
+# time (tests/fuzz_recipes.py; a failing input is kept in fuzz-failures/). `make test` includes a
+# bounded, derandomized 60-second pass (tests/test_fuzz.py).
+MINUTES ?= 10
+fuzz: $(STAMP)
+	$(BIN)/python tests/fuzz_recipes.py --seconds $$(( $(MINUTES) * 60 ))
 
 lint: $(STAMP)
 	$(BIN)/ruff check engine tests bench

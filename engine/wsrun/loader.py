@@ -131,7 +131,7 @@ def load(file: str, text: str | None = None) -> Document:
         data = loader.construct_document(node)
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
-        where = Where(file, mark.line + 1, mark.column + 1) if mark else Where(file, 1, 1)
+        where = _in_text(file, text, mark.line, mark.column) if mark else Where(file, 1, 1)
         problem = e.problem or e.context
         if e.context and e.problem and e.problem.startswith("but "):
             problem = f"{e.context}, {e.problem}"  # "expected a single document ..., but found"
@@ -157,6 +157,15 @@ def decode(file: str, raw: bytes) -> str:
             Where(file, line, col),
             f"not UTF-8: byte 0x{raw[e.start]:02x} cannot be decoded (save the file as UTF-8)",
         ) from None
+
+
+def _in_text(file: str, text: str, line: int, col: int) -> Where:
+    """The 1-based position of libyaml's 0-based mark, kept inside the text:
+    at the end of a file without a final newline libyaml points one line past it."""
+    lines = text.split("\n")
+    if line >= len(lines):
+        return Where(file, len(lines), len(lines[-1]) + 1)
+    return Where(file, line + 1, col + 1)
 
 
 def _where_index(file: str, text: str, index: int) -> Where:

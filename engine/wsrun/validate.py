@@ -255,7 +255,10 @@ def schema_messages(
     out = []
     for err in validator.iter_errors(instance):
         path = tuple(err.absolute_path)
-        if expr.is_template(err.instance):
+        structure = label == "recipe" and (
+            len(path) == 1 or (len(path) == 2 and path[0] in STEP_SECTIONS)
+        )
+        if expr.is_template(err.instance) and not structure:
             continue  # checked when the expression has a value, at run time
         if err.validator == "additionalProperties":
             properties = err.schema.get("properties", {})

@@ -81,6 +81,9 @@ MALFORMED: dict[str, tuple[bytes, int, int, str]] = {
         400,  # the 100th brace: the recipe's own mapping is the first level
         "nested more than 100 levels",
     ),
+    # found by the fuzz target
+    "steps-expression": (b'recipe: x\nsteps: "{{"\n', 2, 8, "is not of type 'array'"),
+    "eof-without-newline": (b"recipe: x\nsteps: {", 2, 9, "YAML: "),
     "two-documents": (
         b"recipe: x\nsteps: [{uses: noop}]\n---\nrecipe: y\n",
         3,

@@ -31,6 +31,10 @@ INPUT_TYPES_PY: dict[str, Any] = {
     "list": list,
 }
 
+#: Part of the key of a remembered validation: raised when checks are added,
+#: so a recipe that passed the old checks is checked again.
+CHECKS_REVISION = 2
+
 #: Keys authors bring from Ansible and GitHub Actions, and what wsrun calls them.
 STEP_HINTS = {
     "when": "use `if:` for a condition",
@@ -141,7 +145,7 @@ def _validated_marker(recipe: Recipe) -> str | None:
     from wsrun import __version__
     from wsrun.journal import default_home
 
-    digest = hashlib.sha256(__version__.encode())
+    digest = hashlib.sha256(f"{__version__} checks {CHECKS_REVISION}".encode())
     seen: set[str] = set()
 
     def add(r: Recipe) -> bool:
@@ -249,17 +253,17 @@ def check(recipe: Recipe) -> list[Problem]:
 
 
 def schema_messages(
-    validator: Any, instance: Any, label: str = "recipe"
+    validator: Any, instance: Any, label: str = "recipe", recipe: bool = False
 ) -> list[tuple[tuple[Any, ...], str, bool]]:
-    """(path, message, is_key) for each schema error, worded for authors."""
+    """(path, message, is_key) for each schema error, worded for authors.
+    A value that is an expression is checked when it has a value, at run time,
+    except (``recipe``) where a recipe's structure is: a section or a step."""
     out = []
     for err in validator.iter_errors(instance):
         path = tuple(err.absolute_path)
-        structure = label == "recipe" and (
-            len(path) == 1 or (len(path) == 2 and path[0] in STEP_SECTIONS)
-        )
+        structure = recipe and (len(path) == 1 or (len(path) == 2 and path[0] in STEP_SECTIONS))
         if expr.is_template(err.instance) and not structure:
-            continue  # checked when the expression has a value, at run time
+            continue
         if err.validator == "additionalProperties":
             properties = err.schema.get("properties", {})
             for k in [k for k in err.instance if k not in properties]:
@@ -301,7 +305,7 @@ class _Checker:
         if not isinstance(data, dict):
             self.add((), "a recipe must be a mapping with 'recipe' and 'steps'")
             return
-        for path, message, is_key in schema_messages(_recipe_validator(), data):
+        for path, message, is_key in schema_messages(_recipe_validator(), data, recipe=True):
             self.add(path, message, is_key)
         self.check_inputs()
         self.check_on()

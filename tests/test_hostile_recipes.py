@@ -113,8 +113,31 @@ def test_malformed_file_is_one_positioned_error(cli, tmp_path: Path, name: str) 
     assert not (tmp_path / "$").exists()
 
 
+ONE_MB: dict[str, tuple[bytes, str]] = {
+    # the largest file the budget covers: nearly all values, steps, or expressions
+    "1MB-values": (
+        b"recipe: x\nsteps: [{uses: noop}]\nvars:\n  v: [" + b"1," * 524_000 + b"1]\n",
+        "more than 20000 values",
+    ),
+    "1MB-steps": (
+        b"recipe: x\nsteps:\n" + b"  - {uses: noop}\n" * 60_000,
+        "more than 20000 values",
+    ),
+    "1MB-expressions": (
+        b"recipe: x\nsteps:\n  - uses: noop\n    with:\n"
+        + b"".join(b'      v%d: "{{ 1 | string }}%s"\n' % (i, b"x" * 80) for i in range(9_000)),
+        "expressions add up to more than 20000 characters",
+    ),
+    "1MB-expression": (
+        (STEP % ('"{{ [1' + ",1" * 500_000 + '] }}"')).encode(),
+        "expressions add up to more than 20000 characters",
+    ),
+}
+
+
 @pytest.mark.parametrize(
-    "name", ["alias-bomb", "5000-digits", "string-times-ten-billion", "2000-parentheses", "1MB"]
+    "name",
+    ["alias-bomb", "5000-digits", "string-times-ten-billion", "2000-parentheses", *ONE_MB],
 )
 def test_bombs_stay_within_time_and_memory(tmp_path: Path, name: str) -> None:
     """In a separate process with a 1 GiB address-space limit: a regression
@@ -123,11 +146,10 @@ def test_bombs_stay_within_time_and_memory(tmp_path: Path, name: str) -> None:
     if name == "alias-bomb":
         path.write_bytes(alias_bomb())
         message = "alias bomb"
-    elif name == "1MB":  # the largest file the budget covers, nearly all values
-        path.write_bytes(
-            b"recipe: x\nsteps: [{uses: noop}]\nvars:\n  v: [" + b"1," * 524_000 + b"1]\n"
-        )
-        message = "more than 100000 values"
+    elif name in ONE_MB:
+        content, message = ONE_MB[name]
+        assert 900_000 < len(content) <= 1 << 20
+        path.write_bytes(content)
     else:
         path.write_bytes(MALFORMED[name][0])
         message = MALFORMED[name][3]
@@ -203,3 +225,12 @@ def test_bounds_leave_ordinary_expressions_alone(cli, tmp_path: Path) -> None:
         "nested": 21,
         "centred": "  x  ",
     }
+
+
+def test_checking_stops_after_a_hundred_problems(cli, tmp_path: Path) -> None:
+    path = tmp_path / "r.yaml"
+    path.write_text("recipe: x\nsteps:\n" + "  - {uses: noop, bogus: 1}\n" * 500)
+    r = cli("validate", path)
+    assert_clean_error(r, path, 3)
+    assert r.err.count("unknown key 'bogus'") == 100
+    assert r.err.rstrip().endswith("(stopped after 100 problems)")

@@ -242,10 +242,17 @@ def _compiled(text: str, bare: bool) -> Any:
         return ("template", env.from_string(text))
 
 
+def needs_jinja(text: str, bare: bool = False) -> bool:
+    """False for text that is plain names (``{{ inputs.src }}/x``), which is
+    evaluated without compiling a template."""
+    return _simple(text, bare) is None
+
+
 def compile_check(text: str, bare: bool = False) -> None:
     """Raise ExpressionError when ``text`` would not compile (unknown filter or
     test, too deep); ``wsrun validate`` calls it so a run never meets one."""
-    _compiled(text, bare)
+    if needs_jinja(text, bare):
+        _compiled(text, bare)
 
 
 @contextmanager

@@ -14,7 +14,7 @@ refused before they cost time or memory.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import yaml
@@ -25,8 +25,8 @@ except AttributeError:  # PyYAML built without libyaml
     _Base = yaml.SafeLoader
 
 #: Most values (scalars, lists, mappings; aliases counted as often as they are
-#: used) a file may hold. The largest real recipes hold a few thousand.
-MAX_NODES = 100_000
+#: used) a file may hold; the largest packaged recipe holds under 500.
+MAX_NODES = 20_000
 #: Deepest nesting of lists and mappings; recipes use fewer than ten levels.
 MAX_DEPTH = 100
 #: Characters YAML forbids in a file (it allows tab, newline, carriage return,
@@ -91,6 +91,7 @@ class Document:
     data: Any
     marks: dict[Path_, Where]
     text: str
+    _lines: list[str] | None = field(default=None, repr=False, compare=False)
 
     def where(self, path: Path_) -> Where:
         """The position of the value at ``path``, or of its nearest parent."""
@@ -106,8 +107,9 @@ class Document:
         return self.marks.get(("key",) + tuple(path)) or self.where(path)
 
     def line_text(self, line: int) -> str:
-        lines = self.text.splitlines()
-        return lines[line - 1] if 0 < line <= len(lines) else ""
+        if self._lines is None:
+            self._lines = self.text.splitlines()
+        return self._lines[line - 1] if 0 < line <= len(self._lines) else ""
 
 
 def load(file: str, text: str | None = None) -> Document:

@@ -35,6 +35,11 @@ INPUT_TYPES_PY: dict[str, Any] = {
 #: so a recipe that passed the old checks is checked again.
 CHECKS_REVISION = 2
 
+#: Most characters of expressions (other than plain names) one recipe may
+#: hold: compiling Jinja costs about a millisecond per tag, and the largest
+#: packaged recipe holds under 1,500. Long text belongs in a template file.
+MAX_EXPRESSION_TEXT = 20_000
+
 #: Keys authors bring from Ansible and GitHub Actions, and what wsrun calls them.
 STEP_HINTS = {
     "when": "use `if:` for a condition",
@@ -97,10 +102,22 @@ def _window(line: str, col: int, width: int = 100) -> tuple[str, int]:
     return shown, caret
 
 
+#: Problems checking stops at: a file with thousands of mistakes is
+#: answered quickly, and its first ones are what the author fixes first.
+MAX_PROBLEMS = 100
+
+
 class InvalidRecipe(Exception):
     def __init__(self, problems: list[Problem]) -> None:
-        super().__init__("\n".join(p.format() for p in problems))
+        text = "\n".join(p.format() for p in problems)
+        if len(problems) >= MAX_PROBLEMS:
+            text += f"\n(stopped after {MAX_PROBLEMS} problems)"
+        super().__init__(text)
         self.problems = problems
+
+
+class _TooMany(Exception):
+    pass
 
 
 @cache
@@ -248,7 +265,10 @@ def _yaml_problem(e: YamlError) -> Problem:
 def check(recipe: Recipe) -> list[Problem]:
     """Every problem in a parsed recipe, sorted by position."""
     checker = _Checker(recipe)
-    checker.run()
+    try:
+        checker.run()
+    except _TooMany:
+        pass
     return sorted(set(checker.problems), key=lambda p: (p.where.line, p.where.col, p.message))
 
 
@@ -295,10 +315,13 @@ class _Checker:
         self.recipe = recipe
         self.doc = recipe.doc
         self.problems: list[Problem] = []
+        self.expression_text = 0
 
     def add(self, path: tuple[Any, ...], message: str, key: bool = False) -> None:
         where = self.doc.key_where(path) if key else self.doc.where(path)
         self.problems.append(Problem(where, message, self.doc.line_text(where.line)))
+        if len(self.problems) >= MAX_PROBLEMS:
+            raise _TooMany
 
     def run(self) -> None:
         data = self.doc.data
@@ -538,6 +561,17 @@ class _Checker:
                 path, "`${{ ... }}` is GitHub Actions syntax: wsrun expressions are `{{ ... }}`"
             )
             return
+        if expr.needs_jinja(value, bare):
+            if self.expression_text > MAX_EXPRESSION_TEXT:
+                return  # reported once, below
+            self.expression_text += len(value)
+            if self.expression_text > MAX_EXPRESSION_TEXT:
+                self.add(
+                    path,
+                    f"expressions add up to more than {MAX_EXPRESSION_TEXT} characters here: "
+                    "put long text in a template file (the template step's src:)",
+                )
+                return
         try:
             chains = list(expr.references(value, bare=bare))
             expr.compile_check(value, bare=bare)

@@ -81,6 +81,19 @@ MALFORMED: dict[str, tuple[bytes, int, int, str]] = {
         400,  # the 100th brace: the recipe's own mapping is the first level
         "nested more than 100 levels",
     ),
+    "nesting-through-aliases": (
+        b"recipe: x\nsteps: [{uses: noop}]\na0: &a0 "
+        + b"[" * 90
+        + b"]" * 90
+        + b"\na1: &a1 "
+        + b"[" * 90
+        + b"*a0"
+        + b"]" * 90
+        + b"\n",
+        4,
+        99,
+        "nested more than 100 levels",
+    ),
     # found by the fuzz target
     "steps-expression": (b'recipe: x\nsteps: "{{"\n', 2, 8, "is not of type 'array'"),
     "eof-without-newline": (b"recipe: x\nsteps: {", 2, 9, "YAML: "),

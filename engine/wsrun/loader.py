@@ -178,34 +178,43 @@ def _where_index(file: str, text: str, index: int) -> Where:
 def _check_size(file: str, text: str) -> None:
     """Count values as libyaml's parser reports them (cheap: no Python objects
     per value) and refuse too many or too deep before anything is built. An
-    alias counts as the whole value it repeats, which stops alias bombs."""
+    alias counts as the whole value it repeats, and as deep as it is, which
+    stops alias bombs and nesting built from aliases."""
     loader = _Base(text)
-    sizes: dict[str, int] = {}
-    open_: list[tuple[str | None, int]] = []
+    sizes: dict[str, tuple[int, int]] = {}  # anchor -> (values, levels)
+    open_: list[list[Any]] = []  # [anchor, count at start, level, deepest level inside]
     count = 0
     try:
         while loader.check_event():
             event = loader.get_event()
+            deepest = 0
             if isinstance(event, yaml.AliasEvent):
                 if event.anchor not in sizes:
-                    if any(anchor == event.anchor for anchor, _ in open_):
+                    if any(entry[0] == event.anchor for entry in open_):
                         raise _at(
                             file, event, f"alias *{event.anchor} is inside the value it names"
                         )
                     continue  # undefined: the composer reports it
-                count += sizes[event.anchor]
-            elif isinstance(event, (yaml.ScalarEvent, yaml.CollectionStartEvent)):
+                values, levels = sizes[event.anchor]
+                count += values
+                deepest = len(open_) + levels
+            elif isinstance(event, yaml.ScalarEvent):
                 count += 1
-                if isinstance(event, yaml.CollectionStartEvent):
-                    open_.append((event.anchor, count))
-                    if len(open_) > MAX_DEPTH:
-                        raise _at(file, event, f"nested more than {MAX_DEPTH} levels deep")
-                elif event.anchor:
-                    sizes[event.anchor] = 1
+                if event.anchor:
+                    sizes[event.anchor] = (1, 0)
+            elif isinstance(event, yaml.CollectionStartEvent):
+                count += 1
+                open_.append([event.anchor, count, len(open_) + 1, len(open_) + 1])
+                deepest = len(open_)
             elif isinstance(event, yaml.CollectionEndEvent):
-                anchor, start = open_.pop()
+                anchor, start, level, inside = open_.pop()
                 if anchor:
-                    sizes[anchor] = count - start + 1
+                    sizes[anchor] = (count - start + 1, inside - level + 1)
+                deepest = inside
+            if open_:
+                open_[-1][3] = max(open_[-1][3], deepest)
+            if deepest > MAX_DEPTH:
+                raise _at(file, event, f"nested more than {MAX_DEPTH} levels deep")
             if count > MAX_NODES:
                 what = "with aliases expanded (an alias bomb?)" if sizes else "(a recipe, not data)"
                 raise _at(file, event, f"more than {MAX_NODES} values {what}")

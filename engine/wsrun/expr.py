@@ -196,12 +196,12 @@ def _sandbox_classes() -> tuple[type, type]:
     return Bounded, RecipeEnvironment
 
 
-def bounded_sandbox(**options: Any) -> Any:
+def bounded_sandbox(recipe: bool = False, **options: Any) -> Any:
     """A sandboxed Jinja environment with wsrun's filters and the size checks
     of recipe expressions (the template step renders files with it)."""
     from wsrun.filters import FILTERS
 
-    env = _sandbox_classes()[0](optimized=False, **options)
+    env = _sandbox_classes()[1 if recipe else 0](optimized=False, **options)
     env.filters.update(_bounded_filters())
     env.filters.update(FILTERS)
     env.globals["lipsum"] = _bounded_lipsum
@@ -214,15 +214,9 @@ def environment() -> Any:
     plain names (the common case) never need it."""
     from jinja2 import StrictUndefined
 
-    from wsrun.filters import FILTERS
-
-    env = _sandbox_classes()[1](
-        undefined=StrictUndefined, keep_trailing_newline=True, autoescape=False, optimized=False
+    return bounded_sandbox(
+        recipe=True, undefined=StrictUndefined, keep_trailing_newline=True, autoescape=False
     )
-    env.filters.update(_bounded_filters())
-    env.filters.update(FILTERS)
-    env.globals["lipsum"] = _bounded_lipsum
-    return env
 
 
 def _single_expression(text: str) -> str | None:

@@ -32,7 +32,7 @@ class Bounded:
     out: str
     err: str
     cpu: float
-    rss: int
+    rss: int  # peak resident bytes
 
 
 def _limits() -> None:
@@ -40,14 +40,29 @@ def _limits() -> None:
     resource.setrlimit(resource.RLIMIT_CPU, (WALL_SECONDS, WALL_SECONDS))
 
 
+# The child reports its own peak RSS (VmHWM) when it exits: the rusage of a
+# forked child starts from its parent's peak, which is the test worker's.
+CHILD = """
+import atexit, os, sys
+def peak():
+    with open('/proc/self/status') as f:
+        kb = next(line.split()[1] for line in f if line.startswith('VmHWM:'))
+    with open(os.environ['WSRUN_TEST_PEAK'], 'w') as f:
+        f.write(kb)
+atexit.register(peak)
+from wsrun.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
 def run_bounded(*args: str | Path, cwd: Path, env: dict[str, str] | None = None) -> Bounded:
-    """``python -m wsrun ARGS`` under the limits, with its own CPU time and peak RSS."""
-    out_path, err_path = cwd / ".bounded.out", cwd / ".bounded.err"
+    """``wsrun ARGS`` in a new process under the limits, with its CPU time and peak RSS."""
+    out_path, err_path, peak_path = cwd / ".bounded.out", cwd / ".bounded.err", cwd / ".peak"
     with open(out_path, "wb") as out, open(err_path, "wb") as err:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "wsrun", *map(str, args)],
+            [sys.executable, "-c", CHILD, *map(str, args)],
             cwd=cwd,
-            env={**os.environ, **(env or {})},
+            env={**os.environ, **(env or {}), "WSRUN_TEST_PEAK": str(peak_path)},
             stdout=out,
             stderr=err,
             preexec_fn=_limits,
@@ -68,7 +83,7 @@ def run_bounded(*args: str | Path, cwd: Path, env: dict[str, str] | None = None)
         out_path.read_text(errors="replace"),
         err_path.read_text(errors="replace"),
         usage.ru_utime + usage.ru_stime,
-        usage.ru_maxrss * 1024,
+        int(peak_path.read_text()) * 1024 if peak_path.exists() else 0,  # 0: it died
     )
 
 

@@ -247,3 +247,27 @@ def test_checking_stops_after_a_hundred_problems(cli, tmp_path: Path) -> None:
     assert_clean_error(r, path, 3)
     assert r.err.count("unknown key 'bogus'") == 100
     assert r.err.rstrip().endswith("(stopped after 100 problems)")
+
+
+BIG = '{% set a = "x" * 999999 %}'
+AMPLIFIED = {
+    "loop-output": BIG + "{% for i in range(1000) %}{{ a }}{% endfor %}",
+    "literal-of-references": BIG + "{{ [" + "a, " * 300 + "a] }}",
+    "repeated-list-joined": BIG + "{{ ([a] * 300) | join }}",
+    "concatenation": BIG + "{{ a ~ a ~ a }}",
+}
+
+
+@pytest.mark.parametrize("name", sorted(AMPLIFIED))
+def test_values_within_bounds_cannot_be_repeated_past_them(tmp_path: Path, name: str) -> None:
+    """Each operation is bounded, and so is repeating a bounded value: a loop's
+    output, a literal naming a long string many times, a join, a ~ chain.
+    Statements run only at run time: the step fails cleanly, exit 1."""
+    path = tmp_path / "r.yaml"
+    path.write_text(
+        "recipe: x\nsteps:\n  - id: big\n    uses: noop\n    with: {v: '" + AMPLIFIED[name] + "'}\n"
+    )
+    r = run_bounded(path, cwd=tmp_path)
+    assert r.code == 1 and "Traceback" not in r.err, r.err[-2000:]
+    assert "step 'big'" in r.err and "SecurityError" in r.err
+    assert r.rss < RSS_BYTES, f"{r.rss >> 20} MB"

@@ -43,6 +43,9 @@ def is_template(value: Any) -> bool:
 #: not 10 GB.
 MAX_SIZE = 1_000_000
 MAX_POWER_BITS = 100_000
+#: Most characters a template (or a recipe value with text around ``{{ }}``)
+#: renders, or a list or mapping built in an expression holds.
+MAX_RENDERED = 256_000_000
 #: Deepest nesting of brackets in an expression (Jinja's parser recurses).
 MAX_NESTING = 50
 _FORMAT_WIDTH = re.compile(r"%[-#0 +]*(\*|\d*)(?:\.(\*|\d*))?")
@@ -55,6 +58,29 @@ def _too_big(size: int) -> None:
         raise SecurityError(f"the result would have {size} items (at most {MAX_SIZE})")
 
 
+def weigh(value: Any, limit: int = MAX_RENDERED) -> None:
+    """Refuse a value whose text would pass ``limit`` characters, stopping as
+    soon as it does: a list may hold the same long string many times."""
+    total = 0
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, (str, bytes)):
+            total += len(item)
+        elif isinstance(item, (list, tuple)):
+            stack.extend(item)
+            total += len(item)
+        elif isinstance(item, dict):  # not LazyVars: weighing must not evaluate
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        else:
+            total += 8
+        if total > limit:
+            from jinja2.exceptions import SecurityError
+
+            raise SecurityError(f"the value's text passes {limit} characters")
+
+
 def _sized(value: Any) -> bool:
     return isinstance(value, (str, bytes, list, tuple))
 
@@ -62,10 +88,12 @@ def _sized(value: Any) -> bool:
 def _bounded_binop(operator: str, left: Any, right: Any) -> None:
     """Refuse an operation whose result would be too large, before computing it."""
     if operator == "*":
-        if _sized(left) and isinstance(right, int):
+        if isinstance(left, int) and _sized(right):
+            left, right = right, left
+        if _sized(left) and isinstance(right, int) and right > 0:
             _too_big(len(left) * right)
-        elif _sized(right) and isinstance(left, int):
-            _too_big(len(right) * left)
+            if isinstance(left, (list, tuple)):
+                weigh(left, MAX_RENDERED // right)  # its items, repeated
     elif operator == "+" and _sized(left) and _sized(right):
         _too_big(len(left) + len(right))
     elif operator == "**" and isinstance(left, int) and isinstance(right, int) and right > 0:
@@ -115,7 +143,20 @@ def _bounded_filters() -> dict[str, Any]:
         _too_big(len(text) + hits * max(0, len(new_) - len(old_)))
         return jf.do_replace(eval_ctx, s, old, new, count)
 
-    return {"center": center, "indent": indent, "format": format_, "replace": replace}
+    @pass_eval_context
+    def join(eval_ctx: Any, value: Any, d: str = "", attribute: Any = None) -> str:
+        if isinstance(value, (list, tuple)):
+            weigh(value)
+            weigh(d, MAX_RENDERED // max(1, len(value)))
+        return jf.do_join(eval_ctx, value, d, attribute)  # type: ignore[no-any-return]
+
+    return {
+        "center": center,
+        "indent": indent,
+        "format": format_,
+        "replace": replace,
+        "join": join,
+    }
 
 
 def _bounded_str_format(template: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
@@ -161,9 +202,61 @@ def _sandbox_classes() -> tuple[type, type]:
                 return super()._output_child_to_const(node, frame, finalize)
             raise nodes.Impossible()
 
+        def _weighed(self, visit: Any, node: Any, frame: Any) -> None:
+            self.write("environment.weighed(")
+            visit(node, frame)
+            self.write(")")
+
+        def visit_List(self, node: Any, frame: Any) -> None:
+            """A literal may name one long string many times: weighed when built."""
+            self._weighed(super().visit_List, node, frame)
+
+        def visit_Dict(self, node: Any, frame: Any) -> None:
+            self._weighed(super().visit_Dict, node, frame)
+
+        def visit_Tuple(self, node: Any, frame: Any) -> None:
+            if node.ctx == "load":
+                self._weighed(super().visit_Tuple, node, frame)
+            else:  # the names a loop or {% set %} assigns
+                super().visit_Tuple(node, frame)
+
+        def visit_Concat(self, node: Any, frame: Any) -> None:
+            """``a ~ b ~ c`` through a join that checks the size first (autoescape
+            is off everywhere wsrun renders, so no Markup is involved)."""
+            self.write("environment.bounded_join((")
+            for arg in node.nodes:
+                self.visit(arg, frame)
+                self.write(", ")
+            self.write("))")
+
     class Bounded(SandboxedEnvironment):
         code_generator_class = NoFolding
         intercepted_binops = frozenset({"*", "**", "+", "%"})
+
+        @staticmethod
+        def weighed(value: Any) -> Any:
+            weigh(value)
+            return value
+
+        @staticmethod
+        def bounded_join(parts: Iterable[Any]) -> str:
+            texts = [str(p) for p in parts]
+            _too_big(sum(map(len, texts)))
+            return "".join(texts)
+
+        @staticmethod
+        def concat(parts: Iterable[str]) -> str:
+            """A template's output, refused once it passes MAX_RENDERED (a loop
+            can repeat a value that is within MAX_SIZE many times)."""
+            out, size = [], 0
+            for part in parts:
+                size += len(part)
+                if size > MAX_RENDERED:
+                    from jinja2.exceptions import SecurityError
+
+                    raise SecurityError(f"the rendered text passes {MAX_RENDERED} characters")
+                out.append(part)
+            return "".join(out)
 
         def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
             _bounded_binop(operator, left, right)
@@ -205,7 +298,14 @@ def bounded_sandbox(recipe: bool = False, **options: Any) -> Any:
     env.filters.update(_bounded_filters())
     env.filters.update(FILTERS)
     env.globals["lipsum"] = _bounded_lipsum
+    env.finalize = _finalize
     return env
+
+
+def _finalize(value: Any) -> Any:
+    """Each ``{{ value }}`` a template writes is weighed before it becomes text."""
+    weigh(value)
+    return value
 
 
 @lru_cache(maxsize=1)

@@ -255,14 +255,18 @@ AMPLIFIED = {
     "literal-of-references": BIG + "{{ [" + "a, " * 300 + "a] }}",
     "repeated-list-joined": BIG + "{{ ([a] * 300) | join }}",
     "concatenation": BIG + "{{ a ~ a ~ a }}",
+    # ten billion iterations of nothing: time, not memory
+    "nested-loops": "{% for i in range(100000) %}{% for j in range(100000) %}"
+    "{% endfor %}{% endfor %}",
 }
 
 
 @pytest.mark.parametrize("name", sorted(AMPLIFIED))
 def test_values_within_bounds_cannot_be_repeated_past_them(tmp_path: Path, name: str) -> None:
     """Each operation is bounded, and so is repeating a bounded value: a loop's
-    output, a literal naming a long string many times, a join, a ~ chain.
-    Statements run only at run time: the step fails cleanly, exit 1."""
+    output, a literal naming a long string many times, a join, a ~ chain; and
+    the iterations of nested loops. Statements run only at run time: the step
+    fails cleanly, exit 1."""
     path = tmp_path / "r.yaml"
     path.write_text(
         "recipe: x\nsteps:\n  - id: big\n    uses: noop\n    with: {v: '" + AMPLIFIED[name] + "'}\n"
@@ -271,3 +275,4 @@ def test_values_within_bounds_cannot_be_repeated_past_them(tmp_path: Path, name:
     assert r.code == 1 and "Traceback" not in r.err, r.err[-2000:]
     assert "step 'big'" in r.err and "SecurityError" in r.err
     assert r.rss < RSS_BYTES, f"{r.rss >> 20} MB"
+    assert r.cpu < 5 * CPU_SECONDS, f"{r.cpu:.1f}s of CPU"

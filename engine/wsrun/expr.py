@@ -46,6 +46,8 @@ MAX_POWER_BITS = 100_000
 #: Most characters a template (or a recipe value with text around ``{{ }}``)
 #: renders, or a list or mapping built in an expression holds.
 MAX_RENDERED = 256_000_000
+#: Most loop iterations one rendering may run (about a second of work).
+MAX_ITERATIONS = 1_000_000
 #: Deepest nesting of brackets in an expression (Jinja's parser recurses).
 MAX_NESTING = 50
 _FORMAT_WIDTH = re.compile(r"%[-#0 +]*(\*|\d*)(?:\.(\*|\d*))?")
@@ -233,6 +235,14 @@ def _sandbox_classes() -> tuple[type, type]:
         code_generator_class = NoFolding
         intercepted_binops = frozenset({"*", "**", "+", "%"})
 
+        def _parse(self, source: str, name: Any, filename: Any) -> Any:
+            """Every ``{% for %}`` iterates through the ``wsrun_counted`` filter."""
+            tree = super()._parse(source, name, filename)
+            for loop in tree.find_all(nodes.For):
+                loop.iter = nodes.Filter(loop.iter, "wsrun_counted", [], [], None, None)
+                loop.iter.set_lineno(loop.lineno)
+            return tree
+
         @staticmethod
         def weighed(value: Any) -> Any:
             weigh(value)
@@ -292,14 +302,30 @@ def _sandbox_classes() -> tuple[type, type]:
 def bounded_sandbox(recipe: bool = False, **options: Any) -> Any:
     """A sandboxed Jinja environment with wsrun's filters and the size checks
     of recipe expressions (the template step renders files with it)."""
+    from jinja2 import pass_context
+
     from wsrun.filters import FILTERS
 
     env = _sandbox_classes()[1 if recipe else 0](optimized=False, **options)
     env.filters.update(_bounded_filters())
     env.filters.update(FILTERS)
     env.globals["lipsum"] = _bounded_lipsum
+    env.filters["wsrun_counted"] = pass_context(_counted)
     env.finalize = _finalize
     return env
+
+
+def _counted(context: Any, iterable: Any) -> Iterator[Any]:
+    """The items of a loop, counted against MAX_ITERATIONS for the whole
+    rendering: nested loops over bounded ranges multiply."""
+    for item in iterable:
+        done = getattr(context, "wsrun_iterations", 0) + 1
+        if done > MAX_ITERATIONS:
+            from jinja2.exceptions import SecurityError
+
+            raise SecurityError(f"loops ran more than {MAX_ITERATIONS} times")
+        context.wsrun_iterations = done
+        yield item
 
 
 def _finalize(value: Any) -> Any:

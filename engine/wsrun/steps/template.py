@@ -8,8 +8,8 @@ from typing import Any
 from jinja2 import FunctionLoader, StrictUndefined, TemplateNotFound, TemplateSyntaxError
 from jinja2.loaders import split_template_path
 
-from wsrun.expr import bounded_sandbox
 from wsrun.fs import ContentUnknown
+from wsrun.sandbox import bounded_sandbox
 from wsrun.step import Plan, Result, StepContext, StepError
 from wsrun.steps.checksum import apply_write, plan_write
 

@@ -150,3 +150,21 @@ def test_unknown_key_without_a_close_name_lists_the_known_ones(cli, tmp_path: Pa
     r = cli("validate", path)
     assert r.code == 2
     assert f"{path}:4:5: unknown key 'zzz' (known: continue_on_error, for_each, id, if," in r.err
+
+
+def test_a_misspelt_option_gets_the_closest_one(cli, tmp_path: Path) -> None:
+    path = write(
+        tmp_path / "r.yaml",
+        """
+        recipe: opts
+        inputs:
+          source: {type: path}
+          dry: {type: bool}
+        steps: [{uses: noop}]
+        """,
+    )
+    r = cli(path, "--sorce", "a")
+    assert r.code == 2
+    assert "unrecognized arguments: --sorce a (did you mean '--source'?)" in r.err
+    r = cli(path, "--zzzz")
+    assert r.code == 2 and "did you mean" not in r.err

@@ -258,6 +258,9 @@ AMPLIFIED = {
     # ten billion iterations of nothing: time, not memory
     "nested-loops": "{% for i in range(100000) %}{% for j in range(100000) %}"
     "{% endfor %}{% endfor %}",
+    # two to the fortieth calls
+    "doubling-macro": "{% macro f(n) %}{% if n < 40 %}{{ f(n + 1) }}{{ f(n + 1) }}{% endif %}"
+    "{% endmacro %}{{ f(0) }}",
 }
 
 

@@ -23,8 +23,9 @@ MAX_POWER_BITS = 100_000
 #: Most characters a template (or a recipe value with text around ``{{ }}``)
 #: renders, or a list or mapping built in an expression holds.
 MAX_RENDERED = 256_000_000
-#: Most loop iterations one rendering may run (about a second of work).
+#: Most loop iterations and calls one rendering may run (about a second of work).
 MAX_ITERATIONS = 1_000_000
+CALL_UNITS = 4
 _FORMAT_WIDTH = re.compile(r"%[-#0 +]*(\*|\d*)(?:\.(\*|\d*))?")
 
 
@@ -243,6 +244,10 @@ def _sandbox_classes() -> tuple[type, type]:
                 out.append(part)
             return "".join(out)
 
+        def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:  # noqa: N805
+            _spend(__context, CALL_UNITS)
+            return super().call(__context, __obj, *args, **kwargs)
+
         def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
             _bounded_binop(operator, left, right)
             return super().call_binop(context, operator, left, right)
@@ -291,16 +296,22 @@ def bounded_sandbox(recipe: bool = False, **options: Any) -> Any:
     return env
 
 
-def _counted(context: Any, iterable: Any) -> Iterator[Any]:
-    """The items of a loop, counted against MAX_ITERATIONS for the whole
-    rendering: nested loops over bounded ranges multiply."""
-    for item in iterable:
-        done = getattr(context, "wsrun_iterations", 0) + 1
-        if done > MAX_ITERATIONS:
-            from jinja2.exceptions import SecurityError
+def _spend(context: Any, units: int = 1) -> None:
+    """A loop iteration (one unit) or a call (CALL_UNITS, being slower) of a
+    rendering, against MAX_ITERATIONS: nested loops over bounded ranges
+    multiply, and so do macros that call themselves twice."""
+    done = getattr(context, "wsrun_iterations", 0) + units
+    if done > MAX_ITERATIONS:
+        from jinja2.exceptions import SecurityError
 
-            raise SecurityError(f"loops ran more than {MAX_ITERATIONS} times")
-        context.wsrun_iterations = done
+        raise SecurityError(f"loops and calls ran more than {MAX_ITERATIONS} times")
+    context.wsrun_iterations = done
+
+
+def _counted(context: Any, iterable: Any) -> Iterator[Any]:
+    """The items of a loop, each spent from the rendering's budget."""
+    for item in iterable:
+        _spend(context)
         yield item
 
 

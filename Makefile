@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo alma-demo test lint bench schemas docs tools services clean constraints
+.PHONY: demo alma-demo test fuzz lint bench schemas docs tools services clean constraints
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -57,6 +57,13 @@ test: $(STAMP) tools services
 	  echo "make test: failed tests (rerun them with $(BIN)/pytest --lf):"; \
 	  $(BIN)/python -c 'import json; print("\n".join(json.load(open(".pytest_cache/v/cache/lastfailed"))))' || true; fi; \
 	  exit $$status; }
+
+# Fuzz validation and dry runs with hostile recipe files for MINUTES minutes, fresh inputs each
+# time (tests/fuzz_recipes.py; a failing input is kept in fuzz-failures/). `make test` includes a
+# bounded, derandomized 60-second pass (tests/test_fuzz.py).
+MINUTES ?= 10
+fuzz: $(STAMP)
+	$(BIN)/python tests/fuzz_recipes.py --seconds $$(( $(MINUTES) * 60 ))
 
 lint: $(STAMP)
 	$(BIN)/ruff check engine tests bench

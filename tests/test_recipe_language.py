@@ -119,9 +119,10 @@ def test_sandbox_refuses_unsafe_expressions(cli, tmp_path: Path) -> None:
             with: {x: "{{ ''.__class__.__mro__[1].__subclasses__() }}"}
     """,
     )
+    # a constant expression is evaluated by validation: refused before any step runs
     r = cli(recipe)
-    assert r.code == 1
-    assert "unsafe" in r.err or "SecurityError" in r.err
+    assert r.code == 2
+    assert f"{recipe}:4:15: " in r.err and ("unsafe" in r.err or "SecurityError" in r.err)
     assert "Traceback" not in r.err
 
 

@@ -14,6 +14,22 @@ from wsrun.recipe import Recipe
 COMMON_DEST = ("dry_run", "json", "set", "profile", "verbose", "quiet")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with "did you mean --source?" for a misspelt option."""
+
+    def error(self, message: str) -> Any:  # type: ignore[override]
+        if message.startswith("unrecognized arguments: "):
+            from wsrun.expr import did_you_mean
+
+            known = [o for a in self._actions for o in a.option_strings]
+            for word in message.removeprefix("unrecognized arguments: ").split():
+                hint = did_you_mean(word.split("=")[0], known) if word.startswith("-") else ""
+                if hint:
+                    message += hint
+                    break
+        super().error(message)
+
+
 def build_parser(recipe: Recipe, prog: str, common: bool = True) -> argparse.ArgumentParser:
     """The recipe's parser. The usage line shows only the recipe's own inputs, so
     a packaged tool's usage reads exactly as the original tool's did; the wsrun
@@ -27,7 +43,7 @@ def build_parser(recipe: Recipe, prog: str, common: bool = True) -> argparse.Arg
             .rstrip("\n")
         )
     description = recipe.description.strip() or None
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog=prog,
         usage=usage,
         description=description,

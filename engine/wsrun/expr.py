@@ -8,7 +8,8 @@ stays a list, a bool a bool); any other string with ``{{`` is rendered as text.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from functools import lru_cache
 from typing import Any
 
@@ -29,34 +30,29 @@ class ExpressionError(Exception):
         self.line = line
 
 
+class UnsafeExpression(ExpressionError):
+    """The sandbox refused an expression: an unsafe attribute, or a result too large."""
+
+
 def is_template(value: Any) -> bool:
     return isinstance(value, str) and ("{{" in value or "{%" in value)
 
 
+#: Deepest nesting of brackets in an expression (Jinja's parser recurses).
+MAX_NESTING = 50
+
+
 @lru_cache(maxsize=1)
 def environment() -> Any:
-    """The sandboxed Jinja2 environment; imported on first use, since plain
-    names (the common case) never need it."""
+    """The environment of recipe expressions; imported on first use, since
+    plain names (the common case) never need it."""
     from jinja2 import StrictUndefined
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-    from wsrun.filters import FILTERS
+    from wsrun.sandbox import bounded_sandbox
 
-    class RecipeEnvironment(ImmutableSandboxedEnvironment):
-        """Keys before attributes: ``steps.copy`` is the step with id ``copy``,
-        not the dict method ``copy``."""
-
-        def getattr(self, obj: Any, attribute: str) -> Any:
-            if isinstance(obj, Mapping) and isinstance(attribute, str):
-                try:
-                    return obj[attribute]
-                except KeyError:
-                    pass
-            return super().getattr(obj, attribute)
-
-    env = RecipeEnvironment(undefined=StrictUndefined, keep_trailing_newline=True, autoescape=False)
-    env.filters.update(FILTERS)
-    return env
+    return bounded_sandbox(
+        recipe=True, undefined=StrictUndefined, keep_trailing_newline=True, autoescape=False
+    )
 
 
 def _single_expression(text: str) -> str | None:
@@ -68,16 +64,71 @@ def _single_expression(text: str) -> str | None:
 
 @lru_cache(maxsize=4096)
 def _compiled(text: str, bare: bool) -> Any:
-    from jinja2.exceptions import TemplateSyntaxError
-
     env = environment()
     expr = text if bare and not is_template(text) else _single_expression(text)
-    try:
+    with _syntax_errors(text):
         if expr is not None:
             return ("expr", env.compile_expression(expr, undefined_to_none=False))
         return ("template", env.from_string(text))
+
+
+def needs_jinja(text: str, bare: bool = False) -> bool:
+    """False for text that is plain names (``{{ inputs.src }}/x``), which is
+    evaluated without compiling a template."""
+    return _simple(text, bare) is None
+
+
+def compile_check(text: str, bare: bool = False) -> None:
+    """Raise ExpressionError when ``text`` would not compile (unknown filter or
+    test, too deep); ``wsrun validate`` calls it so a run never meets one."""
+    if needs_jinja(text, bare):
+        _compiled(text, bare)
+
+
+@contextmanager
+def _syntax_errors(text: str) -> Iterator[None]:
+    """Jinja's syntax errors, unknown filters and parser recursion as one
+    ExpressionError worded for authors."""
+    from jinja2.exceptions import TemplateSyntaxError
+
+    depth = _nesting(text)
+    if depth > MAX_NESTING:
+        raise ExpressionError(f"expression nests brackets {depth} deep (at most {MAX_NESTING})")
+    try:
+        yield
     except TemplateSyntaxError as e:
-        raise ExpressionError(f"expression syntax: {e.message}", e.lineno) from None
+        raise ExpressionError(_syntax_message(e.message or str(e)), e.lineno) from None
+    except (RecursionError, MemoryError, SyntaxError):
+        raise ExpressionError("expression too complex (split it into vars:)") from None
+
+
+def _nesting(text: str) -> int:
+    depth = deepest = 0
+    for c in text:
+        if c in "([{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif c in ")]}":
+            depth = max(0, depth - 1)
+    return deepest - 2 if "{{" in text or "{%" in text else deepest  # the braces of {{ }}
+
+
+def _syntax_message(message: str) -> str:
+    """ "No filter named 'lenght'." -> "unknown filter 'lenght' (did you mean 'length'?)"."""
+    m = re.match(r"No (filter|test) named '(.*)'", message)
+    if m:
+        env = environment()
+        names = env.filters if m.group(1) == "filter" else env.tests
+        return f"unknown {m.group(1)} '{m.group(2)}'{did_you_mean(m.group(2), names)}"
+    return f"expression syntax: {message}"
+
+
+def did_you_mean(name: str, known: Iterable[str]) -> str:
+    """ " (did you mean 'x'?)" for the closest known name, or ""."""
+    import difflib
+
+    close = difflib.get_close_matches(name, [str(k) for k in known], n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""
 
 
 _NAME = r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*"
@@ -144,7 +195,7 @@ def evaluate(text: str, scope: Mapping[str, Any], bare: bool = False) -> Any:
             return "".join(p if isinstance(p, str) else str(_lookup(p, scope)) for p in simple[1])
         except _NeedsJinja:
             pass
-    from jinja2.exceptions import UndefinedError
+    from jinja2.exceptions import SecurityError, UndefinedError
     from jinja2.runtime import Undefined
 
     kind, compiled = _compiled(text, bare)
@@ -159,6 +210,8 @@ def evaluate(text: str, scope: Mapping[str, Any], bare: bool = False) -> Any:
         raise ExpressionError(_undefined_message(str(e))) from None
     except ExpressionError:
         raise
+    except SecurityError as e:
+        raise UnsafeExpression(f"SecurityError: {e}") from None
     except Exception as e:  # a filter or operation failed inside the expression
         raise ExpressionError(f"{type(e).__name__}: {e}") from None
 
@@ -201,17 +254,14 @@ def references(text: str, bare: bool = False) -> Iterator[tuple[str, ...]]:
                 yield chain
         return
     from jinja2 import meta
-    from jinja2.exceptions import TemplateSyntaxError
 
     env = environment()
     source = text
     if bare and not is_template(text):
         source = "{{ " + text + " }}"
-    try:
+    with _syntax_errors(source):
         ast = env.parse(source)
-    except TemplateSyntaxError as e:
-        raise ExpressionError(f"expression syntax: {e.message}", e.lineno) from None
-    free = meta.find_undeclared_variables(ast)
+        free = meta.find_undeclared_variables(ast)
     from jinja2 import nodes
 
     for node in ast.find_all((nodes.Getattr, nodes.Getitem, nodes.Name)):

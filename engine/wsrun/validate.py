@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from dataclasses import dataclass
 from functools import cache
 from typing import Any
@@ -30,6 +31,47 @@ INPUT_TYPES_PY: dict[str, Any] = {
     "list": list,
 }
 
+#: Part of the key of a remembered validation: raised when checks are added,
+#: so a recipe that passed the old checks is checked again.
+CHECKS_REVISION = 2
+
+#: Most characters of expressions (other than plain names) one recipe may
+#: hold: compiling Jinja costs about a millisecond per tag, and the largest
+#: packaged recipe holds under 1,500. Long text belongs in a template file.
+MAX_EXPRESSION_TEXT = 20_000
+
+#: Keys authors bring from Ansible and GitHub Actions, and what wsrun calls them.
+STEP_HINTS = {
+    "when": "use `if:` for a condition",
+    "args": "a step's parameters go in `with:`",
+    "vars": "a step's parameters go in `with:`",
+    "params": "a step's parameters go in `with:`",
+    "inputs": "a step's parameters go in `with:`",
+    "env": "a step has no `env:`; a shell step takes `with: {env: {NAME: value}}`, "
+    "and any value can read the environment as {{ env.NAME }}",
+    "run": "to run a command use `uses: shell` with `with: {argv: [...]}`",
+    "loop": "use `for_each:` (each value is `item`, its position `index`)",
+    "with_items": "use `for_each:` (each value is `item`, its position `index`)",
+    "register": "give the step an `id:`; its outputs are then steps.<id>.outputs",
+    "ignore_errors": "use `continue_on_error: true`",
+    "continue-on-error": "use `continue_on_error:`",
+    "timeout-minutes": "use `timeout:` with a unit, e.g. `timeout: 5m`",
+}
+RECIPE_HINTS = {
+    "name": "a recipe is named by `recipe:`",
+    "jobs": "a recipe has `steps:` at the top level, not jobs",
+    "tasks": "use `steps:`",
+    "env": "a recipe has no `env:`; declare `inputs:` or `settings:`, "
+    "and read the environment as {{ env.NAME }}",
+}
+#: ``$HOME`` or ``${VAR}`` in a path: wsrun does not expand them (it would
+#: create a directory named ``$HOME``).
+_SHELL_VAR = re.compile(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)\}?")
+_PATH_KEY = re.compile(
+    r"^(path|paths|source|sources|to|dest|destination|dir|directory|into|root|target|workdir|cwd)$"
+    r"|_(path|paths|dir|directory|root)$"
+)
+
 
 @dataclass(frozen=True)
 class Problem:
@@ -40,14 +82,42 @@ class Problem:
     def format(self) -> str:
         text = f"{self.where}: {self.message}"
         if self.line_text.strip():
-            text += f"\n    {self.line_text}\n    {' ' * (self.where.col - 1)}^"
+            shown, caret = _window(self.line_text, self.where.col - 1)
+            text += f"\n    {shown}\n    {' ' * caret}^"
         return text
+
+
+def _window(line: str, col: int, width: int = 100) -> tuple[str, int]:
+    """At most ``width`` characters of a line around ``col`` (a 1 MB line is
+    not printed whole), control characters shown as '?'; and the caret's
+    offset in what is shown."""
+    start = max(0, min(col - width // 2, len(line) - width))
+    shown = line[start : start + width]
+    caret = col - start
+    if start > 0:
+        shown, caret = "..." + shown, caret + 3
+    if start + width < len(line):
+        shown += "..."
+    shown = "".join(c if c.isprintable() or c == "\t" else "?" for c in shown)
+    return shown, caret
+
+
+#: Problems checking stops at: a file with thousands of mistakes is
+#: answered quickly, and its first ones are what the author fixes first.
+MAX_PROBLEMS = 100
 
 
 class InvalidRecipe(Exception):
     def __init__(self, problems: list[Problem]) -> None:
-        super().__init__("\n".join(p.format() for p in problems))
+        text = "\n".join(p.format() for p in problems)
+        if len(problems) >= MAX_PROBLEMS:
+            text += f"\n(stopped after {MAX_PROBLEMS} problems)"
+        super().__init__(text)
         self.problems = problems
+
+
+class _TooMany(Exception):
+    pass
 
 
 @cache
@@ -95,7 +165,7 @@ def _validated_marker(recipe: Recipe) -> str | None:
     from wsrun import __version__
     from wsrun.journal import default_home
 
-    digest = hashlib.sha256(__version__.encode())
+    digest = hashlib.sha256(f"{__version__} checks {CHECKS_REVISION}".encode())
     seen: set[str] = set()
 
     def add(r: Recipe) -> bool:
@@ -185,7 +255,7 @@ def obviously_valid(schema: Any, value: Any) -> bool:
 
 def _yaml_problem(e: YamlError) -> Problem:
     try:
-        with open(e.where.file, encoding="utf-8") as f:
+        with open(e.where.file, encoding="utf-8", errors="replace") as f:
             line = f.read().splitlines()[e.where.line - 1]
     except (OSError, IndexError):
         line = ""
@@ -198,24 +268,29 @@ def _yaml_problem(e: YamlError) -> Problem:
 def check(recipe: Recipe) -> list[Problem]:
     """Every problem in a parsed recipe, sorted by position."""
     checker = _Checker(recipe)
-    checker.run()
+    try:
+        checker.run()
+    except _TooMany:
+        pass
     return sorted(set(checker.problems), key=lambda p: (p.where.line, p.where.col, p.message))
 
 
 def schema_messages(
-    validator: Any, instance: Any, label: str = "recipe"
+    validator: Any, instance: Any, label: str = "recipe", recipe: bool = False
 ) -> list[tuple[tuple[Any, ...], str, bool]]:
-    """(path, message, is_key) for each schema error, worded for authors."""
+    """(path, message, is_key) for each schema error, worded for authors.
+    A value that is an expression is checked when it has a value, at run time,
+    except (``recipe``) where a recipe's structure is: a section or a step."""
     out = []
     for err in validator.iter_errors(instance):
         path = tuple(err.absolute_path)
-        if expr.is_template(err.instance):
-            continue  # checked when the expression has a value, at run time
+        structure = recipe and (len(path) == 1 or (len(path) == 2 and path[0] in STEP_SECTIONS))
+        if expr.is_template(err.instance) and not structure:
+            continue
         if err.validator == "additionalProperties":
-            extra = [k for k in err.instance if k not in err.schema.get("properties", {})]
-            for k in extra:
-                known = ", ".join(sorted(err.schema.get("properties", {})))
-                out.append((path + (k,), f"unknown key '{k}' (known: {known})", True))
+            properties = err.schema.get("properties", {})
+            for k in [k for k in err.instance if k not in properties]:
+                out.append((path + (k,), unknown_key(k, properties), True))
             continue
         if err.validator == "oneOf" and err.context:
             best = min(err.context, key=lambda e: len(list(e.absolute_path)))
@@ -226,22 +301,37 @@ def schema_messages(
     return out
 
 
+def unknown_key(key: Any, properties: dict[str, Any]) -> str:
+    """ "unknown key 'when': use `if:` ..." with the fix an Ansible or GitHub
+    Actions author needs, or the closest known key, or the known keys."""
+    hints = STEP_HINTS if "uses" in properties else RECIPE_HINTS if "recipe" in properties else {}
+    if isinstance(key, str) and key in hints:
+        return f"unknown key '{key}': {hints[key]}"
+    close = expr.did_you_mean(str(key), properties)
+    if close:
+        return f"unknown key '{key}'{close}"
+    return f"unknown key '{key}' (known: {', '.join(sorted(properties))})"
+
+
 class _Checker:
     def __init__(self, recipe: Recipe) -> None:
         self.recipe = recipe
         self.doc = recipe.doc
         self.problems: list[Problem] = []
+        self.expression_text = 0
 
     def add(self, path: tuple[Any, ...], message: str, key: bool = False) -> None:
         where = self.doc.key_where(path) if key else self.doc.where(path)
         self.problems.append(Problem(where, message, self.doc.line_text(where.line)))
+        if len(self.problems) >= MAX_PROBLEMS:
+            raise _TooMany
 
     def run(self) -> None:
         data = self.doc.data
         if not isinstance(data, dict):
             self.add((), "a recipe must be a mapping with 'recipe' and 'steps'")
             return
-        for path, message, is_key in schema_messages(_recipe_validator(), data):
+        for path, message, is_key in schema_messages(_recipe_validator(), data, recipe=True):
             self.add(path, message, is_key)
         self.check_inputs()
         self.check_on()
@@ -271,11 +361,13 @@ class _Checker:
             for name, value in data["outputs"].items():
                 self.check_expressions(("outputs", name), value, self.all_ids(), False, False)
 
+    def steps(self) -> list[Any]:
+        steps = self.doc.data.get("steps")
+        return steps if isinstance(steps, list) else []
+
     def all_ids(self) -> list[str]:
         return [
-            s["id"]
-            for s in self.doc.data.get("steps") or []
-            if isinstance(s, dict) and isinstance(s.get("id"), str)
+            s["id"] for s in self.steps() if isinstance(s, dict) and isinstance(s.get("id"), str)
         ]
 
     def check_on(self) -> None:
@@ -327,13 +419,18 @@ class _Checker:
                 self.add(
                     ("inputs", name, "flags"), f"input '{name}' is positional and cannot have flags"
                 )
-            for flag in spec.get("flags") or []:
+            flags = spec.get("flags")
+            for flag in flags if isinstance(flags, list) else []:
+                if not isinstance(flag, str):
+                    continue  # the schema reports it
                 if flag in flags_seen:
                     self.add(
                         ("inputs", name, "flags"),
                         f"flag {flag} is used by inputs '{flags_seen[flag]}' and '{name}'",
                     )
                 flags_seen[flag] = name
+            if kind == "path" and isinstance(spec.get("default"), str):
+                self.check_shell_vars(("inputs", name, "default"), spec["default"])
             if (
                 "default" in spec
                 and spec["default"] is not None
@@ -381,6 +478,22 @@ class _Checker:
                     self.check_expressions(
                         path + ("with", key), value, known_ids, in_loop, in_failure
                     )
+                if isinstance(key, str) and _PATH_KEY.search(key):
+                    for i, v in enumerate(value if isinstance(value, list) else [value]):
+                        sub = (i,) if isinstance(value, list) else ()
+                        if isinstance(v, str):
+                            self.check_shell_vars(path + ("with", key) + sub, v)
+
+    def check_shell_vars(self, path: tuple[Any, ...], value: str) -> None:
+        """``$HOME/out`` would make a directory literally named ``$HOME``:
+        wsrun does not expand shell variables in paths, so say what to write."""
+        m = _SHELL_VAR.search(value.replace("${{", ""))
+        if m:
+            self.add(
+                path,
+                f"'{m.group()}' is not expanded in a path (it would be a directory named "
+                f"'{m.group()}'): use {{{{ env.{m.group(1)} }}}}",
+            )
 
     def unrendered(self, uses: Any) -> tuple[str, ...]:
         """Parameters a step type renders itself (the recipe leaves them alone)."""
@@ -407,9 +520,12 @@ class _Checker:
             if isinstance(params, dict):
                 for key in params:
                     if key not in sub.inputs:
+                        hint = expr.did_you_mean(str(key), sub.inputs) or (
+                            f" (inputs: {', '.join(sub.inputs) or 'none'})"
+                        )
                         self.add(
                             path + ("with", key),
-                            f"recipe '{uses}' has no input '{key}' (inputs: {', '.join(sub.inputs) or 'none'})",
+                            f"recipe '{uses}' has no input '{key}'{hint}",
                             key=True,
                         )
                 for key, spec in sub.inputs.items():
@@ -424,8 +540,13 @@ class _Checker:
         try:
             validator = _step_validator(uses)
         except UnknownStep as e:
-            detail = str(e)[len(uses) :].strip() if str(e) != uses else "(see 'wsrun steps')"
-            self.add(path + ("uses",), f"unknown step type '{uses}' {detail}")
+            from wsrun.step import step_names
+
+            if str(e) != uses:
+                detail = " " + str(e)[len(uses) :].strip()
+            else:
+                detail = expr.did_you_mean(uses, step_names()) or " (see 'wsrun steps')"
+            self.add(path + ("uses",), f"unknown step type '{uses}'{detail}")
             return
         with_ = params if params is not None else {}
         for sub_path, message, is_key in schema_messages(validator, with_, "with"):
@@ -450,8 +571,27 @@ class _Checker:
             return
         if not isinstance(value, str) or not (bare or expr.is_template(value)):
             return
+        if "${{" in value:
+            self.add(
+                path, "`${{ ... }}` is GitHub Actions syntax: wsrun expressions are `{{ ... }}`"
+            )
+            return
+        if expr.needs_jinja(value, bare):
+            if self.expression_text > MAX_EXPRESSION_TEXT:
+                return  # reported once, below
+            self.expression_text += len(value)
+            if self.expression_text > MAX_EXPRESSION_TEXT:
+                self.add(
+                    path,
+                    f"expressions add up to more than {MAX_EXPRESSION_TEXT} characters here: "
+                    "put long text in a template file (the template step's src:)",
+                )
+                return
         try:
             chains = list(expr.references(value, bare=bare))
+            expr.compile_check(value, bare=bare)
+            if not chains and "{%" not in value:
+                self.check_constant(value, bare)
         except expr.ExpressionError as e:
             self.add(path, e.message)
             return
@@ -463,6 +603,17 @@ class _Checker:
         for chain in chains:
             self.check_reference(path, chain, allowed, known_ids)
 
+    def check_constant(self, value: str, bare: bool) -> None:
+        """A constant expression the sandbox refuses (``"x" * 10**10``, an
+        unsafe attribute) is an error now; other failures, such as a division
+        by zero, stay the step's at run time."""
+        try:
+            expr.evaluate(value, {}, bare=bare)
+        except expr.UnsafeExpression:
+            raise
+        except expr.ExpressionError:
+            pass
+
     def check_reference(
         self, path: tuple[Any, ...], chain: tuple[str, ...], allowed: set[str], known_ids: list[str]
     ) -> None:
@@ -473,7 +624,7 @@ class _Checker:
                 if root in ("item", "index")
                 else ""
             )
-            self.add(path, f"unknown name '{root}'{hint}")
+            self.add(path, f"unknown name '{root}'{hint or expr.did_you_mean(root, allowed)}")
             return
         if len(chain) < 2:
             return
@@ -491,22 +642,26 @@ class _Checker:
                     if isinstance(declared, dict) and declared
                     else "none declared"
                 )
+                close = expr.did_you_mean(name, declared) if isinstance(declared, dict) else ""
                 self.add(
                     path,
-                    f"unknown {root[:-1] if root != 'settings' else 'setting'} '{name}' ({root}: {names})",
+                    f"unknown {root[:-1] if root != 'settings' else 'setting'} '{name}'"
+                    + (close or f" ({root}: {names})"),
                 )
         elif root == "steps":
             if name not in known_ids:
                 later = name in self.all_ids()
-                self.add(
-                    path,
-                    f"step '{name}' "
-                    + (
-                        "runs later; only earlier steps' outputs are known"
-                        if later
-                        else "does not exist"
-                    ),
-                )
+                named = any(isinstance(s, dict) and s.get("name") == name for s in self.steps())
+                if later:
+                    reason = "runs later; only earlier steps' outputs are known"
+                elif named:
+                    reason = (
+                        f"does not exist: '{name}' is a step's `name:`, a label; "
+                        f"steps.X refers to `id:`, so give that step `id: {name}`"
+                    )
+                else:
+                    reason = "does not exist" + expr.did_you_mean(name, known_ids)
+                self.add(path, f"step '{name}' {reason}")
             elif len(chain) >= 4 and chain[2] == "outputs":
                 self.check_output_name(path, name, chain[3])
             elif len(chain) >= 3 and chain[2] not in ("outputs", "status", "effects", "error"):
@@ -515,7 +670,7 @@ class _Checker:
                 )
 
     def check_output_name(self, path: tuple[Any, ...], step_id: str, output: str) -> None:
-        for step in self.doc.data.get("steps") or []:
+        for step in self.steps():
             if isinstance(step, dict) and step.get("id") == step_id:
                 uses = step.get("uses")
                 if not isinstance(uses, str) or is_recipe_ref(uses):

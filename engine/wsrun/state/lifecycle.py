@@ -151,12 +151,9 @@ def is_lifecycle_document(data: Any) -> bool:
 def is_lifecycle_file(path: str) -> bool:
     """Whether ``path`` holds a lifecycle rather than a recipe, so ``wsrun
     validate`` checks it as one; a file that cannot be read or parsed is not."""
-    import yaml
-
     try:
-        with open(path, encoding="utf-8") as f:
-            data = yaml.load(f, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        data = load(path).data
+    except (OSError, YamlError):
         return False
     return is_lifecycle_document(data)
 

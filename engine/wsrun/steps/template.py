@@ -7,10 +7,9 @@ from typing import Any
 
 from jinja2 import FunctionLoader, StrictUndefined, TemplateNotFound, TemplateSyntaxError
 from jinja2.loaders import split_template_path
-from jinja2.sandbox import SandboxedEnvironment
 
-from wsrun.filters import FILTERS
 from wsrun.fs import ContentUnknown
+from wsrun.sandbox import bounded_sandbox
 from wsrun.step import Plan, Result, StepContext, StepError
 from wsrun.steps.checksum import apply_write, plan_write
 
@@ -160,13 +159,12 @@ def render(
         templates.add(path)
         return text, path, lambda: True
 
-    env = SandboxedEnvironment(
+    env = bounded_sandbox(
         undefined=StrictUndefined,
         keep_trailing_newline=True,
         autoescape=False,
         loader=FunctionLoader(load),
     )
-    env.filters.update(FILTERS)
     try:
         code = env.compile(source, name=name, filename=name)
         return env.template_class.from_code(env, code, env.make_globals(None)).render(variables)

@@ -25,6 +25,7 @@ MALFORMED: dict[str, tuple[bytes, int, int, str]] = {
     "int-t": ((STEP % "!!int t").encode(), 4, 15, "cannot read 't' as !!int"),
     "float-a": ((STEP % "!!float a").encode(), 4, 15, "cannot read 'a' as !!float"),
     "empty-timestamp": ((STEP % '!!timestamp ""').encode(), 4, 15, "as !!timestamp"),
+    "empty-int": ((STEP % '!!int ""').encode(), 4, 15, "cannot read '' as !!int: it is empty"),
     "minute-60": ((STEP % "2001-12-14t21:60:43").encode(), 4, 15, "minute must be in 0..59"),
     "5000-digits": ((STEP % ("9" * 5000)).encode(), 4, 15, "too many digits"),
     "nul": ((STEP % '"a\x00b"').encode(), 4, 17, "control character U+0000"),

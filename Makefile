@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo alma-demo test fuzz lint bench schemas docs tools services clean constraints
+.PHONY: demo alma-demo test soak fuzz lint bench schemas docs tools services clean constraints
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -57,6 +57,15 @@ test: $(STAMP) tools services
 	  echo "make test: failed tests (rerun them with $(BIN)/pytest --lf):"; \
 	  $(BIN)/python -c 'import json; print("\n".join(json.load(open(".pytest_cache/v/cache/lastfailed"))))' || true; fi; \
 	  exit $$status; }
+
+# The whole suite ROUNDS times in a row while two busy loops keep both cores loaded: a test
+# that fails here is flaky. Stops at the first failing round.
+ROUNDS ?= 5
+soak: $(STAMP) tools services
+	@$(PYTHON) -c 'while True: pass' & b1=$$!; $(PYTHON) -c 'while True: pass' & b2=$$!; \
+	  trap 'kill $$b1 $$b2' EXIT; \
+	  for round in $$(seq $(ROUNDS)); do echo "soak: round $$round of $(ROUNDS)"; \
+	    $(BIN)/pytest -n 2 -q -p no:cacheprovider || exit 1; done
 
 # Fuzz validation and dry runs with hostile recipe files for MINUTES minutes, fresh inputs each
 # time (tests/fuzz_recipes.py; a failing input is kept in fuzz-failures/). `make test` includes a

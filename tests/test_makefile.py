@@ -41,9 +41,10 @@ def test_make_test_ends_with_the_failed_test_ids(tmp_path: Path) -> None:
     )
     result = subprocess.run(["make", "test"], cwd=tmp_path, capture_output=True, text=True)
     assert result.returncode != 0
-    last = result.stdout.strip().splitlines()[-2:]
-    assert last[0].startswith("make test: failed tests")
-    assert last[1] == "tests/test_some.py::test_broken"
+    lines = result.stdout.strip().splitlines()
+    heading = [i for i, line in enumerate(lines) if line.startswith("make test: failed tests")]
+    assert heading, result.stdout
+    assert lines[heading[-1] + 1 :] == ["tests/test_some.py::test_broken"], result.stdout
 
     (tests / "test_some.py").write_text("VALUE = 1\n")  # no tests at all
     result = subprocess.run(["make", "test"], cwd=tmp_path, capture_output=True, text=True)

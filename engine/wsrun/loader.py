@@ -46,7 +46,9 @@ class _Loader(_Base):  # type: ignore[misc, valid-type]
             tag = str(node.tag).replace("tag:yaml.org,2002:", "!!")
             value = str(node.value) if isinstance(node, yaml.ScalarNode) else ""
             shown = value if len(value) <= 40 else value[:37] + "..."
-            reason = "it is empty" if isinstance(node, yaml.ScalarNode) and not value else _reason(e)
+            reason = (
+                "it is empty" if isinstance(node, yaml.ScalarNode) and not value else _reason(e)
+            )
             raise yaml.MarkedYAMLError(
                 problem=f"cannot read {shown!r} as {tag}: {reason} (quote it to keep it text)",
                 problem_mark=node.start_mark,

@@ -336,6 +336,51 @@ def test_a_state_change_runs_the_recipe_subscribed_to_it(
     assert worker.stop() == 0
 
 
+def test_a_state_trigger_started_late_catches_up_once(
+    tmp_path: Path, start_worker, bus_backend: str
+) -> None:
+    """Changes relayed before the trigger's queue existed were dropped; the
+    first start replays the one that brought each entity still there, a
+    restart (the queue exists) replays nothing, later changes come as usual."""
+    from wsrun.bus.events import relay_state_changes
+    from wsrun.state import open_state_store
+
+    write(
+        tmp_path / "tracker.yaml",
+        """
+        recipe: tracker
+        on: {state: {kind: ous, to: DeliveryInProgress, substate: ProductsIngested}}
+        inputs:
+          id: {type: string, from_message: true}
+        steps:
+          - uses: shell
+            with: {argv: [sh, -c, 'echo "$0" >> tracked', "{{ inputs.id }}"]}
+        """,
+    )
+    store = open_state_store()
+    for ous in ("X1", "X2", "X3"):
+        store.transition("ous", ous, state="DeliveryInProgress", create=True)
+        store.transition("ous", ous, substate="ProductsIngested", attributes={"n": 1})
+    store.transition("ous", "X1", attributes={"n": 2})  # still there: its last change counts
+    store.transition("ous", "X2", state="Delivered")  # moved on: not due
+    store.transition("ous", "X3", substate="IngestingProducts")
+    bus = open_bus()
+    assert relay_state_changes(store, bus) == 9  # nobody subscribed: dropped
+    assert unconsumed(bus.counts()) == 0
+    tracked = tmp_path / "tracked"
+    worker = start_worker("tracker.yaml")
+    until(lambda: tracked.exists() and unconsumed(bus.counts()) == 0, what="the catch-up run")
+    assert "1 earlier state change(s) queued" in worker.text()
+    assert worker.stop() == 0
+    again = start_worker("tracker.yaml")
+    store.transition("ous", "X3", substate="ProductsIngested")
+    until(lambda: len(tracked.read_text().split()) >= 2, what="the live change")
+    until(lambda: unconsumed(bus.counts()) == 0, what="all acked")
+    assert again.stop() == 0
+    assert tracked.read_text().split() == ["X1", "X3"]
+    assert "catching up" not in again.text()
+
+
 def test_triggers_are_checked_before_the_worker_starts(tmp_path: Path, cli) -> None:
     write(
         tmp_path / "nopath.yaml",

@@ -40,7 +40,7 @@ from typing import Any
 from wsrun import expr
 from wsrun.bus import Bus, Message
 from wsrun.bus.base import DEFAULT_LEASE
-from wsrun.bus.events import relay_state_changes
+from wsrun.bus.events import catch_up, relay_state_changes
 from wsrun.failures import classify
 from wsrun.journal import Journal, default_home
 from wsrun.recipe import Recipe, RecipeNotFound, load_recipe, resolve
@@ -73,6 +73,8 @@ class Trigger:
     queue: str
     pattern: str
     given: dict[str, Any]  # inputs from --set
+    state_kind: str | None = None
+    state_to: str | None = None
     state_from: str | None = None
     state_substate: str | None = None
     glob: str | None = None
@@ -181,6 +183,8 @@ def build_triggers(recipes: Sequence[Recipe], sets: Mapping[str, str]) -> list[T
                     f"{recipe.name}:{pattern}",
                     pattern,
                     typed,
+                    state_kind=spec["kind"],
+                    state_to=spec.get("to"),
                     state_from=spec.get("from"),
                     state_substate=spec.get("substate"),
                 )
@@ -301,8 +305,11 @@ class Worker:
         self.stopping.set()
 
     def run(self) -> None:
+        known = set(self.bus.queues()) if any(t.kind == "state" for t in self.triggers) else set()
         for t in self.triggers:
             self.bus.declare_queue(t.queue, [t.pattern])
+            if t.kind == "state" and t.queue not in known:
+                self.catch_up(t)
             self.log(f"listening: {t.label} (queue {t.queue})")
         queues = [t.queue for t in self.triggers]
         next_scan = next_relay = next_renew = 0.0
@@ -471,14 +478,41 @@ class Worker:
 
     # ---- feeding state and file triggers -------------------------------------------------
 
+    def state_store(self) -> Any:
+        if self._store is None:
+            from wsrun.state import open_state_store
+
+            self._store = open_state_store(self.state_url)
+        return self._store
+
+    def catch_up(self, t: Trigger) -> None:
+        """A state trigger's queue is new: give it the changes that brought
+        entities where it points before it existed (the relay dropped them:
+        nobody subscribed), so a recipe started late still sees them."""
+        assert t.state_kind is not None
+        try:
+            n = catch_up(
+                self.state_store(),
+                self.bus,
+                t.queue,
+                t.state_kind,
+                t.state_to,
+                t.state_from,
+                t.state_substate,
+            )
+        except Exception as e:  # the store is down: the next start catches up
+            self.bus.delete_queue(t.queue)
+            raise WorkerError(
+                f"{t.recipe.name}: cannot catch up on earlier state changes"
+                f" ({type(e).__name__}: {e}); start again once the state store answers"
+            ) from None
+        if n:
+            self.log(f"{t.recipe.name}: {n} earlier state change(s) queued (catching up)")
+
     def relay_states(self) -> None:
         """Publish state changes nobody relayed yet (their maker crashed)."""
         try:
-            if self._store is None:
-                from wsrun.state import open_state_store
-
-                self._store = open_state_store(self.state_url)
-            relay_state_changes(self._store, self.bus, self.consumer)
+            relay_state_changes(self.state_store(), self.bus, self.consumer)
         except Exception as e:  # the store is down or not there: try again later
             problem = f"relaying state changes failed: {type(e).__name__}: {e}"
             if problem != self._relay_problem:

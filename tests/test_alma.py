@@ -353,6 +353,41 @@ def test_the_interactive_review_lists_shows_the_report_and_asks_until_answered(
     assert "please answer one of: Pass, SemiPass, Fail, Cancel" in done.err
 
 
+def test_an_invalid_flag_is_refused_before_the_ous_changes(alma) -> None:
+    alma.ready_for_review()
+    before = len(history())
+    refused = alma.review("--ous", OUS, "--flag", "Maybe")
+    assert refused.code == 1
+    assert "'Maybe' is not one of: Pass, SemiPass, Fail, Cancel" in refused.err
+    assert entity().state == "ReadyForReview" and len(history()) == before
+
+
+def test_cancel_on_the_terminal_goes_back_to_the_list_of_ouss(
+    alma, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As in the seed: Cancel puts the OUS back and shows the list again, where
+    the reviewer picks again; with --flag Cancel the run just ends."""
+    alma.ready_for_review()
+    monkeypatch.setattr(sys, "stdin", Terminal(f"{OUS}\nc\n{OUS}\nf\n"))
+    done = alma.review("--json")
+    assert done.code == 0, done.err
+    assert done.err.count("OUSs ready to be reviewed:") == 2
+    assert json.loads(done.out)["outputs"] == {"ous": OUS, "flag": "Fail"}
+    assert [c.state for c in history()][-5:] == [
+        "ReadyForReview",
+        "Reviewing",
+        "ReadyForReview",
+        "Reviewing",
+        "ReadyForProcessing",
+    ]
+    monkeypatch.setattr(sys, "stdin", Terminal(""))
+    assert alma.launch().code == 0 and alma.drive(timestamp="2018-07-20T00:00:00.000").code == 0
+    assert alma.store_report().code == 0
+    once = alma.review("--ous", OUS, "--flag", "Cancel")
+    assert once.code == 0 and "OUSs ready to be reviewed" not in once.err
+    assert entity().state == "ReadyForReview"
+
+
 def test_no_ous_ready_for_review_is_a_clear_error(alma, monkeypatch) -> None:
     monkeypatch.setattr(sys, "stdin", Terminal(""))
     done = alma.review()

@@ -242,6 +242,47 @@ def test_a_recipe_answers_a_call_from_another_recipe(
     assert worker.stop() == 0
 
 
+def test_a_request_that_cannot_be_answered_gets_an_error_reply(
+    tmp_path: Path, start_worker, bus_backend: str
+) -> None:
+    """The ALMA XTSS: an invalid request, or one whose run fails for good
+    before its reply step, is answered ok: false at once (the caller does
+    not wait for its timeout); the message is dead as before."""
+    from conftest import ROOT
+
+    write(
+        tmp_path / "refuser.yaml",
+        """
+        recipe: refuser
+        on: {message: refuse}
+        steps:
+          - uses: fail
+            with: {message: not today}
+          - uses: reply
+            with: {message: "{{ message }}", body: {ok: true}}
+        """,
+    )
+    xtss = str(ROOT / "recipes" / "alma" / "xtss.yaml")
+    worker = start_worker(xtss, "refuser.yaml")
+
+    def call(body: str, selector: str = "xtss") -> dict:
+        done = run_wsrun("bus", "call", selector, body, "--timeout", "120", cwd=tmp_path)
+        assert done.code == 0, done.err
+        return json.loads(done.out)
+
+    missing = call('{"operation": "get-state"}')
+    assert missing["ok"] is False
+    assert missing["error"].startswith("invalid message for alma/xtss:")
+    assert "ousUID" in missing["error"]
+    extra = call('{"operation": "get-state", "ousUID": "u", "cache": "/etc"}')
+    assert extra["ok"] is False and "the body may not set cache" in extra["error"]
+    refused = call("{}", "refuse")  # the run fails for good before its reply step
+    assert refused["ok"] is False and "not today" in refused["error"]
+    until(lambda: waiting("alma/xtss:xtss").get("dead") == 2, what="two dead requests")
+    until(lambda: waiting("refuser:refuse").get("dead") == 1, what="a dead request")
+    assert worker.stop() == 0
+
+
 def test_a_new_file_runs_its_recipe_once_even_across_restarts(tmp_path: Path, start_worker) -> None:
     write(
         tmp_path / "watch.yaml",

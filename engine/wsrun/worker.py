@@ -108,6 +108,15 @@ class Trigger:
         )
 
 
+def replied(report: Any, message: Message) -> bool:
+    """Whether the run answered the request ``message`` (a ``reply`` step did)."""
+    return any(
+        e.get("op") == "publish" and e.get("path") == message.reply_to
+        for step in report.steps
+        for e in step.effects
+    )
+
+
 def glob_root(pattern: str) -> str:
     """The directory of a glob before its first wildcard: files it matches lie inside."""
     parts = pattern.split(os.sep)
@@ -398,8 +407,17 @@ class Worker:
 
     def park(self, message: Message, name: str, reason: str) -> None:
         """Park a message that cannot start a run dead at once, logging it once."""
-        self.bus.fail(message, f"invalid message for {name}: {reason}", retry=False)
+        error = f"invalid message for {name}: {reason}"
+        self.bus.fail(message, error, retry=False)
         self.log(f"{name}: message {message.id} parked dead: {reason}")
+        self.answer_failure(message, error)
+
+    def answer_failure(self, message: Message, error: str) -> None:
+        """Tell a caller waiting on a request that will not be answered (it is
+        dead) why, instead of leaving it to its timeout: ``{"ok": false,
+        "error": ...}``, the shape of a refusal."""
+        if message.reply_to:
+            self.bus.reply(message, {"ok": False, "error": error})
 
     def handle(self, trigger: Trigger, message: Message) -> None:
         started = time.monotonic()
@@ -454,6 +472,8 @@ class Worker:
                 then = "will be retried" if status == "ready" else "parked dead"
                 if not transient:
                     then += ": a permanent failure"
+                if status == "dead" and not replied(report, message):
+                    self.answer_failure(message, report.error or "failed")
                 self.log(
                     f"{name}: message {message.id} failed (run {report.run_id}, attempt "
                     f"{message.attempts}; {then}): {report.error}"

@@ -253,6 +253,38 @@ def test_qa2_pass_verifies_and_hands_the_ous_to_the_product_ingestor(alma) -> No
     ]
 
 
+def test_the_product_ingestor_records_each_product_as_it_is_ingested(
+    alma, cli, tmp_path: Path
+) -> None:
+    """As the seed's ingestor: the delivery status's ``ingested`` list grows one
+    product at a time, each ingested on its own (the board shows progress)."""
+    from fixtures.alma import PRODUCTS_DIR, passed
+
+    passed(tmp_path)
+    ingest = [
+        "alma/product-ingestor",
+        *("--cache", alma.jao, "--ous-uid", OUS, "--timestamp", TIMESTAMP),
+        *("--products-dir", PRODUCTS_DIR),
+    ]
+    done = cli(*ingest, "--json")
+    assert done.code == 0, done.err
+    assert len(set(json.loads(done.out)["outputs"]["locators"])) == 5
+    products = [f"product-{i}-X1-X1-Xb0-{TIMESTAMP}.data" for i in range(5)]
+    with store() as s:
+        changes = s.history("delivery-status", OUS)
+    assert [c.attributes.get("ingested") for c in changes] == [
+        [],
+        *[products[: i + 1] for i in range(5)],
+        products,
+    ]
+    assert [c.state for c in changes][-1] == "Complete"
+    assert (entity().state, entity().substate) == ("DeliveryInProgress", "ProductsIngested")
+    again = cli(*ingest)  # the same request delivered twice: done, nothing changes
+    assert again.code == 0, again.err
+    with store() as s:
+        assert len(s.history("delivery-status", OUS)) == len(changes)
+
+
 def test_a_failing_pipeline_sets_processing_problem_and_a_relaunch_is_allowed(alma) -> None:
     assert alma.launch().code == 0
     done = alma.drive(rate=1.0)

@@ -86,6 +86,7 @@ def test_one_ous_launched_passed_and_delivered_meets_the_seeds_checks(
         codes = system.stop()
     assert codes and not any(codes.values()), system.logs()
     assert checks == {
+        "attempt": 1,
         "states": alma.HAPPY_PATH,
         "archive_files": 6,
         "product_metadata_records": 5,
@@ -94,6 +95,7 @@ def test_one_ous_launched_passed_and_delivered_meets_the_seeds_checks(
         "unconsumed_messages": 0,
         "weblog_expanded": {"EU": True, "JAO": True},
         "products_identical": True,
+        "superseded": {"archive_files": 0, "pipeline_reports": 0},
     }
     assert [c.state for c in changes] == [
         "ReadyForProcessing",
@@ -116,6 +118,72 @@ def test_one_ous_launched_passed_and_delivered_meets_the_seeds_checks(
     ]
     assert len(dead) == 1 and "colour" in (dead[0].error or ""), dead
     assert json.loads(xtss.stdout)["state"] == "Delivered"
+
+
+def test_a_relaunch_after_qa2_fail_supersedes_and_a_late_tracker_catches_up(
+    tmp_path: Path,
+) -> None:
+    """The first attempt's weblog and report stay in the archive (7 files for
+    the OUS), marked superseded; the seed's checks hold on the current
+    attempt. The data tracker starts only after the OUS was ingested: it
+    catches up, as the seed's polling tracker would."""
+    alma = demo()
+    system = alma.System(tmp_path / "alma", failure_rate=0.0, seed="1")
+    try:
+        system.start(hold=["data-tracker"])
+        system.launch(OUS)
+        system.wait_for(OUS, "ReadyForReview")
+        assert "flag: Fail" in system.review(OUS, "Fail").stdout
+        system.launch(OUS)
+        deadline = time.monotonic() + 60
+        while (e := entity_of(system)).state != "ReadyForReview" or e.attributes["attempt"] != 2:
+            assert time.monotonic() < deadline, system.logs()
+            time.sleep(0.05)
+        system.review(OUS, "Pass")
+        deadline = time.monotonic() + 60
+        while entity_of(system).substate != "ProductsIngested":
+            assert time.monotonic() < deadline, system.logs()
+            time.sleep(0.05)
+        system.settle()
+        assert entity_of(system).state == "DeliveryInProgress"  # nobody tracks it yet
+        system.start_held("data-tracker")
+        system.wait_for(OUS, "Delivered")
+        system.settle()
+        checks = system.checks(OUS)
+        first, second = (r for r in sorted(reports_of(system), key=lambda r: r.id))
+        ous = entity_of(system)
+    finally:
+        codes = system.stop()
+    assert codes and not any(codes.values()), system.logs()
+    assert checks == {
+        "attempt": 2,
+        "states": alma.HAPPY_PATH,
+        "archive_files": 6,
+        "product_metadata_records": 5,
+        "pipeline_reports": 1,
+        "complete_delivery_statuses": 1,
+        "unconsumed_messages": 0,
+        "weblog_expanded": {"EU": True, "JAO": True},
+        "products_identical": True,
+        "superseded": {"archive_files": 1, "pipeline_reports": 1},
+    }
+    assert (first.state, second.state) == ("Superseded", "Stored")
+    assert first.attributes["superseded_by"] == second.attributes["timestamp"]
+    assert ous.attributes["timestamp"] == second.attributes["timestamp"]
+    (earlier,) = ous.attributes["superseded"]
+    assert earlier["attempt"] == 1 and earlier["qa2"] == "Fail"
+    assert earlier["timestamp"] == first.attributes["timestamp"]
+    assert ous.attributes["qa2"] == "Pass"
+
+
+def entity_of(system: Any, id: str = OUS) -> Any:
+    with system.state_store() as s:
+        return s.get("ous", id)
+
+
+def reports_of(system: Any, id: str = OUS) -> list[Any]:
+    with system.state_store() as s:
+        return [r for r in s.list(kind="pipeline-report") if r.attributes["ousUID"] == id]
 
 
 # ---- the recipes by hand --------------------------------------------------------

@@ -120,15 +120,17 @@ def test_one_ous_launched_passed_and_delivered_meets_the_seeds_checks(
     assert json.loads(xtss.stdout)["state"] == "Delivered"
 
 
+@pytest.mark.parametrize("backends", ["embedded", "postgresql-rabbitmq"])
 def test_a_relaunch_after_qa2_fail_supersedes_and_a_late_tracker_catches_up(
-    tmp_path: Path,
+    tmp_path: Path, request: pytest.FixtureRequest, backends: str
 ) -> None:
     """The first attempt's weblog and report stay in the archive (7 files for
     the OUS), marked superseded; the seed's checks hold on the current
     attempt. The data tracker starts only after the OUS was ingested: it
     catches up, as the seed's polling tracker would."""
     alma = demo()
-    system = alma.System(tmp_path / "alma", failure_rate=0.0, seed="1")
+    urls = {} if backends == "embedded" else request.getfixturevalue("scale_out_backends")
+    system = alma.System(tmp_path / "alma", failure_rate=0.0, seed="1", **urls)
     try:
         system.start(hold=["data-tracker"])
         system.launch(OUS)

@@ -86,6 +86,7 @@ def test_one_ous_launched_passed_and_delivered_meets_the_seeds_checks(
         codes = system.stop()
     assert codes and not any(codes.values()), system.logs()
     assert checks == {
+        "attempt": 1,
         "states": alma.HAPPY_PATH,
         "archive_files": 6,
         "product_metadata_records": 5,
@@ -94,6 +95,7 @@ def test_one_ous_launched_passed_and_delivered_meets_the_seeds_checks(
         "unconsumed_messages": 0,
         "weblog_expanded": {"EU": True, "JAO": True},
         "products_identical": True,
+        "superseded": {"archive_files": 0, "pipeline_reports": 0},
     }
     assert [c.state for c in changes] == [
         "ReadyForProcessing",
@@ -116,6 +118,74 @@ def test_one_ous_launched_passed_and_delivered_meets_the_seeds_checks(
     ]
     assert len(dead) == 1 and "colour" in (dead[0].error or ""), dead
     assert json.loads(xtss.stdout)["state"] == "Delivered"
+
+
+@pytest.mark.parametrize("backends", ["embedded", "postgresql-rabbitmq"])
+def test_a_relaunch_after_qa2_fail_supersedes_and_a_late_tracker_catches_up(
+    tmp_path: Path, request: pytest.FixtureRequest, backends: str
+) -> None:
+    """The first attempt's weblog and report stay in the archive (7 files for
+    the OUS), marked superseded; the seed's checks hold on the current
+    attempt. The data tracker starts only after the OUS was ingested: it
+    catches up, as the seed's polling tracker would."""
+    alma = demo()
+    urls = {} if backends == "embedded" else request.getfixturevalue("scale_out_backends")
+    system = alma.System(tmp_path / "alma", failure_rate=0.0, seed="1", **urls)
+    try:
+        system.start(hold=["data-tracker"])
+        system.launch(OUS)
+        system.wait_for(OUS, "ReadyForReview")
+        assert "flag: Fail" in system.review(OUS, "Fail").stdout
+        system.launch(OUS)
+        deadline = time.monotonic() + 60
+        while (e := entity_of(system)).state != "ReadyForReview" or e.attributes["attempt"] != 2:
+            assert time.monotonic() < deadline, system.logs()
+            time.sleep(0.05)
+        system.review(OUS, "Pass")
+        deadline = time.monotonic() + 60
+        while entity_of(system).substate != "ProductsIngested":
+            assert time.monotonic() < deadline, system.logs()
+            time.sleep(0.05)
+        system.settle()
+        assert entity_of(system).state == "DeliveryInProgress"  # nobody tracks it yet
+        system.start_held("data-tracker")
+        system.wait_for(OUS, "Delivered")
+        system.settle()
+        checks = system.checks(OUS)
+        first, second = (r for r in sorted(reports_of(system), key=lambda r: r.id))
+        ous = entity_of(system)
+    finally:
+        codes = system.stop()
+    assert codes and not any(codes.values()), system.logs()
+    assert checks == {
+        "attempt": 2,
+        "states": alma.HAPPY_PATH,
+        "archive_files": 6,
+        "product_metadata_records": 5,
+        "pipeline_reports": 1,
+        "complete_delivery_statuses": 1,
+        "unconsumed_messages": 0,
+        "weblog_expanded": {"EU": True, "JAO": True},
+        "products_identical": True,
+        "superseded": {"archive_files": 1, "pipeline_reports": 1},
+    }
+    assert (first.state, second.state) == ("Superseded", "Stored")
+    assert first.attributes["superseded_by"] == second.attributes["timestamp"]
+    assert ous.attributes["timestamp"] == second.attributes["timestamp"]
+    (earlier,) = ous.attributes["superseded"]
+    assert earlier["attempt"] == 1 and earlier["qa2"] == "Fail"
+    assert earlier["timestamp"] == first.attributes["timestamp"]
+    assert ous.attributes["qa2"] == "Pass"
+
+
+def entity_of(system: Any, id: str = OUS) -> Any:
+    with system.state_store() as s:
+        return s.get("ous", id)
+
+
+def reports_of(system: Any, id: str = OUS) -> list[Any]:
+    with system.state_store() as s:
+        return [r for r in s.list(kind="pipeline-report") if r.attributes["ousUID"] == id]
 
 
 # ---- the recipes by hand --------------------------------------------------------
@@ -253,6 +323,38 @@ def test_qa2_pass_verifies_and_hands_the_ous_to_the_product_ingestor(alma) -> No
     ]
 
 
+def test_the_product_ingestor_records_each_product_as_it_is_ingested(
+    alma, cli, tmp_path: Path
+) -> None:
+    """As the seed's ingestor: the delivery status's ``ingested`` list grows one
+    product at a time, each ingested on its own (the board shows progress)."""
+    from fixtures.alma import PRODUCTS_DIR, passed
+
+    passed(tmp_path)
+    ingest = [
+        "alma/product-ingestor",
+        *("--cache", alma.jao, "--ous-uid", OUS, "--timestamp", TIMESTAMP),
+        *("--products-dir", PRODUCTS_DIR),
+    ]
+    done = cli(*ingest, "--json")
+    assert done.code == 0, done.err
+    assert len(set(json.loads(done.out)["outputs"]["locators"])) == 5
+    products = [f"product-{i}-X1-X1-Xb0-{TIMESTAMP}.data" for i in range(5)]
+    with store() as s:
+        changes = s.history("delivery-status", OUS)
+    assert [c.attributes.get("ingested") for c in changes] == [
+        [],
+        *[products[: i + 1] for i in range(5)],
+        products,
+    ]
+    assert [c.state for c in changes][-1] == "Complete"
+    assert (entity().state, entity().substate) == ("DeliveryInProgress", "ProductsIngested")
+    again = cli(*ingest)  # the same request delivered twice: done, nothing changes
+    assert again.code == 0, again.err
+    with store() as s:
+        assert len(s.history("delivery-status", OUS)) == len(changes)
+
+
 def test_a_failing_pipeline_sets_processing_problem_and_a_relaunch_is_allowed(alma) -> None:
     assert alma.launch().code == 0
     done = alma.drive(rate=1.0)
@@ -351,6 +453,41 @@ def test_the_interactive_review_lists_shows_the_report_and_asks_until_answered(
         in done.err
     )
     assert "please answer one of: Pass, SemiPass, Fail, Cancel" in done.err
+
+
+def test_an_invalid_flag_is_refused_before_the_ous_changes(alma) -> None:
+    alma.ready_for_review()
+    before = len(history())
+    refused = alma.review("--ous", OUS, "--flag", "Maybe")
+    assert refused.code == 1
+    assert "'Maybe' is not one of: Pass, SemiPass, Fail, Cancel" in refused.err
+    assert entity().state == "ReadyForReview" and len(history()) == before
+
+
+def test_cancel_on_the_terminal_goes_back_to_the_list_of_ouss(
+    alma, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As in the seed: Cancel puts the OUS back and shows the list again, where
+    the reviewer picks again; with --flag Cancel the run just ends."""
+    alma.ready_for_review()
+    monkeypatch.setattr(sys, "stdin", Terminal(f"{OUS}\nc\n{OUS}\nf\n"))
+    done = alma.review("--json")
+    assert done.code == 0, done.err
+    assert done.err.count("OUSs ready to be reviewed:") == 2
+    assert json.loads(done.out)["outputs"] == {"ous": OUS, "flag": "Fail"}
+    assert [c.state for c in history()][-5:] == [
+        "ReadyForReview",
+        "Reviewing",
+        "ReadyForReview",
+        "Reviewing",
+        "ReadyForProcessing",
+    ]
+    monkeypatch.setattr(sys, "stdin", Terminal(""))
+    assert alma.launch().code == 0 and alma.drive(timestamp="2018-07-20T00:00:00.000").code == 0
+    assert alma.store_report().code == 0
+    once = alma.review("--ous", OUS, "--flag", "Cancel")
+    assert once.code == 0 and "OUSs ready to be reviewed" not in once.err
+    assert entity().state == "ReadyForReview"
 
 
 def test_no_ous_ready_for_review_is_a_clear_error(alma, monkeypatch) -> None:

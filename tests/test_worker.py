@@ -242,6 +242,47 @@ def test_a_recipe_answers_a_call_from_another_recipe(
     assert worker.stop() == 0
 
 
+def test_a_request_that_cannot_be_answered_gets_an_error_reply(
+    tmp_path: Path, start_worker, bus_backend: str
+) -> None:
+    """The ALMA XTSS: an invalid request, or one whose run fails for good
+    before its reply step, is answered ok: false at once (the caller does
+    not wait for its timeout); the message is dead as before."""
+    from conftest import ROOT
+
+    write(
+        tmp_path / "refuser.yaml",
+        """
+        recipe: refuser
+        on: {message: refuse}
+        steps:
+          - uses: fail
+            with: {message: not today}
+          - uses: reply
+            with: {message: "{{ message }}", body: {ok: true}}
+        """,
+    )
+    xtss = str(ROOT / "recipes" / "alma" / "xtss.yaml")
+    worker = start_worker(xtss, "refuser.yaml")
+
+    def call(body: str, selector: str = "xtss") -> dict:
+        done = run_wsrun("bus", "call", selector, body, "--timeout", "120", cwd=tmp_path)
+        assert done.code == 0, done.err
+        return json.loads(done.out)
+
+    missing = call('{"operation": "get-state"}')
+    assert missing["ok"] is False
+    assert missing["error"].startswith("invalid message for alma/xtss:")
+    assert "ousUID" in missing["error"]
+    extra = call('{"operation": "get-state", "ousUID": "u", "cache": "/etc"}')
+    assert extra["ok"] is False and "the body may not set cache" in extra["error"]
+    refused = call("{}", "refuse")  # the run fails for good before its reply step
+    assert refused["ok"] is False and "not today" in refused["error"]
+    until(lambda: waiting("alma/xtss:xtss").get("dead") == 2, what="two dead requests")
+    until(lambda: waiting("refuser:refuse").get("dead") == 1, what="a dead request")
+    assert worker.stop() == 0
+
+
 def test_a_new_file_runs_its_recipe_once_even_across_restarts(tmp_path: Path, start_worker) -> None:
     write(
         tmp_path / "watch.yaml",
@@ -334,6 +375,51 @@ def test_a_state_change_runs_the_recipe_subscribed_to_it(
     until(lambda: unconsumed(bus.counts()) == 0 and bus.counts().get("") is None)
     assert tracked.read_text() == "X1 DeliveryInProgress p5\n"  # the others were filtered out
     assert worker.stop() == 0
+
+
+def test_a_state_trigger_started_late_catches_up_once(
+    tmp_path: Path, start_worker, bus_backend: str
+) -> None:
+    """Changes relayed before the trigger's queue existed were dropped; the
+    first start replays the one that brought each entity still there, a
+    restart (the queue exists) replays nothing, later changes come as usual."""
+    from wsrun.bus.events import relay_state_changes
+    from wsrun.state import open_state_store
+
+    write(
+        tmp_path / "tracker.yaml",
+        """
+        recipe: tracker
+        on: {state: {kind: ous, to: DeliveryInProgress, substate: ProductsIngested}}
+        inputs:
+          id: {type: string, from_message: true}
+        steps:
+          - uses: shell
+            with: {argv: [sh, -c, 'echo "$0" >> tracked', "{{ inputs.id }}"]}
+        """,
+    )
+    store = open_state_store()
+    for ous in ("X1", "X2", "X3"):
+        store.transition("ous", ous, state="DeliveryInProgress", create=True)
+        store.transition("ous", ous, substate="ProductsIngested", attributes={"n": 1})
+    store.transition("ous", "X1", attributes={"n": 2})  # still there: its last change counts
+    store.transition("ous", "X2", state="Delivered")  # moved on: not due
+    store.transition("ous", "X3", substate="IngestingProducts")
+    bus = open_bus()
+    assert relay_state_changes(store, bus) == 9  # nobody subscribed: dropped
+    assert unconsumed(bus.counts()) == 0
+    tracked = tmp_path / "tracked"
+    worker = start_worker("tracker.yaml")
+    until(lambda: tracked.exists() and unconsumed(bus.counts()) == 0, what="the catch-up run")
+    assert "1 earlier state change(s) queued" in worker.text()
+    assert worker.stop() == 0
+    again = start_worker("tracker.yaml")
+    store.transition("ous", "X3", substate="ProductsIngested")
+    until(lambda: len(tracked.read_text().split()) >= 2, what="the live change")
+    until(lambda: unconsumed(bus.counts()) == 0, what="all acked")
+    assert again.stop() == 0
+    assert tracked.read_text().split() == ["X1", "X3"]
+    assert "catching up" not in again.text()
 
 
 def test_triggers_are_checked_before_the_worker_starts(tmp_path: Path, cli) -> None:

@@ -40,7 +40,7 @@ from typing import Any
 from wsrun import expr
 from wsrun.bus import Bus, Message
 from wsrun.bus.base import DEFAULT_LEASE
-from wsrun.bus.events import relay_state_changes
+from wsrun.bus.events import catch_up, relay_state_changes
 from wsrun.failures import classify
 from wsrun.journal import Journal, default_home
 from wsrun.recipe import Recipe, RecipeNotFound, load_recipe, resolve
@@ -73,6 +73,8 @@ class Trigger:
     queue: str
     pattern: str
     given: dict[str, Any]  # inputs from --set
+    state_kind: str | None = None
+    state_to: str | None = None
     state_from: str | None = None
     state_substate: str | None = None
     glob: str | None = None
@@ -104,6 +106,15 @@ class Trigger:
         return from_body(
             self.recipe, self.given, offered, workdir=workdir, settings=settings, strict=False
         )
+
+
+def replied(report: Any, message: Message) -> bool:
+    """Whether the run answered the request ``message`` (a ``reply`` step did)."""
+    return any(
+        e.get("op") == "publish" and e.get("path") == message.reply_to
+        for step in report.steps
+        for e in step.effects
+    )
 
 
 def glob_root(pattern: str) -> str:
@@ -181,6 +192,8 @@ def build_triggers(recipes: Sequence[Recipe], sets: Mapping[str, str]) -> list[T
                     f"{recipe.name}:{pattern}",
                     pattern,
                     typed,
+                    state_kind=spec["kind"],
+                    state_to=spec.get("to"),
                     state_from=spec.get("from"),
                     state_substate=spec.get("substate"),
                 )
@@ -301,8 +314,11 @@ class Worker:
         self.stopping.set()
 
     def run(self) -> None:
+        known = set(self.bus.queues()) if any(t.kind == "state" for t in self.triggers) else set()
         for t in self.triggers:
             self.bus.declare_queue(t.queue, [t.pattern])
+            if t.kind == "state" and t.queue not in known:
+                self.catch_up(t)
             self.log(f"listening: {t.label} (queue {t.queue})")
         queues = [t.queue for t in self.triggers]
         next_scan = next_relay = next_renew = 0.0
@@ -391,8 +407,17 @@ class Worker:
 
     def park(self, message: Message, name: str, reason: str) -> None:
         """Park a message that cannot start a run dead at once, logging it once."""
-        self.bus.fail(message, f"invalid message for {name}: {reason}", retry=False)
+        error = f"invalid message for {name}: {reason}"
+        self.bus.fail(message, error, retry=False)
         self.log(f"{name}: message {message.id} parked dead: {reason}")
+        self.answer_failure(message, error)
+
+    def answer_failure(self, message: Message, error: str) -> None:
+        """Tell a caller waiting on a request that will not be answered (it is
+        dead) why, instead of leaving it to its timeout: ``{"ok": false,
+        "error": ...}``, the shape of a refusal."""
+        if message.reply_to:
+            self.bus.reply(message, {"ok": False, "error": error})
 
     def handle(self, trigger: Trigger, message: Message) -> None:
         started = time.monotonic()
@@ -447,6 +472,8 @@ class Worker:
                 then = "will be retried" if status == "ready" else "parked dead"
                 if not transient:
                     then += ": a permanent failure"
+                if status == "dead" and not replied(report, message):
+                    self.answer_failure(message, report.error or "failed")
                 self.log(
                     f"{name}: message {message.id} failed (run {report.run_id}, attempt "
                     f"{message.attempts}; {then}): {report.error}"
@@ -471,14 +498,41 @@ class Worker:
 
     # ---- feeding state and file triggers -------------------------------------------------
 
+    def state_store(self) -> Any:
+        if self._store is None:
+            from wsrun.state import open_state_store
+
+            self._store = open_state_store(self.state_url)
+        return self._store
+
+    def catch_up(self, t: Trigger) -> None:
+        """A state trigger's queue is new: give it the changes that brought
+        entities where it points before it existed (the relay dropped them:
+        nobody subscribed), so a recipe started late still sees them."""
+        assert t.state_kind is not None
+        try:
+            n = catch_up(
+                self.state_store(),
+                self.bus,
+                t.queue,
+                t.state_kind,
+                t.state_to,
+                t.state_from,
+                t.state_substate,
+            )
+        except Exception as e:  # the store is down: the next start catches up
+            self.bus.delete_queue(t.queue)
+            raise WorkerError(
+                f"{t.recipe.name}: cannot catch up on earlier state changes"
+                f" ({type(e).__name__}: {e}); start again once the state store answers"
+            ) from None
+        if n:
+            self.log(f"{t.recipe.name}: {n} earlier state change(s) queued (catching up)")
+
     def relay_states(self) -> None:
         """Publish state changes nobody relayed yet (their maker crashed)."""
         try:
-            if self._store is None:
-                from wsrun.state import open_state_store
-
-                self._store = open_state_store(self.state_url)
-            relay_state_changes(self._store, self.bus, self.consumer)
+            relay_state_changes(self.state_store(), self.bus, self.consumer)
         except Exception as e:  # the store is down or not there: try again later
             problem = f"relaying state changes failed: {type(e).__name__}: {e}"
             if problem != self._relay_problem:

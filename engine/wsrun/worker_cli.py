@@ -95,5 +95,9 @@ def worker(
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     log(f"started (pid {os.getpid()}, bus {mask(the_bus.url)}, concurrency {concurrency})")
-    w.run()
+    try:
+        w.run()
+    except WorkerError as e:
+        print(f"wsrun worker: {e}", file=sys.stderr)
+        raise typer.Exit(1) from None
     log(f"stopped after {w.handled} message(s)")

@@ -379,7 +379,11 @@ class System:
         )
 
     def checks(self, ous: str) -> dict[str, Any]:
-        """The seed's checks for one OUS, as values (see docs/alma.md)."""
+        """The seed's checks for one OUS, as values (see docs/alma.md), on its
+        current attempt: the Pipeline run of its ``timestamp``, from the last
+        time it was ReadyForProcessing (a relaunch after a ProcessingProblem or
+        a QA2 Fail starts a new attempt). What earlier attempts left (a weblog
+        in the archive, a report, now Superseded) is counted apart."""
         from wsrun.steps.alma_pipeline import ous_tag
 
         with self.state_store() as store:
@@ -392,14 +396,18 @@ class System:
             ]
             delivery = store.get("delivery-status", ous)
         states = [s for i, s in enumerate(history) if i == 0 or history[i - 1] != s]
+        if "ReadyForProcessing" in states:
+            states = states[len(states) - 1 - states[::-1].index("ReadyForProcessing") :]
+        attributes = entity.attributes if entity else {}
+        current = str(attributes.get("timestamp"))
         tag = ous_tag(ous)
         archive = self.archive()
         try:
             mine = [p for p in archive.products() if f"-{tag}-" in p.filename]
-            files = sum(len(archive.product(p.locator).files) for p in mine)  # type: ignore[union-attr]
+            files = {p.locator: len(archive.product(p.locator).files) for p in mine}  # type: ignore[union-attr]
         finally:
             archive.close()
-        attributes = entity.attributes if entity else {}
+        now = [p for p in mine if f"-{tag}-{current}." in p.filename]
         weblog = str(attributes.get("weblog", ""))[: -len(".zip")]
         products = (
             Path(str(attributes.get("productsDir")))
@@ -409,12 +417,17 @@ class System:
             / "products"
         )
         return {
+            "attempt": attributes.get("attempt"),
             "states": states,
-            "archive_files": files,
-            "product_metadata_records": sum(p.type == "alma_data_product" for p in mine),
-            "pipeline_reports": len(reports),
+            "archive_files": sum(files[p.locator] for p in now),
+            "product_metadata_records": sum(p.type == "alma_data_product" for p in now),
+            "pipeline_reports": sum(
+                r.state == "Stored" and r.attributes.get("timestamp") == current for r in reports
+            ),
             "complete_delivery_statuses": int(
-                delivery is not None and delivery.attributes.get("complete") is True
+                delivery is not None
+                and delivery.attributes.get("complete") is True
+                and delivery.attributes.get("timestamp") == current
             ),
             "unconsumed_messages": sum(self.messages().values()),
             "weblog_expanded": {
@@ -423,6 +436,10 @@ class System:
             },
             "products_identical": tree(self.cache("EU") / products)
             == tree(self.cache("JAO") / products),
+            "superseded": {
+                "archive_files": sum(files.values()) - sum(files[p.locator] for p in now),
+                "pipeline_reports": sum(r.state == "Superseded" for r in reports),
+            },
         }
 
 
@@ -447,12 +464,13 @@ def print_checks(ous: str, checks: dict[str, Any]) -> bool:
         "weblog_expanded": {"EU": True, "JAO": True},
         "products_identical": True,
     }
-    print(f"\nThe seed's checks for {ous}:")
-    states = checks["states"]
-    if "ProcessingProblem" in states:  # relaunched: the last run is the one to check
-        last = len(states) - 1 - states[::-1].index("ProcessingProblem")
-        print(f"  (the Pipeline failed {states.count('ProcessingProblem')} time(s) before)")
-        checks = {**checks, "states": states[last + 1 :]}
+    print(f"\nThe seed's checks for {ous} (attempt {checks['attempt']}):")
+    earlier = checks["superseded"]
+    if any(earlier.values()):
+        print(
+            f"  (superseded attempts left {earlier['archive_files']} file(s) in the archive"
+            f" and {earlier['pipeline_reports']} report(s), not counted below)"
+        )
     ok = True
     for name, want in expected.items():
         got = checks[name]

@@ -359,16 +359,27 @@ def test_files_are_browsed_and_traversal_is_refused(live_server, tmp_path: Path)
     cache = tmp_path / "cache"
     (cache / "weblog-Xb0").mkdir(parents=True)
     (cache / "weblog-Xb0" / "index.html").write_text("<h1>weblog</h1>")
-    (tmp_path / "secret.txt").write_text("not served")
+    (tmp_path / "secret.txt").write_text("not served")  # 10 B
     os.symlink(tmp_path / "secret.txt", cache / "escape.txt")
     server = live_server(dirs={"cache": str(cache)})
     with client(server) as c:
         assert c.get("/api/files").json() == {"cache": str(cache)}
         entries = c.get("/api/files/cache/").json()
         assert [e["name"] for e in entries] == ["weblog-Xb0/", "escape.txt"]
+        # nothing about a target outside the served root: no size, no mtime
+        assert entries[1] == {
+            "name": "escape.txt",
+            "dir": False,
+            "size": None,
+            "modified": None,
+            "link": True,
+        }
+        assert "link outside the served directory" in c.get("/files/cache/").text
+        assert "10 B" not in c.get("/files/cache/").text
         r = c.get("/files/cache/weblog-Xb0/index.html")
         assert r.text == "<h1>weblog</h1>"
         assert r.headers["content-security-policy"].startswith("sandbox")
+        assert "frame-ancestors 'none'" in r.headers["content-security-policy"]
         assert c.get("/files/cache/weblog-Xb0").status_code == 307
         listing = c.get("/files/cache/weblog-Xb0/")
         assert 'href="index.html"' in listing.text
@@ -384,6 +395,15 @@ def test_files_are_browsed_and_traversal_is_refused(live_server, tmp_path: Path)
         status, body = raw_get(server, path)
         assert status == 403, path
         assert b"not served" not in body
+
+
+def test_no_page_may_be_framed_by_another_site(live_server) -> None:
+    server = live_server(token="s3cret-token")
+    with client(server) as c:
+        for path in ("/board", "/api/runs", "/login", "/static/style.css", "/no-such-page"):
+            r = c.get(path, follow_redirects=False)
+            assert r.headers["x-frame-options"] == "DENY", path
+            assert r.headers["content-security-policy"] == "frame-ancestors 'none'", path
 
 
 # ---- the token ---------------------------------------------------------------------

@@ -336,6 +336,25 @@ def test_review_api_fail_and_cancel_do_what_the_terminal_review_does(live_server
     assert store.get("ous", "uid://X1/X1/Xc1").state == "ReadyForReview"
 
 
+def test_fail_and_cancel_on_the_page_ask_for_confirmation_first(live_server) -> None:
+    store = state_store()
+    make_ous(store, "uid://X1/X1/Xc3", "Reviewing")
+    server = live_server()
+    with csrf_client(server) as c:
+        for flag in ("Fail", "Cancel"):
+            page = c.post("/review/decide", data={"id": "uid://X1/X1/Xc3", "flag": flag})
+            assert page.status_code == 200 and 'id="confirm-yes"' in page.text
+            assert f'name="confirmed" value="{flag}"' in page.text
+            assert store.get("ous", "uid://X1/X1/Xc3").state == "Reviewing"  # nothing done yet
+        done = c.post(
+            "/review/decide",
+            data={"id": "uid://X1/X1/Xc3", "flag": "Fail", "confirmed": "Fail"},
+        )
+        assert done.status_code == 303
+    assert store.get("ous", "uid://X1/X1/Xc3").state == "ReadyForProcessing"
+    assert store.get("ous", "uid://X1/X1/Xc3").attributes["qa2"] == "Fail"
+
+
 def test_decision_on_an_ous_no_longer_in_review_is_refused(live_server) -> None:
     store = state_store()
     make_ous(store, "uid://X1/X1/Xc2", "Delivered")

@@ -543,6 +543,40 @@ def test_distillery_progress_comes_from_the_run_of_the_collection(
     )
 
 
+def test_distillery_page_says_what_was_skipped_and_errors_in_one_line(live_server) -> None:
+    trace = (
+        "step 'preserve' (/opt/wsrun/recipes/distillery/distill.yaml:70:5) failed: "
+        "/srv/distillery/initial/MS02/f1/x.tif: the bucket is gone\n"
+        'Traceback (most recent call last):\n  File "/opt/wsrun/engine/x.py", line 1'
+    )
+    skipped = [
+        {"image": f"MS01/f1/p{n}.tif", "failed_step": "master", "error": f"/srv/i/p{n}.tif: bad"}
+        for n in range(4)
+    ]
+    store = state_store()
+    for collection, state, attributes in (
+        ("MS01", "Done", {"skipped": skipped, "counts": {"images": 12, "books": 0}}),
+        ("MS02", "Failed", {"error": trace, "skipped": []}),
+    ):
+        store.transition("distillery-collection", collection, state=state, create=True,
+                         attributes=attributes)  # fmt: skip
+    server = live_server()
+    with csrf_client(server) as c:
+        for collection in ("MS01", "MS02"):
+            c.post("/api/distillery", json={"collection": collection, "preservation": True})
+        rows = {r["collection"]: r for r in c.get("/api/distillery").json()}
+        page = c.get("/distillery").text
+    assert rows["MS01"]["processing"]["outcome"] == "Done, 4 of 12 images skipped"
+    assert (
+        rows["MS01"]["processing"]["skipped"][0]
+        == "image MS01/f1/p0.tif (step master): p0.tif: bad"
+    )
+    assert "Done, 4 of 12 images skipped" in page and "image MS01/f1/p3.tif (step master)" in page
+    # the reason in one line; the whole text only inside the details
+    assert '<summary class="status-failed">x.tif: the bucket is gone</summary>' in page
+    assert page.index("Traceback") > page.index("<pre>", page.index("x.tif: the bucket is gone"))
+
+
 def test_entity_page_shows_history(live_server) -> None:
     store = state_store()
     make_ous(store, "uid://X1/X1/Xe0", "ReadyForReview")

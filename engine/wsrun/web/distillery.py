@@ -19,6 +19,7 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
+from wsrun.state.outcome import outcome
 from wsrun.web.common import api, render, sources
 from wsrun.web.sources import Unavailable
 
@@ -96,7 +97,8 @@ def queue_rows(request: Request) -> list[dict[str, Any]]:
 
 def processing(request: Request, collection: str) -> dict[str, Any] | None:
     """Where the scheduler is with the collection: its entity's state, substate
-    (Preservation, Access, Completing), ``progress`` (image N of M) and error."""
+    (Preservation, Access, Completing), ``progress`` (image N of M), error, and
+    ``outcome`` ("Done, 4 of 12 images skipped") with each skipped item's reason."""
     try:
         entity = sources(request).state.get(COLLECTION_KIND, collection)
     except Unavailable:
@@ -104,8 +106,11 @@ def processing(request: Request, collection: str) -> dict[str, Any] | None:
     if entity is None:
         return None
     progress = entity.attributes.get("progress")
+    summary, reasons = outcome(entity.state, entity.attributes)
     return {
         "state": entity.state,
+        "outcome": summary,
+        "skipped": reasons,
         "substate": entity.substate,
         "progress": progress if isinstance(progress, dict) else None,
         "error": entity.attributes.get("error"),

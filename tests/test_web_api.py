@@ -100,6 +100,63 @@ def test_a_run_page_counts_the_iterations_of_a_loop_as_finished(
         assert "4 of 4 finished" in c.get(f"/runs/{run['id']}").text
 
 
+def test_a_run_page_is_in_execution_order_collapses_loops_and_pages_effects(
+    cli, live_server, tmp_path: Path
+) -> None:
+    """A loop over a called recipe: the called recipe's steps come after the loop
+    starts (not by their own numbering), fold into the loop, and their effects
+    are listed once (not again under the loop), 100 a page."""
+    write(
+        tmp_path / "sub.yaml",
+        """
+        recipe: sub
+        inputs:
+          n: {type: int}
+        steps:
+          - id: one
+            uses: mkdir
+            with: {path: "{{ run.workdir }}/out/{{ inputs.n }}/a"}
+          - id: two
+            uses: mkdir
+            with: {path: "{{ run.workdir }}/out/{{ inputs.n }}/b"}
+        """,
+    )
+    recipe = write(
+        tmp_path / "main.yaml",
+        """
+        recipe: main
+        steps:
+          - id: first
+            uses: mkdir
+            with: {path: "{{ run.workdir }}/out"}
+          - id: each
+            for_each: "{{ range(60) | list }}"
+            uses: ./sub.yaml
+            with: {n: "{{ item }}"}
+          - id: last
+            uses: mkdir
+            with: {path: "{{ run.workdir }}/end"}
+        """,
+    )
+    assert cli(recipe, cwd=tmp_path).code == 0
+    server = live_server()
+    with client(server) as c:
+        [run] = c.get("/api/runs").json()["rows"]
+        keys = [s["key"] for s in c.get(f"/api/runs/{run['id']}").json()["steps"]]
+        assert keys[:4] == ["first", "each", "each[0]/one", "each[0]/two"]
+        assert keys[-1] == "last" and len(keys) == 3 + 120
+        html = c.get(f"/runs/{run['id']}").text
+        assert "120 inner steps (120 finished)" in html
+        # 1 + 3 × 60 + 1 directories made (the loop's own copy of them is not listed)
+        assert '<h2 id="effects-title">Effects <span class="muted">182</span>' in html
+        assert html.count("<td>create_dir</td>") == 100 and "page 1 of 2" in html
+        last = c.get(f"/runs/{run['id']}", params={"effects": "2"}).text
+        assert last.count("<td>create_dir</td>") == 82
+        assert "<code>last</code></td><td>create_dir" in last
+        live = c.get(f"/runs/{run['id']}/live", params={"effects": "2"}).text
+        assert "page 2 of 2" in live and 'hx-get="/runs/' not in live  # finished: no polling
+
+
 def test_unknown_ids_are_404_pages_not_tracebacks(live_server) -> None:
     state_store()
     server = live_server()

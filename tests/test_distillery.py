@@ -21,6 +21,7 @@ import pytest
 import tifffile
 from PIL import Image
 
+from conftest import as_planned as written_as_planned
 from conftest import snapshot
 from fixtures.distillery import COLLECTION, IMAGES, KEYS, PROFILE, RECIPES, Site, make_site, tiff
 from fixtures.fake_archivesspace import Received
@@ -59,7 +60,9 @@ def as_planned(effect: dict[str, Any], planned: dict[str, Any]) -> dict[str, Any
     copy of an image an earlier step of the same run encodes. The real run's later
     step plans against the written file, so it knows the size (a core limit:
     wsrun's real runs do not yet remember which sizes were unknown when planned)."""
-    if "bytes" in planned or effect["op"] not in ("upload", "create_file"):
+    if effect["op"] == "create_file":
+        return written_as_planned(effect, planned)
+    if "bytes" in planned or effect["op"] != "upload":
         return effect
     return {k: v for k, v in effect.items() if k != "bytes"}
 

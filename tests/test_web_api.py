@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
@@ -192,6 +193,31 @@ def test_openapi_describes_the_json_api(live_server) -> None:
     )
     assert all(p.startswith("/api/") for p in paths)
     assert paths["/api/review/decide"]["post"]["responses"]["409"]["description"]
+    import re
+
+    for path, operations in paths.items():
+        for method, op in operations.items():
+            named = {p["name"] for p in op.get("parameters", []) if p["in"] == "path"}
+            assert named == set(re.findall(r"{(\w+)}", path)), (method, path)
+            if method == "post" and path != "/api/messages/{message_id}/resend":
+                assert op["requestBody"]["content"]["application/json"]["schema"], path
+            if op.get("parameters") or op.get("requestBody"):
+                assert "400" in op["responses"], (method, path)
+    assert "security" not in r.json()  # no token configured: none needed
+    decide = paths["/api/review/decide"]["post"]["requestBody"]["content"]["application/json"]
+    assert decide["schema"]["properties"]["flag"]["enum"] == ["Pass", "SemiPass", "Fail", "Cancel"]
+
+
+def test_a_wrong_method_is_405_with_every_allowed_method(live_server) -> None:
+    server = live_server()
+    with csrf_client(server) as c:
+        for path, allowed in (
+            ("/api/distillery", "GET, HEAD, POST"),
+            ("/api/runs", "GET, HEAD"),
+            ("/distillery", "GET, HEAD, POST"),
+        ):
+            r = c.request("DELETE", path)
+            assert r.status_code == 405 and r.headers["allow"] == allowed, path
 
 
 # ---- board --------------------------------------------------------------------
@@ -327,7 +353,7 @@ def test_distillery_api_queues_and_validates(live_server) -> None:
         assert r.status_code == 201, r.text
         assert r.json()["body"] == {"collection": "HaleGE", "preservation": False, "access": True}
         dup = c.post("/api/distillery", json={"collection": "HaleGE", "preservation": True})
-        assert dup.status_code == 400 and "already queued" in dup.json()["error"]
+        assert dup.status_code == 409 and "already queued" in dup.json()["error"]
         bad = c.post("/api/distillery", json={"collection": "../etc", "preservation": True})
         assert bad.status_code == 400 and "collection id" in bad.json()["error"]
         neither = c.post("/api/distillery", json={"collection": "Other"})
@@ -524,33 +550,89 @@ def test_token_is_required_on_every_request(live_server) -> None:
 # ---- the command ------------------------------------------------------------------
 
 
-def test_wsrun_serve_listens_on_loopback(tmp_path: Path, wsrun_home: Path) -> None:
+@contextmanager
+def wsrun_serve(tmp_path: Path, wsrun_home: Path, *args: str) -> Iterator[tuple[str, Any]]:
+    """``wsrun serve`` as its own process on a free port: (base URL, process)."""
     from fixtures.webserver import free_port
 
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "wsrun", "serve", "--port", str(port)],
+        [sys.executable, "-m", "wsrun", "serve", "--port", str(port), *args],
         cwd=tmp_path,
         env={**os.environ, "WSRUN_HOME": str(wsrun_home)},
         stderr=subprocess.PIPE,
         text=True,
     )
+    url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 20
         while True:
             try:
-                r = httpx.get(f"http://127.0.0.1:{port}/api/runs", timeout=5)
+                httpx.get(f"{url}/login", timeout=5)
                 break
             except httpx.TransportError:
                 if time.monotonic() > deadline or proc.poll() is not None:
                     pytest.fail("wsrun serve did not start")
                 time.sleep(0.05)
-        assert r.status_code == 200 and r.json()["total"] == 0
+        yield url, proc
     finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=20)
+
+
+def test_wsrun_serve_listens_on_loopback(tmp_path: Path, wsrun_home: Path) -> None:
+    with wsrun_serve(tmp_path, wsrun_home) as (url, proc):
+        r = httpx.get(f"{url}/api/runs", timeout=5)
+        assert r.status_code == 200 and r.json()["total"] == 0
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=20)
-    assert f"http://127.0.0.1:{port}/" in err
+    assert f"{url}/" in err
     assert proc.returncode == 0
+
+
+def test_the_api_keeps_to_its_openapi_document(tmp_path: Path, wsrun_home: Path) -> None:
+    """schemathesis against a live ``wsrun serve`` (with a token): every operation,
+    documented parameters and bodies, valid and invalid data, undocumented
+    methods; a fixed number of examples, deterministic, so the run is repeatable."""
+    store = state_store()
+    make_ous(store, "uid://X1/X1/Xs0", "Reviewing")
+    # Real ids for some operations, so they are tested past their 404.
+    write(
+        tmp_path / "schemathesis.toml",
+        """
+        [[operations]]
+        include-name = "GET /api/review/ous"
+        parameters = {"query.id" = "uid://X1/X1/Xs0"}
+
+        [[operations]]
+        include-name = "GET /api/entities/{kind}"
+        parameters = {"path.kind" = "ous", "query.id" = "uid://X1/X1/Xs0"}
+
+        [[operations]]
+        include-name = "GET /api/pictures/recipe/{name}"
+        parameters = {"path.name" = "nrao/deliver"}
+        """,
+    )
+    with wsrun_serve(tmp_path, wsrun_home, "--token", "s3cret-token") as (url, _):
+        schema = httpx.get(f"{url}/api/openapi.json", headers={"X-Wsrun-Token": "s3cret-token"})
+        operations = [(m, p) for p, ops in schema.json()["paths"].items() for m in ops]
+        assert len(operations) == 22
+        r = subprocess.run(
+            [
+                sys.executable, "-m", "schemathesis.cli", "run", f"{url}/api/openapi.json",
+                "--header", "Authorization: Bearer s3cret-token",
+                "--checks", "all", "--max-examples", "10", "--generation-deterministic",
+                "--no-color", "--workers", "1", "--request-timeout", "30",
+                "--continue-on-failure",
+            ],
+            cwd=tmp_path, capture_output=True, text=True, timeout=600,
+        )  # fmt: skip
+    assert r.returncode == 0, r.stdout[-6000:] + r.stderr[-2000:]
+    assert "Tested: 22" in r.stdout and " passed, " in r.stdout, r.stdout[-3000:]
+    assert "failed" not in r.stdout.split("Test cases:")[1].splitlines()[1], r.stdout[-3000:]
+    for reached in ("GET /api/review/ous", "GET /api/entities/{kind}", "GET /api/pictures/recipe"):
+        assert reached not in r.stdout, r.stdout[-3000:]  # not among those that only got 404
 
 
 # ---- seams and failures -------------------------------------------------------------

@@ -97,6 +97,28 @@ def test_review_decision_through_the_buttons_reaches_the_store(
     assert page.locator("#decision").count() == 0
 
 
+def test_fail_asks_for_confirmation_before_it_acts(live_server, browser_page) -> None:
+    from playwright.sync_api import expect
+
+    store = state_store()
+    make_ous(store, "uid://X1/X1/Xb2", "Reviewing")
+    server = live_server()
+    page = browser_page
+    page.goto(server.url + "/review/ous?id=uid%3A%2F%2FX1%2FX1%2FXb2")
+    page.get_by_role("button", name="Fail…").click()
+    expect(page.locator("#confirm")).to_contain_text("Fail uid://X1/X1/Xb2?")
+    assert store.get("ous", "uid://X1/X1/Xb2").state == "Reviewing"
+    page.click("#confirm-no")  # changing one's mind changes nothing
+    expect(page.locator("#decision")).to_be_visible()
+    assert store.get("ous", "uid://X1/X1/Xb2").state == "Reviewing"
+    page.get_by_role("button", name="Fail…").click()
+    page.screenshot(path=str(artifacts_dir() / "review-confirm.png"))
+    page.click("#confirm-yes")
+    expect(page.locator("#notice")).to_contain_text("Fail")
+    ous = store.get("ous", "uid://X1/X1/Xb2")
+    assert (ous.state, ous.attributes["qa2"]) == ("ReadyForProcessing", "Fail")
+
+
 def test_distillery_form_queues_a_collection_with_live_progress(live_server, browser_page) -> None:
     from playwright.sync_api import expect
 

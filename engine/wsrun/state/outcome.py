@@ -39,6 +39,8 @@ def outcome(state: str, attributes: dict[str, Any]) -> tuple[str, list[str]]:
         parts.append(f"{len(mine)}{of} {unit}{'s' if (total or len(mine)) != 1 else ''}")
         for s in mine:
             why = reason(s.get("error")) or "no reason recorded"
+            name = str(s[key]).rsplit("/", 1)[-1] + ": "
+            why = why[len(name) :] if why.startswith(name) else why  # named already
             step = f" (step {s['failed_step']})" if s.get("failed_step") else ""
             reasons.append(f"{unit} {s[key]}{step}: {why}")
     if not parts:

@@ -21,6 +21,7 @@ import pytest
 import tifffile
 from PIL import Image
 
+from conftest import as_planned as written_as_planned
 from conftest import snapshot
 from fixtures.distillery import COLLECTION, IMAGES, KEYS, PROFILE, RECIPES, Site, make_site, tiff
 from fixtures.fake_archivesspace import Received
@@ -59,7 +60,9 @@ def as_planned(effect: dict[str, Any], planned: dict[str, Any]) -> dict[str, Any
     copy of an image an earlier step of the same run encodes. The real run's later
     step plans against the written file, so it knows the size (a core limit:
     wsrun's real runs do not yet remember which sizes were unknown when planned)."""
-    if "bytes" in planned or effect["op"] not in ("upload", "create_file"):
+    if effect["op"] == "create_file":
+        return written_as_planned(effect, planned)
+    if "bytes" in planned or effect["op"] != "upload":
         return effect
     return {k: v for k, v in effect.items() if k != "bytes"}
 
@@ -425,6 +428,24 @@ def test_both_through_the_alchemist_moves_sources_only_at_the_end(cli: Any, site
     code, again, err = run(cli, "alchemist", COLLECTION, "--preservation", "--access")
     assert code == 0, err
     assert {e["op"] for e in changes(again)} == {"set_state"}
+
+
+@pytest.mark.filterwarnings("ignore:Corrupt EXIF data")
+def test_a_collection_done_with_skipped_images_says_how_many_and_why(cli: Any, site: Site) -> None:
+    broken = site.initial / COLLECTION / "MS01_001" / "MS01_001_0003.tif"
+    broken.write_bytes(b"II*\x00 this is not a TIFF")
+    code, _, err = run(cli, "alchemist", COLLECTION, "--preservation")
+    assert code == 0, err
+    shown = cli("state", "show", "distillery-collection", COLLECTION)
+    lines = shown.out.splitlines()
+    assert "  state     Done" in lines
+    total = len(ALL_IMAGES) + 1
+    assert f"  outcome   Done, 1 of {total} images skipped" in lines
+    [why] = [line for line in lines if line.startswith("    - ")]
+    assert why.startswith(f"    - image {COLLECTION}/MS01_001/MS01_001_0003.tif (step master): ")
+    assert "is not an image Pillow can read" in why and str(site.initial) not in why
+    entity = json.loads(cli("state", "show", "distillery-collection", COLLECTION, "--json").out)
+    assert entity["attributes"]["counts"] == {"images": total, "books": 0}
 
 
 def test_a_collection_being_processed_is_refused(cli: Any, site: Site) -> None:

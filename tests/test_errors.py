@@ -121,3 +121,43 @@ def test_template_error_names_step_key_and_line(cli, tmp_path: Path) -> None:
         and "with.path" in r.err
         and "ZeroDivisionError" in r.err
     )
+
+
+TWO_STEPS = """
+recipe: two-steps
+inputs:
+  src: {type: path, positional: true}
+  dest: {type: path, positional: true}
+  second: {type: path, positional: true}
+steps:
+  - id: first
+    uses: copy
+    with: {sources: "{{ inputs.src }}", to: "{{ inputs.dest }}"}
+  - id: second
+    uses: copy
+    with: {sources: "{{ inputs.second }}", to: "{{ inputs.dest }}"}
+"""
+
+
+def test_resume_hint_only_when_resuming_helps(cli, tmp_path: Path) -> None:
+    """A failure before anything changed (bad input) offers no resume; a failure
+    after a step changed something does, and the resume then succeeds."""
+    write(tmp_path / "src" / "a.txt", "a")
+    recipe = write(tmp_path / "r.yaml", TWO_STEPS)
+    r = cli(recipe, tmp_path / "nope", tmp_path / "out", tmp_path / "src")
+    assert r.code == 1 and "wsrun resume" not in r.err
+    r = cli(recipe, tmp_path / "src", tmp_path / "out", tmp_path / "later")
+    assert r.code == 1 and "(resume with: wsrun resume " in r.err
+    run_id = r.err.split("wsrun resume ")[1].split(")")[0]
+    write(tmp_path / "later" / "b.txt", "b")
+    assert cli("resume", run_id).code == 0
+    assert (tmp_path / "out" / "later" / "b.txt").read_text() == "b"
+
+
+def test_a_refused_request_offers_no_resume(cli, tmp_path: Path) -> None:
+    recipe = write(
+        tmp_path / "r.yaml",
+        "recipe: refuse\nsteps:\n  - id: refuse\n    uses: fail\n    with: {message: already queued}\n",
+    )
+    r = cli(recipe)
+    assert r.code == 1 and "already queued" in r.err and "wsrun resume" not in r.err

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import ROOT, snapshot
+from conftest import ROOT, as_planned, snapshot
 from fixtures import alma, distillery, staging
 
 Setup = Callable[[Path], list[str]]
@@ -111,7 +111,10 @@ def test_dry_run_effects_equal_real_run_effects(recipe: str, cli, tmp_path: Path
     real = cli(*args, "--json")
     assert real.code == 0, real.err
     dry_report, real_report = json.loads(dry.out), json.loads(real.out)
-    assert effects(dry_report) == effects(real_report)
+    planned, done = effects(dry_report), effects(real_report)
+    assert [s for s, _ in planned] == [s for s, _ in done]
+    for (step, plan), (_, did) in zip(planned, done, strict=True):
+        assert [as_planned(d, p) for p, d in zip(plan, did, strict=True)] == plan, step
     assert any(e for _, e in effects(real_report)), "the case should change something"
     again = cli(*args, "--json")
     if recipe in SECOND_RUN_REFUSED:

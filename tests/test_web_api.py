@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
@@ -100,6 +101,63 @@ def test_a_run_page_counts_the_iterations_of_a_loop_as_finished(
         assert "4 of 4 finished" in c.get(f"/runs/{run['id']}").text
 
 
+def test_a_run_page_is_in_execution_order_collapses_loops_and_pages_effects(
+    cli, live_server, tmp_path: Path
+) -> None:
+    """A loop over a called recipe: the called recipe's steps come after the loop
+    starts (not by their own numbering), fold into the loop, and their effects
+    are listed once (not again under the loop), 100 a page."""
+    write(
+        tmp_path / "sub.yaml",
+        """
+        recipe: sub
+        inputs:
+          n: {type: int}
+        steps:
+          - id: one
+            uses: mkdir
+            with: {path: "{{ run.workdir }}/out/{{ inputs.n }}/a"}
+          - id: two
+            uses: mkdir
+            with: {path: "{{ run.workdir }}/out/{{ inputs.n }}/b"}
+        """,
+    )
+    recipe = write(
+        tmp_path / "main.yaml",
+        """
+        recipe: main
+        steps:
+          - id: first
+            uses: mkdir
+            with: {path: "{{ run.workdir }}/out"}
+          - id: each
+            for_each: "{{ range(60) | list }}"
+            uses: ./sub.yaml
+            with: {n: "{{ item }}"}
+          - id: last
+            uses: mkdir
+            with: {path: "{{ run.workdir }}/end"}
+        """,
+    )
+    assert cli(recipe, cwd=tmp_path).code == 0
+    server = live_server()
+    with client(server) as c:
+        [run] = c.get("/api/runs").json()["rows"]
+        keys = [s["key"] for s in c.get(f"/api/runs/{run['id']}").json()["steps"]]
+        assert keys[:4] == ["first", "each", "each[0]/one", "each[0]/two"]
+        assert keys[-1] == "last" and len(keys) == 3 + 120
+        html = c.get(f"/runs/{run['id']}").text
+        assert "120 inner steps (120 finished)" in html
+        # 1 + 3 × 60 + 1 directories made (the loop's own copy of them is not listed)
+        assert '<h2 id="effects-title">Effects <span class="muted">182</span>' in html
+        assert html.count("<td>create_dir</td>") == 100 and "page 1 of 2" in html
+        last = c.get(f"/runs/{run['id']}", params={"effects": "2"}).text
+        assert last.count("<td>create_dir</td>") == 82
+        assert "<code>last</code></td><td>create_dir" in last
+        live = c.get(f"/runs/{run['id']}/live", params={"effects": "2"}).text
+        assert "page 2 of 2" in live and 'hx-get="/runs/' not in live  # finished: no polling
+
+
 def test_unknown_ids_are_404_pages_not_tracebacks(live_server) -> None:
     state_store()
     server = live_server()
@@ -135,6 +193,31 @@ def test_openapi_describes_the_json_api(live_server) -> None:
     )
     assert all(p.startswith("/api/") for p in paths)
     assert paths["/api/review/decide"]["post"]["responses"]["409"]["description"]
+    import re
+
+    for path, operations in paths.items():
+        for method, op in operations.items():
+            named = {p["name"] for p in op.get("parameters", []) if p["in"] == "path"}
+            assert named == set(re.findall(r"{(\w+)}", path)), (method, path)
+            if method == "post" and path != "/api/messages/{message_id}/resend":
+                assert op["requestBody"]["content"]["application/json"]["schema"], path
+            if op.get("parameters") or op.get("requestBody"):
+                assert "400" in op["responses"], (method, path)
+    assert "security" not in r.json()  # no token configured: none needed
+    decide = paths["/api/review/decide"]["post"]["requestBody"]["content"]["application/json"]
+    assert decide["schema"]["properties"]["flag"]["enum"] == ["Pass", "SemiPass", "Fail", "Cancel"]
+
+
+def test_a_wrong_method_is_405_with_every_allowed_method(live_server) -> None:
+    server = live_server()
+    with csrf_client(server) as c:
+        for path, allowed in (
+            ("/api/distillery", "GET, HEAD, POST"),
+            ("/api/runs", "GET, HEAD"),
+            ("/distillery", "GET, HEAD, POST"),
+        ):
+            r = c.request("DELETE", path)
+            assert r.status_code == 405 and r.headers["allow"] == allowed, path
 
 
 # ---- board --------------------------------------------------------------------
@@ -270,7 +353,7 @@ def test_distillery_api_queues_and_validates(live_server) -> None:
         assert r.status_code == 201, r.text
         assert r.json()["body"] == {"collection": "HaleGE", "preservation": False, "access": True}
         dup = c.post("/api/distillery", json={"collection": "HaleGE", "preservation": True})
-        assert dup.status_code == 400 and "already queued" in dup.json()["error"]
+        assert dup.status_code == 409 and "already queued" in dup.json()["error"]
         bad = c.post("/api/distillery", json={"collection": "../etc", "preservation": True})
         assert bad.status_code == 400 and "collection id" in bad.json()["error"]
         neither = c.post("/api/distillery", json={"collection": "Other"})
@@ -336,6 +419,25 @@ def test_review_api_fail_and_cancel_do_what_the_terminal_review_does(live_server
     assert store.get("ous", "uid://X1/X1/Xc1").state == "ReadyForReview"
 
 
+def test_fail_and_cancel_on_the_page_ask_for_confirmation_first(live_server) -> None:
+    store = state_store()
+    make_ous(store, "uid://X1/X1/Xc3", "Reviewing")
+    server = live_server()
+    with csrf_client(server) as c:
+        for flag in ("Fail", "Cancel"):
+            page = c.post("/review/decide", data={"id": "uid://X1/X1/Xc3", "flag": flag})
+            assert page.status_code == 200 and 'id="confirm-yes"' in page.text
+            assert f'name="confirmed" value="{flag}"' in page.text
+            assert store.get("ous", "uid://X1/X1/Xc3").state == "Reviewing"  # nothing done yet
+        done = c.post(
+            "/review/decide",
+            data={"id": "uid://X1/X1/Xc3", "flag": "Fail", "confirmed": "Fail"},
+        )
+        assert done.status_code == 303
+    assert store.get("ous", "uid://X1/X1/Xc3").state == "ReadyForProcessing"
+    assert store.get("ous", "uid://X1/X1/Xc3").attributes["qa2"] == "Fail"
+
+
 def test_decision_on_an_ous_no_longer_in_review_is_refused(live_server) -> None:
     store = state_store()
     make_ous(store, "uid://X1/X1/Xc2", "Delivered")
@@ -359,16 +461,27 @@ def test_files_are_browsed_and_traversal_is_refused(live_server, tmp_path: Path)
     cache = tmp_path / "cache"
     (cache / "weblog-Xb0").mkdir(parents=True)
     (cache / "weblog-Xb0" / "index.html").write_text("<h1>weblog</h1>")
-    (tmp_path / "secret.txt").write_text("not served")
+    (tmp_path / "secret.txt").write_text("not served")  # 10 B
     os.symlink(tmp_path / "secret.txt", cache / "escape.txt")
     server = live_server(dirs={"cache": str(cache)})
     with client(server) as c:
         assert c.get("/api/files").json() == {"cache": str(cache)}
         entries = c.get("/api/files/cache/").json()
         assert [e["name"] for e in entries] == ["weblog-Xb0/", "escape.txt"]
+        # nothing about a target outside the served root: no size, no mtime
+        assert entries[1] == {
+            "name": "escape.txt",
+            "dir": False,
+            "size": None,
+            "modified": None,
+            "link": True,
+        }
+        assert "link outside the served directory" in c.get("/files/cache/").text
+        assert "10 B" not in c.get("/files/cache/").text
         r = c.get("/files/cache/weblog-Xb0/index.html")
         assert r.text == "<h1>weblog</h1>"
         assert r.headers["content-security-policy"].startswith("sandbox")
+        assert "frame-ancestors 'none'" in r.headers["content-security-policy"]
         assert c.get("/files/cache/weblog-Xb0").status_code == 307
         listing = c.get("/files/cache/weblog-Xb0/")
         assert 'href="index.html"' in listing.text
@@ -384,6 +497,15 @@ def test_files_are_browsed_and_traversal_is_refused(live_server, tmp_path: Path)
         status, body = raw_get(server, path)
         assert status == 403, path
         assert b"not served" not in body
+
+
+def test_no_page_may_be_framed_by_another_site(live_server) -> None:
+    server = live_server(token="s3cret-token")
+    with client(server) as c:
+        for path in ("/board", "/api/runs", "/login", "/static/style.css", "/no-such-page"):
+            r = c.get(path, follow_redirects=False)
+            assert r.headers["x-frame-options"] == "DENY", path
+            assert r.headers["content-security-policy"] == "frame-ancestors 'none'", path
 
 
 # ---- the token ---------------------------------------------------------------------
@@ -428,33 +550,89 @@ def test_token_is_required_on_every_request(live_server) -> None:
 # ---- the command ------------------------------------------------------------------
 
 
-def test_wsrun_serve_listens_on_loopback(tmp_path: Path, wsrun_home: Path) -> None:
+@contextmanager
+def wsrun_serve(tmp_path: Path, wsrun_home: Path, *args: str) -> Iterator[tuple[str, Any]]:
+    """``wsrun serve`` as its own process on a free port: (base URL, process)."""
     from fixtures.webserver import free_port
 
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "wsrun", "serve", "--port", str(port)],
+        [sys.executable, "-m", "wsrun", "serve", "--port", str(port), *args],
         cwd=tmp_path,
         env={**os.environ, "WSRUN_HOME": str(wsrun_home)},
         stderr=subprocess.PIPE,
         text=True,
     )
+    url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 20
         while True:
             try:
-                r = httpx.get(f"http://127.0.0.1:{port}/api/runs", timeout=5)
+                httpx.get(f"{url}/login", timeout=5)
                 break
             except httpx.TransportError:
                 if time.monotonic() > deadline or proc.poll() is not None:
                     pytest.fail("wsrun serve did not start")
                 time.sleep(0.05)
-        assert r.status_code == 200 and r.json()["total"] == 0
+        yield url, proc
     finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=20)
+
+
+def test_wsrun_serve_listens_on_loopback(tmp_path: Path, wsrun_home: Path) -> None:
+    with wsrun_serve(tmp_path, wsrun_home) as (url, proc):
+        r = httpx.get(f"{url}/api/runs", timeout=5)
+        assert r.status_code == 200 and r.json()["total"] == 0
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=20)
-    assert f"http://127.0.0.1:{port}/" in err
+    assert f"{url}/" in err
     assert proc.returncode == 0
+
+
+def test_the_api_keeps_to_its_openapi_document(tmp_path: Path, wsrun_home: Path) -> None:
+    """schemathesis against a live ``wsrun serve`` (with a token): every operation,
+    documented parameters and bodies, valid and invalid data, undocumented
+    methods; a fixed number of examples, deterministic, so the run is repeatable."""
+    store = state_store()
+    make_ous(store, "uid://X1/X1/Xs0", "Reviewing")
+    # Real ids for some operations, so they are tested past their 404.
+    write(
+        tmp_path / "schemathesis.toml",
+        """
+        [[operations]]
+        include-name = "GET /api/review/ous"
+        parameters = {"query.id" = "uid://X1/X1/Xs0"}
+
+        [[operations]]
+        include-name = "GET /api/entities/{kind}"
+        parameters = {"path.kind" = "ous", "query.id" = "uid://X1/X1/Xs0"}
+
+        [[operations]]
+        include-name = "GET /api/pictures/recipe/{name}"
+        parameters = {"path.name" = "nrao/deliver"}
+        """,
+    )
+    with wsrun_serve(tmp_path, wsrun_home, "--token", "s3cret-token") as (url, _):
+        schema = httpx.get(f"{url}/api/openapi.json", headers={"X-Wsrun-Token": "s3cret-token"})
+        operations = [(m, p) for p, ops in schema.json()["paths"].items() for m in ops]
+        assert len(operations) == 22
+        r = subprocess.run(
+            [
+                sys.executable, "-m", "schemathesis.cli", "run", f"{url}/api/openapi.json",
+                "--header", "Authorization: Bearer s3cret-token",
+                "--checks", "all", "--max-examples", "10", "--generation-deterministic",
+                "--no-color", "--workers", "1", "--request-timeout", "30",
+                "--continue-on-failure",
+            ],
+            cwd=tmp_path, capture_output=True, text=True, timeout=600,
+        )  # fmt: skip
+    assert r.returncode == 0, r.stdout[-6000:] + r.stderr[-2000:]
+    assert "Tested: 22" in r.stdout and " passed, " in r.stdout, r.stdout[-3000:]
+    assert "failed" not in r.stdout.split("Test cases:")[1].splitlines()[1], r.stdout[-3000:]
+    for reached in ("GET /api/review/ous", "GET /api/entities/{kind}", "GET /api/pictures/recipe"):
+        assert reached not in r.stdout, r.stdout[-3000:]  # not among those that only got 404
 
 
 # ---- seams and failures -------------------------------------------------------------
@@ -502,6 +680,37 @@ def test_distillery_progress_comes_from_the_run_of_the_collection(
         2,
         2,
     )
+
+
+def test_distillery_page_says_what_was_skipped_and_errors_in_one_line(live_server) -> None:
+    trace = (
+        "step 'preserve' (/opt/wsrun/recipes/distillery/distill.yaml:70:5) failed: "
+        "/srv/distillery/initial/MS02/f1/x.tif: the bucket is gone\n"
+        'Traceback (most recent call last):\n  File "/opt/wsrun/engine/x.py", line 1'
+    )
+    skipped = [
+        {"image": f"MS01/f1/p{n}.tif", "failed_step": "master", "error": f"/srv/i/p{n}.tif: bad"}
+        for n in range(4)
+    ]
+    store = state_store()
+    for collection, state, attributes in (
+        ("MS01", "Done", {"skipped": skipped, "counts": {"images": 12, "books": 0}}),
+        ("MS02", "Failed", {"error": trace, "skipped": []}),
+    ):
+        store.transition("distillery-collection", collection, state=state, create=True,
+                         attributes=attributes)  # fmt: skip
+    server = live_server()
+    with csrf_client(server) as c:
+        for collection in ("MS01", "MS02"):
+            c.post("/api/distillery", json={"collection": collection, "preservation": True})
+        rows = {r["collection"]: r for r in c.get("/api/distillery").json()}
+        page = c.get("/distillery").text
+    assert rows["MS01"]["processing"]["outcome"] == "Done, 4 of 12 images skipped"
+    assert rows["MS01"]["processing"]["skipped"][0] == "image MS01/f1/p0.tif (step master): bad"
+    assert "Done, 4 of 12 images skipped" in page and "image MS01/f1/p3.tif (step master)" in page
+    # the reason in one line; the whole text only inside the details
+    assert '<summary class="status-failed">x.tif: the bucket is gone</summary>' in page
+    assert page.index("Traceback") > page.index("<pre>", page.index("x.tif: the bucket is gone"))
 
 
 def test_entity_page_shows_history(live_server) -> None:

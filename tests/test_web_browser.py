@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from conftest import ROOT, write
+from fixtures.webserver import artifacts_dir
 from web_data import make_ous, state_store
 
 COLLECTION_LIFECYCLE = ROOT / "recipes" / "distillery" / "collection-lifecycle.yaml"
@@ -94,6 +95,28 @@ def test_review_decision_through_the_buttons_reaches_the_store(
     page.goto(server.url + "/review/ous?id=uid%3A%2F%2FX1%2FX1%2FXb1")
     expect(page.locator("#ous-state")).to_contain_text("DeliveryInProgress")
     assert page.locator("#decision").count() == 0
+
+
+def test_fail_asks_for_confirmation_before_it_acts(live_server, browser_page) -> None:
+    from playwright.sync_api import expect
+
+    store = state_store()
+    make_ous(store, "uid://X1/X1/Xb2", "Reviewing")
+    server = live_server()
+    page = browser_page
+    page.goto(server.url + "/review/ous?id=uid%3A%2F%2FX1%2FX1%2FXb2")
+    page.get_by_role("button", name="Fail…").click()
+    expect(page.locator("#confirm")).to_contain_text("Fail uid://X1/X1/Xb2?")
+    assert store.get("ous", "uid://X1/X1/Xb2").state == "Reviewing"
+    page.click("#confirm-no")  # changing one's mind changes nothing
+    expect(page.locator("#decision")).to_be_visible()
+    assert store.get("ous", "uid://X1/X1/Xb2").state == "Reviewing"
+    page.get_by_role("button", name="Fail…").click()
+    page.screenshot(path=str(artifacts_dir() / "review-confirm.png"))
+    page.click("#confirm-yes")
+    expect(page.locator("#notice")).to_contain_text("Fail")
+    ous = store.get("ous", "uid://X1/X1/Xb2")
+    assert (ous.state, ous.attributes["qa2"]) == ("ReadyForProcessing", "Fail")
 
 
 def test_distillery_form_queues_a_collection_with_live_progress(live_server, browser_page) -> None:
@@ -288,3 +311,51 @@ def test_a_failing_browser_test_leaves_a_screenshot(tmp_path: Path) -> None:
     assert [p.name for p in artifacts.iterdir()] == [shot.name]
     assert shot.read_bytes() == b"PNG of the page"
     assert f"screenshot of the failed page: {shot}" in done.stdout
+
+
+#: For every header word on the page, how many lines it takes (1 unless broken
+#: mid-word); and how far the page and each element overflow sideways.
+LAYOUT_PROBE = """() => {
+  const broken = [];
+  for (const el of document.querySelectorAll('h1, h2, h3, th, header a')) {
+    const walker = document.createTreeWalker(el, NodeFilter.SHOW_TEXT);
+    for (let node = walker.nextNode(); node; node = walker.nextNode()) {
+      const re = /\\S+/g;
+      for (let m = re.exec(node.data); m; m = re.exec(node.data)) {
+        const range = document.createRange();
+        range.setStart(node, m.index);
+        range.setEnd(node, m.index + m[0].length);
+        const tops = new Set([...range.getClientRects()].map(r => Math.round(r.top)));
+        if (tops.size > 1) broken.push(m[0]);
+      }
+    }
+  }
+  // only a wide table may scroll, inside its own box (.scroll)
+  const wide = [...document.querySelectorAll('body *')]
+    .filter(el => !el.closest('.scroll'))
+    .filter(el => el.scrollWidth > el.clientWidth + 1 && getComputedStyle(el).overflowX !== 'visible'
+                  || el.getBoundingClientRect().right > document.documentElement.clientWidth + 1)
+    .map(el => el.tagName + '.' + el.className);
+  return {broken, wide, page: document.documentElement.scrollWidth - document.documentElement.clientWidth};
+}"""
+
+
+def test_board_fits_a_narrow_screen_without_broken_words(live_server, browser_page) -> None:
+    """At 420 px (a phone) and at desktop width: no header word is broken across
+    lines and nothing is wider than the window."""
+    from playwright.sync_api import expect
+
+    store = state_store()
+    for n, state in enumerate(["ReadyForProcessing", "DeliveryInProgress", "ProcessingProblem"]):
+        make_ous(store, f"uid://X1/X1/Xn{n}", state)
+    server = live_server()
+    page = browser_page
+    for width in (420, 1280):
+        page.set_viewport_size({"width": width, "height": 900})
+        page.goto(server.url + "/board")
+        expect(
+            page.locator('section.column[data-state="DeliveryInProgress"] .card')
+        ).to_be_visible()
+        layout = page.evaluate(LAYOUT_PROBE)
+        page.screenshot(path=str(artifacts_dir() / f"board-{width}.png"), full_page=True)
+        assert layout == {"broken": [], "wide": [], "page": 0}, width

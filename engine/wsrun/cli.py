@@ -205,10 +205,23 @@ def execute(
         if options.get("verbose") and report.traceback:
             err.write(report.traceback)
         err.write(f"error: {report.error}\n")
-        if not report.dry_run:
+        if not report.dry_run and resumable(report):
             err.write(f"(resume with: wsrun resume {report.run_id})\n")
         return 1
     return 0
+
+
+def resumable(report: Any) -> bool:
+    """Whether ``wsrun resume`` can help a failed run: only when a step changed
+    something before the failure (resume keeps that work). A run that failed
+    before changing anything (bad input, a refused or duplicate request) gains
+    nothing from resuming; it is run again as is."""
+    for step in report.steps:  # in execution order; on_failure steps come after
+        if step.status == "failed":
+            return False
+        if step.status == "changed":
+            return True
+    return False
 
 
 def _journal_failed(journal: Any, run_id: str, name: str, error: Exception, err: Any) -> int:

@@ -91,12 +91,14 @@ def format_effect(e: dict[str, Any]) -> str:
 
 def totals(steps: list[StepReport]) -> str:
     counts: dict[str, int] = {}
-    size = 0
+    size = unknown = 0
     for s in steps:
         for e in s.effects:
             counts[e["op"]] = counts.get(e["op"], 0) + 1
             if e["op"] == "create_file" and e.get("bytes"):
                 size += e["bytes"]
+            elif e["op"] == "create_file" and e.get("bytes") is None:
+                unknown += 1  # a plan cannot know what an encoder or tar will write
     names = {
         "create_file": "file",
         "create_dir": "directory",
@@ -115,9 +117,15 @@ def totals(steps: list[StepReport]) -> str:
         if n or op in ("create_file", "create_dir"):
             plural = name if n == 1 else ("directories" if name == "directory" else name + "s")
             parts.append(
-                f"{n} {plural}" + (f" ({human_bytes(size)})" if op == "create_file" else "")
+                f"{n} {plural}" + (f" ({_size(size, unknown)})" if op == "create_file" else "")
             )
     return ", ".join(parts)
+
+
+def _size(size: int, unknown: int) -> str:
+    if not unknown:
+        return human_bytes(size)
+    return f"{human_bytes(size)} and {unknown} of a size not known yet"
 
 
 def print_report(report: RunReport, out: TextIO, verbose: bool = False) -> None:

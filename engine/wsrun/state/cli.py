@@ -12,6 +12,7 @@ from typing import Annotated, Any
 import typer
 
 from wsrun.state.base import Change, Entity, StateError, StateStore
+from wsrun.state.outcome import outcome
 
 state_app = typer.Typer(
     add_completion=False,
@@ -111,6 +112,11 @@ def show(
         return
     print(f"{entity.kind} {entity.id}")
     print(f"  state     {entity.state}")
+    summary, reasons = outcome(entity.state, entity.attributes)
+    if reasons:
+        print(f"  outcome   {summary}")
+        for why in reasons:
+            print(f"    - {why}")
     print(f"  substate  {entity.substate or '-'}")
     print(f"  updated   {_when(entity.updated)} (version {entity.version})")
     if lifecycle is not None:

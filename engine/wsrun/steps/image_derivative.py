@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from wsrun import fileio, imaging, lossless
+from wsrun import fileio, hashing, imaging, lossless
 from wsrun.effects import Effect, create_dir, create_file
 from wsrun.fs import ContentUnknown
 from wsrun.step import Plan, Result, StepContext, StepError
@@ -295,7 +296,19 @@ def apply(plan: Plan, ctx: StepContext) -> Result:
         _proof(p["path"], written[p["path"]]) if p["path"] in written else p
         for p in plan.outputs["proofs"]
     ]
-    return Result(effects=plan.effects, outputs=outputs)
+    return Result(effects=[_as_written(e, written) for e in plan.effects], outputs=outputs)
+
+
+def _as_written(effect: Effect, written: dict[str, dict[str, Any]]) -> Effect:
+    """A planned file's effect with the size and sha256 of what was written.
+    The plan cannot know them (the encoder decides) and leaves them out; every
+    other field stays as planned (tests/test_fidelity.py)."""
+    done = written.get(effect.path) if effect.op == "create_file" else None
+    if done is None:
+        return effect
+    return dataclasses.replace(
+        effect, bytes=done["bytes"], extra={**effect.extra, "sha256": done["sha256"]}
+    )
 
 
 def _pillow_image(source: str) -> Image:
@@ -486,8 +499,14 @@ def _write_master(
         except (lossless.ProofFailed, lossless.NotLossless) as e:
             raise StepError(f"lossless proof failed: {e}; not written", path=t.path) from None
         size = os.fstat(f.fileno()).st_size
+    digest = _sha256(t.path)
     # Equal to the claim in the file, since every sample compared equal.
-    return {"bytes": size, **wsrun_fields, "derivativePixels": master.checksum()}
+    return {
+        "bytes": size,
+        "sha256": digest,
+        **wsrun_fields,
+        "derivativePixels": master.checksum(),
+    }
 
 
 def _write(image: Image, t: _Target, metadata: dict[str, str]) -> dict[str, Any]:
@@ -516,7 +535,14 @@ def _write(image: Image, t: _Target, metadata: dict[str, str]) -> dict[str, Any]
             out.save(f, format="JPEG", quality=t.quality, xmp=packet, optimize=True)
         f.flush()
         size = os.fstat(f.fileno()).st_size
-    return {"bytes": size, **wsrun_fields}
+    digest = _sha256(t.path)
+    return {"bytes": size, "sha256": digest, **wsrun_fields}
+
+
+def _sha256(path: str) -> str:
+    """The sha256 of a file just written (the destination is locked: it is ours)."""
+    with open(path, "rb") as f:
+        return hashing.hash_stream(f, "sha256")[0]
 
 
 def _resized(image: Image, size: tuple[int, int]) -> Image:

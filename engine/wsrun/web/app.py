@@ -27,6 +27,7 @@ from wsrun.web import (
 )
 from wsrun.web.common import PACKAGE, api, make_templates, render, unavailable_response
 from wsrun.web.config import WebConfig
+from wsrun.web.openapi import complete
 from wsrun.web.security import TOKEN_COOKIE, Guard, cookie_value
 from wsrun.web.sources import Sources, Unavailable
 
@@ -112,16 +113,32 @@ def _local(path: str | None) -> str:
 async def openapi(request: Request) -> Response:
     """The OpenAPI description of the JSON API (from the endpoints' docstrings)."""
     api_routes = [r for r in request.app.routes if getattr(r, "path", "").startswith("/api/")]
-    return api(schemas.get_schema(api_routes))
+    return api(complete(schemas.get_schema(api_routes), bool(request.app.state.config.token)))
 
 
 async def http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     if request.url.path.startswith("/api/"):
-        return api({"error": exc.detail}, exc.status_code)
-    return render(
-        request, "error.html", exc.status_code, status=exc.status_code, message=exc.detail
-    )
+        response: Response = api({"error": exc.detail}, exc.status_code)
+    else:
+        response = render(
+            request, "error.html", exc.status_code, status=exc.status_code, message=exc.detail
+        )
+    response.headers.update(exc.headers or {})
+    if exc.status_code == 405:  # every method of the path, not of one of its routes
+        response.headers["Allow"] = ", ".join(sorted(_methods(request)))
+    return response
+
+
+def _methods(request: Request) -> set[str]:
+    """The methods some route answers at the request's path."""
+    path = request.url.path
+    return {
+        m
+        for r in request.app.routes
+        if isinstance(r, Route) and r.path_regex.match(path)
+        for m in (r.methods or ())
+    }
 
 
 async def unavailable(request: Request, exc: Exception) -> Response:

@@ -14,6 +14,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.templating import Jinja2Templates
 
+from wsrun.state.outcome import reason
 from wsrun.web.security import CSRF_FIELD, SCOPE_CSRF
 from wsrun.web.sources import Sources, Unavailable
 
@@ -41,6 +42,7 @@ def make_templates() -> Jinja2Templates:
     env.filters["size"] = human_size
     env.filters["seconds"] = seconds
     env.filters["cell"] = cell
+    env.filters["reason"] = reason
     env.globals["board_links"] = board_links
     env.filters["tojson_pretty"] = lambda v: json.dumps(v, indent=2, default=str, sort_keys=True)
     return templates

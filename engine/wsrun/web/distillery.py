@@ -19,6 +19,7 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
+from wsrun.state.outcome import outcome
 from wsrun.web.common import api, render, sources
 from wsrun.web.sources import Unavailable
 
@@ -34,6 +35,10 @@ LOOK_BACK = 500
 
 class InvalidRequest(ValueError):
     """Form input the server refuses; the message says what to fix."""
+
+
+class AlreadyQueued(InvalidRequest):
+    """The collection has a request waiting already (409 from the API)."""
 
 
 def distillery_request(collection: str, preservation: bool, access: bool) -> dict[str, Any]:
@@ -96,7 +101,8 @@ def queue_rows(request: Request) -> list[dict[str, Any]]:
 
 def processing(request: Request, collection: str) -> dict[str, Any] | None:
     """Where the scheduler is with the collection: its entity's state, substate
-    (Preservation, Access, Completing), ``progress`` (image N of M) and error."""
+    (Preservation, Access, Completing), ``progress`` (image N of M), error, and
+    ``outcome`` ("Done, 4 of 12 images skipped") with each skipped item's reason."""
     try:
         entity = sources(request).state.get(COLLECTION_KIND, collection)
     except Unavailable:
@@ -104,8 +110,11 @@ def processing(request: Request, collection: str) -> dict[str, Any] | None:
     if entity is None:
         return None
     progress = entity.attributes.get("progress")
+    summary, reasons = outcome(entity.state, entity.attributes)
     return {
         "state": entity.state,
+        "outcome": summary,
+        "skipped": reasons,
         "substate": entity.substate,
         "progress": progress if isinstance(progress, dict) else None,
         "error": entity.attributes.get("error"),
@@ -162,7 +171,7 @@ def _queue(
     """Publish a request; (message id, body). A collection already waiting is refused."""
     body = distillery_request(collection, preservation, access)
     if pending(queue_rows(request), body[COLLECTION_FIELD]):
-        raise InvalidRequest(f"collection {body[COLLECTION_FIELD]} is already queued")
+        raise AlreadyQueued(f"collection {body[COLLECTION_FIELD]} is already queued")
     selector = request.app.state.config.distillery_selector
     return sources(request).bus.publish(selector, body), body
 
@@ -184,6 +193,7 @@ async def submit_api(request: Request) -> Response:
     responses:
       201: {description: "Queued: {message, body}"}
       400: {description: Invalid input}
+      409: {description: The collection is already queued}
     """
     try:
         data = await request.json()
@@ -191,15 +201,20 @@ async def submit_api(request: Request) -> Response:
         return api({"error": "expected a JSON object"}, 400)
     if not isinstance(data, dict):
         return api({"error": "expected a JSON object"}, 400)
+    if not isinstance(data.get(COLLECTION_FIELD), str):
+        return api({"error": "collection: a string is required"}, 400)
+    for flag in ("preservation", "access"):
+        if not isinstance(data.get(flag, False), bool):
+            return api({"error": f"{flag}: true or false"}, 400)
     try:
         message_id, body = _queue(
             request,
-            str(data.get(COLLECTION_FIELD, "")),
+            data[COLLECTION_FIELD],
             data.get("preservation") is True,
             data.get("access") is True,
         )
     except InvalidRequest as e:
-        return api({"error": str(e)}, 400)
+        return api({"error": str(e)}, 409 if isinstance(e, AlreadyQueued) else 400)
     return api({"message": message_id, "body": body}, 201)
 
 

@@ -32,9 +32,13 @@ def inside(root: str, relative: str) -> str:
         raise HTTPException(403, "path outside the served directory refused")
     base = os.path.realpath(root)
     target = os.path.realpath(os.path.join(base, relative))
-    if target != base and os.path.commonpath([base, target]) != base:
+    if not _within(base, target):
         raise HTTPException(403, "path outside the served directory refused")
     return target
+
+
+def _within(base: str, path: str) -> bool:
+    return path == base or os.path.commonpath([base, path]) == base
 
 
 def located(request: Request) -> tuple[str, str, str]:
@@ -50,11 +54,19 @@ def located(request: Request) -> tuple[str, str, str]:
     return name, relative, target
 
 
-def listing(target: str) -> list[dict[str, Any]]:
-    """A directory's entries, directories first, each with size and mtime."""
+def listing(target: str, root: str) -> list[dict[str, Any]]:
+    """A directory's entries, directories first, each with size and mtime.
+    A symbolic link leading out of ``root`` is listed as a link, with nothing
+    about its target (following it is refused anyway)."""
+    base = os.path.realpath(root)
     entries = []
     with os.scandir(target) as it:
         for e in it:
+            if e.is_symlink() and not _within(base, os.path.realpath(e.path)):
+                entries.append(
+                    {"name": e.name, "dir": False, "size": None, "modified": None, "link": True}
+                )
+                continue
             try:
                 st = e.stat()
             except OSError:  # a dangling link
@@ -88,6 +100,7 @@ async def roots_api(request: Request) -> Response:
 
 async def browse(request: Request) -> Response:
     name, relative, target = located(request)
+    root = request.app.state.config.dirs[name]
     if os.path.isdir(target):
         if not request.url.path.endswith("/"):
             return RedirectResponse(request.url.path + "/", 307)
@@ -96,7 +109,9 @@ async def browse(request: Request) -> Response:
             (p, "/files/" + name + "/" + "/".join(parts[: i + 1]) + "/")
             for i, p in enumerate(parts)
         ]
-        return render(request, "files.html", root=name, crumbs=crumbs, entries=listing(target))
+        return render(
+            request, "files.html", root=name, crumbs=crumbs, entries=listing(target, root)
+        )
     return FileResponse(target, headers=SANDBOX)
 
 
@@ -109,10 +124,10 @@ async def browse_api(request: Request) -> Response:
       403: {description: The path leaves the served directory}
       404: {description: No such root or path}
     """
-    _, _, target = located(request)
+    name, _, target = located(request)
     if not os.path.isdir(target):
         raise HTTPException(400, "not a directory; GET /files/... for the file")
-    return api(listing(target))
+    return api(listing(target, request.app.state.config.dirs[name]))
 
 
 routes = [

@@ -28,6 +28,8 @@ from wsrun.web.common import api, not_found, render, sources
 KIND = "ous"
 REPORT_KIND = "pipeline-report"
 FLAGS = ("Pass", "SemiPass", "Fail", "Cancel")
+#: Flags the page acts on only after the reviewer confirms (they undo the processing).
+CONFIRM = ("Fail", "Cancel")
 DECIDABLE = ("ReadyForReview", "Reviewing")
 ACTOR = "wsrun serve"
 #: Seconds the review recipe waits for AQUA to store a missing report.
@@ -247,8 +249,24 @@ async def open_action(request: Request) -> Response:
 
 
 async def decide_action(request: Request) -> Response:
+    """Run a decision; on the page, Fail and Cancel first ask for confirmation
+    (the form is sent again with ``confirmed`` set to the flag)."""
     ous_id = await _field(request, "id")
     flag = await _field(request, "flag")
+    page = not request.url.path.startswith("/api/")
+    entity = sources(request).state.get(KIND, ous_id)
+    confirmed = page and (await request.form()).get("confirmed") == flag
+    if page and flag in CONFIRM and not confirmed and entity and entity.state in DECIDABLE:
+        return render(
+            request,
+            "review_ous.html",
+            entity=entity,
+            report=report_of(request, entity),
+            weblog=weblog_link(request, entity),
+            error="",
+            flags=FLAGS,
+            confirm=flag,
+        )
     try:
         outcome = await run_in_threadpool(decide, request, ous_id, flag)
     except Refused as e:

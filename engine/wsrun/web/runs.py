@@ -6,6 +6,7 @@ full-page reload) and stops once the run has finished.
 
 from __future__ import annotations
 
+import re
 import time
 from typing import Any
 
@@ -19,6 +20,9 @@ from wsrun.web.common import Paging, Table, api, not_found, page_of, render, sou
 
 #: How many recent runs the list pages through and filters.
 RECENT = 5000
+#: Effects a run page shows at a time.
+EFFECTS_PAGE = 100
+_NESTED = re.compile(r"[\[/]")
 COLUMNS = ("id", "recipe", "inputs", "status", "started", "duration")
 
 
@@ -54,7 +58,8 @@ def run_detail(request: Request) -> dict[str, Any]:
     record = journal.run(run_id)
     if record is None or record.id != run_id:
         raise not_found(f"no run '{run_id}'")
-    steps = journal.steps(record.id)
+    # in execution order: a called recipe's steps number themselves from 1 again
+    steps = sorted(journal.steps(record.id), key=lambda s: s["started"])
     for step in steps:
         outputs = step["outputs"] if isinstance(step["outputs"], dict) else {}
         sums = outputs.get("checksums") if isinstance(outputs.get("checksums"), dict) else {}
@@ -108,12 +113,46 @@ async def runs_api(request: Request) -> Response:
     return api(runs_table(request).to_json())
 
 
+def page_view(request: Request, run: dict[str, Any]) -> dict[str, Any]:
+    """What a run page shows besides the run: the steps grouped under their
+    top-level step (a loop's iterations and a called recipe's steps collapse
+    into it), and one page of the effects of the steps that did the work (a
+    loop or a called recipe reports its inner steps' effects again)."""
+    keys = [s["key"] for s in run["steps"]]
+    containers = {k[: m.start()] for k in keys for m in _NESTED.finditer(k)}
+    groups: dict[str, dict[str, Any]] = {}
+    for s in run["steps"]:
+        root = _NESTED.split(s["key"], maxsplit=1)[0]
+        group = groups.setdefault(root, {"step": None, "inner": []})
+        if s["key"] == root:
+            group["step"] = s
+        else:
+            group["inner"].append(s)
+    effects = [
+        (s["key"], e) for s in run["steps"] if s["key"] not in containers for e in s["effects"]
+    ]
+    pages = max(1, -(-len(effects) // EFFECTS_PAGE))
+    try:
+        page = min(max(1, int(request.query_params.get("effects", "1"))), pages)
+    except ValueError:
+        page = 1
+    return {
+        "groups": list(groups.values()),
+        "effects": effects[(page - 1) * EFFECTS_PAGE : page * EFFECTS_PAGE],
+        "effects_total": len(effects),
+        "effects_page": page,
+        "effects_pages": pages,
+    }
+
+
 async def run_page(request: Request) -> Response:
-    return render(request, "run.html", run=run_detail(request))
+    run = run_detail(request)
+    return render(request, "run.html", run=run, view=page_view(request, run))
 
 
 async def run_fragment(request: Request) -> Response:
-    return render(request, "run_live.html", run=run_detail(request))
+    run = run_detail(request)
+    return render(request, "run_live.html", run=run, view=page_view(request, run))
 
 
 async def run_api(request: Request) -> Response:

@@ -10,6 +10,10 @@ pages put it into each form (``csrf_token``) and into htmx's request headers
 (``X-CSRF-Token``). A POST whose form field or header does not equal the cookie
 is refused with 403. A request that carries the access token in a header
 cannot be forged by another site, so it needs no CSRF token.
+
+Framing: every response says no other page may frame it (``X-Frame-Options:
+DENY`` and CSP ``frame-ancestors 'none'``), so no site can dress a page's
+buttons (QA2's Fail) in its own clothes (clickjacking).
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ SCOPE_CSRF = "wsrun.csrf"
 #: A form body larger than this is refused before it is parsed.
 MAX_FORM_BYTES = 1 << 20
 OPEN_PATHS = ("/login",)
+FRAME_ANCESTORS = "frame-ancestors 'none'"
 OPEN_PREFIXES = ("/static/",)
 UNSAFE_METHODS = ("POST", "PUT", "PATCH", "DELETE")
 
@@ -73,7 +78,7 @@ class Guard:
         if len(csrf) != 43:  # secrets.token_urlsafe(32)
             csrf = new_csrf = secrets.token_urlsafe(32)
         scope[SCOPE_CSRF] = csrf
-        send = _with_cookie(send, new_csrf)
+        send = _unframed(_with_cookie(send, new_csrf))
 
         path = scope["path"]
         by_header = False
@@ -137,6 +142,28 @@ def _with_cookie(send: Send, csrf: str | None) -> Send:
                 *message["headers"],
                 (b"set-cookie", _set_cookie(CSRF_COOKIE, csrf)),
             ]
+        await send(message)
+
+    return sending
+
+
+def _unframed(send: Send) -> Send:
+    """``send`` that forbids framing: X-Frame-Options, and frame-ancestors added
+    to the response's Content-Security-Policy (or as one)."""
+
+    async def sending(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            headers = [
+                (k, v) for k, v in message.get("headers", []) if k.lower() != b"x-frame-options"
+            ]
+            csp = [v for k, v in headers if k.lower() == b"content-security-policy"]
+            headers = [(k, v) for k, v in headers if k.lower() != b"content-security-policy"]
+            policy = "; ".join([*(v.decode("latin-1") for v in csp), FRAME_ANCESTORS])
+            headers += [
+                (b"x-frame-options", b"DENY"),
+                (b"content-security-policy", policy.encode("latin-1")),
+            ]
+            message["headers"] = headers
         await send(message)
 
     return sending

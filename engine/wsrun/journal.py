@@ -593,7 +593,12 @@ class Journal:
         )
         steps = []
         for r in rows:
-            effects = self._effects(r[6], r[10], 0, effects_limit)
+            count = r[9]
+            if count is None:  # a row older than the count: its effects are all inline
+                effects = self._effects(r[6], r[10])
+                count, effects = len(effects), effects[:effects_limit]
+            else:
+                effects = self._effects(r[6], r[10], 0, effects_limit)
             steps.append(
                 {
                     "key": r[0],
@@ -603,13 +608,97 @@ class Journal:
                     "started": r[4],
                     "ended": r[5],
                     "effects": effects,
-                    # a row older than the count: its effects are all inline
-                    "effect_count": r[9] if r[9] is not None else len(effects),
+                    "effect_count": count,
                     "outputs": self._outputs(r[7], r[11]),
                     "error": r[8],
                 }
             )
         return steps
+
+    def prune(
+        self,
+        older_than: float | None = None,
+        keep: int | None = None,
+        resumable: bool = False,
+        dry_run: bool = False,
+    ) -> Pruned:
+        """Delete the runs older than ``older_than`` seconds that are not among the
+        ``keep`` newest (either limit alone, or both), with their steps and the
+        blobs no run refers to any more; then give the space back. A run still
+        running is never pruned; a failed or interrupted one (``wsrun resume``
+        continues it) only with ``resumable``. ``dry_run`` deletes nothing."""
+        if older_than is None and keep is None:
+            raise ValueError("prune needs an age (--older-than) or a count (--keep)")
+        records = [
+            _record(r)
+            for r in self._query(f"SELECT {self._RUN_COLUMNS} FROM {{runs}} ORDER BY started DESC")
+        ]
+        cutoff = None if older_than is None else time.time() - older_than
+        pruned, held = [], []
+        for i, r in enumerate(records):
+            if (keep is not None and i < keep) or (cutoff is not None and r.started >= cutoff):
+                continue
+            status = r.shown_status
+            if status == "running" or (
+                not resumable and not r.dry_run and status in ("failed", "interrupted")
+            ):
+                held.append(r.id)
+            else:
+                pruned.append(r.id)
+        result = Pruned(pruned, held, len(records) - len(pruned))
+        if dry_run or not pruned:
+            return result
+        for start in range(0, len(pruned), 500):
+            ids = tuple(pruned[start : start + 500])
+            marks = ", ".join("?" * len(ids))
+            self._write(f"DELETE FROM {{steps}} WHERE run_id IN ({marks})", ids)
+            self._write(f"DELETE FROM {{runs}} WHERE id IN ({marks})", ids)
+        self.flush()
+        self.sweep_blobs()
+        self.tables.give_back()
+        return result
+
+    def sweep_blobs(self) -> None:
+        """Delete the blobs no step refers to (on PostgreSQL under the lock every
+        write that refers to a blob shares, so a blob just referred to again by a
+        transaction not yet committed stays)."""
+        statements = [
+            (
+                self.sql(
+                    "DELETE FROM {blobs} WHERE NOT EXISTS"
+                    " (SELECT 1 FROM {steps} s WHERE s.effects_ref = {blobs}.hash)"
+                    " AND NOT EXISTS (SELECT 1 FROM {steps} s WHERE s.outputs_ref = {blobs}.hash)"
+                ),
+                (),
+            )
+        ]
+        if isinstance(self.tables, _PostgresTables):
+            statements.insert(0, (self.tables.BLOB_LOCK.format(""), ()))
+        self.tables.write(statements)
+
+    def meta(self, key: str) -> str | None:
+        rows = self._query("SELECT value FROM {meta} WHERE key=?", (key,))
+        return rows[0][0] if rows else None
+
+    def set_meta(self, key: str, value: str) -> None:
+        self._write(
+            "INSERT INTO {meta} (key, value) VALUES (?, ?)"
+            " ON CONFLICT(key) DO UPDATE SET value=excluded.value",
+            (key, value),
+            commit=True,
+        )
+
+
+@dataclass
+class Pruned:
+    """What a prune deleted (or would delete) and what it kept."""
+
+    #: the runs deleted (with --dry-run: that would be)
+    runs: list[str]
+    #: old enough to go, kept: still running, or resumable (failed, interrupted)
+    held: list[str]
+    #: how many runs the journal keeps
+    kept: int
 
 
 def _sqlite_path(url: str) -> str:

@@ -20,6 +20,9 @@ from wsrun.web.common import Paging, Table, api, not_found, page_of, render, sou
 #: How many recent runs the list pages through and filters.
 RECENT = 5000
 COLUMNS = ("id", "recipe", "inputs", "status", "started", "duration")
+#: Effects of each step a run page shows at once, by default and at most.
+EFFECTS_PAGE = 500
+EFFECTS_PAGE_MAX = 5000
 
 
 def run_row(r: RunRecord) -> dict[str, Any]:
@@ -46,23 +49,44 @@ def runs_table(request: Request) -> Table:
     return page_of("runs", COLUMNS, [run_row(r) for r in records], Paging.of(request))
 
 
+def effects_paging(request: Request) -> tuple[int, int]:
+    """(page from 1, effects a page) of ``?effects_page=&effects_size=``: a run
+    page shows a page of each step's effects (``effect_count`` says how many)."""
+    try:
+        page = max(1, int(request.query_params.get("effects_page", 1)))
+        size = int(request.query_params.get("effects_size", EFFECTS_PAGE))
+    except ValueError:
+        page, size = 1, EFFECTS_PAGE
+    return page, min(max(1, size), EFFECTS_PAGE_MAX)
+
+
 def run_detail(request: Request) -> dict[str, Any]:
-    """A run with its steps and a log; each effect gets the checksum its step
-    reported for that path (``outputs.checksums``) or carried itself."""
+    """A run with its steps, a page of each step's effects, and a log; each
+    effect gets the checksum its step reported for that path
+    (``outputs.checksums``) or carried itself."""
     run_id = request.path_params["run_id"]
     journal = sources(request).journal
     record = journal.run(run_id)
     if record is None or record.id != run_id:
         raise not_found(f"no run '{run_id}'")
-    steps = journal.steps(record.id)
+    page, size = effects_paging(request)
+    steps = journal.steps(record.id, effects_limit=0)
     for step in steps:
+        if step["effect_count"]:
+            step["effects"] = journal.effects(record.id, step["key"], (page - 1) * size, size)
         outputs = step["outputs"] if isinstance(step["outputs"], dict) else {}
         sums = outputs.get("checksums") if isinstance(outputs.get("checksums"), dict) else {}
         for effect in step["effects"]:
             effect["checksum"] = (
                 sums.get(effect.get("path")) or effect.get("sha256") or effect.get("md5")
             )
-    return {**run_row(record), "steps": steps, "log": log_lines(record, steps)}
+    return {
+        **run_row(record),
+        "steps": steps,
+        "effects_page": page,
+        "effects_size": size,
+        "log": log_lines(record, steps),
+    }
 
 
 def log_lines(record: RunRecord, steps: list[dict[str, Any]]) -> list[str]:
@@ -74,7 +98,7 @@ def log_lines(record: RunRecord, steps: list[dict[str, Any]]) -> list[str]:
         events.append((s["started"], f"step {s['key']} ({s['uses']}) started"))
         if s["ended"]:
             took = s["ended"] - s["started"]
-            line = f"step {s['key']} {s['status']} in {took:.2f} s, {len(s['effects'])} effects"
+            line = f"step {s['key']} {s['status']} in {took:.2f} s, {s['effect_count']} effects"
             if s["error"]:
                 line += f": {s['error']}"
             events.append((s["ended"], line))
@@ -119,7 +143,7 @@ async def run_fragment(request: Request) -> Response:
 async def run_api(request: Request) -> Response:
     """One run.
     ---
-    summary: One run with its steps, effects, outputs and log
+    summary: One run with its steps, a page of each step's effects (effects_page, effects_size), outputs and log
     responses:
       200: {description: The run}
       404: {description: No such run}

@@ -195,7 +195,6 @@ def execute(
         return 130
     except JournalError as e:
         return _journal_failed(journal, runner.run_id, recipe.name, e, err)
-    _retain(journal, settings, err)
     if options.get("json"):
         shown = report.to_json()  # effects and errors: masked by the runner already
         shown["outputs"] = masker.clean(shown["outputs"])
@@ -210,18 +209,6 @@ def execute(
             err.write(f"(resume with: wsrun resume {report.run_id})\n")
         return 1
     return 0
-
-
-def _retain(journal: Any, settings: Any, err: Any) -> None:
-    """Apply the journal's retention setting (at most once a day, see
-    wsrun.retention). The run itself is done: a problem here is a warning."""
-    from wsrun.journal import JournalError
-    from wsrun.retention import apply_retention
-
-    try:
-        apply_retention(journal, settings)
-    except (JournalError, ValueError) as e:
-        err.write(f"warning: journal retention not applied: {e}\n")
 
 
 def _journal_failed(journal: Any, run_id: str, name: str, error: Exception, err: Any) -> int:

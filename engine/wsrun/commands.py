@@ -279,8 +279,8 @@ def runs(
                 raise typer.Exit(2)
         for s in steps_:
             s["effects"] = journal.effects(record.id, s["key"], (page - 1) * size, size)
-    else:
-        steps_ = journal.steps(record.id)
+    else:  # the text lists counts only: no effect need be read
+        steps_ = journal.steps(record.id, effects_limit=None if as_json else 0)
     from wsrun.masking import printable_data
 
     if as_json:

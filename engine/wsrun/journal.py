@@ -457,10 +457,10 @@ class Journal:
         process has already written, reused when the content is the same)."""
         if effects is None:
             return None, None
-        text = _json(effects)
-        if text is None or len(text) <= INLINE_MAX:
-            return text, None
-        return None, self._blob("\n".join(_json(e) or "null" for e in effects), stored)
+        lines = [_json(e) or "null" for e in effects]  # each effect serialised once
+        if sum(map(len, lines)) + len(lines) <= INLINE_MAX:
+            return "[" + ",".join(lines) + "]", None
+        return None, self._blob("\n".join(lines), stored)
 
     def _outputs_columns(self, outputs: Any) -> tuple[str | None, str | None]:
         """(JSON text, blob hash) for a step's outputs. Long outputs of a mapping

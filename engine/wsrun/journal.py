@@ -516,6 +516,8 @@ class Journal:
         if ref is None:
             found = json.loads(inline or "null") or []
             return found[offset:] if limit is None else found[offset : offset + limit]
+        if limit == 0:  # a count is all that is wanted: the blob is not fetched
+            return []
         page = []
         with self._blob_text(ref) as lines:
             for i, line in enumerate(lines):

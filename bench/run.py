@@ -238,6 +238,12 @@ class Bench:
         count = scaled_count(100_000, self.scale)
         build_tree(path, count, max(1, min(1000, count // 100)), 0, KiB, SEED + 2)
 
+    def build_journal(self, path: str) -> None:
+        """20,000 files (scaled) of 0-256 bytes in 100 directories: the journal's
+        size per file, not the copy's speed, is what the journal case measures."""
+        count = scaled_count(20_000, self.scale)
+        build_tree(path, count, max(1, min(100, count // 200)), 0, 256, SEED + 7)
+
     def build_mixed(self, path: str) -> None:
         """4 files of 64 MiB (scaled): two compressible to about half, two random."""
         rng = random.Random(SEED + 3)
@@ -876,6 +882,54 @@ def dry_run_case(b: Bench, case: Case) -> Outcome:
     return scored(case, seconds, None, ratio, note)
 
 
+def journal_bytes(home: str) -> int:
+    """Bytes of the SQLite journal in ``home`` (its WAL too, if a run left one)."""
+    path = os.path.join(home, "journal.db")
+    return sum(os.path.getsize(p) for p in (path, path + "-wal") if os.path.exists(p))
+
+
+def journal_case(b: Bench, case: Case) -> Outcome:
+    """What the run journal grows by per file: a dry run and the real copy (with
+    sha256, whose checksums are the journal's least compressible part), each on
+    an empty journal of its own, then a re-run that changes nothing."""
+    source = b.dataset("journal")
+    files, _ = tree_stats(source)
+    dest = os.path.join(b.out, "dest")
+    b.fresh(dest)
+    grown: dict[str, int] = {}
+    seconds = 0.0
+    for what, extra, journal in (
+        ("dry run", ["--dry-run"], "journal-dry"),
+        ("real run", [], "journal-real"),
+        ("no-op re-run", [], "journal-real"),
+    ):
+        home = os.path.join(b.root, journal)
+        if what != "no-op re-run":
+            shutil.rmtree(home, ignore_errors=True)
+            os.makedirs(home)
+        env = dict(b.env, WSRUN_HOME=home)
+        env.pop("WSRUN_JOURNAL_URL", None)
+        before = journal_bytes(home)
+        started = time.perf_counter()
+        cmd = b.wsrun(COPY_RECIPE, source, dest, "--checksum", "sha256", "-q", *extra)
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=b.root)
+        if done.returncode != 0:
+            raise CaseError(f"{what}: exit {done.returncode}: {done.stderr.strip()[-300:]}")
+        if what == "real run":
+            seconds = time.perf_counter() - started
+        grown[what] = journal_bytes(home) - before
+    per_file = {k: v / files for k, v in grown.items()}
+    ratio = per_file["real run"] / (case.target or 1)
+    note = (
+        f"{files} files; bytes/file: real {per_file['real run']:.1f},"
+        f" dry run {per_file['dry run']:.1f}, no-op re-run {per_file['no-op re-run']:.1f}"
+        f" (+{grown['no-op re-run'] / KiB:.0f} KiB)"
+    )
+    outcome = scored(case, seconds, None, ratio, note)
+    outcome.details = {"files": files, "bytes_added": grown, "bytes_per_file": per_file}
+    return outcome
+
+
 BUS_LOAD = os.path.join(REPO, "bench", "bus_load.py")
 
 
@@ -1303,6 +1357,14 @@ CASES = [
         ("publish",),
         amqp_latency_case,
         "s",
+    ),
+    Case(
+        "journal-bytes",
+        "journal growth per file: copy of 20,000 files (dry, real, no-op re-run)",
+        64,
+        COPY,
+        journal_case,
+        "B/file",
     ),
     Case(
         "state-sqlite",

@@ -172,6 +172,14 @@ def test_a_write_beyond_the_file_size_limit_names_the_file(tmp_path: Path, case:
     assert leftovers == []
 
 
+def many_random_names(root: Path) -> None:
+    """3,000 files whose names are 220 random hex digits: their plan is about
+    330 KiB of the journal even zstd-compressed (the journal compresses a plan of
+    ordinary names to a few bytes a file)."""
+    for _ in range(3000):
+        (root / f"{os.urandom(110).hex()}.txt").write_bytes(b"x")
+
+
 def test_a_journal_that_cannot_be_written_mid_run_stops_the_run_in_one_line(
     tmp_path: Path, wsrun_home: Path
 ) -> None:
@@ -180,8 +188,7 @@ def test_a_journal_that_cannot_be_written_mid_run_stops_the_run_in_one_line(
     in place and the second step's not begun."""
     src = tmp_path / "many"
     src.mkdir()
-    for i in range(2000):  # a plan of 2,000 effects: far more than the journal may grow
-        (src / f"file-{i:05d}-with-a-longish-name.txt").write_bytes(b"x")
+    many_random_names(src)  # a plan far bigger than the journal may grow, compressed
     recipe = write(
         tmp_path / "r.yaml",
         """
@@ -293,8 +300,7 @@ def test_a_journal_on_a_full_disk_stops_the_run_in_one_line(
     (src / "fill.dat").write_bytes(os.urandom(800 << 10))
     many = tmp_path / "many"
     many.mkdir()
-    for i in range(2000):
-        (many / f"file-{i:05d}-with-a-longish-name.txt").write_bytes(b"x")
+    many_random_names(many)
     recipe = write(
         tmp_path / "r.yaml",
         """

@@ -5,6 +5,7 @@ messages; inside paths and URLs too. The secret is still used for the real work.
 from __future__ import annotations
 
 import json
+import sqlite3
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -13,6 +14,7 @@ from urllib.parse import parse_qs, quote, quote_plus, unquote, urlsplit
 
 import httpx
 import pytest
+import zstandard
 
 from conftest import write
 
@@ -80,6 +82,8 @@ def test_a_secret_is_masked_everywhere_and_still_used(
     recipe = write(tmp_path / "leaky.yaml", RECIPE)
     src = tmp_path / "src"
     write(src / "a.txt", "data\n")
+    for i in range(30):  # effects and outputs long enough for compressed journal blobs
+        write(src / f"more-{i:02d}.txt", "more\n")
     dest = tmp_path / "out"
 
     plan = cli(recipe, src, dest, "--api", api, "--dry-run")
@@ -130,6 +134,12 @@ def test_a_secret_is_masked_everywhere_and_still_used(
         data = path.read_bytes()
         for form in FORMS:
             assert form.encode() not in data, f"secret ({form!r}) in {path}"
+    # nor the compressed blobs (masked before they were compressed)
+    with sqlite3.connect(wsrun_home / "journal.db") as db:
+        blobs = [zstandard.decompress(d).decode() for (d,) in db.execute("SELECT data FROM blobs")]
+    assert blobs and any("***" in b for b in blobs)
+    for i, blob in enumerate(blobs):
+        assert_masked(blob, f"journal blob {i}")
 
 
 def test_secret_inputs_are_masked_and_not_resumed(cli, tmp_path: Path) -> None:

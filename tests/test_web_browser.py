@@ -7,6 +7,7 @@ marker set on ``window`` must survive, which a full reload would clear.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -112,7 +113,6 @@ def test_fail_asks_for_confirmation_before_it_acts(live_server, browser_page) ->
     expect(page.locator("#decision")).to_be_visible()
     assert store.get("ous", "uid://X1/X1/Xb2").state == "Reviewing"
     page.get_by_role("button", name="Fail…").click()
-    page.screenshot(path=str(artifacts_dir() / "review-confirm.png"))
     page.click("#confirm-yes")
     expect(page.locator("#notice")).to_contain_text("Fail")
     ous = store.get("ous", "uid://X1/X1/Xb2")
@@ -357,5 +357,7 @@ def test_board_fits_a_narrow_screen_without_broken_words(live_server, browser_pa
             page.locator('section.column[data-state="DeliveryInProgress"] .card')
         ).to_be_visible()
         layout = page.evaluate(LAYOUT_PROBE)
-        page.screenshot(path=str(artifacts_dir() / f"board-{width}.png"), full_page=True)
+        # For a person to look at; chromium may refuse a screenshot on a loaded machine.
+        with contextlib.suppress(Exception):
+            page.screenshot(path=str(artifacts_dir() / f"board-{width}.png"), full_page=True)
         assert layout == {"broken": [], "wide": [], "page": 0}, width

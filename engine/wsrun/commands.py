@@ -212,15 +212,38 @@ def schema(
 
 @app.command()
 def runs(
-    action: Annotated[str | None, typer.Argument(help="'show'")] = None,
+    action: Annotated[str | None, typer.Argument(help="'show' or 'prune'")] = None,
     run_id: Annotated[str | None, typer.Argument(help="A run id (a unique part is enough)")] = None,
-    limit: Annotated[int, typer.Option(help="How many runs to list")] = 20,
+    limit: Annotated[
+        int | None,
+        typer.Option(help="How many runs to list (20); with --effects, effects a page (100)"),
+    ] = None,
+    effects: Annotated[
+        bool, typer.Option("--effects", help="show: list each step's effects, a page at a time")
+    ] = False,
+    page: Annotated[int, typer.Option(help="show --effects: which page (from 1)")] = 1,
+    step: Annotated[str | None, typer.Option(help="show --effects: only this step")] = None,
+    older_than: Annotated[
+        str | None, typer.Option(help="prune: runs older than this (30d, 12h, 2w)")
+    ] = None,
+    keep: Annotated[int | None, typer.Option(help="prune: always keep the N newest runs")] = None,
+    include_resumable: Annotated[
+        bool,
+        typer.Option(
+            "--include-resumable",
+            help="prune: failed and interrupted runs too (not resumable after)",
+        ),
+    ] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="prune: say what would go, delete nothing")
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
-    """List recent runs, or `runs show ID` for one run's steps and effects."""
+    """List recent runs, `runs show ID` for one run's steps and effects, or
+    `runs prune --older-than 30d --keep N` to delete old runs from the journal."""
     journal = _open_journal()
     if action is None:
-        records = journal.runs(limit)
+        records = journal.runs(limit or 20)
         if as_json:
             print(json.dumps([_run_json(r) for r in records], indent=2, default=str))
             return
@@ -229,9 +252,12 @@ def runs(
             kind = " (dry run)" if r.dry_run else ""
             print(f"{r.id}  {_when(r.started)}  {r.shown_status:<11} {took:>8}  {r.recipe}{kind}")
         return
+    if action == "prune":
+        _prune(journal, older_than, keep, include_resumable, dry_run, as_json)
+        return
     if action != "show" or not run_id:
         print(
-            "usage: wsrun runs [show ID]\nwsrun runs: error: "
+            "usage: wsrun runs [show ID | prune --older-than AGE --keep N]\nwsrun runs: error: "
             + (f"unknown action '{action}'" if action != "show" else "show needs a run id"),
             file=sys.stderr,
         )
@@ -240,11 +266,26 @@ def runs(
     if record is None:
         print(f"wsrun: no run '{run_id}'", file=sys.stderr)
         raise typer.Exit(2)
-    steps_ = journal.steps(record.id)
+    if page < 1 or (limit is not None and limit < 1):
+        print("wsrun runs show: --page and --limit count from 1", file=sys.stderr)
+        raise typer.Exit(2)
+    size = limit or 100
+    if effects:
+        steps_ = journal.steps(record.id, effects_limit=0)
+        if step is not None:
+            steps_ = [s for s in steps_ if s["key"] == step]
+            if not steps_:
+                print(f"wsrun: run {record.id} has no step '{step}'", file=sys.stderr)
+                raise typer.Exit(2)
+        for s in steps_:
+            s["effects"] = journal.effects(record.id, s["key"], (page - 1) * size, size)
+    else:  # the text lists counts only: no effect need be read
+        steps_ = journal.steps(record.id, effects_limit=None if as_json else 0)
     from wsrun.masking import printable_data
 
     if as_json:
-        print(json.dumps({**_run_json(record), "steps": steps_}, indent=2, default=str))
+        paging = {"page": page, "limit": size} if effects else {}
+        print(json.dumps({**_run_json(record), **paging, "steps": steps_}, indent=2, default=str))
         return
     print(f"run {record.id}: {record.recipe} ({record.recipe_path})")
     print(
@@ -254,11 +295,64 @@ def runs(
     if record.error:
         print(f"  error: {record.error}")
     for s in steps_:
-        print(f"  {s['key']:<24} {s['uses']:<14} {s['status']:<8} {len(s['effects'])} effects")
+        print(f"  {s['key']:<24} {s['uses']:<14} {s['status']:<8} {s['effect_count']} effects")
         if s["error"]:
             print(f"      {s['error']}")
+        if effects and s["effect_count"]:
+            first = (page - 1) * size
+            for e in map(printable_data, s["effects"]):  # a path's bytes not UTF-8 as \xNN
+                rest = {k: v for k, v in e.items() if k not in ("op", "path")}
+                extra = f" {json.dumps(rest, ensure_ascii=False)}" if rest else ""
+                print(f"      {e.get('op', '?')} {e.get('path', '')}{extra}")
+            shown = f"{first + 1}-{first + len(s['effects'])}" if s["effects"] else "none"
+            more = f"; --page {page + 1} for more" if first + size < s["effect_count"] else ""
+            print(f"      (effects {shown} of {s['effect_count']}{more})")
     if record.outputs:
         print(f"  outputs {json.dumps(record.outputs)}")
+
+
+def _prune(
+    journal: Any,
+    older_than: str | None,
+    keep: int | None,
+    resumable: bool,
+    dry_run: bool,
+    as_json: bool,
+) -> None:
+    """`wsrun runs prune`: delete old runs, or say which would go (--dry-run)."""
+    from wsrun.retention import parse_age
+
+    try:
+        age = None if older_than is None else parse_age(older_than)
+        if keep is not None and keep < 0:
+            raise ValueError("--keep counts runs: 0 or more")
+        pruned = journal.prune(age, keep, resumable=resumable, dry_run=dry_run)
+    except ValueError as e:  # JournalError is one too: one line naming the journal
+        print(f"wsrun runs prune: {e}", file=sys.stderr)
+        raise typer.Exit(2) from None
+    if as_json:
+        print(
+            json.dumps(
+                {
+                    "dry_run": dry_run,
+                    "pruned": pruned.runs,
+                    "held": pruned.held,
+                    "kept": pruned.kept,
+                },
+                indent=2,
+            )
+        )
+        return
+    verb = "would prune" if dry_run else "pruned"
+    print(f"{verb} {len(pruned.runs)} runs; the journal keeps {pruned.kept}")
+    for run_id in pruned.runs if dry_run else ():
+        print(f"  {run_id}")
+    if pruned.held:
+        why = "still running" if resumable else "still running or resumable"
+        print(
+            f"kept {len(pruned.held)} old runs {why}"
+            + ("" if resumable else " (--include-resumable prunes the resumable ones)")
+        )
 
 
 def _open_journal() -> Any:

@@ -356,7 +356,18 @@ class Runner:
             self.journal.end_run(
                 self.run_id, report.status, self.masker.clean(report.outputs), report.error
             )
+            self.retain(self.journal)
         return report
+
+    def retain(self, journal: Journal) -> None:
+        """Apply the journal's retention setting (at most once a day, see
+        wsrun.retention). The run itself is done: a problem here is a warning."""
+        from wsrun.retention import apply_retention
+
+        try:
+            apply_retention(journal, self.settings)
+        except (JournalError, ValueError) as e:
+            self.log(f"warning: journal retention not applied: {e}")
 
     def shown(self, message: str) -> str:
         """A message as it may be printed and journaled (see wsrun.masking)."""

@@ -86,7 +86,7 @@ def queue_rows(request: Request) -> list[dict[str, Any]]:
             "run": None,
         }
         if run is not None:
-            steps = sources(request).journal.steps(run.id)
+            steps = sources(request).journal.steps(run.id, effects_limit=0)
             row["run"] = {
                 "id": run.id,
                 "recipe": run.recipe,

@@ -20,10 +20,13 @@ from wsrun.web.common import Paging, Table, api, not_found, page_of, render, sou
 
 #: How many recent runs the list pages through and filters.
 RECENT = 5000
-#: Effects a run page shows at a time.
-EFFECTS_PAGE = 100
+#: Effects a run page lists at a time (over all its steps).
+RUN_PAGE_EFFECTS = 100
 _NESTED = re.compile(r"[\[/]")
 COLUMNS = ("id", "recipe", "inputs", "status", "started", "duration")
+#: Effects of each step the run API returns at once, by default and at most.
+EFFECTS_PAGE = 500
+EFFECTS_PAGE_MAX = 5000
 
 
 def run_row(r: RunRecord) -> dict[str, Any]:
@@ -50,24 +53,51 @@ def runs_table(request: Request) -> Table:
     return page_of("runs", COLUMNS, [run_row(r) for r in records], Paging.of(request))
 
 
+def effects_paging(request: Request) -> tuple[int, int]:
+    """(page from 1, effects a page) of ``?effects_page=&effects_size=``: a run
+    page shows a page of each step's effects (``effect_count`` says how many)."""
+    try:
+        page = max(1, int(request.query_params.get("effects_page", 1)))
+        size = int(request.query_params.get("effects_size", EFFECTS_PAGE))
+    except ValueError:
+        page, size = 1, EFFECTS_PAGE
+    return page, min(max(1, size), EFFECTS_PAGE_MAX)
+
+
 def run_detail(request: Request) -> dict[str, Any]:
-    """A run with its steps and a log; each effect gets the checksum its step
-    reported for that path (``outputs.checksums``) or carried itself."""
+    """A run with its steps, a page of each step's effects, and a log; each
+    effect gets the checksum its step reported for that path
+    (``outputs.checksums``) or carried itself."""
     run_id = request.path_params["run_id"]
     journal = sources(request).journal
     record = journal.run(run_id)
     if record is None or record.id != run_id:
         raise not_found(f"no run '{run_id}'")
+    page, size = effects_paging(request)
     # in execution order: a called recipe's steps number themselves from 1 again
-    steps = sorted(journal.steps(record.id), key=lambda s: s["started"])
+    steps = sorted(journal.steps(record.id, effects_limit=0), key=lambda s: s["started"])
     for step in steps:
-        outputs = step["outputs"] if isinstance(step["outputs"], dict) else {}
-        sums = outputs.get("checksums") if isinstance(outputs.get("checksums"), dict) else {}
-        for effect in step["effects"]:
-            effect["checksum"] = (
-                sums.get(effect.get("path")) or effect.get("sha256") or effect.get("md5")
-            )
-    return {**run_row(record), "steps": steps, "log": log_lines(record, steps)}
+        if step["effect_count"]:
+            step["effects"] = journal.effects(record.id, step["key"], (page - 1) * size, size)
+        with_checksums(step, step["effects"])
+    return {
+        **run_row(record),
+        "steps": steps,
+        "effects_page": page,
+        "effects_size": size,
+        "log": log_lines(record, steps),
+    }
+
+
+def with_checksums(step: dict[str, Any], effects: list[dict[str, Any]]) -> None:
+    """Give each effect the checksum its step reported for that path
+    (``outputs.checksums``) or carried itself."""
+    outputs = step["outputs"] if isinstance(step["outputs"], dict) else {}
+    sums = outputs.get("checksums") if isinstance(outputs.get("checksums"), dict) else {}
+    for effect in effects:
+        effect["checksum"] = (
+            sums.get(effect.get("path")) or effect.get("sha256") or effect.get("md5")
+        )
 
 
 def log_lines(record: RunRecord, steps: list[dict[str, Any]]) -> list[str]:
@@ -79,7 +109,7 @@ def log_lines(record: RunRecord, steps: list[dict[str, Any]]) -> list[str]:
         events.append((s["started"], f"step {s['key']} ({s['uses']}) started"))
         if s["ended"]:
             took = s["ended"] - s["started"]
-            line = f"step {s['key']} {s['status']} in {took:.2f} s, {len(s['effects'])} effects"
+            line = f"step {s['key']} {s['status']} in {took:.2f} s, {s['effect_count']} effects"
             if s["error"]:
                 line += f": {s['error']}"
             events.append((s["ended"], line))
@@ -128,18 +158,32 @@ def page_view(request: Request, run: dict[str, Any]) -> dict[str, Any]:
             group["step"] = s
         else:
             group["inner"].append(s)
-    effects = [
-        (s["key"], e) for s in run["steps"] if s["key"] not in containers for e in s["effects"]
-    ]
-    pages = max(1, -(-len(effects) // EFFECTS_PAGE))
+    # One page over the effects of every step that did the work, read from the
+    # journal a step's slice at a time (a step may hold millions).
+    workers = [s for s in run["steps"] if s["key"] not in containers and s["effect_count"]]
+    total = sum(s["effect_count"] for s in workers)
+    pages = max(1, -(-total // RUN_PAGE_EFFECTS))
     try:
         page = min(max(1, int(request.query_params.get("effects", "1"))), pages)
     except ValueError:
         page = 1
+    start, effects = (page - 1) * RUN_PAGE_EFFECTS, []
+    journal = sources(request).journal
+    for s in workers:
+        if start >= s["effect_count"]:
+            start -= s["effect_count"]
+            continue
+        want = RUN_PAGE_EFFECTS - len(effects)
+        chunk = journal.effects(run["id"], s["key"], start, want)
+        with_checksums(s, chunk)
+        effects += [(s["key"], e) for e in chunk]
+        start = 0
+        if len(effects) >= RUN_PAGE_EFFECTS:
+            break
     return {
         "groups": list(groups.values()),
-        "effects": effects[(page - 1) * EFFECTS_PAGE : page * EFFECTS_PAGE],
-        "effects_total": len(effects),
+        "effects": effects,
+        "effects_total": total,
         "effects_page": page,
         "effects_pages": pages,
     }
@@ -158,7 +202,7 @@ async def run_fragment(request: Request) -> Response:
 async def run_api(request: Request) -> Response:
     """One run.
     ---
-    summary: One run with its steps, effects, outputs and log
+    summary: One run with its steps, a page of each step's effects (effects_page, effects_size), outputs and log
     responses:
       200: {description: The run}
       404: {description: No such run}

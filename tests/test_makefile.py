@@ -30,6 +30,16 @@ def scratch_makefile(tmp_path: Path) -> Path:
     return path
 
 
+def make_test(cwd: Path) -> subprocess.CompletedProcess[str]:
+    """``make test`` in ``cwd`` as a top-level make, also when this suite itself runs
+    under make (``make test``, ``make soak``): a sub-make prints "Entering directory"
+    lines around its output."""
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKELEVEL", "MAKEFLAGS", "MFLAGS")}
+    return subprocess.run(
+        ["make", "--no-print-directory", "test"], cwd=cwd, env=env, capture_output=True, text=True
+    )
+
+
 @pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
 def test_make_test_ends_with_the_failed_test_ids(tmp_path: Path) -> None:
     scratch_makefile(tmp_path)
@@ -39,7 +49,7 @@ def test_make_test_ends_with_the_failed_test_ids(tmp_path: Path) -> None:
     (tests / "test_some.py").write_text(
         "def test_fine():\n    pass\n\n\ndef test_broken():\n    assert 1 == 2\n"
     )
-    result = subprocess.run(["make", "test"], cwd=tmp_path, capture_output=True, text=True)
+    result = make_test(tmp_path)
     assert result.returncode != 0
     lines = result.stdout.strip().splitlines()
     heading = [i for i, line in enumerate(lines) if line.startswith("make test: failed tests")]
@@ -47,6 +57,6 @@ def test_make_test_ends_with_the_failed_test_ids(tmp_path: Path) -> None:
     assert lines[heading[-1] + 1 :] == ["tests/test_some.py::test_broken"], result.stdout
 
     (tests / "test_some.py").write_text("VALUE = 1\n")  # no tests at all
-    result = subprocess.run(["make", "test"], cwd=tmp_path, capture_output=True, text=True)
+    result = make_test(tmp_path)
     assert result.returncode != 0 and "Error 5" in result.stderr
     assert result.stdout.strip().endswith("make test: no tests ran")

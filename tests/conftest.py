@@ -148,3 +148,16 @@ def as_planned(done: dict[str, Any], planned: dict[str, Any]) -> dict[str, Any]:
     if done.get("op") != "create_file":
         return done
     return {k: v for k, v in done.items() if k in planned or k not in WRITTEN_FACTS}
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def journal_url(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str | None:
+    """The test once on the default journal and once on PostgreSQL
+    ($WSRUN_JOURNAL_URL, which the subprocesses inherit); a module opts in with
+    ``pytestmark = pytest.mark.usefixtures("journal_url")``."""
+    if request.param == "sqlite":
+        monkeypatch.delenv("WSRUN_JOURNAL_URL", raising=False)
+        return None
+    url = request.getfixturevalue("pg_url")
+    monkeypatch.setenv("WSRUN_JOURNAL_URL", url)
+    return url

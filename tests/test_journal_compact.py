@@ -17,17 +17,10 @@ import pytest
 from conftest import write
 from wsrun.journal import SCHEMA, Journal
 
+# Every test once on the default journal and once on PostgreSQL (conftest.journal_url).
+pytestmark = pytest.mark.usefixtures("journal_url")
+
 FILES = 300
-
-
-@pytest.fixture(autouse=True, params=["sqlite", "postgresql"])
-def journal_url(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str | None:
-    if request.param == "sqlite":
-        monkeypatch.delenv("WSRUN_JOURNAL_URL", raising=False)
-        return None
-    url = request.getfixturevalue("pg_url")
-    monkeypatch.setenv("WSRUN_JOURNAL_URL", url)
-    return url
 
 
 COPY = """

@@ -17,18 +17,8 @@ import pytest
 from conftest import run_wsrun, write
 from wsrun.journal import Journal
 
-
-@pytest.fixture(autouse=True, params=["sqlite", "postgresql"])
-def journal_url(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str | None:
-    """Each test once on the default journal and once on PostgreSQL
-    ($WSRUN_JOURNAL_URL, which the subprocesses inherit)."""
-    if request.param == "sqlite":
-        monkeypatch.delenv("WSRUN_JOURNAL_URL", raising=False)
-        return None
-    url = request.getfixturevalue("pg_url")
-    monkeypatch.setenv("WSRUN_JOURNAL_URL", url)
-    return url
-
+# Every test once on the default journal and once on PostgreSQL (conftest.journal_url).
+pytestmark = pytest.mark.usefixtures("journal_url")
 
 COPY_RECIPE = """
 recipe: bigcopy

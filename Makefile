@@ -82,7 +82,7 @@ schemas: $(STAMP)
 	$(BIN)/wsrun schema --write
 
 docs: $(STAMP)
-	$(BIN)/python -m wsrun.docgen docs/recipes.md
+	$(BIN)/python -m wsrun.cli.docgen docs/recipes.md
 
 bench: $(STAMP) tools
 	$(BIN)/python bench/run.py

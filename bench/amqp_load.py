@@ -30,8 +30,8 @@ sys.path.insert(
 
 import pika  # noqa: E402
 
-from wsrun.bus import open_bus  # noqa: E402
-from wsrun.bus.amqp import AmqpBus  # noqa: E402
+from wsrun.stores.bus import open_bus  # noqa: E402
+from wsrun.stores.bus.amqp import AmqpBus  # noqa: E402
 
 QUEUE = "bench"
 

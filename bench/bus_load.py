@@ -22,7 +22,7 @@ sys.path.insert(
     0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "engine")
 )
 
-from wsrun.bus.sqlite import SqliteBus  # noqa: E402
+from wsrun.stores.bus.sqlite import SqliteBus  # noqa: E402
 
 QUEUE = "bench"
 

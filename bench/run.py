@@ -355,7 +355,7 @@ class Bench:
     def step_available(self, name: str) -> bool:
         """Whether step type ``name`` loads in the wsrun under test."""
         if name not in self.available:
-            probe = "import sys; from wsrun.step import load_step; load_step(sys.argv[1])"
+            probe = "import sys; from wsrun.core.step import load_step; load_step(sys.argv[1])"
             done = subprocess.run(
                 [sys.executable, "-c", probe, name], env=self.env, capture_output=True
             )
@@ -995,7 +995,7 @@ def amqp_load(
         timeout=900,
     )
     if done.returncode != 0:
-        from wsrun.bus.base import mask
+        from wsrun.stores.bus.base import mask
 
         raise CaseError(
             f"amqp_load.py {command} {kind} on {mask(url)} failed: {done.stderr.strip()[-300:]}"
@@ -1146,7 +1146,7 @@ def scale_out_backends(b: Bench) -> Iterator[dict[str, str]]:
     """``System`` options putting the ALMA system on PostgreSQL (state store,
     archive metadata with files in a directory, run journal; a fresh schema)
     and RabbitMQ (a name prefix of its own); all of it removed afterwards."""
-    from wsrun.bus.amqp import AmqpBus
+    from wsrun.stores.bus.amqp import AmqpBus
 
     sep = "&" if "?" in BENCH_AMQP_URL else "?"
     bus = f"{BENCH_AMQP_URL}{sep}prefix=wsrun-bench-alma-{os.getpid()}."

@@ -26,10 +26,10 @@ sys.path.insert(
     0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "engine")
 )
 
-from wsrun.state import load_lifecycle, open_state_store  # noqa: E402
+from wsrun.stores.state import load_lifecycle, open_state_store  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-LIFECYCLE = os.path.join(REPO, "recipes", "alma", "ous-lifecycle.yaml")
+LIFECYCLE = os.path.join(REPO, "engine", "wsrun", "packs", "alma", "recipes", "ous-lifecycle.yaml")
 HAPPY_PATH = [
     "ReadyForProcessing",
     "Processing",

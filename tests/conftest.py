@@ -36,7 +36,7 @@ def wsrun_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 @pytest.fixture
 def cli(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
     """Run ``wsrun ARGS`` in-process (fast); returns exit code and output."""
-    from wsrun.cli import main
+    from wsrun.cli.main import main
 
     def run(*args: str, cwd: Path | None = None) -> CliResult:
         monkeypatch.chdir(cwd or tmp_path)

@@ -203,7 +203,7 @@ def _alarm(signum: int, frame: object) -> None:
 def check_one(content: bytes, workdir: Path) -> None:
     """Validate ``content`` and, when valid, dry-run it; raise AssertionError
     unless each answer is clean."""
-    from wsrun.cli import main
+    from wsrun.cli.main import main
 
     path = workdir / "fuzz.yaml"
     path.write_bytes(content)

@@ -50,7 +50,7 @@ def peak():
     with open(os.environ['WSRUN_TEST_PEAK'], 'w') as f:
         f.write(kb)
 atexit.register(peak)
-from wsrun.cli import main
+from wsrun.cli.main import main
 sys.exit(main(sys.argv[1:]))
 """
 

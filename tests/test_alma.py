@@ -1,4 +1,4 @@
-"""The ALMA data-processing workflow (recipes/alma/): the seed's checks after
+"""The ALMA data-processing workflow (engine/wsrun/packs/alma/recipes/): the seed's checks after
 one OUS with every component a separate worker process, and each path and
 refusal with the recipes run by hand."""
 
@@ -17,7 +17,7 @@ import pytest
 
 from conftest import ROOT
 
-LIFECYCLE = ROOT / "recipes" / "alma" / "ous-lifecycle.yaml"
+LIFECYCLE = ROOT / "engine" / "wsrun" / "packs" / "alma" / "recipes" / "ous-lifecycle.yaml"
 PROG = "2015.1.00657.S"
 OUS = "uid://X1/X1/Xb0"
 TIMESTAMP = "2018-07-19T07:10:03.781"
@@ -34,7 +34,7 @@ def demo() -> Any:
 
 
 def store() -> Any:
-    from wsrun.state import open_state_store
+    from wsrun.stores.state import open_state_store
 
     return open_state_store()
 
@@ -228,7 +228,7 @@ def alma(cli, tmp_path: Path) -> Any:
 
 def published(selector: str) -> list[dict[str, Any]]:
     """Bodies of the messages published on ``selector``, oldest first."""
-    from wsrun.bus import open_bus
+    from wsrun.stores.bus import open_bus
 
     bus = open_bus()
     try:
@@ -518,7 +518,7 @@ def test_a_weblog_zip_leaving_its_directory_is_refused(alma, cli, tmp_path: Path
     assert not weblog.exists() or not any(weblog.rglob("*.html"))
     assert not (tmp_path / "jao-cache" / "weblogs" / "escaped.html").exists()
     assert not Path("/tmp/absolute.html").exists()
-    from wsrun.archive_store import ArchiveError, ArchiveStore
+    from wsrun.stores.archive.store import ArchiveError, ArchiveStore
 
     try:
         archive = ArchiveStore.open(str(tmp_path / "wsrun-home" / "archive"), create=False)

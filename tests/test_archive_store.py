@@ -20,19 +20,19 @@ import pytest
 from conftest import ROOT, run_wsrun
 from fixtures import staging
 from fixtures.archives import BACKENDS, overwrite, stored, temp_left
-from wsrun import archive_content
-from wsrun.archive_content import LocalContent
-from wsrun.archive_meta import SqlMetadata
-from wsrun.archive_store import (
+from wsrun.core.fs import WorldView
+from wsrun.steps.ingest import build_request, read_manifest
+from wsrun.stores.archive import content as archive_content
+from wsrun.stores.archive.content import LocalContent
+from wsrun.stores.archive.metadata import SqlMetadata
+from wsrun.stores.archive.records import IngestRequest
+from wsrun.stores.archive.store import (
     Archive,
     ArchiveError,
     ArchiveStore,
-    IngestRequest,
     LocalArchive,
     archive_url,
 )
-from wsrun.fs import WorldView
-from wsrun.steps.ingest import build_request, read_manifest
 
 
 def request(manifest: Path, reingest: bool = False) -> IngestRequest:
@@ -194,9 +194,9 @@ def test_a_corrupted_write_is_caught_by_the_independent_read(
     manifest = staging.calibration(tmp_path / "cal")
     big = tmp_path / "cal" / "19A-001_sb1_eb2.ms.calapply.tar"
     big.write_bytes(os.urandom(size))
-    from wsrun.steps import copy
+    from wsrun.core import filecopy
 
-    real_range, real_write = copy._by_copy_file_range, copy._write_all
+    real_range, real_write = filecopy._by_copy_file_range, filecopy._write_all
 
     def corrupt(fd: int) -> None:
         if os.fstat(fd).st_size == size:
@@ -211,8 +211,8 @@ def test_a_corrupted_write_is_caught_by_the_independent_read(
         real_write(fd, data)
         corrupt(fd)
 
-    monkeypatch.setattr(copy, "_by_copy_file_range", bad_range)
-    monkeypatch.setattr(copy, "_write_all", bad_write)
+    monkeypatch.setattr(filecopy, "_by_copy_file_range", bad_range)
+    monkeypatch.setattr(filecopy, "_write_all", bad_write)
     with pytest.raises(ArchiveError, match="checksum mismatch after copying"):
         archive.ingest(request(manifest))
     assert state(archive) == ([], [])
@@ -279,8 +279,8 @@ KILL_SCRIPT = """
 import os, sys, time
 from pathlib import Path
 sys.path[:0] = [{engine!r}, {tests!r}]
-from wsrun.archive_store import ArchiveStore
-from wsrun.archive_meta import SqlMetadata
+from wsrun.stores.archive.store import ArchiveStore
+from wsrun.stores.archive.metadata import SqlMetadata
 from test_archive_store import request
 
 point = sys.argv[3]
@@ -450,7 +450,7 @@ CONCURRENT_SCRIPT = """
 import sys, time
 from pathlib import Path
 sys.path[:0] = [{engine!r}, {tests!r}]
-from wsrun.archive_store import ArchiveError, ArchiveStore
+from wsrun.stores.archive.store import ArchiveError, ArchiveStore
 from test_archive_store import request
 
 url, start, manifest, reingest = sys.argv[1:5]

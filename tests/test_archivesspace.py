@@ -11,7 +11,7 @@ import pytest
 
 from conftest import write
 from fixtures.fake_archivesspace import FakeArchivesSpace
-from wsrun.archivesspace import ArchivesSpace
+from wsrun.packs.distillery.archivesspace_api import ArchivesSpace
 
 SERIES = [
     {

@@ -16,9 +16,9 @@ from urllib.parse import urlsplit
 import pytest
 
 from conftest import write
-from wsrun.bus import Bus, BusTimeout, bus_url, matches, open_bus
-from wsrun.bus.base import BusError, mask, retry_delay, unconsumed
-from wsrun.bus.sqlite import sqlite_path
+from wsrun.stores.bus import Bus, BusTimeout, bus_url, matches, open_bus
+from wsrun.stores.bus.base import BusError, mask, retry_delay, unconsumed
+from wsrun.stores.bus.sqlite import sqlite_path
 
 
 @pytest.fixture
@@ -92,7 +92,7 @@ def test_a_message_nobody_listens_to_yet_waits_for_the_first_matching_queue(bus:
 
 CONSUMER = """
 import os, sys
-from wsrun.bus import open_bus
+from wsrun.stores.bus import open_bus
 bus = open_bus(sys.argv[1])
 name, out, done = sys.argv[2], open(sys.argv[3], "w"), sys.argv[4]
 print("ready", flush=True)
@@ -140,7 +140,7 @@ def test_each_message_is_handled_exactly_once_by_four_consumer_processes(
 
 HOLDER = """
 import sys, time
-from wsrun.bus import open_bus
+from wsrun.stores.bus import open_bus
 bus = open_bus(sys.argv[1])
 m = bus.claim("work", "doomed", lease=float(sys.argv[2]))
 print(m.id, flush=True)
@@ -404,8 +404,8 @@ def test_publish_and_call_steps_send_only_in_a_real_run(cli, tmp_path: Path) -> 
 
 
 def test_state_changes_are_relayed_once_with_their_fields(bus: Bus) -> None:
-    from wsrun.bus.events import relay_state_changes
-    from wsrun.state import open_state_store
+    from wsrun.stores.bus.events import relay_state_changes
+    from wsrun.stores.state import open_state_store
 
     store = open_state_store()
     store.transition("ous", "X0", state="Verified", create=True)
@@ -528,6 +528,6 @@ def test_the_rabbitmq_password_never_shows(rabbitmq: str, tmp_path: Path, cli) -
         assert shown.code == 0 and f":{password}@" not in shown.out + shown.err
         assert "noop:a.b" in shown.out
     finally:
-        from wsrun.bus.amqp import AmqpBus
+        from wsrun.stores.bus.amqp import AmqpBus
 
         AmqpBus(url).destroy()

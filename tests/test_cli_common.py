@@ -113,12 +113,12 @@ def test_an_unreadable_journal_is_one_line(tmp_path: Path) -> None:
 def test_verbose_shows_the_traceback_of_an_unexpected_error(
     cli, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import wsrun.commands
+    import wsrun.cli.commands
 
     def broken() -> None:
         raise RuntimeError("a defect")
 
-    monkeypatch.setattr(wsrun.commands, "_open_journal", broken)
+    monkeypatch.setattr(wsrun.cli.commands, "_open_journal", broken)
     r = cli("runs")
     assert r.code == 1 and "Traceback" not in r.err
     assert r.err.startswith("wsrun runs: error: RuntimeError: a defect")

@@ -1,6 +1,6 @@
 """Two runs on one destination, for every step type that writes (issue 14).
 
-Each step type's destination is locked before the step plans (wsrun.locks):
+Each step type's destination is locked before the step plans (wsrun.core.locks):
 a second run waits for the first and then finds its work done, or, when the
 wait is over, fails with one line naming the destination and the run that
 holds it. Nothing either run leaves is half-written, and no temporary file
@@ -27,10 +27,11 @@ from conftest import write
 from fixtures import staging
 from fixtures.writers import KINDS, leftovers, make_case
 from fixtures.zygote import Zygote
-from wsrun import archive, fileio, locks
-from wsrun.archive_store import ArchiveStore
-from wsrun.fs import WorldView
-from wsrun.step import StepContext, load_step
+from wsrun.core import fileio, locks
+from wsrun.core.fs import WorldView
+from wsrun.core.step import StepContext, load_step
+from wsrun.formats import tarball
+from wsrun.stores.archive.store import ArchiveStore
 from wsrun.testing import run_step
 
 REPEAT = 10
@@ -380,13 +381,13 @@ def test_tar_refuses_an_archive_that_lost_bytes_after_writing(
             with: {source: src, to: out/a.tar.gz}
         """,
     )
-    original = archive.write_tar
+    original = tarball.write_tar
 
     def lossy(fd: int, *args, **kwargs) -> None:
         original(fd, *args, **kwargs)
         os.ftruncate(fd, os.fstat(fd).st_size - 10)
 
-    monkeypatch.setattr(archive, "write_tar", lossy)
+    monkeypatch.setattr(tarball, "write_tar", lossy)
     result = cli(recipe)
     assert result.code == 1
     assert "but the file has" in result.err and "a.tar.gz" in result.err

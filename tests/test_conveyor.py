@@ -1,4 +1,4 @@
-"""The `conveyor` tool as a recipe (recipes/nrao/conveyor.yaml), end to end.
+"""The `conveyor` tool as a recipe (engine/wsrun/packs/nrao/recipes/conveyor.yaml), end to end.
 
 Deliver to qa2/ and image-qa/ and back (byte for byte), qa-fail, the refusals
 (which change nothing), every state a killed run can leave (a re-run completes
@@ -449,8 +449,8 @@ def test_qa_request_only_reads_and_lists_the_work(ws: Workspace, tmp_path: Path)
 
 
 def test_qa_request_sees_planned_effects_in_a_dry_run(ws: Workspace) -> None:
-    from wsrun.effects import create_symlink, move
-    from wsrun.fs import WorldView
+    from wsrun.core.effects import create_symlink, move
+    from wsrun.core.fs import WorldView
 
     view = WorldView()
     qa = ws.qa_dir()

@@ -8,8 +8,8 @@ import threading
 import psycopg
 import pytest
 
-from wsrun import db
-from wsrun.archive_store import ArchiveError, ArchiveStore
+from wsrun.core import db
+from wsrun.stores.archive.store import ArchiveError, ArchiveStore
 
 
 def tables(url: str) -> set[str]:

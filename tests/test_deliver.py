@@ -1,4 +1,4 @@
-"""The `deliver` tool as a recipe (recipes/nrao/deliver.yaml), end to end.
+"""The `deliver` tool as a recipe (engine/wsrun/packs/nrao/recipes/deliver.yaml), end to end.
 
 Every option and combination of destination (-l, web root from --set or a
 profile), -t, -r, -p/-P and --prefix; the error paths; all-or-nothing
@@ -23,8 +23,8 @@ from jsonschema import Draft202012Validator
 
 from conftest import ROOT, snapshot
 from fixtures.processing import BUILDERS, EB, Processing, imaging, vla_calibration
-from wsrun.effects import create_file
-from wsrun.fs import WorldView
+from wsrun.core.effects import create_file
+from wsrun.core.fs import WorldView
 from wsrun.steps import assemble_delivery
 from wsrun.testing import plan_step, run_step
 

@@ -1,4 +1,4 @@
-"""The Distillery recipes (recipes/distillery/) end to end through the CLI: a
+"""The Distillery recipes (engine/wsrun/packs/distillery/recipes/) end to end through the CLI: a
 collection in the fake ArchivesSpace, generated TIFF folders, moto's S3 server,
 an Islandora staging area with a fake drush, and the alchemist under a real
 ``wsrun worker`` process."""
@@ -185,7 +185,7 @@ def test_a_failing_image_is_skipped_and_the_rest_goes_on(cli: Any, site: Site) -
     assert lost["failed_step"] == "metadata"
     assert "no archival object with component id MS01_999 in collection MS01" in lost["error"]
     # The failures are in the run's journal, each with its step and error.
-    from wsrun.journal import Journal
+    from wsrun.core.journal import Journal
 
     failed = {
         s["key"]: s["error"] for s in Journal().steps(report["run_id"]) if s["status"] == "failed"
@@ -483,8 +483,8 @@ def test_a_collection_being_processed_is_refused(cli: Any, site: Site) -> None:
 def test_queued_collections_run_in_a_worker(cli: Any, site: Site, tmp_path: Path) -> None:
     """The alchemist under ``wsrun worker``: a request queued with the command line
     is processed (here for access) and its message acknowledged."""
-    from wsrun.bus import open_bus
-    from wsrun.state import open_state_store
+    from wsrun.stores.bus import open_bus
+    from wsrun.stores.state import open_state_store
 
     worker = subprocess.Popen(
         [sys.executable, "-m", "wsrun", "worker", RECIPES / "alchemist.yaml", "--profile", PROFILE],
@@ -533,8 +533,8 @@ def test_queue_publishes_one_request_per_collection(cli: Any) -> None:
     assert result.code == 0, result.err
     again = cli("distillery/queue", COLLECTION, "--preservation")
     assert again.code == 1 and "MS01: already Queued" in again.err
-    from wsrun.bus import open_bus
-    from wsrun.state import open_state_store
+    from wsrun.stores.bus import open_bus
+    from wsrun.stores.state import open_state_store
 
     bus = open_bus()
     try:

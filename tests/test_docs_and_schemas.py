@@ -9,9 +9,10 @@ import pytest
 import yaml
 
 from conftest import ROOT
-from wsrun import docgen, stepdocs
-from wsrun.step import load_step, params_schema, step_names
-from wsrun.validate import schema_messages
+from wsrun.cli import docgen
+from wsrun.core import stepdocs
+from wsrun.core.step import load_step, params_schema, step_names
+from wsrun.core.validate import schema_messages
 
 
 def test_step_reference_in_docs_is_current() -> None:

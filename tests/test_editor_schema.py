@@ -20,9 +20,9 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT, write
-from wsrun import loader
-from wsrun.editor_schema import full_schema
-from wsrun.step import load_step, step_names
+from wsrun.core import loader
+from wsrun.core.editor_schema import full_schema
+from wsrun.core.step import load_step, step_names
 
 SCHEMA = ROOT / "schemas" / "wsrun.schema.json"
 TOOLS = ROOT / ".tools" / "node_modules"

@@ -63,11 +63,11 @@ def nrao_conveyor_qa_fail(tmp: Path) -> list[str]:
 #: How to run each recipe offline: recipe path (relative to the repo) -> setup.
 CASES: dict[str, Setup] = {
     "examples/quickstart/recipe.yaml": quickstart,
-    "recipes/nrao/deliver.yaml": nrao_deliver,
-    "recipes/nrao/deliver.yaml -t": nrao_deliver_tar,
-    "recipes/nrao/conveyor.yaml --deliver": nrao_conveyor,
-    "recipes/nrao/conveyor.yaml --qa-fail": nrao_conveyor_qa_fail,
-    "recipes/nrao/ingest_envoy.yaml": staging.envoy_calibration_case,
+    "engine/wsrun/packs/nrao/recipes/deliver.yaml": nrao_deliver,
+    "engine/wsrun/packs/nrao/recipes/deliver.yaml -t": nrao_deliver_tar,
+    "engine/wsrun/packs/nrao/recipes/conveyor.yaml --deliver": nrao_conveyor,
+    "engine/wsrun/packs/nrao/recipes/conveyor.yaml --qa-fail": nrao_conveyor_qa_fail,
+    "engine/wsrun/packs/nrao/recipes/ingest_envoy.yaml": staging.envoy_calibration_case,
     **alma.CASES,
     **distillery.CASES,
 }

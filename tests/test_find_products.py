@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from fixtures.processing import BUILDERS, EB, SESSION, imaging, vla_calibration
-from wsrun.effects import create_file
-from wsrun.fs import WorldView
-from wsrun.step import StepError
+from wsrun.core.effects import create_file
+from wsrun.core.fs import WorldView
+from wsrun.core.step import StepError
 from wsrun.testing import plan_step, run_step
 
 

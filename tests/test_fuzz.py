@@ -30,7 +30,7 @@ def test_the_fuzz_target_catches_a_traceback(tmp_path: Path) -> None:
     shim = tmp_path / "broken.py"
     shim.write_text(
         "import runpy, sys\n"
-        "import wsrun.loader as loader\n"
+        "import wsrun.core.loader as loader\n"
         "real = loader.load\n"
         "def load(file, text=None):\n"
         "    doc = real(file, text)\n"
@@ -38,8 +38,8 @@ def test_the_fuzz_target_catches_a_traceback(tmp_path: Path) -> None:
         "        raise KeyError('planted')\n"
         "    return doc\n"
         "loader.load = load\n"
-        "import wsrun.recipe\n"
-        "wsrun.recipe.load = load\n"
+        "import wsrun.core.recipe\n"
+        "wsrun.core.recipe.load = load\n"
         f"sys.argv = [{str(FUZZ)!r}, '--derandomize', '--examples', '30', '--seconds', '60']\n"
         f"runpy.run_path({str(FUZZ)!r}, run_name='__main__')\n"
     )

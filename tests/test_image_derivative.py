@@ -18,7 +18,7 @@ from PIL import Image
 
 from conftest import as_planned, snapshot, write
 from fixtures.jp2 import checksum, decode_pnm, need_opj_decompress
-from wsrun import imaging
+from wsrun.packs.distillery import xmp
 
 METADATA = {
     "title": "Letter to R. Millikan, 1921 — ünïcode",
@@ -190,11 +190,11 @@ def test_metadata_reads_back(cli: Any, tmp_path: Path, recipe: Path) -> None:
     source = rgb_tiff(tmp_path / "scan.tif")
     run_json(cli, recipe, source, "--name", "0001")
     for path in ("preservation/0001.jp2", "access/0001.jp2", "access/0001.jpg"):
-        fields = imaging.parse_xmp(imaging.read_xmp(str(tmp_path / path)) or b"")
+        fields = xmp.parse_xmp(xmp.read_xmp(str(tmp_path / path)) or b"")
         assert {k: fields[k] for k in METADATA} == METADATA, path
     # Pillow finds the JPEG's XMP segment where every XMP reader looks for it.
     with Image.open(tmp_path / "access/0001.jpg") as jpeg:
-        assert imaging.parse_xmp(jpeg.info["xmp"])["identifier"] == "MS01_001_0001"
+        assert xmp.parse_xmp(jpeg.info["xmp"])["identifier"] == "MS01_001_0001"
 
 
 def test_exiftool_reads_the_metadata(cli: Any, tmp_path: Path, recipe: Path) -> None:

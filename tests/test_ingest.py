@@ -11,9 +11,9 @@ import pytest
 from conftest import snapshot, write
 from fixtures import staging
 from fixtures.archives import BACKENDS, backend_url
-from wsrun.archive_store import ArchiveStore
-from wsrun.fs import WorldView
-from wsrun.step import StepError
+from wsrun.core.fs import WorldView
+from wsrun.core.step import StepError
+from wsrun.stores.archive.store import ArchiveStore
 from wsrun.testing import effect_dicts, plan_step, run_step
 
 
@@ -205,7 +205,7 @@ def test_ingest_failure_is_a_step_error(tmp_path: Path, url: str) -> None:
     params = {"manifest": str(staging.calibration(tmp_path / "cal")), "archive": url}
     plan_a = plan_step("ingest", params, str(tmp_path))
     plan_b = plan_step("ingest", params, str(tmp_path))
-    from wsrun.step import StepContext, load_step
+    from wsrun.core.step import StepContext, load_step
 
     module = load_step("ingest")
     module.apply(plan_a, StepContext(fs=WorldView(), workdir=str(tmp_path)))
@@ -387,7 +387,7 @@ def test_envoy_calibration(tmp_path: Path, cli, wsrun_home: Path) -> None:
 
 
 def test_envoy_observation_image_and_seci(tmp_path: Path, cli, wsrun_home: Path) -> None:
-    from wsrun.ingest_envoy_cli import main
+    from wsrun.packs.nrao.ingest_envoy_cli import main
 
     staging.observation(tmp_path / "obs")
     r = cli("nrao/ingest_envoy", "--observation", str(tmp_path / "obs"), "VLBA", "--json")
@@ -410,7 +410,7 @@ def test_envoy_observation_image_and_seci(tmp_path: Path, cli, wsrun_home: Path)
 
 @ON_EVERY_BACKEND
 def test_timeout_mid_ingest_leaves_archive_unchanged(tmp_path: Path, url: str) -> None:
-    from wsrun.step import StepContext, load_step
+    from wsrun.core.step import StepContext, load_step
 
     module = load_step("ingest")
     params = {"manifest": str(staging.calibration(tmp_path / "cal")), "archive": url}

@@ -12,9 +12,9 @@ import pytest
 
 from conftest import snapshot
 from fixtures import processing, staging
-from wsrun.archive_store import ArchiveStore
-from wsrun.fs import WorldView
-from wsrun.step import StepContext, StepError, load_step
+from wsrun.core.fs import WorldView
+from wsrun.core.step import StepContext, StepError, load_step
+from wsrun.stores.archive.store import ArchiveStore
 from wsrun.testing import effect_dicts, plan_step, run_step
 
 EXPECTED = Path(__file__).parent / "fixtures" / "expected_manifests"

@@ -21,9 +21,9 @@ import pytest
 
 from fixtures import processing, staging
 from fixtures.s3server import S3Server
-from wsrun.archive_content import ArchiveError, LocalContent
-from wsrun.archive_store import Archive, ArchiveStore
-from wsrun.step import StepError
+from wsrun.core.step import StepError
+from wsrun.stores.archive.content import ArchiveError, LocalContent
+from wsrun.stores.archive.store import Archive, ArchiveStore
 from wsrun.testing import run_step
 
 MiB = 1 << 20
@@ -260,8 +260,8 @@ def test_changed_reingest_names_the_option_the_user_has(
 def test_reingest_refused_at_commit_names_the_option_too(tmp_path: Path) -> None:
     """Another run ingests the same products between this run's plan and its
     commit: the archive refuses, and the message still names the user's option."""
-    from wsrun.fs import WorldView
-    from wsrun.step import StepContext, load_step
+    from wsrun.core.fs import WorldView
+    from wsrun.core.step import StepContext, load_step
 
     manifest = staging.calibration(tmp_path / "cal")
     url = f"sqlite://{tmp_path}/archive"
@@ -286,9 +286,9 @@ def _corrupting_copy(monkeypatch: pytest.MonkeyPatch, size: int) -> list[str]:
     """Make every copy of ``size`` bytes into the archive land with one byte
     flipped, after the writer wrote it and before the check reads it; the
     paths it damaged."""
-    from wsrun.steps import copy
+    from wsrun.core import filecopy
 
-    real = copy.copy_file
+    real = filecopy.copy_file
     damaged: list[str] = []
 
     def copy_file(source: str, dest: str, *args: Any, **kwargs: Any) -> Any:
@@ -298,7 +298,7 @@ def _corrupting_copy(monkeypatch: pytest.MonkeyPatch, size: int) -> list[str]:
             damaged.append(dest)
         return digest
 
-    monkeypatch.setattr(copy, "copy_file", copy_file)
+    monkeypatch.setattr(filecopy, "copy_file", copy_file)
     return damaged
 
 
@@ -325,7 +325,7 @@ def test_archive_write_check_catches_a_flipped_byte(
 def test_archive_write_check_on_s3_catches_a_flipped_byte(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, s3: S3Server, bucket: str
 ) -> None:
-    from wsrun import archive_content
+    from wsrun.stores.archive import content as archive_content
 
     monkeypatch.setenv("AWS_ENDPOINT_URL", s3.endpoint)
     url = f"sqlite://{tmp_path}/archive?files=s3://{bucket}/archive"
@@ -516,7 +516,7 @@ def test_s3_download_check_fails_on_bytes_changed_in_transit(
 ) -> None:
     import s3fs
 
-    from wsrun import objectstore
+    from wsrun.stores import objectstore
 
     content = os.urandom(4000)
     s3.client().put_object(Bucket=bucket, Key="x/a.bin", Body=content)

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from conftest import write
-from wsrun.journal import SCHEMA, Journal
+from wsrun.core.journal import SCHEMA, Journal
 
 # Every test once on the default journal and once on PostgreSQL (conftest.journal_url).
 pytestmark = pytest.mark.usefixtures("journal_url")

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from conftest import run_wsrun, write
-from wsrun.journal import Journal
+from wsrun.core.journal import Journal
 
 # Every test once on the default journal and once on PostgreSQL (conftest.journal_url).
 pytestmark = pytest.mark.usefixtures("journal_url")
@@ -237,7 +237,7 @@ def test_a_run_of_another_host_is_not_called_interrupted(tmp_path: Path) -> None
 
 
 def record_host() -> str:
-    from wsrun.journal import HOST
+    from wsrun.core.journal import HOST
 
     return HOST
 

@@ -26,7 +26,8 @@ import pytest
 
 from fixtures.writers import KINDS, leftovers, make_case
 from fixtures.zygote import Run, Zygote
-from wsrun import archive, fileio
+from wsrun.core import fileio
+from wsrun.formats import tarball
 
 KILLS = 6
 
@@ -108,10 +109,10 @@ def test_sigkill_at_random_points_then_rerun(
 
 WRITER_SCRIPT = """
 import os, sys, time
-from wsrun import archive
+from wsrun.formats import tarball
 
 parent = os.getpid()
-original = archive._write_share
+original = tarball._write_share
 
 def stuck_in_children(*args, **kwargs):
     if os.getpid() != parent:  # a forked writer: report, then never finish
@@ -119,17 +120,17 @@ def stuck_in_children(*args, **kwargs):
         time.sleep(600)
     return original(*args, **kwargs)
 
-archive._write_share = stuck_in_children
-archive.PARALLEL_MIN = 1
-archive.cpu_count = lambda: 4
+tarball._write_share = stuck_in_children
+tarball.PARALLEL_MIN = 1
+tarball.cpu_count = lambda: 4
 members = []
 for i in range(6):  # four shares: three forked writers
     path = os.path.join(sys.argv[1], f"f{i}")
     with open(path, "wb") as f:
         f.write(os.urandom(4096))
-    members.append(archive.Member(f"f{i}", "file", path, 4096, 0o644, 0))
+    members.append(tarball.Member(f"f{i}", "file", path, 4096, 0o644, 0))
 fd = os.open(os.path.join(sys.argv[1], "out.tar"), os.O_RDWR | os.O_CREAT, 0o644)
-archive.write_tar(fd, members)
+tarball.write_tar(fd, members)
 """
 
 
@@ -217,7 +218,7 @@ def test_killing_a_run_mid_tar_kills_its_forked_writers(
     enough to be written by forked processes, the run SIGKILLed while one is
     writing. The zygote is the orphans' subreaper, so it sees how they ended:
     killed by the kernel with their parent (-9), not finishing their share."""
-    if archive.cpu_count() < 2:
+    if tarball.cpu_count() < 2:
         pytest.skip("a single CPU: tar forks no writers")
     src = tmp_path / "src"
     src.mkdir()

@@ -22,7 +22,7 @@ import tifffile
 
 from conftest import write
 from fixtures.jp2 import checksum, decode_pnm, need_opj_decompress
-from wsrun import lossless
+from wsrun.packs.distillery import lossless
 
 H, W = 48, 64
 

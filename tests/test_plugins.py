@@ -10,9 +10,9 @@ from conftest import run_wsrun, write
 
 PLUGIN = '''
 """A third party's step type."""
-from wsrun.effects import create_file
-from wsrun.fileio import write_bytes_atomic
-from wsrun.step import Plan, Result
+from wsrun.core.effects import create_file
+from wsrun.core.fileio import write_bytes_atomic
+from wsrun.core.step import Plan, Result
 
 NAME = "greeting"
 DOC = "Write a greeting file (a plugin example)."

@@ -14,10 +14,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fuzz_recipes import FRAGMENTS, NAMES, mutated, recipes
-from wsrun import expr
-from wsrun.loader import Document, YamlError, decode, load
-from wsrun.recipe import Recipe
-from wsrun.validate import check
+from wsrun.core import expr
+from wsrun.core.loader import Document, YamlError, decode, load
+from wsrun.core.recipe import Recipe
+from wsrun.core.validate import check
 
 PROPERTY = settings(max_examples=150, derandomize=True, deadline=None, database=None)
 

@@ -333,7 +333,7 @@ def test_download_refuses_content_that_does_not_match_the_etag(
 
     monkeypatch.setattr(s3fs.S3FileSystem, "_get_file", corrupting_get)
     # A filesystem cached by an earlier test bound the real method when it was made.
-    from wsrun import objectstore
+    from wsrun.stores import objectstore
 
     monkeypatch.setattr(objectstore, "_s3_cache", {})
     path = recipe(
@@ -382,9 +382,9 @@ def test_one_s3_client_per_store_and_credentials() -> None:
     """Steps naming the same endpoint and keys share one s3fs filesystem (a client
     costs 0.3-0.9 s to open); other keys or another endpoint get their own, and
     the cache holds no key or secret in the clear."""
-    from wsrun import objectstore
-    from wsrun.fs import WorldView
-    from wsrun.step import StepContext
+    from wsrun.core.fs import WorldView
+    from wsrun.core.step import StepContext
+    from wsrun.stores import objectstore
 
     def store(endpoint: str, secret: str) -> Any:
         ctx = StepContext(fs=WorldView(), settings={"key": "AKIAEXAMPLE", "secret": secret})

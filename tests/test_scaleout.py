@@ -49,7 +49,7 @@ def test_fifty_ouss_through_separate_workers_survive_a_killed_ingestor(
     the products when it is SIGKILLed; a replacement gets the messages it held
     back from the broker and, once JAO replicates, every OUS is Delivered with
     each product ingested exactly once and no message left."""
-    from wsrun.steps.alma_pipeline import ous_tag
+    from wsrun.packs.alma.alma_pipeline import ous_tag
 
     alma = demo()
     system = alma.System(
@@ -70,7 +70,7 @@ def test_fifty_ouss_through_separate_workers_survive_a_killed_ingestor(
 
     def ingestions() -> dict[str, list[str]]:
         """The product ingestor's runs per OUS, oldest first, as the journal shows them."""
-        from wsrun.journal import Journal
+        from wsrun.core.journal import Journal
 
         journal = Journal(url=system.journal_url)
         try:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from conftest import write
-from wsrun.settings import Settings, SettingsError
+from wsrun.core.settings import Settings, SettingsError
 
 KEY = "edu.nrao.workspaces.DeliverySettings.downloadDirectory"
 

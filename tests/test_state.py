@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT, write
-from wsrun.state import (
+from wsrun.stores.state import (
     IllegalTransition,
     StateConflict,
     StateError,
@@ -30,9 +30,9 @@ from wsrun.state import (
     open_state_store,
     state_url,
 )
-from wsrun.state.lifecycle import LifecycleError
+from wsrun.stores.state.lifecycle import LifecycleError
 
-OUS_LIFECYCLE = ROOT / "recipes" / "alma" / "ous-lifecycle.yaml"
+OUS_LIFECYCLE = ROOT / "engine" / "wsrun" / "packs" / "alma" / "recipes" / "ous-lifecycle.yaml"
 HAPPY_PATH = [
     "ReadyForProcessing",
     "Processing",
@@ -251,7 +251,7 @@ def test_reading_a_missing_store_creates_nothing(tmp_path: Path) -> None:
 def _done(store: StateStore) -> None:
     """Close a child process's store and its connection pools (the child
     outlives the test, and the test's PostgreSQL schema)."""
-    from wsrun import db
+    from wsrun.core import db
 
     store.close()
     db.close_pools()
@@ -757,12 +757,12 @@ def test_lifecycle_files_are_not_listed_as_recipes(cli) -> None:
     ]
     from test_fidelity import all_recipes
 
-    assert "recipes/alma/ous-lifecycle.yaml" not in all_recipes()
+    assert "engine/wsrun/packs/alma/recipes/ous-lifecycle.yaml" not in all_recipes()
 
 
 def test_world_view_keeps_planned_state_changes() -> None:
-    from wsrun.effects import Effect, create_dir
-    from wsrun.fs import WorldView
+    from wsrun.core.effects import Effect, create_dir
+    from wsrun.core.fs import WorldView
 
     view = WorldView()
     change = Effect("set_state", "ous/uid://X1/X1/Xb0", target="sqlite:///s.db", extra={"to": "A"})
@@ -803,7 +803,7 @@ def test_postgres_store_refuses_a_schema_behind_with_one_line(pg_empty_url: str,
 def test_a_claim_in_progress_elsewhere_holds_back_the_entitys_later_changes(pg_url: str) -> None:
     import psycopg
 
-    from wsrun import db
+    from wsrun.core import db
 
     store = open_state_store(pg_url)
     store.transition("ous", "X1", state="ReadyForProcessing", create=True)
@@ -821,7 +821,7 @@ def test_a_claim_in_progress_elsewhere_holds_back_the_entitys_later_changes(pg_u
 
 
 def test_postgres_urls_open_the_postgres_store(pg_url: str) -> None:
-    from wsrun.state.postgres import PostgresStateStore
+    from wsrun.stores.state.postgres import PostgresStateStore
 
     assert isinstance(open_state_store(pg_url), PostgresStateStore)
     assert isinstance(
@@ -830,8 +830,8 @@ def test_postgres_urls_open_the_postgres_store(pg_url: str) -> None:
 
 
 def test_the_relay_publishes_every_change_once_in_order(store: StateStore, tmp_path: Path) -> None:
-    from wsrun.bus import open_bus
-    from wsrun.bus.events import relay_state_changes
+    from wsrun.stores.bus import open_bus
+    from wsrun.stores.bus.events import relay_state_changes
 
     bus = open_bus(f"sqlite://{tmp_path}/bus.db")
     bus.declare_queue("watch", ["state.ous.#"])
@@ -944,7 +944,7 @@ def test_of_racers_that_read_the_same_version_exactly_one_wins(
 def test_four_launchers_after_a_qa2_fail_launch_once(
     store: StateStore, tmp_path: Path, wsrun_home: Path
 ) -> None:
-    from wsrun.bus import open_bus
+    from wsrun.stores.bus import open_bus
 
     ous = "uid://X1/X1/Xb0"
     store.transition("ous", ous, state="ReadyForProcessing", create=True)

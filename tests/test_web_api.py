@@ -322,7 +322,7 @@ def test_dead_message_is_listed_and_resent(live_server) -> None:
         again = c.post(f"/api/messages/{message_id}/resend")
         assert again.status_code == 409 and "not dead" in again.json()["error"]
         assert c.post("/api/messages/nope/resend").status_code == 404
-    from wsrun.bus import open_bus
+    from wsrun.stores.bus import open_bus
 
     assert open_bus().get(message_id).status == "ready"
 
@@ -338,7 +338,7 @@ def test_resend_form_without_csrf_token_is_refused(live_server) -> None:
         assert r.status_code == 403
         r = c.post(f"/messages/{message_id}/resend", data={"csrf_token": c.cookies["wsrun_csrf"]})
         assert r.status_code == 303 and r.headers["location"] == f"/messages?resent={message_id}"
-    from wsrun.bus import open_bus
+    from wsrun.stores.bus import open_bus
 
     assert open_bus().get(message_id).status == "ready"
 
@@ -364,7 +364,7 @@ def test_distillery_api_queues_and_validates(live_server) -> None:
         assert (row["collection"], row["status"], row["run"]) == ("HaleGE", "ready", None)
         form = c.post("/distillery", data={"collection": "", "access": "on"})
         assert form.status_code == 400 and "collection id" in form.text
-    from wsrun.bus import open_bus
+    from wsrun.stores.bus import open_bus
 
     [message] = open_bus().messages(queue="")
     assert message.selector == "distillery.process"
@@ -373,7 +373,7 @@ def test_distillery_api_queues_and_validates(live_server) -> None:
 def test_distillery_queue_shows_only_json_booleans_as_requested(live_server) -> None:
     """A request another client sent with "yes"/"no" strings: the worker refuses
     it (message bodies are JSON), so the page must not show it as requested."""
-    from wsrun.bus import open_bus
+    from wsrun.stores.bus import open_bus
 
     bus = open_bus()
     bus.publish("distillery.process", {"collection": "MS07", "preservation": "no", "access": "yes"})
@@ -684,7 +684,7 @@ def test_distillery_progress_comes_from_the_run_of_the_collection(
 
 def test_distillery_page_says_what_was_skipped_and_errors_in_one_line(live_server) -> None:
     trace = (
-        "step 'preserve' (/opt/wsrun/recipes/distillery/distill.yaml:70:5) failed: "
+        "step 'preserve' (/opt/wsrun/engine/wsrun/packs/distillery/recipes/distill.yaml:70:5) failed: "
         "/srv/distillery/initial/MS02/f1/x.tif: the bucket is gone\n"
         'Traceback (most recent call last):\n  File "/opt/wsrun/engine/x.py", line 1'
     )
@@ -769,7 +769,7 @@ def test_serve_refuses_a_bad_directory_option(cli) -> None:
 
 
 def test_configuration_comes_from_settings_and_options(tmp_path: Path) -> None:
-    from wsrun.settings import Settings
+    from wsrun.core.settings import Settings
     from wsrun.web.config import config_from_settings
 
     settings = Settings(
@@ -788,7 +788,7 @@ def test_configuration_comes_from_settings_and_options(tmp_path: Path) -> None:
 
 
 def test_unread_messages_are_those_waiting_in_a_queue(live_server) -> None:
-    from wsrun.bus import open_bus
+    from wsrun.stores.bus import open_bus
 
     bus = open_bus()
     bus.declare_queue("product-ingestor", ["ingest.JAO"])

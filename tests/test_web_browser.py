@@ -18,7 +18,9 @@ from conftest import ROOT, write
 from fixtures.webserver import artifacts_dir
 from web_data import make_ous, state_store
 
-COLLECTION_LIFECYCLE = ROOT / "recipes" / "distillery" / "collection-lifecycle.yaml"
+COLLECTION_LIFECYCLE = (
+    ROOT / "engine" / "wsrun" / "packs" / "distillery" / "recipes" / "collection-lifecycle.yaml"
+)
 
 BOARD_CARD = 'section.column[data-state="{state}"] .card[data-id="{id}"]'
 
@@ -62,7 +64,7 @@ def test_review_decision_through_the_buttons_reaches_the_store(
 ) -> None:
     from playwright.sync_api import expect
 
-    from wsrun.bus import open_bus
+    from wsrun.stores.bus import open_bus
 
     store = state_store()
     make_ous(store, "uid://X1/X1/Xb1", "ReadyForReview")
@@ -122,8 +124,8 @@ def test_fail_asks_for_confirmation_before_it_acts(live_server, browser_page) ->
 def test_distillery_form_queues_a_collection_with_live_progress(live_server, browser_page) -> None:
     from playwright.sync_api import expect
 
-    from wsrun.bus import open_bus
-    from wsrun.state import load_lifecycle
+    from wsrun.stores.bus import open_bus
+    from wsrun.stores.state import load_lifecycle
 
     bus = open_bus()
     bus.declare_queue("alchemist", ["distillery.process"])
@@ -143,7 +145,7 @@ def test_distillery_form_queues_a_collection_with_live_progress(live_server, bro
     claimed = bus.claim("alchemist", "scheduler")
     assert claimed is not None
     expect(row).to_contain_text("claimed")
-    # What the scheduler (recipes/distillery/alchemist.yaml) records as it goes.
+    # What the scheduler (engine/wsrun/packs/distillery/recipes/alchemist.yaml) records as it goes.
     store = state_store()
     store.register_lifecycle(load_lifecycle(str(COLLECTION_LIFECYCLE)))
     store.transition("distillery-collection", "HaleGE", state="Queued", create=True)
@@ -178,7 +180,7 @@ def test_run_page_shows_live_progress(
 ) -> None:
     from playwright.sync_api import expect
 
-    from wsrun.journal import Journal
+    from wsrun.core.journal import Journal
 
     store = state_store()
     store.transition("gate", "g1", state="closed", create=True)

@@ -12,8 +12,8 @@ import pytest
 
 from conftest import ROOT, write
 
-REVIEW = ROOT / "recipes" / "alma" / "aqua-qa2-review.yaml"
-LIFECYCLE = ROOT / "recipes" / "alma" / "ous-lifecycle.yaml"
+REVIEW = ROOT / "engine" / "wsrun" / "packs" / "alma" / "recipes" / "aqua-qa2-review.yaml"
+LIFECYCLE = ROOT / "engine" / "wsrun" / "packs" / "alma" / "recipes" / "ous-lifecycle.yaml"
 
 
 def need_dot() -> None:
@@ -129,7 +129,7 @@ def test_pictures_pages_draw_the_same_graphs(cli, live_server) -> None:
 
 
 def test_every_packaged_recipe_and_lifecycle_can_be_drawn() -> None:
-    from wsrun.state import load_lifecycle
+    from wsrun.stores.state import load_lifecycle
     from wsrun.web import graph
     from wsrun.web.pictures import packaged, recipe_of
 

@@ -16,8 +16,8 @@ from urllib.parse import parse_qsl, urlsplit, urlunsplit
 import pytest
 
 from conftest import run_wsrun, write
-from wsrun.bus import open_bus
-from wsrun.bus.base import unconsumed
+from wsrun.stores.bus import open_bus
+from wsrun.stores.bus.base import unconsumed
 
 
 def waiting(queue: str) -> dict[str, int]:
@@ -262,7 +262,7 @@ def test_a_request_that_cannot_be_answered_gets_an_error_reply(
             with: {message: "{{ message }}", body: {ok: true}}
         """,
     )
-    xtss = str(ROOT / "recipes" / "alma" / "xtss.yaml")
+    xtss = str(ROOT / "engine" / "wsrun" / "packs" / "alma" / "recipes" / "xtss.yaml")
     worker = start_worker(xtss, "refuser.yaml")
 
     def call(body: str, selector: str = "xtss") -> dict:
@@ -346,7 +346,7 @@ def test_sigterm_finishes_the_run_in_progress_and_loses_nothing(
 def test_a_state_change_runs_the_recipe_subscribed_to_it(
     tmp_path: Path, start_worker, bus_backend: str
 ) -> None:
-    from wsrun.state import open_state_store
+    from wsrun.stores.state import open_state_store
 
     write(
         tmp_path / "tracker.yaml",
@@ -383,8 +383,8 @@ def test_a_state_trigger_started_late_catches_up_once(
     """Changes relayed before the trigger's queue existed were dropped; the
     first start replays the one that brought each entity still there, a
     restart (the queue exists) replays nothing, later changes come as usual."""
-    from wsrun.bus.events import relay_state_changes
-    from wsrun.state import open_state_store
+    from wsrun.stores.bus.events import relay_state_changes
+    from wsrun.stores.state import open_state_store
 
     write(
         tmp_path / "tracker.yaml",
@@ -490,7 +490,7 @@ def _sqlite_insert(url: str, queue: str, selector: str, bodies: list[bytes]) -> 
     import sqlite3
     import uuid
 
-    from wsrun.bus.sqlite import sqlite_path
+    from wsrun.stores.bus.sqlite import sqlite_path
 
     db = sqlite3.connect(sqlite_path(url))
     with db:
@@ -631,11 +631,13 @@ def test_a_duplicate_request_for_an_ous_being_processed_is_acked_not_run(
     tmp_path: Path, start_worker, bus_backend: str
 ) -> None:
     from conftest import ROOT
-    from wsrun.state import load_lifecycle, open_state_store
+    from wsrun.stores.state import load_lifecycle, open_state_store
 
     ous = "uid://X1/X1/Xb0"
     store = open_state_store()
-    store.register_lifecycle(load_lifecycle(str(ROOT / "recipes/alma/ous-lifecycle.yaml")))
+    store.register_lifecycle(
+        load_lifecycle(str(ROOT / "engine/wsrun/packs/alma/recipes/ous-lifecycle.yaml"))
+    )
     store.transition("ous", ous, state="ReadyForProcessing", create=True)
     store.transition("ous", ous, state="Processing", attributes={"claim": "first-message"})
     worker = start_worker(

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from wsrun import effects as fx
-from wsrun.fs import WorldView
+from wsrun.core import effects as fx
+from wsrun.core.fs import WorldView
 
 
 def tree(tmp_path: Path) -> Path:

@@ -7,7 +7,7 @@ from typing import Any
 
 from conftest import ROOT
 
-LIFECYCLE = ROOT / "recipes" / "alma" / "ous-lifecycle.yaml"
+LIFECYCLE = ROOT / "engine" / "wsrun" / "packs" / "alma" / "recipes" / "ous-lifecycle.yaml"
 #: The path an OUS takes to each state, from its creation.
 PATHS = {
     "ReadyForProcessing": [],
@@ -43,7 +43,7 @@ REPORT_XML = """<?xml version="1.0"?>
 
 def state_store() -> Any:
     """The default state store of this test's $WSRUN_HOME, with the OUS lifecycle."""
-    from wsrun.state import load_lifecycle, open_state_store
+    from wsrun.stores.state import load_lifecycle, open_state_store
 
     store = open_state_store()
     store.register_lifecycle(load_lifecycle(str(LIFECYCLE)))
@@ -80,7 +80,7 @@ def make_ous(store: Any, ous: str, state: str, timestamp: str = "2026-11-23T10:0
 
 def dead_message(selector: str = "pipeline.process.EU", error: str = "no such recipe") -> str:
     """A message parked dead on the default bus; its id."""
-    from wsrun.bus import open_bus
+    from wsrun.stores.bus import open_bus
 
     bus = open_bus()
     bus.declare_queue("pipeline", ["pipeline.#"])

@@ -1,3 +1,3 @@
-from wsrun.cli import main
+from wsrun.cli.main import main
 
 raise SystemExit(main())

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from wsrun.fs import WorldView
-from wsrun.step import Plan, Result, StepContext, load_step
+from wsrun.core.fs import WorldView
+from wsrun.core.step import Plan, Result, StepContext, load_step
 
 
 def plan_step(

@@ -41,7 +41,7 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
-RECIPES = ROOT / "recipes" / "alma"
+RECIPES = ROOT / "engine" / "wsrun" / "packs" / "alma" / "recipes"
 PROGRAM = "2015.1.00657.S"
 #: The life-cycle of an OUS that is processed, passed and delivered.
 HAPPY_PATH = [
@@ -288,7 +288,7 @@ class System:
         """Launch every OUS in ``ids`` at once: the launcher recipe run once per
         OUS in one process (no interpreter start-up per launch)."""
         script = (
-            "import sys\nfrom wsrun.cli import main\n"
+            "import sys\nfrom wsrun.cli.main import main\n"
             "for ous in sys.argv[3:]:\n"
             "    if main(['alma/launcher', sys.argv[1], ous, 'PipelineCalibration', sys.argv[2], '-q']):\n"
             "        sys.exit(f'launching {ous} failed')\n"
@@ -317,18 +317,18 @@ class System:
     # ---- looking at it --------------------------------------------------------
 
     def state_store(self) -> Any:
-        from wsrun.state import open_state_store
+        from wsrun.stores.state import open_state_store
 
         return open_state_store(self.state_url or f"sqlite://{self.home / 'state.db'}")
 
     def bus(self) -> Any:
-        from wsrun.bus import open_bus
+        from wsrun.stores.bus import open_bus
 
         return open_bus(self.bus_url or f"sqlite://{self.home / 'bus.db'}")
 
     def archive(self) -> Any:
         """The archive the workers ingest into, open (close it after)."""
-        from wsrun.archive_store import ArchiveStore
+        from wsrun.stores.archive.store import ArchiveStore
 
         return ArchiveStore.open(self.archive_url or str(self.home / "archive"), create=False)
 
@@ -384,7 +384,7 @@ class System:
         time it was ReadyForProcessing (a relaunch after a ProcessingProblem or
         a QA2 Fail starts a new attempt). What earlier attempts left (a weblog
         in the archive, a report, now Superseded) is counted apart."""
-        from wsrun.steps.alma_pipeline import ous_tag
+        from wsrun.packs.alma.alma_pipeline import ous_tag
 
         with self.state_store() as store:
             entity = store.get("ous", ous)
@@ -564,7 +564,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"wsrun ALMA workflow in {root}; worker logs in {root / 'logs'}")
     for name in BACKEND_ENV:
         if url := getattr(system, f"{name}_url"):
-            from wsrun.bus.base import mask
+            from wsrun.stores.bus.base import mask
 
             print(f"{name}: {mask(url)}")
     try:

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 
 from conftest import tree
-from wsrun.effects import create_file
-from wsrun.fs import WorldView
-from wsrun.hashing import CHUNK, hash_files
-from wsrun.step import StepContext, StepError, load_step
+from wsrun.core.effects import create_file
+from wsrun.core.fs import WorldView
+from wsrun.core.hashing import CHUNK, hash_files
+from wsrun.core.step import StepContext, StepError, load_step
 from wsrun.testing import effect_dicts, plan_step, run_step
 
 
@@ -259,7 +259,7 @@ def test_failed_write_leaves_no_partial_file(
     def fail(src: str, dst: str) -> None:
         raise OSError(28, "No space left on device", dst)
 
-    monkeypatch.setattr("wsrun.fileio.os.replace", fail)
+    monkeypatch.setattr("wsrun.core.fileio.os.replace", fail)
     with pytest.raises(OSError):
         module.apply(plan, ctx)
     assert tree(tmp_path) == before

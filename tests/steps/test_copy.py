@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 
-from wsrun.fileio import TMP_SUFFIX
-from wsrun.fs import WorldView
-from wsrun.step import StepError
-from wsrun.steps import copy as copy_step
+from wsrun.core import filecopy
+from wsrun.core.fileio import TMP_SUFFIX
+from wsrun.core.fs import WorldView
+from wsrun.core.step import StepError
 from wsrun.testing import effect_dicts, plan_step, run_step
 
 MTIME = 1_600_000_000_123_456_789
@@ -263,7 +263,7 @@ def test_temps_in_the_source_are_not_copied(tmp_path: Path, tree: Path) -> None:
 def test_failure_midway_leaves_no_partial_file(
     tmp_path: Path, tree: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real = copy_step._copy_fast
+    real = filecopy._copy_fast
     calls = []
 
     def failing(src_fd: int, dst_fd: int, left: int) -> None:
@@ -273,14 +273,14 @@ def test_failure_midway_leaves_no_partial_file(
             raise OSError(errno.ENOSPC, "No space left on device")
         real(src_fd, dst_fd, left)
 
-    monkeypatch.setattr(copy_step, "_copy_fast", failing)
+    monkeypatch.setattr(filecopy, "_copy_fast", failing)
     with pytest.raises(OSError, match="No space left"):
         run_step("copy", {"sources": "src", "to": "out", "workers": 1}, str(tmp_path))
     assert temps(tmp_path) == []
     for p in (tmp_path / "out").rglob("*"):
         if p.is_file() and not p.is_symlink():
             assert p.read_bytes() == (tree / p.relative_to(tmp_path / "out/src")).read_bytes()
-    monkeypatch.setattr(copy_step, "_copy_fast", real)
+    monkeypatch.setattr(filecopy, "_copy_fast", real)
     run_step("copy", {"sources": "src", "to": "out"}, str(tmp_path))
     assert snapshot(tmp_path / "out/src") == snapshot(tree)
 
@@ -331,7 +331,7 @@ def test_symlink_at_destination_is_replaced_not_followed(tmp_path: Path, tree: P
 
 def test_files_larger_than_the_buffer_hash_and_copy_in_chunks(tmp_path: Path) -> None:
     (tmp_path / "big").mkdir()
-    data = os.urandom(copy_step.BUFFER_SIZE + 12345)
+    data = os.urandom(filecopy.BUFFER_SIZE + 12345)
     for name in ("x", "y", "z"):
         (tmp_path / "big" / name).write_bytes(data)
     _, result = run_step(
@@ -357,7 +357,7 @@ def test_checksummed_copy_through_the_kernel_and_without(
 
     if kernel != "whole":
         monkeypatch.setattr(os, "copy_file_range", short if kernel == "short" else missing)
-    data = os.urandom(copy_step.MMAP_MIN * 2 + 777)
+    data = os.urandom(filecopy.MMAP_MIN * 2 + 777)
     (tmp_path / "f.bin").write_bytes(data)
     _, result = run_step(
         "copy", {"sources": "f.bin", "to": "out", "checksum": "sha1"}, str(tmp_path)
@@ -371,7 +371,7 @@ def test_checksummed_copy_through_the_kernel_and_without(
 def test_a_temp_another_run_is_writing_is_left_alone(tmp_path: Path, tree: Path) -> None:
     """Two runs copying into one directory at once must not delete each other's
     temporary files (two ALMA pipeline drivers sharing a cache did)."""
-    from wsrun.fileio import atomic_write, remove_stray_temps
+    from wsrun.core.fileio import atomic_write, remove_stray_temps
 
     out = tmp_path / "out" / "src"  # where the copy below writes
     out.mkdir(parents=True)

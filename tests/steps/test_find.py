@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from wsrun.effects import create_dir, create_file, remove
-from wsrun.fs import WorldView
-from wsrun.step import StepError
+from wsrun.core.effects import create_dir, create_file, remove
+from wsrun.core.fs import WorldView
+from wsrun.core.step import StepError
 from wsrun.steps.find import glob_to_regex
 from wsrun.testing import plan_step, run_step
 

@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from wsrun.fileio import TMP_SUFFIX
-from wsrun.fs import WorldView
-from wsrun.step import StepError
+from wsrun.core.fileio import TMP_SUFFIX
+from wsrun.core.fs import WorldView
+from wsrun.core.step import StepError
 from wsrun.steps import move as move_step
 from wsrun.testing import effect_dicts, plan_step, run_step
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from wsrun.fs import WorldView
-from wsrun.step import StepError
+from wsrun.core.fs import WorldView
+from wsrun.core.step import StepError
 from wsrun.testing import effect_dicts, plan_step, run_step
 
 

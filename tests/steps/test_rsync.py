@@ -12,9 +12,9 @@ import jsonschema
 import pytest
 import yaml
 
-from wsrun.effects import Effect, create_dir, create_file, create_symlink
-from wsrun.fs import WorldView
-from wsrun.step import Progress, StepContext, StepError, load_step, params_schema
+from wsrun.core.effects import Effect, create_dir, create_file, create_symlink
+from wsrun.core.fs import WorldView
+from wsrun.core.step import Progress, StepContext, StepError, load_step, params_schema
 from wsrun.testing import effect_dicts, plan_step, run_step
 
 rsync = load_step("rsync")

@@ -12,9 +12,9 @@ import jsonschema
 import pytest
 import yaml
 
-from wsrun.effects import create_dir, create_file, remove
-from wsrun.fs import WorldView
-from wsrun.step import Plan, Result, StepContext, StepError, load_step, params_schema
+from wsrun.core.effects import create_dir, create_file, remove
+from wsrun.core.fs import WorldView
+from wsrun.core.step import Plan, Result, StepContext, StepError, load_step, params_schema
 from wsrun.testing import effect_dicts, plan_step, run_step
 
 shell = load_step("shell")

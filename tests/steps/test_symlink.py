@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from wsrun.fileio import TMP_SUFFIX
-from wsrun.fs import WorldView
-from wsrun.step import StepContext, StepError
+from wsrun.core.fileio import TMP_SUFFIX
+from wsrun.core.fs import WorldView
+from wsrun.core.step import StepContext, StepError
 from wsrun.steps import symlink as symlink_step
 from wsrun.testing import effect_dicts, plan_step, run_step
 

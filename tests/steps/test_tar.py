@@ -15,10 +15,11 @@ import tarfile
 import pytest
 
 from conftest import stat_snapshot
-from wsrun import archive, fileio
-from wsrun.effects import create_file
-from wsrun.fs import WorldView
-from wsrun.step import StepError
+from wsrun.core import fileio
+from wsrun.core.effects import create_file
+from wsrun.core.fs import WorldView
+from wsrun.core.step import StepError
+from wsrun.formats import tarball
 from wsrun.testing import effect_dicts, plan_step, run_step
 
 COMPRESSIONS = ["none", "gz", "bz2", "xz", "zst"]
@@ -35,7 +36,7 @@ def make_tree(root: str) -> None:
         "a.txt": b"hello\n",
         "empty": b"",
         "sub/block.bin": bytes(range(256)) * 2,  # exactly 512 bytes
-        "sub/big.bin": os.urandom(archive.DIRECT_MIN + 1234),
+        "sub/big.bin": os.urandom(tarball.DIRECT_MIN + 1234),
         f"sub/{LONG_DIR}/file-with-a-long-name.txt": b"deep\n",
         "sub/text.log": b"line of text\n" * 5000,
     }
@@ -144,7 +145,7 @@ def test_python_tarfile_reads_the_archive(work, compression):
 @pytest.mark.parametrize("compression", COMPRESSIONS)
 def test_byte_identical_across_runs(work, compression, monkeypatch):
     run_step("tar", {"source": "src", "to": "one", "compression": compression}, work)
-    monkeypatch.setattr(archive, "cpu_count", lambda: 1)  # the output must not depend on it
+    monkeypatch.setattr(tarball, "cpu_count", lambda: 1)  # the output must not depend on it
     run_step("tar", {"source": "src", "to": "two", "compression": compression}, work)
     with open(os.path.join(work, "one"), "rb") as a, open(os.path.join(work, "two"), "rb") as b:
         assert a.read() == b.read()
@@ -166,8 +167,8 @@ def test_gzip_of_many_chunks_is_one_valid_member(tmp_path):
     d = zlib.decompressobj(31)
     tar_bytes = d.decompress(raw)
     assert d.eof and d.unused_data == b""
-    assert len(tar_bytes) == archive.archive_size(
-        [archive.Member("src/", "dir", ""), archive.Member("src/data", "file", "", len(data))]
+    assert len(tar_bytes) == tarball.archive_size(
+        [tarball.Member("src/", "dir", ""), tarball.Member("src/data", "file", "", len(data))]
     )
     assert gzip.decompress(raw) == tar_bytes
 
@@ -180,13 +181,13 @@ def test_headers_match_tarfile_gnu_format():
     ti.linkname = link.decode()
     ti.mode, ti.uid, ti.gid, ti.mtime = 0o777, 1000, 100, MTIME
     ti.uname = ti.gname = ""
-    ours = archive.long_name(link, b"K") + archive.long_name(name, b"L")
-    ours += archive.header(name, b"2", 0o777, 1000, 100, 0, MTIME, link)
+    ours = tarball.long_name(link, b"K") + tarball.long_name(name, b"L")
+    ours += tarball.header(name, b"2", 0o777, 1000, 100, 0, MTIME, link)
     assert ours == ti.tobuf(tarfile.GNU_FORMAT, "utf-8", "surrogateescape")
 
 
 def test_huge_numbers_use_base_256():
-    block = archive.header(b"big", b"0", 0o644, 2**22, 0, 9 * 2**30, MTIME)
+    block = tarball.header(b"big", b"0", 0o644, 2**22, 0, 9 * 2**30, MTIME)
     ti = tarfile.TarInfo.frombuf(block, "utf-8", "surrogateescape")
     assert (ti.size, ti.uid) == (9 * 2**30, 2**22)
 
@@ -200,7 +201,7 @@ def test_exact_size_prediction_with_long_names(tmp_path):
     os.symlink("t" * 200, src / "l")
     plan, result = run_step("tar", {"source": "src", "to": "x.tar"}, str(tmp_path))
     assert plan.effects[0].bytes == os.path.getsize(tmp_path / "x.tar") == result.outputs["bytes"]
-    assert os.path.getsize(tmp_path / "x.tar") % archive.RECORD == 0
+    assert os.path.getsize(tmp_path / "x.tar") % tarball.RECORD == 0
 
 
 def test_second_run_is_ok_and_changes_nothing(work):
@@ -324,7 +325,7 @@ def test_errors(work):
 
 
 def test_file_changed_after_planning_leaves_nothing(work):
-    from wsrun.step import StepContext, load_step
+    from wsrun.core.step import StepContext, load_step
 
     tar = load_step("tar")
     ctx = StepContext(fs=WorldView(), workdir=work)
@@ -342,7 +343,7 @@ def open_fds() -> int:
 
 
 def test_failed_apply_closes_every_file(work):
-    from wsrun.step import StepContext, load_step
+    from wsrun.core.step import StepContext, load_step
 
     tar = load_step("tar")
     ctx = StepContext(fs=WorldView(), workdir=work)
@@ -360,7 +361,7 @@ def test_copy_stops_at_a_short_file(tmp_path):
     src = os.open(tmp_path / "f", os.O_RDONLY)
     out = os.open(tmp_path / "out", os.O_WRONLY | os.O_CREAT, 0o644)
     with pytest.raises(EOFError):
-        archive.copy_range(src, out, 2000)  # more than the file holds: it shrank
+        tarball.copy_range(src, out, 2000)  # more than the file holds: it shrank
     os.close(src)
     os.close(out)
 
@@ -387,7 +388,7 @@ def test_fifo_is_left_out_with_a_message(tmp_path):
     (tmp_path / "s" / "f").write_text("f")
     os.mkfifo(tmp_path / "s" / "pipe")
     messages: list[str] = []
-    from wsrun.step import StepContext, load_step
+    from wsrun.core.step import StepContext, load_step
 
     tar = load_step("tar")
     ctx = StepContext(fs=WorldView(), workdir=str(tmp_path), log=messages.append)
@@ -415,8 +416,8 @@ def forked(monkeypatch):
         return pid
 
     monkeypatch.setattr(os, "fork", fork)
-    monkeypatch.setattr(archive, "PARALLEL_MIN", 1)
-    monkeypatch.setattr(archive, "cpu_count", lambda: 3)
+    monkeypatch.setattr(tarball, "PARALLEL_MIN", 1)
+    monkeypatch.setattr(tarball, "cpu_count", lambda: 3)
     return pids
 
 
@@ -435,10 +436,10 @@ def test_several_writers_give_the_same_bytes(work, monkeypatch, forked, workers)
     for i in range(40):  # enough members for every split to fall somewhere else
         with open(os.path.join(work, "src", f"f{i:02d}"), "wb") as f:
             f.write(bytes([i]) * (i * 999))
-    monkeypatch.setattr(archive, "cpu_count", lambda: 1)
+    monkeypatch.setattr(tarball, "cpu_count", lambda: 1)
     plan, _ = run_step("tar", {"source": "src", "to": "one.tar"}, work)
     assert forked == []
-    monkeypatch.setattr(archive, "cpu_count", lambda: workers)
+    monkeypatch.setattr(tarball, "cpu_count", lambda: workers)
     _, result = run_step("tar", {"source": "src", "to": "many.tar"}, work)
     assert len(forked) == workers - 1
     assert all_reaped(forked)
@@ -452,27 +453,27 @@ def test_several_writers_give_the_same_bytes(work, monkeypatch, forked, workers)
 
 
 def test_shares_cover_the_members_in_order(monkeypatch):
-    members = [archive.Member("d/", "dir", "")]
-    members += [archive.Member(f"d/{i}", "file", "", i * 10_000) for i in range(50)]
-    members.append(archive.Member("d/" + "l" * 200, "file", "", 5))  # with a long-name record
-    size = archive.archive_size(members)
-    monkeypatch.setattr(archive, "PARALLEL_MIN", 1)
+    members = [tarball.Member("d/", "dir", "")]
+    members += [tarball.Member(f"d/{i}", "file", "", i * 10_000) for i in range(50)]
+    members.append(tarball.Member("d/" + "l" * 200, "file", "", 5))  # with a long-name record
+    size = tarball.archive_size(members)
+    monkeypatch.setattr(tarball, "PARALLEL_MIN", 1)
     for n in (1, 2, 3, 4):
-        monkeypatch.setattr(archive, "cpu_count", lambda n=n: n)
-        shares = archive._shares(members, size)
+        monkeypatch.setattr(tarball, "cpu_count", lambda n=n: n)
+        shares = tarball._shares(members, size)
         assert len(shares) == n
         assert shares[0][:2] == (0, shares[1][0] if n > 1 else len(members))
         assert shares[-1][1] == len(members)
         for (_, end, _), (first, _, offset) in itertools.pairwise(shares):
             assert end == first
-            assert offset == sum(map(archive._span, members[:first]))
-    monkeypatch.setattr(archive, "PARALLEL_MIN", size)  # too little work to share
-    monkeypatch.setattr(archive, "cpu_count", lambda: 4)
-    assert archive._shares(members, size) == [(0, len(members), 0)]
+            assert offset == sum(map(tarball._span, members[:first]))
+    monkeypatch.setattr(tarball, "PARALLEL_MIN", size)  # too little work to share
+    monkeypatch.setattr(tarball, "cpu_count", lambda: 4)
+    assert tarball._shares(members, size) == [(0, len(members), 0)]
 
 
 def test_progress_of_several_writers_adds_up(work, forked, tmp_path):
-    from wsrun.step import StepContext, load_step
+    from wsrun.core.step import StepContext, load_step
 
     tar = load_step("tar")
     ctx = StepContext(fs=WorldView(), workdir=work)
@@ -486,7 +487,7 @@ def test_progress_of_several_writers_adds_up(work, forked, tmp_path):
 
     fd = os.open(tmp_path / "direct.tar", os.O_WRONLY | os.O_CREAT, 0o644)
     try:
-        archive.write_tar(fd, plan.data.members, progress=progress)
+        tarball.write_tar(fd, plan.data.members, progress=progress)
     finally:
         os.close(fd)
     assert forked and all_reaped(forked)
@@ -495,12 +496,12 @@ def test_progress_of_several_writers_adds_up(work, forked, tmp_path):
 
 
 def test_file_changed_in_another_process_share_leaves_nothing(work, forked):
-    from wsrun.step import StepContext, load_step
+    from wsrun.core.step import StepContext, load_step
 
     tar = load_step("tar")
     ctx = StepContext(fs=WorldView(), workdir=work)
     plan = tar.plan({"source": "src", "to": "x.tar"}, ctx)
-    shares = archive._shares(plan.data.members, plan.data.tar_size)
+    shares = tarball._shares(plan.data.members, plan.data.tar_size)
     assert plan.data.members[-1].name == "src/sub/text.log" and len(shares) == 3
     os.truncate(os.path.join(work, "src", "sub", "text.log"), 10)  # in a forked share
     before = open_fds()
@@ -533,14 +534,14 @@ def test_killed_writer_process_fails_the_step(work, forked, monkeypatch):
     import signal
 
     parent = os.getpid()
-    real_header = archive._member_header
+    real_header = tarball._member_header
 
     def header(m, st):
         if os.getpid() != parent and m.name.endswith("text.log"):
             os.kill(os.getpid(), signal.SIGKILL)
         return real_header(m, st)
 
-    monkeypatch.setattr(archive, "_member_header", header)
+    monkeypatch.setattr(tarball, "_member_header", header)
     with pytest.raises(StepError, match="a process writing the archive failed .killed by signal 9"):
         run_step("tar", {"source": "src", "to": "x.tar"}, work)
     assert forked and all_reaped(forked)
@@ -550,7 +551,7 @@ def test_killed_writer_process_fails_the_step(work, forked, monkeypatch):
 def test_timeout_stops_the_other_processes(work, forked):
     import time
 
-    from wsrun.step import StepContext, load_step
+    from wsrun.core.step import StepContext, load_step
 
     tar = load_step("tar")
     ctx = StepContext(fs=WorldView(), workdir=work)
@@ -571,7 +572,7 @@ def test_disk_walk_plans_what_the_view_plans(work):
     os.symlink("src/a.txt", os.path.join(work, "extra"))
     messages_disk: list[str] = []
     messages_view: list[str] = []
-    from wsrun.step import StepContext, load_step
+    from wsrun.core.step import StepContext, load_step
 
     tar = load_step("tar")
     params = {"source": ["src", "extra"], "base": work, "to": "x.tar", "exclude": ["skip"]}
@@ -606,9 +607,9 @@ def test_member_headers_match_the_general_form():
         ("link", "symlink", 0, "target"),
         ("big", "file", 9 * 2**30, ""),
     ]:
-        m = archive.Member(name, kind, "", size, linkname=link)
+        m = tarball.Member(name, kind, "", size, linkname=link)
         for s in (st, huge):
-            assert archive._member_header(m, s) == archive._any_member_header(m, s)
+            assert tarball._member_header(m, s) == tarball._any_member_header(m, s)
 
 
 def test_size_of_non_ascii_names(tmp_path):

@@ -10,10 +10,10 @@ import pytest
 import yaml
 
 from conftest import tree
-from wsrun.effects import create_file
-from wsrun.filters import FILTERS
-from wsrun.fs import WorldView
-from wsrun.step import StepContext, StepError, load_step, params_schema
+from wsrun.core.effects import create_file
+from wsrun.core.filters import FILTERS
+from wsrun.core.fs import WorldView
+from wsrun.core.step import StepContext, StepError, load_step, params_schema
 from wsrun.testing import effect_dicts, plan_step, run_step
 
 
@@ -240,7 +240,7 @@ def test_failed_write_leaves_no_partial_file(
     def fail(src: str, dst: str) -> None:
         raise OSError(28, "No space left on device", dst)
 
-    monkeypatch.setattr("wsrun.fileio.os.replace", fail)
+    monkeypatch.setattr("wsrun.core.fileio.os.replace", fail)
     with pytest.raises(OSError):
         module.apply(plan, ctx)
     assert tree(tmp_path) == {}

@@ -13,9 +13,9 @@ import zipfile
 import pytest
 
 from conftest import stat_snapshot
-from wsrun import archive
-from wsrun.fs import WorldView
-from wsrun.step import StepContext, StepError, load_step
+from wsrun.core.fs import WorldView
+from wsrun.core.step import StepContext, StepError, load_step
+from wsrun.formats import tarread
 from wsrun.testing import effect_dicts, plan_step, run_step
 
 MTIME = 1_600_000_000
@@ -362,7 +362,7 @@ def test_reader_agrees_with_tarfile(tmp_path):
     for fmt in (tarfile.GNU_FORMAT, tarfile.PAX_FORMAT):
         sample(tmp_path / "x.tar", "w", fmt)
         with open(tmp_path / "x.tar", "rb") as f:
-            reader = archive.TarReader(f, seekable=True)
+            reader = tarread.TarReader(f, seekable=True)
             ours = []
             while (h := reader.next()) is not None:
                 ours.append(

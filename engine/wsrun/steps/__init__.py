@@ -1,1 +1,1 @@
-"""Built-in step types, one module each (see ``wsrun.step`` for the contract)."""
+"""Built-in step types, one module each (see ``wsrun.core.step`` for the contract)."""

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from wsrun.archive_store import ArchiveError, ArchiveStore, archive_url
-from wsrun.step import Plan, Result, StepContext, StepError
+from wsrun.core.step import Plan, Result, StepContext, StepError
+from wsrun.stores.archive.store import ArchiveError, ArchiveStore, archive_url
 
 NAME = "archive-check"
 DOC = """Check that products are in the archive, by locator or by name; read only.

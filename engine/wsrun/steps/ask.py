@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from wsrun.step import Plan, Result, StepContext, StepError
+from wsrun.core.step import Plan, Result, StepContext, StepError
 
 NAME = "ask"
 DOC = """Ask a person for a value (a QA verdict, which item to work on), or take it as given.

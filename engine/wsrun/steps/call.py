@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from wsrun.effects import Effect
-from wsrun.step import Plan, Result, StepContext, StepError
+from wsrun.core.effects import Effect
+from wsrun.core.step import Plan, Result, StepContext, StepError
 from wsrun.steps.publish import SCHEMA as PUBLISH_SCHEMA
 from wsrun.steps.publish import open_step_bus
 
@@ -62,7 +62,7 @@ def plan(params: dict[str, Any], ctx: StepContext) -> Plan:
 
 
 def apply(plan: Plan, ctx: StepContext) -> Result:
-    from wsrun.bus import BusError, BusTimeout
+    from wsrun.stores.bus import BusError, BusTimeout
 
     params: dict[str, Any] = plan.data
     bus = open_step_bus(params, ctx)

@@ -7,11 +7,11 @@ import os
 import re
 from typing import Any
 
-from wsrun.effects import Effect, create_file
-from wsrun.fileio import is_temp_name, write_bytes_atomic
-from wsrun.fs import ContentUnknown
-from wsrun.hashing import ALGORITHMS, hash_files
-from wsrun.step import Plan, Result, StepContext, StepError
+from wsrun.core.effects import Effect, create_file
+from wsrun.core.fileio import is_temp_name, write_bytes_atomic
+from wsrun.core.fs import ContentUnknown
+from wsrun.core.hashing import ALGORITHMS, hash_files
+from wsrun.core.step import Plan, Result, StepContext, StepError
 from wsrun.steps.find import as_list, compile_globs, excluded
 
 NAME = "checksum"
@@ -96,7 +96,7 @@ OUTPUTS = {
 
 
 def destinations(params: dict[str, Any], ctx: StepContext) -> list[str]:
-    """The paths this step writes, locked (wsrun.locks) before it plans."""
+    """The paths this step writes, locked (wsrun.core.locks) before it plans."""
     return [ctx.path(params["to"])] if params.get("to") else []
 
 

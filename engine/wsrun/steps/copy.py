@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-import errno
 import hashlib
-import mmap
 import os
 import stat as statmod
 import threading
@@ -13,18 +11,16 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from wsrun.effects import Effect, create_dir, create_file, create_symlink
-from wsrun.fileio import (
+from wsrun.core.effects import Effect, create_dir, create_file, create_symlink
+from wsrun.core.filecopy import BUFFER_SIZE, copy_file, copy_symlink, current_umask, hash_file
+from wsrun.core.fileio import (
     TMP_SUFFIX,
-    create_temp,
     is_temp_name,
-    naming,
     remove_leftover,
     remove_stray_temps,
-    temp_path,
 )
-from wsrun.fs import FileInfo, WorldView
-from wsrun.step import PATHS, Plan, Result, StepContext, StepError
+from wsrun.core.fs import FileInfo, WorldView
+from wsrun.core.step import PATHS, Plan, Result, StepContext, StepError
 
 NAME = "copy"
 DOC = """Copy files and directory trees into a directory, preserving modes and mtimes.
@@ -112,16 +108,6 @@ OUTPUTS = {
     "(known only after a real run)",
 }
 
-#: Read size of checksummed copies: large reads keep the per-call overhead low
-#: and let hashlib work without the GIL on big chunks.
-BUFFER_SIZE = 8 << 20
-#: Files from this size on are checksummed through copy_file_range and mmap.
-MMAP_MIN = 1 << 20
-#: Bytes per copy_file_range/sendfile call: "until end of file" in practice.
-CHUNK = 1 << 30
-#: Errors meaning "this fast path does not work here", not "the copy failed".
-_NO_FAST_PATH = {errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP}
-
 
 @dataclass
 class CopyJob:
@@ -154,7 +140,7 @@ LOCK_EACH_MAX = 32
 
 
 def destinations(params: dict[str, Any], ctx: StepContext) -> list[str]:
-    """The paths this step writes, locked (wsrun.locks) before it plans: each
+    """The paths this step writes, locked (wsrun.core.locks) before it plans: each
     source's place under ``to``, so runs copying other things into one shared
     directory (a cache) do not wait for each other."""
     to = ctx.path(params["to"])
@@ -481,177 +467,6 @@ def _finish_dirs(created: list[tuple[str, int, int]]) -> None:
         if mode & statmod.S_IRWXU != statmod.S_IRWXU:
             os.chmod(path, mode)
         os.utime(path, ns=(mtime_ns, mtime_ns))
-
-
-# ---- copying one file, fast -------------------------------------------------
-
-
-def current_umask() -> int:
-    """The process umask, read without changing it (os.umask would race with
-    other threads creating files)."""
-    try:
-        with open("/proc/self/status", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError):
-        pass
-    return 0o777  # unknown: always chmod
-
-
-def copy_file(
-    source: str,
-    dest: str,
-    mode: int,
-    mtime_ns: int,
-    umask: int,
-    algorithm: str | None = None,
-    buf: bytearray | None = None,
-    size: int | None = None,
-) -> str | None:
-    """Copy ``source`` to ``dest`` through its temp name, with ``mode`` and
-    ``mtime_ns``; returns the content's hex digest when ``algorithm`` is set
-    (then ``buf`` is the read buffer). With ``size`` (the planned size), the
-    copy stops there, which saves the call that would find the end of file."""
-    tmp = temp_path(dest)
-    left = (1 << 62) if size is None else size
-    src_fd = os.open(source, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        # Read too: hashed through mmap. Raises (and removes nothing) if a
-        # live writer holds this temporary name.
-        dst_fd = create_temp(tmp, mode & 0o777, os.O_RDWR)
-    except BaseException:
-        os.close(src_fd)
-        raise
-    try:
-        try:
-            digest = None
-            if algorithm:
-                assert buf is not None
-                digest = _copy_hashed(
-                    src_fd, dst_fd, hashlib.new(algorithm, usedforsecurity=False), buf, left
-                )
-            else:
-                _copy_fast(src_fd, dst_fd, left)
-            if mode & ~0o777 or mode & umask:
-                os.fchmod(dst_fd, mode)
-            os.utime(dst_fd, ns=(mtime_ns, mtime_ns))
-            os.rename(tmp, dest)  # still held: nobody takes it for a leftover
-        finally:
-            os.close(dst_fd)
-    except BaseException as e:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        if isinstance(e, OSError) and e.filename is None:
-            raise naming(e, dest) from e
-        raise
-    finally:
-        os.close(src_fd)
-    return digest
-
-
-def _by_copy_file_range(src_fd: int, dst_fd: int, count: int) -> int:
-    return os.copy_file_range(src_fd, dst_fd, count)
-
-
-def _by_sendfile(src_fd: int, dst_fd: int, count: int) -> int:
-    return os.sendfile(dst_fd, src_fd, None, count)
-
-
-def _copy_fast(src_fd: int, dst_fd: int, left: int) -> None:
-    """Copy up to ``left`` bytes in the kernel when it can (copy_file_range,
-    then sendfile), else by read/write; a fallback carries on where the
-    previous way stopped."""
-    for kernel_copy in (_by_copy_file_range, _by_sendfile):
-        try:
-            while left > 0 and (n := kernel_copy(src_fd, dst_fd, min(left, CHUNK))):
-                left -= n
-            return
-        except AttributeError:
-            continue  # not on this platform
-        except OSError as e:
-            if e.errno not in _NO_FAST_PATH:
-                raise
-    while left > 0 and (chunk := os.read(src_fd, min(left, BUFFER_SIZE))):
-        _write_all(dst_fd, chunk)
-        left -= len(chunk)
-
-
-def _copy_hashed(src_fd: int, dst_fd: int, digest: Any, buf: bytearray, left: int) -> str:
-    """Copy up to ``left`` bytes and hash what was written, reading the source once.
-
-    Big files are copied in the kernel a chunk at a time and each chunk is
-    hashed from the destination's page cache through mmap: no trip through a
-    user-space buffer, about half the CPU of read/write on a 2-core box. The
-    destination is our own temp file, so nobody truncates it under the map.
-    Small files, or where the kernel cannot copy, go read -> hash -> write.
-    """
-    offset = 0
-    if left >= MMAP_MIN:
-        try:
-            while left > 0 and (n := _by_copy_file_range(src_fd, dst_fd, min(left, BUFFER_SIZE))):
-                _hash_mapped(digest, dst_fd, offset, n)
-                offset += n
-                left -= n
-            return digest.hexdigest()
-        except AttributeError:
-            pass  # no copy_file_range on this platform
-        except OSError as e:
-            if e.errno not in _NO_FAST_PATH:
-                raise
-    view = memoryview(buf)
-    while left > 0 and (n := os.readv(src_fd, [view[: min(left, len(buf))]])):
-        chunk = view[:n]
-        digest.update(chunk)
-        _write_all(dst_fd, chunk)
-        left -= n
-    return digest.hexdigest()
-
-
-def _hash_mapped(digest: Any, fd: int, offset: int, length: int) -> None:
-    start = offset - offset % mmap.ALLOCATIONGRANULARITY
-    mapped = mmap.mmap(fd, offset - start + length, prot=mmap.PROT_READ, offset=start)
-    try:
-        with memoryview(mapped) as view, view[offset - start :] as chunk:
-            digest.update(chunk)
-    finally:
-        mapped.close()
-
-
-def _write_all(fd: int, data: bytes | memoryview) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
-
-
-def hash_file(path: str, algorithm: str, buf: bytearray | None) -> str:
-    """The hex digest of a file on disk, read with ``buf``."""
-    assert buf is not None
-    digest = hashlib.new(algorithm, usedforsecurity=False)
-    view = memoryview(buf)
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        while n := os.readv(fd, [buf]):
-            digest.update(view[:n])
-    finally:
-        os.close(fd)
-    return digest.hexdigest()
-
-
-def copy_symlink(target: str, dest: str, mtime_ns: int) -> None:
-    """Make ``dest`` a symlink to ``target``, atomically replacing what is there."""
-    tmp = temp_path(dest)
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(tmp)
-    os.symlink(target, tmp)
-    try:
-        with contextlib.suppress(NotImplementedError, OSError):
-            os.utime(tmp, ns=(mtime_ns, mtime_ns), follow_symlinks=False)
-        os.replace(tmp, dest)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
 
 
 # ---- running many files on a few threads ------------------------------------

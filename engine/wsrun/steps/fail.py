@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from wsrun.step import Plan, Result, StepContext, StepError
+from wsrun.core.step import Plan, Result, StepContext, StepError
 
 NAME = "fail"
 DOC = """Stop the run with a clear message, usually under an ``if:``.

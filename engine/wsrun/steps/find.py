@@ -7,8 +7,8 @@ import re
 from functools import lru_cache
 from typing import Any
 
-from wsrun.fileio import is_temp_name
-from wsrun.step import Plan, Result, StepContext, StepError
+from wsrun.core.fileio import is_temp_name
+from wsrun.core.step import Plan, Result, StepContext, StepError
 
 NAME = "find"
 DOC = """List the files below a directory that match glob patterns, kind and size.

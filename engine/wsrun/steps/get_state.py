@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from wsrun.state import Entity, StateError, open_state_store, state_url
-from wsrun.state.planning import planned_entity
-from wsrun.step import Plan, Result, StepContext, StepError
+from wsrun.core.step import Plan, Result, StepContext, StepError
+from wsrun.stores.state import Entity, StateError, open_state_store, state_url
+from wsrun.stores.state.planning import planned_entity
 
 NAME = "get-state"
 DOC = """Read an entity's state, substate and attributes from the state store.

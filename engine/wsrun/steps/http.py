@@ -8,9 +8,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from wsrun.effects import Effect
-from wsrun.settings import MASK
-from wsrun.step import Plan, Result, StepContext, StepError
+from wsrun.core.effects import Effect
+from wsrun.core.settings import MASK
+from wsrun.core.step import Plan, Result, StepContext, StepError
 
 NAME = "http"
 DOC = """Send one HTTP request to a web API and use its status, headers and body in later steps.

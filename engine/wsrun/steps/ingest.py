@@ -9,24 +9,21 @@ from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
-from wsrun.archive import CorruptArchive
-from wsrun.archive_store import (
-    AlreadyIngested,
-    ArchiveError,
-    ArchiveStore,
+from wsrun.core.db import mask
+from wsrun.core.effects import Effect
+from wsrun.core.fs import ContentUnknown, WorldView
+from wsrun.core.hashing import hash_files
+from wsrun.core.step import Plan, Result, StepContext, StepError
+from wsrun.formats.tarcheck import is_tar_name, read_through, read_zip_through
+from wsrun.formats.tarread import CorruptArchive
+from wsrun.stores.archive.records import (
     FileSpec,
     IngestRequest,
     ProductRecord,
     ProductSpec,
-    archive_url,
     new_locator,
 )
-from wsrun.db import mask
-from wsrun.effects import Effect
-from wsrun.fs import ContentUnknown, WorldView
-from wsrun.hashing import hash_files
-from wsrun.step import Plan, Result, StepContext, StepError
-from wsrun.tarcheck import is_tar_name, read_through, read_zip_through
+from wsrun.stores.archive.store import AlreadyIngested, ArchiveError, ArchiveStore, archive_url
 
 NAME = "ingest"
 DOC = """Ingest the products an ingestion manifest names into the archive, all or nothing.
@@ -112,7 +109,7 @@ class IngestJob:
 def manifest_validator() -> Any:
     from jsonschema import Draft202012Validator
 
-    from wsrun.resources import schemas_dir
+    from wsrun.core.resources import schemas_dir
 
     with open(schemas_dir() / "ingestion-manifest.schema.json", encoding="utf-8") as f:
         return Draft202012Validator(json.load(f))
@@ -235,7 +232,7 @@ def _planned_size(ctx: StepContext, f: FileSpec) -> int | None:
 
 
 def destinations(params: dict[str, Any], ctx: StepContext) -> list[str]:
-    """What this step writes, locked (wsrun.locks) before it plans: the
+    """What this step writes, locked (wsrun.core.locks) before it plans: the
     archive's record of the products staged in the manifest's ingestion_path."""
     manifest_path = ctx.path(params["manifest"])
     try:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from wsrun.state import StateError, open_state_store, state_url
-from wsrun.step import Plan, Result, StepContext, StepError
+from wsrun.core.step import Plan, Result, StepContext, StepError
+from wsrun.stores.state import StateError, open_state_store, state_url
 
 NAME = "list-state"
 DOC = """List the entities of a kind, optionally only those in a state (and substate).

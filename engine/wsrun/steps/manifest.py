@@ -7,9 +7,9 @@ import os
 from datetime import UTC, datetime
 from typing import Any
 
-from wsrun.fileio import is_temp_name
-from wsrun.hashing import ALGORITHMS, hash_files
-from wsrun.step import Plan, Result, StepContext, StepError
+from wsrun.core.fileio import is_temp_name
+from wsrun.core.hashing import ALGORITHMS, hash_files
+from wsrun.core.step import Plan, Result, StepContext, StepError
 from wsrun.steps.checksum import apply_write, plan_write
 from wsrun.steps.find import as_list, compile_globs, excluded
 
@@ -85,7 +85,7 @@ OUTPUTS = {
 
 
 def destinations(params: dict[str, Any], ctx: StepContext) -> list[str]:
-    """The paths this step writes, locked (wsrun.locks) before it plans."""
+    """The paths this step writes, locked (wsrun.core.locks) before it plans."""
     root = ctx.path(params["root"])
     return [ctx.path(params["to"]) if params.get("to") else os.path.join(root, "MANIFEST.json")]
 

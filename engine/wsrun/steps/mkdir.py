@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from wsrun.effects import Effect
-from wsrun.step import PATHS, Plan, Result, StepContext, StepError
+from wsrun.core.effects import Effect
+from wsrun.core.step import PATHS, Plan, Result, StepContext, StepError
 
 NAME = "mkdir"
 DOC = """Make sure directories exist, with their parents (like ``mkdir -p``).

@@ -8,11 +8,12 @@ import stat as statmod
 from dataclasses import dataclass, field
 from typing import Any
 
-from wsrun.effects import Effect, create_dir, move, remove
-from wsrun.fileio import temp_path
-from wsrun.fs import FileInfo, WorldView
-from wsrun.step import Plan, Result, StepContext, StepError
-from wsrun.steps.copy import copy_file, copy_symlink, current_umask, hash_file, run_parallel
+from wsrun.core.effects import Effect, create_dir, move, remove
+from wsrun.core.filecopy import copy_file, copy_symlink, current_umask, hash_file
+from wsrun.core.fileio import temp_path
+from wsrun.core.fs import FileInfo, WorldView
+from wsrun.core.step import Plan, Result, StepContext, StepError
+from wsrun.steps.copy import run_parallel
 from wsrun.steps.remove import remove_tree
 
 NAME = "move"
@@ -83,7 +84,7 @@ class MoveJob:
 
 
 def destinations(params: dict[str, Any], ctx: StepContext) -> list[str]:
-    """The paths this step writes, locked (wsrun.locks) before it plans."""
+    """The paths this step writes, locked (wsrun.core.locks) before it plans."""
     return [ctx.path(params["source"]), ctx.path(params["to"])]
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from wsrun.step import Plan, Result, StepContext
+from wsrun.core.step import Plan, Result, StepContext
 
 NAME = "noop"
 DOC = """Do nothing and pass the parameters through as outputs.

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from wsrun.effects import Effect
-from wsrun.step import Plan, Result, StepContext, StepError
+from wsrun.core.effects import Effect
+from wsrun.core.step import Plan, Result, StepContext, StepError
 
 NAME = "publish"
 DOC = """Send a message on the bus to every queue subscribed to its selector.
@@ -66,7 +66,7 @@ OUTPUTS = {"id": "the message id (null in a dry run: nothing is sent)"}
 
 def open_step_bus(params: dict[str, Any], ctx: StepContext) -> Any:
     """The bus a bus step uses: its ``bus`` parameter, else the run's environment."""
-    from wsrun.bus import BusError, bus_url, open_bus
+    from wsrun.stores.bus import BusError, bus_url, open_bus
 
     try:
         return open_bus(bus_url(params.get("bus"), env=ctx.env))
@@ -80,7 +80,7 @@ def plan(params: dict[str, Any], ctx: StepContext) -> Plan:
 
 
 def apply(plan: Plan, ctx: StepContext) -> Result:
-    from wsrun.bus import BusError
+    from wsrun.stores.bus import BusError
 
     params: dict[str, Any] = plan.data
     bus = open_step_bus(params, ctx)

@@ -10,8 +10,8 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from wsrun.effects import Effect, remove
-from wsrun.step import PATHS, Plan, Result, StepContext, StepError
+from wsrun.core.effects import Effect, remove
+from wsrun.core.step import PATHS, Plan, Result, StepContext, StepError
 
 NAME = "remove"
 DOC = """Remove files, symlinks and whole directory trees (like ``rm -rf``).
@@ -62,7 +62,7 @@ OUTPUTS = {
 
 
 def destinations(params: dict[str, Any], ctx: StepContext) -> list[str]:
-    """The paths this step writes, locked (wsrun.locks) before it plans."""
+    """The paths this step writes, locked (wsrun.core.locks) before it plans."""
     paths = params["path"]
     return [ctx.path(p) for p in ([paths] if isinstance(paths, str) else paths)]
 

@@ -1,4 +1,9 @@
-"""The ``rsync`` step type: synchronise a directory tree with the real rsync program."""
+"""The ``rsync`` step type: synchronise a directory tree with the real rsync program.
+
+One piece: planning (rsync's own dry run, parsed), applying and the checks of what
+rsync reported belong together: the plan is rsync's itemized list, and apply holds
+the real run to exactly that list.
+"""
 
 from __future__ import annotations
 
@@ -15,10 +20,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import IO, Any
 
-from wsrun.effects import Effect, create_dir, create_file, create_symlink, remove
-from wsrun.fs import ContentUnknown, FileInfo, WorldView
-from wsrun.procs import death_signal
-from wsrun.step import Plan, Result, StepContext, StepError
+from wsrun.core.effects import Effect, create_dir, create_file, create_symlink, remove
+from wsrun.core.fs import ContentUnknown, FileInfo, WorldView
+from wsrun.core.procs import death_signal
+from wsrun.core.step import Plan, Result, StepContext, StepError
 
 NAME = "rsync"
 DOC = """Synchronise a file or directory tree into a directory with rsync, sending only what changed.
@@ -204,7 +209,7 @@ class Transfer:
 
 
 def destinations(params: dict[str, Any], ctx: StepContext) -> list[str]:
-    """The paths this step writes, locked (wsrun.locks) before it plans: the
+    """The paths this step writes, locked (wsrun.core.locks) before it plans: the
     source's place under ``to`` (so runs replicating other things into one
     cache do not wait for each other), or ``to`` when the source's contents go
     there."""

@@ -9,11 +9,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from wsrun import objectstore as osx
-from wsrun.effects import Effect, create_dir, create_file
-from wsrun.fileio import remove_temp_of, temp_path
-from wsrun.fs import ContentUnknown, FileInfo
-from wsrun.step import Plan, Result, StepContext, StepError
+from wsrun.core.effects import Effect, create_dir, create_file
+from wsrun.core.fileio import remove_temp_of, temp_path
+from wsrun.core.fs import ContentUnknown, FileInfo
+from wsrun.core.step import Plan, Result, StepContext, StepError
+from wsrun.stores import objectstore as osx
 
 NAME = "s3-download"
 DOC = """Download objects or whole prefixes from S3 (or any fsspec store) into a directory, verified.
@@ -101,7 +101,7 @@ class DownloadJob:
 
 
 def destinations(params: dict[str, Any], ctx: StepContext) -> list[str]:
-    """The paths this step writes, locked (wsrun.locks) before it plans: where
+    """The paths this step writes, locked (wsrun.core.locks) before it plans: where
     each source lands under ``to`` (``to/<last part of its key>``; ``to`` itself
     for a whole bucket)."""
     to = ctx.path(params["to"])

@@ -5,8 +5,8 @@ from __future__ import annotations
 import fnmatch
 from typing import Any
 
-from wsrun import objectstore as osx
-from wsrun.step import Plan, Result, StepContext
+from wsrun.core.step import Plan, Result, StepContext
+from wsrun.stores import objectstore as osx
 
 NAME = "s3-list"
 DOC = """List the objects under a URL prefix of S3 (or any fsspec store): keys, sizes, ETags.

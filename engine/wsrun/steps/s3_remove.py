@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from wsrun import objectstore as osx
-from wsrun.effects import Effect, remove
-from wsrun.step import PATHS, Plan, Result, StepContext, StepError
+from wsrun.core.effects import Effect, remove
+from wsrun.core.step import PATHS, Plan, Result, StepContext, StepError
+from wsrun.stores import objectstore as osx
 
 NAME = "s3-remove"
 DOC = """Delete objects from S3 (or any fsspec store) by URL; objects already gone are fine.

@@ -10,11 +10,11 @@ from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any
 
-from wsrun import objectstore as osx
-from wsrun.effects import Effect
-from wsrun.fileio import TMP_SUFFIX, is_temp_name
-from wsrun.fs import ContentUnknown, FileInfo
-from wsrun.step import PATHS, Plan, Result, StepContext, StepError
+from wsrun.core.effects import Effect
+from wsrun.core.fileio import TMP_SUFFIX, is_temp_name
+from wsrun.core.fs import ContentUnknown, FileInfo
+from wsrun.core.step import PATHS, Plan, Result, StepContext, StepError
+from wsrun.stores import objectstore as osx
 
 NAME = "s3-upload"
 DOC = """Upload files and directory trees to S3 (or any fsspec store), verified and all-or-nothing per object.

@@ -5,11 +5,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from wsrun.effects import Effect
-from wsrun.state import UNSET, Lifecycle, StateError, open_state_store, state_url
-from wsrun.state.base import StateConflict, resolve_change
-from wsrun.state.planning import entity_path, planned_entity, planned_lifecycle, read_lifecycle
-from wsrun.step import DuplicateWork, Plan, Result, StepContext, StepError
+from wsrun.core.effects import Effect
+from wsrun.core.step import DuplicateWork, Plan, Result, StepContext, StepError
+from wsrun.stores.state import UNSET, Lifecycle, StateError, open_state_store, state_url
+from wsrun.stores.state.base import StateConflict, resolve_change
+from wsrun.stores.state.planning import (
+    entity_path,
+    planned_entity,
+    planned_lifecycle,
+    read_lifecycle,
+)
 
 NAME = "set-state"
 DOC = """Set an entity's state, substate or attributes in the state store, in one transaction.

@@ -11,8 +11,8 @@ import tempfile
 from dataclasses import dataclass, field
 from typing import IO, Any
 
-from wsrun.effects import Effect, create_dir, create_file, remove
-from wsrun.step import Plan, Result, StepContext, StepError
+from wsrun.core.effects import Effect, create_dir, create_file, remove
+from wsrun.core.step import Plan, Result, StepContext, StepError
 
 NAME = "shell"
 DOC = """Run a program the built-in steps do not cover, with an argument list (never a shell string).

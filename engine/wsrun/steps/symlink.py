@@ -7,9 +7,9 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from wsrun.effects import Effect, create_dir, create_symlink, remove
-from wsrun.fileio import temp_path
-from wsrun.step import Plan, Result, StepContext, StepError
+from wsrun.core.effects import Effect, create_dir, create_symlink, remove
+from wsrun.core.fileio import temp_path
+from wsrun.core.step import Plan, Result, StepContext, StepError
 from wsrun.steps.move import missing_parents
 
 NAME = "symlink"
@@ -82,7 +82,7 @@ class SymlinkJob:
 
 
 def destinations(params: dict[str, Any], ctx: StepContext) -> list[str]:
-    """The paths this step writes, locked (wsrun.locks) before it plans."""
+    """The paths this step writes, locked (wsrun.core.locks) before it plans."""
     return [ctx.path(params["link"])]
 
 

@@ -8,10 +8,11 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from wsrun import archive, fileio
-from wsrun.effects import Effect, create_dir, create_file
-from wsrun.fs import WorldView
-from wsrun.step import Plan, Result, StepContext, StepError
+from wsrun.core import fileio
+from wsrun.core.effects import Effect, create_dir, create_file
+from wsrun.core.fs import WorldView
+from wsrun.core.step import Plan, Result, StepContext, StepError
+from wsrun.formats import tarball, tarread
 
 NAME = "tar"
 DOC = """Pack files and directories into a tar archive, optionally compressed.
@@ -116,7 +117,7 @@ OUTPUTS = {
 @dataclass
 class _Data:
     to: str
-    members: list[archive.Member]
+    members: list[tarball.Member]
     compression: str
     level: int | None
     tar_size: int  # exact size of the uncompressed archive
@@ -124,7 +125,7 @@ class _Data:
 
 
 def destinations(params: dict[str, Any], ctx: StepContext) -> list[str]:
-    """The paths this step writes, locked (wsrun.locks) before it plans."""
+    """The paths this step writes, locked (wsrun.core.locks) before it plans."""
     return [ctx.path(params["to"])]
 
 
@@ -132,10 +133,10 @@ def plan(params: dict[str, Any], ctx: StepContext) -> Plan:
     to = ctx.path(params["to"])
     compression = params.get("compression", "auto")
     if compression == "auto":
-        compression = archive.compression_for(to)
+        compression = tarball.compression_for(to)
     level = _level(params.get("level"), compression)
     members, newest = _members(params, to, ctx)
-    tar_size = archive.archive_size(members)
+    tar_size = tarball.archive_size(members)
     size = tar_size if compression == "none" else None
     outputs: dict[str, Any] = {
         "archive": to,
@@ -147,7 +148,7 @@ def plan(params: dict[str, Any], ctx: StepContext) -> Plan:
     existing = ctx.fs.lstat(to)
     if existing is not None and existing.is_dir:
         raise StepError("is a directory; give the archive's file name", path=to)
-    if existing is not None and archive.holds(
+    if existing is not None and tarread.holds(
         to, ctx.fs.open, existing, members, compression, size, newest
     ):
         outputs["bytes"] = existing.size
@@ -179,10 +180,10 @@ def apply(plan: Plan, ctx: StepContext) -> Result:
     try:
         with fileio.atomic_write(d.to, mode=0o644) as f:
             try:
-                archive.write_tar(
+                tarball.write_tar(
                     f.fileno(), d.members, d.compression, d.level, progress, d.tar_size
                 )
-            except archive.SourceChanged as e:
+            except tarball.SourceChanged as e:
                 raise StepError(
                     "changed while the step ran (planned size or type differs); run it again",
                     path=e.path,
@@ -201,13 +202,13 @@ def apply(plan: Plan, ctx: StepContext) -> Result:
 def _level(level: int | None, compression: str) -> int | None:
     if level is None or compression == "none":
         return None
-    low, high, _ = archive.LEVELS[compression]
+    low, high, _ = tarball.LEVELS[compression]
     if not low <= level <= high:
         raise StepError(f"level {level} is out of range for {compression} ({low}-{high})")
     return level
 
 
-def _members(params: dict[str, Any], to: str, ctx: StepContext) -> tuple[list[archive.Member], int]:
+def _members(params: dict[str, Any], to: str, ctx: StepContext) -> tuple[list[tarball.Member], int]:
     """Every member in archive order, and the newest mtime (ns) among them."""
     sources = params["source"]
     if isinstance(sources, str):
@@ -218,7 +219,7 @@ def _members(params: dict[str, Any], to: str, ctx: StepContext) -> tuple[list[ar
         raise StepError("arcname needs a single source")
     exclude = params.get("exclude", [])
     skip = {to, fileio.temp_path(to)}
-    found: list[archive.Member | None] = []  # None: neither file, directory nor symlink
+    found: list[tarball.Member | None] = []  # None: neither file, directory nor symlink
     newest = 0
     for source in sources:
         path = ctx.path(source)
@@ -322,14 +323,14 @@ def _member(
     mtime_ns: int,
     target: str | None,
     ctx: StepContext,
-) -> archive.Member | None:
+) -> tarball.Member | None:
     mtime = mtime_ns // 1_000_000_000
     if kind == "file":
-        return archive.Member(name, kind, path, size, mode, mtime)
+        return tarball.Member(name, kind, path, size, mode, mtime)
     if kind == "dir":
-        return archive.Member(name + "/", kind, path, 0, mode, mtime)
+        return tarball.Member(name + "/", kind, path, 0, mode, mtime)
     if kind == "symlink":
-        return archive.Member(name, kind, path, 0, mode, mtime, target or "")
+        return tarball.Member(name, kind, path, 0, mode, mtime, target or "")
     ctx.log(f"{path}: not a file, directory or symlink; left out of the archive")
     return None
 

@@ -8,9 +8,9 @@ from typing import Any
 from jinja2 import FunctionLoader, StrictUndefined, TemplateNotFound, TemplateSyntaxError
 from jinja2.loaders import split_template_path
 
-from wsrun.fs import ContentUnknown
-from wsrun.sandbox import bounded_sandbox
-from wsrun.step import Plan, Result, StepContext, StepError
+from wsrun.core.fs import ContentUnknown
+from wsrun.core.sandbox import bounded_sandbox
+from wsrun.core.step import Plan, Result, StepContext, StepError
 from wsrun.steps.checksum import apply_write, plan_write
 
 NAME = "template"
@@ -96,7 +96,7 @@ UNRENDERED = ("content",)
 
 
 def destinations(params: dict[str, Any], ctx: StepContext) -> list[str]:
-    """The paths this step writes, locked (wsrun.locks) before it plans."""
+    """The paths this step writes, locked (wsrun.core.locks) before it plans."""
     return [ctx.path(params["to"])]
 
 

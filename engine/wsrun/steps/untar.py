@@ -10,11 +10,12 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from wsrun import archive, fileio
-from wsrun.archive import Entry
-from wsrun.effects import Effect, create_dir, create_file, create_symlink
-from wsrun.fs import ContentUnknown
-from wsrun.step import Plan, Result, StepContext, StepError
+from wsrun.core import fileio
+from wsrun.core.effects import Effect, create_dir, create_file, create_symlink
+from wsrun.core.fs import ContentUnknown
+from wsrun.core.step import Plan, Result, StepContext, StepError
+from wsrun.formats import extract, tarball, tarread
+from wsrun.formats.extract import Entry
 
 NAME = "untar"
 DOC = """Unpack a tar archive (uncompressed, gz, bz2, xz or zst) or a zip file into a directory.
@@ -110,7 +111,7 @@ class _Data:
 
 
 def destinations(params: dict[str, Any], ctx: StepContext) -> list[str]:
-    """The paths this step writes, locked (wsrun.locks) before it plans."""
+    """The paths this step writes, locked (wsrun.core.locks) before it plans."""
     return [ctx.path(params["to"])]
 
 
@@ -133,7 +134,7 @@ def plan(params: dict[str, Any], ctx: StepContext) -> Plan:
     except ContentUnknown:
         ctx.log(f"{source}: written by an earlier step; its members are known only in a real run")
         return Plan(effects=effects, outputs={"dir": to, "files": [], "members": None})
-    archive.check_entries(entries, to, ctx.fs.lstat)
+    extract.check_entries(entries, to, ctx.fs.lstat)
 
     data = _Data(source, to, fmt, compression, (info.size, info.mtime_ns))
     files: list[str] = []
@@ -210,7 +211,7 @@ def apply(plan: Plan, ctx: StepContext) -> Result:
         for e in reversed(d.dirs):
             out.set_dir(e)
     except Exception as e:
-        if archive.is_corrupt(e):
+        if tarread.is_corrupt(e):
             raise StepError(f"cannot read the archive: {e}", path=d.source) from None
         raise
     finally:
@@ -225,7 +226,7 @@ def _list(source: str, fmt: str, strip: int, ctx: StepContext) -> tuple[str, str
     """The archive's format, compression and entries (names relative to the target)."""
     try:
         with ctx.fs.open(source) as f:
-            found = archive.sniff(f.read(8))
+            found = tarball.sniff(f.read(8))
         if fmt == "zip" and found != "zip":
             raise StepError("is not a zip file", path=source)
         if fmt == "tar" and found == "zip":
@@ -236,13 +237,13 @@ def _list(source: str, fmt: str, strip: int, ctx: StepContext) -> tuple[str, str
     except (StepError, ContentUnknown):
         raise
     except Exception as e:
-        if archive.is_corrupt(e):
+        if tarread.is_corrupt(e):
             raise StepError(f"not a valid tar or zip archive: {e}", path=source) from None
         raise
 
 
 def _tar_entries(source: str, strip: int, ctx: StepContext) -> list[Entry]:
-    raw, compression, reader = archive.open_tar(source, ctx.fs.open)
+    raw, compression, reader = tarread.open_tar(source, ctx.fs.open)
     entries = []
     with raw:
         index = -1
@@ -250,7 +251,7 @@ def _tar_entries(source: str, strip: int, ctx: StepContext) -> list[Entry]:
             index += 1
             if h.type == b"V":  # GNU volume label: nothing to extract
                 continue
-            if h.type in archive.FILE_TYPES:
+            if h.type in tarread.FILE_TYPES:
                 kind = "file"
             else:
                 kind = _TAR_KINDS.get(h.type, "")
@@ -261,13 +262,13 @@ def _tar_entries(source: str, strip: int, ctx: StepContext) -> list[Entry]:
                         else f"unsupported (type {h.type!r})"
                     )
                     raise StepError(f"{what} member; refusing to extract the archive", path=h.name)
-            name = archive.relative_name(h.name, strip)
+            name = extract.relative_name(h.name, strip)
             if name is None:
                 continue
             linkname = h.linkname
             if kind == "hardlink":
                 try:
-                    linkname = archive.relative_name(h.linkname, strip) or ""
+                    linkname = extract.relative_name(h.linkname, strip) or ""
                 except StepError as e:
                     raise StepError(
                         f"hard link to {h.linkname!r}: {e.message}", path=h.name
@@ -302,7 +303,7 @@ def _zip_entries(source: str, strip: int, ctx: StepContext) -> list[Entry]:
                 raise StepError(
                     "device or fifo member; refusing to extract the archive", path=zi.filename
                 )
-            name = archive.relative_name(zi.filename, strip)
+            name = extract.relative_name(zi.filename, strip)
             if name is None:
                 continue
             mode = statmod.S_IMODE(unix) & 0o777 or (0o755 if kind == "dir" else 0o644)
@@ -345,7 +346,7 @@ class _OffsetSource:
         self.fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
 
     def fill(self, e: Entry, out: int) -> None:
-        archive.copy_range(self.fd, out, e.size, e.offset)
+        tarball.copy_range(self.fd, out, e.size, e.offset)
 
     def close(self) -> None:
         os.close(self.fd)
@@ -355,7 +356,7 @@ class _StreamSource:
     """A compressed tar, decompressed once, front to back."""
 
     def __init__(self, path: str) -> None:
-        self.raw, _, self.reader = archive.open_tar(path)
+        self.raw, _, self.reader = tarread.open_tar(path)
         self.index = -1
 
     def fill(self, e: Entry, out: int) -> None:
@@ -363,12 +364,12 @@ class _StreamSource:
         while self.index < e.index:
             h = self.reader.next()
             if h is None:
-                raise archive.CorruptArchive("archive ended early")
+                raise tarread.CorruptArchive("archive ended early")
             self.index += 1
         if h is None or h.size != e.size:
-            raise archive.CorruptArchive(f"{e.name}: size differs from the planned one")
+            raise tarread.CorruptArchive(f"{e.name}: size differs from the planned one")
         while data := self.reader.read(1 << 20):
-            archive.write_all(out, data)
+            tarball.write_all(out, data)
 
     def close(self) -> None:
         self.raw.close()
@@ -384,7 +385,7 @@ class _ZipSource:
     def fill(self, e: Entry, out: int) -> None:
         with self.zip.open(self.infos[e.index]) as f:
             while data := f.read(1 << 20):
-                archive.write_all(out, data)
+                tarball.write_all(out, data)
 
     def close(self) -> None:
         self.zip.close()

@@ -6,7 +6,7 @@ import os
 import time
 from typing import Any
 
-from wsrun.step import PATHS, Plan, Result, StepContext, StepError
+from wsrun.core.step import PATHS, Plan, Result, StepContext, StepError
 
 NAME = "wait-files"
 DOC = """Wait until every named file exists (up to a timeout), then go on.

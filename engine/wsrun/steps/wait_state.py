@@ -5,9 +5,9 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from wsrun.state.base import Entity
-from wsrun.step import Plan, Result, StepContext, StepError
+from wsrun.core.step import Plan, Result, StepContext, StepError
 from wsrun.steps.get_state import entity_outputs, read_entity
+from wsrun.stores.state.base import Entity
 
 NAME = "wait-state"
 DOC = """Wait until an entity is in one of the given states (and substate), or time out.

@@ -5,7 +5,7 @@ from __future__ import annotations
 import shutil
 from typing import Any
 
-from wsrun.step import Plan, Result, StepContext
+from wsrun.core.step import Plan, Result, StepContext
 
 NAME = "which"
 DOC = """Look programs up on PATH (as ``which`` does), changing nothing.

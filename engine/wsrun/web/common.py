@@ -14,7 +14,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.templating import Jinja2Templates
 
-from wsrun.state.outcome import reason
+from wsrun.stores.state.outcome import reason
 from wsrun.web.security import CSRF_FIELD, SCOPE_CSRF
 from wsrun.web.sources import Sources, Unavailable
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
-from wsrun.settings import Settings
+from wsrun.core.settings import Settings
 
 #: Setting names (environment: upper case with underscores, e.g. WSRUN_WEB_TOKEN).
 TOKEN = "wsrun.web.token"

@@ -3,7 +3,7 @@
 A request is a bus message on the configured selector (default
 ``distillery.process``, setting ``wsrun.web.distillery.selector``) whose body
 is ``distillery_request(...)``; the Distillery's scheduler recipe consumes it
-(``on: {message: distillery.process}``, recipes/distillery/alchemist.yaml)
+(``on: {message: distillery.process}``, engine/wsrun/packs/distillery/recipes/alchemist.yaml)
 through ``wsrun worker``; ``wsrun distillery/queue`` sends the same body.
 Progress per collection is the message's status, the scheduler's
 ``distillery-collection`` entity (state, substate, image N of M) and the
@@ -19,7 +19,7 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
-from wsrun.state.outcome import outcome
+from wsrun.stores.state.outcome import outcome
 from wsrun.web.common import api, render, sources
 from wsrun.web.sources import Unavailable
 
@@ -27,7 +27,7 @@ from wsrun.web.sources import Unavailable
 COLLECTION_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 #: The body field naming the collection (the scheduler recipe's input).
 COLLECTION_FIELD = "collection"
-#: The scheduler's (recipes/distillery/alchemist.yaml) lock and progress entity.
+#: The scheduler's (engine/wsrun/packs/distillery/recipes/alchemist.yaml) lock and progress entity.
 COLLECTION_KIND = "distillery-collection"
 #: How many recent messages and runs the queue page looks through.
 LOOK_BACK = 500

@@ -14,7 +14,7 @@ import subprocess
 from dataclasses import dataclass, field
 from typing import Any
 
-from wsrun.recipe import Recipe, is_recipe_ref
+from wsrun.core.recipe import Recipe, is_recipe_ref
 
 SECTIONS = ("steps", "on_failure", "finally")
 _STEP_REF = re.compile(r"steps\.([A-Za-z_][A-Za-z0-9_-]*)")
@@ -51,7 +51,7 @@ class Graph:
 
 
 def lifecycle_graph(lifecycle: Any) -> Graph:
-    """The state machine of a ``wsrun.state.Lifecycle`` (or anything with its
+    """The state machine of a ``wsrun.stores.state.Lifecycle`` (or anything with its
     ``kind``, ``states``, ``initial`` and ``transitions``)."""
     graph = Graph(f"lifecycle {lifecycle.kind}")
     graph.nodes.append(Node("__start", "", shape="point"))

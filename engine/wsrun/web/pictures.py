@@ -3,7 +3,6 @@ and a packaged recipe's steps, drawn by Graphviz as SVG."""
 
 from __future__ import annotations
 
-import os
 from functools import cache
 from typing import Any
 
@@ -12,7 +11,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from wsrun.resources import recipes_dir
+from wsrun.core.resources import packaged_files, packaged_path
 from wsrun.web import graph
 from wsrun.web.common import api, not_found, render, sources
 from wsrun.web.sources import Unavailable
@@ -23,13 +22,13 @@ FORMATS = ("svg", "dot", "mermaid")
 @cache
 def packaged() -> tuple[list[str], dict[str, str]]:
     """Packaged recipe names, and packaged lifecycle files by kind."""
-    from wsrun.loader import load
-    from wsrun.state.lifecycle import is_lifecycle_document, load_lifecycle
+    from wsrun.core.loader import load
+    from wsrun.core.recipe import is_lifecycle_document
+    from wsrun.stores.state.lifecycle import load_lifecycle
 
-    root = recipes_dir()
     names: list[str] = []
     lifecycles: dict[str, str] = {}
-    for path in sorted(root.rglob("*.yaml")):
+    for name, path in packaged_files():
         try:
             data = load(str(path)).data
         except Exception:  # a broken file is simply not drawn
@@ -37,14 +36,14 @@ def packaged() -> tuple[list[str], dict[str, str]]:
         if is_lifecycle_document(data):
             lifecycles.setdefault(load_lifecycle(str(path)).kind, str(path))
         elif isinstance(data, dict) and "steps" in data:
-            names.append(str(path.relative_to(root))[: -len(".yaml")])
+            names.append(name)
     return names, lifecycles
 
 
 def lifecycle_or_none(request: Request, kind: str) -> Any:
     """The kind's lifecycle: the store's registered one, else a packaged file's
     (the board has columns before the first OUS registers it), else None."""
-    from wsrun.state.lifecycle import load_lifecycle
+    from wsrun.stores.state.lifecycle import load_lifecycle
 
     try:
         found = sources(request).state.lifecycle(kind)
@@ -64,11 +63,11 @@ def lifecycle_of(request: Request, kind: str) -> Any:
 
 def recipe_of(name: str) -> Any:
     """A packaged recipe by name; nothing outside the packaged recipes is read."""
-    from wsrun.recipe import load_recipe
+    from wsrun.core.recipe import load_recipe
 
     if name not in packaged()[0]:
         raise not_found(f"no packaged recipe '{name}'")
-    return load_recipe(os.path.join(recipes_dir(), name + ".yaml"))
+    return load_recipe(f"{packaged_path(name)}.yaml")
 
 
 def _format(request: Request, default: str) -> str:

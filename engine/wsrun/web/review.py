@@ -116,7 +116,7 @@ def weblog_link(request: Request, entity: Any) -> str | None:
 
 def open_review(request: Request, ous_id: str) -> Any:
     """ReadyForReview -> Reviewing, and the change relayed to the bus."""
-    from wsrun.state import StateError
+    from wsrun.stores.state import StateError
 
     entity = ous_or_404(request, ous_id)
     if entity.state == "Reviewing":
@@ -133,7 +133,7 @@ def open_review(request: Request, ous_id: str) -> Any:
 
 
 def _relay(request: Request) -> None:
-    from wsrun.bus.events import relay_state_changes
+    from wsrun.stores.bus.events import relay_state_changes
 
     relay_state_changes(sources(request).state, sources(request).bus)
 
@@ -160,11 +160,11 @@ def decide(request: Request, ous_id: str, flag: str) -> dict[str, Any]:
 def run_review_recipe(config: Any, ous_id: str, flag: str, opened: bool = False) -> Any:
     """``wsrun REVIEW_RECIPE --ous ID --flag FLAG [--opened]``, in this process,
     journaled; ``opened``: this reviewer set it Reviewing when opening it."""
-    from wsrun.journal import Journal
-    from wsrun.recipe import resolve
-    from wsrun.runner import Runner, coerce_inputs
-    from wsrun.settings import Settings
-    from wsrun.validate import load_valid
+    from wsrun.core.journal import Journal
+    from wsrun.core.recipe import resolve
+    from wsrun.core.runner import Runner, coerce_inputs
+    from wsrun.core.settings import Settings
+    from wsrun.core.validate import load_valid
 
     recipe = load_valid(resolve(config.review_recipe))
     inputs = coerce_inputs(

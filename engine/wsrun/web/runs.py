@@ -14,8 +14,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from wsrun.journal import RunRecord
-from wsrun.masking import printable_data
+from wsrun.core.journal import RunRecord
+from wsrun.core.masking import printable_data
 from wsrun.web.common import Paging, Table, api, not_found, page_of, render, sources
 
 #: How many recent runs the list pages through and filters.

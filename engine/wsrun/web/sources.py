@@ -11,7 +11,7 @@ import contextlib
 from collections.abc import Iterator
 from typing import Any
 
-from wsrun.journal import Journal
+from wsrun.core.journal import Journal
 from wsrun.web.config import WebConfig
 
 
@@ -41,10 +41,10 @@ class Sources:
 
     @property
     def state(self) -> Any:
-        """The state store (``wsrun.state``)."""
+        """The state store (``wsrun.stores.state``)."""
         if self._state is None:
             try:
-                from wsrun.state import open_state_store
+                from wsrun.stores.state import open_state_store
             except ImportError as e:
                 raise Unavailable(f"the state store is not installed ({e})") from None
             try:
@@ -55,10 +55,10 @@ class Sources:
 
     @property
     def bus(self) -> Any:
-        """The message bus (``wsrun.bus``)."""
+        """The message bus (``wsrun.stores.bus``)."""
         if self._bus is None:
             try:
-                from wsrun.bus import open_bus
+                from wsrun.stores.bus import open_bus
             except ImportError as e:
                 raise Unavailable(f"the message bus is not installed ({e})") from None
             try:
@@ -70,7 +70,7 @@ class Sources:
     @contextlib.contextmanager
     def archive(self) -> Iterator[Any]:
         """The archive, opened read-only per use (it may be created while the app runs)."""
-        from wsrun.archive_store import ArchiveError, ArchiveStore, archive_url
+        from wsrun.stores.archive.store import ArchiveError, ArchiveStore, archive_url
 
         try:
             store = ArchiveStore.open(archive_url(), create=False)

@@ -1,0 +1,1 @@
+"""The command lines: ``wsrun`` and its subcommands."""

@@ -1,0 +1,338 @@
+"""PostgreSQL for the scale-out backends: connections, a shared pool per URL,
+and the schema migrations every backend's tables come from.
+
+The state store, the archive metadata and the run journal all live in one
+PostgreSQL database when they are given ``postgresql://`` URLs. Their tables
+are created by numbered SQL files in ``wsrun/core/migrations/postgresql/``
+(``0001_archive.sql``, ``0002_journal.sql``, ...), applied in order by
+``wsrun db upgrade`` (``upgrade(url)``), each in its own transaction under an
+advisory lock, and recorded in the ``wsrun_migrations`` table. A backend calls
+``require_current(url)`` when it opens: a database whose schema is behind the
+installed wsrun is refused with one line saying to run ``wsrun db upgrade``,
+instead of failing later on a missing table or column.
+
+URLs are libpq URLs (``postgresql://user:password@host:5432/db?sslmode=require``).
+Query parameters libpq does not know are wsrun's own (the archive's
+``?files=s3://...``) and are left out of the connection string. The tables go
+into the first schema of the connection's ``search_path``; give
+``?options=-csearch_path%3Dmy_schema`` to keep several wsrun installations (or
+tests) apart in one database.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import functools
+import hashlib
+import os
+import re
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from importlib import resources
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
+
+if TYPE_CHECKING:
+    import psycopg
+    from psycopg_pool import ConnectionPool
+
+SCHEMES = ("postgresql", "postgres")
+#: Connections each process keeps open per database at most.
+POOL_MAX = 8
+#: Seconds to wait for a connection (to connect, or for a free one in the pool).
+CONNECT_TIMEOUT = 10.0
+_MIGRATION_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
+
+
+class DbError(Exception):
+    """The database cannot be reached or used; the message is one line for the operator."""
+
+
+class SchemaBehind(DbError):
+    """The database lacks migrations this wsrun needs (``wsrun db upgrade`` applies them)."""
+
+
+def is_postgres(url: str) -> bool:
+    """Whether ``url`` names a PostgreSQL database."""
+    return urlsplit(url).scheme in SCHEMES
+
+
+def mask(url: str) -> str:
+    """``url`` with its password (if any, also in a URL inside its query such as
+    ``files=s3://...``) replaced by ``****``, for logs, plans and messages."""
+    if "://" not in url:
+        return url
+    parts = urlsplit(url)
+    pairs = parse_qsl(parts.query, keep_blank_values=True)
+    if any("://" in v for _, v in pairs):
+        query = urlencode([(k, mask(v) if "://" in v else v) for k, v in pairs], safe=":/*@")
+        parts = parts._replace(query=query)
+    if parts.password is not None:
+        host = parts.netloc.rsplit("@", 1)[1]
+        parts = parts._replace(netloc=f"{parts.username or ''}:****@{host}")
+    return urlunsplit(parts) if parts != urlsplit(url) else url
+
+
+@functools.cache
+def _libpq_keywords() -> frozenset[str]:
+    """libpq's own URL parameters (asked once: it costs ~0.1 ms, and every borrow parses)."""
+    from psycopg import pq
+
+    return frozenset(o.keyword.decode() for o in pq.Conninfo.get_defaults())
+
+
+def split_url(url: str) -> tuple[str, dict[str, str]]:
+    """The libpq connection URL and wsrun's own query parameters of ``url``."""
+    if not is_postgres(url):
+        raise DbError(f"{mask(url)}: not a postgresql:// URL")
+    parts = urlsplit(url)
+    known = _libpq_keywords()
+    libpq, own = [], {}
+    for key, value in parse_qsl(parts.query, keep_blank_values=True):
+        if key in known:
+            libpq.append((key, value))
+        else:
+            own[key] = value
+    # quote, not quote_plus: libpq reads '+' literally, so options=-csearch_path%3Dx%20...
+    # must keep its %20
+    return urlunsplit(parts._replace(query=urlencode(libpq, quote_via=quote))), own
+
+
+def conninfo(url: str) -> str:
+    """The libpq connection URL of ``url`` (wsrun's own parameters removed)."""
+    return split_url(url)[0]
+
+
+def connect(url: str, autocommit: bool = True) -> psycopg.Connection[Any]:
+    """A new connection of its own (not from the pool), e.g. for LISTEN or a
+    long advisory lock. Unreachable databases raise DbError."""
+    import psycopg
+
+    try:
+        return psycopg.connect(
+            conninfo(url), autocommit=autocommit, connect_timeout=int(CONNECT_TIMEOUT)
+        )
+    except psycopg.OperationalError as e:
+        raise DbError(f"{mask(url)}: cannot connect: {_first_line(e)}") from None
+
+
+_pools: dict[tuple[int, str], ConnectionPool] = {}
+_pools_lock = threading.Lock()
+
+
+def pool(url: str) -> ConnectionPool:
+    """The connection pool this process shares for ``url`` (created on first use;
+    a forked child gets its own). Connections are in autocommit mode: use
+    ``with conn.transaction():`` for a transaction. DbError when unreachable."""
+    from psycopg_pool import ConnectionPool
+
+    key = (os.getpid(), conninfo(url))
+    with _pools_lock:
+        found = _pools.get(key)
+        if found is None:
+            # Connect once first: an unreachable server fails at once with its
+            # own reason, instead of after the pool's wait with a generic one.
+            connect(url).close()
+            found = ConnectionPool(
+                key[1],
+                min_size=1,
+                max_size=POOL_MAX,
+                kwargs={"autocommit": True, "connect_timeout": int(CONNECT_TIMEOUT)},
+                timeout=CONNECT_TIMEOUT,
+                name=f"wsrun {mask(url)}",
+                open=False,
+            )
+            found.open(wait=False)
+            _pools[key] = found
+        return found
+
+
+@contextlib.contextmanager
+def connection(url: str) -> Iterator[psycopg.Connection[Any]]:
+    """A connection borrowed from ``url``'s pool for the ``with`` block.
+    An unreachable database (or one lost mid-way) raises DbError."""
+    import psycopg
+    from psycopg_pool import PoolTimeout
+
+    try:
+        with pool(url).connection() as conn:
+            yield conn
+    except PoolTimeout as e:
+        raise DbError(f"{mask(url)}: cannot connect: {_first_line(e)}") from None
+    except psycopg.OperationalError as e:  # the server went away, or refused us
+        raise DbError(f"{mask(url)}: {_first_line(e)}") from None
+
+
+def close_pools() -> None:
+    """Close every pool of this process (at exit, and in tests)."""
+    with _pools_lock:
+        mine = [k for k in _pools if k[0] == os.getpid()]
+        for key in mine:
+            _pools.pop(key).close(timeout=1.0)
+    _checked.clear()
+
+
+atexit.register(close_pools)
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip() or type(e).__name__
+    return text.splitlines()[0]
+
+
+# ---- migrations ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Migration:
+    """One numbered SQL file of the package."""
+
+    version: int
+    name: str
+    sql: str
+
+    @property
+    def checksum(self) -> str:
+        return hashlib.sha256(self.sql.encode()).hexdigest()
+
+
+@dataclass
+class Status:
+    """Where a database's schema stands against this wsrun's migrations."""
+
+    url: str
+    current: int
+    latest: int
+    #: (version, name, applied at as an ISO timestamp) of each applied migration.
+    applied: list[tuple[int, str, str]]
+    pending: list[Migration]
+    #: Applied migrations whose file has changed since.
+    changed: list[str]
+    #: Applied migrations this wsrun does not ship (a newer wsrun applied them).
+    unknown: list[str]
+
+    @property
+    def up_to_date(self) -> bool:
+        return not self.pending
+
+
+def migrations() -> list[Migration]:
+    """Every migration in the package, in order."""
+    folder = resources.files("wsrun.core") / "migrations" / "postgresql"
+    found = []
+    for entry in folder.iterdir():
+        m = _MIGRATION_NAME.match(entry.name)
+        if m:
+            found.append(Migration(int(m[1]), f"{m[1]}_{m[2]}", entry.read_text("utf-8")))
+    found.sort(key=lambda m: m.version)
+    versions = [m.version for m in found]
+    if len(set(versions)) != len(versions):
+        raise DbError(f"two migrations share a number: {[m.name for m in found]}")
+    return found
+
+
+_LOCK = "SELECT pg_advisory_xact_lock(hashtext('wsrun_migrations:' || current_schema()))"
+_TABLE = """
+CREATE TABLE IF NOT EXISTS wsrun_migrations (
+    version integer PRIMARY KEY,
+    name text NOT NULL,
+    checksum text NOT NULL,
+    applied_at timestamptz NOT NULL DEFAULT now()
+)
+"""
+
+
+def _applied(conn: psycopg.Connection[Any]) -> list[tuple[int, str, str, str]]:
+    exists = conn.execute("SELECT to_regclass('wsrun_migrations')").fetchone()
+    if exists is None or exists[0] is None:
+        return []
+    rows = conn.execute(
+        "SELECT version, name, checksum, applied_at FROM wsrun_migrations ORDER BY version"
+    ).fetchall()
+    return [(v, n, c, at.isoformat(timespec="seconds")) for v, n, c, at in rows]
+
+
+def upgrade(url: str) -> list[str]:
+    """Apply every pending migration to ``url``, in order, each in its own
+    transaction holding an advisory lock (concurrent upgrades apply each
+    migration once); the names applied (none when already up to date)."""
+    import psycopg
+
+    done: list[str] = []
+    with connection(url) as conn:
+        _require_schema(conn, url)
+        for migration in migrations():
+            try:
+                with conn.transaction():
+                    conn.execute(_LOCK)
+                    conn.execute(_TABLE)
+                    applied = {v for v, *_ in _applied(conn)}
+                    if migration.version in applied:
+                        continue
+                    conn.execute(migration.sql)
+                    conn.execute(
+                        "INSERT INTO wsrun_migrations (version, name, checksum) VALUES (%s, %s, %s)",
+                        (migration.version, migration.name, migration.checksum),
+                    )
+            except psycopg.Error as e:
+                raise DbError(
+                    f"{mask(url)}: migration {migration.name} failed: {_first_line(e)}"
+                ) from None
+            done.append(migration.name)
+    _checked.discard(conninfo(url))
+    return done
+
+
+def status(url: str) -> Status:
+    """The schema state of ``url`` (nothing is changed)."""
+    known = migrations()
+    with connection(url) as conn:
+        applied = _applied(conn)
+    by_version = {m.version: m for m in known}
+    done = {v for v, *_ in applied}
+    changed = [
+        name
+        for v, name, checksum, _ in applied
+        if v in by_version and by_version[v].checksum != checksum
+    ]
+    return Status(
+        url=mask(url),
+        current=max(done, default=0),
+        latest=max(by_version, default=0),
+        applied=[(v, n, at) for v, n, _, at in applied],
+        pending=[m for m in known if m.version not in done],
+        changed=changed,
+        unknown=[name for v, name, _, _ in applied if v not in by_version],
+    )
+
+
+_checked: set[str] = set()
+
+
+def require_current(url: str) -> None:
+    """Refuse a database this wsrun's migrations have not all been applied to,
+    with one line naming the command that fixes it. Checked once per process
+    per database."""
+    key = conninfo(url)
+    if key in _checked:
+        return
+    found = status(url)
+    if not found.up_to_date:
+        missing = ", ".join(m.name for m in found.pending)
+        raise SchemaBehind(
+            f"{mask(url)}: database schema is behind this wsrun (missing {missing});"
+            f" run `wsrun db upgrade --url {mask(conninfo(url))}`"
+        )
+    _checked.add(key)
+
+
+def _require_schema(conn: psycopg.Connection[Any], url: str) -> None:
+    """A clear error when search_path names no existing schema to create tables in."""
+    row = conn.execute("SELECT current_schema()").fetchone()
+    if row is None or row[0] is None:
+        raise DbError(
+            f"{mask(url)}: no schema on the search_path exists; create it first"
+            " (CREATE SCHEMA ...) or fix the options=-csearch_path=... parameter"
+        )

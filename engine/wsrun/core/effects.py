@@ -1,0 +1,102 @@
+"""Effects: what a step does to the world, as plain data.
+
+A step's ``plan`` returns effects and its ``apply`` performs exactly those, so a
+dry run can print what a real run will do, and tests can compare the two.
+"""
+
+from __future__ import annotations
+
+import builtins
+from dataclasses import dataclass, field
+from typing import Any
+
+#: Every effect kind a step may report.
+OPS = (
+    "create_file",
+    "create_dir",
+    "create_symlink",
+    "remove",
+    "move",
+    "upload",
+    "set_state",
+    "publish",
+    "record",
+    "run",
+)
+
+
+@dataclass(slots=True)
+class Effect:
+    """One change to the world: a file written, a link made, a message sent.
+
+    ``bytes`` is the size of what is written, when it is known before the
+    write (it is not for compressed archives). ``source`` is where content comes
+    from; ``target`` is what a symlink points at or where a move goes.
+    """
+
+    op: str
+    path: str
+    bytes: int | None = None
+    source: str | None = None
+    target: str | None = None
+    mode: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+    #: Content of a generated file, so a dry run's later steps can read it.
+    #: Never printed or journaled.
+    content: builtins.bytes | None = field(default=None, repr=False, compare=False)
+    #: What the step already knows of ``source`` (a wsrun.core.fs.FileInfo), so a
+    #: dry run need not look at it again. Never printed or journaled.
+    source_info: Any = field(default=None, repr=False, compare=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"op": self.op, "path": self.path}
+        if self.bytes is not None:
+            d["bytes"] = self.bytes
+        if self.source is not None:
+            d["source"] = self.source
+        if self.target is not None:
+            d["target"] = self.target
+        if self.mode is not None:
+            d["mode"] = self.mode
+        d.update(self.extra)
+        return d
+
+
+def create_file(
+    path: str,
+    bytes: int | None,
+    source: str | None = None,
+    content: bytes | None = None,
+    mode: int | None = None,
+    source_info: Any = None,
+    **extra: Any,
+) -> Effect:
+    """A regular file written at ``path``; ``source`` is the file it copies, if any."""
+    return Effect(
+        "create_file",
+        path,
+        bytes=bytes,
+        source=source,
+        mode=mode,
+        extra=extra,
+        content=content,
+        source_info=source_info,
+    )
+
+
+def create_dir(path: str, **extra: Any) -> Effect:
+    return Effect("create_dir", path, extra=extra)
+
+
+def create_symlink(path: str, target: str, **extra: Any) -> Effect:
+    return Effect("create_symlink", path, target=target, extra=extra)
+
+
+def remove(path: str, bytes: int | None = None, **extra: Any) -> Effect:
+    """``path`` removed (a whole tree if a directory); ``bytes`` is the size of its files."""
+    return Effect("remove", path, bytes=bytes, extra=extra)
+
+
+def move(path: str, target: str, bytes: int | None = None, **extra: Any) -> Effect:
+    """Move ``path`` to ``target``."""
+    return Effect("move", path, bytes=bytes, target=target, extra=extra)

@@ -1,0 +1,693 @@
+"""Running a recipe: plan each step, then apply it (or, in a dry run, only plan).
+
+In a real run each step is planned against the disk and applied at once. In a
+dry run each step is planned against a WorldView that holds the effects of the
+steps planned before it, and nothing is applied: the effects printed are the
+effects a real run performs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import traceback
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from wsrun.core import expr, locks
+from wsrun.core.effects import Effect
+from wsrun.core.fs import ContentUnknown, WorldView
+from wsrun.core.journal import Journal, JournalError, new_run_id
+from wsrun.core.masking import Masker, printable
+from wsrun.core.recipe import Recipe, is_recipe_ref, resolve
+from wsrun.core.settings import MASK, Settings, display, is_secret_name
+from wsrun.core.step import Progress, ProgressTask, StepContext, StepError, load_step
+
+MAX_DEPTH = 20
+#: Environment variables named like credentials (AWS_SECRET_ACCESS_KEY, PGPASSWORD)
+#: are masked when their value is at least this long (not flags such as "true").
+ENV_SECRET_LENGTH = 8
+
+
+class RunError(Exception):
+    """A run cannot start: bad inputs, missing settings."""
+
+
+class StepFailed(Exception):
+    """A step failed; ``str()`` is the one line printed to the operator."""
+
+    def __init__(
+        self, message: str, cause: BaseException | None = None, path: str | None = None
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.cause = cause
+        self.path = path
+
+
+@dataclass
+class StepReport:
+    key: str
+    uses: str
+    status: str  # ok, changed, skipped, failed
+    where: str
+    id: str | None = None
+    name: str | None = None
+    effects: list[dict[str, Any]] = field(default_factory=list)
+    outputs: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+    seconds: float = 0.0
+    resumed: bool = False
+    failure: StepFailed | None = field(default=None, repr=False)
+
+    def to_json(self) -> dict[str, Any]:
+        d: dict[str, Any] = {
+            "id": self.key,
+            "uses": self.uses,
+            "status": self.status,
+            "effects": self.effects,
+        }
+        if self.error:
+            d["error"] = self.error
+        if self.resumed:
+            d["resumed"] = True
+        return d
+
+
+@dataclass
+class RunReport:
+    run_id: str
+    recipe: str
+    dry_run: bool
+    status: str = "ok"
+    steps: list[StepReport] = field(default_factory=list)
+    outputs: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+    traceback: str | None = None
+    #: The exception behind ``error`` (the worker decides from it whether to retry).
+    cause: BaseException | None = field(default=None, repr=False)
+
+    def to_json(self) -> dict[str, Any]:
+        d: dict[str, Any] = {
+            "run_id": self.run_id,
+            "recipe": self.recipe,
+            "dry_run": self.dry_run,
+            "status": self.status,
+            "steps": [s.to_json() for s in self.steps],
+            "outputs": self.outputs,
+        }
+        if self.error:
+            d["error"] = self.error
+        return d
+
+
+class Events:
+    """What the runner tells the command line as it goes. Defaults do nothing."""
+
+    def step_started(self, key: str, uses: str, where: str) -> None:
+        pass
+
+    def step_finished(self, report: StepReport) -> None:
+        pass
+
+
+def parse_timeout(value: Any) -> float:
+    if isinstance(value, (int, float)):
+        return float(value)
+    units = {"ms": 0.001, "s": 1, "m": 60, "h": 3600}
+    for unit in ("ms", "s", "m", "h"):
+        if value.endswith(unit):
+            return float(value[: -len(unit)]) * units[unit]
+    return float(value)
+
+
+def resolve_settings(recipe: Recipe, settings: Settings) -> tuple[dict[str, Any], dict[str, str]]:
+    """The values of the settings a recipe declares, and their masked forms for
+    printing; every missing required setting is reported at once."""
+    values: dict[str, Any] = {}
+    shown: dict[str, str] = {}
+    missing = []
+    for alias, spec in recipe.settings.items():
+        found = settings.get(spec["name"])
+        if found is not None:
+            values[alias] = found.value
+        elif "default" in spec:
+            values[alias] = spec["default"]
+        elif spec.get("required", True):
+            missing.append(
+                f"{recipe.where('settings', alias)}: missing setting '{spec['name']}' ({settings.where_searched(spec['name'])})"
+            )
+            continue
+        else:
+            values[alias] = None
+        shown[spec["name"]] = display(spec["name"], values[alias], spec.get("secret", False))
+    if missing:
+        raise RunError("\n".join(missing))
+    return values, shown
+
+
+def coerce_inputs(recipe: Recipe, given: Mapping[str, Any], workdir: str) -> dict[str, Any]:
+    """Check given input values against the recipe's declared inputs and fill
+    defaults; used for sub-recipes, resumes and the Python API."""
+    declared = recipe.inputs
+    unknown = [k for k in given if k not in declared]
+    if unknown:
+        raise RunError(
+            f"{recipe.path}: unknown input(s) {', '.join(sorted(unknown))} (inputs: {', '.join(declared) or 'none'})"
+        )
+    out: dict[str, Any] = {}
+    for name, spec in declared.items():
+        kind = spec.get("type", "string")
+        if name in given and given[name] is not None:
+            out[name] = convert_input(name, kind, given[name], spec, workdir)
+        elif "default" in spec:
+            out[name] = spec["default"]
+        elif spec.get("required") or (spec.get("positional") and kind != "list"):
+            raise RunError(f"{recipe.path}: input '{name}' is required")
+        else:
+            out[name] = [] if kind == "list" else (False if kind == "bool" else None)
+    return out
+
+
+def convert_input(name: str, kind: str, value: Any, spec: Mapping[str, Any], workdir: str) -> Any:
+    try:
+        if kind == "path":
+            return os.path.normpath(os.path.join(workdir, os.fspath(value)))
+        if kind == "int":
+            if isinstance(value, bool):
+                raise ValueError
+            return int(value)
+        if kind == "float":
+            return float(value)
+        if kind == "bool":
+            if isinstance(value, str):
+                if value.lower() in ("1", "true", "yes", "on"):
+                    return True
+                if value.lower() in ("0", "false", "no", "off", ""):
+                    return False
+                raise ValueError
+            return bool(value)
+        if kind == "choice":
+            if value not in spec.get("choices", []):
+                shown = MASK if spec.get("secret") else repr(value)
+                raise RunError(
+                    f"input '{name}': {shown} is not one of {', '.join(map(str, spec['choices']))}"
+                )
+            return value
+        if kind == "list":
+            items = value if isinstance(value, list) else [value]
+            item_kind = spec.get("items", "string")
+            return [convert_input(name, item_kind, v, {}, workdir) for v in items]
+        return str(value)
+    except (TypeError, ValueError):
+        shown = MASK if spec.get("secret") else repr(value)
+        raise RunError(f"input '{name}': {shown} is not a valid {kind}") from None
+
+
+def describe_error(exc: BaseException) -> tuple[str, str | None]:
+    """One line for an exception, and the path it concerns when known."""
+    if isinstance(exc, StepError):
+        return str(exc), exc.path
+    if isinstance(exc, expr.ExpressionError):
+        return exc.message, None
+    if isinstance(exc, OSError) and exc.strerror:
+        path = exc.filename if isinstance(exc.filename, str) else None
+        text = f"{path}: {exc.strerror}" if path else exc.strerror
+        if isinstance(exc.filename2, str):
+            text = f"{path} -> {exc.filename2}: {exc.strerror}"
+        return text, path
+    if isinstance(exc, ContentUnknown):
+        return str(exc), None
+    return f"{type(exc).__name__}: {exc}", None
+
+
+class Runner:
+    """Runs one recipe's steps; a step that calls a recipe runs a child Runner
+    that shares the world view, the journal and the run id."""
+
+    def __init__(
+        self,
+        recipe: Recipe,
+        inputs: dict[str, Any],
+        settings: Settings,
+        *,
+        dry_run: bool = False,
+        run_id: str | None = None,
+        journal: Journal | None = None,
+        resume: Mapping[str, dict[str, Any]] | None = None,
+        events: Events | None = None,
+        progress: Progress | None = None,
+        log: Callable[[str], None] | None = None,
+        workdir: str | None = None,
+        env: Mapping[str, str] | None = None,
+        view: WorldView | None = None,
+        key_prefix: str = "",
+        depth: int = 0,
+        masker: Masker | None = None,
+    ) -> None:
+        self.recipe = recipe
+        self.inputs = inputs
+        self.settings = settings
+        self.dry_run = dry_run
+        self.run_id = run_id or new_run_id()
+        self.journal = journal
+        self.resume = resume or {}
+        self.events = events or Events()
+        #: The run's secrets (shared with the recipes it calls); see wsrun.core.masking.
+        self.masker = Masker() if masker is None else masker
+        self.progress = _MaskedProgress(progress or Progress(), self.masker)
+        shown_log = log or (lambda message: None)
+        self.log = lambda message: shown_log(self.masker.text(message))
+        self.workdir = workdir or os.getcwd()
+        self.env = dict(os.environ if env is None else env)
+        self.view = view or WorldView()
+        self.key_prefix = key_prefix
+        self.depth = depth
+        self.seq = 0
+        self.setting_values, self.settings_shown = resolve_settings(recipe, settings)
+        self.add_secrets()
+        self.scope: dict[str, Any] = {
+            "inputs": inputs,
+            "settings": self.setting_values,
+            "steps": {},
+            "run": {
+                "id": self.run_id,
+                "started": time.time(),
+                "workdir": self.workdir,
+                "dry_run": dry_run,
+                # where files that ship beside the recipe are (lifecycles, templates)
+                "recipe_dir": os.path.dirname(os.path.abspath(recipe.path)),
+            },
+            "env": self.env,
+            # the message that started the run under `wsrun worker` (set there)
+            "message": None,
+        }
+        self.scope["vars"] = expr.LazyVars(recipe.vars, self.scope)
+
+    def add_secrets(self) -> None:
+        """Tell the masker this recipe's secrets: secret settings and inputs, URL
+        passwords in settings and, at the top, the environment's credentials."""
+        for alias, spec in self.recipe.settings.items():
+            value = self.setting_values.get(alias)
+            if spec.get("secret") or is_secret_name(spec["name"]):
+                self.masker.add(value)
+            self.masker.add_url_passwords(value)
+        for name, spec in self.recipe.inputs.items():
+            if spec.get("secret"):
+                values = self.inputs.get(name)
+                for value in values if isinstance(values, list) else [values]:
+                    self.masker.add(value)
+        if not self.depth:
+            for name, value in self.env.items():
+                if is_secret_name(name) and len(value) >= ENV_SECRET_LENGTH:
+                    self.masker.add(value)
+
+    # ---- the run ---------------------------------------------------------------
+
+    def run(self) -> RunReport:
+        report = RunReport(self.run_id, self.recipe.name, self.dry_run)
+        if self.journal and not self.depth:
+            self.journal.start_run(
+                self.run_id,
+                self.recipe.name,
+                self.recipe.path,
+                self.masked_inputs(),
+                self.masker.clean(self.settings_shown),
+                self.dry_run,
+                self.workdir,
+            )
+        failure: StepFailed | None = None
+        try:
+            failure = self.run_section("steps", report)
+            if failure is not None and self.recipe.step_list("on_failure"):
+                self.scope["error"] = {
+                    "message": failure.message,
+                    "path": failure.path,
+                    "step": report.steps[-1].key if report.steps else None,
+                }
+                self.run_section("on_failure", report, stop_on_failure=False)
+        finally:
+            if self.recipe.step_list("finally"):
+                if failure is not None:
+                    self.scope.setdefault(
+                        "error", {"message": failure.message, "path": failure.path}
+                    )
+                self.run_section("finally", report, stop_on_failure=False)
+        if failure is None:
+            try:
+                report.outputs = {
+                    k: expr.render(v, self.scope) for k, v in self.recipe.outputs.items()
+                }
+            except expr.ExpressionError as e:
+                message = self.shown(f"{self.recipe.where('outputs')}: outputs: {e.message}")
+                failure = StepFailed(message, e)
+        if failure is not None:
+            report.status = "failed"
+            report.error = failure.message
+            report.cause = failure.cause
+            if failure.cause is not None and failure.cause.__traceback__ is not None:
+                trace = "".join(traceback.format_exception(failure.cause))
+                report.traceback = self.masker.text(trace)
+        else:
+            report.status = "changed" if any(s.status == "changed" for s in report.steps) else "ok"
+        if self.journal and not self.depth:
+            self.journal.end_run(
+                self.run_id, report.status, self.masker.clean(report.outputs), report.error
+            )
+            self.retain(self.journal)
+        return report
+
+    def retain(self, journal: Journal) -> None:
+        """Apply the journal's retention setting (at most once a day, see
+        wsrun.core.retention). The run itself is done: a problem here is a warning."""
+        from wsrun.core.retention import apply_retention
+
+        try:
+            apply_retention(journal, self.settings)
+        except (JournalError, ValueError) as e:
+            self.log(f"warning: journal retention not applied: {e}")
+
+    def shown(self, message: str) -> str:
+        """A message as it may be printed and journaled (see wsrun.core.masking)."""
+        return printable(self.masker.text(message))
+
+    def masked_inputs(self) -> dict[str, Any]:
+        """The inputs as the journal keeps them: a secret one, or one that holds a
+        secret, as MASK (so ``wsrun resume`` refuses the run rather than use the mask).
+        Paths keep their exact bytes, so a resumed run writes where the first did."""
+        return {
+            k: MASK if self.recipe.inputs.get(k, {}).get("secret") or self.holds_secret(v) else v
+            for k, v in self.inputs.items()
+        }
+
+    def holds_secret(self, value: Any) -> bool:
+        text = json.dumps(value, default=str, ensure_ascii=False)
+        return self.masker.text(text) != text
+
+    def run_section(
+        self, section: str, report: RunReport, stop_on_failure: bool = True
+    ) -> StepFailed | None:
+        first: StepFailed | None = None
+        for index, step in enumerate(self.recipe.step_list(section)):
+            step_report = self.run_step(section, index, step)
+            report.steps.append(step_report)
+            if step_report.status == "failed" and not step.get("continue_on_error"):
+                first = first or step_report.failure
+                if stop_on_failure:
+                    return first
+        return first
+
+    def run_step(self, section: str, index: int, step: dict[str, Any]) -> StepReport:
+        uses = step["uses"]
+        sid = step.get("id")
+        key = self.key_prefix + (
+            sid or (f"{section}[{index}]" if section != "steps" else f"#{index + 1}")
+        )
+        where = str(self.recipe.where(section, index))
+        report = StepReport(
+            key=key, uses=uses, status="ok", where=where, id=sid, name=step.get("name")
+        )
+        self.seq += 1
+        done = self.resume.get(key)
+        if done is not None:
+            report.status, report.outputs, report.effects, report.resumed = (
+                done["status"],
+                done["outputs"],
+                done["effects"],
+                True,
+            )
+            self.remember(sid, report)
+            self.events.step_finished(report)
+            return report
+        self.events.step_started(key, uses, where)
+        started = time.monotonic()
+        if self.journal:
+            self.journal.start_step(self.run_id, key, self.seq, uses)
+        try:
+            if "if" in step and not self.condition(step["if"]):
+                report.status = "skipped"
+            elif "for_each" in step:
+                self.run_loop(step, key, report)
+            else:
+                effects, outputs = self.run_unit(step, key, self.scope)
+                report.effects, report.outputs = effects, outputs
+                report.status = "changed" if effects else "ok"
+        except StepFailed as e:
+            report.status = "failed"
+            report.error = self.shown(f"step '{key}' ({where}) failed: {e.message}")
+            report.failure = StepFailed(report.error, e.cause, e.path)
+        report.effects = self.masker.effects(report.effects)  # as printed and journaled
+        report.seconds = time.monotonic() - started
+        if self.journal:
+            status = report.status if not self.dry_run or report.status == "failed" else "planned"
+            self.journal.end_step(
+                self.run_id,
+                key,
+                status,
+                report.effects,
+                self.masker.clean(report.outputs),
+                report.error,
+            )
+        self.remember(sid, report)
+        self.events.step_finished(report)
+        return report
+
+    def remember(self, sid: str | None, report: StepReport) -> None:
+        if sid:
+            self.scope["steps"][sid] = {
+                "outputs": report.outputs,
+                "status": report.status,
+                "error": report.error,
+            }
+
+    def condition(self, value: Any) -> bool:
+        if isinstance(value, bool):
+            return value
+        try:
+            return bool(expr.evaluate(value, self.scope, bare=True))
+        except expr.ExpressionError as e:
+            raise StepFailed(f"if: {e.message}", e) from None
+
+    def run_loop(self, step: dict[str, Any], key: str, report: StepReport) -> None:
+        items = step["for_each"]
+        if isinstance(items, str):
+            try:
+                items = expr.evaluate(items, self.scope, bare=True)
+            except expr.ExpressionError as e:
+                raise StepFailed(f"for_each: {e.message}", e) from None
+        elif isinstance(items, list):
+            items = expr.render(items, self.scope)
+        if isinstance(items, Mapping):
+            items = [{"key": k, "value": v} for k, v in items.items()]
+        if not isinstance(items, (list, tuple)):
+            raise StepFailed(f"for_each: expected a list, got {type(items).__name__}")
+        results = []
+        for i, item in enumerate(items):
+            scope = {**self.scope, "item": item, "index": i}
+            unit = f"{key}[{i}]"
+            try:
+                effects, outputs = self.run_unit(step, unit, scope)
+            except StepFailed as e:
+                if self.journal and not self.dry_run:  # recorded even if it failed planning
+                    self.journal.start_step(self.run_id, unit, self.seq, step["uses"])
+                self.end_unit(unit, "failed", [], None, e.message)
+                raise
+            self.end_unit(unit, "changed" if effects else "ok", effects, outputs)
+            report.effects.extend(effects)
+            results.append(outputs)
+        report.outputs = {"results": results}
+        report.status = "changed" if report.effects else "ok"
+
+    def end_unit(
+        self,
+        unit: str,
+        status: str,
+        effects: list[dict[str, Any]],
+        outputs: Any,
+        error: str | None = None,
+    ) -> None:
+        """End the journal record of one iteration of a loop. A real run records an
+        iteration that changes the world before applying it (see plan_apply), and
+        one that failed; one that had nothing to do has no record, and this
+        changes nothing."""
+        if self.journal and not self.dry_run:
+            self.journal.end_step(
+                self.run_id,
+                unit,
+                status,
+                self.masker.effects(effects),
+                self.masker.clean(outputs),
+                None if error is None else self.shown(error),
+            )
+
+    def run_unit(
+        self, step: dict[str, Any], key: str, scope: dict[str, Any]
+    ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        """One execution of a step (one item of a loop): render, plan, apply."""
+        params: dict[str, Any] = {}
+        raw = (
+            ()
+            if is_recipe_ref(step["uses"])
+            else getattr(load_step(step["uses"]), "UNRENDERED", ())
+        )
+        templated: set[str] = set()
+        for name, value in (step.get("with") or {}).items():
+            if name in raw:
+                params[name] = value  # the step renders it itself (a template's text)
+                continue
+            try:
+                params[name] = expr.render(value, scope)
+                if params[name] is not value:
+                    templated.add(name)
+            except expr.ExpressionError as e:
+                raise StepFailed(f"with.{name}: {e.message}", e) from None
+        if is_recipe_ref(step["uses"]):
+            return self.run_recipe_step(step["uses"], params, key)
+        retry = step.get("retry") or {}
+        attempts = 1 if self.dry_run else retry.get("attempts", 1)
+        delay = float(retry.get("delay", 1))
+        for attempt in range(1, attempts + 1):
+            try:
+                return self.plan_apply(step, params, key, templated)
+            except StepFailed as e:
+                if attempt == attempts:
+                    if attempts > 1:
+                        e.message += f" (after {attempts} attempts)"
+                    raise
+                self.log(
+                    f"step '{key}' failed ({e.message}); retrying in {delay:g}s (attempt {attempt + 1} of {attempts})"
+                )
+                time.sleep(delay)
+                delay *= float(retry.get("backoff", 2))
+        raise AssertionError("unreachable")
+
+    def plan_apply(
+        self, step: dict[str, Any], params: dict[str, Any], key: str, templated: set[str]
+    ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        module = load_step(step["uses"])
+        self.check_params(step["uses"], params, templated)
+        deadline = time.monotonic() + parse_timeout(step["timeout"]) if "timeout" in step else None
+        ctx = StepContext(
+            fs=self.view,
+            dry_run=self.dry_run,
+            run_id=self.run_id,
+            workdir=self.workdir,
+            step_id=key,
+            settings=self.setting_values,
+            env=self.env,
+            progress=self.progress,
+            log=self.log,
+            deadline=deadline,
+        )
+        plan = None
+        held = locks.Held()
+        try:
+            held = locks.for_step(module, params, ctx)  # before the step reads or writes
+            plan = module.plan(params, ctx)
+            if self.dry_run:
+                for effect in plan.effects:
+                    self.view.record(effect)
+                return _dicts(plan.effects), plan.outputs
+            if self.journal and plan.effects:
+                planned = self.masker.effects(_dicts(plan.effects))
+                self.journal.start_step(self.run_id, key, self.seq, step["uses"], planned)
+            result = module.apply(plan, ctx)
+            return _dicts(result.effects), result.outputs
+        except (StepFailed, JournalError):
+            raise
+        except (StepError, OSError, expr.ExpressionError, ContentUnknown) as e:
+            message, path = describe_error(e)
+            if isinstance(e, OSError) and path is None and plan is not None:
+                message, path = _name_written(e, plan.effects) or (message, path)
+            raise StepFailed(message, e, path) from None
+        except Exception as e:  # a bug in a step type: still one line, traceback with -v
+            raise StepFailed(f"{type(e).__name__}: {e}", e) from None
+        finally:
+            held.release()
+
+    def check_params(self, uses: str, params: dict[str, Any], templated: set[str]) -> None:
+        """Check the values that expressions produced; the rest were checked
+        when the recipe was validated."""
+        from wsrun.core.validate import _step_validator, obviously_valid
+
+        properties = load_step(uses).SCHEMA.get("properties", {})
+        if all(obviously_valid(properties.get(k), params[k]) for k in templated):
+            return
+        errors = sorted(
+            _step_validator(uses).iter_errors(params), key=lambda e: list(e.absolute_path)
+        )
+        if errors:
+            e = errors[0]
+            where = ".".join(str(p) for p in e.absolute_path)
+            raise StepFailed(f"with{'.' + where if where else ''}: {e.message}")
+
+    def run_recipe_step(
+        self, uses: str, params: dict[str, Any], key: str
+    ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        from wsrun.core.validate import InvalidRecipe, load_valid
+
+        if self.depth >= MAX_DEPTH:
+            raise StepFailed(f"recipes call each other more than {MAX_DEPTH} deep")
+        try:
+            sub = load_valid(resolve(uses, self.recipe.dir))
+            inputs = coerce_inputs(sub, params, self.workdir)
+            child = Runner(
+                sub,
+                inputs,
+                self.settings,
+                dry_run=self.dry_run,
+                run_id=self.run_id,
+                journal=self.journal,
+                resume=self.resume,
+                events=self.events,
+                progress=self.progress,
+                log=self.log,
+                workdir=self.workdir,
+                env=self.env,
+                view=self.view,
+                key_prefix=key + "/",
+                depth=self.depth + 1,
+                masker=self.masker,
+            )
+        except InvalidRecipe as e:
+            raise StepFailed(
+                f"recipe '{uses}' is invalid: {e.problems[0].where}: {e.problems[0].message}"
+            ) from None
+        except RunError as e:
+            raise StepFailed(str(e)) from None
+        sub_report = child.run()
+        effects = [eff for s in sub_report.steps for eff in s.effects]
+        if sub_report.status == "failed":
+            raise StepFailed(f"in recipe '{uses}': {sub_report.error}", sub_report.cause)
+        return effects, sub_report.outputs
+
+
+def _dicts(effects: list[Effect]) -> list[dict[str, Any]]:
+    return [e.to_dict() for e in effects]
+
+
+def _name_written(exc: OSError, effects: list[Effect]) -> tuple[str, str] | None:
+    """A write error that names no file (disk full, file too large) as a line that
+    names what the step was writing: its one file, or the directory of its files."""
+    written = [e.path for e in effects if e.op == "create_file"]
+    if not written or not exc.strerror:
+        return None
+    path = written[0] if len(written) == 1 else os.path.commonpath(written)
+    what = "" if len(written) == 1 else f" (writing {len(written)} files)"
+    return f"{path}: {exc.strerror}{what}", path
+
+
+class _MaskedProgress(Progress):
+    """Progress bars whose descriptions (often paths) have the run's secrets masked."""
+
+    def __init__(self, progress: Progress, masker: Masker) -> None:
+        self.inner = progress.inner if isinstance(progress, _MaskedProgress) else progress
+        self.masker = masker
+
+    def task(
+        self, description: str, total_bytes: int | None = None, total_files: int | None = None
+    ) -> ProgressTask:
+        shown = printable(self.masker.text(description))
+        return self.inner.task(shown, total_bytes, total_files)

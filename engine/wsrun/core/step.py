@@ -1,0 +1,252 @@
+"""The contract every step type follows, and the registry that finds them.
+
+A step type is one module in ``wsrun.steps`` (or a third party's module
+registered under the entry-point group ``wsrun.steps``) that defines:
+
+- ``NAME``: the name recipes use in ``uses:``;
+- ``DOC``: why a recipe author would use it (first line is the summary);
+- ``SCHEMA``: the JSON Schema of its ``with:`` parameters, with a
+  ``description`` (and ``examples`` where useful) on each property;
+- ``EXAMPLES``: YAML snippets of the step in a recipe;
+- ``OUTPUTS``: the names of its outputs and what each holds;
+- ``UNRENDERED`` (optional): parameters the recipe passes through without
+  evaluating ``{{ }}`` in them, because the step renders them itself;
+- ``plan(params, ctx) -> Plan``: look at the world through ``ctx.fs`` and
+  return the effects the step would have and the outputs later steps can use;
+- ``apply(plan, ctx) -> Result``: perform exactly those effects;
+- ``destinations(params, ctx) -> list[str]`` (optional, for step types that
+  write): the paths it writes, which the runner locks before ``plan`` and
+  releases after ``apply`` (``wsrun.core.locks``), so two runs never write one
+  destination at once.
+
+``plan`` must not change anything; ``apply`` must not do anything ``plan`` did
+not report. That is what makes a dry run faithful.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from importlib import import_module
+from pathlib import Path
+from types import ModuleType
+from typing import Any, Protocol
+
+from wsrun.core.effects import Effect
+from wsrun.core.fs import WorldView
+
+#: Built-in step types: name -> module. Imported only when used, so that
+#: ``wsrun --help`` stays fast.
+BUILTIN_STEPS: dict[str, str] = {
+    "copy": "wsrun.steps.copy",
+    "move": "wsrun.steps.move",
+    "mkdir": "wsrun.steps.mkdir",
+    "remove": "wsrun.steps.remove",
+    "symlink": "wsrun.steps.symlink",
+    "tar": "wsrun.steps.tar",
+    "untar": "wsrun.steps.untar",
+    "checksum": "wsrun.steps.checksum",
+    "manifest": "wsrun.steps.manifest",
+    "find": "wsrun.steps.find",
+    "template": "wsrun.steps.template",
+    "shell": "wsrun.steps.shell",
+    "rsync": "wsrun.steps.rsync",
+    "noop": "wsrun.steps.noop",
+    "ingest": "wsrun.steps.ingest",
+    "set-state": "wsrun.steps.set_state",
+    "get-state": "wsrun.steps.get_state",
+    "wait-state": "wsrun.steps.wait_state",
+    "ask": "wsrun.steps.ask",
+    "fail": "wsrun.steps.fail",
+    "wait-files": "wsrun.steps.wait_files",
+    "archive-check": "wsrun.steps.archive_check",
+    "list-state": "wsrun.steps.list_state",
+    "s3-upload": "wsrun.steps.s3_upload",
+    "s3-download": "wsrun.steps.s3_download",
+    "s3-list": "wsrun.steps.s3_list",
+    "s3-remove": "wsrun.steps.s3_remove",
+    "which": "wsrun.steps.which",
+    "http": "wsrun.steps.http",
+    "publish": "wsrun.steps.publish",
+    "call": "wsrun.steps.call",
+    "reply": "wsrun.steps.reply",
+}
+
+
+#: Schema of a parameter that takes one path or a list of them (copy's
+#: ``sources``, mkdir's and remove's ``path``, tar's ``source``).
+PATHS: dict[str, Any] = {
+    "oneOf": [
+        {"type": "string", "minLength": 1},
+        {"type": "array", "items": {"type": "string", "minLength": 1}},
+    ]
+}
+
+
+class StepError(Exception):
+    """A step failed for a reason the operator can act on.
+
+    ``path`` names the file or value at fault; the runner prints it with the
+    step's id and recipe line, without a traceback. ``transient`` marks a
+    failure worth trying again later (a service down or busy, a timeout):
+    ``wsrun worker`` retries only those, not before ``retry_after`` seconds.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        path: str | None = None,
+        *,
+        transient: bool = False,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.path = path
+        self.transient = transient
+        self.retry_after = retry_after
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.message}" if self.path else self.message
+
+
+class DuplicateWork(StepError):
+    """The work is already claimed by another claimant (``set-state`` with
+    ``claim``): ``wsrun worker`` acks the message as a duplicate."""
+
+
+@dataclass
+class Plan:
+    """What a step would do: its effects, predicted outputs, and private data
+    that ``apply`` needs to do exactly that."""
+
+    effects: list[Effect] = field(default_factory=list)
+    outputs: dict[str, Any] = field(default_factory=dict)
+    data: Any = None
+
+    @property
+    def status(self) -> str:
+        return "changed" if self.effects else "ok"
+
+
+@dataclass
+class Result:
+    """What a step did."""
+
+    effects: list[Effect] = field(default_factory=list)
+    outputs: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def status(self) -> str:
+        return "changed" if self.effects else "ok"
+
+
+class ProgressTask(Protocol):
+    def advance(self, bytes: int = 0, files: int = 0) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class _NoProgressTask:
+    def advance(self, bytes: int = 0, files: int = 0) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class Progress:
+    """Where long steps report bytes and files done. The default shows nothing;
+    the command line swaps in a rich progress bar on a terminal."""
+
+    def task(
+        self, description: str, total_bytes: int | None = None, total_files: int | None = None
+    ) -> ProgressTask:
+        return _NoProgressTask()
+
+
+@dataclass
+class StepContext:
+    """Everything a step may use besides its parameters."""
+
+    fs: WorldView
+    dry_run: bool = False
+    run_id: str = ""
+    workdir: str = field(default_factory=os.getcwd)
+    step_id: str = ""
+    settings: Mapping[str, Any] = field(default_factory=dict)
+    env: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
+    progress: Progress = field(default_factory=Progress)
+    log: Callable[[str], None] = lambda message: None
+    #: ``time.monotonic()`` by which the step must finish (from ``timeout:``).
+    deadline: float | None = None
+
+    def path(self, value: str | os.PathLike[str]) -> str:
+        """An absolute, normalised path; relative ones are taken from the workdir."""
+        return os.path.normpath(os.path.join(self.workdir, os.fspath(value)))
+
+    def remaining(self) -> float | None:
+        """Seconds left before the step's timeout, or None without one."""
+        return None if self.deadline is None else max(0.0, self.deadline - time.monotonic())
+
+    def check_deadline(self) -> None:
+        """Long loops call this between units of work to honour ``timeout:``."""
+        if self.deadline is not None and time.monotonic() > self.deadline:
+            raise StepError("timed out", transient=True)
+
+
+class UnknownStep(LookupError):
+    pass
+
+
+def _entry_point_steps() -> dict[str, str]:
+    from importlib.metadata import entry_points
+
+    return {ep.name: ep.value for ep in entry_points(group="wsrun.steps")}
+
+
+_cache: dict[str, ModuleType] = {}
+
+
+def step_names() -> list[str]:
+    """Every step type available: built in and from the ``wsrun.steps`` entry points."""
+    return sorted({**BUILTIN_STEPS, **_entry_point_steps()})
+
+
+def load_step(name: str) -> ModuleType:
+    """The module implementing step type ``name``."""
+    module = _cache.get(name)
+    if module is not None:
+        return module
+    target = BUILTIN_STEPS.get(name) or _entry_point_steps().get(name)
+    if target is None:
+        raise UnknownStep(name)
+    try:
+        module = import_module(target.split(":")[0])
+    except ImportError as e:
+        raise UnknownStep(f"{name} (its module {target} cannot be imported: {e})") from None
+    _cache[name] = module
+    return module
+
+
+def schema_path(name: str) -> Path:
+    """Where the generated JSON Schema of a step type's parameters lives."""
+    from wsrun.core.resources import schemas_dir
+
+    return schemas_dir() / "steps" / f"{name}.schema.json"
+
+
+def params_schema(module: ModuleType) -> dict[str, Any]:
+    """The full JSON Schema document for a step's ``with:`` block."""
+    schema = dict(module.SCHEMA)
+    schema.setdefault("type", "object")
+    schema.setdefault("additionalProperties", False)
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$id": f"https://wsrun.example/schemas/steps/{module.NAME}.schema.json",
+        "title": f"wsrun step '{module.NAME}' parameters",
+        "description": module.DOC.strip(),
+        **schema,
+    }

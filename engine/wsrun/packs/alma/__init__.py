@@ -1,0 +1,1 @@
+"""The ALMA data-processing workflow (seed 003)."""

@@ -1,0 +1,1 @@
+"""NRAO's tools: deliver, conveyor and ingest_envoy."""

@@ -1,0 +1,376 @@
+"""The archive's file store (NGAS's role): file content kept by its sha256.
+
+Two kinds, chosen by URL: a local directory (``/data/archive``, ``file:///...``),
+and any fsspec file system (``s3://bucket/prefix`` through s3fs, for AWS,
+MinIO or Ceph). Both use one layout under their root: ``files/ab/cd/<sha256>``
+for the content and ``tmp/`` for copies not yet verified.
+
+A file enters the store by ``put``: it is copied to ``tmp/``, checked by two
+independent reads (the source, and the stored copy read back after the copy),
+and only then moved to its content address. What is in
+``files/`` is therefore always whole and correct; whether anything refers to
+it is the metadata's business (``wsrun.stores.archive.store``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import shutil
+import uuid
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from typing import IO, Any
+from urllib.parse import urlsplit
+
+BUFFER_SIZE = 8 << 20
+#: Files from this size on have their source hashed on a second thread during the copy.
+OVERLAP_SIZE = 4 << 20
+#: The setting naming the S3 endpoint of the archive's file store (MinIO, Ceph, moto).
+ENDPOINT_SETTING = "edu.nrao.archive.files.endpoint"
+
+
+class ArchiveError(Exception):
+    """An ingest or retrieval the operator can act on was refused or failed."""
+
+
+class AlreadyIngested(ArchiveError):
+    """A science product is already ingested and the request does not replace
+    it; ``what`` says which, the message adds what to do about it."""
+
+    def __init__(self, what: str) -> None:
+        super().__init__(f"{what}; set reingest to replace it")
+        self.what = what
+
+
+def file_sha256(path: str, buf: bytearray) -> str:
+    """The sha256 of a file on disk (the copy step's reader)."""
+    from wsrun.core.filecopy import hash_file
+
+    return hash_file(path, "sha256", buf)
+
+
+def _unlink(path: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+
+
+def blob_name(sha256: str) -> str:
+    """Where content lives below the store's root."""
+    return f"files/{sha256[:2]}/{sha256[2:4]}/{sha256}"
+
+
+class ContentStore(ABC):
+    """Content by sha256. ``open_content(url)`` picks the kind by URL."""
+
+    url: str
+
+    @abstractmethod
+    def put(
+        self, source: str, size: int, mtime_ns: int, before_place: Callable[[str], None]
+    ) -> tuple[str, bool]:
+        """Store the file at ``source`` (``size`` bytes): (its sha256, whether
+        this call added the content). ``before_place(sha256)`` runs after the
+        copy is verified and before it becomes visible under its address.
+        A copy that fails its check raises ArchiveError and leaves nothing."""
+
+    @abstractmethod
+    def open(self, sha256: str) -> IO[bytes]:
+        """The content for reading; FileNotFoundError when it is not stored."""
+
+    @abstractmethod
+    def check(self, sha256: str, size: int) -> str | None:
+        """None if the content is stored whole, else what is wrong with it."""
+
+    @abstractmethod
+    def delete(self, sha256: str) -> None:
+        """Remove the content (no error if it is gone)."""
+
+    @abstractmethod
+    def blobs(self) -> list[str]:
+        """The sha256 of everything stored."""
+
+    @abstractmethod
+    def clear_tmp(self) -> None:
+        """Remove unverified copies an interrupted ingest left (only when no ingest runs)."""
+
+    @abstractmethod
+    def probe(self) -> str:
+        """A word on the store for ``wsrun doctor``; raises when it cannot be used."""
+
+    def close(self) -> None:
+        """Release threads and connections."""
+        return None
+
+
+class LocalContent(ContentStore):
+    """A directory on a local or shared file system."""
+
+    def __init__(self, root: str, create: bool = True) -> None:
+        self.root = os.path.abspath(root)
+        self.url = self.root
+        if create:
+            for sub in ("files", "tmp"):
+                os.makedirs(os.path.join(self.root, sub), exist_ok=True)
+        self._pool: ThreadPoolExecutor | None = None
+        self._bufs: tuple[bytearray, bytearray] | None = None
+
+    def blob_path(self, sha256: str) -> str:
+        return os.path.join(self.root, blob_name(sha256))
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
+
+    def put(
+        self, source: str, size: int, mtime_ns: int, before_place: Callable[[str], None]
+    ) -> tuple[str, bool]:
+        """Each file is hashed twice, from two independent reads: the source
+        (on a second thread while the copy runs, for big files) and the stored
+        copy, read back once the copy is complete. The copy itself hashes
+        nothing, so a write that lands other bytes than the source's (in any
+        way the kernel or the file system copies) is a mismatch, and nothing is
+        stored."""
+        if self._bufs is None:
+            self._bufs = (bytearray(BUFFER_SIZE), bytearray(BUFFER_SIZE))
+        buf, check_buf = self._bufs
+        if size >= OVERLAP_SIZE:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(max_workers=1)
+            check = self._pool.submit(file_sha256, source, check_buf)
+            try:
+                tmp = self._copy_in(source, size, mtime_ns)
+            except BaseException:
+                with contextlib.suppress(BaseException):
+                    check.result()  # the buffer is free again once it is done
+                raise
+            try:
+                stored = file_sha256(tmp, buf)
+                digest = check.result()
+            except BaseException:
+                with contextlib.suppress(BaseException):
+                    check.result()
+                _unlink(tmp)
+                raise
+        else:
+            tmp = self._copy_in(source, size, mtime_ns)
+            try:
+                digest = file_sha256(source, check_buf)
+                stored = file_sha256(tmp, buf)
+            except BaseException:
+                _unlink(tmp)
+                raise
+        try:
+            if stored != digest:
+                raise ArchiveError(f"{source}: checksum mismatch after copying into the archive")
+            before_place(digest)
+            final = self.blob_path(digest)
+            if os.path.exists(final):
+                os.unlink(tmp)  # same content already stored
+                return digest, False
+            os.makedirs(os.path.dirname(final), exist_ok=True)
+            os.rename(tmp, final)
+            return digest, True
+        except BaseException:
+            _unlink(tmp)
+            raise
+
+    def _copy_in(self, source: str, size: int, mtime_ns: int) -> str:
+        """Copy one file into tmp/ (in the kernel where it can); the temp path."""
+        from wsrun.core.filecopy import copy_file, current_umask
+
+        tmp = os.path.join(self.root, "tmp", uuid.uuid4().hex)
+        try:
+            copy_file(source, tmp, 0o444, mtime_ns, current_umask(), None, None, size + 1)
+            landed = os.stat(tmp).st_size
+            if landed != size:
+                raise ArchiveError(f"{source}: changed while ingesting ({size} -> {landed} bytes)")
+            return tmp
+        except BaseException:
+            _unlink(tmp)
+            raise
+
+    def open(self, sha256: str) -> IO[bytes]:
+        return open(self.blob_path(sha256), "rb")  # noqa: SIM115 - the caller closes it
+
+    def check(self, sha256: str, size: int) -> str | None:
+        path = self.blob_path(sha256)
+        try:
+            actual = os.stat(path).st_size
+        except FileNotFoundError:
+            return "missing"
+        if actual != size:
+            return f"size mismatch ({actual} bytes, recorded {size})"
+        if self._bufs is None:
+            self._bufs = (bytearray(BUFFER_SIZE), bytearray(BUFFER_SIZE))
+        return None if file_sha256(path, self._bufs[0]) == sha256 else "checksum mismatch"
+
+    def delete(self, sha256: str) -> None:
+        _unlink(self.blob_path(sha256))
+
+    def blobs(self) -> list[str]:
+        found: list[str] = []
+        for _, _, names in os.walk(os.path.join(self.root, "files")):
+            found += names
+        return found
+
+    def clear_tmp(self) -> None:
+        shutil.rmtree(os.path.join(self.root, "tmp"), ignore_errors=True)
+        os.makedirs(os.path.join(self.root, "tmp"), exist_ok=True)
+
+    def probe(self) -> str:
+        if not os.path.exists(self.root):
+            parent = os.path.dirname(self.root)
+            while not os.path.exists(parent):
+                parent = os.path.dirname(parent)
+            if not os.access(parent, os.W_OK):
+                raise ArchiveError(f"{self.root}: cannot be created ({parent} is not writable)")
+            return f"directory {self.root} (created on first use)"
+        if not os.path.isdir(self.root) or not os.access(self.root, os.W_OK):
+            raise ArchiveError(f"{self.root}: not a writable directory")
+        return f"directory {self.root}"
+
+
+class FsspecContent(ContentStore):
+    """Any fsspec file system: S3 (``s3://bucket/prefix``), GCS, Azure, ...
+
+    The copy is streamed from the source and hashed on the way; the check reads
+    the stored copy back from the store and hashes it, so what the store holds is
+    what was read from the file. Verified copies move from ``tmp/`` to their
+    address (a server-side copy on S3).
+    """
+
+    def __init__(self, url: str, env: Mapping[str, str] | None = None) -> None:
+        import fsspec
+
+        self.url = url.rstrip("/")
+        parts = urlsplit(self.url)
+        self.protocol = "s3" if parts.scheme == "s3a" else parts.scheme
+        options: dict[str, Any] = {}
+        self.endpoint: str | None = None
+        if self.protocol == "s3":
+            self.endpoint = endpoint = s3_endpoint(env)
+            if endpoint:
+                options["endpoint_url"] = endpoint
+            options["use_listings_cache"] = False
+        try:
+            self.fs = fsspec.filesystem(self.protocol, skip_instance_cache=True, **options)
+        except (ImportError, ValueError) as e:
+            raise ArchiveError(f"{url}: no file system for {self.protocol}://: {e}") from None
+        self.root = self.fs._strip_protocol(self.url).rstrip("/")
+
+    def _path(self, rel: str) -> str:
+        return f"{self.root}/{rel}"
+
+    def put(
+        self, source: str, size: int, mtime_ns: int, before_place: Callable[[str], None]
+    ) -> tuple[str, bool]:
+        with open(source, "rb") as src:  # a missing source: FileNotFoundError, as on a directory
+            tmp = self._path(f"tmp/{uuid.uuid4().hex}")
+            try:
+                return self._put(src, source, size, tmp, before_place)
+            except BaseException as e:
+                with contextlib.suppress(Exception):
+                    self.fs.rm(tmp)
+                if isinstance(e, Exception) and not isinstance(e, ArchiveError):
+                    raise self._error(e) from None
+                raise
+
+    def _put(
+        self, src: IO[bytes], source: str, size: int, tmp: str, before_place: Callable[[str], None]
+    ) -> tuple[str, bool]:
+        digest = hashlib.sha256()
+        sent = 0
+        with self.fs.open(tmp, "wb") as out:
+            while chunk := src.read(BUFFER_SIZE):
+                digest.update(chunk)
+                out.write(chunk)
+                sent += len(chunk)
+        if sent != size:
+            raise ArchiveError(f"{source}: changed while ingesting ({size} -> {sent} bytes)")
+        sha = digest.hexdigest()
+        if stored_sha256(self.fs, tmp) != sha:
+            raise ArchiveError(f"{source}: checksum mismatch after copying into the archive")
+        before_place(sha)
+        final = self._path(blob_name(sha))
+        if self.fs.exists(final):
+            self.fs.rm(tmp)
+            return sha, False
+        self.fs.mv(tmp, final)
+        return sha, True
+
+    def _error(self, e: Exception) -> ArchiveError:
+        """A store failure as one line naming the store (never a credential)."""
+        from wsrun.stores.objectstore import describe
+
+        return ArchiveError(f"{self.url}: {describe(e, self.endpoint)}")
+
+    def open(self, sha256: str) -> IO[bytes]:
+        return self.fs.open(self._path(blob_name(sha256)), "rb")
+
+    def check(self, sha256: str, size: int) -> str | None:
+        path = self._path(blob_name(sha256))
+        try:
+            actual = int(self.fs.info(path)["size"])
+        except FileNotFoundError:
+            return "missing"
+        if actual != size:
+            return f"size mismatch ({actual} bytes, recorded {size})"
+        return None if stored_sha256(self.fs, path) == sha256 else "checksum mismatch"
+
+    def delete(self, sha256: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.fs.rm(self._path(blob_name(sha256)))
+
+    def blobs(self) -> list[str]:
+        base = self._path("files")
+        try:
+            return [p.rsplit("/", 1)[1] for p in self.fs.find(base)]
+        except FileNotFoundError:
+            return []
+
+    def clear_tmp(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            left = self.fs.find(self._path("tmp"))
+            if left:
+                self.fs.rm(left)
+
+    def probe(self) -> str:
+        try:
+            self.fs.ls(self.root.split("/", 1)[0] if self.protocol == "s3" else self.root)
+        except Exception as e:
+            raise self._error(e) from None
+        return f"{self.protocol} store {self.url}"
+
+
+def stored_sha256(fs: Any, path: str) -> str:
+    """The sha256 of an object, read back from its store."""
+    digest = hashlib.sha256()
+    with fs.open(path, "rb", block_size=BUFFER_SIZE) as f:
+        while chunk := f.read(BUFFER_SIZE):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def s3_endpoint(env: Mapping[str, str] | None = None) -> str | None:
+    """The S3 endpoint of the archive's files: the ``edu.nrao.archive.files.endpoint``
+    setting, else $AWS_ENDPOINT_URL_S3 or $AWS_ENDPOINT_URL, else AWS."""
+    from wsrun.core.settings import Settings
+
+    env = os.environ if env is None else env
+    found = Settings(env=env).get(ENDPOINT_SETTING)
+    if found is not None and found.value:
+        return str(found.value)
+    return env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL") or None
+
+
+def open_content(url: str, create: bool = True) -> ContentStore:
+    """The file store at ``url``: a local directory (plain path or ``file://``)
+    or any fsspec URL."""
+    scheme = urlsplit(url).scheme if "://" in url else ""
+    if scheme in ("", "file"):
+        return LocalContent(urlsplit(url).path if scheme else url, create)
+    return FsspecContent(url)

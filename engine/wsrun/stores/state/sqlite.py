@@ -1,0 +1,331 @@
+"""The embedded state store: one SQLite file, safe for many processes.
+
+WAL mode lets readers run while one writer commits; ``busy_timeout`` makes a
+writer wait for the lock instead of failing; every change is one
+``BEGIN IMMEDIATE`` transaction (the write lock is taken before the entity is
+read, so two racing transitions are serialised and the loser sees the
+winner's state). The history table doubles as the outbox: a change is
+pending until ``published`` is set.
+
+A store that was never written to is not created by reading it, so a dry run
+leaves no file behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+from wsrun.stores.state.base import UNSET, Change, Entity, StateStore, resolve_change
+from wsrun.stores.state.lifecycle import Lifecycle
+
+SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS entities (
+        kind TEXT NOT NULL,
+        id TEXT NOT NULL,
+        state TEXT NOT NULL,
+        substate TEXT,
+        attributes TEXT NOT NULL,
+        created REAL NOT NULL,
+        updated REAL NOT NULL,
+        version INTEGER NOT NULL,
+        PRIMARY KEY (kind, id)
+    )""",
+    "CREATE INDEX IF NOT EXISTS entities_kind_state ON entities(kind, state, substate)",
+    "CREATE INDEX IF NOT EXISTS entities_updated ON entities(updated)",
+    """CREATE TABLE IF NOT EXISTS history (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        kind TEXT NOT NULL,
+        id TEXT NOT NULL,
+        from_state TEXT,
+        state TEXT NOT NULL,
+        from_substate TEXT,
+        substate TEXT,
+        attributes TEXT NOT NULL,
+        at REAL NOT NULL,
+        actor TEXT NOT NULL,
+        published REAL,
+        claimed_by TEXT,
+        claim_until REAL
+    )""",
+    "CREATE INDEX IF NOT EXISTS history_entity ON history(kind, id, seq)",
+    "CREATE INDEX IF NOT EXISTS history_pending ON history(seq) WHERE published IS NULL",
+    """CREATE TABLE IF NOT EXISTS lifecycles (
+        kind TEXT PRIMARY KEY,
+        definition TEXT NOT NULL,
+        registered REAL NOT NULL
+    )""",
+)
+
+_ENTITY_COLUMNS = "kind, id, state, substate, updated, attributes, version"
+_CHANGE_COLUMNS = "seq, kind, id, from_state, state, from_substate, substate, attributes, at, actor"
+
+
+def path_from_url(url: str) -> str:
+    """``sqlite:///abs/state.db`` -> ``/abs/state.db``; a bare path is itself."""
+    return url[len("sqlite://") :] if url.startswith("sqlite://") else url
+
+
+class SqliteStateStore(StateStore):
+    """The state store in one SQLite file (the embedded default)."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.path = os.path.abspath(path_from_url(url))
+        self._db: sqlite3.Connection | None = None
+        self._lock = threading.RLock()  # one connection, shared by a process's threads
+
+    # ---- connection -----------------------------------------------------------
+
+    def _connect(self, write: bool) -> sqlite3.Connection | None:
+        """The connection; None when only reading a store that does not exist yet."""
+        if self._db is not None:
+            return self._db
+        if not write and not os.path.exists(self.path):
+            return None
+        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        db = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
+        db.execute("PRAGMA busy_timeout = 30000")
+        if db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+            _retry_locked(lambda: db.execute("PRAGMA journal_mode = WAL"))
+        db.execute("PRAGMA synchronous = NORMAL")
+        with _immediate(db):
+            for statement in SCHEMA:
+                db.execute(statement)
+        self._db = db
+        return db
+
+    def close(self) -> None:
+        with self._lock:
+            if self._db is not None:
+                self._db.close()
+                self._db = None
+
+    def _read(self, sql: str, args: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        with self._lock:
+            db = self._connect(write=False)
+            return [] if db is None else db.execute(sql, args).fetchall()
+
+    # ---- lifecycles -------------------------------------------------------------
+
+    def register_lifecycle(self, lifecycle: Lifecycle) -> None:
+        definition = json.dumps(lifecycle.to_json())
+        with self._lock:
+            db = self._connect(write=True)
+            assert db is not None
+            with _immediate(db):
+                db.execute(
+                    "INSERT INTO lifecycles (kind, definition, registered) VALUES (?, ?, ?)"
+                    " ON CONFLICT(kind) DO UPDATE SET definition=excluded.definition,"
+                    " registered=excluded.registered",
+                    (lifecycle.kind, definition, time.time()),
+                )
+
+    def lifecycle(self, kind: str) -> Lifecycle | None:
+        rows = self._read("SELECT definition FROM lifecycles WHERE kind=?", (kind,))
+        return Lifecycle.from_json(json.loads(rows[0][0])) if rows else None
+
+    # ---- entities ---------------------------------------------------------------
+
+    def get(self, kind: str, id: str) -> Entity | None:
+        rows = self._read(
+            f"SELECT {_ENTITY_COLUMNS} FROM entities WHERE kind=? AND id=?", (kind, id)
+        )
+        return _entity(rows[0]) if rows else None
+
+    def list(
+        self,
+        kind: str | None = None,
+        state: str | None = None,
+        substate: str | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> list[Entity]:
+        where, args = _filters(kind, state, substate)
+        rows = self._read(
+            f"SELECT {_ENTITY_COLUMNS} FROM entities{where}"
+            " ORDER BY updated DESC, kind, id LIMIT ? OFFSET ?",
+            [*args, limit, offset],
+        )
+        return [_entity(r) for r in rows]
+
+    def count(
+        self, kind: str | None = None, state: str | None = None, substate: str | None = None
+    ) -> int:
+        where, args = _filters(kind, state, substate)
+        rows = self._read(f"SELECT COUNT(*) FROM entities{where}", args)
+        return int(rows[0][0]) if rows else 0
+
+    def transition(
+        self,
+        kind: str,
+        id: str,
+        *,
+        state: str | None = None,
+        substate: Any = UNSET,
+        attributes: Mapping[str, Any] | None = None,
+        expect_state: str | Sequence[str] | None = None,
+        expect_version: int | None = None,
+        create: bool = False,
+        actor: str = "",
+    ) -> Change:
+        given = dict(attributes or {})
+        given_json = json.dumps(given)  # refuse what cannot be stored before locking
+        with self._lock:
+            db = self._connect(write=True)
+            assert db is not None
+            with _immediate(db):
+                rows = db.execute(
+                    f"SELECT {_ENTITY_COLUMNS} FROM entities WHERE kind=? AND id=?", (kind, id)
+                ).fetchall()
+                current = _entity(rows[0]) if rows else None
+                found = db.execute(
+                    "SELECT definition FROM lifecycles WHERE kind=?", (kind,)
+                ).fetchall()
+                lifecycle = Lifecycle.from_json(json.loads(found[0][0])) if found else None
+                new_state, new_substate = resolve_change(
+                    lifecycle,
+                    current,
+                    kind,
+                    id,
+                    state=state,
+                    substate=substate,
+                    expect_state=expect_state,
+                    expect_version=expect_version,
+                    create=create,
+                )
+                now = time.time()
+                if current is None:
+                    db.execute(
+                        "INSERT INTO entities (kind, id, state, substate, attributes, created,"
+                        " updated, version) VALUES (?, ?, ?, ?, ?, ?, ?, 1)",
+                        (kind, id, new_state, new_substate, given_json, now, now),
+                    )
+                else:
+                    merged = json.dumps({**current.attributes, **given})
+                    db.execute(
+                        "UPDATE entities SET state=?, substate=?, attributes=?, updated=?,"
+                        " version=version+1 WHERE kind=? AND id=?",
+                        (new_state, new_substate, merged, now, kind, id),
+                    )
+                from_state = current.state if current else None
+                from_substate = current.substate if current else None
+                cursor = db.execute(
+                    "INSERT INTO history (kind, id, from_state, state, from_substate, substate,"
+                    " attributes, at, actor) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        kind,
+                        id,
+                        from_state,
+                        new_state,
+                        from_substate,
+                        new_substate,
+                        given_json,
+                        now,
+                        actor,
+                    ),
+                )
+                seq = cursor.lastrowid
+        assert seq is not None
+        return Change(
+            seq, kind, id, from_state, new_state, from_substate, new_substate, given, now, actor
+        )
+
+    def history(self, kind: str, id: str) -> list[Change]:
+        rows = self._read(
+            f"SELECT {_CHANGE_COLUMNS} FROM history WHERE kind=? AND id=? ORDER BY seq", (kind, id)
+        )
+        return [_change(r) for r in rows]
+
+    # ---- outbox -----------------------------------------------------------------
+
+    def claim_pending_changes(
+        self, consumer: str, limit: int = 100, lease: float = 30.0
+    ) -> list[Change]:
+        with self._lock:
+            db = self._connect(write=False)
+            if db is None:
+                return []
+            with _immediate(db):
+                now = time.time()
+                # Not a change whose entity has an earlier one leased to
+                # another relay: each entity's changes are published in order.
+                rows = db.execute(
+                    f"SELECT {_CHANGE_COLUMNS} FROM history h WHERE published IS NULL"
+                    " AND (claim_until IS NULL OR claim_until < ?1)"
+                    " AND NOT EXISTS (SELECT 1 FROM history e WHERE e.kind = h.kind"
+                    " AND e.id = h.id AND e.seq < h.seq AND e.published IS NULL"
+                    " AND e.claim_until >= ?1) ORDER BY seq LIMIT ?2",
+                    (now, limit),
+                ).fetchall()
+                if rows:
+                    db.executemany(
+                        "UPDATE history SET claimed_by=?, claim_until=? WHERE seq=?",
+                        [(consumer, now + lease, r[0]) for r in rows],
+                    )
+        return [_change(r) for r in rows]
+
+    def mark_published(self, seqs: Sequence[int]) -> None:
+        if not seqs:
+            return
+        with self._lock:
+            db = self._connect(write=True)
+            assert db is not None
+            with _immediate(db):
+                now = time.time()
+                db.executemany(
+                    "UPDATE history SET published=?, claimed_by=NULL, claim_until=NULL WHERE seq=?",
+                    [(now, s) for s in seqs],
+                )
+
+
+def _filters(kind: str | None, state: str | None, substate: str | None) -> tuple[str, list[Any]]:
+    clauses, args = [], []
+    for column, value in (("kind", kind), ("state", state), ("substate", substate)):
+        if value is not None:
+            clauses.append(f"{column}=?")
+            args.append(value)
+    return (" WHERE " + " AND ".join(clauses) if clauses else ""), args
+
+
+def _entity(row: tuple[Any, ...]) -> Entity:
+    kind, id, state, substate, updated, attributes, version = row
+    return Entity(kind, id, state, substate, updated, json.loads(attributes), version)
+
+
+def _change(row: tuple[Any, ...]) -> Change:
+    seq, kind, id, from_state, state, from_substate, substate, attributes, at, actor = row
+    return Change(
+        seq, kind, id, from_state, state, from_substate, substate, json.loads(attributes), at, actor
+    )
+
+
+@contextmanager
+def _immediate(db: sqlite3.Connection) -> Iterator[None]:
+    """One write transaction, its lock taken up front (waits up to busy_timeout)."""
+    _retry_locked(lambda: db.execute("BEGIN IMMEDIATE"))
+    try:
+        yield
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
+
+
+def _retry_locked(action: Any, attempts: int = 50) -> None:
+    """Run ``action``, retrying while SQLite reports the database locked (a
+    few statements, such as switching to WAL, do not wait on busy_timeout)."""
+    for attempt in range(attempts):
+        try:
+            action()
+            return
+        except sqlite3.OperationalError as e:
+            if "locked" not in str(e) or attempt == attempts - 1:
+                raise
+            time.sleep(0.02 * (attempt + 1))

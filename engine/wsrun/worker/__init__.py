@@ -1,0 +1,1 @@
+"""``wsrun worker``: recipes run when messages arrive, states change or files appear."""

@@ -1,15 +1,14 @@
-"""PostgreSQL for the scale-out backends: connections, a shared pool per URL,
-and the schema migrations every backend's tables come from.
+"""PostgreSQL for the scale-out backends: connections, a shared pool per URL;
+and the entry points of the schema migrations of every SQL store.
 
 The state store, the archive metadata and the run journal all live in one
 PostgreSQL database when they are given ``postgresql://`` URLs. Their tables
-are created by numbered SQL files in ``wsrun/db/migrations/postgresql/``
-(``0001_archive.sql``, ``0002_journal.sql``, ...), applied in order by
-``wsrun db upgrade`` (``upgrade(url)``), each in its own transaction under an
-advisory lock, and recorded in the ``wsrun_migrations`` table. A backend calls
-``require_current(url)`` when it opens: a database whose schema is behind the
-installed wsrun is refused with one line saying to run ``wsrun db upgrade``,
-instead of failing later on a missing table or column.
+come from each store's numbered migrations (``wsrun.db.migrate``: one
+mechanism for SQLite and PostgreSQL), applied by ``wsrun db upgrade``
+(``upgrade(url)``) and recorded in the ``wsrun_schema`` table. A backend calls
+``require_current(url, store)`` when it opens: a database whose schema is
+behind the installed wsrun is refused with one line saying to run
+``wsrun db upgrade``, instead of failing later on a missing table or column.
 
 URLs are libpq URLs (``postgresql://user:password@host:5432/db?sslmode=require``).
 Query parameters libpq does not know are wsrun's own (the archive's
@@ -24,13 +23,9 @@ from __future__ import annotations
 import atexit
 import contextlib
 import functools
-import hashlib
 import os
-import re
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
-from importlib import resources
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
@@ -38,12 +33,13 @@ if TYPE_CHECKING:
     import psycopg
     from psycopg_pool import ConnectionPool
 
+    from wsrun.db.migrate import Status as SchemaStatus
+
 SCHEMES = ("postgresql", "postgres")
 #: Connections each process keeps open per database at most.
 POOL_MAX = 8
 #: Seconds to wait for a connection (to connect, or for a free one in the pool).
 CONNECT_TIMEOUT = 10.0
-_MIGRATION_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 
 
 class DbError(Exception):
@@ -182,153 +178,66 @@ def _first_line(e: BaseException) -> str:
     return text.splitlines()[0]
 
 
-# ---- migrations ---------------------------------------------------------------
+# ---- migrations (wsrun.db.migrate) ---------------------------------------------
 
 
-@dataclass(frozen=True)
-class Migration:
-    """One numbered SQL file of the package."""
+def upgrade(url: str, stores: list[str] | None = None) -> list[str]:
+    """Apply every pending migration of ``stores`` to the database at ``url``
+    (PostgreSQL: default every store it holds; SQLite: default the stores the
+    file holds); the migrations applied, as ``store/NNNN_name``."""
+    from wsrun.db import migrate
 
-    version: int
-    name: str
-    sql: str
-
-    @property
-    def checksum(self) -> str:
-        return hashlib.sha256(self.sql.encode()).hexdigest()
-
-
-@dataclass
-class Status:
-    """Where a database's schema stands against this wsrun's migrations."""
-
-    url: str
-    current: int
-    latest: int
-    #: (version, name, applied at as an ISO timestamp) of each applied migration.
-    applied: list[tuple[int, str, str]]
-    pending: list[Migration]
-    #: Applied migrations whose file has changed since.
-    changed: list[str]
-    #: Applied migrations this wsrun does not ship (a newer wsrun applied them).
-    unknown: list[str]
-
-    @property
-    def up_to_date(self) -> bool:
-        return not self.pending
-
-
-def migrations() -> list[Migration]:
-    """Every migration in the package, in order."""
-    folder = resources.files("wsrun.db") / "migrations" / "postgresql"
-    found = []
-    for entry in folder.iterdir():
-        m = _MIGRATION_NAME.match(entry.name)
-        if m:
-            found.append(Migration(int(m[1]), f"{m[1]}_{m[2]}", entry.read_text("utf-8")))
-    found.sort(key=lambda m: m.version)
-    versions = [m.version for m in found]
-    if len(set(versions)) != len(versions):
-        raise DbError(f"two migrations share a number: {[m.name for m in found]}")
-    return found
-
-
-_LOCK = "SELECT pg_advisory_xact_lock(hashtext('wsrun_migrations:' || current_schema()))"
-_TABLE = """
-CREATE TABLE IF NOT EXISTS wsrun_migrations (
-    version integer PRIMARY KEY,
-    name text NOT NULL,
-    checksum text NOT NULL,
-    applied_at timestamptz NOT NULL DEFAULT now()
-)
-"""
-
-
-def _applied(conn: psycopg.Connection[Any]) -> list[tuple[int, str, str, str]]:
-    exists = conn.execute("SELECT to_regclass('wsrun_migrations')").fetchone()
-    if exists is None or exists[0] is None:
-        return []
-    rows = conn.execute(
-        "SELECT version, name, checksum, applied_at FROM wsrun_migrations ORDER BY version"
-    ).fetchall()
-    return [(v, n, c, at.isoformat(timespec="seconds")) for v, n, c, at in rows]
-
-
-def upgrade(url: str) -> list[str]:
-    """Apply every pending migration to ``url``, in order, each in its own
-    transaction holding an advisory lock (concurrent upgrades apply each
-    migration once); the names applied (none when already up to date)."""
-    import psycopg
-
-    done: list[str] = []
-    with connection(url) as conn:
-        _require_schema(conn, url)
-        for migration in migrations():
-            try:
-                with conn.transaction():
-                    conn.execute(_LOCK)
-                    conn.execute(_TABLE)
-                    applied = {v for v, *_ in _applied(conn)}
-                    if migration.version in applied:
-                        continue
-                    conn.execute(migration.sql)
-                    conn.execute(
-                        "INSERT INTO wsrun_migrations (version, name, checksum) VALUES (%s, %s, %s)",
-                        (migration.version, migration.name, migration.checksum),
-                    )
-            except psycopg.Error as e:
-                raise DbError(
-                    f"{mask(url)}: migration {migration.name} failed: {_first_line(e)}"
-                ) from None
-            done.append(migration.name)
-    _checked.discard(conninfo(url))
+    if is_postgres(url):
+        done = migrate.pg_upgrade(url, stores)
+        _checked.clear()
+        return done
+    chosen = stores or migrate.sqlite_stores(url)
+    if not chosen:
+        raise DbError(f"{mask(url)}: which store is this file? (pass --store)")
+    done = []
+    with migrate.sqlite_connection(url, create=True) as conn:
+        assert conn is not None
+        for store in chosen:
+            if "sqlite" not in migrate.STORES.get(store, ("sqlite",)):
+                raise DbError(f"{mask(url)}: the {store} store has no SQLite tables")
+            done += [f"{store}/{n}" for n in migrate.migrate_sqlite(conn, store, mask(url))]
     return done
 
 
-def status(url: str) -> Status:
-    """The schema state of ``url`` (nothing is changed)."""
-    known = migrations()
-    with connection(url) as conn:
-        applied = _applied(conn)
-    by_version = {m.version: m for m in known}
-    done = {v for v, *_ in applied}
-    changed = [
-        name
-        for v, name, checksum, _ in applied
-        if v in by_version and by_version[v].checksum != checksum
-    ]
-    return Status(
-        url=mask(url),
-        current=max(done, default=0),
-        latest=max(by_version, default=0),
-        applied=[(v, n, at) for v, n, _, at in applied],
-        pending=[m for m in known if m.version not in done],
-        changed=changed,
-        unknown=[name for v, name, _, _ in applied if v not in by_version],
-    )
+def status(url: str, stores: list[str] | None = None) -> list[SchemaStatus]:
+    """The schema state of each store in the database at ``url`` (nothing is
+    changed; a SQLite file that does not exist is reported, not created)."""
+    from wsrun.db import migrate
+
+    if is_postgres(url):
+        return migrate.pg_statuses(url, stores)
+    chosen = stores or migrate.sqlite_stores(url)
+    if not chosen:
+        raise DbError(f"{mask(url)}: which store is this file? (pass --store)")
+    with migrate.sqlite_connection(url, create=False) as conn:
+        if conn is None:
+            return [migrate.store_status(mask(url), s, "sqlite", [], exists=False) for s in chosen]
+        return [migrate.sqlite_status(conn, s, mask(url)) for s in chosen]
 
 
-_checked: set[str] = set()
+_checked: set[tuple[str, tuple[str, ...]]] = set()
 
 
-def require_current(url: str) -> None:
-    """Refuse a database this wsrun's migrations have not all been applied to,
-    with one line naming the command that fixes it. Checked once per process
-    per database."""
-    key = conninfo(url)
+def require_current(url: str, store: str | None = None) -> None:
+    """Refuse a PostgreSQL database that lacks ``store``'s migrations (default:
+    every store's), with one line naming the command that fixes it; also one
+    migrated by a newer wsrun or by an edited migration. Checked once per
+    process per database and store."""
+    from wsrun.db import migrate
+
+    key = (conninfo(url), (store,) if store else ())
     if key in _checked:
         return
-    found = status(url)
-    if not found.up_to_date:
-        missing = ", ".join(m.name for m in found.pending)
-        raise SchemaBehind(
-            f"{mask(url)}: database schema is behind this wsrun (missing {missing});"
-            f" run `wsrun db upgrade --url {mask(conninfo(url))}`"
-        )
+    migrate.pg_require_current(url, [store] if store else None)
     _checked.add(key)
 
 
-def _require_schema(conn: psycopg.Connection[Any], url: str) -> None:
+def require_schema(conn: psycopg.Connection[Any], url: str) -> None:
     """A clear error when search_path names no existing schema to create tables in."""
     row = conn.execute("SELECT current_schema()").fetchone()
     if row is None or row[0] is None:

@@ -330,7 +330,9 @@ def migrate_sqlite(conn: sqlite3.Connection, store: str, where: str) -> list[str
                     " VALUES (?, ?, ?, ?, ?)",
                     (store, migration.version, migration.name, migration.checksum, _now()),
                 )
-        except (sqlite3.Error, OSError) as e:
+        except DbError:
+            raise
+        except Exception as e:  # SQL or a Python migration's own failure: rolled back
             raise DbError(
                 f"{where}: {store} migration {migration.name} failed: {_first_line(e)}"
             ) from None
@@ -443,13 +445,23 @@ def _pg_legacy_rows(conn: Any, url: str) -> list[Applied]:
     return found
 
 
+def _pg_stores(url: str, stores: list[str] | None) -> list[str]:
+    """``stores`` (default: every store with PostgreSQL tables), checked."""
+    every = [s for s, d in STORES.items() if "postgresql" in d]
+    for store in stores or []:
+        if store not in every:
+            raise DbError(f"{mask(url)}: the {store} store has no PostgreSQL tables")
+    return list(stores or every)
+
+
 def pg_statuses(url: str, stores: list[str] | None = None) -> list[Status]:
     """The schema state of each PostgreSQL store (default: all) in ``url``."""
     from wsrun.db import connection
 
+    chosen = _pg_stores(url, stores)
+
     with connection(url) as conn:
         rows = _pg_rows(conn, url)
-    chosen = stores or [s for s, d in STORES.items() if "postgresql" in d]
     return [store_status(mask(url), s, "postgresql", rows) for s in chosen]
 
 
@@ -457,12 +469,11 @@ def pg_upgrade(url: str, stores: list[str] | None = None) -> list[str]:
     """Apply the pending migrations of each PostgreSQL store (default: all) to
     ``url``, each in its own transaction under the advisory lock; the names
     applied, as ``store/NNNN_name``."""
-    import psycopg
 
     from wsrun.db import connection, require_schema
 
     done: list[str] = []
-    chosen = stores or [s for s, d in STORES.items() if "postgresql" in d]
+    chosen = _pg_stores(url, stores)
     with connection(url) as conn:
         require_schema(conn, url)
         for store in chosen:
@@ -491,7 +502,9 @@ def pg_upgrade(url: str, stores: list[str] | None = None) -> list[str]:
                             " VALUES (%s, %s, %s, %s)",
                             (store, migration.version, migration.name, migration.checksum),
                         )
-                except psycopg.Error as e:
+                except DbError:
+                    raise
+                except Exception as e:  # SQL or a Python migration: rolled back with it
                     raise DbError(
                         f"{mask(url)}: {store} migration {migration.name} failed: {_first_line(e)}"
                     ) from None

@@ -326,14 +326,17 @@ def test_an_edited_applied_migration_is_refused(
     assert f"migration 0001_{store} was edited after it was applied" in message
 
 
-def _broken(store: str, statements: str) -> Callable[[str, str], list[migrate.Migration]]:
+def _broken(
+    store: str, statements: str, python: bool = False
+) -> Callable[[str, str], list[migrate.Migration]]:
     """The shipped migrations, plus a next one of ``store`` that fails half-way."""
 
     def source(s: str, dialect: str) -> list[migrate.Migration]:
         found = migrate._bundled(s, dialect)
         if s == store:
             nxt = max(m.version for m in found) + 1
-            found.append(migrate.Migration(s, dialect, nxt, f"{nxt:04d}_broken", statements))
+            name = f"{nxt:04d}_broken"
+            found.append(migrate.Migration(s, dialect, nxt, name, statements, python))
         return found
 
     return source
@@ -358,6 +361,31 @@ def test_a_failing_sqlite_migration_rolls_back_and_leaves_the_version(
     assert "half_done" not in names and "entities" in names
     monkeypatch.setattr(migrate, "source", migrate._bundled)
     assert _state(path).get("ous", "X1") is not None  # the data and the store are intact
+
+
+def test_a_failing_python_migration_rolls_back_too(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "journal.db"
+    _journal(path).close()
+    script = (
+        "def upgrade(conn):\n"
+        "    conn.execute('CREATE TABLE half_done (x)')\n"
+        "    conn.execute('UPDATE runs SET recipe = 1')\n"
+        "    raise ValueError('cannot convert row 3')\n"
+    )
+    monkeypatch.setattr(migrate, "source", _broken("journal", script, python=True))
+    with pytest.raises(JournalError) as e:
+        _journal(path)
+    assert "journal migration 0003_broken failed: cannot convert row 3" in str(e.value)
+    assert recorded(path) == [
+        ("journal", 1, "0001_journal"),
+        ("journal", 2, "0002_journal_compact"),
+    ]
+    with sqlite3.connect(path) as conn:
+        assert (
+            conn.execute("SELECT name FROM sqlite_master WHERE name = 'half_done'").fetchall() == []
+        )
 
 
 def test_a_failing_postgres_migration_rolls_back_and_leaves_the_version(

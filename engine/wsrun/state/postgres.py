@@ -2,8 +2,10 @@
 
 Open it with ``open_state_store("postgresql://user@host/db")``. The tables
 (``state_entities``, ``state_history``, ``state_lifecycles``) come from the
-migration ``0003_state.sql`` and are created by ``wsrun db upgrade``; a
-database whose schema is behind is refused with that command in the message.
+state store's migrations (``wsrun/db/migrations/state/postgresql/``) and are
+created by ``wsrun db upgrade``; a database whose schema is behind is refused
+with that command in the message. The queries both state stores share are in
+``wsrun.state.sql``; this module keeps the row locking that differs.
 
 Every change is one transaction that locks the entity's row
 (``SELECT ... FOR UPDATE``) before it reads the state and the kind's

@@ -8,7 +8,9 @@ winner's state). The history table doubles as the outbox: a change is
 pending until ``published`` is set.
 
 A store that was never written to is not created by reading it, so a dry run
-leaves no file behind.
+leaves no file behind. Opening the file applies the state store's pending
+migrations (``wsrun/db/migrations/state/sqlite/``, see ``wsrun.db.migrate``);
+the queries both state stores share are in ``wsrun.state.sql``.
 """
 
 from __future__ import annotations

@@ -159,6 +159,7 @@ class Status:
 
 
 def _bundled(store: str, dialect: str) -> list[Migration]:
+    """The migration files the package ships for ``store`` in ``dialect``."""
     folder = resources.files("wsrun.db") / "migrations" / store / dialect
     found = []
     if folder.is_dir():

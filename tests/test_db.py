@@ -1,4 +1,5 @@
-"""The PostgreSQL schema: ``wsrun db upgrade`` / ``status`` and the check backends make."""
+"""The PostgreSQL schema: ``wsrun db upgrade`` / ``status`` and the check backends make
+(the migration mechanism itself, on both dialects: tests/test_migrations.py)."""
 
 from __future__ import annotations
 
@@ -8,8 +9,15 @@ import threading
 import psycopg
 import pytest
 
-from wsrun.core import db
+from wsrun.core import db, migrate
 from wsrun.stores.archive.store import ArchiveError, ArchiveStore
+
+PG_STORES = ("state", "journal", "archive")
+
+
+def all_names() -> list[str]:
+    """Every PostgreSQL migration as ``store/NNNN_name``, in the order upgrade applies them."""
+    return [f"{s}/{m.name}" for s in PG_STORES for m in migrate.migrations(s, "postgresql")]
 
 
 def tables(url: str) -> set[str]:
@@ -21,18 +29,19 @@ def tables(url: str) -> set[str]:
 
 
 def test_upgrade_applies_every_migration_once(cli, pg_empty_url: str) -> None:
-    names = [m.name for m in db.migrations()]
-    assert names[:2] == ["0001_archive", "0002_journal"]
+    names = all_names()
+    assert names[:2] == ["state/0001_state", "journal/0001_journal"]
 
     behind = cli("db", "status", "--url", pg_empty_url)
     assert behind.code == 1
-    assert f"schema version 0 of {db.migrations()[-1].version}" in behind.out
+    assert "[archive]: schema version 0 of 1" in behind.out
+    assert "[journal]: schema version 0 of 2" in behind.out
     assert "pending  0001_archive" in behind.out
 
     first = cli("db", "upgrade", "--url", pg_empty_url)
     assert first.code == 0, first.err
     assert [line.rsplit(" ", 1)[1] for line in first.out.splitlines()] == names
-    assert {"wsrun_migrations", "archive_products", "journal_runs"} <= tables(pg_empty_url)
+    assert {"wsrun_schema", "archive_products", "journal_runs"} <= tables(pg_empty_url)
 
     again = cli("db", "upgrade", "--url", pg_empty_url)
     assert again.code == 0 and again.out.strip().endswith(": up to date")
@@ -41,6 +50,7 @@ def test_upgrade_applies_every_migration_once(cli, pg_empty_url: str) -> None:
     assert current.code == 0
     assert "pending" not in current.out
     assert "applied  0001_archive" in current.out
+    assert "[journal]: schema version 2 of 2" in current.out
 
 
 def test_concurrent_upgrades_apply_each_migration_once(pg_empty_url: str) -> None:
@@ -49,7 +59,7 @@ def test_concurrent_upgrades_apply_each_migration_once(pg_empty_url: str) -> Non
 
     def run() -> None:
         try:
-            applied.append(db.upgrade(pg_empty_url))
+            applied.append(migrate.upgrade(pg_empty_url))
         except BaseException as e:  # reported below
             errors.append(e)
 
@@ -59,30 +69,31 @@ def test_concurrent_upgrades_apply_each_migration_once(pg_empty_url: str) -> Non
     for t in threads:
         t.join()
     assert not errors
-    assert sorted(n for names in applied for n in names) == sorted(m.name for m in db.migrations())
+    assert sorted(n for names in applied for n in names) == sorted(all_names())
     with psycopg.connect(db.conninfo(pg_empty_url)) as conn:
-        count = conn.execute("SELECT count(*) FROM wsrun_migrations").fetchone()
-    assert count == (len(db.migrations()),)
+        count = conn.execute("SELECT count(*) FROM wsrun_schema").fetchone()
+    assert count == (len(all_names()),)
 
 
 def test_a_backend_refuses_a_database_behind_with_one_line(pg_empty_url: str) -> None:
     with pytest.raises(db.SchemaBehind) as e:
-        db.require_current(pg_empty_url + "&files=/tmp/x")
+        migrate.require_current(pg_empty_url + "&files=/tmp/x")
     message = str(e.value)
     assert "\n" not in message
-    assert "missing 0001_archive" in message
+    assert "missing state/0001_state, journal/0001_journal" in message
+    assert "archive/0001_archive" in message
     assert "run `wsrun db upgrade --url postgresql://" in message
     assert "files=" not in message.split("--url", 1)[1]
     with pytest.raises(ArchiveError, match=r"schema is behind .* run `wsrun db upgrade --url"):
         ArchiveStore.open(pg_empty_url + "&files=/tmp/x")
-    db.upgrade(pg_empty_url)
-    db.require_current(pg_empty_url)
+    migrate.upgrade(pg_empty_url)
+    migrate.require_current(pg_empty_url)
 
 
 def test_unreachable_database_is_one_line_with_the_password_masked(cli) -> None:
     url = "postgresql://wsrun:hunter2@127.0.0.1:1/nowhere"
     with pytest.raises(db.DbError) as e:
-        db.status(url)
+        migrate.status(url)
     assert "hunter2" not in str(e.value) and "wsrun:****@127.0.0.1:1" in str(e.value)
     result = cli("db", "upgrade", "--url", url)
     assert result.code == 1
@@ -90,18 +101,19 @@ def test_unreachable_database_is_one_line_with_the_password_masked(cli) -> None:
 
 
 def test_upgrade_without_url_uses_the_configured_backends(cli, pg_empty_url, monkeypatch) -> None:
-    none = cli("db", "upgrade")
-    assert none.code == 2 and "no backend uses PostgreSQL" in none.err
+    fresh = cli("db", "upgrade")  # the embedded defaults: nothing made yet, nothing made now
+    assert fresh.code == 0, fresh.err
+    assert "journal.db: not created yet" in fresh.out
     monkeypatch.setenv("WSRUN_JOURNAL_URL", pg_empty_url)
     result = cli("db", "upgrade")
     assert result.code == 0, result.err
-    assert "applied 0002_journal" in result.out
+    assert "applied journal/0002_journal_compact" in result.out
 
 
 def test_a_missing_schema_is_named(pg_server: str) -> None:
     url = pg_server + "?options=-csearch_path%3Dno_such_schema_here"
     with pytest.raises(db.DbError, match="no schema on the search_path"):
-        db.upgrade(url)
+        migrate.upgrade(url)
 
 
 def test_mask_hides_only_the_password() -> None:
@@ -123,28 +135,43 @@ def test_an_unusable_journal_is_one_line(cli, pg_empty_url: str, monkeypatch) ->
     assert r.code == 2 and "run `wsrun db upgrade --url" in r.err
 
 
-def test_status_notes_edited_and_unknown_migrations(cli, pg_url: str) -> None:
+def test_status_and_backends_refuse_edited_and_unknown_migrations(cli, pg_url: str) -> None:
     with psycopg.connect(db.conninfo(pg_url), autocommit=True) as conn:
-        conn.execute("UPDATE wsrun_migrations SET checksum='x' WHERE version=1")
-        conn.execute(
-            "INSERT INTO wsrun_migrations (version, name, checksum) VALUES (9999, '9999_later', 'y')"
-        )
-    found = db.status(pg_url)
-    assert (
-        found.up_to_date and found.changed == ["0001_archive"] and found.unknown == ["9999_later"]
-    )
+        conn.execute("UPDATE wsrun_schema SET checksum='x' WHERE store='archive' AND version=1")
+    (found,) = migrate.status(pg_url, ["archive"])
+    assert found.changed == ["0001_archive"] and not found.up_to_date
     r = cli("db", "status", "--url", pg_url)
-    assert r.code == 0
-    assert "warning: 0001_archive differs" in r.out and "note: 9999_later is not known" in r.out
+    assert r.code == 1
+    assert "error: 0001_archive was edited after it was applied" in r.out
+    with pytest.raises(migrate.MigrationChanged, match="0001_archive was edited"):
+        migrate.require_current(pg_url, "archive")
+    migrate.require_current(pg_url, "journal")  # another store's edited file is not its business
+    with pytest.raises(migrate.MigrationChanged):
+        migrate.upgrade(pg_url)
+
+    with psycopg.connect(db.conninfo(pg_url), autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO wsrun_schema (store, version, name, checksum)"
+            " VALUES ('journal', 9999, '9999_later', 'y')"
+        )
+    r = cli("db", "status", "--url", pg_url, "--store", "journal")
+    assert r.code == 1 and "error: 9999_later is not known to this wsrun" in r.out
+    db.close_pools()  # a process checks a database once: forget the check above
+    with pytest.raises(migrate.SchemaNewer) as e:
+        migrate.require_current(pg_url, "journal")
+    assert "journal schema is at version 9999, newer than this wsrun" in str(e.value)
+    assert "\n" not in str(e.value)
 
 
 def test_status_and_upgrade_as_json(cli, pg_empty_url: str) -> None:
-    names = [m.name for m in db.migrations()]
     behind = cli("db", "status", "--url", pg_empty_url, "--json")
     assert behind.code == 1
-    (report,) = json.loads(behind.out)
-    assert report["version"] == 0 and report["pending"] == names and report["applied"] == []
+    report = json.loads(behind.out)
+    assert [r["store"] for r in report] == list(PG_STORES)
+    journal = report[1]
+    assert journal["version"] == 0 and journal["latest"] == 2 and journal["applied"] == []
+    assert journal["pending"] == ["0001_journal", "0002_journal_compact"]
     up = cli("db", "upgrade", "--url", pg_empty_url, "--json")
-    assert up.code == 0 and json.loads(up.out)[0]["applied"] == names
+    assert up.code == 0 and json.loads(up.out)[0]["applied"] == all_names()
     now = cli("db", "status", "--url", pg_empty_url, "--json", "-q")
     assert now.code == 0 and now.out == ""

@@ -32,7 +32,7 @@ def test_postgresql_backends_reachable(cli, tmp_path, pg_url, s3, bucket, monkey
     code, found = checks(cli)
     assert code == 0, found
     assert found["journal"]["ok"] and found["journal"]["url"] == pg_url
-    assert found["journal"]["detail"].startswith("PostgreSQL, schema version ")
+    assert found["journal"]["detail"].startswith("PostgreSQL, journal schema version ")
     assert (
         found["archive"]["ok"]
         and f"files s3 store s3://{bucket}/archive" in (found["archive"]["detail"])

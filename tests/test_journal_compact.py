@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from conftest import write
-from wsrun.core.journal import SCHEMA, Journal
+from fixtures.legacy_schemas import JOURNAL as SCHEMA
+from wsrun.core.journal import Journal
 
 # Every test once on the default journal and once on PostgreSQL (conftest.journal_url).
 pytestmark = pytest.mark.usefixtures("journal_url")

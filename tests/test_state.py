@@ -795,7 +795,9 @@ def test_postgres_store_refuses_a_schema_behind_with_one_line(pg_empty_url: str,
     with pytest.raises(StateError) as e:
         open_state_store(pg_empty_url)
     assert "\n" not in str(e.value)
-    assert "missing 0001_archive" in str(e.value) and "run `wsrun db upgrade --url" in str(e.value)
+    assert "missing state/0001_state" in str(e.value) and "run `wsrun db upgrade --url" in str(
+        e.value
+    )
     r = cli("state", "ls", "--store", pg_empty_url)
     assert r.code == 2 and "wsrun db upgrade" in r.err and "Traceback" not in r.err
 

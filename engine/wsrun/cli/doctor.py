@@ -74,17 +74,21 @@ def check(backend: str, url: str | None) -> Check:
 
 
 def _probe(backend: str, url: str) -> str:
-    from wsrun.core.db import is_postgres, mask, split_url, status
+    from wsrun.core.db import is_postgres, mask, split_url
+    from wsrun.core.migrate import status
 
     scheme = urlsplit(url).scheme if "://" in url else ""
     if is_postgres(url):
-        found = status(url)
-        if not found.up_to_date:
+        (found,) = status(url, [backend] if backend != "bus" else None)[:1]
+        problem = found.problem()
+        if problem:
+            raise RuntimeError(problem)
+        if found.pending:
             raise RuntimeError(
-                f"schema version {found.current} of {found.latest}:"
+                f"{found.store} schema version {found.current} of {found.latest}:"
                 f" run `wsrun db upgrade --url {mask(split_url(url)[0])}`"
             )
-        detail = f"PostgreSQL, schema version {found.current}"
+        detail = f"PostgreSQL, {found.store} schema version {found.current}"
         if backend == "archive":
             detail += f"; files {_probe_files(url, required=True)}"
         return detail

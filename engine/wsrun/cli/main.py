@@ -32,7 +32,7 @@ commands:
   bus send|call|ls|show|resend|purge|queues   send and inspect bus messages
   serve [--port 8080]  the web dashboard (runs, board, QA2 review, messages)
   graph RECIPE         a recipe's steps (or --lifecycle FILE) as DOT, Mermaid or SVG
-  db upgrade|status    create or upgrade the PostgreSQL tables of the backends
+  db upgrade|status    create or upgrade the SQL tables of the backends
   doctor               which backends are in use and whether each is reachable
   completion bash|zsh  the shell completion script (eval "$(wsrun completion bash)")
 

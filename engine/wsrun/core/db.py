@@ -1,15 +1,14 @@
-"""PostgreSQL for the scale-out backends: connections, a shared pool per URL,
-and the schema migrations every backend's tables come from.
+"""PostgreSQL for the scale-out backends: connections, a shared pool per URL;
+and the entry points of the schema migrations of every SQL store.
 
 The state store, the archive metadata and the run journal all live in one
 PostgreSQL database when they are given ``postgresql://`` URLs. Their tables
-are created by numbered SQL files in ``wsrun/core/migrations/postgresql/``
-(``0001_archive.sql``, ``0002_journal.sql``, ...), applied in order by
-``wsrun db upgrade`` (``upgrade(url)``), each in its own transaction under an
-advisory lock, and recorded in the ``wsrun_migrations`` table. A backend calls
-``require_current(url)`` when it opens: a database whose schema is behind the
-installed wsrun is refused with one line saying to run ``wsrun db upgrade``,
-instead of failing later on a missing table or column.
+come from each store's numbered migrations (``wsrun.core.migrate``: one
+mechanism for SQLite and PostgreSQL), applied by ``wsrun db upgrade``
+(``upgrade(url)``) and recorded in the ``wsrun_schema`` table. A backend calls
+``require_current(url, store)`` when it opens: a database whose schema is
+behind the installed wsrun is refused with one line saying to run
+``wsrun db upgrade``, instead of failing later on a missing table or column.
 
 URLs are libpq URLs (``postgresql://user:password@host:5432/db?sslmode=require``).
 Query parameters libpq does not know are wsrun's own (the archive's
@@ -24,13 +23,9 @@ from __future__ import annotations
 import atexit
 import contextlib
 import functools
-import hashlib
 import os
-import re
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
-from importlib import resources
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
@@ -38,12 +33,12 @@ if TYPE_CHECKING:
     import psycopg
     from psycopg_pool import ConnectionPool
 
+
 SCHEMES = ("postgresql", "postgres")
 #: Connections each process keeps open per database at most.
 POOL_MAX = 8
 #: Seconds to wait for a connection (to connect, or for a free one in the pool).
 CONNECT_TIMEOUT = 10.0
-_MIGRATION_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 
 
 class DbError(Exception):
@@ -165,13 +160,18 @@ def connection(url: str) -> Iterator[psycopg.Connection[Any]]:
         raise DbError(f"{mask(url)}: {_first_line(e)}") from None
 
 
+#: (database, stores) whose schema this process found current (``wsrun.core.migrate``);
+#: forgotten with the pools, so a test that drops a database checks it again.
+checked_schemas: set[tuple[str, tuple[str, ...]]] = set()
+
+
 def close_pools() -> None:
     """Close every pool of this process (at exit, and in tests)."""
     with _pools_lock:
         mine = [k for k in _pools if k[0] == os.getpid()]
         for key in mine:
             _pools.pop(key).close(timeout=1.0)
-    _checked.clear()
+    checked_schemas.clear()
 
 
 atexit.register(close_pools)
@@ -182,153 +182,7 @@ def _first_line(e: BaseException) -> str:
     return text.splitlines()[0]
 
 
-# ---- migrations ---------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Migration:
-    """One numbered SQL file of the package."""
-
-    version: int
-    name: str
-    sql: str
-
-    @property
-    def checksum(self) -> str:
-        return hashlib.sha256(self.sql.encode()).hexdigest()
-
-
-@dataclass
-class Status:
-    """Where a database's schema stands against this wsrun's migrations."""
-
-    url: str
-    current: int
-    latest: int
-    #: (version, name, applied at as an ISO timestamp) of each applied migration.
-    applied: list[tuple[int, str, str]]
-    pending: list[Migration]
-    #: Applied migrations whose file has changed since.
-    changed: list[str]
-    #: Applied migrations this wsrun does not ship (a newer wsrun applied them).
-    unknown: list[str]
-
-    @property
-    def up_to_date(self) -> bool:
-        return not self.pending
-
-
-def migrations() -> list[Migration]:
-    """Every migration in the package, in order."""
-    folder = resources.files("wsrun.core") / "migrations" / "postgresql"
-    found = []
-    for entry in folder.iterdir():
-        m = _MIGRATION_NAME.match(entry.name)
-        if m:
-            found.append(Migration(int(m[1]), f"{m[1]}_{m[2]}", entry.read_text("utf-8")))
-    found.sort(key=lambda m: m.version)
-    versions = [m.version for m in found]
-    if len(set(versions)) != len(versions):
-        raise DbError(f"two migrations share a number: {[m.name for m in found]}")
-    return found
-
-
-_LOCK = "SELECT pg_advisory_xact_lock(hashtext('wsrun_migrations:' || current_schema()))"
-_TABLE = """
-CREATE TABLE IF NOT EXISTS wsrun_migrations (
-    version integer PRIMARY KEY,
-    name text NOT NULL,
-    checksum text NOT NULL,
-    applied_at timestamptz NOT NULL DEFAULT now()
-)
-"""
-
-
-def _applied(conn: psycopg.Connection[Any]) -> list[tuple[int, str, str, str]]:
-    exists = conn.execute("SELECT to_regclass('wsrun_migrations')").fetchone()
-    if exists is None or exists[0] is None:
-        return []
-    rows = conn.execute(
-        "SELECT version, name, checksum, applied_at FROM wsrun_migrations ORDER BY version"
-    ).fetchall()
-    return [(v, n, c, at.isoformat(timespec="seconds")) for v, n, c, at in rows]
-
-
-def upgrade(url: str) -> list[str]:
-    """Apply every pending migration to ``url``, in order, each in its own
-    transaction holding an advisory lock (concurrent upgrades apply each
-    migration once); the names applied (none when already up to date)."""
-    import psycopg
-
-    done: list[str] = []
-    with connection(url) as conn:
-        _require_schema(conn, url)
-        for migration in migrations():
-            try:
-                with conn.transaction():
-                    conn.execute(_LOCK)
-                    conn.execute(_TABLE)
-                    applied = {v for v, *_ in _applied(conn)}
-                    if migration.version in applied:
-                        continue
-                    conn.execute(migration.sql)
-                    conn.execute(
-                        "INSERT INTO wsrun_migrations (version, name, checksum) VALUES (%s, %s, %s)",
-                        (migration.version, migration.name, migration.checksum),
-                    )
-            except psycopg.Error as e:
-                raise DbError(
-                    f"{mask(url)}: migration {migration.name} failed: {_first_line(e)}"
-                ) from None
-            done.append(migration.name)
-    _checked.discard(conninfo(url))
-    return done
-
-
-def status(url: str) -> Status:
-    """The schema state of ``url`` (nothing is changed)."""
-    known = migrations()
-    with connection(url) as conn:
-        applied = _applied(conn)
-    by_version = {m.version: m for m in known}
-    done = {v for v, *_ in applied}
-    changed = [
-        name
-        for v, name, checksum, _ in applied
-        if v in by_version and by_version[v].checksum != checksum
-    ]
-    return Status(
-        url=mask(url),
-        current=max(done, default=0),
-        latest=max(by_version, default=0),
-        applied=[(v, n, at) for v, n, _, at in applied],
-        pending=[m for m in known if m.version not in done],
-        changed=changed,
-        unknown=[name for v, name, _, _ in applied if v not in by_version],
-    )
-
-
-_checked: set[str] = set()
-
-
-def require_current(url: str) -> None:
-    """Refuse a database this wsrun's migrations have not all been applied to,
-    with one line naming the command that fixes it. Checked once per process
-    per database."""
-    key = conninfo(url)
-    if key in _checked:
-        return
-    found = status(url)
-    if not found.up_to_date:
-        missing = ", ".join(m.name for m in found.pending)
-        raise SchemaBehind(
-            f"{mask(url)}: database schema is behind this wsrun (missing {missing});"
-            f" run `wsrun db upgrade --url {mask(conninfo(url))}`"
-        )
-    _checked.add(key)
-
-
-def _require_schema(conn: psycopg.Connection[Any], url: str) -> None:
+def require_schema(conn: psycopg.Connection[Any], url: str) -> None:
     """A clear error when search_path names no existing schema to create tables in."""
     row = conn.execute("SELECT current_schema()").fetchone()
     if row is None or row[0] is None:

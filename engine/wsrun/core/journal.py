@@ -25,59 +25,10 @@ from urllib.parse import urlsplit
 
 import zstandard
 
+from wsrun.core.db import DbError
 from wsrun.core.masking import printable
+from wsrun.core.migrate import migrate_sqlite
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS runs (
-    id TEXT PRIMARY KEY,
-    recipe TEXT NOT NULL,
-    recipe_path TEXT NOT NULL,
-    inputs TEXT NOT NULL,
-    settings TEXT NOT NULL,
-    dry_run INTEGER NOT NULL,
-    status TEXT NOT NULL,
-    started REAL NOT NULL,
-    ended REAL,
-    pid INTEGER,
-    host TEXT,
-    workdir TEXT,
-    outputs TEXT,
-    error TEXT
-);
-CREATE TABLE IF NOT EXISTS steps (
-    run_id TEXT NOT NULL REFERENCES runs(id),
-    key TEXT NOT NULL,
-    seq INTEGER NOT NULL,
-    uses TEXT NOT NULL,
-    status TEXT NOT NULL,
-    started REAL NOT NULL,
-    ended REAL,
-    effects TEXT,
-    outputs TEXT,
-    error TEXT,
-    effect_count INTEGER,
-    effects_ref TEXT,
-    outputs_ref TEXT,
-    PRIMARY KEY (run_id, key)
-);
-CREATE INDEX IF NOT EXISTS runs_started ON runs(started);
-CREATE TABLE IF NOT EXISTS blobs (
-    hash TEXT PRIMARY KEY,
-    data BLOB NOT NULL
-);
-CREATE TABLE IF NOT EXISTS meta (
-    key TEXT PRIMARY KEY,
-    value TEXT NOT NULL
-);
-"""
-#: Columns added to ``steps`` since the first journals, with their types: an
-#: older journal file gets them when it is opened.
-ADDED_STEP_COLUMNS = {"effect_count": "INTEGER", "effects_ref": "TEXT", "outputs_ref": "TEXT"}
-#: Made after the columns exist (an old journal gets the columns first).
-INDEXES = """
-CREATE INDEX IF NOT EXISTS steps_effects_ref ON steps(effects_ref);
-CREATE INDEX IF NOT EXISTS steps_outputs_ref ON steps(outputs_ref);
-"""
 #: A step's effects or outputs whose JSON is longer than this go into the blobs
 #: table, zstd-compressed (effects one JSON object a line, so a page of them is
 #: read without decoding the rest); shorter ones stay in the row as JSON text.
@@ -187,17 +138,12 @@ class _SqliteTables:
             self.db.execute("PRAGMA auto_vacuum = INCREMENTAL")
             self.db.execute("PRAGMA journal_mode = WAL")
             self.db.execute("PRAGMA synchronous = NORMAL")
-            self.db.executescript(SCHEMA)
-            columns = {r[1] for r in self.db.execute("PRAGMA table_info(runs)")}
-            if "host" not in columns:  # journals written before runs recorded their host
-                self.db.execute("ALTER TABLE runs ADD COLUMN host TEXT")
-            columns = {r[1] for r in self.db.execute("PRAGMA table_info(steps)")}
-            for name, kind in ADDED_STEP_COLUMNS.items():  # journals before compact effects
-                if name not in columns:
-                    self.db.execute(f"ALTER TABLE steps ADD COLUMN {name} {kind}")
-            self.db.executescript(INDEXES)
+            # The tables come from the journal's migrations (wsrun/core/migrations/journal/).
+            migrate_sqlite(self.db, "journal", path)
         except (sqlite3.Error, OSError) as e:
             raise self.error(e) from None
+        except DbError as e:
+            raise JournalError(f"journal {e}") from None
 
     def error(self, e: BaseException) -> JournalError:
         """A failure to use the journal as one line naming its file."""
@@ -255,11 +201,11 @@ class _PostgresTables:
     )
 
     def __init__(self, url: str) -> None:
-        from wsrun.core import db
+        from wsrun.core import db, migrate
 
         self.url = url
         try:
-            db.require_current(url)
+            migrate.require_current(url, "journal")
         except db.DbError as e:
             raise JournalError(f"journal: {e}") from None
 

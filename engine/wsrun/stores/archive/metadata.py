@@ -32,49 +32,12 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
+from wsrun.core.db import DbError
+from wsrun.core.migrate import check_sqlite, migrate_sqlite
 from wsrun.stores.archive.content import AlreadyIngested, ArchiveError
 
 if TYPE_CHECKING:
     from wsrun.stores.archive.records import IngestRequest, ProductRecord
-
-SQLITE_SCHEMA = """
-CREATE TABLE IF NOT EXISTS ingestions (
-    id INTEGER PRIMARY KEY,
-    telescope TEXT NOT NULL,
-    ingestion_path TEXT NOT NULL,
-    ingested REAL NOT NULL,
-    manifest TEXT,
-    metadata TEXT
-);
-CREATE TABLE IF NOT EXISTS products (
-    locator TEXT PRIMARY KEY,
-    ingestion INTEGER NOT NULL REFERENCES ingestions(id),
-    telescope TEXT NOT NULL,
-    type TEXT NOT NULL,
-    filename TEXT NOT NULL,
-    ingestion_path TEXT NOT NULL,
-    science INTEGER NOT NULL,
-    parent TEXT,
-    ingested REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS files (
-    locator TEXT NOT NULL REFERENCES products(locator),
-    name TEXT NOT NULL,
-    size INTEGER NOT NULL,
-    sha256 TEXT NOT NULL,
-    PRIMARY KEY (locator, name)
-);
-CREATE TABLE IF NOT EXISTS provenance (
-    product TEXT NOT NULL REFERENCES products(locator),
-    input TEXT NOT NULL,
-    PRIMARY KEY (product, input)
-);
-CREATE INDEX IF NOT EXISTS products_key ON products(ingestion_path, filename);
-CREATE UNIQUE INDEX IF NOT EXISTS products_science_key ON products(ingestion_path, filename)
-    WHERE science = 1;
-CREATE INDEX IF NOT EXISTS files_sha ON files(sha256);
-CREATE INDEX IF NOT EXISTS provenance_input ON provenance(input);
-"""
 
 
 class ArchiveMetadata(ABC):
@@ -427,6 +390,11 @@ class SqliteMetadata(SqlMetadata):
             if not self._query("SELECT 1 FROM sqlite_master WHERE name = 'products'"):
                 self.db.close()  # being created by another process right now
                 raise ArchiveError(f"{root}: no archive here")
+            try:  # a reader does not migrate, but refuses what a newer wsrun wrote
+                check_sqlite(self.db, "archive", self.db_path)
+            except DbError as e:
+                self.db.close()
+                raise ArchiveError(str(e)) from None
             return
         os.makedirs(root, exist_ok=True)
         # Under the writers' lock: two processes setting up a new database at
@@ -435,8 +403,13 @@ class SqliteMetadata(SqlMetadata):
             self.db = sqlite3.connect(self.db_path, timeout=30, isolation_level=None)
             self.db.execute("PRAGMA busy_timeout = 30000")
             self.db.execute("PRAGMA journal_mode = WAL")
-            # One transaction: a reader sees all the tables or none.
-            self.db.executescript(f"BEGIN IMMEDIATE;\n{SQLITE_SCHEMA}\nCOMMIT;")
+            # The tables come from the archive's migrations (wsrun/core/migrations/archive/),
+            # each one transaction: a reader sees all of a migration's tables or none.
+            try:
+                migrate_sqlite(self.db, "archive", self.db_path)
+            except DbError as e:
+                self.db.close()
+                raise ArchiveError(str(e)) from None
 
     def close(self) -> None:
         self.db.close()
@@ -486,12 +459,12 @@ class PostgresMetadata(SqlMetadata):
     _COMMITS = "hashtext('wsrun_archive_commits:' || current_schema())"
 
     def __init__(self, url: str) -> None:
-        from wsrun.core import db
+        from wsrun.core import db, migrate
 
         super().__init__()
         self.url = url
         try:
-            db.require_current(url)
+            migrate.require_current(url, "archive")
         except db.DbError as e:
             raise ArchiveError(str(e)) from None
         self._tx: Any = None

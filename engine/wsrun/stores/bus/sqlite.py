@@ -30,6 +30,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from wsrun.core.db import DbError
+from wsrun.core.migrate import migrate_sqlite
 from wsrun.stores.bus.base import (
     DEFAULT_BACKOFF,
     DEFAULT_LEASE,
@@ -58,34 +60,6 @@ BUSY_SLICE_MS = 2
 LOCK_TIMEOUT = 30.0
 #: Seconds between two removals of done messages past the retention, per process.
 PRUNE_EVERY = 60.0
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS queues (
-    name TEXT PRIMARY KEY,
-    patterns TEXT NOT NULL,
-    created REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS messages (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    id TEXT NOT NULL UNIQUE,
-    origin TEXT NOT NULL,
-    selector TEXT NOT NULL,
-    body TEXT NOT NULL,
-    queue TEXT NOT NULL,
-    status TEXT NOT NULL,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    error TEXT,
-    created REAL NOT NULL,
-    available REAL NOT NULL,
-    consumer TEXT,
-    lease_until REAL,
-    reply_to TEXT,
-    correlation_id TEXT,
-    headers TEXT
-);
-CREATE INDEX IF NOT EXISTS messages_by_queue ON messages(queue, status, available);
-CREATE INDEX IF NOT EXISTS messages_by_origin ON messages(origin);
-"""
 
 # the body as bytes: a row another client wrote may hold text that is not UTF-8
 COLUMNS = (
@@ -157,7 +131,11 @@ class SqliteBus(Bus):
         db.execute("PRAGMA busy_timeout = 30000")
         db.execute("PRAGMA journal_mode = WAL")
         db.execute("PRAGMA synchronous = NORMAL")
-        db.executescript(f"BEGIN IMMEDIATE;{SCHEMA}COMMIT;")
+        try:  # the tables come from the bus's migrations (wsrun/core/migrations/bus/)
+            migrate_sqlite(db, "bus", self.path)
+        except DbError as e:
+            db.close()
+            raise BusError(str(e)) from None
         # From now on a locked database is retried here, in short steps:
         # SQLite's own busy handler sleeps up to 100 ms at a time.
         db.execute(f"PRAGMA busy_timeout = {BUSY_SLICE_MS}")

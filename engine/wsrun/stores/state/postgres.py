@@ -2,8 +2,10 @@
 
 Open it with ``open_state_store("postgresql://user@host/db")``. The tables
 (``state_entities``, ``state_history``, ``state_lifecycles``) come from the
-migration ``0003_state.sql`` and are created by ``wsrun db upgrade``; a
-database whose schema is behind is refused with that command in the message.
+state store's migrations (``wsrun/core/migrations/state/postgresql/``) and are
+created by ``wsrun db upgrade``; a database whose schema is behind is refused
+with that command in the message. The queries both state stores share are in
+``wsrun.stores.state.sql``; this module keeps the row locking that differs.
 
 Every change is one transaction that locks the entity's row
 (``SELECT ... FOR UPDATE``) before it reads the state and the kind's
@@ -26,16 +28,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
-from wsrun.stores.state.base import (
-    UNSET,
-    Change,
-    Entity,
-    StateConflict,
-    StateError,
-    StateStore,
-    resolve_change,
-)
-from wsrun.stores.state.lifecycle import Lifecycle
+from wsrun.stores.state.base import UNSET, Change, StateConflict, StateError, resolve_change
+from wsrun.stores.state.sql import CLAIMABLE, SqlStateStore, change, entity
 
 if TYPE_CHECKING:
     import psycopg
@@ -43,8 +37,6 @@ if TYPE_CHECKING:
 
 #: The database's clock, in seconds since the epoch.
 _NOW = "extract(epoch from clock_timestamp())::double precision"
-_ENTITY_COLUMNS = "kind, id, state, substate, updated, attributes, version"
-_CHANGE_COLUMNS = "seq, kind, id, from_state, state, from_substate, substate, attributes, at, actor"
 
 # The entity, locked until the transaction ends, with the kind's lifecycle and
 # the time: one round trip. The row is absent (NULLs) for an unknown entity.
@@ -82,15 +74,9 @@ SELECT %(kind)s, %(id)s, %(from_state)s, %(state)s, %(from_substate)s, %(substat
 FROM updated
 RETURNING seq
 """
-# Pending changes nobody holds a lease on, oldest first, locked without
-# waiting for rows another relay is claiming right now.
-_CLAIMABLE = f"""
-SELECT {_CHANGE_COLUMNS} FROM state_history h
-WHERE published IS NULL AND (claim_until IS NULL OR claim_until < {_NOW})
-  AND NOT EXISTS (SELECT 1 FROM state_history e WHERE e.kind = h.kind AND e.id = h.id
-                  AND e.seq < h.seq AND e.published IS NULL AND e.claim_until >= {_NOW})
-ORDER BY seq LIMIT %s FOR UPDATE SKIP LOCKED
-"""
+# The claimable changes (wsrun.stores.state.sql.CLAIMABLE) are locked without waiting
+# for rows another relay is claiming right now.
+_SKIP_LOCKED = " FOR UPDATE SKIP LOCKED"
 # Of the locked changes, those with an earlier unpublished change of the same
 # entity outside the batch (leased, or being claimed by another relay).
 _BLOCKED = """
@@ -100,23 +86,30 @@ SELECT h.seq FROM state_history h WHERE h.seq = ANY(%(seqs)s) AND EXISTS (
 """
 
 
-class PostgresStateStore(StateStore):
+class PostgresStateStore(SqlStateStore):
     """The state store in a PostgreSQL database (``postgresql://...``)."""
 
-    def __init__(self, url: str) -> None:
-        from wsrun.core import db
+    TABLES = {
+        "entities": "state_entities",
+        "history": "state_history",
+        "lifecycles": "state_lifecycles",
+    }
+    PARAM = "%s"
+    NOW = _NOW
 
+    def __init__(self, url: str) -> None:
+        from wsrun.core import db, migrate
+
+        super().__init__()
         #: The URL as shown in effects, outputs and messages: its password masked.
         self.url = db.mask(url)
         self._url = url
         try:
-            db.require_current(url)
+            migrate.require_current(url, "state")
         except db.DbError as e:
             raise StateError(f"state store: {e}") from None
         self._pool: ConnectionPool | None = None
         self._pool_pid = 0
-        #: Parsed lifecycles by their stored definition (parsing on every change costs).
-        self._parsed: dict[str, Lifecycle] = {}
 
     # ---- connection -----------------------------------------------------------
 
@@ -148,60 +141,11 @@ class PostgresStateStore(StateStore):
         with self._connection() as conn:
             return conn.execute(sql, args).fetchall()
 
-    def _lifecycle(self, definition: str | None) -> Lifecycle | None:
-        if definition is None:
-            return None
-        found = self._parsed.get(definition)
-        if found is None:
-            found = self._parsed[definition] = Lifecycle.from_json(json.loads(definition))
-        return found
-
-    # ---- lifecycles -------------------------------------------------------------
-
-    def register_lifecycle(self, lifecycle: Lifecycle) -> None:
+    def _write(self, sql: str, args: Sequence[Any] = ()) -> None:
         with self._connection() as conn:
-            conn.execute(
-                "INSERT INTO state_lifecycles (kind, definition, registered)"
-                f" VALUES (%s, %s, {_NOW}) ON CONFLICT (kind) DO UPDATE"
-                " SET definition = excluded.definition, registered = excluded.registered",
-                (lifecycle.kind, json.dumps(lifecycle.to_json())),
-            )
+            conn.execute(sql, args)
 
-    def lifecycle(self, kind: str) -> Lifecycle | None:
-        rows = self._read("SELECT definition FROM state_lifecycles WHERE kind = %s", (kind,))
-        return self._lifecycle(rows[0][0]) if rows else None
-
-    # ---- entities ---------------------------------------------------------------
-
-    def get(self, kind: str, id: str) -> Entity | None:
-        rows = self._read(
-            f"SELECT {_ENTITY_COLUMNS} FROM state_entities WHERE kind = %s AND id = %s",
-            (kind, id),
-        )
-        return _entity(rows[0]) if rows else None
-
-    def list(
-        self,
-        kind: str | None = None,
-        state: str | None = None,
-        substate: str | None = None,
-        limit: int = 100,
-        offset: int = 0,
-    ) -> list[Entity]:
-        where, args = _filters(kind, state, substate)
-        rows = self._read(
-            f"SELECT {_ENTITY_COLUMNS} FROM state_entities{where}"
-            " ORDER BY updated DESC, kind, id LIMIT %s OFFSET %s",
-            [*args, limit, offset],
-        )
-        return [_entity(r) for r in rows]
-
-    def count(
-        self, kind: str | None = None, state: str | None = None, substate: str | None = None
-    ) -> int:
-        where, args = _filters(kind, state, substate)
-        rows = self._read(f"SELECT count(*) FROM state_entities{where}", args)
-        return int(rows[0][0])
+    # ---- changes ----------------------------------------------------------------
 
     def transition(
         self,
@@ -225,9 +169,9 @@ class PostgresStateStore(StateStore):
                 now, definition, *row = conn.execute(
                     _LOCK_ENTITY, {"kind": kind, "id": id}
                 ).fetchone()
-                current = _entity((kind, id, *row)) if row[0] is not None else None
+                current = entity((kind, id, *row)) if row[0] is not None else None
                 new_state, new_substate = resolve_change(
-                    self._lifecycle(definition),
+                    self._parse(definition),
                     current,
                     kind,
                     id,
@@ -269,20 +213,13 @@ class PostgresStateStore(StateStore):
                     )
         raise StateConflict(f"{kind} {id} changed while it was being created; try again")
 
-    def history(self, kind: str, id: str) -> list[Change]:
-        rows = self._read(
-            f"SELECT {_CHANGE_COLUMNS} FROM state_history WHERE kind = %s AND id = %s ORDER BY seq",
-            (kind, id),
-        )
-        return [_change(r) for r in rows]
-
     # ---- outbox -----------------------------------------------------------------
 
     def claim_pending_changes(
         self, consumer: str, limit: int = 100, lease: float = 30.0
     ) -> list[Change]:
         with self._connection() as conn, conn.transaction():
-            rows = conn.execute(_CLAIMABLE, (limit,)).fetchall()
+            rows = conn.execute(self.sql(CLAIMABLE, limit="%s") + _SKIP_LOCKED, (limit,)).fetchall()
             if not rows:
                 return []
             seqs = [r[0] for r in rows]
@@ -294,7 +231,7 @@ class PostgresStateStore(StateStore):
                     " WHERE seq = ANY(%s)",
                     (consumer, lease, [r[0] for r in rows]),
                 )
-        return [_change(r) for r in rows]
+        return [change(r) for r in rows]
 
     def mark_published(self, seqs: Sequence[int]) -> None:
         if not seqs:
@@ -305,24 +242,3 @@ class PostgresStateStore(StateStore):
                 " claim_until = NULL WHERE seq = ANY(%s)",
                 (sorted(seqs),),
             )
-
-
-def _filters(kind: str | None, state: str | None, substate: str | None) -> tuple[str, list[Any]]:
-    clauses, args = [], []
-    for column, value in (("kind", kind), ("state", state), ("substate", substate)):
-        if value is not None:
-            clauses.append(f"{column} = %s")
-            args.append(value)
-    return (" WHERE " + " AND ".join(clauses) if clauses else ""), args
-
-
-def _entity(row: Sequence[Any]) -> Entity:
-    kind, id, state, substate, updated, attributes, version = row
-    return Entity(kind, id, state, substate, updated, json.loads(attributes), version)
-
-
-def _change(row: Sequence[Any]) -> Change:
-    seq, kind, id, from_state, state, from_substate, substate, attributes, at, actor = row
-    return Change(
-        seq, kind, id, from_state, state, from_substate, substate, json.loads(attributes), at, actor
-    )

@@ -8,7 +8,9 @@ winner's state). The history table doubles as the outbox: a change is
 pending until ``published`` is set.
 
 A store that was never written to is not created by reading it, so a dry run
-leaves no file behind.
+leaves no file behind. Opening the file applies the state store's pending
+migrations (``wsrun/core/migrations/state/sqlite/``, see ``wsrun.core.migrate``);
+the queries both state stores share are in ``wsrun.stores.state.sql``.
 """
 
 from __future__ import annotations
@@ -22,49 +24,18 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-from wsrun.stores.state.base import UNSET, Change, Entity, StateStore, resolve_change
-from wsrun.stores.state.lifecycle import Lifecycle
-
-SCHEMA = (
-    """CREATE TABLE IF NOT EXISTS entities (
-        kind TEXT NOT NULL,
-        id TEXT NOT NULL,
-        state TEXT NOT NULL,
-        substate TEXT,
-        attributes TEXT NOT NULL,
-        created REAL NOT NULL,
-        updated REAL NOT NULL,
-        version INTEGER NOT NULL,
-        PRIMARY KEY (kind, id)
-    )""",
-    "CREATE INDEX IF NOT EXISTS entities_kind_state ON entities(kind, state, substate)",
-    "CREATE INDEX IF NOT EXISTS entities_updated ON entities(updated)",
-    """CREATE TABLE IF NOT EXISTS history (
-        seq INTEGER PRIMARY KEY AUTOINCREMENT,
-        kind TEXT NOT NULL,
-        id TEXT NOT NULL,
-        from_state TEXT,
-        state TEXT NOT NULL,
-        from_substate TEXT,
-        substate TEXT,
-        attributes TEXT NOT NULL,
-        at REAL NOT NULL,
-        actor TEXT NOT NULL,
-        published REAL,
-        claimed_by TEXT,
-        claim_until REAL
-    )""",
-    "CREATE INDEX IF NOT EXISTS history_entity ON history(kind, id, seq)",
-    "CREATE INDEX IF NOT EXISTS history_pending ON history(seq) WHERE published IS NULL",
-    """CREATE TABLE IF NOT EXISTS lifecycles (
-        kind TEXT PRIMARY KEY,
-        definition TEXT NOT NULL,
-        registered REAL NOT NULL
-    )""",
+from wsrun.core.db import DbError
+from wsrun.core.migrate import migrate_sqlite
+from wsrun.stores.state.base import UNSET, Change, StateError, resolve_change
+from wsrun.stores.state.sql import (
+    CLAIMABLE,
+    GET,
+    INSERT_CHANGE,
+    LIFECYCLE,
+    SqlStateStore,
+    change,
+    entity,
 )
-
-_ENTITY_COLUMNS = "kind, id, state, substate, updated, attributes, version"
-_CHANGE_COLUMNS = "seq, kind, id, from_state, state, from_substate, substate, attributes, at, actor"
 
 
 def path_from_url(url: str) -> str:
@@ -72,10 +43,15 @@ def path_from_url(url: str) -> str:
     return url[len("sqlite://") :] if url.startswith("sqlite://") else url
 
 
-class SqliteStateStore(StateStore):
+class SqliteStateStore(SqlStateStore):
     """The state store in one SQLite file (the embedded default)."""
 
+    TABLES = {"entities": "entities", "history": "history", "lifecycles": "lifecycles"}
+    PARAM = "?"
+    NOW = "((julianday('now') - 2440587.5) * 86400.0)"
+
     def __init__(self, url: str) -> None:
+        super().__init__()
         self.url = url
         self.path = os.path.abspath(path_from_url(url))
         self._db: sqlite3.Connection | None = None
@@ -95,9 +71,11 @@ class SqliteStateStore(StateStore):
         if db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
             _retry_locked(lambda: db.execute("PRAGMA journal_mode = WAL"))
         db.execute("PRAGMA synchronous = NORMAL")
-        with _immediate(db):
-            for statement in SCHEMA:
-                db.execute(statement)
+        try:  # the tables come from the state store's migrations (wsrun/core/migrations/state/)
+            migrate_sqlite(db, "state", self.path)
+        except DbError as e:
+            db.close()
+            raise StateError(f"state store {e}") from None
         self._db = db
         return db
 
@@ -112,55 +90,14 @@ class SqliteStateStore(StateStore):
             db = self._connect(write=False)
             return [] if db is None else db.execute(sql, args).fetchall()
 
-    # ---- lifecycles -------------------------------------------------------------
-
-    def register_lifecycle(self, lifecycle: Lifecycle) -> None:
-        definition = json.dumps(lifecycle.to_json())
+    def _write(self, sql: str, args: Sequence[Any] = ()) -> None:
         with self._lock:
             db = self._connect(write=True)
             assert db is not None
             with _immediate(db):
-                db.execute(
-                    "INSERT INTO lifecycles (kind, definition, registered) VALUES (?, ?, ?)"
-                    " ON CONFLICT(kind) DO UPDATE SET definition=excluded.definition,"
-                    " registered=excluded.registered",
-                    (lifecycle.kind, definition, time.time()),
-                )
+                db.execute(sql, args)
 
-    def lifecycle(self, kind: str) -> Lifecycle | None:
-        rows = self._read("SELECT definition FROM lifecycles WHERE kind=?", (kind,))
-        return Lifecycle.from_json(json.loads(rows[0][0])) if rows else None
-
-    # ---- entities ---------------------------------------------------------------
-
-    def get(self, kind: str, id: str) -> Entity | None:
-        rows = self._read(
-            f"SELECT {_ENTITY_COLUMNS} FROM entities WHERE kind=? AND id=?", (kind, id)
-        )
-        return _entity(rows[0]) if rows else None
-
-    def list(
-        self,
-        kind: str | None = None,
-        state: str | None = None,
-        substate: str | None = None,
-        limit: int = 100,
-        offset: int = 0,
-    ) -> list[Entity]:
-        where, args = _filters(kind, state, substate)
-        rows = self._read(
-            f"SELECT {_ENTITY_COLUMNS} FROM entities{where}"
-            " ORDER BY updated DESC, kind, id LIMIT ? OFFSET ?",
-            [*args, limit, offset],
-        )
-        return [_entity(r) for r in rows]
-
-    def count(
-        self, kind: str | None = None, state: str | None = None, substate: str | None = None
-    ) -> int:
-        where, args = _filters(kind, state, substate)
-        rows = self._read(f"SELECT COUNT(*) FROM entities{where}", args)
-        return int(rows[0][0]) if rows else 0
+    # ---- changes ----------------------------------------------------------------
 
     def transition(
         self,
@@ -181,14 +118,10 @@ class SqliteStateStore(StateStore):
             db = self._connect(write=True)
             assert db is not None
             with _immediate(db):
-                rows = db.execute(
-                    f"SELECT {_ENTITY_COLUMNS} FROM entities WHERE kind=? AND id=?", (kind, id)
-                ).fetchall()
-                current = _entity(rows[0]) if rows else None
-                found = db.execute(
-                    "SELECT definition FROM lifecycles WHERE kind=?", (kind,)
-                ).fetchall()
-                lifecycle = Lifecycle.from_json(json.loads(found[0][0])) if found else None
+                rows = db.execute(self.sql(GET), (kind, id)).fetchall()
+                current = entity(rows[0]) if rows else None
+                found = db.execute(self.sql(LIFECYCLE), (kind,)).fetchall()
+                lifecycle = self._parse(found[0][0]) if found else None
                 new_state, new_substate = resolve_change(
                     lifecycle,
                     current,
@@ -217,8 +150,7 @@ class SqliteStateStore(StateStore):
                 from_state = current.state if current else None
                 from_substate = current.substate if current else None
                 cursor = db.execute(
-                    "INSERT INTO history (kind, id, from_state, state, from_substate, substate,"
-                    " attributes, at, actor) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    self.sql(INSERT_CHANGE),
                     (
                         kind,
                         id,
@@ -237,12 +169,6 @@ class SqliteStateStore(StateStore):
             seq, kind, id, from_state, new_state, from_substate, new_substate, given, now, actor
         )
 
-    def history(self, kind: str, id: str) -> list[Change]:
-        rows = self._read(
-            f"SELECT {_CHANGE_COLUMNS} FROM history WHERE kind=? AND id=? ORDER BY seq", (kind, id)
-        )
-        return [_change(r) for r in rows]
-
     # ---- outbox -----------------------------------------------------------------
 
     def claim_pending_changes(
@@ -257,19 +183,14 @@ class SqliteStateStore(StateStore):
                 # Not a change whose entity has an earlier one leased to
                 # another relay: each entity's changes are published in order.
                 rows = db.execute(
-                    f"SELECT {_CHANGE_COLUMNS} FROM history h WHERE published IS NULL"
-                    " AND (claim_until IS NULL OR claim_until < ?1)"
-                    " AND NOT EXISTS (SELECT 1 FROM history e WHERE e.kind = h.kind"
-                    " AND e.id = h.id AND e.seq < h.seq AND e.published IS NULL"
-                    " AND e.claim_until >= ?1) ORDER BY seq LIMIT ?2",
-                    (now, limit),
+                    self.sql(CLAIMABLE, now="?1", limit="?2"), (now, limit)
                 ).fetchall()
                 if rows:
                     db.executemany(
                         "UPDATE history SET claimed_by=?, claim_until=? WHERE seq=?",
                         [(consumer, now + lease, r[0]) for r in rows],
                     )
-        return [_change(r) for r in rows]
+        return [change(r) for r in rows]
 
     def mark_published(self, seqs: Sequence[int]) -> None:
         if not seqs:
@@ -283,27 +204,6 @@ class SqliteStateStore(StateStore):
                     "UPDATE history SET published=?, claimed_by=NULL, claim_until=NULL WHERE seq=?",
                     [(now, s) for s in seqs],
                 )
-
-
-def _filters(kind: str | None, state: str | None, substate: str | None) -> tuple[str, list[Any]]:
-    clauses, args = [], []
-    for column, value in (("kind", kind), ("state", state), ("substate", substate)):
-        if value is not None:
-            clauses.append(f"{column}=?")
-            args.append(value)
-    return (" WHERE " + " AND ".join(clauses) if clauses else ""), args
-
-
-def _entity(row: tuple[Any, ...]) -> Entity:
-    kind, id, state, substate, updated, attributes, version = row
-    return Entity(kind, id, state, substate, updated, json.loads(attributes), version)
-
-
-def _change(row: tuple[Any, ...]) -> Change:
-    seq, kind, id, from_state, state, from_substate, substate, attributes, at, actor = row
-    return Change(
-        seq, kind, id, from_state, state, from_substate, substate, json.loads(attributes), at, actor
-    )
 
 
 @contextmanager

@@ -298,6 +298,8 @@ def runs(
         print(f"  {s['key']:<24} {s['uses']:<14} {s['status']:<8} {s['effect_count']} effects")
         if s["error"]:
             print(f"      {s['error']}")
+        if s["status"] == "running" and s.get("progress"):
+            print(f"      {_progress_line(s['progress'], record.shown_status == 'running')}")
         if effects and s["effect_count"]:
             first = (page - 1) * size
             for e in map(printable_data, s["effects"]):  # a path's bytes not UTF-8 as \xNN
@@ -309,6 +311,18 @@ def runs(
             print(f"      (effects {shown} of {s['effect_count']}{more})")
     if record.outputs:
         print(f"  outputs {json.dumps(record.outputs)}")
+
+
+def _progress_line(progress: dict[str, Any], live: bool) -> str:
+    """A running step's newest progress as the journal holds it: the heartbeat
+    line and how old it is (a run that died leaves its last figures)."""
+    import time
+
+    line = progress.get("line") or ""
+    label = progress.get("label")
+    age = max(0.0, time.time() - float(progress.get("updated") or 0))
+    when = f"{age:.0f}s ago" if live else f"at {_when(float(progress.get('updated') or 0))}"
+    return f"progress {label + ': ' if label else ''}{line} (as of {when})"
 
 
 def _prune(
@@ -409,7 +423,16 @@ def resume(
         print(f"wsrun: run {record.id} is still running (pid {record.pid})", file=sys.stderr)
         raise typer.Exit(2)
     if record.status in ("ok", "changed"):
-        print(f"wsrun: run {record.id} already finished ({record.status}); nothing to resume")
+        if as_json:  # stdout stays JSON: the run as it finished
+            print(
+                json.dumps(
+                    {"run_id": record.id, **_run_json(record), "resumed": False},
+                    indent=2,
+                    default=str,
+                )
+            )
+        elif not quiet:
+            print(f"wsrun: run {record.id} already finished ({record.status}); nothing to resume")
         return
     if record.dry_run:
         print(

@@ -16,6 +16,7 @@ import json
 import os
 import socket
 import sqlite3
+import threading
 import time
 import uuid
 from collections.abc import Mapping
@@ -58,6 +59,7 @@ CREATE TABLE IF NOT EXISTS steps (
     effect_count INTEGER,
     effects_ref TEXT,
     outputs_ref TEXT,
+    progress TEXT,
     PRIMARY KEY (run_id, key)
 );
 CREATE INDEX IF NOT EXISTS runs_started ON runs(started);
@@ -72,7 +74,12 @@ CREATE TABLE IF NOT EXISTS meta (
 """
 #: Columns added to ``steps`` since the first journals, with their types: an
 #: older journal file gets them when it is opened.
-ADDED_STEP_COLUMNS = {"effect_count": "INTEGER", "effects_ref": "TEXT", "outputs_ref": "TEXT"}
+ADDED_STEP_COLUMNS = {
+    "effect_count": "INTEGER",
+    "effects_ref": "TEXT",
+    "outputs_ref": "TEXT",
+    "progress": "TEXT",
+}
 #: Made after the columns exist (an old journal gets the columns first).
 INDEXES = """
 CREATE INDEX IF NOT EXISTS steps_effects_ref ON steps(effects_ref);
@@ -315,6 +322,8 @@ class Journal:
         #: The blob of each step's planned effects this process wrote, by (run, key):
         #: the performed effects are usually the same and need not be compressed again.
         self._planned: dict[tuple[str, str], str] = {}
+        #: Progress (wsrun.progress) is written from the threads steps report from.
+        self._lock = threading.RLock()
 
     #: Step records are committed at most this often (and at the end of a run),
     #: so a recipe of many short steps does not pay a commit per step. A crash
@@ -338,18 +347,20 @@ class Journal:
     def _write(self, sql: str, args: tuple[Any, ...], commit: bool = False) -> None:
         """Queue a write; queued writes go to the database in one short
         transaction, so no lock is held while a step works."""
-        self._pending.append((self.sql(sql), tuple(_text(a) for a in args)))
-        if commit or time.monotonic() - self._last_commit > self.COMMIT_EVERY:
-            self.flush()
+        with self._lock:
+            self._pending.append((self.sql(sql), tuple(_text(a) for a in args)))
+            if commit or time.monotonic() - self._last_commit > self.COMMIT_EVERY:
+                self.flush()
 
     def flush(self) -> None:
         """Commit the queued writes. When that fails (disk full, read-only file) they
         are dropped and JournalError names the journal: the run stops, and a later
         smaller write (the run's end) may still get through."""
-        pending, self._pending = self._pending, []
-        self._last_commit = time.monotonic()
-        if pending:
-            self.tables.write(pending)
+        with self._lock:
+            pending, self._pending = self._pending, []
+            self._last_commit = time.monotonic()
+            if pending:
+                self.tables.write(pending)
 
     def close(self) -> None:
         self.flush()
@@ -414,7 +425,8 @@ class Journal:
             " ON CONFLICT(run_id, key) DO UPDATE SET seq=excluded.seq, uses=excluded.uses,"
             " status='running', started=excluded.started, ended=NULL,"
             " effects=excluded.effects, effect_count=excluded.effect_count,"
-            " effects_ref=excluded.effects_ref, outputs=NULL, outputs_ref=NULL, error=NULL",
+            " effects_ref=excluded.effects_ref, outputs=NULL, outputs_ref=NULL, error=NULL,"
+            " progress=NULL",
             (run_id, key, seq, uses, time.time(), effects, _count(planned), ref),
             commit=planned is not None,
         )
@@ -447,6 +459,16 @@ class Journal:
                 run_id,
                 key,
             ),
+        )
+
+    def set_progress(self, run_id: str, key: str, progress: dict[str, Any]) -> None:
+        """Put a step's newest progress figures (wsrun.progress.Snapshot) in its
+        row, in place, and commit: a running run's page shows them. Callers
+        throttle (JournalProgress: at most once a second a run)."""
+        self._write(
+            "UPDATE {steps} SET progress=? WHERE run_id=? AND key=?",
+            (_json(progress), run_id, key),
+            commit=True,
         )
 
     def _effects_columns(
@@ -589,7 +611,7 @@ class Journal:
         (all when None) and ``effect_count``, how many it has in all."""
         rows = self._query(
             "SELECT key, seq, uses, status, started, ended, effects, outputs, error,"
-            " effect_count, effects_ref, outputs_ref FROM {steps}"
+            " effect_count, effects_ref, outputs_ref, progress FROM {steps}"
             " WHERE run_id=? ORDER BY seq, started",
             (run_id,),
         )
@@ -613,6 +635,7 @@ class Journal:
                     "effect_count": count,
                     "outputs": self._outputs(r[7], r[11]),
                     "error": r[8],
+                    "progress": json.loads(r[12]) if r[12] else None,
                 }
             )
         return steps

@@ -8,8 +8,8 @@ import sys
 import threading
 from typing import Any, TextIO
 
+from wsrun.progress import SinkProgress, TaskState, format_line
 from wsrun.runner import Events, RunReport, StepReport
-from wsrun.step import Progress, ProgressTask
 
 EFFECT_MARKS = {
     "create_file": "+ file",
@@ -177,31 +177,28 @@ class LineEvents(Events):
             print(line, file=self.out, flush=True)
 
 
-class RichProgress(Progress):
-    """Progress bars with bytes, files, rate and ETA on a terminal."""
+class RichProgress(SinkProgress):
+    """A live line per long step on a terminal: a bar, files and bytes done
+    against the plan's totals, smoothed files/s and bytes/s, and the ETA (the
+    same text as a heartbeat line, see wsrun.progress)."""
+
+    #: Seconds between updates of a task's line (rich redraws ten times a second).
+    EVERY = 0.1
 
     def __init__(self) -> None:
         from rich.console import Console
-        from rich.progress import (
-            BarColumn,
-            DownloadColumn,
-            TextColumn,
-            TimeRemainingColumn,
-            TransferSpeedColumn,
-        )
+        from rich.progress import BarColumn, TextColumn
         from rich.progress import Progress as RP
 
         self.bars = RP(
             TextColumn("{task.description}"),
             BarColumn(),
-            DownloadColumn(binary_units=True),
-            TransferSpeedColumn(),
-            TextColumn("{task.fields[files]} files"),
-            TimeRemainingColumn(),
+            TextColumn("{task.fields[line]}"),
             transient=True,
             console=Console(stderr=True),
         )
         self.lock = threading.Lock()
+        self.ids: dict[int, tuple[Any, list[float]]] = {}
 
     def __enter__(self) -> RichProgress:
         self.bars.start()
@@ -210,29 +207,28 @@ class RichProgress(Progress):
     def __exit__(self, *exc: object) -> None:
         self.bars.stop()
 
-    def task(
-        self, description: str, total_bytes: int | None = None, total_files: int | None = None
-    ) -> ProgressTask:
-        task_id = self.bars.add_task(description, total=total_bytes, files=0)
-        bars = self.bars
-        lock = self.lock
+    def opened(self, state: TaskState, now: float) -> None:
+        with self.lock:
+            total = state.total_bytes or state.total_files or None
+            task_id = self.bars.add_task(state.label, total=total, line="")
+            self.ids[id(state)] = (task_id, [now - self.EVERY])
+        self.updated(state, now)
 
-        class Task:
-            files = 0
+    def updated(self, state: TaskState, now: float) -> None:
+        entry = self.ids.get(id(state))
+        if entry is None or now - entry[1][0] < self.EVERY:
+            return
+        entry[1][0] = now
+        snap = state.snapshot(now)
+        done = state.bytes if state.total_bytes else state.files
+        with self.lock:
+            self.bars.update(entry[0], completed=done, line=format_line(snap))
 
-            def advance(self, bytes: int = 0, files: int = 0) -> None:
-                with lock:
-                    self.files += files
-                    bars.update(
-                        task_id,
-                        advance=bytes,
-                        files=f"{self.files}/{total_files}" if total_files else self.files,
-                    )
-
-            def close(self) -> None:
-                bars.remove_task(task_id)
-
-        return Task()
+    def closed(self, state: TaskState, now: float) -> None:
+        with self.lock:
+            entry = self.ids.pop(id(state), None)
+            if entry is not None:
+                self.bars.remove_task(entry[0])
 
 
 def stream_is_terminal(stream: TextIO = sys.stderr) -> bool:

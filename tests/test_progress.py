@@ -501,3 +501,105 @@ def test_long_local_steps_report_files_and_bytes_against_their_totals(tmp_path: 
     unpack = by_label["unpack (untar)"]  # untar also counts the directories it makes
     assert unpack["files"] == unpack["total_files"] >= 12
     assert unpack["bytes"] == unpack["total_bytes"] == size
+
+
+def test_ingest_and_image_derivative_report_against_their_totals(tmp_path: Path) -> None:
+    from fixtures import staging
+    from fixtures.jp2 import need_opj_decompress
+    from test_image_derivative import rgb_tiff
+
+    need_opj_decompress()
+    manifest = staging.calibration(tmp_path / "cal")
+    stored = sum(p.stat().st_size for p in (tmp_path / "cal").iterdir() if p.suffix != ".json")
+    source = rgb_tiff(tmp_path / "scan.tif")
+    recording = _run_recording(
+        tmp_path,
+        f"""
+        recipe: archive
+        steps:
+          - {{id: store, uses: ingest, with: {{manifest: "{manifest}"}}}}
+          - id: derive
+            uses: image-derivative
+            with:
+              source: "{source}"
+              derivatives: [{{to: m.jp2, lossless: true}}, {{to: a.jpg, max_size: 40}}]
+        """,
+    )
+    by_label = {t["description"]: t for t in recording.tasks}
+    ingest = by_label["store (ingest)"]
+    assert ingest["files"] == ingest["total_files"] == 3
+    assert ingest["bytes"] == ingest["total_bytes"] == stored
+    derive = by_label["derive (image-derivative)"]
+    assert derive["files"] == derive["total_files"] == 2
+    assert derive["bytes"] == derive["total_bytes"] == 2 * source.stat().st_size
+    assert all(t["closed"] for t in recording.tasks)
+
+
+def test_s3_upload_and_download_report_against_their_totals(
+    tmp_path: Path, s3, bucket: str
+) -> None:
+    from test_s3 import data_tree
+
+    files = data_tree(tmp_path)
+    size = sum(len(c) for c in files.values())
+    recording = _run_recording(
+        tmp_path,
+        f"""
+        recipe: s3
+        steps:
+          - id: up
+            uses: s3-upload
+            with: {{sources: data, base: ., to: "s3://{bucket}/coll", endpoint_url: "{s3.endpoint}", part_size: 5MiB}}
+          - id: down
+            uses: s3-download
+            with: {{sources: "s3://{bucket}/coll/data/", to: restored, endpoint_url: "{s3.endpoint}"}}
+        """,
+    )
+    by_label = {t["description"]: t for t in recording.tasks}
+    for label in ("up (upload)", "down (download)"):
+        task = by_label[label]
+        assert task["files"] == task["total_files"] == len(files), task
+        assert task["bytes"] == task["total_bytes"] == size, task
+        assert task["closed"]
+
+
+def test_a_terminal_gets_a_live_line_per_step(tmp_path: Path) -> None:
+    """Under a pseudo-terminal the run draws rich's live line (bar, files,
+    bytes, rates, ETA) instead of heartbeats; the gate holds the step until
+    the line has been seen."""
+    import pty
+    import re
+    import select
+    import time
+
+    gate = tmp_path / "gate"
+    recipe = _recipe(tmp_path, files=5, bytes_each=1000, gate=str(gate), hold_after=2)
+    env = {**os.environ, **progress_plugin_env(tmp_path), "WSRUN_HEARTBEAT": "1e-12"}
+    env.update({"TERM": "xterm", "COLUMNS": "200"})
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "wsrun", str(recipe)],
+        cwd=tmp_path,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=slave,
+    )
+    os.close(slave)
+    seen, text = b"", ""
+    try:
+        deadline = time.monotonic() + 60
+        while "2/5 files, 2.0/5.0 kB, " not in text:
+            assert time.monotonic() < deadline, text[-600:]
+            if select.select([master], [], [], 1)[0]:
+                seen += os.read(master, 65536)
+                text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", seen.decode(errors="replace"))
+        gate.write_text("open")
+        assert proc.wait(120) == 0
+    finally:
+        proc.kill()
+        proc.wait()
+        os.close(master)
+    assert "work (test-progress)" in text and " files/s, " in text and "ETA " in text
+    assert "━" in text  # the bar
+    assert "work (test-progress): " not in text  # no heartbeat lines on a terminal

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import sys
 import threading
+import time
 from typing import Any, TextIO
 
 from wsrun.progress import SinkProgress, TaskState, format_line
@@ -180,25 +181,45 @@ class LineEvents(Events):
 class RichProgress(SinkProgress):
     """A live line per long step on a terminal: a bar, files and bytes done
     against the plan's totals, smoothed files/s and bytes/s, and the ETA (the
-    same text as a heartbeat line, see wsrun.progress)."""
-
-    #: Seconds between updates of a task's line (rich redraws ten times a second).
-    EVERY = 0.1
+    same text as a heartbeat line, see wsrun.progress). rich redraws it ten
+    times a second from the task's counts, so a report costs nothing here and
+    a stalled step's rate is seen to fall."""
 
     def __init__(self) -> None:
         from rich.console import Console
-        from rich.progress import BarColumn, TextColumn
         from rich.progress import Progress as RP
+        from rich.progress import ProgressColumn, TextColumn
+
+        states: dict[Any, TaskState] = {}
+        self.states = states
+
+        class Bar(ProgressColumn):
+            def render(self, task: Any) -> Any:
+                from rich.progress_bar import ProgressBar
+
+                state = states.get(task.id)
+                if state is None:
+                    return ProgressBar(total=None, width=40)
+                total = state.total_bytes or state.total_files or None
+                done = state.bytes if state.total_bytes else state.files
+                return ProgressBar(total=total, completed=done, width=40)
+
+        class Line(ProgressColumn):
+            def render(self, task: Any) -> Any:
+                from rich.text import Text
+
+                state = states.get(task.id)
+                return Text(format_line(state.snapshot(time.monotonic())) if state else "")
 
         self.bars = RP(
             TextColumn("{task.description}"),
-            BarColumn(),
-            TextColumn("{task.fields[line]}"),
+            Bar(),
+            Line(),
             transient=True,
             console=Console(stderr=True),
         )
         self.lock = threading.Lock()
-        self.ids: dict[int, tuple[Any, list[float]]] = {}
+        self.ids: dict[int, Any] = {}
 
     def __enter__(self) -> RichProgress:
         self.bars.start()
@@ -209,26 +230,16 @@ class RichProgress(SinkProgress):
 
     def opened(self, state: TaskState, now: float) -> None:
         with self.lock:
-            total = state.total_bytes or state.total_files or None
-            task_id = self.bars.add_task(state.label, total=total, line="")
-            self.ids[id(state)] = (task_id, [now - self.EVERY])
-        self.updated(state, now)
-
-    def updated(self, state: TaskState, now: float) -> None:
-        entry = self.ids.get(id(state))
-        if entry is None or now - entry[1][0] < self.EVERY:
-            return
-        entry[1][0] = now
-        snap = state.snapshot(now)
-        done = state.bytes if state.total_bytes else state.files
-        with self.lock:
-            self.bars.update(entry[0], completed=done, line=format_line(snap))
+            task_id = self.bars.add_task(state.label, total=None)
+            self.states[task_id] = state
+            self.ids[id(state)] = task_id
 
     def closed(self, state: TaskState, now: float) -> None:
         with self.lock:
-            entry = self.ids.pop(id(state), None)
-            if entry is not None:
-                self.bars.remove_task(entry[0])
+            task_id = self.ids.pop(id(state), None)
+            if task_id is not None:
+                self.bars.remove_task(task_id)
+                self.states.pop(task_id, None)
 
 
 def stream_is_terminal(stream: TextIO = sys.stderr) -> bool:

@@ -404,13 +404,24 @@ def _run_json(r: Any) -> dict[str, Any]:
 @app.command()
 def resume(
     run_id: Annotated[str, typer.Argument(help="The run to continue")],
-    as_json: Annotated[bool, typer.Option("--json")] = False,
-    verbose: Annotated[bool, typer.Option("-v", "--verbose")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON")] = False,
+    verbose: Annotated[
+        bool, typer.Option("-v", "--verbose", help="List every effect; tracebacks on errors")
+    ] = False,
     quiet: Annotated[bool, typer.Option("-q", "--quiet", help="Print only errors")] = False,
+    dry_run: Annotated[
+        bool,
+        typer.Option(
+            "--dry-run", "-n", help="Show what resuming would do (a new dry run); change nothing"
+        ),
+    ] = False,
     profile: Annotated[str | None, typer.Option(help="Settings profile")] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="KEY=VALUE")] = None,
 ) -> None:
-    """Continue a failed or interrupted run from its first unfinished step, with the same inputs."""
+    """Continue a failed or interrupted run from its first unfinished step, with the same inputs.
+
+    Takes the options of a run (-q, -v, --json, --dry-run, --set, --profile), with
+    the same effect: -q prints only errors, --json prints only the JSON result."""
     from wsrun.cli import execute
     from wsrun.validate import InvalidRecipe, load_valid
 
@@ -456,14 +467,17 @@ def resume(
         "verbose": verbose,
         "profile": profile,
         "set": set_ or [],
-        "dry_run": False,
+        "dry_run": dry_run,
         "quiet": quiet,
     }
     import os
 
     if record.workdir and os.path.isdir(record.workdir):
         os.chdir(record.workdir)
-    raise typer.Exit(execute(recipe, record.inputs, options, run_id=record.id, resume=finished))
+    # A dry run is a run of its own (its own id and journal record): the
+    # interrupted run stays as it was, to be resumed for real.
+    target = None if dry_run else record.id
+    raise typer.Exit(execute(recipe, record.inputs, options, run_id=target, resume=finished))
 
 
 @app.command()

@@ -135,12 +135,15 @@ def print_report(report: RunReport, out: TextIO, verbose: bool = False) -> None:
         print(f"Dry run of {report.recipe} (run {report.run_id}): nothing was changed.", file=out)
         for s in report.steps:
             print(f"  {s.key:<20} {s.uses:<16} {_status_word(s, True)}", file=out)
+            if s.resumed:
+                continue  # done before: a resume does not do it again
             shown = s.effects if verbose else s.effects[:MAX_EFFECTS_SHOWN]
             for e in shown:
                 print(f"      {format_effect(e)}", file=out)
             if len(s.effects) > len(shown):
                 print(f"      ... {len(s.effects) - len(shown)} more (-v lists all)", file=out)
-        print(f"Would create: {totals(report.steps)}", file=out)
+        # a dry run of `wsrun resume`: what the steps done before would not do again
+        print(f"Would create: {totals([s for s in report.steps if not s.resumed])}", file=out)
     else:
         verb = {"ok": "nothing to change", "changed": "done", "failed": "FAILED"}[report.status]
         print(f"{report.recipe}: {verb} (run {report.run_id}); {totals(report.steps)}", file=out)
@@ -150,10 +153,10 @@ def print_report(report: RunReport, out: TextIO, verbose: bool = False) -> None:
 
 
 def _status_word(s: StepReport, dry: bool) -> str:
-    if dry and s.status == "changed":
-        return f"would change ({len(s.effects)} effects)"
     if s.resumed:
         return f"{s.status} (done before resume)"
+    if dry and s.status == "changed":
+        return f"would change ({len(s.effects)} effects)"
     return s.status
 
 
@@ -170,7 +173,8 @@ class LineEvents(Events):
             return  # the error line is printed once, at the end
         n = len(report.effects)
         extra = f" {n} effect{'' if n == 1 else 's'}" if n else ""
-        label = "planned" if self.dry_run and report.status == "changed" else report.status
+        planned = self.dry_run and report.status == "changed" and not report.resumed
+        label = "planned" if planned else report.status
         line = f"[{label}] {report.key} ({report.uses}){extra} {report.seconds:.2f}s"
         if self.bars is not None:
             self.bars.bars.console.print(line, markup=False, highlight=False)

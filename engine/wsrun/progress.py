@@ -498,24 +498,27 @@ class JournalProgress:
         self.stop: threading.Event | None = None
 
     def opened(self, state: TaskState, now: float) -> None:
-        if not state.key:
-            return
-        with self.lock:
-            self.open[id(state)] = (state, [None])
-            if self.ticker and self.stop is None:
-                self.stop = threading.Event()
-                threading.Thread(
-                    target=self._tick, args=(self.stop,), name="wsrun-progress", daemon=True
-                ).start()
+        if state.key:
+            with self.lock:
+                self.open[id(state)] = (state, [None])
 
     def updated(self, state: TaskState, now: float) -> None:
-        if now - self.last < self.every or self.failed:
+        if self.failed:
             return
+        if now - self.last < self.every and (self.stop is not None or not self.ticker):
+            return  # too soon, and the ticker (if any) is already running: the cheap path
         entry = self.open.get(id(state))
         if entry is None:
             return
         with self.lock:
             if now - self.last < self.every:
+                # too soon: the ticker writes it later (started only now, so a
+                # short task with a report or two costs no thread)
+                if self.ticker and self.stop is None:
+                    self.stop = threading.Event()
+                    threading.Thread(
+                        target=self._tick, args=(self.stop,), name="wsrun-progress", daemon=True
+                    ).start()
                 return
             self.last = now
         self._write(state, entry[1], now)

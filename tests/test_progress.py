@@ -293,10 +293,13 @@ def test_the_throttle_is_per_run_not_per_task(tmp_path: Path) -> None:
     assert len(journal.calls) <= 22
 
 
-def test_a_new_attempt_of_a_step_starts_without_the_old_progress(tmp_path: Path) -> None:
+def test_a_new_attempt_of_a_step_starts_without_the_old_progress(
+    tmp_path: Path, journal_url: str | None
+) -> None:
+    """On both journals: progress lands in the step's row and a new attempt clears it."""
     from wsrun.journal import Journal
 
-    journal = Journal(home=str(tmp_path))
+    journal = Journal(home=str(tmp_path), url=journal_url)
     journal.start_run("r1", "demo", "demo.yaml", {}, {}, False, str(tmp_path))
     journal.start_step("r1", "copy", 1, "copy", planned=[])
     journal.set_progress("r1", "copy", {"files": 3})
@@ -490,6 +493,7 @@ def test_long_local_steps_report_files_and_bytes_against_their_totals(tmp_path: 
           - {{id: pack, uses: tar, with: {{source: "{tmp_path}/out", to: "{tmp_path}/o.tar"}}}}
           - {{id: unpack, uses: untar, with: {{source: "{tmp_path}/o.tar", to: "{tmp_path}/un"}}}}
           - {{id: sync, uses: rsync, with: {{source: "{src}/", to: "{tmp_path}/synced"}}}}
+          - {{id: again, uses: copy, with: {{sources: "{src}", to: "{tmp_path}/out", checksum: sha256}}}}
         """,
     )
     by_label = {t["description"]: t for t in recording.tasks}
@@ -498,6 +502,9 @@ def test_long_local_steps_report_files_and_bytes_against_their_totals(tmp_path: 
         assert (task["files"], task["total_files"]) == (12, 12), task
         assert (task["bytes"], task["total_bytes"]) == (size, size), task
         assert task["closed"]
+    # a copy whose files are all in place still hashes them for its checksums
+    again = by_label["again (hash)"]
+    assert (again["files"], again["total_files"], again["bytes"]) == (12, 12, size)
     unpack = by_label["unpack (untar)"]  # untar also counts the directories it makes
     assert unpack["files"] == unpack["total_files"] >= 12
     assert unpack["bytes"] == unpack["total_bytes"] == size

@@ -310,6 +310,38 @@ def test_a_new_attempt_of_a_step_starts_without_the_old_progress(
     journal.close()
 
 
+def test_a_failed_progress_write_loses_none_of_the_runs_records(tmp_path: Path) -> None:
+    """The journal fails under a progress write (disk full, locked): the step's
+    own queued record stays queued for the run's next write, which reports the
+    failure and stops the run as before; progress stops writing, the step goes on."""
+    from wsrun.journal import Journal, JournalError
+
+    journal = Journal(home=str(tmp_path))
+    journal.start_run("r1", "demo", "demo.yaml", {}, {}, False, str(tmp_path))
+    journal.start_step("r1", "copy", 1, "copy")  # queued, not yet committed
+    real, calls = journal.tables.write, []
+
+    def failing(statements):
+        calls.append(len(statements))
+        raise JournalError("journal x: database or disk is full")
+
+    journal.tables.write = failing  # type: ignore[method-assign]
+    clock = FakeClock()
+    task = Tracker([JournalProgress(journal, "r1", ticker=False)], key="copy", clock=clock).task(
+        "copy", total_files=3
+    )
+    for _ in range(3):
+        clock.now += 2
+        task.advance(files=1)  # no exception reaches the step
+    task.close()
+    assert calls == [2]  # one attempt (the queued INSERT and the update), then no more
+    journal.tables.write = real  # type: ignore[method-assign]
+    journal.flush()
+    [step] = journal.steps("r1")
+    assert (step["key"], step["status"], step["progress"]) == ("copy", "running", None)
+    journal.close()
+
+
 # ---- runs: heartbeats, -q, --json, runs show ----------------------------------------
 
 

@@ -465,11 +465,16 @@ class Journal:
         """Put a step's newest progress figures (wsrun.progress.Snapshot) in its
         row, in place, and commit: a running run's page shows them. Callers
         throttle (JournalProgress: at most once a second a run)."""
-        self._write(
-            "UPDATE {steps} SET progress=? WHERE run_id=? AND key=?",
+        update = (
+            self.sql("UPDATE {steps} SET progress=? WHERE run_id=? AND key=?"),
             (_json(progress), run_id, key),
-            commit=True,
         )
+        with self._lock:
+            # the queued records first (the step's row may be among them); when the
+            # write fails they stay queued, so the run's own next write reports it
+            self.tables.write([*self._pending, update])
+            self._pending = []
+            self._last_commit = time.monotonic()
 
     def _effects_columns(
         self, effects: list[dict[str, Any]] | None, stored: str | None = None

@@ -430,7 +430,8 @@ class Heartbeat(SinkProgress):
         self.stop: threading.Event | None = None
 
     def _print(self, line: str) -> None:
-        print(line, file=self.out, flush=True)
+        self.out.write(line + "\n")  # one write: a line is never split by another thread's
+        self.out.flush()
 
     def _beat(self, state: TaskState, last: list[float], now: float) -> None:
         last[0] = now

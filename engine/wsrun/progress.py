@@ -107,6 +107,7 @@ class Snapshot:
     updated: float  # wall clock (time.time()) of the snapshot
 
     def to_json(self) -> dict[str, Any]:
+        """The figures as the journal keeps them (and the API and runs show give them)."""
         data = asdict(self)
         data["files_per_s"] = round(self.files_per_s, 3)
         data["bytes_per_s"] = round(self.bytes_per_s, 1)
@@ -157,11 +158,14 @@ class TaskState:
         self.lock = threading.Lock()
 
     def advance(self, bytes_: int, files: int, now: float) -> None:
+        """Count a report (the caller holds ``lock``)."""
         self.files += files
         self.bytes += bytes_
         self.meter.update(now, self.files, self.bytes)
 
     def snapshot(self, now: float) -> Snapshot:
+        """The figures at ``now``: counts, rates, and the ETA from bytes when their
+        total is known, else from files."""
         files_per_s, bytes_per_s = self.meter.rates(now, self.files, self.bytes)
         if self.total_bytes:
             eta = eta_seconds(self.bytes, self.total_bytes, bytes_per_s)

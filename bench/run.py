@@ -868,6 +868,70 @@ def overhead_case(b: Bench, case: Case) -> Outcome:
     return scored(case, best_many, best_one, ratio, note)
 
 
+#: Times N progress reports through a run's sinks (heartbeat lines to /dev/null,
+#: the journal's throttled copy in SQLite) and through the no-op Progress.
+PROGRESS_SCRIPT = """
+import json, os, sys, time
+from wsrun.core.journal import Journal
+from wsrun.core.progress import Heartbeat, JournalProgress, Tracker
+from wsrun.core.step import Progress
+
+n, home = int(sys.argv[1]), sys.argv[2]
+journal = Journal(home=home)
+journal.start_run("bench", "bench", "bench.yaml", {}, {}, False, home)
+journal.start_step("bench", "copy", 1, "copy", planned=[])
+writes = [0]
+real = journal.set_progress
+def counted(*args):
+    writes[0] += 1
+    real(*args)
+journal.set_progress = counted
+with open(os.devnull, "w") as devnull:
+    sinks = [Heartbeat(devnull, 5.0), JournalProgress(journal, "bench")]
+    for name, progress in (("bare", Progress()), ("tracked", Tracker(sinks, key="copy", label="copy"))):
+        task = progress.task("copy", total_bytes=n * 1000, total_files=n)
+        start = time.perf_counter()
+        for _ in range(n):
+            task.advance(bytes=1000, files=1)
+        task.close()
+        print(json.dumps({name: time.perf_counter() - start}))
+journal.close()
+print(json.dumps({"writes": writes[0]}))
+"""
+
+
+def progress_case(b: Bench, case: Case) -> Outcome:
+    """What a long step pays per progress report (a file copied, a chunk hashed)
+    for its rates, ETA, heartbeat and journal copy."""
+    n = scaled_count(1_000_000, b.scale, least=1000)
+    best = {"bare": math.inf, "tracked": math.inf}
+    writes = 0
+    for _ in range(b.repeat):
+        home = tempfile.mkdtemp(dir=b.root)
+        proc = subprocess.run(
+            [sys.executable, "-c", PROGRESS_SCRIPT, str(n), home],
+            env=b.env,
+            capture_output=True,
+            text=True,
+        )
+        if proc.returncode:
+            raise CaseError(f"progress script failed: {proc.stderr.strip()[-500:]}")
+        for line in proc.stdout.splitlines():
+            for key, value in json.loads(line).items():
+                if key == "writes":
+                    writes = value
+                else:
+                    best[key] = min(best[key], value)
+        shutil.rmtree(home, ignore_errors=True)
+    per = max(0.0, best["tracked"] - best["bare"]) / n
+    ratio = per / (case.target or 1)
+    note = (
+        f"{per * 1e6:.2f} us per report over {n:,} reports;"
+        f" {writes} journal writes in {best['tracked']:.2f} s; baseline = the no-op Progress"
+    )
+    return scored(case, best["tracked"], best["bare"], ratio, note)
+
+
 def dry_run_case(b: Bench, case: Case) -> Outcome:
     source = b.dataset("tiny")
     read_all(source)
@@ -1321,6 +1385,14 @@ CASES = [
     Case("help", "wsrun --help wall time (best of 5)", 0.25, (), help_case, "s"),
     Case("overhead", "engine overhead per noop step", 0.002, NOOP, overhead_case, "s/step"),
     Case("dry-run", "dry run of a copy of 100,000 files", 5.0, COPY, dry_run_case, "s"),
+    Case(
+        "progress",
+        "progress report cost: rates, ETA, heartbeat and journal copy (s/report)",
+        0.000005,
+        (),
+        progress_case,
+        "s/report",
+    ),
     Case(
         "bus-throughput-1",
         "bus: 1 producer, 1 consumer process (messages/s)",

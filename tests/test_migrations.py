@@ -123,6 +123,7 @@ def test_an_old_journal_file_upgrades_in_place(tmp_path: Path) -> None:
     assert recorded(path) == [
         ("journal", 1, "0001_journal"),
         ("journal", 2, "0002_journal_compact"),
+        ("journal", 3, "0003_journal_progress"),
     ]
     with sqlite3.connect(path) as conn:
         assert conn.execute("SELECT value FROM meta").fetchall() == [("999",)]
@@ -226,10 +227,11 @@ def test_a_file_migrated_by_another_process_while_this_one_waited_is_not_migrate
 
     monkeypatch.setattr(migrate, "_immediate", other_goes_first)
     assert migrate.migrate_sqlite(mine, "journal", str(path)) == []
-    assert raced == [["0001_journal", "0002_journal_compact"]]
+    assert raced == [["0001_journal", "0002_journal_compact", "0003_journal_progress"]]
     assert recorded(path) == [
         ("journal", 1, "0001_journal"),
         ("journal", 2, "0002_journal_compact"),
+        ("journal", 3, "0003_journal_progress"),
     ]
 
 
@@ -376,10 +378,11 @@ def test_a_failing_python_migration_rolls_back_too(
     monkeypatch.setattr(migrate, "source", _broken("journal", script, python=True))
     with pytest.raises(JournalError) as e:
         _journal(path)
-    assert "journal migration 0003_broken failed: cannot convert row 3" in str(e.value)
+    assert "journal migration 0004_broken failed: cannot convert row 3" in str(e.value)
     assert recorded(path) == [
         ("journal", 1, "0001_journal"),
         ("journal", 2, "0002_journal_compact"),
+        ("journal", 3, "0003_journal_progress"),
     ]
     with sqlite3.connect(path) as conn:
         assert (
@@ -393,14 +396,14 @@ def test_a_failing_postgres_migration_rolls_back_and_leaves_the_version(
     monkeypatch.setattr(migrate, "source", _broken("journal", BROKEN))
     with pytest.raises(db.DbError) as e:
         migrate.upgrade(pg_url)
-    assert "journal migration 0003_broken failed" in str(e.value) and "no_such_table" in str(
+    assert "journal migration 0004_broken failed" in str(e.value) and "no_such_table" in str(
         e.value
     )
     (found,) = migrate.status(pg_url, ["journal"])
-    assert found.current == 2 and [m.name for m in found.pending] == ["0003_broken"]
+    assert found.current == 3 and [m.name for m in found.pending] == ["0004_broken"]
     with psycopg.connect(db.conninfo(pg_url)) as conn:
         assert conn.execute("SELECT to_regclass('half_done')").fetchone() == (None,)
-    with pytest.raises(db.SchemaBehind, match="missing journal/0003_broken"):
+    with pytest.raises(db.SchemaBehind, match="missing journal/0004_broken"):
         migrate.require_current(pg_url, "journal")
 
 
@@ -444,18 +447,23 @@ def test_a_postgres_database_the_old_code_migrated_upgrades_in_place(
             "INSERT INTO journal_runs (id, recipe, recipe_path, inputs, settings, dry_run,"
             " status, started) VALUES ('r-old', 'old', '/r.yaml', '{}', '{}', 0, 'changed', 5)"
         )
-    # Read as today's migrations without writing: every store opens as it is.
-    assert all(s.up_to_date for s in migrate.status(pg_empty_url))
+    # Read as today's migrations without writing: the stores the old code made whole
+    # open as they are; the journal lacks only what was added since (its progress column).
+    behind = [(s.store, [m.name for m in s.pending]) for s in migrate.status(pg_empty_url)]
+    assert [b for b in behind if b[1]] == [("journal", ["0003_journal_progress"])]
     store = open_state_store(pg_empty_url)
     assert store.transition("ous", "X1", state="Done").from_state == "Ready"
-    assert [r.id for r in Journal(url=pg_empty_url).runs()] == ["r-old"]
     shown = cli("db", "status", "--url", pg_empty_url)
-    assert shown.code == 0 and "[journal]: schema version 2 of 2" in shown.out
-    # The next upgrade copies the old record into wsrun_schema, checksums and all.
+    assert shown.code == 1 and "[journal]: schema version 2 of 3" in shown.out
+    # The upgrade applies it and copies the old records into wsrun_schema, checksums and all.
     up = cli("db", "upgrade", "--url", pg_empty_url)
-    assert up.code == 0 and up.out.strip().endswith("up to date"), up.out
+    assert up.code == 0 and "journal/0003_journal_progress" in up.out, up.out
+    assert [r.id for r in Journal(url=pg_empty_url).runs()] == ["r-old"]
     with psycopg.connect(db.conninfo(pg_empty_url)) as conn:
-        rows = conn.execute("SELECT store, version, name, checksum FROM wsrun_schema").fetchall()
+        rows = conn.execute(
+            "SELECT store, version, name, checksum FROM wsrun_schema"
+            " WHERE name <> '0003_journal_progress'"
+        ).fetchall()
         old = conn.execute("SELECT count(*) FROM wsrun_migrations").fetchone()
     assert sorted(rows) == sorted(
         (s, v, migrate.migrations(s, "postgresql")[v - 1].name, LEGACY_CHECKSUMS[o])
@@ -469,7 +477,10 @@ def test_a_postgres_database_the_old_code_half_migrated_gets_the_rest(pg_empty_u
     with pytest.raises(db.SchemaBehind, match="missing journal/0002_journal_compact"):
         migrate.require_current(pg_empty_url, "journal")
     migrate.require_current(pg_empty_url, "state")
-    assert migrate.upgrade(pg_empty_url) == ["journal/0002_journal_compact"]
+    assert migrate.upgrade(pg_empty_url) == [
+        "journal/0002_journal_compact",
+        "journal/0003_journal_progress",
+    ]
     db.close_pools()
     migrate.require_current(pg_empty_url, "journal")
 
@@ -512,6 +523,9 @@ def test_db_commands_cover_sqlite_files(cli, tmp_path: Path, wsrun_home: Path) -
         f"sqlite://{fresh}:",
         "applied",
         "journal/0002_journal_compact",
+        f"sqlite://{fresh}:",
+        "applied",
+        "journal/0003_journal_progress",
     ]
 
     # Without --url: the configured stores; files not made yet are left alone.

@@ -229,6 +229,59 @@ def test_run_page_shows_live_progress(
         proc.wait()
 
 
+def test_run_page_shows_a_running_steps_files_bytes_rate_and_eta(
+    live_server, browser_page, tmp_path: Path, wsrun_home: Path
+) -> None:
+    """The journal's progress of a running step (wsrun.core.progress) on the run
+    page, live: a bar and the heartbeat line, gone once the step is done."""
+    from playwright.sync_api import expect
+
+    from fixtures.progress_step import progress_plugin_env
+    from wsrun.core.journal import Journal
+
+    gate = tmp_path / "gate"
+    recipe = write(
+        tmp_path / "long.yaml",
+        f"""
+        recipe: long
+        steps:
+          - id: work
+            uses: test-progress
+            with: {{files: 5, bytes_each: 2000000, gate: "{gate}", hold_after: 2}}
+        """,
+    )
+    env = {**os.environ, **progress_plugin_env(tmp_path), "WSRUN_HOME": str(wsrun_home)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "wsrun", str(recipe), "-q"], cwd=tmp_path, env=env
+    )
+    try:
+        journal = Journal()
+        deadline = time.monotonic() + 20
+        while not (runs := journal.runs(1)) or not journal.steps(runs[0].id):
+            assert time.monotonic() < deadline, "the run did not start"
+            time.sleep(0.05)
+        server = live_server()
+        page = browser_page
+        page.goto(f"{server.url}/runs/{runs[0].id}")
+        expect(page.locator("#run-status")).to_have_text("running")
+        mark(page)
+        row = page.locator('#steps tr.step-progress[data-step="work"]')
+        # held at the gate after 2 of 5 files: the journal has them within a second
+        expect(row).to_contain_text("2/5 files, 4.0/10.0 MB, ", timeout=20_000)
+        expect(row).to_contain_text("files/s")
+        expect(row).to_contain_text("MB/s")
+        expect(row).to_contain_text("ETA ")
+        expect(row.get_by_role("progressbar")).to_have_attribute("aria-valuenow", "40.0")
+        gate.write_text("open")
+        expect(page.locator("#run-status")).to_have_text("ok", timeout=20_000)
+        expect(page.locator("#steps tr.step-progress")).to_have_count(0)
+        assert not_reloaded(page)
+        assert proc.wait(20) == 0
+    finally:
+        proc.kill()
+        proc.wait()
+
+
 def test_404_page_and_token_login_in_the_browser(live_server, browser_page) -> None:
     from playwright.sync_api import expect
 

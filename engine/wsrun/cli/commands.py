@@ -303,6 +303,8 @@ def runs(
         print(f"  {s['key']:<24} {s['uses']:<14} {s['status']:<8} {s['effect_count']} effects")
         if s["error"]:
             print(f"      {s['error']}")
+        if s["status"] == "running" and s.get("progress"):
+            print(f"      {_progress_line(s['progress'], record.shown_status == 'running')}")
         if effects and s["effect_count"]:
             first = (page - 1) * size
             for e in map(printable_data, s["effects"]):  # a path's bytes not UTF-8 as \xNN
@@ -314,6 +316,18 @@ def runs(
             print(f"      (effects {shown} of {s['effect_count']}{more})")
     if record.outputs:
         print(f"  outputs {json.dumps(record.outputs)}")
+
+
+def _progress_line(progress: dict[str, Any], live: bool) -> str:
+    """A running step's newest progress as the journal holds it: the heartbeat
+    line and how old it is (a run that died leaves its last figures)."""
+    import time
+
+    line = progress.get("line") or ""
+    label = progress.get("label")
+    age = max(0.0, time.time() - float(progress.get("updated") or 0))
+    when = f"{age:.0f}s ago" if live else f"at {_when(float(progress.get('updated') or 0))}"
+    return f"progress {label + ': ' if label else ''}{line} (as of {when})"
 
 
 def _prune(
@@ -395,13 +409,24 @@ def _run_json(r: Any) -> dict[str, Any]:
 @app.command()
 def resume(
     run_id: Annotated[str, typer.Argument(help="The run to continue")],
-    as_json: Annotated[bool, typer.Option("--json")] = False,
-    verbose: Annotated[bool, typer.Option("-v", "--verbose")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON")] = False,
+    verbose: Annotated[
+        bool, typer.Option("-v", "--verbose", help="List every effect; tracebacks on errors")
+    ] = False,
     quiet: Annotated[bool, typer.Option("-q", "--quiet", help="Print only errors")] = False,
+    dry_run: Annotated[
+        bool,
+        typer.Option(
+            "--dry-run", "-n", help="Show what resuming would do (a new dry run); change nothing"
+        ),
+    ] = False,
     profile: Annotated[str | None, typer.Option(help="Settings profile")] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="KEY=VALUE")] = None,
 ) -> None:
-    """Continue a failed or interrupted run from its first unfinished step, with the same inputs."""
+    """Continue a failed or interrupted run from its first unfinished step, with the same inputs.
+
+    Takes the options of a run (-q, -v, --json, --dry-run, --set, --profile), with
+    the same effect: -q prints only errors, --json prints only the JSON result."""
     from wsrun.cli.run import execute
     from wsrun.core.validate import InvalidRecipe, load_valid
 
@@ -414,7 +439,16 @@ def resume(
         print(f"wsrun: run {record.id} is still running (pid {record.pid})", file=sys.stderr)
         raise typer.Exit(2)
     if record.status in ("ok", "changed"):
-        print(f"wsrun: run {record.id} already finished ({record.status}); nothing to resume")
+        if as_json:  # stdout stays JSON: the run as it finished
+            print(
+                json.dumps(
+                    {"run_id": record.id, **_run_json(record), "resumed": False},
+                    indent=2,
+                    default=str,
+                )
+            )
+        elif not quiet:
+            print(f"wsrun: run {record.id} already finished ({record.status}); nothing to resume")
         return
     if record.dry_run:
         print(
@@ -438,14 +472,17 @@ def resume(
         "verbose": verbose,
         "profile": profile,
         "set": set_ or [],
-        "dry_run": False,
+        "dry_run": dry_run,
         "quiet": quiet,
     }
     import os
 
     if record.workdir and os.path.isdir(record.workdir):
         os.chdir(record.workdir)
-    raise typer.Exit(execute(recipe, record.inputs, options, run_id=record.id, resume=finished))
+    # A dry run is a run of its own (its own id and journal record): the
+    # interrupted run stays as it was, to be resumed for real.
+    target = None if dry_run else record.id
+    raise typer.Exit(execute(recipe, record.inputs, options, run_id=target, resume=finished))
 
 
 @app.command()

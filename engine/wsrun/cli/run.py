@@ -58,7 +58,6 @@ def execute(
         RichProgress,
         print_report,
         report_json,
-        stream_is_terminal,
     )
     from wsrun.core.runner import Events, RunError, Runner, coerce_inputs
     from wsrun.core.settings import Settings, SettingsError
@@ -71,11 +70,9 @@ def execute(
         )
         inputs = coerce_inputs(recipe, inputs, os.getcwd())
         quiet = options.get("quiet") or options.get("json")
-        show_bars = not quiet and not options.get("dry_run") and stream_is_terminal(sys.stderr)
-        progress = RichProgress() if show_bars else None
-        events: Events = (
-            Events() if quiet else LineEvents(err, bool(options.get("dry_run")), progress)
-        )
+        progress = display_progress(bool(quiet), settings, err)
+        bars = progress if isinstance(progress, RichProgress) else None
+        events: Events = Events() if quiet else LineEvents(err, bool(options.get("dry_run")), bars)
         journal = Journal()
         runner = Runner(
             recipe,
@@ -94,8 +91,8 @@ def execute(
         err.write(f"{recipe.name}: {e}\n")
         return 2
     try:
-        if progress is not None:
-            with progress:
+        if bars is not None:
+            with bars:
                 report = runner.run()
         else:
             report = runner.run()
@@ -120,6 +117,21 @@ def execute(
             err.write(f"(resume with: wsrun resume {report.run_id})\n")
         return 1
     return 0
+
+
+def display_progress(quiet: bool, settings: Any, err: Any) -> Any:
+    """How a run shows its long steps: nothing with -q or --json (stdout stays
+    the JSON alone); a live line per step on a terminal; otherwise (logs,
+    pipes) a heartbeat line on stderr every few seconds."""
+    from wsrun.core.output import RichProgress, stream_is_terminal
+    from wsrun.core.progress import Heartbeat, heartbeat_interval
+
+    if quiet:
+        return None
+    if stream_is_terminal(sys.stderr):
+        return RichProgress()
+    interval = heartbeat_interval(settings)
+    return None if interval is None else Heartbeat(err, interval)
 
 
 def resumable(report: Any) -> bool:

@@ -16,6 +16,7 @@ import json
 import os
 import socket
 import sqlite3
+import threading
 import time
 import uuid
 from collections.abc import Mapping
@@ -261,6 +262,8 @@ class Journal:
         #: The blob of each step's planned effects this process wrote, by (run, key):
         #: the performed effects are usually the same and need not be compressed again.
         self._planned: dict[tuple[str, str], str] = {}
+        #: Progress (wsrun.core.progress) is written from the threads steps report from.
+        self._lock = threading.RLock()
 
     #: Step records are committed at most this often (and at the end of a run),
     #: so a recipe of many short steps does not pay a commit per step. A crash
@@ -284,18 +287,20 @@ class Journal:
     def _write(self, sql: str, args: tuple[Any, ...], commit: bool = False) -> None:
         """Queue a write; queued writes go to the database in one short
         transaction, so no lock is held while a step works."""
-        self._pending.append((self.sql(sql), tuple(_text(a) for a in args)))
-        if commit or time.monotonic() - self._last_commit > self.COMMIT_EVERY:
-            self.flush()
+        with self._lock:
+            self._pending.append((self.sql(sql), tuple(_text(a) for a in args)))
+            if commit or time.monotonic() - self._last_commit > self.COMMIT_EVERY:
+                self.flush()
 
     def flush(self) -> None:
         """Commit the queued writes. When that fails (disk full, read-only file) they
         are dropped and JournalError names the journal: the run stops, and a later
         smaller write (the run's end) may still get through."""
-        pending, self._pending = self._pending, []
-        self._last_commit = time.monotonic()
-        if pending:
-            self.tables.write(pending)
+        with self._lock:
+            pending, self._pending = self._pending, []
+            self._last_commit = time.monotonic()
+            if pending:
+                self.tables.write(pending)
 
     def close(self) -> None:
         self.flush()
@@ -360,7 +365,8 @@ class Journal:
             " ON CONFLICT(run_id, key) DO UPDATE SET seq=excluded.seq, uses=excluded.uses,"
             " status='running', started=excluded.started, ended=NULL,"
             " effects=excluded.effects, effect_count=excluded.effect_count,"
-            " effects_ref=excluded.effects_ref, outputs=NULL, outputs_ref=NULL, error=NULL",
+            " effects_ref=excluded.effects_ref, outputs=NULL, outputs_ref=NULL, error=NULL,"
+            " progress=NULL",
             (run_id, key, seq, uses, time.time(), effects, _count(planned), ref),
             commit=planned is not None,
         )
@@ -394,6 +400,21 @@ class Journal:
                 key,
             ),
         )
+
+    def set_progress(self, run_id: str, key: str, progress: dict[str, Any]) -> None:
+        """Put a step's newest progress figures (wsrun.core.progress.Snapshot) in its
+        row, in place, and commit: a running run's page shows them. Callers
+        throttle (JournalProgress: at most once a second a run)."""
+        update = (
+            self.sql("UPDATE {steps} SET progress=? WHERE run_id=? AND key=?"),
+            (_json(progress), run_id, key),
+        )
+        with self._lock:
+            # the queued records first (the step's row may be among them); when the
+            # write fails they stay queued, so the run's own next write reports it
+            self.tables.write([*self._pending, update])
+            self._pending = []
+            self._last_commit = time.monotonic()
 
     def _effects_columns(
         self, effects: list[dict[str, Any]] | None, stored: str | None = None
@@ -535,7 +556,7 @@ class Journal:
         (all when None) and ``effect_count``, how many it has in all."""
         rows = self._query(
             "SELECT key, seq, uses, status, started, ended, effects, outputs, error,"
-            " effect_count, effects_ref, outputs_ref FROM {steps}"
+            " effect_count, effects_ref, outputs_ref, progress FROM {steps}"
             " WHERE run_id=? ORDER BY seq, started",
             (run_id,),
         )
@@ -559,6 +580,7 @@ class Journal:
                     "effect_count": count,
                     "outputs": self._outputs(r[7], r[11]),
                     "error": r[8],
+                    "progress": json.loads(r[12]) if r[12] else None,
                 }
             )
         return steps

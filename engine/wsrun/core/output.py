@@ -6,10 +6,11 @@ from __future__ import annotations
 import json
 import sys
 import threading
+import time
 from typing import Any, TextIO
 
+from wsrun.core.progress import SinkProgress, TaskState, format_line
 from wsrun.core.runner import Events, RunReport, StepReport
-from wsrun.core.step import Progress, ProgressTask
 
 EFFECT_MARKS = {
     "create_file": "+ file",
@@ -134,12 +135,15 @@ def print_report(report: RunReport, out: TextIO, verbose: bool = False) -> None:
         print(f"Dry run of {report.recipe} (run {report.run_id}): nothing was changed.", file=out)
         for s in report.steps:
             print(f"  {s.key:<20} {s.uses:<16} {_status_word(s, True)}", file=out)
+            if s.resumed:
+                continue  # done before: a resume does not do it again
             shown = s.effects if verbose else s.effects[:MAX_EFFECTS_SHOWN]
             for e in shown:
                 print(f"      {format_effect(e)}", file=out)
             if len(s.effects) > len(shown):
                 print(f"      ... {len(s.effects) - len(shown)} more (-v lists all)", file=out)
-        print(f"Would create: {totals(report.steps)}", file=out)
+        # a dry run of `wsrun resume`: what the steps done before would not do again
+        print(f"Would create: {totals([s for s in report.steps if not s.resumed])}", file=out)
     else:
         verb = {"ok": "nothing to change", "changed": "done", "failed": "FAILED"}[report.status]
         print(f"{report.recipe}: {verb} (run {report.run_id}); {totals(report.steps)}", file=out)
@@ -149,10 +153,10 @@ def print_report(report: RunReport, out: TextIO, verbose: bool = False) -> None:
 
 
 def _status_word(s: StepReport, dry: bool) -> str:
-    if dry and s.status == "changed":
-        return f"would change ({len(s.effects)} effects)"
     if s.resumed:
         return f"{s.status} (done before resume)"
+    if dry and s.status == "changed":
+        return f"would change ({len(s.effects)} effects)"
     return s.status
 
 
@@ -169,7 +173,8 @@ class LineEvents(Events):
             return  # the error line is printed once, at the end
         n = len(report.effects)
         extra = f" {n} effect{'' if n == 1 else 's'}" if n else ""
-        label = "planned" if self.dry_run and report.status == "changed" else report.status
+        planned = self.dry_run and report.status == "changed" and not report.resumed
+        label = "planned" if planned else report.status
         line = f"[{label}] {report.key} ({report.uses}){extra} {report.seconds:.2f}s"
         if self.bars is not None:
             self.bars.bars.console.print(line, markup=False, highlight=False)
@@ -177,31 +182,48 @@ class LineEvents(Events):
             print(line, file=self.out, flush=True)
 
 
-class RichProgress(Progress):
-    """Progress bars with bytes, files, rate and ETA on a terminal."""
+class RichProgress(SinkProgress):
+    """A live line per long step on a terminal: a bar, files and bytes done
+    against the plan's totals, smoothed files/s and bytes/s, and the ETA (the
+    same text as a heartbeat line, see wsrun.core.progress). rich redraws it ten
+    times a second from the task's counts, so a report costs nothing here and
+    a stalled step's rate is seen to fall."""
 
     def __init__(self) -> None:
         from rich.console import Console
-        from rich.progress import (
-            BarColumn,
-            DownloadColumn,
-            TextColumn,
-            TimeRemainingColumn,
-            TransferSpeedColumn,
-        )
         from rich.progress import Progress as RP
+        from rich.progress import ProgressColumn, TextColumn
+
+        states: dict[Any, TaskState] = {}
+        self.states = states
+
+        class Bar(ProgressColumn):
+            def render(self, task: Any) -> Any:
+                from rich.progress_bar import ProgressBar
+
+                state = states.get(task.id)
+                if state is None:
+                    return ProgressBar(total=None, width=40)
+                total = state.total_bytes or state.total_files or None
+                done = state.bytes if state.total_bytes else state.files
+                return ProgressBar(total=total, completed=done, width=40)
+
+        class Line(ProgressColumn):
+            def render(self, task: Any) -> Any:
+                from rich.text import Text
+
+                state = states.get(task.id)
+                return Text(format_line(state.snapshot(time.monotonic())) if state else "")
 
         self.bars = RP(
             TextColumn("{task.description}"),
-            BarColumn(),
-            DownloadColumn(binary_units=True),
-            TransferSpeedColumn(),
-            TextColumn("{task.fields[files]} files"),
-            TimeRemainingColumn(),
+            Bar(),
+            Line(),
             transient=True,
             console=Console(stderr=True),
         )
         self.lock = threading.Lock()
+        self.ids: dict[int, Any] = {}
 
     def __enter__(self) -> RichProgress:
         self.bars.start()
@@ -210,29 +232,18 @@ class RichProgress(Progress):
     def __exit__(self, *exc: object) -> None:
         self.bars.stop()
 
-    def task(
-        self, description: str, total_bytes: int | None = None, total_files: int | None = None
-    ) -> ProgressTask:
-        task_id = self.bars.add_task(description, total=total_bytes, files=0)
-        bars = self.bars
-        lock = self.lock
+    def opened(self, state: TaskState, now: float) -> None:
+        with self.lock:
+            task_id = self.bars.add_task(state.label, total=None)
+            self.states[task_id] = state
+            self.ids[id(state)] = task_id
 
-        class Task:
-            files = 0
-
-            def advance(self, bytes: int = 0, files: int = 0) -> None:
-                with lock:
-                    self.files += files
-                    bars.update(
-                        task_id,
-                        advance=bytes,
-                        files=f"{self.files}/{total_files}" if total_files else self.files,
-                    )
-
-            def close(self) -> None:
-                bars.remove_task(task_id)
-
-        return Task()
+    def closed(self, state: TaskState, now: float) -> None:
+        with self.lock:
+            task_id = self.ids.pop(id(state), None)
+            if task_id is not None:
+                self.bars.remove_task(task_id)
+                self.states.pop(task_id, None)
 
 
 def stream_is_terminal(stream: TextIO = sys.stderr) -> bool:

@@ -21,6 +21,7 @@ from wsrun.core.effects import Effect
 from wsrun.core.fs import ContentUnknown, WorldView
 from wsrun.core.journal import Journal, JournalError, new_run_id
 from wsrun.core.masking import Masker, printable
+from wsrun.core.progress import JournalProgress, Tracker
 from wsrun.core.recipe import Recipe, is_recipe_ref, resolve
 from wsrun.core.settings import MASK, Settings, display, is_secret_name
 from wsrun.core.step import Progress, ProgressTask, StepContext, StepError, load_step
@@ -258,6 +259,9 @@ class Runner:
         #: The run's secrets (shared with the recipes it calls); see wsrun.core.masking.
         self.masker = Masker() if masker is None else masker
         self.progress = _MaskedProgress(progress or Progress(), self.masker)
+        #: Keeps each step's newest progress in its journal row (shared with the
+        #: recipes this one calls, so the run as a whole is throttled).
+        self.journal_progress = JournalProgress(journal, self.run_id) if journal else None
         shown_log = log or (lambda message: None)
         self.log = lambda message: shown_log(self.masker.text(message))
         self.workdir = workdir or os.getcwd()
@@ -577,7 +581,7 @@ class Runner:
             step_id=key,
             settings=self.setting_values,
             env=self.env,
-            progress=self.progress,
+            progress=self.step_progress(key),
             log=self.log,
             deadline=deadline,
         )
@@ -606,6 +610,17 @@ class Runner:
             raise StepFailed(f"{type(e).__name__}: {e}", e) from None
         finally:
             held.release()
+
+    def step_progress(self, key: str) -> Progress:
+        """A step's ``ctx.progress``: its tasks are shown by the run's display
+        (bars, heartbeats) and kept in the step's journal row."""
+        display = self.progress.inner
+        sinks: list[Any] = [] if type(display) is Progress else [display]
+        if self.journal_progress is not None:
+            sinks.append(self.journal_progress)
+        if not sinks:
+            return self.progress
+        return Tracker(sinks, key=key, label=key, shown=self.shown)
 
     def check_params(self, uses: str, params: dict[str, Any], templated: set[str]) -> None:
         """Check the values that expressions produced; the rest were checked
@@ -651,6 +666,7 @@ class Runner:
                 depth=self.depth + 1,
                 masker=self.masker,
             )
+            child.journal_progress = self.journal_progress
         except InvalidRecipe as e:
             raise StepFailed(
                 f"recipe '{uses}' is invalid: {e.problems[0].where}: {e.problems[0].message}"

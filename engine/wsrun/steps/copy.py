@@ -448,13 +448,19 @@ def _copy_files(plan: Plan, ctx: StepContext, umask: int) -> dict[str, Any]:
         algorithm = job.algorithm
         checksums = dict(job.known)
         checksums.update(zip((f[1] for f in files), digests, strict=True))
-        hashed = run_parallel(
-            job.to_hash,
-            lambda p, buf: hash_file(p, algorithm, buf),
-            job.workers,
-            ctx,
-            buffered=True,
-        )
+        # files already in place: hashed for the checksums output (bytes counted as read)
+        hashing = ctx.progress.task("hash", total_files=len(job.to_hash))
+
+        def hash_one(path: str, buf: bytearray | None) -> str:
+            digest = hash_file(path, algorithm, buf)
+            with lock:
+                hashing.advance(bytes=os.path.getsize(path), files=1)
+            return digest
+
+        try:
+            hashed = run_parallel(job.to_hash, hash_one, job.workers, ctx, buffered=True)
+        finally:
+            hashing.close()
         checksums.update(zip(job.to_hash, hashed, strict=True))
         outputs["checksums"] = dict(sorted(checksums.items()))
     return outputs

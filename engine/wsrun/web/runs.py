@@ -76,7 +76,9 @@ def run_detail(request: Request) -> dict[str, Any]:
     page, size = effects_paging(request)
     # in execution order: a called recipe's steps number themselves from 1 again
     steps = sorted(journal.steps(record.id, effects_limit=0), key=lambda s: s["started"])
+    now = time.time()
     for step in steps:
+        live_progress(step, now)
         if step["effect_count"]:
             step["effects"] = journal.effects(record.id, step["key"], (page - 1) * size, size)
         with_checksums(step, step["effects"])
@@ -87,6 +89,16 @@ def run_detail(request: Request) -> dict[str, Any]:
         "effects_size": size,
         "log": log_lines(record, steps),
     }
+
+
+def live_progress(step: dict[str, Any], now: float) -> None:
+    """Keep a step's progress (files, bytes, rates, ETA: wsrun.core.progress) only
+    while it runs, with ``progress_age``, the seconds since its last report."""
+    progress = step.get("progress")
+    if step["status"] != "running" or not isinstance(progress, dict):
+        step["progress"] = None
+        return
+    step["progress_age"] = round(max(0.0, now - float(progress.get("updated") or now)), 1)
 
 
 def with_checksums(step: dict[str, Any], effects: list[dict[str, Any]]) -> None:

@@ -280,14 +280,23 @@ def apply(plan: Plan, ctx: StepContext) -> Result:
     for parent in d.parents:
         os.makedirs(parent, exist_ok=True)
     written: dict[str, dict[str, Any]] = {}
-    for t in d.targets:
-        ctx.check_deadline()
-        if t.lossless:
-            assert feed is not None and truth is not None
-            written[t.path] = _write_master(feed, truth, t, d.metadata)
-        else:
-            assert image is not None
-            written[t.path] = _write(image, t, d.metadata)
+    # Work is counted in derivatives and in the source bytes each one is made from.
+    size = os.path.getsize(d.source)
+    task = ctx.progress.task(
+        "image-derivative", total_bytes=size * len(d.targets), total_files=len(d.targets)
+    )
+    try:
+        for t in d.targets:
+            ctx.check_deadline()
+            if t.lossless:
+                assert feed is not None and truth is not None
+                written[t.path] = _write_master(feed, truth, t, d.metadata)
+            else:
+                assert image is not None
+                written[t.path] = _write(image, t, d.metadata)
+            task.advance(bytes=size, files=1)
+    finally:
+        task.close()
     outputs = dict(plan.outputs)
     outputs["derivatives"] = [
         {**item, "bytes": written[item["path"]]["bytes"]} if item["path"] in written else item

@@ -424,8 +424,8 @@ def test_a_master_with_signed_samples_fails_the_proof(
 def test_a_master_with_subsampled_components_fails_the_proof(
     cli: Any, tmp_path: Path, recipe: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """An encoder that halves the alpha channel's resolution: opj_decompress refuses
-    to write the planes, and the proof fails with its words."""
+    """An encoder that halves the alpha channel's resolution: opj_decompress writes
+    the planes at their own sizes, and the proof names them."""
     if shutil.which("opj_compress") is None:
         pytest.skip("opj_compress is not installed (make tools)")
     source = tmp_path / "scan.tif"
@@ -441,12 +441,19 @@ def test_a_master_with_subsampled_components_fails_the_proof(
     )
     monkeypatch.setattr(lossless, "encode", lambda pixels: subsampled.read_bytes())
     r = cli(recipe, source)
-    assert_proof_failed(r, tmp_path, source, "opj_decompress cannot decode the master")
+    assert_proof_failed(
+        r,
+        tmp_path,
+        source,
+        f"the master's components differ in size or depth: {W}x{H} 8-bit unsigned, "
+        f"{W // 2}x{H // 2} 8-bit unsigned",
+    )
 
 
 FAKE_DECODER = """#!/bin/sh
 # A stand-in for opj_decompress that misbehaves: {what}
 while [ $# -gt 0 ]; do [ "$1" = -o ] && out=$2; shift; done
+plane() {{ echo "${{out%.pgx}}_$1.pgx"; }}  # where opj_decompress writes component $1
 {body}
 """
 
@@ -461,15 +468,15 @@ while [ $# -gt 0 ]; do [ "$1" = -o ] && out=$2; shift; done
         ),
         (
             "it writes fewer samples than it reports",
-            f'echo "Component 0 characteristics: {W}x{H}x8 unsigned"; '
-            f'head -c 100 /dev/zero > "$out"',
+            f'printf "PG ML + 8 {W} {H}\\n" > "$(plane 0)"; head -c 100 /dev/zero >> "$(plane 0)"',
             f"opj_decompress wrote 100 samples, not {W * H}",
         ),
         (
             "its components disagree",
-            f'echo "Component 0 characteristics: {W}x{H}x8 unsigned"; '
-            f'echo "Component 1 characteristics: {W}x{H}x16 unsigned"; '
-            f'head -c {W * H * 4} /dev/zero > "$out"',
+            f'printf "PG ML + 8 {W} {H}\\n" > "$(plane 0)"; '
+            f'head -c {W * H} /dev/zero >> "$(plane 0)"; '
+            f'printf "PG ML + 16 {W} {H}\\n" > "$(plane 1)"; '
+            f'head -c {W * H * 2} /dev/zero >> "$(plane 1)"',
             f"the master's components differ in size or depth: {W}x{H} 8-bit unsigned, "
             f"{W}x{H} 16-bit unsigned",
         ),
@@ -478,8 +485,19 @@ while [ $# -gt 0 ]; do [ "$1" = -o ] && out=$2; shift; done
             'touch "$out"',
             "opj_decompress cannot decode the master: no output",
         ),
+        (
+            "it writes raw samples without the PGX header",
+            f'head -c {W * H} /dev/zero > "$(plane 0)"',
+            "opj_decompress wrote no PGX header",
+        ),
+        (
+            "it leaves out a plane",
+            f'for i in 0 2; do printf "PG ML + 8 {W} {H}\\n" > "$(plane $i)"; '
+            f'head -c {W * H} /dev/zero >> "$(plane $i)"; done',
+            "opj_decompress wrote the planes pixels_0.pgx, pixels_2.pgx",
+        ),
     ],
-    ids=["fails", "short", "disagrees", "silent"],
+    ids=["fails", "short", "disagrees", "silent", "headless", "gap"],
 )
 def test_a_misbehaving_proof_decoder_fails_the_proof(
     cli: Any,

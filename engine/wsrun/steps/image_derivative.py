@@ -267,23 +267,15 @@ def apply(plan: Plan, ctx: StepContext) -> Result:
     image = None
     if any(not t.lossless for t in d.targets):
         image = _pillow_image(d.source)
-    feed = truth = None
-    if any(t.lossless for t in d.targets):
-        try:  # two decoders: one feeds the encoder, the other is what the proof trusts
-            feed = lossless.read_for_encoding(d.source)
-            truth = lossless.read_for_proof(d.source)
-        except (lossless.NotLossless, OSError) as e:
-            raise StepError(
-                f"cannot make a lossless master: {e}; nothing written", path=d.source
-            ) from None
+    master = _encode_master(d.source) if any(t.lossless for t in d.targets) else None
     for parent in d.parents:
         os.makedirs(parent, exist_ok=True)
     written: dict[str, dict[str, Any]] = {}
     for t in d.targets:
         ctx.check_deadline()
         if t.lossless:
-            assert feed is not None and truth is not None
-            written[t.path] = _write_master(feed, truth, t, d.metadata)
+            assert master is not None
+            written[t.path] = _write_master(master, t, d.metadata)
         else:
             assert image is not None
             written[t.path] = _write(image, t, d.metadata)
@@ -472,30 +464,58 @@ def _proof(path: str, fields: dict[str, Any] | None) -> dict[str, Any]:
     }
 
 
-def _write_master(
-    feed: lossless.Pixels, truth: lossless.Pixels, t: _Target, metadata: dict[str, str]
-) -> dict[str, Any]:
-    """Encode the master under its temporary name, decode it with the proof's own
-    decoder, and rename it into place only when it holds exactly the TIFF's
-    samples as libtiff decoded them; returns what ``_current`` would read from it."""
-    source_pixels = truth.checksum()
+@dataclass(frozen=True)
+class _Master:
+    """A master's codestream, and the TIFF's samples the proof compares it with."""
+
+    encoded: bytes
+    truth: lossless.Pixels
+    source_pixels: str  # truth.checksum()
+
+
+def _encode_master(source: str) -> _Master:
+    """Encode the TIFF (fed by tifffile) while another thread decodes it for the
+    proof (libtiff) and hashes those samples: the encoder has every core but
+    waits on no one. Nothing is written; what cannot be kept is a StepError."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def for_proof() -> tuple[lossless.Pixels, str]:
+        truth = lossless.read_for_proof(source)
+        return truth, truth.checksum()
+
+    with ThreadPoolExecutor(1, thread_name_prefix="wsrun-proof-read") as pool:
+        proof_read = pool.submit(for_proof)  # two decoders: neither trusts the other
+        try:
+            encoded = lossless.encode(lossless.read_for_encoding(source))
+            truth, source_pixels = proof_read.result()
+        except (lossless.NotLossless, OSError) as e:
+            raise StepError(
+                f"cannot make a lossless master: {e}; nothing written", path=source
+            ) from None
+    return _Master(encoded, truth, source_pixels)
+
+
+def _write_master(master: _Master, t: _Target, metadata: dict[str, str]) -> dict[str, Any]:
+    """Write the master under its temporary name, decode it with the proof's own
+    decoder (a child process that dies with the run), and rename it into place
+    only when it holds exactly the TIFF's samples as libtiff decoded them;
+    returns what ``_current`` would read from it."""
     # The proof's checksums go into the file, so both are known before it is written;
     # the decoding below makes the claim true or removes the file.
     wsrun_fields = {
         "derivation": t.derivation,
-        "sourcePixels": source_pixels,
-        "derivativePixels": source_pixels,
-        "depth": truth.describe(),
+        "sourcePixels": master.source_pixels,
+        "derivativePixels": master.source_pixels,
+        "depth": master.truth.describe(),
     }
     packet = imaging.build_xmp(metadata, wsrun_fields)
-    encoded = lossless.encode(feed)
     with fileio.atomic_write(t.path, mode=0o644) as f:
-        f.write(encoded)
+        f.write(master.encoded)
         imaging.append_jp2_xmp(f, packet)
         f.flush()
         try:
-            master = lossless.decode_master(fileio.temp_path(t.path))
-            lossless.compare(truth, master)
+            decoded = lossless.decode_master(fileio.temp_path(t.path))
+            lossless.compare(master.truth, decoded)
         except (lossless.ProofFailed, lossless.NotLossless) as e:
             raise StepError(f"lossless proof failed: {e}; not written", path=t.path) from None
         size = os.fstat(f.fileno()).st_size
@@ -505,7 +525,7 @@ def _write_master(
         "bytes": size,
         "sha256": digest,
         **wsrun_fields,
-        "derivativePixels": master.checksum(),
+        "derivativePixels": decoded.checksum(),
     }
 
 

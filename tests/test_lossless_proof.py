@@ -11,6 +11,8 @@ import json
 import os
 import shutil
 import subprocess
+import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -581,3 +583,64 @@ def test_a_proof_decoder_returning_other_samples_is_refused(
     [line] = [ln for ln in r.err.splitlines() if "cannot make a lossless master" in ln]
     assert str(source) in line and expected in line
     assert not (tmp_path / "masters").exists()  # refused before any directory is made
+
+
+HANGING_DECODER = """#!/bin/sh
+# A stand-in for opj_decompress that hangs in the middle of the proof.
+echo $$ > "{pidfile}"
+exec sleep 600
+"""
+
+
+def test_a_run_killed_during_the_proof_leaves_no_master_and_no_decoder(
+    cli: Any, tmp_path: Path, recipe: Path, wsrun_home: Path
+) -> None:
+    """SIGKILL while opj_decompress decodes the written master: the decoder dies
+    with the run (it would otherwise go on reading a file a re-run replaces), no
+    master is at the destination, and a re-run proves and writes it, leaving no
+    temporary file behind."""
+    source = tmp_path / "scan.tif"
+    tifffile.imwrite(source, noise((H, W, 3), 16, 40), photometric="rgb")
+    pidfile = tmp_path / "decoder.pid"
+    fake = tmp_path / "bin" / "opj_decompress"
+    fake.parent.mkdir()
+    fake.write_text(HANGING_DECODER.format(pidfile=pidfile))
+    fake.chmod(0o755)
+    env = dict(os.environ, PATH=f"{fake.parent}:{os.environ['PATH']}")
+    run = subprocess.Popen(
+        [sys.executable, "-m", "wsrun", str(recipe), str(source), "-q"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        while not pidfile.exists() or not pidfile.read_text().strip():
+            assert run.poll() is None, "wsrun ended before the proof began"
+            time.sleep(0.02)
+        decoder = int(pidfile.read_text())
+        assert alive(decoder)
+        temporary = [p.name for p in (tmp_path / "masters").iterdir()]
+        assert temporary and "scan.jp2" not in temporary  # written, not yet in place
+    finally:
+        run.kill()
+        run.wait()
+    deadline = time.monotonic() + 60  # a guard against a hang, not a timing assertion
+    while alive(decoder) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert not alive(decoder), "the proof's decoder outlived the run"
+    assert not (tmp_path / "masters" / "scan.jp2").exists()
+    doc = run_master(cli, recipe, source)  # the real opj_decompress
+    assert [p.name for p in (tmp_path / "masters").iterdir()] == ["scan.jp2"]
+    samples, bits = decode_pnm(tmp_path / "masters" / "scan.jp2")
+    [proof] = doc["outputs"]["proofs"]
+    assert bits == 16 and proof["lossless"] and checksum(samples, bits) == proof["source_pixels"]
+
+
+def alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie does not)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rpartition(")")[2].split()[0] not in ("Z", "X")
+    except OSError:
+        return False

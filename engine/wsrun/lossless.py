@@ -24,8 +24,9 @@ The proof compares the last two: shape, bits per sample and every sample.
 Both OpenJPEGs use every core this process may run on (``threads()``): the
 encoder's code-blocks and wavelet are shared among threads, and so are the
 decoder's; the decoder writes PGX planes (one file per component), which it
-writes several times faster than raw planes. Together that makes master plus
-proof about as fast as ``opj_compress`` alone on one core (README, Benchmarks).
+writes several times faster than raw planes. A proof costs about as much CPU as
+the encoding, so this is what lets master plus proof approach ``opj_compress``
+alone on one core (docs/distillery.md, Speed; README, Benchmarks).
 """
 
 from __future__ import annotations

@@ -536,9 +536,14 @@ def prefetch(params: dict[str, Any], ctx: StepContext) -> None:
         while len(_ahead) > AHEAD:
             del _ahead[next(iter(_ahead))]
     # Not a daemon: a run that stops early waits for this encoding (no writes) to end.
-    threading.Thread(
+    thread = threading.Thread(
         target=_encode_into, args=(data.source, future), name="wsrun-encode-ahead"
-    ).start()
+    )
+    try:
+        thread.start()
+    except BaseException as e:  # no thread to be had: apply encodes it itself
+        future.set_exception(e)
+        raise
 
 
 def _encode_into(source: str, future: Future[bytes]) -> None:

@@ -286,3 +286,19 @@ def alive(pid: int) -> bool:
             return f.read().rpartition(")")[2].split()[0] not in ("Z", "X")
     except OSError:
         return False
+
+
+def test_a_dry_run_of_a_loop_encodes_nothing(
+    cli: Any, tmp_path: Path, recipe: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A dry run plans every master and encodes none, not even ahead."""
+    tiffs(tmp_path)
+    calls: list[str] = []
+    monkeypatch.setattr(lossless, "encode", lambda pixels: calls.append("encode") or b"")
+    r = cli(recipe, tmp_path / "in", "--dry-run")
+    assert r.code == 0, r.err
+    assert r.out.count("masters/scan") >= len(NAMES)
+    for thread in threading.enumerate():
+        if thread.name == "wsrun-encode-ahead":
+            thread.join(PATIENCE)
+    assert calls == [] and not (tmp_path / "masters").exists()

@@ -485,11 +485,12 @@ class Runner:
             raise StepFailed(f"for_each: expected a list, got {type(items).__name__}")
         results = []
         uses = step["uses"]
-        ahead = None if self.dry_run or is_recipe_ref(uses) else load_step(uses)
+        real = not self.dry_run and len(items) > 1 and not is_recipe_ref(uses)
+        ahead = load_step(uses) if real else None  # a step type that starts on the next item
         for i, item in enumerate(items):
             scope = {**self.scope, "item": item, "index": i}
             unit = f"{key}[{i}]"
-            if ahead is not None and hasattr(ahead, "prefetch") and i + 1 < len(items):
+            if hasattr(ahead, "prefetch") and i + 1 < len(items):
                 following = {**self.scope, "item": items[i + 1], "index": i + 1}
                 self.prefetch(ahead, step, f"{key}[{i + 1}]", following)
             try:

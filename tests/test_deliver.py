@@ -25,7 +25,7 @@ from conftest import ROOT, snapshot
 from fixtures.processing import BUILDERS, EB, Processing, imaging, vla_calibration
 from wsrun.core.effects import create_file
 from wsrun.core.fs import WorldView
-from wsrun.steps import assemble_delivery
+from wsrun.packs.nrao import assemble_delivery
 from wsrun.testing import plan_step, run_step
 
 DIR_SETTING = "edu.nrao.workspaces.DeliverySettings.downloadDirectory"

@@ -11,6 +11,8 @@ import json
 import os
 import shutil
 import subprocess
+import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -424,8 +426,8 @@ def test_a_master_with_signed_samples_fails_the_proof(
 def test_a_master_with_subsampled_components_fails_the_proof(
     cli: Any, tmp_path: Path, recipe: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """An encoder that halves the alpha channel's resolution: opj_decompress refuses
-    to write the planes, and the proof fails with its words."""
+    """An encoder that halves the alpha channel's resolution: opj_decompress writes
+    the planes at their own sizes, and the proof names them."""
     if shutil.which("opj_compress") is None:
         pytest.skip("opj_compress is not installed (make tools)")
     source = tmp_path / "scan.tif"
@@ -441,12 +443,19 @@ def test_a_master_with_subsampled_components_fails_the_proof(
     )
     monkeypatch.setattr(lossless, "encode", lambda pixels: subsampled.read_bytes())
     r = cli(recipe, source)
-    assert_proof_failed(r, tmp_path, source, "opj_decompress cannot decode the master")
+    assert_proof_failed(
+        r,
+        tmp_path,
+        source,
+        f"the master's components differ in size or depth: {W}x{H} 8-bit unsigned, "
+        f"{W // 2}x{H // 2} 8-bit unsigned",
+    )
 
 
 FAKE_DECODER = """#!/bin/sh
 # A stand-in for opj_decompress that misbehaves: {what}
 while [ $# -gt 0 ]; do [ "$1" = -o ] && out=$2; shift; done
+plane() {{ echo "${{out%.pgx}}_$1.pgx"; }}  # where opj_decompress writes component $1
 {body}
 """
 
@@ -461,15 +470,15 @@ while [ $# -gt 0 ]; do [ "$1" = -o ] && out=$2; shift; done
         ),
         (
             "it writes fewer samples than it reports",
-            f'echo "Component 0 characteristics: {W}x{H}x8 unsigned"; '
-            f'head -c 100 /dev/zero > "$out"',
+            f'printf "PG ML + 8 {W} {H}\\n" > "$(plane 0)"; head -c 100 /dev/zero >> "$(plane 0)"',
             f"opj_decompress wrote 100 samples, not {W * H}",
         ),
         (
             "its components disagree",
-            f'echo "Component 0 characteristics: {W}x{H}x8 unsigned"; '
-            f'echo "Component 1 characteristics: {W}x{H}x16 unsigned"; '
-            f'head -c {W * H * 4} /dev/zero > "$out"',
+            f'printf "PG ML + 8 {W} {H}\\n" > "$(plane 0)"; '
+            f'head -c {W * H} /dev/zero >> "$(plane 0)"; '
+            f'printf "PG ML + 16 {W} {H}\\n" > "$(plane 1)"; '
+            f'head -c {W * H * 2} /dev/zero >> "$(plane 1)"',
             f"the master's components differ in size or depth: {W}x{H} 8-bit unsigned, "
             f"{W}x{H} 16-bit unsigned",
         ),
@@ -478,8 +487,19 @@ while [ $# -gt 0 ]; do [ "$1" = -o ] && out=$2; shift; done
             'touch "$out"',
             "opj_decompress cannot decode the master: no output",
         ),
+        (
+            "it writes raw samples without the PGX header",
+            f'head -c {W * H} /dev/zero > "$(plane 0)"',
+            "opj_decompress wrote no PGX header",
+        ),
+        (
+            "it leaves out a plane",
+            f'for i in 0 2; do printf "PG ML + 8 {W} {H}\\n" > "$(plane $i)"; '
+            f'head -c {W * H} /dev/zero >> "$(plane $i)"; done',
+            "opj_decompress wrote the planes pixels_0.pgx, pixels_2.pgx",
+        ),
     ],
-    ids=["fails", "short", "disagrees", "silent"],
+    ids=["fails", "short", "disagrees", "silent", "headless", "gap"],
 )
 def test_a_misbehaving_proof_decoder_fails_the_proof(
     cli: Any,
@@ -563,3 +583,64 @@ def test_a_proof_decoder_returning_other_samples_is_refused(
     [line] = [ln for ln in r.err.splitlines() if "cannot make a lossless master" in ln]
     assert str(source) in line and expected in line
     assert not (tmp_path / "masters").exists()  # refused before any directory is made
+
+
+HANGING_DECODER = """#!/bin/sh
+# A stand-in for opj_decompress that hangs in the middle of the proof.
+echo $$ > "{pidfile}"
+exec sleep 600
+"""
+
+
+def test_a_run_killed_during_the_proof_leaves_no_master_and_no_decoder(
+    cli: Any, tmp_path: Path, recipe: Path, wsrun_home: Path
+) -> None:
+    """SIGKILL while opj_decompress decodes the written master: the decoder dies
+    with the run (it would otherwise go on reading a file a re-run replaces), no
+    master is at the destination, and a re-run proves and writes it, leaving no
+    temporary file behind."""
+    source = tmp_path / "scan.tif"
+    tifffile.imwrite(source, noise((H, W, 3), 16, 40), photometric="rgb")
+    pidfile = tmp_path / "decoder.pid"
+    fake = tmp_path / "bin" / "opj_decompress"
+    fake.parent.mkdir()
+    fake.write_text(HANGING_DECODER.format(pidfile=pidfile))
+    fake.chmod(0o755)
+    env = dict(os.environ, PATH=f"{fake.parent}:{os.environ['PATH']}")
+    run = subprocess.Popen(
+        [sys.executable, "-m", "wsrun", str(recipe), str(source), "-q"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        while not pidfile.exists() or not pidfile.read_text().strip():
+            assert run.poll() is None, "wsrun ended before the proof began"
+            time.sleep(0.02)
+        decoder = int(pidfile.read_text())
+        assert alive(decoder)
+        temporary = [p.name for p in (tmp_path / "masters").iterdir()]
+        assert temporary and "scan.jp2" not in temporary  # written, not yet in place
+    finally:
+        run.kill()
+        run.wait()
+    deadline = time.monotonic() + 60  # a guard against a hang, not a timing assertion
+    while alive(decoder) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert not alive(decoder), "the proof's decoder outlived the run"
+    assert not (tmp_path / "masters" / "scan.jp2").exists()
+    doc = run_master(cli, recipe, source)  # the real opj_decompress
+    assert [p.name for p in (tmp_path / "masters").iterdir()] == ["scan.jp2"]
+    samples, bits = decode_pnm(tmp_path / "masters" / "scan.jp2")
+    [proof] = doc["outputs"]["proofs"]
+    assert bits == 16 and proof["lossless"] and checksum(samples, bits) == proof["source_pixels"]
+
+
+def alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie does not)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rpartition(")")[2].split()[0] not in ("Z", "X")
+    except OSError:
+        return False

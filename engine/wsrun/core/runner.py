@@ -488,9 +488,15 @@ class Runner:
         if not isinstance(items, (list, tuple)):
             raise StepFailed(f"for_each: expected a list, got {type(items).__name__}")
         results = []
+        uses = step["uses"]
+        real = not self.dry_run and len(items) > 1 and not is_recipe_ref(uses)
+        ahead = load_step(uses) if real else None  # a step type that starts on the next item
         for i, item in enumerate(items):
             scope = {**self.scope, "item": item, "index": i}
             unit = f"{key}[{i}]"
+            if hasattr(ahead, "prefetch") and i + 1 < len(items):
+                following = {**self.scope, "item": items[i + 1], "index": i + 1}
+                self.prefetch(ahead, step, f"{key}[{i + 1}]", following)
             try:
                 effects, outputs = self.run_unit(step, unit, scope)
             except StepFailed as e:
@@ -503,6 +509,36 @@ class Runner:
             results.append(outputs)
         report.outputs = {"results": results}
         report.status = "changed" if report.effects else "ok"
+
+    def prefetch(self, module: Any, step: dict[str, Any], key: str, scope: dict[str, Any]) -> None:
+        """Let a step type start on the next item of a loop (``prefetch`` in
+        wsrun.core.step): advisory, so whatever goes wrong here is left for that
+        item's own plan and apply to find and report."""
+        try:
+            raw = getattr(module, "UNRENDERED", ())
+            params = {
+                name: value if name in raw else expr.render(value, scope)
+                for name, value in (step.get("with") or {}).items()
+            }
+            module.prefetch(params, self.context(key, None, Progress()))
+        except Exception:  # the item's own run reports any error
+            return
+
+    def context(self, key: str, deadline: float | None, progress: Progress) -> StepContext:
+        """What a step type sees of this run (``progress``: where its work is reported;
+        a plain ``Progress()`` shows nothing, for work done ahead of the step)."""
+        return StepContext(
+            fs=self.view,
+            dry_run=self.dry_run,
+            run_id=self.run_id,
+            workdir=self.workdir,
+            step_id=key,
+            settings=self.setting_values,
+            env=self.env,
+            progress=progress,
+            log=self.log,
+            deadline=deadline,
+        )
 
     def end_unit(
         self,
@@ -573,18 +609,7 @@ class Runner:
         module = load_step(step["uses"])
         self.check_params(step["uses"], params, templated)
         deadline = time.monotonic() + parse_timeout(step["timeout"]) if "timeout" in step else None
-        ctx = StepContext(
-            fs=self.view,
-            dry_run=self.dry_run,
-            run_id=self.run_id,
-            workdir=self.workdir,
-            step_id=key,
-            settings=self.setting_values,
-            env=self.env,
-            progress=self.step_progress(key),
-            log=self.log,
-            deadline=deadline,
-        )
+        ctx = self.context(key, deadline, self.step_progress(key))
         plan = None
         held = locks.Held()
         try:

@@ -17,7 +17,12 @@ registered under the entry-point group ``wsrun.steps``) that defines:
 - ``destinations(params, ctx) -> list[str]`` (optional, for step types that
   write): the paths it writes, which the runner locks before ``plan`` and
   releases after ``apply`` (``wsrun.core.locks``), so two runs never write one
-  destination at once.
+  destination at once;
+- ``prefetch(params, ctx) -> None`` (optional): in a real run's ``for_each``,
+  called with the next item's parameters before an item runs, so a step type
+  can start work for the next item that writes nothing (image-derivative
+  encodes the next master in memory while this one is proven). It must return
+  at once, never fail the run, and leave every check to ``plan`` and ``apply``.
 
 ``plan`` must not change anything; ``apply`` must not do anything ``plan`` did
 not report. That is what makes a dry run faithful.

@@ -6,6 +6,8 @@ import dataclasses
 import hashlib
 import json
 import os
+import threading
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -49,6 +51,9 @@ and Adobe tools read both). The packet also records how the file was derived
 so a second run finds the file up to date without decoding it and reports
 ``ok``. Files are written under a temporary name and renamed when complete.
 imagecodecs (OpenJPEG) encodes masters, Pillow (OpenJPEG, libjpeg) access copies.
+A master's encoder and its proof's decoder each use every core the run may use
+(the bytes do not depend on it), and the TIFF is decoded for the proof while the
+master is encoded.
 """
 
 _DERIVATIVE: dict[str, Any] = {
@@ -268,15 +273,7 @@ def apply(plan: Plan, ctx: StepContext) -> Result:
     image = None
     if any(not t.lossless for t in d.targets):
         image = _pillow_image(d.source)
-    feed = truth = None
-    if any(t.lossless for t in d.targets):
-        try:  # two decoders: one feeds the encoder, the other is what the proof trusts
-            feed = lossless.read_for_encoding(d.source)
-            truth = lossless.read_for_proof(d.source)
-        except (lossless.NotLossless, OSError) as e:
-            raise StepError(
-                f"cannot make a lossless master: {e}; nothing written", path=d.source
-            ) from None
+    master = _encode_master(d.source) if any(t.lossless for t in d.targets) else None
     for parent in d.parents:
         os.makedirs(parent, exist_ok=True)
     written: dict[str, dict[str, Any]] = {}
@@ -289,8 +286,8 @@ def apply(plan: Plan, ctx: StepContext) -> Result:
         for t in d.targets:
             ctx.check_deadline()
             if t.lossless:
-                assert feed is not None and truth is not None
-                written[t.path] = _write_master(feed, truth, t, d.metadata)
+                assert master is not None
+                written[t.path] = _write_master(master, t, d.metadata)
             else:
                 assert image is not None
                 written[t.path] = _write(image, t, d.metadata)
@@ -482,30 +479,135 @@ def _proof(path: str, fields: dict[str, Any] | None) -> dict[str, Any]:
     }
 
 
-def _write_master(
-    feed: lossless.Pixels, truth: lossless.Pixels, t: _Target, metadata: dict[str, str]
-) -> dict[str, Any]:
-    """Encode the master under its temporary name, decode it with the proof's own
-    decoder, and rename it into place only when it holds exactly the TIFF's
-    samples as libtiff decoded them; returns what ``_current`` would read from it."""
-    source_pixels = truth.checksum()
+@dataclass(frozen=True)
+class _Master:
+    """A master's codestream, and the TIFF's samples the proof compares it with."""
+
+    encoded: bytes
+    truth: lossless.Pixels
+    source_pixels: str  # truth.checksum()
+
+
+def _encode_master(source: str) -> _Master:
+    """Encode the TIFF (fed by tifffile) while another thread decodes it for the
+    proof (libtiff) and hashes those samples: the encoder has every core but
+    waits on no one. Nothing is written; what cannot be kept is a StepError."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def for_proof() -> tuple[lossless.Pixels, str]:
+        truth = lossless.read_for_proof(source)
+        return truth, truth.checksum()
+
+    ahead = _take_ahead(source)
+    with ThreadPoolExecutor(1, thread_name_prefix="wsrun-proof-read") as pool:
+        proof_read = pool.submit(for_proof)  # two decoders: neither trusts the other
+        try:
+            encoded = _result(ahead) if ahead is not None else None
+            if encoded is None:
+                encoded = lossless.encode(lossless.read_for_encoding(source))
+            truth, source_pixels = proof_read.result()
+        except (lossless.NotLossless, OSError) as e:
+            raise StepError(
+                f"cannot make a lossless master: {e}; nothing written", path=source
+            ) from None
+    return _Master(encoded, truth, source_pixels)
+
+
+# ---- the next master, encoded while this one is proven --------------------------------
+
+#: Masters encoded ahead for the next items of loops: the TIFF's identity -> its codestream.
+#: The one for the item about to run is taken by its apply as the next one starts.
+_ahead: dict[tuple[Any, ...], Future[bytes]] = {}
+_ahead_lock = threading.Lock()
+#: At most this many encodings held or running ahead (the oldest is forgotten).
+AHEAD = 2
+
+
+def prefetch(params: dict[str, Any], ctx: StepContext) -> None:
+    """Start encoding the next item's master in memory, when its plan will write one:
+    the encoder then runs while the current item's master is decoded by
+    opj_decompress (another process), so both cores work. Nothing is written and
+    nothing is trusted: apply uses the codestream only for the very same file
+    (path, inode, size, times) and proves it like any other; a failed encoding is
+    done again by apply, which reports it."""
+    try:
+        planned = plan(params, ctx)
+    except Exception:  # the item's own plan reports it
+        return
+    data: _Data = planned.data
+    identity = _identity(data.source)
+    if identity is None or not any(t.lossless for t in data.targets):
+        return
+    future: Future[bytes] = Future()
+    with _ahead_lock:
+        if identity in _ahead:
+            return
+        _ahead[identity] = future
+        while len(_ahead) > AHEAD:
+            del _ahead[next(iter(_ahead))]
+    # Not a daemon: a run that stops early waits for this encoding (no writes) to end.
+    thread = threading.Thread(
+        target=_encode_into, args=(data.source, future), name="wsrun-encode-ahead"
+    )
+    try:
+        thread.start()
+    except BaseException as e:  # no thread to be had: apply encodes it itself
+        future.set_exception(e)
+        raise
+
+
+def _encode_into(source: str, future: Future[bytes]) -> None:
+    try:
+        future.set_result(lossless.encode(lossless.read_for_encoding(source)))
+    except BaseException as e:  # handed to apply, which encodes again and reports
+        future.set_exception(e)
+
+
+def _identity(source: str) -> tuple[Any, ...] | None:
+    """What tells one version of a file from another, short of reading it."""
+    try:
+        st = os.stat(source)
+    except OSError:
+        return None
+    return (source, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def _take_ahead(source: str) -> Future[bytes] | None:
+    """The encoding started ahead for ``source`` as it is now, if any (taken: used once)."""
+    identity = _identity(source)
+    with _ahead_lock:
+        return None if identity is None else _ahead.pop(identity, None)
+
+
+def _result(future: Future[bytes]) -> bytes | None:
+    """The codestream encoded ahead, or None when that failed (apply encodes again)."""
+    try:
+        return future.result()
+    except Exception:
+        return None
+
+
+def _write_master(master: _Master, t: _Target, metadata: dict[str, str]) -> dict[str, Any]:
+    """Write the master under its temporary name, decode it with the proof's own
+    decoder (a child process that dies with the run), and rename it into place
+    only when it holds exactly the TIFF's samples as libtiff decoded them;
+    returns what ``_current`` would read from it."""
     # The proof's checksums go into the file, so both are known before it is written;
     # the decoding below makes the claim true or removes the file.
     wsrun_fields = {
         "derivation": t.derivation,
-        "sourcePixels": source_pixels,
-        "derivativePixels": source_pixels,
-        "depth": truth.describe(),
+        "sourcePixels": master.source_pixels,
+        "derivativePixels": master.source_pixels,
+        "depth": master.truth.describe(),
     }
     packet = xmp.build_xmp(metadata, wsrun_fields)
-    encoded = lossless.encode(feed)
     with fileio.atomic_write(t.path, mode=0o644) as f:
-        f.write(encoded)
+        f.write(master.encoded)
         xmp.append_jp2_xmp(f, packet)
         f.flush()
         try:
-            master = lossless.decode_master(fileio.temp_path(t.path))
-            lossless.compare(truth, master)
+            decoded = lossless.decode_master(fileio.temp_path(t.path))
+            lossless.compare(master.truth, decoded)
         except (lossless.ProofFailed, lossless.NotLossless) as e:
             raise StepError(f"lossless proof failed: {e}; not written", path=t.path) from None
         size = os.fstat(f.fileno()).st_size
@@ -515,7 +617,7 @@ def _write_master(
         "bytes": size,
         "sha256": digest,
         **wsrun_fields,
-        "derivativePixels": master.checksum(),
+        "derivativePixels": decoded.checksum(),
     }
 
 

@@ -20,6 +20,13 @@ Three decoders take part, so that no single one can hide a loss:
   OpenJPEG, in another process) decodes the master as written to disk.
 
 The proof compares the last two: shape, bits per sample and every sample.
+
+Both OpenJPEGs use every core this process may run on (``threads()``): the
+encoder's code-blocks and wavelet are shared among threads, and so are the
+decoder's; the decoder writes PGX planes (one file per component), which it
+writes several times faster than raw planes. A proof costs about as much CPU as
+the encoding, so this is what lets master plus proof approach ``opj_compress``
+alone on one core (docs/distillery.md, Speed; README, Benchmarks).
 """
 
 from __future__ import annotations
@@ -34,6 +41,8 @@ import tempfile
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, BinaryIO
 
+from wsrun.core.procs import death_signal
+
 if TYPE_CHECKING:
     import numpy as np
 
@@ -41,6 +50,19 @@ if TYPE_CHECKING:
 OPJ_DECOMPRESS = "opj_decompress"
 #: Changes when masters are made differently, so older ones are made again.
 VERSION = 2
+#: OpenJPEG gains little past this many threads on one image.
+MAX_THREADS = 8
+
+
+def threads() -> int:
+    """How many threads the encoder and the proof's decoder use: the CPUs this
+    process may run on (``taskset`` and cgroup CPU sets lower it), at most
+    MAX_THREADS. The codestream does not depend on it."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        cpus = os.cpu_count() or 1
+    return max(1, min(MAX_THREADS, cpus))
 
 
 class NotLossless(Exception):
@@ -296,7 +318,7 @@ def encode(pixels: Pixels) -> bytes:
     """A JP2 file holding ``pixels`` losslessly: reversible wavelet, no rate limit,
     one component per sample at the samples' precision, the reversible colour
     transform for RGB (as opj_compress and Kakadu do), a channel definition for
-    alpha."""
+    alpha. OpenJPEG codes it on ``threads()`` threads (the same bytes as on one)."""
     import imagecodecs
 
     samples = pixels.samples
@@ -308,6 +330,7 @@ def encode(pixels: Pixels) -> bytes:
         reversible=True,
         bitspersample=pixels.bits,
         mct=components >= 3,
+        numthreads=threads(),
     )
     if pixels.alpha:
         jp2 = _with_channel_definition(jp2, components, pixels.alpha)
@@ -344,36 +367,74 @@ def decoder() -> str:
     return program
 
 
+#: The first line of a PGX plane as opj_decompress writes it: byte order (ML: big-endian),
+#: sign, precision, width, height.
+_PGX_HEADER = re.compile(rb"PG (ML|LM) ?([+-])? ?(\d+) (\d+) (\d+)\r?\n")
+
+
 def decode_master(path: str) -> Pixels:
-    """The JPEG 2000 file at ``path`` decoded by ``opj_decompress`` (to raw
-    little-endian planes) at the precision its codestream declares."""
+    """The JPEG 2000 file at ``path`` decoded by ``opj_decompress`` on
+    ``threads()`` threads, to one PGX plane per component at the precision the
+    codestream declares. The decoder dies with the run (wsrun.core.procs)."""
     import numpy as np
 
     program = decoder()
     with tempfile.TemporaryDirectory(prefix="wsrun-proof-") as tmp:
         link = os.path.join(tmp, "master.jp2")  # opj_decompress goes by the extension
         os.symlink(os.path.abspath(path), link)
-        out = os.path.join(tmp, "pixels.rawl")
+        out = os.path.join(tmp, "pixels.pgx")  # it writes pixels_0.pgx, pixels_1.pgx, ...
         done = subprocess.run(
-            [program, "-i", link, "-o", out], capture_output=True, text=True, check=False
+            [program, "-i", link, "-o", out, "-threads", str(threads())],
+            capture_output=True,
+            text=True,
+            check=False,
+            preexec_fn=death_signal(),
         )
-        found = re.findall(r"Component \d+ characteristics: (\d+)x(\d+)x(\d+) (\w+)", done.stdout)
-        if done.returncode != 0 or not found or not os.path.exists(out):
+        names = sorted(
+            (n for n in os.listdir(tmp) if re.fullmatch(r"pixels_\d+\.pgx", n)),
+            key=lambda n: int(n[7:-4]),
+        )
+        if done.returncode != 0 or not names:
             lines = (done.stderr + done.stdout).strip().splitlines() or ["no output"]
             raise ProofFailed(f"{OPJ_DECOMPRESS} cannot decode the master: {lines[-1]}")
-        if len(set(found)) != 1:
-            sizes = ", ".join(f"{w}x{h} {b}-bit {sign}" for w, h, b, sign in found)
-            raise ProofFailed(f"the master's components differ in size or depth: {sizes}")
-        width, height, bits, sign = found[0]
-        if sign != "unsigned":
-            raise ProofFailed(f"the master decodes to {sign} samples")
-        raw = np.fromfile(out, dtype="<u2" if int(bits) > 8 else "u1")
-    planes, count = len(found), int(width) * int(height)
-    if raw.size != planes * count:
-        raise ProofFailed(f"{OPJ_DECOMPRESS} wrote {raw.size} samples, not {planes * count}")
-    samples = raw.reshape(planes, int(height), int(width)).transpose(1, 2, 0)
-    native = np.uint16 if int(bits) > 8 else np.uint8
-    return Pixels(np.ascontiguousarray(samples, dtype=native), int(bits))
+        if names != [f"pixels_{i}.pgx" for i in range(len(names))]:
+            raise ProofFailed(f"{OPJ_DECOMPRESS} wrote the planes {', '.join(names)}")
+        planes = [_read_pgx(os.path.join(tmp, name)) for name in names]
+    found = [(w, h, b, sign) for w, h, b, sign, _ in planes]
+    if len(set(found)) != 1:
+        sizes = ", ".join(f"{w}x{h} {b}-bit {sign}" for w, h, b, sign in found)
+        raise ProofFailed(f"the master's components differ in size or depth: {sizes}")
+    width, height, bits, sign = found[0]
+    if sign != "unsigned":
+        raise ProofFailed(f"the master decodes to {sign} samples")
+    native = np.uint8 if bits <= 8 else np.uint16 if bits <= 16 else np.uint32
+    samples = np.empty((height, width, len(planes)), dtype=native)
+    for i, (*_, plane) in enumerate(planes):
+        samples[..., i] = plane.reshape(height, width)
+    return Pixels(samples, bits)
+
+
+def _read_pgx(path: str) -> tuple[int, int, int, str, np.ndarray]:
+    """Width, height, precision, sign and the samples of one PGX plane."""
+    import numpy as np
+
+    with open(path, "rb") as f:
+        data = f.read()
+    head = _PGX_HEADER.match(data)
+    if head is None:
+        first = data[:40].split(b"\n", 1)[0].decode("latin-1")
+        raise ProofFailed(f"{OPJ_DECOMPRESS} wrote no PGX header but {first!r}")
+    order, sign, bits, width, height = head.groups()
+    bits_, width_, height_ = int(bits), int(width), int(height)
+    signed = "signed" if sign == b"-" else "unsigned"
+    size = 1 if bits_ <= 8 else 2 if bits_ <= 16 else 4
+    endian = ">" if order == b"ML" else "<"
+    body = memoryview(data)[head.end() :]
+    count, expected = len(body) // size, width_ * height_
+    if len(body) != expected * size:
+        raise ProofFailed(f"{OPJ_DECOMPRESS} wrote {count} samples, not {expected}")
+    plane = np.frombuffer(body, dtype=f"{endian}{'i' if signed == 'signed' else 'u'}{size}")
+    return width_, height_, bits_, signed, plane
 
 
 def compare(source: Pixels, master: Pixels) -> None:

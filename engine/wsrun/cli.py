@@ -145,6 +145,7 @@ def execute(
     import contextlib
     import os
 
+    from wsrun import extras
     from wsrun.cliargs import parse_sets
     from wsrun.journal import Journal, JournalError
     from wsrun.masking import MaskedStream, Masker
@@ -165,6 +166,7 @@ def execute(
         events: Events = (
             Events() if quiet else LineEvents(err, bool(options.get("dry_run")), progress)
         )
+        extras.preflight(recipe)
         journal = Journal()
         runner = Runner(
             recipe,
@@ -179,7 +181,7 @@ def execute(
             log=(lambda m: None) if quiet else (lambda m: print(m, file=err, flush=True)),
             masker=masker,
         )
-    except (RunError, SettingsError, ValueError) as e:
+    except (RunError, SettingsError, ValueError, extras.MissingExtra) as e:
         err.write(f"{recipe.name}: {e}\n")
         return 2
     try:

@@ -305,6 +305,12 @@ class Journal:
         self.home = home or default_home()
         default = "sqlite://" + os.path.join(self.home, "journal.db")
         self.url = url or journal_url(default=default)
+        from wsrun import extras
+
+        try:
+            extras.require_url(self.url, "journal")
+        except extras.MissingExtra as e:
+            raise JournalError(str(e)) from None
         if urlsplit(self.url).scheme in ("postgresql", "postgres"):
             self.tables: _SqliteTables | _PostgresTables = _PostgresTables(self.url)
         else:

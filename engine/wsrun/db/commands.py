@@ -26,8 +26,13 @@ UrlOption = Annotated[
 
 def _targets(urls: list[str] | None) -> list[str]:
     """The databases to act on: the given URLs, else the configured backends' ones."""
+    from wsrun import extras
     from wsrun.db import conninfo, is_postgres
     from wsrun.doctor import configured_backends
+
+    if not extras.installed("postgres"):
+        print(extras.message("wsrun db", "postgres"), file=sys.stderr)
+        raise typer.Exit(2)
 
     if not urls:
         urls = [url for _, url in configured_backends() if url and is_postgres(url)]

@@ -443,17 +443,20 @@ class _ZstdSink:
     chunk = 1 << 20
 
     def __init__(self, fd: int, level: int, size: int) -> None:
-        import zstandard
+        from wsrun import zstd
 
         self.out = open(fd, "wb", buffering=1 << 20, closefd=False)
-        cctx = zstandard.ZstdCompressor(level=level, threads=cpu_count())
-        self.writer = cctx.stream_writer(self.out, size=size, closefd=False)
+        option = zstd.CompressionParameter
+        self.cctx = zstd.ZstdCompressor(
+            options={option.compression_level: level, option.nb_workers: cpu_count()}
+        )
+        self.cctx.set_pledged_input_size(size)  # the frame says its size, as zstd(1) writes
 
     def write(self, data: memoryview) -> None:
-        self.writer.write(data)
+        self.out.write(self.cctx.compress(data))
 
     def close(self) -> None:
-        self.writer.close()
+        self.out.write(self.cctx.flush())
         self.out.close()
 
     def abort(self) -> None:
@@ -817,11 +820,9 @@ def open_decompressed(raw: BinaryIO, compression: str) -> BinaryIO:
 
         return lzma.LZMAFile(raw)  # type: ignore[return-value]
     if compression == "zst":
-        import zstandard
+        from wsrun import zstd
 
-        return zstandard.ZstdDecompressor().stream_reader(
-            raw, read_across_frames=True, closefd=False
-        )  # type: ignore[return-value]
+        return zstd.ZstdFile(raw)  # type: ignore[return-value]  # every frame; raw stays open
     raise ValueError(compression)
 
 
@@ -1019,7 +1020,7 @@ def is_corrupt(e: BaseException) -> bool:
     import lzma
     import zipfile
 
-    import zstandard
+    from wsrun import zstd
 
     return isinstance(
         e,
@@ -1027,7 +1028,7 @@ def is_corrupt(e: BaseException) -> bool:
         | EOFError
         | zlib.error
         | lzma.LZMAError
-        | zstandard.ZstdError
+        | zstd.ZstdError
         | zipfile.BadZipFile,
     )
 

@@ -23,8 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-import zstandard
-
+from wsrun import zstd
 from wsrun.masking import printable
 
 SCHEMA = """
@@ -496,7 +495,7 @@ class Journal:
                     self.sql(
                         "INSERT INTO {blobs} (hash, data) VALUES (?, ?) ON CONFLICT(hash) DO NOTHING"
                     ),
-                    (ref, zstandard.ZstdCompressor(level=ZSTD_LEVEL).compress(raw)),
+                    (ref, zstd.compress(raw, level=ZSTD_LEVEL)),
                 )
             )
         return ref
@@ -506,7 +505,7 @@ class Journal:
         rows = self._query("SELECT data FROM {blobs} WHERE hash=?", (ref,))
         if not rows:
             raise JournalError(f"journal {self._where()}: blob {ref[:12]} is missing")
-        reader = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(bytes(rows[0][0])))
+        reader = zstd.ZstdFile(io.BytesIO(bytes(rows[0][0])))
         return io.TextIOWrapper(reader, encoding="utf-8")
 
     def _where(self) -> str:

@@ -179,5 +179,11 @@ def preflight(recipe: Any, env: Mapping[str, str] | None = None) -> None:
                 if (given, role) not in checked:
                     checked.add((given, role))
                     require_url(given, role)
+                    if role == "archive":  # and where its files are (files=, env, setting)
+                        from wsrun.archive_store import files_url
+
+                        files = files_url(given, env)
+                        if files:
+                            require_url(files, "archive file store")
 
     walk(recipe)

@@ -19,6 +19,7 @@ pyproject.toml (a test compares them).
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 from collections.abc import Mapping
 from typing import Any
@@ -89,8 +90,10 @@ def _importable(module: str) -> bool:
         return False
 
 
+@functools.cache
 def installed(extra: str) -> bool:
-    """Whether every module ``extra`` brings can be imported (without importing it)."""
+    """Whether every module ``extra`` brings can be imported (without importing it).
+    Asked once per process: validation asks for every step that needs an extra."""
     return all(_importable(m) for m in EXTRAS[extra])
 
 

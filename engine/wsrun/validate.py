@@ -359,6 +359,9 @@ class _Checker:
         self.doc = recipe.doc
         self.problems: list[Problem] = []
         self.expression_text = 0
+        #: Recipes whose steps' extras were checked (each once: a recipe that calls
+        #: another a thousand times must not walk it a thousand times).
+        self.extras_seen: set[str] = {recipe.path}
 
     def add(self, path: tuple[Any, ...], message: str, key: bool = False) -> None:
         where = self.doc.key_where(path) if key else self.doc.where(path)
@@ -576,7 +579,7 @@ class _Checker:
                         and key not in params
                     ):
                         self.add(path + ("with",), f"recipe '{uses}' needs input '{key}'")
-            self.problems.extend(_missing_extras(sub, set()))
+            self.problems.extend(_missing_extras(sub, self.extras_seen))
             return
         try:
             validator = _step_validator(uses)

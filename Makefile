@@ -6,10 +6,12 @@ STAMP := $(VENV)/.installed-stamp
 
 .PHONY: demo alma-demo test soak fuzz lint bench schemas docs tools services clean constraints
 
+# make demo and make test install every extra ([all]); `pip install wsrun` alone is the core
+# (README, Install).
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -c constraints.txt -e '.[test]'
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[all,test]'
 	touch $(STAMP)
 
 # The JSON Schema clients recipe authors use, pinned, for tests/test_editor_schema.py.
@@ -87,7 +89,9 @@ docs: $(STAMP)
 bench: $(STAMP) tools
 	$(BIN)/python bench/run.py
 
-# Re-pin constraints.txt from the working venv (run make test first).
+# Re-pin constraints.txt from the working venv, which has every extra and the test deps
+# ([all,test]), so the pins cover the core install, each extra and make test (run make test
+# first).
 constraints: $(STAMP)
 	{ sed -n '1,4p' constraints.txt; $(BIN)/pip freeze --exclude-editable; } > constraints.txt.new
 	mv constraints.txt.new constraints.txt

@@ -21,6 +21,8 @@ import typer
 
 #: Seconds a network check waits before calling a service unreachable.
 TIMEOUT = 3.0
+#: Backend -> what its URL is for, in a missing extra's line.
+ROLES = {"state": "state store", "bus": "bus", "archive": "archive", "journal": "journal"}
 
 
 @dataclass
@@ -64,8 +66,11 @@ def check(backend: str, url: str | None) -> Check:
 
     if url is None:
         return Check(backend, "-", True, "not installed")
+    from wsrun.core import extras
+
     shown = mask(url)
     try:
+        extras.require_url(url, ROLES[backend])
         detail = _probe(backend, url)
     except Exception as e:  # any failure is the finding
         text = (str(e).strip() or type(e).__name__).splitlines()[0]
@@ -167,19 +172,41 @@ def _probe_files(archive: str, required: bool) -> str:
     return open_content(files, create=False).probe()
 
 
+def extra_rows() -> list[Check]:
+    """One row per optional extra: installed or missing (not a failure: a host
+    needs only the extras of the steps and backends it uses), what it is for."""
+    from wsrun.core import extras
+
+    return [
+        Check(
+            "extra",
+            f"wsrun[{extra}]",
+            True,
+            f"installed: {extras.PURPOSES[extra]}"
+            if present
+            else f"missing: {extras.PURPOSES[extra]} (pip install 'wsrun[{extra}]')",
+        )
+        for extra, present in extras.status().items()
+    ]
+
+
 def run_checks() -> list[Check]:
     return [check(backend, url) for backend, url in configured_backends()]
 
 
 def doctor(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Show which state store, bus, archive and journal are in use and whether
-    each is reachable (exit 1 if any is not)."""
+    each is reachable (exit 1 if any is not), and which extras are installed."""
     checks = run_checks()
+    rows = checks + extra_rows()
     if as_json:
-        print(json.dumps([c.__dict__ for c in checks], indent=2))
+        print(json.dumps([c.__dict__ for c in rows], indent=2))
     else:
-        width = max(len(c.url) for c in checks)
-        for c in checks:
-            print(f"{c.backend:<8} {c.url:<{width}}  {'ok' if c.ok else 'FAIL'}  {c.detail}")
+        width = max(len(c.url) for c in rows)
+        for c in rows:
+            state, detail = ("ok" if c.ok else "FAIL"), c.detail
+            if c.backend == "extra":
+                state, detail = c.detail.split(": ", 1)
+            print(f"{c.backend:<8} {c.url:<{width}}  {state:<4}  {detail}")
     if not all(c.ok for c in checks):
         raise typer.Exit(1)

@@ -51,6 +51,7 @@ def execute(
     import os
 
     from wsrun.cli.recipe_args import parse_sets
+    from wsrun.core import extras
     from wsrun.core.journal import Journal, JournalError
     from wsrun.core.masking import MaskedStream, Masker
     from wsrun.core.output import (
@@ -61,6 +62,7 @@ def execute(
     )
     from wsrun.core.runner import Events, RunError, Runner, coerce_inputs
     from wsrun.core.settings import Settings, SettingsError
+    from wsrun.stores.preflight import preflight
 
     masker = Masker()
     out, err = MaskedStream(sys.stdout, masker), MaskedStream(sys.stderr, masker)
@@ -73,6 +75,7 @@ def execute(
         progress = display_progress(bool(quiet), settings, err)
         bars = progress if isinstance(progress, RichProgress) else None
         events: Events = Events() if quiet else LineEvents(err, bool(options.get("dry_run")), bars)
+        preflight(recipe)
         journal = Journal()
         runner = Runner(
             recipe,
@@ -87,7 +90,7 @@ def execute(
             log=(lambda m: None) if quiet else (lambda m: print(m, file=err, flush=True)),
             masker=masker,
         )
-    except (RunError, SettingsError, ValueError) as e:
+    except (RunError, SettingsError, ValueError, extras.MissingExtra) as e:
         err.write(f"{recipe.name}: {e}\n")
         return 2
     try:

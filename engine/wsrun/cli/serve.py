@@ -32,6 +32,11 @@ def serve_command(
     set_: Annotated[list[str] | None, typer.Option("--set", help="KEY=VALUE")] = None,
 ) -> None:
     """Serve the dashboard: runs, life-cycle board, QA2 review, files, Distillery, messages."""
+    from wsrun.core import extras
+
+    if not extras.installed("web"):
+        print(extras.message("wsrun serve", "web"), file=sys.stderr)
+        raise typer.Exit(2)
     import uvicorn
 
     from wsrun.cli.recipe_args import parse_sets

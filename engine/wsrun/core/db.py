@@ -82,6 +82,7 @@ def split_url(url: str) -> tuple[str, dict[str, str]]:
     """The libpq connection URL and wsrun's own query parameters of ``url``."""
     if not is_postgres(url):
         raise DbError(f"{mask(url)}: not a postgresql:// URL")
+    _require_driver(url)
     parts = urlsplit(url)
     known = _libpq_keywords()
     libpq, own = [], {}
@@ -100,9 +101,20 @@ def conninfo(url: str) -> str:
     return split_url(url)[0]
 
 
+def _require_driver(url: str) -> None:
+    """DbError in one line when psycopg (the ``postgres`` extra) is not installed."""
+    from wsrun.core import extras
+
+    try:
+        extras.require_url(url, "database")
+    except extras.MissingExtra as e:
+        raise DbError(str(e)) from None
+
+
 def connect(url: str, autocommit: bool = True) -> psycopg.Connection[Any]:
     """A new connection of its own (not from the pool), e.g. for LISTEN or a
     long advisory lock. Unreachable databases raise DbError."""
+    _require_driver(url)
     import psycopg
 
     try:
@@ -121,6 +133,7 @@ def pool(url: str) -> ConnectionPool:
     """The connection pool this process shares for ``url`` (created on first use;
     a forked child gets its own). Connections are in autocommit mode: use
     ``with conn.transaction():`` for a transaction. DbError when unreachable."""
+    _require_driver(url)
     from psycopg_pool import ConnectionPool
 
     key = (os.getpid(), conninfo(url))
@@ -148,6 +161,7 @@ def pool(url: str) -> ConnectionPool:
 def connection(url: str) -> Iterator[psycopg.Connection[Any]]:
     """A connection borrowed from ``url``'s pool for the ``with`` block.
     An unreachable database (or one lost mid-way) raises DbError."""
+    _require_driver(url)
     import psycopg
     from psycopg_pool import PoolTimeout
 

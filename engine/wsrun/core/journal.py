@@ -24,8 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-import zstandard
-
+from wsrun.core import zstd
 from wsrun.core.db import DbError
 from wsrun.core.masking import printable
 from wsrun.core.migrate import migrate_sqlite
@@ -252,6 +251,12 @@ class Journal:
         self.home = home or default_home()
         default = "sqlite://" + os.path.join(self.home, "journal.db")
         self.url = url or journal_url(default=default)
+        from wsrun.core import extras
+
+        try:
+            extras.require_url(self.url, "journal")
+        except extras.MissingExtra as e:
+            raise JournalError(str(e)) from None
         if urlsplit(self.url).scheme in ("postgresql", "postgres"):
             self.tables: _SqliteTables | _PostgresTables = _PostgresTables(self.url)
         else:
@@ -457,7 +462,7 @@ class Journal:
                     self.sql(
                         "INSERT INTO {blobs} (hash, data) VALUES (?, ?) ON CONFLICT(hash) DO NOTHING"
                     ),
-                    (ref, zstandard.ZstdCompressor(level=ZSTD_LEVEL).compress(raw)),
+                    (ref, zstd.compress(raw, level=ZSTD_LEVEL)),
                 )
             )
         return ref
@@ -467,7 +472,7 @@ class Journal:
         rows = self._query("SELECT data FROM {blobs} WHERE hash=?", (ref,))
         if not rows:
             raise JournalError(f"journal {self._where()}: blob {ref[:12]} is missing")
-        reader = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(bytes(rows[0][0])))
+        reader = zstd.ZstdFile(io.BytesIO(bytes(rows[0][0])))
         return io.TextIOWrapper(reader, encoding="utf-8")
 
     def _where(self) -> str:

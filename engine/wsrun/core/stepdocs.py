@@ -9,6 +9,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from wsrun.core import extras
 from wsrun.core.editor_schema import full_schema
 from wsrun.core.resources import schemas_dir
 from wsrun.core.step import load_step, params_schema, step_names
@@ -48,6 +49,10 @@ def text(module: ModuleType) -> str:
     rest = "\n".join(module.DOC.strip().splitlines()[1:]).strip("\n")
     if rest:
         lines += [rest, ""]
+    extra = extras.STEP_EXTRAS.get(module.NAME)
+    if extra is not None:
+        state = "installed" if extras.installed(extra) else "not installed"
+        lines += [f"needs: wsrun[{extra}] ({state}; pip install 'wsrun[{extra}]')", ""]
     params = _params(module)
     lines.append("parameters:" if params else "parameters: any (passed through)")
     for name, kind, req, default, desc in params:
@@ -65,12 +70,20 @@ def text(module: ModuleType) -> str:
     return "\n".join(lines)
 
 
+def _needs(name: str) -> list[str]:
+    extra = extras.STEP_EXTRAS.get(name)
+    if extra is None:
+        return []
+    return [f"Needs the `{extra}` extra: `pip install 'wsrun[{extra}]'`.", ""]
+
+
 def markdown(module: ModuleType) -> str:
     lines = [
         f"### `{module.NAME}`",
         "",
         module.DOC.strip(),
         "",
+        *_needs(module.NAME),
         "| parameter | type | required | default | description |",
         "| --- | --- | --- | --- | --- |",
     ]

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
-from wsrun.core import expr
+from wsrun.core import expr, extras
 from wsrun.core.loader import Where, YamlError
 from wsrun.core.recipe import Recipe, RecipeNotFound, is_recipe_ref, load_recipe, resolve
 from wsrun.core.resources import schemas_dir
@@ -181,6 +181,8 @@ def _validated_marker(recipe: Recipe) -> str | None:
                 if not is_recipe_ref(uses):
                     if uses not in BUILTIN_STEPS:
                         return False
+                    if uses in extras.STEP_EXTRAS:  # a missing extra is a problem
+                        digest.update(f"{uses}:{extras.missing_for_step(uses)}\0".encode())
                     continue
                 try:
                     if not add(load_recipe(resolve(uses, r.dir))):
@@ -272,7 +274,45 @@ def check(recipe: Recipe) -> list[Problem]:
         checker.run()
     except _TooMany:
         pass
-    return sorted(set(checker.problems), key=lambda p: (p.where.line, p.where.col, p.message))
+    return sorted(
+        set(checker.problems),
+        key=lambda p: (
+            p.where.file != recipe.path,
+            p.where.file,
+            p.where.line,
+            p.where.col,
+            p.message,
+        ),
+    )
+
+
+def _missing_extras(recipe: Recipe, seen: set[str]) -> list[Problem]:
+    """A problem at each step of ``recipe``, and of the recipes it calls, whose
+    step type needs an extra that is not installed: a recipe called as a step
+    is otherwise checked only when the run reaches it, and the run must fail
+    before it starts."""
+    if recipe.path in seen:
+        return []
+    seen.add(recipe.path)
+    problems = []
+    for section in STEP_SECTIONS:
+        steps = recipe.data.get(section)
+        for i, step in enumerate(steps if isinstance(steps, list) else []):
+            uses = step.get("uses") if isinstance(step, dict) else None
+            if not isinstance(uses, str):
+                continue
+            if is_recipe_ref(uses):
+                try:
+                    sub = load_recipe(resolve(uses, recipe.dir))
+                except (RecipeNotFound, YamlError, OSError):
+                    continue  # reported when that recipe is checked
+                problems += _missing_extras(sub, seen)
+                continue
+            extra = extras.missing_for_step(uses)
+            if extra is not None:
+                where = recipe.doc.where((section, i, "uses"))
+                problems.append(Problem(where, extras.message(uses, extra)))
+    return problems
 
 
 def schema_messages(
@@ -319,6 +359,9 @@ class _Checker:
         self.doc = recipe.doc
         self.problems: list[Problem] = []
         self.expression_text = 0
+        #: Recipes whose steps' extras were checked (each once: a recipe that calls
+        #: another a thousand times must not walk it a thousand times).
+        self.extras_seen: set[str] = {recipe.path}
 
     def add(self, path: tuple[Any, ...], message: str, key: bool = False) -> None:
         where = self.doc.key_where(path) if key else self.doc.where(path)
@@ -535,6 +578,7 @@ class _Checker:
                         and key not in params
                     ):
                         self.add(path + ("with",), f"recipe '{uses}' needs input '{key}'")
+            self.problems.extend(_missing_extras(sub, self.extras_seen))
             return
         try:
             validator = _step_validator(uses)
@@ -547,6 +591,11 @@ class _Checker:
                 detail = expr.did_you_mean(uses, step_names()) or " (see 'wsrun steps')"
             self.add(path + ("uses",), f"unknown step type '{uses}'{detail}")
             return
+        extra = extras.missing_for_step(uses)
+        if extra is not None:  # one line: the fix is an install, not an edit
+            self.problems.append(
+                Problem(self.doc.where(path + ("uses",)), extras.message(uses, extra))
+            )
         with_ = params if params is not None else {}
         for sub_path, message, is_key in schema_messages(validator, with_, "with"):
             self.add(path + ("with",) + sub_path, f"{uses}: {message}", is_key)

@@ -443,17 +443,20 @@ class _ZstdSink:
     chunk = 1 << 20
 
     def __init__(self, fd: int, level: int, size: int) -> None:
-        import zstandard
+        from wsrun.core import zstd
 
         self.out = open(fd, "wb", buffering=1 << 20, closefd=False)
-        cctx = zstandard.ZstdCompressor(level=level, threads=cpu_count())
-        self.writer = cctx.stream_writer(self.out, size=size, closefd=False)
+        option = zstd.CompressionParameter
+        self.cctx = zstd.ZstdCompressor(
+            options={option.compression_level: level, option.nb_workers: cpu_count()}
+        )
+        self.cctx.set_pledged_input_size(size)  # the frame says its size, as zstd(1) writes
 
     def write(self, data: memoryview) -> None:
-        self.writer.write(data)
+        self.out.write(self.cctx.compress(data))
 
     def close(self) -> None:
-        self.writer.close()
+        self.out.write(self.cctx.flush())
         self.out.close()
 
     def abort(self) -> None:

@@ -32,11 +32,9 @@ def open_decompressed(raw: BinaryIO, compression: str) -> BinaryIO:
 
         return lzma.LZMAFile(raw)  # type: ignore[return-value]
     if compression == "zst":
-        import zstandard
+        from wsrun.core import zstd
 
-        return zstandard.ZstdDecompressor().stream_reader(
-            raw, read_across_frames=True, closefd=False
-        )  # type: ignore[return-value]
+        return zstd.ZstdFile(raw)  # type: ignore[return-value]  # every frame; raw stays open
     raise ValueError(compression)
 
 
@@ -234,7 +232,7 @@ def is_corrupt(e: BaseException) -> bool:
     import lzma
     import zipfile
 
-    import zstandard
+    from wsrun.core import zstd
 
     return isinstance(
         e,
@@ -242,7 +240,7 @@ def is_corrupt(e: BaseException) -> bool:
         | EOFError
         | zlib.error
         | lzma.LZMAError
-        | zstandard.ZstdError
+        | zstd.ZstdError
         | zipfile.BadZipFile,
     )
 

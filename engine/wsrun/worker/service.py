@@ -160,7 +160,16 @@ def find_recipes(refs: Sequence[str]) -> list[Recipe]:
         paths.append(path)
     if not paths:
         raise WorkerError(f"no recipe with an 'on:' trigger in {', '.join(refs)}")
-    return [load_valid(p) for p in dict.fromkeys(paths)]
+    from wsrun.core import extras
+    from wsrun.stores.preflight import preflight
+
+    recipes = [load_valid(p) for p in dict.fromkeys(paths)]
+    for recipe in recipes:  # a backend whose extra is missing: refuse to start, not per message
+        try:
+            preflight(recipe)
+        except extras.MissingExtra as e:
+            raise WorkerError(f"{recipe.path}: {e}") from None
+    return recipes
 
 
 def build_triggers(recipes: Sequence[Recipe], sets: Mapping[str, str]) -> list[Trigger]:

@@ -373,4 +373,10 @@ def open_content(url: str, create: bool = True) -> ContentStore:
     scheme = urlsplit(url).scheme if "://" in url else ""
     if scheme in ("", "file"):
         return LocalContent(urlsplit(url).path if scheme else url, create)
+    from wsrun.core import extras
+
+    try:
+        extras.require_url(url, "archive file store")
+    except extras.MissingExtra as e:
+        raise ArchiveError(str(e)) from None
     return FsspecContent(url)

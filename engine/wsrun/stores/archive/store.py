@@ -90,6 +90,12 @@ class ArchiveStore(ABC):
         backend = BACKENDS.get(scheme)
         if backend is None:
             raise ArchiveError(f"{url}: unsupported archive URL scheme '{scheme}'")
+        from wsrun.core import extras
+
+        try:
+            extras.require_url(url, "archive")
+        except extras.MissingExtra as e:
+            raise ArchiveError(str(e)) from None
         return backend(url, create)
 
     @abstractmethod

@@ -88,6 +88,12 @@ def open_bus(url: str | None = None) -> Bus:
     if scheme not in BACKENDS:
         known = ", ".join(f"{s}://" for s in BACKENDS)
         raise BusError(f"unknown bus URL {url!r} (known: {known})")
+    from wsrun.core import extras
+
+    try:
+        extras.require_url(url, "bus")
+    except extras.MissingExtra as e:
+        raise BusError(str(e)) from None
     key = (os.getpid(), url)
     with _open_lock:
         bus = _open.get(key)

@@ -91,4 +91,10 @@ def open_state_store(url: str | None = None) -> StateStore:
     if factory is None:
         known = ", ".join(f"{s}://" for s in sorted(BACKENDS))
         raise StateError(f"no state store backend for '{scheme}://' (known: {known})")
+    from wsrun.core import extras
+
+    try:
+        extras.require_url(url, "state store")
+    except extras.MissingExtra as e:
+        raise StateError(str(e)) from None
     return factory(url)

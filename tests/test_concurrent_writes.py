@@ -302,7 +302,7 @@ def test_a_killed_holder_releases_its_lock(tmp_path: Path, wsrun_home: Path) -> 
         [
             sys.executable,
             "-c",
-            "import sys, time; from wsrun import locks; "
+            "import sys, time; from wsrun.core import locks; "
             f"locks.acquire([{d!r}], 'killed', 0); print('held', flush=True); time.sleep(600)",
         ],
         stdout=subprocess.PIPE,

@@ -83,7 +83,7 @@ def test_the_core_install_is_small_and_runs_the_quickstart(tmp_path: Path) -> No
         [
             python,
             "-c",
-            "import json, wsrun; from wsrun import extras;"
+            "import json, wsrun; from wsrun.core import extras;"
             " print(json.dumps([wsrun.__file__, extras.status()]))",
         ],
         tmp_path,

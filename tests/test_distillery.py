@@ -451,9 +451,7 @@ def test_a_collection_done_with_skipped_images_says_how_many_and_why(cli: Any, s
 def test_a_collection_being_processed_is_refused(cli: Any, site: Site) -> None:
     lifecycle = (
         Path(__file__).resolve().parent.parent
-        / "recipes"
-        / "distillery"
-        / "collection-lifecycle.yaml"
+        / "engine/wsrun/packs/distillery/recipes/collection-lifecycle.yaml"
     )
     assert cli("state", "lifecycle", lifecycle).code == 0
     assert cli("state", "set", "distillery-collection", COLLECTION, "Queued", "--create").code == 0

@@ -84,7 +84,9 @@ def _needs(path: Path, what: str) -> None:
 
 def recipe_files() -> list[Path]:
     """Every recipe the project ships: packaged ones and examples."""
-    files = sorted((ROOT / "recipes").rglob("*.yaml")) + sorted((ROOT / "examples").rglob("*.yaml"))
+    files = sorted((ROOT / "engine" / "wsrun" / "packs").rglob("*.yaml")) + sorted(
+        (ROOT / "examples").rglob("*.yaml")
+    )
     return [f for f in files if re.search(r"^recipe:", f.read_text(), re.M)]
 
 

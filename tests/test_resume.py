@@ -472,3 +472,118 @@ def test_a_corrupt_partial_download_is_fetched_again_whole(
     assert code == 0, err
     assert count(calls, REST) == [str(12 * MiB)] and len(count(calls, GET)) == 1
     assert (tmp_path / "restore/obj.bin").read_bytes() == data
+
+
+def mounted(mnt: Path, size: str) -> Any:
+    """A tmpfs of ``size`` at ``mnt`` (needs the right to mount; skips without)."""
+    mnt.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mnt)],
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+@pytest.fixture
+def other_disk(tmp_path: Path) -> Any:
+    """A second filesystem, so that a move has to copy."""
+    yield from mounted(tmp_path / "other-disk", "64m")
+
+
+@pytest.fixture
+def full_disk(tmp_path: Path) -> Any:
+    """A filesystem of 1 MiB: every step below writes 2 MiB into it."""
+    yield from mounted(tmp_path / "full-disk", "1m")
+
+
+def test_a_killed_move_across_filesystems_copies_only_what_it_had_not(
+    tmp_path: Path, other_disk: Path
+) -> None:
+    files = make_tree(tmp_path / "src")
+    (tmp_path / "src" / "d0" / "link").symlink_to("f00.bin")
+    path = recipe(
+        tmp_path,
+        f"""
+- id: move
+  uses: move
+  with: {{source: src, to: {other_disk}/moved}}
+""",
+    )
+    spec = {
+        "kill": {"target": COPY, "after": 5},
+        "set": FLUSH_NOW,
+        "returns": {"os:cpu_count": 1},
+    }
+    code, calls, err = run(tmp_path, spec, path, "-q")
+    assert code == -9, err
+    assert len(count(calls, COPY)) == 5
+    assert not (other_disk / "moved").exists()
+    assert (tmp_path / "src").is_dir()
+    # Meanwhile one copied file changes (same size, later mtime), one source
+    # file goes away, and the killed run's copy gains a stray file.
+    changed = Path(count(calls, COPY)[0])
+    files[str(changed.relative_to(tmp_path / "src"))] = rewrite_same_size(changed, keep_mtime=False)
+    gone = sorted(
+        set(files) - {str(Path(c).relative_to(tmp_path / "src")) for c in count(calls, COPY)}
+    )[0]
+    (tmp_path / "src" / gone).unlink()
+    del files[gone]
+    [partial] = [p for p in other_disk.iterdir() if p.name.endswith(".wsrun-tmp")]
+    (partial / "stray.bin").write_bytes(b"not in the source")
+
+    code, calls, err = run(tmp_path, {"watch": [[COPY, 0]]}, path, "-q")
+    assert code == 0, err
+    assert len(count(calls, COPY)) == len(files) - 5 + 1
+    assert str(changed) in count(calls, COPY)
+    moved = other_disk / "moved"
+    got = {
+        str(p.relative_to(moved)): p.read_bytes()
+        for p in moved.rglob("*")
+        if p.is_file() and not p.is_symlink()
+    }
+    assert got == files
+    assert os.readlink(moved / "d0" / "link") == "f00.bin"
+    assert not (tmp_path / "src").exists()
+    assert leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize("kind", ["copy-sha256", "tar", "move", "s3-download"])
+def test_a_full_disk_mid_stream_is_one_line_naming_the_path_and_leaves_nothing(
+    tmp_path: Path, full_disk: Path, kind: str, request: pytest.FixtureRequest
+) -> None:
+    data = os.urandom(2 * MiB)
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "big.dat").write_bytes(data)
+    out = full_disk / "out"
+    if kind == "copy-sha256":
+        step = f"uses: copy\n  with: {{sources: src, to: {out}, checksum: sha256}}"
+        written = out / "src/big.dat"
+    elif kind == "tar":
+        step, written = f"uses: tar\n  with: {{source: src, to: {out}/a.tar}}", out / "a.tar"
+    elif kind == "move":
+        step, written = f"uses: move\n  with: {{source: src, to: {out}}}", out / "big.dat"
+    else:
+        s3 = request.getfixturevalue("s3")
+        bucket = request.getfixturevalue("bucket")
+        s3.client().put_object(Bucket=bucket, Key="big.dat", Body=data)
+        params = {"sources": f"s3://{bucket}/big.dat", "to": str(out), "endpoint_url": s3.endpoint}
+        step, written = f"uses: s3-download\n  with: {json.dumps(params)}", out / "big.dat"
+    path = recipe(tmp_path, f"- id: w\n  {step}")
+    done = subprocess.run(
+        [sys.executable, "-m", "wsrun", str(path)], cwd=tmp_path, capture_output=True, text=True
+    )
+    assert done.returncode == 1, done.stderr
+    [line] = [x for x in done.stderr.splitlines() if x.strip()]
+    assert line.startswith("error: step 'w' ") and "No space left on device" in line, line
+    if kind == "move":  # the copy beside the target failed: named by its temporary name
+        assert f"{full_disk}/.out.wsrun-tmp" in line, line
+    else:
+        assert line.endswith(f"failed: {written}: No space left on device"), line
+    assert [p for p in full_disk.rglob("*") if p.is_file()] == []
+    assert (tmp_path / "src" / "big.dat").read_bytes() == data

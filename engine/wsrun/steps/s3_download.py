@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 import stat as statmod
@@ -91,6 +92,10 @@ OUTPUTS = {
 #: A killed download's temp file may be continued (see _fetch): the lock
 #: taken before the plan leaves it, and apply removes those it does not continue.
 CONTINUES_TEMPS = True
+
+
+#: Errors of writing the local file (a full disk, a quota, a read-only mount).
+_LOCAL_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS}
 
 
 @dataclass
@@ -248,6 +253,10 @@ def apply(plan: Plan, ctx: StepContext) -> Result:
             _fetch(job, download)
         except StepError:
             raise
+        except OSError as e:
+            if e.errno in _LOCAL_ERRNOS:  # the local disk's fault: name the local file
+                raise StepError(e.strerror or str(e), path=download.dest) from None
+            raise job.store.error(e, url) from None
         except Exception as e:
             raise job.store.error(e, url) from None
         task.advance(bytes=download.size, files=1)

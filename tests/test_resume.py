@@ -587,3 +587,51 @@ def test_a_full_disk_mid_stream_is_one_line_naming_the_path_and_leaves_nothing(
         assert line.endswith(f"failed: {written}: No space left on device"), line
     assert [p for p in full_disk.rglob("*") if p.is_file()] == []
     assert (tmp_path / "src" / "big.dat").read_bytes() == data
+
+
+def test_a_killed_upload_of_a_tree_sends_only_the_objects_not_there_yet(
+    tmp_path: Path, s3: S3Server, bucket: str
+) -> None:
+    files = make_tree(tmp_path / "src", size=4096)
+    params = {
+        "sources": "src",
+        "to": f"s3://{bucket}/t",
+        "workers": 1,
+        "endpoint_url": s3.endpoint,
+    }
+    path = recipe(tmp_path, f"- id: up\n  uses: s3-upload\n  with: {json.dumps(params)}")
+    kill = {"target": CALL, "after": 5, "match": "put_object", "label": 1}
+    code, calls, err = run(tmp_path, {"kill": kill}, path, "-q")
+    assert code == -9, err
+    assert Counter(count(calls, CALL))["put_object"] == 5
+    code, calls, err = run(tmp_path, {"watch": [[CALL, 1]]}, path, "-q")
+    assert code == 0, err
+    assert Counter(count(calls, CALL))["put_object"] == len(files) - 5
+    client = s3.client()
+    for rel, data in files.items():
+        assert client.get_object(Bucket=bucket, Key=f"t/src/{rel}")["Body"].read() == data
+
+
+def test_a_killed_download_of_a_prefix_fetches_only_the_files_not_there_yet(
+    tmp_path: Path, s3: S3Server, bucket: str
+) -> None:
+    files = make_tree(tmp_path / "unused", size=4096)
+    client = s3.client()
+    for rel, data in files.items():
+        client.put_object(Bucket=bucket, Key=f"p/{rel}", Body=data)
+    params = {
+        "sources": f"s3://{bucket}/p/",
+        "to": "restore",
+        "workers": 1,
+        "endpoint_url": s3.endpoint,
+    }
+    path = recipe(tmp_path, f"- id: down\n  uses: s3-download\n  with: {json.dumps(params)}")
+    code, calls, err = run(tmp_path, {"kill": {"target": GET, "after": 5, "label": 1}}, path, "-q")
+    assert code == -9, err
+    assert len(count(calls, GET)) == 5
+    code, calls, err = run(tmp_path, {"watch": [[GET, 1], [REST, 3]]}, path, "-q")
+    assert code == 0, err
+    assert len(count(calls, GET)) == len(files) - 5 and count(calls, REST) == []
+    for rel, data in files.items():
+        assert (tmp_path / "restore/p" / rel).read_bytes() == data
+    assert leftovers(tmp_path) == []

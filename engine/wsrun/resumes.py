@@ -17,7 +17,8 @@ cannot:
 
 Both live in one SQLite file, ``$WSRUN_HOME/resume.db`` (WAL, no fsync per
 commit: losing the last records in a power cut only means reading or sending
-again). ``$WSRUN_RESUME=off`` turns the records off. Records are a cache:
+again); hash records not renewed for 30 days are dropped. ``$WSRUN_RESUME=off``
+turns the records off. Records are a cache:
 an unreadable or unwritable file is ignored, never a failure of the step.
 """
 
@@ -39,13 +40,18 @@ from wsrun.journal import default_home
 FLUSH_SECONDS = 1.0
 FLUSH_BYTES = 64 << 20
 FLUSH_FILES = 512
+#: Hash records not written again for this long are dropped (checked once a
+#: day), so the file does not grow with every file ever hashed.
+KEEP_SECONDS = 30 * 86400
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS hashes (
   path TEXT NOT NULL, algorithm TEXT NOT NULL,
   dev INTEGER NOT NULL, ino INTEGER NOT NULL, size INTEGER NOT NULL,
   mtime_ns INTEGER NOT NULL, ctime_ns INTEGER NOT NULL, digest TEXT NOT NULL,
-  PRIMARY KEY (path, algorithm));
+  recorded REAL NOT NULL, PRIMARY KEY (path, algorithm));
+CREATE INDEX IF NOT EXISTS hashes_recorded ON hashes(recorded);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS uploads (
   url TEXT PRIMARY KEY, upload_id TEXT NOT NULL, source TEXT NOT NULL,
   size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL, part_size INTEGER NOT NULL,
@@ -101,6 +107,8 @@ class Records:
             self.enabled = False
             return None
         self._db, self._pid = db, os.getpid()
+        with contextlib.suppress(sqlite3.Error):
+            _prune(db)
         return db
 
     def _run(self, sql: str, args: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
@@ -149,7 +157,7 @@ class Records:
             return
         name = os.fsencode(path).decode("utf-8", "surrogateescape")
         with self._lock:
-            self._pending.append((name, algorithm, *identity(st), digest))
+            self._pending.append((name, algorithm, *identity(st), digest, time.time()))
             self._pending_bytes += st.st_size
             due = (
                 self._pending_bytes >= FLUSH_BYTES
@@ -170,8 +178,8 @@ class Records:
             with contextlib.suppress(sqlite3.Error), db:
                 db.executemany(
                     "INSERT OR REPLACE INTO hashes"
-                    " (path, algorithm, dev, ino, size, mtime_ns, ctime_ns, digest)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    " (path, algorithm, dev, ino, size, mtime_ns, ctime_ns, digest, recorded)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     rows,
                 )
 
@@ -208,6 +216,17 @@ class Records:
     def end_upload(self, url: str, upload_id: str) -> None:
         """Forget an upload that completed or was aborted."""
         self._run("DELETE FROM uploads WHERE url = ? AND upload_id = ?", (url, upload_id))
+
+
+def _prune(db: sqlite3.Connection) -> None:
+    """Drop hash records older than KEEP_SECONDS, at most once a day."""
+    now = time.time()
+    row = db.execute("SELECT value FROM meta WHERE key = 'pruned'").fetchone()
+    if row is not None and now - float(row[0]) < 86400:
+        return
+    with db:
+        db.execute("DELETE FROM hashes WHERE recorded < ?", (now - KEEP_SECONDS,))
+        db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('pruned', ?)", (now,))
 
 
 _records: Records | None = None

@@ -7,7 +7,7 @@ longer than the runs that read it. Free space is checked first: when the disk
 cannot hold the file and one copy of it (plus a margin), the size is scaled
 down and a note says so. moto's server keeps uploaded objects in memory and
 copies a whole object to complete a multipart upload, so the S3 case sends at
-most 1 GiB (``$BENCH_S3_MAX``) and a quarter of the available memory (noted).
+most 512 MiB (``$BENCH_S3_MAX``) and a quarter of the available memory (noted).
 """
 
 from __future__ import annotations
@@ -187,7 +187,7 @@ def big_s3_case(b: Bench, case: Case) -> Outcome:
     source = big_file(b)
     size = os.path.getsize(os.path.join(source, "big.dat"))
     avail = _available_memory() or size * 4
-    cap = min(avail // 4 // GiB * GiB, parse_size(os.environ.get("BENCH_S3_MAX", "1GiB")))
+    cap = min(avail // 4 // GiB * GiB, parse_size(os.environ.get("BENCH_S3_MAX", "512MiB")))
     note = ""
     if size > cap:
         cut = max(64 * MiB, cap)

@@ -318,8 +318,9 @@ def _fetch(job: DownloadJob, download: Download) -> None:
             os.removexattr(fd, PARTIAL_XATTR)
         os.replace(tmp, download.dest)
     except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+        if fd >= 0:  # ours (a live writer's, TempBusy, is left alone)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
         raise
     finally:
         if fd >= 0:

@@ -635,3 +635,43 @@ def test_a_killed_download_of_a_prefix_fetches_only_the_files_not_there_yet(
     for rel, data in files.items():
         assert (tmp_path / "restore/p" / rel).read_bytes() == data
     assert leftovers(tmp_path) == []
+
+
+def test_wsrun_resume_rechecks_a_finished_copy_whose_source_changed(tmp_path: Path) -> None:
+    """The copy finished, the tar after it was killed; then a source file changes
+    (same size, later mtime). ``wsrun resume`` does not trust the journal's
+    record of the copy: it copies that one file again, and the archive holds
+    the new content."""
+    files = make_tree(tmp_path / "src")
+    path = recipe(
+        tmp_path,
+        """
+- id: copy
+  uses: copy
+  with: {sources: src, to: out, workers: 1}
+- id: tar
+  uses: tar
+  with: {source: out/src, to: out.tar}
+""",
+    )
+    spec = {
+        "kill": {"target": "wsrun.archive:_member_header", "after": 6},
+        "set": {"wsrun.archive:PARALLEL_MIN": 1 << 60},
+    }
+    code, _, err = run(tmp_path, spec, path, "-q")
+    assert code == -9, err
+    files["d1/f04.bin"] = rewrite_same_size(tmp_path / "src/d1/f04.bin", keep_mtime=False)
+    runs = subprocess.run(
+        [sys.executable, "-m", "wsrun", "runs", "--json"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        check=True,
+    )
+    [killed] = json.loads(runs.stdout)
+    code, calls, err = run(tmp_path, {"watch": [[COPY, 0]]}, "resume", killed["id"], "-q")
+    assert code == 0, err
+    assert count(calls, COPY) == [f"{tmp_path}/src/d1/f04.bin"]
+    with tarfile.open(tmp_path / "out.tar") as tar:
+        got = {m.name: tar.extractfile(m).read() for m in tar if m.isfile()}  # type: ignore[union-attr]
+    assert got == {f"src/{r}": d for r, d in files.items()}

@@ -37,6 +37,10 @@ only known after the real run (an archive being unpacked, a command's output),
 their digests are null and so is the planned content of the list (its size is
 still exact).
 """
+#: ``wsrun resume`` plans this step again even when the run finished it, so a
+#: source changed since is re-checked (wsrun.runner); unchanged files cost a stat.
+RECHECK_ON_RESUME = True
+
 SCHEMA: dict[str, Any] = {
     "type": "object",
     "additionalProperties": False,

@@ -41,6 +41,10 @@ are computed while copying: each file is read once, and recorded (see
 ``checksum``), so a re-run reads again only files written or changed since.
 """
 
+#: ``wsrun resume`` plans this step again even when the run finished it, so a
+#: source changed since is re-checked (wsrun.runner); unchanged files cost a stat.
+RECHECK_ON_RESUME = True
+
 ALGORITHMS = ("sha256", "md5", "sha1")
 
 SCHEMA: dict[str, Any] = {

@@ -141,14 +141,14 @@ def test_with_a_manifest_beside_it_converges(delivery: Path, tmp_path: Path) -> 
 
 
 def test_without_to_only_computes(delivery: Path, tmp_path: Path) -> None:
-    before = tree(tmp_path)
+    before = tree(delivery)
     plan, result = run_step("checksum", {"paths": "delivery/a.fits"}, str(tmp_path))
     assert plan.effects == result.effects == []
     assert result.outputs == {
         "checksums": {str(delivery / "a.fits"): sha256(b"alpha")},
         "file": None,
     }
-    assert tree(tmp_path) == before
+    assert tree(delivery) == before  # (the digest is recorded under $WSRUN_HOME)
 
 
 def test_skips_its_own_list_temp_files_and_symlinks(delivery: Path, tmp_path: Path) -> None:

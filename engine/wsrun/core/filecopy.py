@@ -13,6 +13,8 @@ import errno
 import hashlib
 import mmap
 import os
+import queue
+import threading
 from typing import Any
 
 from wsrun.core.fileio import create_temp, naming, temp_path
@@ -22,6 +24,8 @@ from wsrun.core.fileio import create_temp, naming, temp_path
 BUFFER_SIZE = 8 << 20
 #: Files from this size on are checksummed through copy_file_range and mmap.
 MMAP_MIN = 1 << 20
+#: Files from this size on are copied and hashed at the same time, on two threads.
+PIPELINE_MIN = 64 << 20
 #: Bytes per copy_file_range/sendfile call: "until end of file" in practice.
 CHUNK = 1 << 30
 #: Errors meaning "this fast path does not work here", not "the copy failed".
@@ -128,19 +132,24 @@ def _copy_hashed(src_fd: int, dst_fd: int, digest: Any, buf: bytearray, left: in
     destination is our own temp file, so nobody truncates it under the map.
     Small files, or where the kernel cannot copy, go read -> hash -> write.
     """
-    offset = 0
     if left >= MMAP_MIN:
+        done = [0]  # bytes copied and hashed, also when the kernel copy gives up
         try:
-            while left > 0 and (n := _by_copy_file_range(src_fd, dst_fd, min(left, BUFFER_SIZE))):
-                _hash_mapped(digest, dst_fd, offset, n)
-                offset += n
-                left -= n
+            if left >= PIPELINE_MIN:
+                _copy_mapped_pipelined(src_fd, dst_fd, digest, left, done)
+            else:
+                while left > done[0] and (
+                    n := _by_copy_file_range(src_fd, dst_fd, min(left - done[0], BUFFER_SIZE))
+                ):
+                    _hash_mapped(digest, dst_fd, done[0], n)
+                    done[0] += n
             return digest.hexdigest()
         except AttributeError:
             pass  # no copy_file_range on this platform
         except OSError as e:
             if e.errno not in _NO_FAST_PATH:
                 raise
+        left -= done[0]
     view = memoryview(buf)
     while left > 0 and (n := os.readv(src_fd, [view[: min(left, len(buf))]])):
         chunk = view[:n]
@@ -148,6 +157,42 @@ def _copy_hashed(src_fd: int, dst_fd: int, digest: Any, buf: bytearray, left: in
         _write_all(dst_fd, chunk)
         left -= n
     return digest.hexdigest()
+
+
+def _copy_mapped_pipelined(
+    src_fd: int, dst_fd: int, digest: Any, left: int, done: list[int]
+) -> None:
+    """Copy up to ``left`` bytes in the kernel on this thread while another
+    thread hashes the chunks already copied (both release the GIL): a single
+    big file takes about as long as the slower of the two, not their sum.
+    ``done[0]`` is how far both got when this returns or raises."""
+    chunks: queue.Queue[tuple[int, int] | None] = queue.Queue(maxsize=4)
+    failed: list[BaseException] = []
+
+    def hasher() -> None:
+        while (item := chunks.get()) is not None:
+            if not failed:
+                try:
+                    _hash_mapped(digest, dst_fd, *item)
+                except BaseException as e:  # noqa: BLE001 - re-raised by the copier
+                    failed.append(e)
+
+    thread = threading.Thread(target=hasher, name="wsrun-copy-hash")
+    thread.start()
+    copied = 0
+    try:
+        while left > copied and not failed:
+            n = _by_copy_file_range(src_fd, dst_fd, min(left - copied, BUFFER_SIZE))
+            if not n:
+                break
+            chunks.put((copied, n))
+            copied += n
+    finally:
+        chunks.put(None)
+        thread.join()
+        done[0] = copied  # every chunk put was hashed (or the hasher failed)
+    if failed:
+        raise failed[0]
 
 
 def _hash_mapped(digest: Any, fd: int, offset: int, length: int) -> None:

@@ -13,6 +13,7 @@ import threading
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from typing import TYPE_CHECKING, BinaryIO
 
+from wsrun.core import resumes
 from wsrun.core.fs import ContentUnknown
 
 if TYPE_CHECKING:
@@ -56,23 +57,40 @@ class _LockedTask:
 
 
 def hash_files(
-    ctx: StepContext, paths: list[str], algorithm: str, total_bytes: int | None = None
+    ctx: StepContext,
+    paths: list[str],
+    algorithm: str,
+    total_bytes: int | None = None,
+    reuse: bool = False,
 ) -> dict[str, tuple[str, int] | None]:
     """Digest and length of each file in ``paths``, read through ``ctx.fs``.
 
     A file whose content a dry run cannot know yet maps to None. Files are
-    hashed in parallel; the first error (OSError, timeout) is raised.
+    hashed in parallel; the first error (OSError, timeout) is raised. With
+    ``reuse``, a digest recorded for a file that has not changed since
+    (wsrun.core.resumes) is taken instead of reading the file, and every digest
+    computed is recorded: a re-run after a kill reads only what it had not
+    hashed, or what changed. Checks that must read independently leave it off.
     """
     task = _LockedTask(ctx.progress.task("hash", total_bytes=total_bytes, total_files=len(paths)))
+    records = resumes.records() if reuse and not ctx.dry_run else None  # a dry run writes none
 
     def one(path: str) -> tuple[str, int] | None:
         ctx.check_deadline()
+        real, st = _real_file(ctx, path) if records else (None, None)
+        if records and real and st:
+            known = records.digest(real, algorithm, st)
+            if known is not None:
+                task.advance(bytes=st.st_size, files=1)
+                return known, st.st_size
         try:
             f = ctx.fs.open(path)
         except ContentUnknown:
             return None
         with f:
             result = hash_stream(f, algorithm, task)
+        if records and real and st:
+            records.record(real, algorithm, result[0], before=st)
         task.advance(files=1)
         return result
 
@@ -88,4 +106,18 @@ def hash_files(
                 fut.result()  # raises the first failure, not a CancelledError
             return {p: fut.result() for p, fut in futures.items()}
     finally:
+        if records:
+            records.flush()
         task.close()
+
+
+def _real_file(ctx: StepContext, path: str) -> tuple[str | None, os.stat_result | None]:
+    """The file on disk whose content ``path`` has in this view (in a dry run,
+    the source of a planned copy), and its stat; (None, None) when there is none."""
+    info = ctx.fs.stat(path)
+    if info is None or info.content is not None or info.content_from is None:
+        return None, None
+    try:
+        return info.content_from, os.stat(info.content_from)
+    except OSError:
+        return None, None

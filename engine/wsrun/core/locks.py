@@ -236,8 +236,9 @@ def for_step(module: ModuleType, params: dict[str, Any], ctx: StepContext) -> He
         return Held()
     held = acquire(names, ctx.run_id, wait_seconds(ctx.env), ctx.log, ctx.deadline)
     for name in names:
-        if _is_path(name):
+        if _is_path(name) and not getattr(module, "CONTINUES_TEMPS", False):
             # A killed run's, also when this run has nothing to write (its
-            # source went back to what the destination holds).
+            # source went back to what the destination holds). A step that
+            # may continue a killed run's temp file removes the others itself.
             remove_temp_of(name)
     return held

@@ -54,6 +54,7 @@ STORES: dict[str, tuple[str, ...]] = {
     "journal": ("sqlite", "postgresql"),
     "archive": ("sqlite", "postgresql"),
     "bus": ("sqlite",),
+    "resumes": ("sqlite",),
 }
 TABLE = "wsrun_schema"
 _NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.(sql|py)$")

@@ -415,7 +415,8 @@ class Runner:
         )
         self.seq += 1
         done = self.resume.get(key)
-        if done is not None:
+        recheck = done is not None and _rechecked_on_resume(uses)
+        if done is not None and not recheck:
             report.status, report.outputs, report.effects, report.resumed = (
                 done["status"],
                 done["outputs"],
@@ -438,6 +439,13 @@ class Runner:
                 effects, outputs = self.run_unit(step, key, self.scope)
                 report.effects, report.outputs = effects, outputs
                 report.status = "changed" if effects else "ok"
+                if recheck and not effects and done is not None:  # unchanged: as journaled
+                    report.status, report.outputs, report.effects = (
+                        done["status"],
+                        done["outputs"],
+                        done["effects"],
+                    )
+                    report.resumed = True
         except StepFailed as e:
             report.status = "failed"
             report.error = self.shown(f"step '{key}' ({where}) failed: {e.message}")
@@ -703,6 +711,20 @@ class Runner:
         if sub_report.status == "failed":
             raise StepFailed(f"in recipe '{uses}': {sub_report.error}", sub_report.cause)
         return effects, sub_report.outputs
+
+
+def _rechecked_on_resume(uses: str) -> bool:
+    """Whether a step a resumed run already finished is planned again rather than
+    taken from the journal: step types whose plan only compares the world with
+    what they would write (``RECHECK_ON_RESUME``), so that a source changed since
+    the first run is copied or hashed again, and an unchanged one costs a look
+    (and keeps the journal's record: outputs and effects of the first run)."""
+    if is_recipe_ref(uses):
+        return False
+    try:
+        return bool(getattr(load_step(uses), "RECHECK_ON_RESUME", False))
+    except Exception:  # noqa: BLE001 - an unknown type: the journal's record stands
+        return False
 
 
 def _dicts(effects: list[Effect]) -> list[dict[str, Any]]:

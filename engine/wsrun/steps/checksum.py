@@ -26,7 +26,10 @@ Lines are ``<hex>  <path>`` sorted by path, the paths relative to
 the way GNU coreutils does (tested against coreutils 9.1). A checksum list and a
 manifest in the same directory must not both cover each other, or each run
 changes both: exclude the list from the manifest (or the manifest from the
-list). Without ``to`` the step only computes the digests; with ``to`` and no
+list). A file hashed before on this host (by this step, or by ``copy`` with
+``checksum``) and unchanged since (same inode, size, mtime and ctime, see
+``$WSRUN_HOME/resume.db``) is not read again, so a re-run after a kill hashes
+only what it had not, and any file changed meanwhile is read again. Without ``to`` the step only computes the digests; with ``to`` and no
 files it fails, because ``sha256sum -c`` rejects an empty list. Re-running when
 the list is already up to date changes nothing. In a dry run, files an earlier
 step would generate are hashed from their planned content; when that content is
@@ -34,6 +37,10 @@ only known after the real run (an archive being unpacked, a command's output),
 their digests are null and so is the planned content of the list (its size is
 still exact).
 """
+#: ``wsrun resume`` plans this step again even when the run finished it, so a
+#: source changed since is re-checked (wsrun.core.runner); unchanged files cost a stat.
+RECHECK_ON_RESUME = True
+
 SCHEMA: dict[str, Any] = {
     "type": "object",
     "additionalProperties": False,
@@ -110,7 +117,7 @@ def plan(params: dict[str, Any], ctx: StepContext) -> Plan:
     paths = params["paths"]
     exclude = compile_globs(as_list(params.get("exclude"), []))
     files = collect_files(ctx, [paths] if isinstance(paths, str) else paths, to, exclude)
-    digests = hash_files(ctx, list(files), algorithm, sum(files.values()))
+    digests = hash_files(ctx, list(files), algorithm, sum(files.values()), reuse=True)
     checksums = {p: d[0] if d else None for p, d in digests.items()}
     outputs: dict[str, Any] = {"checksums": checksums, "file": to}
     if to is None:

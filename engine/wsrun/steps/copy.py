@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from wsrun.core import resumes
 from wsrun.core.effects import Effect, create_dir, create_file, create_symlink
 from wsrun.core.filecopy import BUFFER_SIZE, copy_file, copy_symlink, current_umask, hash_file
 from wsrun.core.fileio import (
@@ -31,8 +32,13 @@ relative to ``base`` (like ``rsync -R``) so a list of files found in a tree keep
 its layout. Files whose size and mtime (or checksum) already match are skipped,
 so re-running after an interruption only copies what is missing; files at the
 destination that are not in the sources are left alone. Checksums, when asked,
-are computed while copying: each file is read once.
+are computed while copying: each file is read once, and recorded (see
+``checksum``), so a re-run reads again only files written or changed since.
 """
+
+#: ``wsrun resume`` plans this step again even when the run finished it, so a
+#: source changed since is re-checked (wsrun.core.runner); unchanged files cost a stat.
+RECHECK_ON_RESUME = True
 
 ALGORITHMS = ("sha256", "md5", "sha1")
 
@@ -428,9 +434,13 @@ def _copy_files(plan: Plan, ctx: StepContext, umask: int) -> dict[str, Any]:
     )
     lock = threading.Lock()
 
+    records = resumes.records() if job.algorithm else None
+
     def copy_one(item: tuple[str, str, int, int, int], buf: bytearray | None) -> str | None:
         source, dest, size, mode, mtime_ns = item
         digest = copy_file(source, dest, mode, mtime_ns, umask, job.algorithm, buf, size)
+        if records and digest and job.algorithm:
+            records.record(dest, job.algorithm, digest)  # a re-run need not read it again
         with lock:
             task.advance(bytes=size, files=1)
         return digest
@@ -443,16 +453,20 @@ def _copy_files(plan: Plan, ctx: StepContext, umask: int) -> dict[str, Any]:
         )
     finally:
         task.close()
+        if records:
+            records.flush()
     outputs = dict(plan.outputs)
     if job.algorithm:
         algorithm = job.algorithm
         checksums = dict(job.known)
         checksums.update(zip((f[1] for f in files), digests, strict=True))
-        # files already in place: hashed for the checksums output (bytes counted as read)
+        assert records is not None
+        # files already in place: hashed for the checksums output (bytes counted as read),
+        # or their recorded digest reused when the file is unchanged since
         hashing = ctx.progress.task("hash", total_files=len(job.to_hash))
 
         def hash_one(path: str, buf: bytearray | None) -> str:
-            digest = hash_file(path, algorithm, buf)
+            digest = _recorded_or_hashed(records, path, algorithm, buf)
             with lock:
                 hashing.advance(bytes=os.path.getsize(path), files=1)
             return digest
@@ -461,9 +475,23 @@ def _copy_files(plan: Plan, ctx: StepContext, umask: int) -> dict[str, Any]:
             hashed = run_parallel(job.to_hash, hash_one, job.workers, ctx, buffered=True)
         finally:
             hashing.close()
+        records.flush()
         checksums.update(zip(job.to_hash, hashed, strict=True))
         outputs["checksums"] = dict(sorted(checksums.items()))
     return outputs
+
+
+def _recorded_or_hashed(
+    records: resumes.Records, path: str, algorithm: str, buf: bytearray | None
+) -> str:
+    """The digest of a file already in place: recorded when it was written (or
+    last hashed) if it has not changed since, else read and recorded."""
+    st = os.stat(path)
+    known = records.digest(path, algorithm, st)
+    if known is None:
+        known = hash_file(path, algorithm, buf)
+        records.record(path, algorithm, known, before=st)
+    return known
 
 
 def _finish_dirs(created: list[tuple[str, int, int]]) -> None:

@@ -8,6 +8,7 @@ import stat as statmod
 from dataclasses import dataclass, field
 from typing import Any
 
+from wsrun.core import resumes
 from wsrun.core.effects import Effect, create_dir, move, remove
 from wsrun.core.filecopy import copy_file, copy_symlink, current_umask, hash_file
 from wsrun.core.fileio import temp_path
@@ -24,8 +25,9 @@ staged tree out of a QA area. Within one filesystem it is a single rename.
 Across filesystems the tree is copied beside the target under a temporary
 name, verified (sizes and SHA-256), renamed into place, and only then is the
 source removed, so no reader ever sees half a tree and nothing is lost if the
-run is killed. Re-running after the move (source gone, target there) does
-nothing.
+run is killed; a re-run after a kill continues the copy it left, copying only
+the files that are not there yet (or changed since). Re-running after the move
+(source gone, target there) does nothing.
 """
 
 SCHEMA: dict[str, Any] = {
@@ -173,9 +175,16 @@ def put_in_place(new: str, to: str) -> None:
 
 
 def move_across(source: str, to: str, ctx: StepContext) -> None:
-    """Copy to a temp name beside ``to``, verify, rename into place, remove ``source``."""
+    """Copy to a temp name beside ``to``, verify, rename into place, remove ``source``.
+
+    A tree a killed run left at the temp name is continued, not started over:
+    files already there with the source's size, mtime and mode and a digest
+    recorded when they were written (wsrun.core.resumes) are kept; the rest is
+    copied, and what the source no longer has is removed. Every file is then
+    verified as usual."""
     tmp = temp_path(to)
-    remove_tree(tmp)  # a killed run's leftover
+    if not (os.path.isdir(source) and not os.path.islink(source) and _plain_dir(tmp)):
+        remove_tree(tmp)  # a killed run's leftover that cannot be continued
     try:
         copy_verified(source, tmp, ctx)
         put_in_place(tmp, to)
@@ -191,25 +200,41 @@ def copy_verified(source: str, dest: str, ctx: StepContext) -> None:
     st = os.lstat(source)
     files: list[tuple[str, str, int, int, int]] = []
     dirs: list[tuple[str, os.stat_result]] = []
+    kept: dict[str, str] = {}  # a killed run's copies still good: path -> recorded digest
+    records = resumes.records()
     if statmod.S_ISLNK(st.st_mode):
         copy_symlink(os.readlink(source), dest, st.st_mtime_ns)
     elif statmod.S_ISDIR(st.st_mode):
-        os.mkdir(dest)
+        existing = _take_over(dest)
         dirs.append((dest, st))
         for root, dirnames, filenames in os.walk(source):
-            out = os.path.join(dest, os.path.relpath(root, source))
+            out = os.path.normpath(os.path.join(dest, os.path.relpath(root, source)))
             for name in dirnames + filenames:
                 path, target = os.path.join(root, name), os.path.join(out, name)
                 info = os.lstat(path)
+                there = existing.pop(target, None)
                 if statmod.S_ISLNK(info.st_mode):
+                    if there is not None and statmod.S_ISDIR(there.st_mode):
+                        remove_tree(target)
                     copy_symlink(os.readlink(path), target, info.st_mtime_ns)
                 elif statmod.S_ISDIR(info.st_mode):
-                    os.mkdir(target)
+                    if there is None or not statmod.S_ISDIR(there.st_mode):
+                        remove_tree(target)
+                        os.mkdir(target)
                     dirs.append((target, info))
                 elif statmod.S_ISREG(info.st_mode):
+                    if there is not None and statmod.S_ISDIR(there.st_mode):
+                        remove_tree(target)
+                    elif there is not None and _same(there, info):
+                        known = records.digest(target, "sha256", there)
+                        if known is not None:
+                            kept[target] = known
+                            continue
                     files.append((path, target, info.st_size, info.st_mode, info.st_mtime_ns))
                 else:
                     raise StepError("cannot copy a special file across filesystems", path=path)
+        for gone in sorted(existing, reverse=True):  # no longer in the source
+            remove_tree(gone)
     elif statmod.S_ISREG(st.st_mode):
         files.append((source, dest, st.st_size, st.st_mode, st.st_mtime_ns))
     else:
@@ -217,18 +242,75 @@ def copy_verified(source: str, dest: str, ctx: StepContext) -> None:
     umask = current_umask()
 
     def copy_one(f: tuple[str, str, int, int, int], buf: bytearray | None) -> str | None:
-        return copy_file(f[0], f[1], f[3] & 0o7777, f[4], umask, "sha256", buf, f[2])
-
-    def check_one(f: tuple[str, str, int, int, int], buf: bytearray | None) -> bool:
-        return os.lstat(f[1]).st_size == f[2] and hash_file(f[1], "sha256", buf) == digests[f[1]]
+        digest = copy_file(f[0], f[1], f[3] & 0o7777, f[4], umask, "sha256", buf, f[2])
+        if digest is not None:
+            records.record(f[1], "sha256", digest)  # a killed move keeps it
+        return digest
 
     workers = os.cpu_count() or 1
-    copied = run_parallel(files, copy_one, workers, ctx, buffered=True)
+    try:
+        copied = run_parallel(files, copy_one, workers, ctx, buffered=True)
+    finally:
+        records.flush()
     digests = {f[1]: d for f, d in zip(files, copied, strict=True)}
-    checks = run_parallel(files, check_one, workers, ctx, buffered=True)
-    for f, ok in zip(files, checks, strict=True):
+    digests.update(kept)
+    every = files + [(path, target, 0, 0, 0) for target, path in _sources_of(kept, source, dest)]
+    sizes = {f[1]: f[2] for f in files}
+    sizes.update((target, os.lstat(target).st_size) for target in kept)
+
+    def check_one(f: tuple[str, str, int, int, int], buf: bytearray | None) -> bool:
+        size = sizes[f[1]]
+        return os.lstat(f[1]).st_size == size and hash_file(f[1], "sha256", buf) == digests[f[1]]
+
+    checks = run_parallel(every, check_one, workers, ctx, buffered=True)
+    for f, ok in zip(every, checks, strict=True):
         if not ok:
             raise StepError(f"copy does not match its source {f[0]}", path=f[1])
     for path, info in reversed(dirs):
         os.chmod(path, info.st_mode & 0o7777)
         os.utime(path, ns=(info.st_atime_ns, info.st_mtime_ns))
+
+
+def _plain_dir(path: str) -> bool:
+    """Whether ``path`` is a directory (not a link to one)."""
+    try:
+        return statmod.S_ISDIR(os.lstat(path).st_mode)
+    except OSError:
+        return False
+
+
+def _take_over(dest: str) -> dict[str, os.stat_result]:
+    """Make ``dest`` a writable directory and return what a killed run left
+    below it (every path -> its lstat); its directories are made writable,
+    since a killed run may have set their final modes already."""
+    if not _plain_dir(dest):
+        remove_tree(dest)
+        os.mkdir(dest)
+        return {}
+    found: dict[str, os.stat_result] = {}
+    os.chmod(dest, os.lstat(dest).st_mode & 0o7777 | statmod.S_IRWXU)
+    for root, dirnames, filenames in os.walk(dest):
+        for name in dirnames:
+            path = os.path.join(root, name)
+            st = os.lstat(path)
+            if statmod.S_ISDIR(st.st_mode):
+                os.chmod(path, st.st_mode & 0o7777 | statmod.S_IRWXU)
+            found[path] = st
+        for name in filenames:
+            path = os.path.join(root, name)
+            found[path] = os.lstat(path)
+    return found
+
+
+def _same(there: os.stat_result, info: os.stat_result) -> bool:
+    """A kept copy matches its source's size, mtime and mode."""
+    return (there.st_size, there.st_mtime_ns, there.st_mode) == (
+        info.st_size,
+        info.st_mtime_ns,
+        info.st_mode,
+    )
+
+
+def _sources_of(kept: dict[str, str], source: str, dest: str) -> list[tuple[str, str]]:
+    """(destination, source) of each kept copy, for the verification's messages."""
+    return [(t, os.path.join(source, os.path.relpath(t, dest))) for t in sorted(kept)]

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
+import stat as statmod
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 from wsrun.core.effects import Effect, create_dir, create_file
-from wsrun.core.fileio import remove_temp_of, temp_path
+from wsrun.core.fileio import TempBusy, create_temp, hold_temp, remove_temp_of, temp_path
 from wsrun.core.fs import ContentUnknown, FileInfo
 from wsrun.core.step import Plan, Result, StepContext, StepError
 from wsrun.stores import objectstore as osx
@@ -25,7 +27,10 @@ bucket. An object URL lands at ``to/<basename>``; a prefix (a URL ending in
 ``s3-upload``. Each file is written under a temporary name, checked against
 the ETag the store reports (the MD5, or the MD5 of the parts' MD5s for a
 multipart object) or its ``sha256`` metadata, and only then renamed into
-place. A local file with the same size and content is left alone.
+place. A local file with the same size and content is left alone. A download
+cut short by a kill is continued from where it stopped when the object is still
+the same version (same ETag and size, recorded on the temporary file), and the
+whole file is checked as usual.
 """
 
 SCHEMA: dict[str, Any] = {
@@ -82,6 +87,15 @@ OUTPUTS = {
     "unchanged": "number of files already in place with the same content",
     "bytes": "total size of all the objects",
 }
+
+
+#: A killed download's temp file may be continued (see _fetch): the lock
+#: taken before the plan leaves it, and apply removes those it does not continue.
+CONTINUES_TEMPS = True
+
+
+#: Errors of writing the local file (a full disk, a quota, a read-only mount).
+_LOCAL_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS}
 
 
 @dataclass
@@ -219,8 +233,10 @@ def _plan_dirs(ctx: StepContext, path: str, made: set[str], effects: list[Effect
 
 def apply(plan: Plan, ctx: StepContext) -> Result:
     job: DownloadJob = plan.data
+    resuming = {d.dest for d in job.downloads}  # their temp files may be continued
     for path in plan.outputs["files"]:  # a killed run's temp files, also when nothing changed
-        remove_temp_of(path)
+        if path not in resuming:
+            remove_temp_of(path)
     for effect in plan.effects:
         if effect.op == "create_dir":
             os.makedirs(effect.path, exist_ok=True)
@@ -237,6 +253,10 @@ def apply(plan: Plan, ctx: StepContext) -> Result:
             _fetch(job, download)
         except StepError:
             raise
+        except OSError as e:
+            if e.errno in _LOCAL_ERRNOS:  # the local disk's fault: name the local file
+                raise StepError(e.strerror or str(e), path=download.dest) from None
+            raise job.store.error(e, url) from None
         except Exception as e:
             raise job.store.error(e, url) from None
         task.advance(bytes=download.size, files=1)
@@ -254,17 +274,38 @@ def apply(plan: Plan, ctx: StepContext) -> Result:
     return Result(effects=list(plan.effects), outputs=plan.outputs)
 
 
+#: Extended attribute naming the object version a temporary file holds the
+#: start of: ``<ETag> <size>``. A killed download whose temp file carries the
+#: object's current ETag and size is continued from where it stopped.
+PARTIAL_XATTR = "user.wsrun.partial"
+
+
 def _fetch(job: DownloadJob, download: Download) -> None:
-    """Download to a temporary name beside the target, verify, rename into place."""
+    """Download to a temporary name beside the target, verify, rename into place.
+
+    A temp file a killed run left for this very object version (same ETag and
+    size, see PARTIAL_XATTR) is continued from its end instead of downloaded
+    again; the whole file is verified either way, and a continued one that
+    fails the check is downloaded once more from the start.
+    """
     store = job.store
     tmp = temp_path(download.dest)
     url = store.url(download.path)
+    fd = -1
     try:
-        store.fs.get_file(download.path, tmp)
+        fd, offset = _open_temp(tmp, download)
+        checked = False
+        if offset:
+            _get_rest(store, download.path, fd, offset, download.size)
+            checked = _verified(job, download, tmp)
+            if not checked:
+                os.ftruncate(fd, 0)
+        if not checked:
+            _get(store, download.path, tmp)
         size = os.path.getsize(tmp)
         if size != download.size:
             raise StepError(f"got {size} bytes, the store listed {download.size}", path=url)
-        if download.etag is not None:
+        if download.etag is not None and not checked:
             with open(tmp, "rb") as f:
                 ok = osx.matches_etag(f, download.size, download.etag, job.part_size)
             if ok is None:
@@ -273,11 +314,75 @@ def _fetch(job: DownloadJob, download: Download) -> None:
                 raise StepError(
                     f"the content does not match the store's ETag {download.etag}", path=url
                 )
+        with contextlib.suppress(OSError):
+            os.removexattr(fd, PARTIAL_XATTR)
         os.replace(tmp, download.dest)
     except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+        if fd >= 0:  # ours (a live writer's, TempBusy, is left alone)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
         raise
+    finally:
+        if fd >= 0:
+            os.close(fd)
+
+
+def _verified(job: DownloadJob, download: Download, tmp: str) -> bool:
+    """Whether the temp file is the whole object (size, then ETag or sha256)."""
+    if os.path.getsize(tmp) != download.size:
+        return False
+    if download.etag is None:
+        return True
+    with open(tmp, "rb") as f:
+        ok = osx.matches_etag(f, download.size, download.etag, job.part_size)
+    return ok if ok is not None else _matches_sha256(job.store, download, tmp)
+
+
+def _open_temp(tmp: str, download: Download) -> tuple[int, int]:
+    """The held temp file of ``download`` and how many bytes of it to keep: a
+    killed run's start of this same object version, else a new empty file."""
+    mark = f"{download.etag} {download.size}".encode()
+    if download.etag is not None:
+        try:
+            fd = os.open(tmp, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
+            fd = -1
+        if fd >= 0:
+            try:
+                hold_temp(fd)
+            except BlockingIOError:
+                os.close(fd)
+                raise TempBusy(tmp) from None
+            try:
+                st = os.fstat(fd)
+                if (
+                    statmod.S_ISREG(st.st_mode)
+                    and 0 < st.st_size < download.size
+                    and os.getxattr(fd, PARTIAL_XATTR) == mark
+                ):
+                    return fd, st.st_size
+            except OSError:
+                pass
+            os.close(fd)
+    fd = create_temp(tmp, 0o644)
+    if download.etag is not None:
+        with contextlib.suppress(OSError):  # no xattrs here: a kill means starting over
+            os.setxattr(fd, PARTIAL_XATTR, mark)
+    return fd, 0
+
+
+def _get(store: osx.Store, path: str, tmp: str) -> None:
+    """The whole object into ``tmp`` (which keeps its inode, lock and xattr)."""
+    store.fs.get_file(path, tmp)
+
+
+def _get_rest(store: osx.Store, path: str, fd: int, offset: int, size: int) -> None:
+    """The object's bytes from ``offset`` on, appended to the temp file ``fd``."""
+    with store.fs.open(path, "rb", block_size=8 * osx.MiB, cache_type="none") as r:
+        r.seek(offset)
+        while offset < size and (chunk := r.read(min(8 * osx.MiB, size - offset))):
+            os.pwrite(fd, chunk, offset)
+            offset += len(chunk)
 
 
 def _matches_sha256(store: osx.Store, download: Download, local: str) -> bool:

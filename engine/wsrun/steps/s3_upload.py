@@ -10,6 +10,7 @@ from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any
 
+from wsrun.core import resumes
 from wsrun.core.effects import Effect
 from wsrun.core.fileio import TMP_SUFFIX, is_temp_name
 from wsrun.core.fs import ContentUnknown, FileInfo
@@ -30,7 +31,10 @@ locally (the MD5, or for a multipart upload the MD5 of the parts' MD5s with
 the part count); an object whose ETag differs is removed and the step fails.
 An object is complete or absent: a PUT and a completed
 multipart upload appear atomically, a failed multipart upload is aborted, and
-other fsspec stores get a temporary key renamed into place. An object already
+other fsspec stores get a temporary key renamed into place. A multipart upload
+cut short by a kill is continued by the next run on this host: it lists the
+parts already on the store and sends only those whose ETag is not the MD5 of
+the local bytes (missing, or changed since). An object already
 there with the same size and ETag (or the same ``sha256`` metadata) is left
 alone, so a second run reports ok. A dry run only lists and HEADs the store.
 """
@@ -397,8 +401,18 @@ def _s3_put(job: UploadJob, upload: Upload, sender: Sender) -> tuple[str, str | 
         return md5.hex(), sha
     meta, sha = _metadata(job, upload)
     part_size = osx.effective_part_size(upload.size, job.part_size)
-    created = store.call("create_multipart_upload", Bucket=bucket, Key=key, Metadata=meta)
-    upload_id = created["UploadId"]
+    url = store.url(upload.path)
+    records = resumes.records()
+    upload_id, listed = _resumable(store, records, url, upload, part_size, sha)
+    if upload_id is None:
+        created = store.call("create_multipart_upload", Bucket=bucket, Key=key, Metadata=meta)
+        upload_id = created["UploadId"]
+        mtime_ns = os.stat(upload.source).st_mtime_ns
+        records.start_upload(
+            resumes.UploadRecord(
+                url, upload_id, upload.source, upload.size, mtime_ns, part_size, sha, os.getpid()
+            )
+        )
     futures: list[Future[dict[str, Any]]] = []
     fd: int | None = None
     try:
@@ -412,6 +426,9 @@ def _s3_put(job: UploadJob, upload: Upload, sender: Sender) -> tuple[str, str | 
             if len(data) != length:
                 raise StepError("changed size since it was planned", path=upload.source)
             md5 = hashlib.md5(data).digest()
+            if listed.get(number) == (md5.hex(), length):  # sent by a killed run: kept
+                sender.task.advance(bytes=length)
+                return {"PartNumber": number, "ETag": f'"{md5.hex()}"', "md5": md5}
             reply = store.call(
                 "upload_part",
                 Bucket=bucket,
@@ -445,12 +462,80 @@ def _s3_put(job: UploadJob, upload: Upload, sender: Sender) -> tuple[str, str | 
         wait(futures)
         with contextlib.suppress(Exception):
             store.call("abort_multipart_upload", Bucket=bucket, Key=key, UploadId=upload_id)
+            records.end_upload(url, upload_id)
         raise
     finally:
         if fd is not None:
             os.close(fd)  # after every part has stopped reading it
+    records.end_upload(url, upload_id)
     _check_stored(store, upload.path, reply, expected)
     return expected, sha
+
+
+def _resumable(
+    store: osx.Store,
+    records: resumes.Records,
+    url: str,
+    upload: Upload,
+    part_size: int,
+    sha: str | None,
+) -> tuple[str | None, dict[int, tuple[str, int]]]:
+    """The multipart upload a killed run left for this object, and the parts
+    already on the store ({number: (ETag, size)}); (None, {}) when there is
+    none to continue.
+
+    Only an upload this host recorded is continued (never another client's),
+    only when its owner is dead, and only with the same source, size, part size
+    and metadata; a stale one is aborted. Each listed part is then reused only
+    if its ETag is the MD5 of the local bytes it stands for (checked as the
+    part comes up), so a source changed since the kill is sent again where it
+    changed.
+    """
+    record = records.upload(url)
+    if record is None or (record.pid != os.getpid() and resumes.pid_alive(record.pid)):
+        return None, {}
+    bucket, key = osx.bucket_key(upload.path)
+    same = (record.source, record.size, record.part_size, record.sha256) == (
+        upload.source,
+        upload.size,
+        part_size,
+        sha,
+    )
+    listed: dict[int, tuple[str, int]] = {}
+    try:
+        if same:
+            marker = 0
+            while True:
+                page = store.call(
+                    "list_parts",
+                    Bucket=bucket,
+                    Key=key,
+                    UploadId=record.upload_id,
+                    PartNumberMarker=marker,
+                )
+                for p in page.get("Parts", []):
+                    listed[int(p["PartNumber"])] = (str(p["ETag"]).strip('"'), int(p["Size"]))
+                if not page.get("IsTruncated"):
+                    break
+                marker = int(page["NextPartNumberMarker"])
+            records.start_upload(
+                resumes.UploadRecord(
+                    url,
+                    record.upload_id,
+                    upload.source,
+                    upload.size,
+                    record.mtime_ns,
+                    part_size,
+                    sha,
+                    os.getpid(),
+                )
+            )
+            return record.upload_id, listed
+        store.call("abort_multipart_upload", Bucket=bucket, Key=key, UploadId=record.upload_id)
+    except Exception:  # noqa: BLE001 - gone (completed, aborted, expired): start afresh
+        pass
+    records.end_upload(url, record.upload_id)
+    return None, {}
 
 
 def _check_stored(store: osx.Store, path: str, reply: dict[str, Any], expected: str) -> None:

@@ -205,14 +205,11 @@ def decide(view: WorldView, destination: str, within: str | None) -> Decision:
     return Decision(destination, "new", missing[0], missing)
 
 
-def begin(decision: Decision, keep: bool) -> None:
-    """Make the staging directory (real run): a kept one is continued when
-    ``keep``, else removed first; then the directories down to the destination."""
+def begin(decision: Decision) -> None:
+    """Make the staging directory (real run), or continue the one a killed
+    run, or a failed one with ``on_failure: keep``, left; then the
+    directories down to the destination inside it."""
     staging = decision.staging
-    if os.path.lexists(staging) and not keep:
-        shutil.rmtree(staging)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(digests_of(decision.top))
     if decision.mode == "replace":
         leftover = old_of(decision.destination)
         if os.path.lexists(leftover):  # a killed replacement's

@@ -800,13 +800,11 @@ class Runner:
         redirect = groups.Redirect(top, staging)
         digests = None
         if self.dry_run:
-            if self.view.lstat(staging) is not None and not keep:
-                self.view.record(remove(staging))
             for p in [top, *decision.missing[1:]]:
                 self.view.record(create_dir(redirect.staged(p)))
         else:
             self.group_record(key, "begin", {"destination": destination, "staging": staging})
-            groups.begin(decision, keep)
+            groups.begin(decision)
             digests = groups.DigestCache(groups.digests_of(top), staging)
         self.group = _Group(
             key,

@@ -244,6 +244,16 @@ def commit(decision: Decision, log: Any) -> None:
         os.unlink(digests_of(top))
 
 
+def discard_leftovers(destination: str) -> None:
+    """The destination already holds the group's result: remove what a killed
+    run replacing it left beside it (its staging area, the old copy)."""
+    for path in (staging_of(destination), old_of(destination)):
+        if os.path.lexists(path):
+            shutil.rmtree(path)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(digests_of(destination))
+
+
 def abort(decision: Decision, keep: bool) -> bool:
     """After a failure (real run): remove the staging directory, or keep it for
     the next run unless nothing was written into it. True if kept."""

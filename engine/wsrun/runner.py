@@ -732,6 +732,8 @@ class Runner:
                         path=destination,
                     )
                 if self.probe_group(step, key, path, destination):
+                    if not self.dry_run:
+                        groups.discard_leftovers(destination)
                     return [], {"destination": destination, "state": "unchanged"}
                 if not fields["replace"]:
                     hint = f" ({fields['hint']})" if fields.get("hint") else ""

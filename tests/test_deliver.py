@@ -365,7 +365,9 @@ def test_an_empty_destination_is_filled(cli, tmp_path: Path) -> None:
     out.mkdir()
     code, report, err = deliver(cli, p.root, "-l", out)
     assert code == 0, err
-    assert not any(e["op"] == "create_dir" and e["path"] == str(out) for e in delivery_effects(report))
+    assert not any(
+        e["op"] == "create_dir" and e["path"] == str(out) for e in delivery_effects(report)
+    )
     check_delivery(out, p.by_name)
 
 

@@ -770,9 +770,7 @@ class Runner:
         already holds this very result; the steps' outputs are in scope)."""
         journal, events = self.journal, self.events
         self.journal, self.events = None, Events()  # a probe is not the run's work
-        self.group = _Group(
-            key, None, lambda name: groups.inside(name, destination), probe=True
-        )
+        self.group = _Group(key, None, lambda name: groups.inside(name, destination), probe=True)
         try:
             _, failed = self.group_steps(step, key, path)
         finally:

@@ -395,12 +395,18 @@ class _Checker:
                     key=True,
                 )
         if len(path) > 2:
-            self.add(path + ("group",), "groups do not nest: put these steps in the outer group", key=True)
+            self.add(
+                path + ("group",),
+                "groups do not nest: put these steps in the outer group",
+                key=True,
+            )
         spec = step.get("group")
         if isinstance(spec, dict):
             for name, value in spec.items():
                 if isinstance(value, str) and expr.is_template(value):
-                    self.check_expressions(path + ("group", name), value, self.all_ids(), False, False)
+                    self.check_expressions(
+                        path + ("group", name), value, self.all_ids(), False, False
+                    )
         inner = step.get("steps")
         for i, sub in enumerate(inner if isinstance(inner, list) else []):
             uses = sub.get("uses") if isinstance(sub, dict) else None

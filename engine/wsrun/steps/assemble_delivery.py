@@ -690,7 +690,6 @@ def _pending(document: Any) -> Any:
     return document
 
 
-
 # ---- apply --------------------------------------------------------------------------
 
 
@@ -778,12 +777,18 @@ def _copy(job: Job, root: str, ctx: StepContext) -> dict[str, str]:
     def one(e: Entry, buf: bytearray | None) -> str:
         assert e.source is not None
         dest = os.path.join(root, e.rel)
-        digest = copy_file(e.source, dest, e.mode, e.mtime_ns, umask, "sha256", buf)
+        record = None
+        if cache is not None:
+
+            def record(digest: str) -> None:
+                cache.add(dest, e.size, e.mtime_ns, "sha256", digest)
+
+        digest = copy_file(
+            e.source, dest, e.mode, e.mtime_ns, umask, "sha256", buf, on_digest=record
+        )
         if os.stat(dest).st_size != e.size:
             raise StepError("changed while it was being delivered", path=e.source)
         assert digest is not None
-        if cache is not None:
-            cache.add(dest, e.size, e.mtime_ns, "sha256", digest)
         with lock:
             task.advance(bytes=e.size, files=1)
         return digest

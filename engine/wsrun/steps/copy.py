@@ -346,7 +346,12 @@ class _Planner:
                     self.suspects.append((source, dest, len(self.job.files)))
                 elif dest_info.mtime_ns == info.mtime_ns and dest_info.mode == info.mode:
                     if self.algorithm:
-                        self.job.to_hash.append(dest)
+                        cache = self.ctx.digests  # inside an atomic group
+                        known = cache and cache.get(dest, size, info.mtime_ns, self.algorithm)
+                        if known:
+                            self.job.known[dest] = known
+                        else:
+                            self.job.to_hash.append(dest)
                     return
         self.effects.append(create_file(dest, size, source=source, source_info=info))
         self.job.files.append((source, dest, size, info.mode, info.mtime_ns))
@@ -442,9 +447,20 @@ def _copy_files(plan: Plan, ctx: StepContext, umask: int) -> dict[str, Any]:
     )
     lock = threading.Lock()
 
+    cache = ctx.digests if job.algorithm else None  # inside an atomic group
+
     def copy_one(item: tuple[str, str, int, int, int], buf: bytearray | None) -> str | None:
         source, dest, size, mode, mtime_ns = item
-        digest = copy_file(source, dest, mode, mtime_ns, umask, job.algorithm, buf, size)
+        record = None
+        if cache is not None and job.algorithm:
+            algorithm = job.algorithm
+
+            def record(digest: str) -> None:
+                cache.add(dest, size, mtime_ns, algorithm, digest)
+
+        digest = copy_file(
+            source, dest, mode, mtime_ns, umask, job.algorithm, buf, size, on_digest=record
+        )
         with lock:
             task.advance(bytes=size, files=1)
         return digest
@@ -508,11 +524,14 @@ def copy_file(
     algorithm: str | None = None,
     buf: bytearray | None = None,
     size: int | None = None,
+    on_digest: Callable[[str], None] | None = None,
 ) -> str | None:
     """Copy ``source`` to ``dest`` through its temp name, with ``mode`` and
     ``mtime_ns``; returns the content's hex digest when ``algorithm`` is set
     (then ``buf`` is the read buffer). With ``size`` (the planned size), the
-    copy stops there, which saves the call that would find the end of file."""
+    copy stops there, which saves the call that would find the end of file.
+    ``on_digest`` gets the digest before the file is renamed into place, so a
+    record of it (wsrun.groups.DigestCache) is never behind the files there."""
     tmp = temp_path(dest)
     left = (1 << 62) if size is None else size
     src_fd = os.open(source, os.O_RDONLY | os.O_CLOEXEC)
@@ -536,6 +555,8 @@ def copy_file(
             if mode & ~0o777 or mode & umask:
                 os.fchmod(dst_fd, mode)
             os.utime(dst_fd, ns=(mtime_ns, mtime_ns))
+            if on_digest is not None and digest is not None:
+                on_digest(digest)
             os.rename(tmp, dest)  # still held: nobody takes it for a leftover
         finally:
             os.close(dst_fd)

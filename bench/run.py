@@ -571,6 +571,67 @@ def deliver_case(tar: bool) -> Callable[[Bench, Case], Outcome]:
     return run
 
 
+def deliver_resume(b: Bench, case: Case) -> Outcome:
+    """Issue 15: `deliver` killed (SIGKILL) once half the bytes are staged, then
+    run again: the re-run continues the staging area with the digests recorded
+    there. ratio = best re-run / best full run; each result is checked with
+    `sha256sum -c`."""
+    source = b.dataset("processing")
+    read_all(source)
+    dest = os.path.join(b.out, "delivered")
+    final = os.path.join(dest, "req-1")
+    # The group renames `delivered` into place (the topmost new directory); its
+    # staging directory and digest record are beside it (wsrun.groups).
+    record = os.path.join(b.out, ".delivered.wsrun-digests")
+    staging = os.path.join(b.out, ".delivered.wsrun-staging")
+    cmd = b.wsrun("nrao/deliver", source, "-l", dest, "--prefix", "req-1", "-P", "-q")
+    total = tree_stats(os.path.join(source, "products"))[1]
+
+    def verify(what: str) -> None:
+        done = subprocess.run(
+            ["sha256sum", "-c", "--strict", "--quiet", "SHA256SUMS"],
+            cwd=final,
+            capture_output=True,
+            text=True,
+        )
+        if done.returncode != 0:
+            raise CaseError(f"{what}: sha256sum -c failed: {(done.stdout + done.stderr)[-300:]}")
+
+    full = rerun = math.inf
+    staged_share = []
+    for _ in range(b.repeat):
+        b.fresh(dest, staging, record)
+        full = min(full, b.timed(cmd, "full run"))
+        verify("full run")
+        b.fresh(dest, staging, record)
+        proc = subprocess.Popen(
+            cmd, env=b.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=b.root
+        )
+        staged = 0
+        while proc.poll() is None and staged < total / 2:
+            time.sleep(0.005)
+            with contextlib.suppress(OSError):
+                with open(record, "rb") as f:
+                    staged = sum(
+                        json.loads(line)[1] for line in f.read().splitlines() if line.strip()
+                    )
+        if proc.poll() is not None:
+            raise CaseError("the delivery finished before half of it was staged")
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        staged_share.append(staged / total)
+        if os.path.exists(final) or not os.path.isdir(staging):
+            raise CaseError("the killed delivery did not leave its staging area")
+        if b.sync:
+            os.sync()
+        rerun = min(rerun, b.timed(cmd, "re-run"))
+        verify("re-run")
+    b.fresh(dest, staging, record)
+    share = ", ".join(f"{x:.0%}" for x in staged_share)
+    note = f"killed with {share} of {total / MiB:.0f} MiB staged; full run {full:.2f} s; sha256sum -c ok"
+    return scored(case, rerun, full, rerun / full, note)
+
+
 #: The PostgreSQL server of the ``ingest-pg`` case (a schema of its own, dropped after).
 BENCH_PG_URL = os.environ.get("WSRUN_BENCH_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
 
@@ -1282,6 +1343,13 @@ CASES = [
         0.35,
         ("find-products",),
         deliver_case(True),
+    ),
+    Case(
+        "deliver-resume",
+        "deliver 2 GiB killed half way, re-run vs a full run",
+        0.6,
+        ("find-products",),
+        deliver_resume,
     ),
     Case(
         "ingest",

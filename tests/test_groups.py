@@ -201,8 +201,9 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
+@pytest.mark.parametrize("how", ["rerun", "resume"])
 def test_deliver_killed_mid_copy_is_continued_with_the_recorded_digests(
-    cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, wsrun_home: Path, how: str
 ) -> None:
     """Issue 15: SIGKILL half way through a delivery; the re-run continues the
     staging area, writes only the missing files, reads none of the staged ones
@@ -236,7 +237,15 @@ def test_deliver_killed_mid_copy_is_continued_with_the_recorded_digests(
         raise AssertionError(f"read again: {path}")
 
     monkeypatch.setattr(assemble_delivery, "hash_file", no_rehash)
-    r = cli("nrao/deliver", p.root, "-l", out, "--json")
+    if how == "resume":
+        journal = Journal(str(wsrun_home))
+        try:
+            (killed,) = journal.runs(5)
+        finally:
+            journal.close()
+        r = cli("resume", killed.id, "--json")
+    else:
+        r = cli("nrao/deliver", p.root, "-l", out, "--json")
     assert r.code == 0, r.err
     report = json.loads(r.out)
     (content,) = [s for s in report["steps"] if s["id"] == "delivery"]

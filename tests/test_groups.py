@@ -478,3 +478,26 @@ def test_ids_inside_a_group_are_known_after_it(cli, tmp_path: Path) -> None:
     (tmp_path / "g2.yaml").write_text(later)
     r = cli("validate", tmp_path / "g2.yaml")
     assert r.code == 2 and "step 'nothere' does not exist" in r.err
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("replace", "{{ 'yes' }}", "group.replace: expected true or false, got 'yes'"),
+        ("on_failure", "{{ 'later' }}", "group.on_failure: 'later' is not one of remove, keep"),
+        ("destination", "{{ none }}", "group.destination: expected a path, got None"),
+    ],
+)
+def test_group_values_from_expressions_are_checked_when_run(
+    cli, tmp_path: Path, field: str, value: str, message: str
+) -> None:
+    spec = {"destination": str(tmp_path / "out"), field: value}
+    recipe = tmp_path / "g.yaml"
+    recipe.write_text(
+        json.dumps(
+            {"recipe": "g", "steps": [{"id": "g", "group": spec, "steps": [{"uses": "noop"}]}]}
+        )
+    )
+    r = cli(recipe)
+    assert r.code == 1 and message in r.err and "g.yaml:1:" in r.err, r.err
+    assert not (tmp_path / "out").exists()

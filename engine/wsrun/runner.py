@@ -701,7 +701,10 @@ class Runner:
             raise StepFailed(
                 f"group.on_failure: {fields['on_failure']!r} is not one of remove, keep"
             )
-        fields["replace"] = bool(fields.get("replace", False))
+        replace = fields.get("replace", False)
+        if not isinstance(replace, bool) and replace is not None:
+            raise StepFailed(f"group.replace: expected true or false, got {replace!r}")
+        fields["replace"] = bool(replace)
         fields.setdefault("label", "result")
         return fields
 

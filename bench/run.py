@@ -594,6 +594,88 @@ def deliver_case(tar: bool) -> Callable[[Bench, Case], Outcome]:
     return run
 
 
+#: Runs wsrun's command line (argv[2:]) and SIGKILLs itself once deliver has
+#: copied argv[1] bytes into its staging area.
+KILL_HALF_WAY = """
+import os, signal, sys, threading
+from wsrun.cli.main import main
+from wsrun.packs.nrao import assemble_delivery
+
+limit, done, lock = int(sys.argv[1]), [0], threading.Lock()
+real = assemble_delivery.copy_file
+
+def copy_file(source, *args, **kwargs):
+    digest = real(source, *args, **kwargs)
+    with lock:
+        done[0] += os.stat(source).st_size
+        if done[0] >= limit:
+            os.kill(os.getpid(), signal.SIGKILL)
+    return digest
+
+assemble_delivery.copy_file = copy_file
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+def deliver_resume(b: Bench, case: Case) -> Outcome:
+    """Issue 15: `deliver` killed (SIGKILL) once half the bytes are staged, then
+    run again: the re-run continues the staging area with the digests recorded
+    there. ratio = best re-run / best full run; each result is checked with
+    `sha256sum -c`."""
+    source = b.dataset("processing")
+    read_all(source)
+    dest = os.path.join(b.out, "delivered")
+    final = os.path.join(dest, "req-1")
+    # The group renames `delivered` into place (the topmost new directory); its
+    # staging directory and digest record are beside it (wsrun.core.groups).
+    record = os.path.join(b.out, ".delivered.wsrun-digests")
+    staging = os.path.join(b.out, ".delivered.wsrun-staging")
+    cmd = b.wsrun("nrao/deliver", source, "-l", dest, "--prefix", "req-1", "-P", "-q")
+    total = tree_stats(os.path.join(source, "products"))[1]
+
+    def verify(what: str) -> None:
+        done = subprocess.run(
+            ["sha256sum", "-c", "--strict", "--quiet", "SHA256SUMS"],
+            cwd=final,
+            capture_output=True,
+            text=True,
+        )
+        if done.returncode != 0:
+            raise CaseError(f"{what}: sha256sum -c failed: {(done.stdout + done.stderr)[-300:]}")
+
+    full = rerun = math.inf
+    staged_share = []
+    for _ in range(b.repeat):
+        b.fresh(dest, staging, record)
+        full = min(full, b.timed(cmd, "full run"))
+        verify("full run")
+        b.fresh(dest, staging, record)
+        # Killed from inside once half the bytes are staged, so the point does
+        # not depend on the machine's speed (or the scale).
+        script = b.wsrun_cmd[0]
+        python = (
+            os.path.join(os.path.dirname(script), "python") if len(b.wsrun_cmd) == 1 else script
+        )
+        args = cmd[len(b.wsrun_cmd) :]
+        killed = [python, "-c", KILL_HALF_WAY, str(total // 2), *args]
+        done = subprocess.run(killed, env=b.env, capture_output=True, cwd=b.root)
+        if done.returncode != -signal.SIGKILL:
+            raise CaseError(f"the delivery was not killed (exit status {done.returncode})")
+        with open(record, "rb") as f:
+            staged = sum(json.loads(line)[1] for line in f.read().splitlines() if line.strip())
+        staged_share.append(staged / total)
+        if os.path.exists(final) or not os.path.isdir(staging):
+            raise CaseError("the killed delivery did not leave its staging area")
+        if b.sync:
+            os.sync()
+        rerun = min(rerun, b.timed(cmd, "re-run"))
+        verify("re-run")
+    b.fresh(dest, staging, record)
+    share = ", ".join(f"{x:.0%}" for x in staged_share)
+    note = f"killed with {share} of {total / MiB:.0f} MiB staged; full run {full:.2f} s; sha256sum -c ok"
+    return scored(case, rerun, full, rerun / full, note)
+
+
 #: The PostgreSQL server of the ``ingest-pg`` case (a schema of its own, dropped after).
 BENCH_PG_URL = os.environ.get("WSRUN_BENCH_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
 
@@ -1377,6 +1459,13 @@ CASES = [
         0.35,
         ("find-products",),
         deliver_case(True),
+    ),
+    Case(
+        "deliver-resume",
+        "deliver 2 GiB killed half way, re-run vs a full run",
+        0.6,
+        ("find-products",),
+        deliver_resume,
     ),
     Case(
         "ingest",

@@ -149,7 +149,10 @@ def test_unknown_key_without_a_close_name_lists_the_known_ones(cli, tmp_path: Pa
     )
     r = cli("validate", path)
     assert r.code == 2
-    assert f"{path}:4:5: unknown key 'zzz' (known: continue_on_error, for_each, id, if," in r.err
+    assert (
+        f"{path}:4:5: unknown key 'zzz' (known: continue_on_error, for_each, group, id, if,"
+        in r.err
+    )
 
 
 def test_a_misspelt_option_gets_the_closest_one(cli, tmp_path: Path) -> None:

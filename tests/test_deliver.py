@@ -257,6 +257,13 @@ def effects(report: dict) -> list[list[dict]]:
     return [s["effects"] for s in report["steps"]]
 
 
+def delivery_effects(report: dict) -> list[dict]:
+    """The effects of the recipe's atomic group, which writes the delivery."""
+    (step,) = [s for s in report["steps"] if s["id"] == "delivery"]
+    assert step["uses"] == "group"
+    return step["effects"]
+
+
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_dry_run_writes_nothing_and_plans_the_real_run(cli, tmp_path: Path, case: str) -> None:
     p = vla_calibration(tmp_path / "spool", "pretty")
@@ -271,7 +278,7 @@ def test_dry_run_writes_nothing_and_plans_the_real_run(cli, tmp_path: Path, case
     assert code == 0, err
     assert effects(dry) == effects(real)
     assert dry["outputs"] == real["outputs"]
-    ops = [e["op"] for e in effects(real)[1]]
+    ops = [e["op"] for e in delivery_effects(real)]
     assert ops.count("create_file") >= 3 and "remove" not in ops
     # Again: nothing to do, nothing touched.
     before = snapshot(tmp_path / "out")
@@ -279,11 +286,11 @@ def test_dry_run_writes_nothing_and_plans_the_real_run(cli, tmp_path: Path, case
     mtimes = {f: (dest / f).stat().st_mtime_ns for f in ("delivery.json", "SHA256SUMS")}
     code, again, err = deliver(cli, *args)
     assert code == 0, err
-    assert again["status"] == "ok" and effects(again) == [[], []]
+    assert again["status"] == "ok" and effects(again) == [[], [], []]
     assert snapshot(tmp_path / "out") == before
     assert all((dest / f).stat().st_mtime_ns == m for f, m in mtimes.items())
     code, dry_again, err = deliver(cli, *args, "--dry-run")
-    assert code == 0 and effects(dry_again) == [[], []]
+    assert code == 0 and effects(dry_again) == [[], [], []]
 
 
 def test_dry_run_to_the_web_root(cli, tmp_path: Path) -> None:
@@ -321,7 +328,7 @@ def test_refuses_a_different_delivery_unless_forced(cli, tmp_path: Path) -> None
     check_delivery(out, p.products)  # the old delivery is intact
     code, dry, err = deliver(cli, p.root, "-l", out, "--force", "--dry-run")
     assert code == 0, err
-    assert effects(dry)[1][:2] == [
+    assert delivery_effects(dry)[:2] == [
         {"op": "remove", "path": str(out)},
         {"op": "create_dir", "path": str(out)},
     ]
@@ -358,7 +365,9 @@ def test_an_empty_destination_is_filled(cli, tmp_path: Path) -> None:
     out.mkdir()
     code, report, err = deliver(cli, p.root, "-l", out)
     assert code == 0, err
-    assert not any(e["op"] == "create_dir" and e["path"] == str(out) for e in effects(report)[1])
+    assert not any(
+        e["op"] == "create_dir" and e["path"] == str(out) for e in delivery_effects(report)
+    )
     check_delivery(out, p.by_name)
 
 
@@ -640,14 +649,23 @@ def test_dry_run_chain_sees_planned_products_and_plans_the_delivery(tmp_path: Pa
     params = {
         "products": found.outputs["products"],
         "source": str(p.root),
-        "local_destination": str(out),
+        "to": str(out),
     }
     plan = plan_step("assemble-delivery", params, str(tmp_path), view=view)
     late = [e for e in plan.effects if e.path == str(out / "images" / "late.fits")]
     assert late and late[0].bytes == 2880 and late[0].source == str(planned)
+    assert plan.outputs["checksums"][str(out / "images" / "late.fits")] is None  # not yet known
     for effect in plan.effects:
         view.record(effect)
+    sums = {
+        "paths": str(out),
+        "to": str(out / "SHA256SUMS"),
+        "digests": plan.outputs["checksums"],
+    }
+    for effect in plan_step("checksum", sums, str(tmp_path), view=view).effects:
+        view.record(effect)
     assert view.is_file(str(out / "SHA256SUMS")) and view.is_file(str(out / "images" / "late.fits"))
+    assert view.is_file(str(out / "delivery.json"))
     assert not out.exists() and not planned.exists()
 
 
@@ -658,20 +676,28 @@ def test_step_outputs(tmp_path: Path) -> None:
     params = {
         "products": found["products"],
         "source": str(p.root),
-        "local_destination": str(tmp_path / "out"),
+        "to": str(tmp_path / "out" / "R1"),
         "prefix": "R1",
         "tar": True,
         "workers": 1,
     }
     plan, result = run_step("assemble-delivery", params, str(tmp_path))
     assert plan.effects == result.effects
+    archive = tmp_path / "out" / "R1" / "R1.tar"
     assert result.outputs == {
         "destination": str(tmp_path / "out" / "R1"),
         "url": None,
-        "archive": str(tmp_path / "out" / "R1" / "R1.tar"),
+        "archive": str(archive),
         "products": found["count"],
         "files": len(p.products),
         # every file in products/ is a product of this imaging run
         "bytes": sum(f.stat().st_size for f in (p.root / "products").iterdir()),
+        "checksums": {str(archive): sha256(archive)},
     }
+    sums = {
+        "paths": str(archive.parent),
+        "to": str(archive.parent / "SHA256SUMS"),
+        "digests": result.outputs["checksums"],
+    }
+    run_step("checksum", sums, str(tmp_path))
     check_delivery(tmp_path / "out" / "R1", p.products, "R1.tar")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import jsonschema
@@ -99,7 +100,13 @@ def test_filters(tmp_path: Path) -> None:
         "from_json",
         "b64encode",
         "b64decode",
+        "token_hex",
     }
+    tokens = {FILTERS["token_hex"](16) for _ in range(3)}
+    assert len(tokens) == 3 and all(re.fullmatch("[0-9a-f]{32}", t) for t in tokens)
+    for bad in (0, 65, "16", True):
+        with pytest.raises(ValueError, match="token_hex takes"):
+            FILTERS["token_hex"](bad)
     assert json.loads(FILTERS["to_json"]({"x": [1]}, indent=2)) == {"x": [1]}
     assert FILTERS["b64decode"](FILTERS["b64encode"]("<report>ü</report>")) == "<report>ü</report>"
     with pytest.raises(ValueError, match="not base64"):

@@ -15,6 +15,7 @@ import mmap
 import os
 import queue
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from wsrun.core.fileio import create_temp, naming, temp_path
@@ -54,11 +55,14 @@ def copy_file(
     algorithm: str | None = None,
     buf: bytearray | None = None,
     size: int | None = None,
+    on_digest: Callable[[str], None] | None = None,
 ) -> str | None:
     """Copy ``source`` to ``dest`` through its temp name, with ``mode`` and
     ``mtime_ns``; returns the content's hex digest when ``algorithm`` is set
     (then ``buf`` is the read buffer). With ``size`` (the planned size), the
-    copy stops there, which saves the call that would find the end of file."""
+    copy stops there, which saves the call that would find the end of file.
+    ``on_digest`` gets the digest before the file is renamed into place, so a
+    record of it (wsrun.core.groups.DigestCache) is never behind the files there."""
     tmp = temp_path(dest)
     left = (1 << 62) if size is None else size
     src_fd = os.open(source, os.O_RDONLY | os.O_CLOEXEC)
@@ -82,6 +86,8 @@ def copy_file(
             if mode & ~0o777 or mode & umask:
                 os.fchmod(dst_fd, mode)
             os.utime(dst_fd, ns=(mtime_ns, mtime_ns))
+            if on_digest is not None and digest is not None:
+                on_digest(digest)
             os.rename(tmp, dest)  # still held: nobody takes it for a leftover
         finally:
             os.close(dst_fd)

@@ -11,6 +11,7 @@ import base64
 import binascii
 import json
 import os
+import secrets
 from collections.abc import Callable
 from typing import Any
 
@@ -61,6 +62,16 @@ def b64decode(text: str) -> str:
         raise ValueError(f"not base64-encoded UTF-8 text: {e}") from None
 
 
+def token_hex(nbytes: int) -> str:
+    """A new unguessable name of ``nbytes`` random bytes as hex digits
+    (``{{ 16 | token_hex }}``: 32 digits), from the operating system's secure
+    source. In a recipe, use it in a var: a var is evaluated once per run, so
+    every step sees the same name."""
+    if not isinstance(nbytes, int) or isinstance(nbytes, bool) or not 1 <= nbytes <= 64:
+        raise ValueError(f"token_hex takes a number of bytes from 1 to 64, not {nbytes!r}")
+    return secrets.token_hex(nbytes)
+
+
 FILTERS: dict[str, Callable[..., Any]] = {
     "basename": basename,
     "dirname": dirname,
@@ -70,4 +81,5 @@ FILTERS: dict[str, Callable[..., Any]] = {
     "from_json": from_json,
     "b64encode": b64encode,
     "b64decode": b64decode,
+    "token_hex": token_hex,
 }

@@ -224,14 +224,22 @@ def wait_seconds(env: Mapping[str, str]) -> float:
         raise StepError(f"${WAIT_ENV} must be a number of seconds, not {value!r}") from None
 
 
-def for_step(module: ModuleType, params: dict[str, Any], ctx: StepContext) -> Held:
+def for_step(
+    module: ModuleType,
+    params: dict[str, Any],
+    ctx: StepContext,
+    covered: Callable[[str], bool] | None = None,
+) -> Held:
     """Lock what a step is about to write (nothing in a dry run, nor for a
     step type that writes nothing): the paths its ``destinations(params, ctx)``
-    names."""
+    names, except those ``covered`` says a lock this run holds already covers
+    (an atomic group's destination and staging directory)."""
     destinations = getattr(module, "destinations", None)
     if ctx.dry_run or destinations is None:
         return Held()
     names = destinations(params, ctx)
+    if covered is not None:
+        names = [n for n in names if not (_is_path(n) and covered(n))]
     if not names:
         return Held()
     held = acquire(names, ctx.run_id, wait_seconds(ctx.env), ctx.log, ctx.deadline)

@@ -16,8 +16,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from wsrun.core import expr, locks
-from wsrun.core.effects import Effect
+from wsrun.core import expr, groups, locks
+from wsrun.core.effects import Effect, create_dir, move, remove
 from wsrun.core.fs import ContentUnknown, WorldView
 from wsrun.core.journal import Journal, JournalError, new_run_id
 from wsrun.core.masking import Masker, printable
@@ -46,6 +46,28 @@ class StepFailed(Exception):
         self.message = message
         self.cause = cause
         self.path = path
+
+
+class _InnerFailed(StepFailed):
+    """A step inside an atomic group failed: its own line (naming it and its
+    recipe line) is the group's."""
+
+
+class _Differs(Exception):
+    """While probing an existing destination, a step of the group found
+    something to change."""
+
+
+@dataclass
+class _Group:
+    """The atomic group the runner is inside (see wsrun.core.groups)."""
+
+    key: str
+    #: None while probing an existing destination (the steps see it as it is).
+    redirect: groups.Redirect | None
+    covered: Callable[[str], bool]
+    digests: groups.DigestCache | None = None
+    probe: bool = False
 
 
 @dataclass
@@ -270,6 +292,8 @@ class Runner:
         self.key_prefix = key_prefix
         self.depth = depth
         self.seq = 0
+        #: The atomic group being run, if any (groups do not nest).
+        self.group: _Group | None = None
         self.setting_values, self.settings_shown = resolve_settings(recipe, settings)
         self.add_secrets()
         self.scope: dict[str, Any] = {
@@ -403,20 +427,43 @@ class Runner:
                     return first
         return first
 
-    def run_step(self, section: str, index: int, step: dict[str, Any]) -> StepReport:
-        uses = step["uses"]
+    def run_step(
+        self,
+        section: str,
+        index: int,
+        step: dict[str, Any],
+        within: tuple[Any, ...] = (),
+        group_key: str | None = None,
+    ) -> StepReport:
+        """Run one step (``within``: the path of the group holding it, whose
+        key is ``group_key``)."""
+        uses = step.get("uses") or "group"
         sid = step.get("id")
-        key = self.key_prefix + (
-            sid or (f"{section}[{index}]" if section != "steps" else f"#{index + 1}")
-        )
-        where = str(self.recipe.where(section, index))
+        if group_key is not None:
+            key = self.key_prefix + (sid or f"{group_key}/#{index + 1}")
+        else:
+            key = self.key_prefix + (
+                sid or (f"{section}[{index}]" if section != "steps" else f"#{index + 1}")
+            )
+        where = str(self.recipe.where(*within, section, index))
         report = StepReport(
             key=key, uses=uses, status="ok", where=where, id=sid, name=step.get("name")
         )
         self.seq += 1
-        done = self.resume.get(key)
-        recheck = done is not None and _rechecked_on_resume(uses)
+        # Inside a group every step runs again (a kept staging directory makes
+        # that cheap); a finished group is skipped as a whole.
+        done = None if self.group is not None else self.resume.get(key)
+        recheck = done is not None and "group" not in step and _rechecked_on_resume(uses)
         if done is not None and not recheck:
+            if "group" in step:
+                for inner in step.get("steps") or []:
+                    inner_done = self.resume.get(self.key_prefix + str(inner.get("id")))
+                    if inner.get("id") and inner_done is not None:
+                        self.scope["steps"][inner["id"]] = {
+                            "outputs": inner_done["outputs"],
+                            "status": inner_done["status"],
+                            "error": None,
+                        }
             report.status, report.outputs, report.effects, report.resumed = (
                 done["status"],
                 done["outputs"],
@@ -433,6 +480,10 @@ class Runner:
         try:
             if "if" in step and not self.condition(step["if"]):
                 report.status = "skipped"
+            elif "group" in step:
+                effects, outputs = self.run_group(step, key, (*within, section, index))
+                report.effects, report.outputs = effects, outputs
+                report.status = "changed" if effects else "ok"
             elif "for_each" in step:
                 self.run_loop(step, key, report)
             else:
@@ -448,7 +499,10 @@ class Runner:
                     report.resumed = True
         except StepFailed as e:
             report.status = "failed"
-            report.error = self.shown(f"step '{key}' ({where}) failed: {e.message}")
+            if isinstance(e, _InnerFailed):
+                report.error = e.message
+            else:
+                report.error = self.shown(f"step '{key}' ({where}) failed: {e.message}")
             report.failure = StepFailed(report.error, e.cause, e.path)
         report.effects = self.masker.effects(report.effects)  # as printed and journaled
         report.seconds = time.monotonic() - started
@@ -618,20 +672,28 @@ class Runner:
         self.check_params(step["uses"], params, templated)
         deadline = time.monotonic() + parse_timeout(step["timeout"]) if "timeout" in step else None
         ctx = self.context(key, deadline, self.step_progress(key))
+        group = self.group
+        if group is not None:
+            ctx.redirect, ctx.digests = group.redirect, group.digests
         plan = None
         held = locks.Held()
         try:
-            held = locks.for_step(module, params, ctx)  # before the step reads or writes
+            # before the step reads or writes; a group holds its destination's lock
+            held = locks.for_step(module, params, ctx, group.covered if group else None)
             plan = module.plan(params, ctx)
+            if group is not None and group.probe and plan.effects:
+                raise _Differs(key)
             if self.dry_run:
                 for effect in plan.effects:
                     self.view.record(effect)
-                return _dicts(plan.effects), plan.outputs
+                return self.finals(_dicts(plan.effects), plan.outputs)
             if self.journal and plan.effects:
-                planned = self.masker.effects(_dicts(plan.effects))
+                planned = self.masker.effects(self.finals(_dicts(plan.effects), {})[0])
                 self.journal.start_step(self.run_id, key, self.seq, step["uses"], planned)
             result = module.apply(plan, ctx)
-            return _dicts(result.effects), result.outputs
+            return self.finals(_dicts(result.effects), result.outputs)
+        except _Differs:
+            raise StepFailed("differs", _Differs(key)) from None
         except (StepFailed, JournalError):
             raise
         except (StepError, OSError, expr.ExpressionError, ContentUnknown) as e:
@@ -654,6 +716,190 @@ class Runner:
         if not sinks:
             return self.progress
         return Tracker(sinks, key=key, label=key, shown=self.shown)
+
+    def finals(
+        self, effects: list[dict[str, Any]], outputs: dict[str, Any]
+    ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        """A step's effects and outputs as the run reports them: inside a group,
+        with staged paths shown where they will be once the group commits."""
+        group = self.group
+        if group is None or group.redirect is None:
+            return effects, outputs
+        return group.redirect.finals(effects), group.redirect.finals(outputs)
+
+    # ---- atomic groups (wsrun.core.groups) -------------------------------------------
+
+    def group_fields(self, step: dict[str, Any]) -> dict[str, Any]:
+        """The ``group:`` mapping with its expressions evaluated and checked."""
+        fields: dict[str, Any] = {}
+        for name, value in (step.get("group") or {}).items():
+            try:
+                fields[name] = expr.render(value, self.scope)
+            except expr.ExpressionError as e:
+                raise StepFailed(f"group.{name}: {e.message}", e) from None
+        destination = fields.get("destination")
+        if not isinstance(destination, str) or not destination:
+            raise StepFailed(f"group.destination: expected a path, got {destination!r}")
+        fields["destination"] = os.path.normpath(os.path.join(self.workdir, destination))
+        within = fields.get("within")
+        if within is not None and not isinstance(within, str):
+            raise StepFailed(f"group.within: expected a path or null, got {within!r}")
+        fields["within"] = os.path.normpath(os.path.join(self.workdir, within)) if within else None
+        if fields.setdefault("on_failure", "remove") not in groups.ON_FAILURE:
+            raise StepFailed(
+                f"group.on_failure: {fields['on_failure']!r} is not one of remove, keep"
+            )
+        replace = fields.get("replace", False)
+        if not isinstance(replace, bool) and replace is not None:
+            raise StepFailed(f"group.replace: expected true or false, got {replace!r}")
+        fields["replace"] = bool(replace)
+        fields.setdefault("label", "result")
+        return fields
+
+    def run_group(
+        self, step: dict[str, Any], key: str, path: tuple[Any, ...]
+    ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        """Run an atomic group: decide what to do with the destination, run the
+        steps against the staging directory, and rename it into place."""
+        fields = self.group_fields(step)
+        destination = fields["destination"]
+        label = fields["label"]
+        held = locks.Held()
+        try:
+            if not self.dry_run:
+                held = locks.acquire(
+                    [groups.topmost_missing(destination)],
+                    self.run_id,
+                    locks.wait_seconds(self.env),
+                    self.log,
+                )
+            decision = groups.decide(self.view, destination, fields["within"])
+            if decision.mode == "probe":
+                marker = fields.get("marker")
+                if marker and marker not in self.view.listdir(destination):
+                    raise StepError(
+                        f"the destination is not empty and holds no {label}: "
+                        "refusing to write into it",
+                        path=destination,
+                    )
+                if self.probe_group(step, key, path, destination):
+                    if not self.dry_run:
+                        groups.discard_leftovers(destination)
+                    return [], {"destination": destination, "state": "unchanged"}
+                if not fields["replace"]:
+                    hint = f" ({fields['hint']})" if fields.get("hint") else ""
+                    raise StepError(
+                        f"the destination already holds a different {label}{hint}",
+                        path=destination,
+                    )
+                decision.mode = "replace"
+            return self.stage_group(step, key, path, decision, fields["on_failure"] == "keep")
+        except (StepError, OSError) as e:
+            message, where = describe_error(e)
+            raise StepFailed(message, e, where) from None
+        finally:
+            held.release()
+
+    def group_steps(
+        self, step: dict[str, Any], key: str, path: tuple[Any, ...]
+    ) -> tuple[list[dict[str, Any]], StepReport | None]:
+        """Run the steps of a group: their effects, and the report of the one
+        that failed (None if all succeeded)."""
+        effects: list[dict[str, Any]] = []
+        for index, inner in enumerate(step.get("steps") or []):
+            report = self.run_step("steps", index, inner, within=path, group_key=key)
+            effects.extend(report.effects)
+            if report.status == "failed" and not inner.get("continue_on_error"):
+                return effects, report
+        return effects, None
+
+    def probe_group(
+        self, step: dict[str, Any], key: str, path: tuple[Any, ...], destination: str
+    ) -> bool:
+        """Run the group's steps against an existing destination as it is, as
+        long as none has anything to change: True if none had (the destination
+        already holds this very result; the steps' outputs are in scope)."""
+        journal, events = self.journal, self.events
+        self.journal, self.events = None, Events()  # a probe is not the run's work
+        self.group = _Group(key, None, lambda name: groups.inside(name, destination), probe=True)
+        try:
+            _, failed = self.group_steps(step, key, path)
+        finally:
+            self.group = None
+            self.journal, self.events = journal, events
+        if failed is None:
+            return True
+        assert failed.failure is not None
+        if isinstance(failed.failure.cause, _Differs):
+            return False
+        raise _InnerFailed(failed.failure.message, failed.failure.cause, failed.failure.path)
+
+    def stage_group(
+        self,
+        step: dict[str, Any],
+        key: str,
+        path: tuple[Any, ...],
+        decision: groups.Decision,
+        keep: bool,
+    ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        top, staging, destination = decision.top, decision.staging, decision.destination
+        shown: list[dict[str, Any]] = []
+        if decision.mode == "new":
+            shown = [create_dir(p).to_dict() for p in decision.missing]
+        elif decision.mode == "replace":
+            shown = [remove(destination).to_dict(), create_dir(destination).to_dict()]
+        redirect = groups.Redirect(top, staging)
+        digests = None
+        if self.dry_run:
+            for p in [top, *decision.missing[1:]]:
+                self.view.record(create_dir(redirect.staged(p)))
+        else:
+            self.group_record(key, "begin", {"destination": destination, "staging": staging})
+            groups.begin(decision)
+            digests = groups.DigestCache(groups.digests_of(top), staging)
+        self.group = _Group(
+            key,
+            redirect,
+            lambda name: groups.inside(name, top) or groups.inside(name, staging),
+            digests,
+        )
+        try:
+            effects, failed = self.group_steps(step, key, path)
+        finally:
+            self.group = None
+            if digests is not None:
+                digests.close()
+        if failed is not None:
+            assert failed.failure is not None
+            if not self.dry_run:
+                kept = groups.abort(decision, keep)
+                self.group_record(
+                    key, "abort", {"staging": staging, "kept": kept}, failed.failure.message
+                )
+            raise _InnerFailed(failed.failure.message, failed.failure.cause, failed.failure.path)
+        if self.dry_run:
+            if decision.mode == "replace":
+                self.view.record(remove(destination))
+            self.view.record(move(staging, top))
+        else:
+            groups.commit(decision, self.log)
+            self.group_record(key, "commit", {"destination": destination})
+        state = {"new": "created", "fill": "filled", "replace": "replaced"}[decision.mode]
+        return shown + effects, {"destination": destination, "state": state}
+
+    def group_record(
+        self, key: str, event: str, outputs: dict[str, Any], error: str | None = None
+    ) -> None:
+        """Journal a group's begin, commit or abort (real runs), committed at once."""
+        if self.journal is None:
+            return
+        record = f"{key}:{event}"
+        self.journal.start_step(self.run_id, record, self.seq, f"group-{event}", [])
+        status = "failed" if event == "abort" else "changed"
+        self.journal.end_step(
+            self.run_id, record, status, [], self.masker.clean(outputs), error and self.shown(error)
+        )
+        self.journal.flush()
 
     def check_params(self, uses: str, params: dict[str, Any], templated: set[str]) -> None:
         """Check the values that expressions produced; the rest were checked

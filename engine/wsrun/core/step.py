@@ -187,10 +187,24 @@ class StepContext:
     log: Callable[[str], None] = lambda message: None
     #: ``time.monotonic()`` by which the step must finish (from ``timeout:``).
     deadline: float | None = None
+    #: Inside an atomic group (wsrun.core.groups): paths under its destination are
+    #: written under its staging directory.
+    redirect: Any = None
+    #: Inside an atomic group: the digests of files already in its staging
+    #: directory (a wsrun.core.groups.DigestCache), so a continued run need not read
+    #: them again; None elsewhere.
+    digests: Any = None
 
     def path(self, value: str | os.PathLike[str]) -> str:
-        """An absolute, normalised path; relative ones are taken from the workdir."""
-        return os.path.normpath(os.path.join(self.workdir, os.fspath(value)))
+        """An absolute, normalised path; relative ones are taken from the workdir.
+        Inside an atomic group, a path under its destination is the staged one."""
+        path = os.path.normpath(os.path.join(self.workdir, os.fspath(value)))
+        return path if self.redirect is None else self.redirect.staged(path)
+
+    def final_path(self, path: str) -> str:
+        """Where ``path`` (from ``path()``) will be once the step's atomic group
+        is renamed into place: what a step records in a document it writes."""
+        return path if self.redirect is None else self.redirect.final(path)
 
     def remaining(self) -> float | None:
         """Seconds left before the step's timeout, or None without one."""

@@ -33,7 +33,7 @@ INPUT_TYPES_PY: dict[str, Any] = {
 
 #: Part of the key of a remembered validation: raised when checks are added,
 #: so a recipe that passed the old checks is checked again.
-CHECKS_REVISION = 2
+CHECKS_REVISION = 3
 
 #: Most characters of expressions (other than plain names) one recipe may
 #: hold: compiling Jinja costs about a millisecond per tag, and the largest
@@ -174,7 +174,10 @@ def _validated_marker(recipe: Recipe) -> str | None:
         seen.add(r.path)
         digest.update(r.path.encode() + b"\0" + r.doc.text.encode() + b"\0")
         for section in STEP_SECTIONS:
-            for step in r.step_list(section) if isinstance(r.data.get(section), list) else []:
+            listed = r.step_list(section) if isinstance(r.data.get(section), list) else []
+            for _, step in _flat_steps(listed, (section,)):
+                if isinstance(step, dict) and "group" in step and "uses" not in step:
+                    continue  # its steps follow
                 uses = step.get("uses") if isinstance(step, dict) else None
                 if not isinstance(uses, str):
                     return False
@@ -353,6 +356,18 @@ def unknown_key(key: Any, properties: dict[str, Any]) -> str:
     return f"unknown key '{key}' (known: {', '.join(sorted(properties))})"
 
 
+def _flat_steps(steps: list[Any], path: tuple[Any, ...]) -> list[tuple[tuple[Any, ...], Any]]:
+    """(path, step) of each step in ``steps`` and, after a group, of the steps
+    inside it (at any depth, so a nested group is found and refused)."""
+    out: list[tuple[tuple[Any, ...], Any]] = []
+    for i, step in enumerate(steps):
+        out.append((path + (i,), step))
+        inner = step.get("steps") if isinstance(step, dict) and "group" in step else None
+        if isinstance(inner, list):
+            out += _flat_steps(inner, path + (i, "steps"))
+    return out
+
+
 class _Checker:
     def __init__(self, recipe: Recipe) -> None:
         self.recipe = recipe
@@ -384,13 +399,15 @@ class _Checker:
             if not isinstance(steps, list):
                 continue
             known = list(ids) if section == "steps" else self.all_ids()
-            for i, step in enumerate(steps):
+            for path, step in _flat_steps(steps, (section,)):
                 if isinstance(step, dict):
-                    self.check_step((section, i), step, known, section != "steps")
+                    if "group" in step:
+                        self.check_group(path, step)
+                    self.check_step(path, step, known, section != "steps")
                     sid = step.get("id")
                     if isinstance(sid, str):
                         if sid in known or sid in ids:
-                            self.add((section, i, "id"), f"step id '{sid}' is used twice")
+                            self.add(path + ("id",), f"step id '{sid}' is used twice")
                         known.append(sid)
                         if section == "steps":
                             ids.append(sid)
@@ -405,8 +422,42 @@ class _Checker:
                 self.check_expressions(("outputs", name), value, self.all_ids(), False, False)
 
     def steps(self) -> list[Any]:
+        """Every step of ``steps:``, those inside atomic groups too, in order."""
         steps = self.doc.data.get("steps")
-        return steps if isinstance(steps, list) else []
+        return [s for _, s in _flat_steps(steps, ("steps",))] if isinstance(steps, list) else []
+
+    def check_group(self, path: tuple[Any, ...], step: dict[str, Any]) -> None:
+        """An atomic group has `group:` and `steps:` and none of a plain
+        step's `uses`, `with`, `for_each`, `retry`, `timeout`; groups do not
+        nest, nor call recipes (whose steps the group could not redirect)."""
+        for key in ("uses", "with", "for_each", "retry", "timeout"):
+            if key in step:
+                self.add(
+                    path + (key,),
+                    f"a group has no `{key}:` (it runs the steps under `steps:`)",
+                    key=True,
+                )
+        if len(path) > 2:
+            self.add(
+                path + ("group",),
+                "groups do not nest: put these steps in the outer group",
+                key=True,
+            )
+        spec = step.get("group")
+        if isinstance(spec, dict):
+            for name, value in spec.items():
+                if isinstance(value, str) and expr.is_template(value):
+                    self.check_expressions(
+                        path + ("group", name), value, self.all_ids(), False, False
+                    )
+        inner = step.get("steps")
+        for i, sub in enumerate(inner if isinstance(inner, list) else []):
+            uses = sub.get("uses") if isinstance(sub, dict) else None
+            if isinstance(uses, str) and is_recipe_ref(uses):
+                self.add(
+                    path + ("steps", i, "uses"),
+                    "a step inside a group cannot call a recipe (its steps would not be staged)",
+                )
 
     def all_ids(self) -> list[str]:
         return [

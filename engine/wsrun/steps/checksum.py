@@ -73,6 +73,16 @@ SCHEMA: dict[str, Any] = {
             "directory in `paths`; excluding a directory leaves out everything below it.",
             "examples": [["MANIFEST.json", "scratch"]],
         },
+        "digests": {
+            "type": "object",
+            "additionalProperties": {"type": ["string", "null"]},
+            "default": {},
+            "description": "Digests already known, path -> hex digest (e.g. the `checksums` "
+            "output of copy, which hashes while it copies): those files are not read again. "
+            "Give only digests of `algorithm`; a null digest is one known only after the real "
+            "run (a dry run).",
+            "examples": ["{{ steps.copy.outputs.checksums }}"],
+        },
         "relative_to": {
             "type": "string",
             "description": "Directory the listed paths are relative to (run the check "
@@ -117,8 +127,12 @@ def plan(params: dict[str, Any], ctx: StepContext) -> Plan:
     paths = params["paths"]
     exclude = compile_globs(as_list(params.get("exclude"), []))
     files = collect_files(ctx, [paths] if isinstance(paths, str) else paths, to, exclude)
-    digests = hash_files(ctx, list(files), algorithm, sum(files.values()), reuse=True)
-    checksums = {p: d[0] if d else None for p, d in digests.items()}
+    known = {ctx.path(p): d for p, d in (params.get("digests") or {}).items()}
+    unknown = [p for p in files if p not in known]
+    digests = hash_files(ctx, unknown, algorithm, sum(files[p] for p in unknown), reuse=True)
+    checksums = {
+        p: known[p] if p in known else (d[0] if (d := digests[p]) else None) for p in files
+    }
     outputs: dict[str, Any] = {"checksums": checksums, "file": to}
     if to is None:
         return Plan(outputs=outputs)

@@ -338,7 +338,12 @@ class _Planner:
                     self.suspects.append((source, dest, len(self.job.files)))
                 elif dest_info.mtime_ns == info.mtime_ns and dest_info.mode == info.mode:
                     if self.algorithm:
-                        self.job.to_hash.append(dest)
+                        cache = self.ctx.digests  # inside an atomic group
+                        known = cache and cache.get(dest, size, info.mtime_ns, self.algorithm)
+                        if known:
+                            self.job.known[dest] = known
+                        else:
+                            self.job.to_hash.append(dest)
                     return
         self.effects.append(create_file(dest, size, source=source, source_info=info))
         self.job.files.append((source, dest, size, info.mode, info.mtime_ns))
@@ -435,10 +440,20 @@ def _copy_files(plan: Plan, ctx: StepContext, umask: int) -> dict[str, Any]:
     lock = threading.Lock()
 
     records = resumes.records() if job.algorithm else None
+    cache = ctx.digests if job.algorithm else None  # inside an atomic group
 
     def copy_one(item: tuple[str, str, int, int, int], buf: bytearray | None) -> str | None:
         source, dest, size, mode, mtime_ns = item
-        digest = copy_file(source, dest, mode, mtime_ns, umask, job.algorithm, buf, size)
+        record = None
+        if cache is not None and job.algorithm:
+            algorithm = job.algorithm
+
+            def record(digest: str) -> None:
+                cache.add(dest, size, mtime_ns, algorithm, digest)
+
+        digest = copy_file(
+            source, dest, mode, mtime_ns, umask, job.algorithm, buf, size, on_digest=record
+        )
         if records and digest and job.algorithm:
             records.record(dest, job.algorithm, digest)  # a re-run need not read it again
         with lock:

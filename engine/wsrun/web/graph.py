@@ -90,13 +90,15 @@ def recipe_graph(recipe: Recipe) -> Graph:
             continue
         members = graph.clusters.setdefault(section, [])
         chain_start = previous if section == "steps" else None
-        for index, step in enumerate(steps, 1):
+        for index, step, group in _with_group_steps(steps):
             if not isinstance(step, dict):
                 continue
             node_id = f"{section}_{index}"
             sid = str(step.get("id") or "")
-            uses = str(step.get("uses") or "?")
+            uses = str(step.get("uses") or ("group (all or nothing)" if "group" in step else "?"))
             label = f"{sid or f'#{index}'}\n{uses}"
+            if group:
+                label += f"\n(in {group})"
             if step.get("for_each") is not None:
                 label += "\n(for each)"
             shape = "component" if is_recipe_ref(uses) else "box"
@@ -113,6 +115,18 @@ def recipe_graph(recipe: Recipe) -> Graph:
         if section == "steps":
             previous = chain_start
     return graph
+
+
+def _with_group_steps(steps: list[Any]) -> list[tuple[str, Any, str]]:
+    """(node index, step, the id of the atomic group holding it or "") of each
+    step, a group's steps right after the group."""
+    out: list[tuple[str, Any, str]] = []
+    for index, step in enumerate(steps, 1):
+        out.append((str(index), step, ""))
+        inner = step.get("steps") if isinstance(step, dict) and "group" in step else None
+        for sub, inner_step in enumerate(inner if isinstance(inner, list) else [], 1):
+            out.append((f"{index}_{sub}", inner_step, str(step.get("id") or f"#{index}")))
+    return out
 
 
 def _trigger(on: Any) -> str:

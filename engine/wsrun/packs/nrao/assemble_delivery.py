@@ -1,4 +1,4 @@
-"""The ``assemble-delivery`` step type: deliver identified products, whole or not at all."""
+"""The ``assemble-delivery`` step type: lay identified products out in a delivery directory."""
 
 from __future__ import annotations
 
@@ -6,45 +6,50 @@ import contextlib
 import hashlib
 import json
 import os
-import secrets
 import shutil
 import stat as statmod
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import quote
 
 from wsrun.core.effects import Effect, create_dir, create_file, remove
 from wsrun.core.filecopy import BUFFER_SIZE, copy_file, current_umask, hash_file
-from wsrun.core.fileio import TMP_SUFFIX, hidden_name, is_temp_name, write_bytes_atomic
-from wsrun.core.fs import FileInfo, WorldView, norm
+from wsrun.core.fileio import (
+    TMP_SUFFIX,
+    create_temp,
+    is_temp_name,
+    remove_leftover,
+    temp_path,
+    write_bytes_atomic,
+)
+from wsrun.core.fs import ContentUnknown, FileInfo, WorldView, norm
 from wsrun.core.step import Plan, Result, StepContext, StepError
 from wsrun.formats import tarball
 from wsrun.formats.tarball import Member
 from wsrun.steps.copy import run_parallel
 
 NAME = "assemble-delivery"
-DOC = """Deliver a list of products into a new directory, with SHA256SUMS and delivery.json.
+DOC = """Lay the products find-products identified out in a delivery directory, with delivery.json.
 
-The last step of a delivery (see the ``nrao/deliver`` recipe and docs/deliver.md):
-it takes the products ``find-products`` identified and lays them out by type
-(images/, calibration/, weblog/, scripts/, logs/, execution blocks and
-measurement sets whole, by name), either as loose files or packed into one tar
-archive. Every file is hashed while it is copied (one read), and the delivery
-gets a ``SHA256SUMS`` that ``sha256sum -c`` checks and a ``delivery.json``
-(schemas/delivery.schema.json) that lists every product with its files, sizes
-and checksums.
+The content step of a delivery (see the ``nrao/deliver`` recipe and
+docs/deliver.md), meant to run inside an atomic group (``group:``) that stages
+the directory and renames it into place, followed by a ``checksum`` step that
+writes SHA256SUMS from this step's ``checksums``. It lays the products out by
+type (images/, calibration/, weblog/, scripts/, logs/, execution blocks and
+measurement sets whole, by name), as loose files or packed into one tar
+archive, following symbolic links (a delivery holds content, never links).
+Every file is hashed while it is copied (one read), and ``delivery.json``
+(schemas/delivery.schema.json) lists every product with its files, sizes,
+mtimes and checksums.
 
-The destination is ``local_destination[/prefix]``, or without one a new
-directory with an unguessable name under ``download_directory`` (plus
-``/prefix``), reachable at ``download_url/<name>[/prefix]``. It is assembled
-under a hidden staging name beside it and renamed into place at the end, so a
-reader never sees half a delivery and a failure leaves nothing behind. A
-destination that already holds this very delivery (same products, sizes and
-mtimes) is left alone (status ok); one that holds a different delivery is
-refused unless ``force`` is set; a non-empty directory that holds no delivery is
-always refused.
+What is already in ``to`` is kept when it is this delivery's (same path, size
+and mtime), with its digest from the group's record of the staging area or
+from the delivery.json already there, so a run that continues a killed one
+writes only what is missing, and a delivery that is already complete plans
+nothing. Anything else in ``to`` (a product since removed, a half-written
+file's temporary name) is removed, except SHA256SUMS, which the checksum step
+after it owns.
 """
 
 #: Where each product type goes inside the delivery ("" = at the top, by name).
@@ -67,10 +72,6 @@ DEFAULT_LAYOUT: dict[str, str] = {
 }
 SUMS = "SHA256SUMS"
 DOCUMENT = "delivery.json"
-STAGING_SUFFIX = ".wsrun-staging"
-OLD_SUFFIX = ".wsrun-old"
-DOWNLOAD_DIRECTORY_SETTING = "edu.nrao.workspaces.DeliverySettings.downloadDirectory"
-DOWNLOAD_URL_SETTING = "edu.nrao.workspaces.DeliverySettings.downloadUrl"
 #: Stands for a digest until apply computes it; as long as a real one, so
 #: file sizes are known at plan time.
 PENDING = "0" * 64
@@ -81,7 +82,7 @@ _NULLABLE_STRING = {"type": ["string", "null"]}
 SCHEMA: dict[str, Any] = {
     "type": "object",
     "additionalProperties": False,
-    "required": ["products", "source"],
+    "required": ["products", "source", "to"],
     "properties": {
         "products": {
             "type": "array",
@@ -109,22 +110,17 @@ SCHEMA: dict[str, Any] = {
             "description": "The processing directory the products come from: recorded in "
             "delivery.json, and names the tar archive when there is no prefix.",
         },
-        "local_destination": {
-            **_NULLABLE_STRING,
-            "description": "Deliver to this directory (created if missing) instead of the "
-            "download area.",
-            "examples": ["/home/user/deliveries"],
+        "to": {
+            "type": "string",
+            "minLength": 1,
+            "description": "The delivery directory (created if missing); inside an atomic group, "
+            "the group's destination.",
+            "examples": ["{{ vars.destination }}"],
         },
-        "download_directory": {
+        "url": {
             **_NULLABLE_STRING,
-            "description": "The web root: without local_destination the delivery goes to a new "
-            "unguessable directory below it.",
-            "examples": ["/lustre/aoc/cluster/pipeline/dsoc-prod/downloads"],
-        },
-        "download_url": {
-            **_NULLABLE_STRING,
-            "description": "The URL of download_directory; the delivery's URL is built from it.",
-            "examples": ["https://dl-nrao.aoc.nrao.edu"],
+            "description": "The delivery's download URL, recorded in delivery.json.",
+            "examples": ["https://dl-nrao.aoc.nrao.edu/f4cb5c3494e46595052d29556ef2f8d5"],
         },
         "prefix": {
             **_NULLABLE_STRING,
@@ -136,11 +132,6 @@ SCHEMA: dict[str, Any] = {
             "type": "boolean",
             "default": False,
             "description": "Pack the delivered items into one tar archive instead of loose files.",
-        },
-        "force": {
-            "type": "boolean",
-            "default": False,
-            "description": "Replace a destination that holds a different delivery.",
         },
         "layout": {
             "type": "object",
@@ -186,13 +177,34 @@ EXAMPLES = [
 """,
 ]
 
+EXAMPLES = [
+    """- id: delivery
+  group: {destination: "{{ vars.destination }}", marker: delivery.json}
+  steps:
+    - id: content
+      uses: assemble-delivery
+      with:
+        products: "{{ steps.products.outputs.products }}"
+        source: "{{ inputs.source_directory }}"
+        to: "{{ vars.destination }}"
+        prefix: request-1234
+    - uses: checksum
+      with:
+        paths: "{{ vars.destination }}"
+        to: "{{ vars.destination }}/SHA256SUMS"
+        digests: "{{ steps.content.outputs.checksums }}"
+""",
+]
+
 OUTPUTS = {
     "destination": "the delivery directory",
-    "url": "its download URL (null for a local destination)",
+    "url": "its download URL (the `url` given, or null)",
     "archive": "path of the tar archive, or null",
     "products": "number of products delivered",
     "files": "number of product files delivered",
     "bytes": "total size of the product files",
+    "checksums": "{path: sha256} of every product file delivered loose, or of the archive "
+    "(null in a dry run: known once the files are written)",
 }
 
 
@@ -214,47 +226,37 @@ class Entry:
 
 @dataclass
 class Job:
+    """What apply does, decided by plan."""
+
+    #: The directory written (inside a group: the staged one).
     destination: str
-    #: The directory renamed into place at the end (the destination, or its
-    #: topmost missing ancestor).
-    top: str
-    #: Missing directories between ``top`` and the destination (both exclusive).
-    chain: list[str]
-    #: "new" (top does not exist), "empty" (an empty destination), "replace".
-    mode: str
     entries: list[Entry]
     document: dict[str, Any]
     archive: str | None = None
     members: list[Member] = field(default_factory=list)
     workers: int = 1
-    noop: bool = False
-
-    @property
-    def staging(self) -> str:
-        head, tail = os.path.split(self.top)
-        return os.path.join(head, hidden_name(tail, STAGING_SUFFIX))
-
-    def staged(self, path: str) -> str:
-        """Where a final path is while the delivery is assembled."""
-        return self.staging + path[len(self.top) :]
+    make_root: bool = False
+    #: Directories to create, files (or the archive: one entry) to write.
+    make: list[Entry] = field(default_factory=list)
+    write: list[Entry] = field(default_factory=list)
+    #: Files already there: known digests (by path relative to the delivery),
+    #: and those whose digest must be read.
+    known: dict[str, str] = field(default_factory=dict)
+    to_hash: list[Entry] = field(default_factory=list)
+    #: Paths to remove first: what is not this delivery's (reported), and a
+    #: killed run's temporary files (not reported).
+    extras: list[str] = field(default_factory=list)
+    strays: list[str] = field(default_factory=list)
+    write_document: bool = True
 
 
 # ---- plan -------------------------------------------------------------------------
 
 
 def destinations(params: dict[str, Any], ctx: StepContext) -> list[str]:
-    """The paths this step writes, locked (wsrun.core.locks) before it plans: the
-    local destination, or its topmost missing ancestor, which is what gets
-    renamed into place. A download directory gets a new random name each run."""
-    local = params.get("local_destination")
-    if not local:
-        return []
-    path = ctx.path(local)
-    if params.get("prefix"):
-        path = os.path.join(path, params["prefix"])
-    while not os.path.lexists(os.path.dirname(path)) and os.path.dirname(path) != path:
-        path = os.path.dirname(path)
-    return [path]
+    """The paths this step writes, locked (wsrun.core.locks) before it plans (inside
+    an atomic group, the group's lock covers them)."""
+    return [ctx.path(params["to"])]
 
 
 def plan(params: dict[str, Any], ctx: StepContext) -> Plan:
@@ -265,134 +267,179 @@ def plan(params: dict[str, Any], ctx: StepContext) -> Plan:
         "/" in prefix or prefix in (".", "..") or prefix.startswith(".") or "\0" in prefix
     ):
         raise StepError(f"prefix {prefix!r} must be a plain directory name")
-    destination, url = _destination(params, prefix, ctx)
+    destination = ctx.path(params["to"])
+    final = ctx.final_path(destination)
     tar_name = f"{prefix or os.path.basename(source.rstrip(os.sep)) or 'delivery'}.tar"
+    archive_name = tar_name if params.get("tar") else None
     layout = {**DEFAULT_LAYOUT, **(params.get("layout") or {})}
     products = params["products"]
     entries = _entries(fs, products, layout, ctx, reserved={SUMS, DOCUMENT, tar_name})
     for product in products:
         path = ctx.path(product["path"])
-        if _inside(destination, path) or _inside(path, destination):
-            raise StepError(f"the destination {destination} and the product overlap", path=path)
+        for d in {destination, final}:
+            if _inside(d, path) or _inside(path, d):
+                raise StepError(f"the destination {final} and the product overlap", path=path)
     document = _document(
-        source,
-        destination,
-        url,
-        prefix,
-        params,
-        products,
-        entries,
-        tar_name if params.get("tar") else None,
+        source, final, params.get("url"), prefix, params, products, entries, archive_name
     )
     job = Job(
         destination=destination,
-        top=destination,
-        chain=[],
-        mode="new",
         entries=entries,
         document=document,
-        archive=tar_name if params.get("tar") else None,
+        archive=archive_name,
         workers=params.get("workers") or os.cpu_count() or 1,
     )
     if job.archive:
         job.members = _members(source, entries, tar_name[: -len(".tar")])
         document["archive"]["bytes"] = tarball.archive_size(job.members)
+    effects = _survey(fs, job, ctx.digests)
+    known = {os.path.join(destination, rel): d for rel, d in job.known.items()}
+    if job.archive:
+        path = os.path.join(destination, job.archive)
+        checksums = {path: known.get(path)}
+    else:
+        checksums = {
+            os.path.join(destination, e.rel): known.get(os.path.join(destination, e.rel))
+            for e in entries
+            if e.kind == "file"
+        }
     outputs = {
-        "destination": destination,
-        "url": url,
-        "archive": os.path.join(destination, job.archive) if job.archive else None,
+        "destination": final,
+        "url": params.get("url"),
+        "archive": os.path.join(final, job.archive) if job.archive else None,
         "products": len(products),
         "files": sum(1 for e in entries if e.kind == "file"),
         "bytes": sum(e.size for e in entries if e.kind == "file"),
+        "checksums": checksums,
     }
-    effects: list[Effect] = []
-    info = fs.stat(destination)
-    if info is not None:
-        if not info.is_dir:
-            raise StepError("the destination exists and is not a directory", path=destination)
-        state = _existing(fs, job)
-        if state == "same":
-            job.noop = True
-            return Plan(outputs=outputs, data=job)
-        if state == "empty":
-            job.mode = "empty"
-        elif state == "delivery":
-            if not params.get("force"):
-                raise StepError(
-                    "the destination already holds a different delivery (--force replaces it)",
-                    path=destination,
-                )
-            job.mode = "replace"
-            effects += [remove(destination), create_dir(destination)]
-        else:
-            raise StepError(
-                "the destination is not empty and holds no delivery: refusing to deliver into it",
-                path=destination,
-            )
-    else:
-        job.top, job.chain = _missing_parents(fs, destination)
-        new_dirs = [job.top, *job.chain] + ([destination] if destination != job.top else [])
-        effects += [create_dir(p) for p in new_dirs]
-    effects += _content_effects(job)
     return Plan(effects=effects, outputs=outputs, data=job)
 
 
-def _destination(
-    params: dict[str, Any], prefix: str | None, ctx: StepContext
-) -> tuple[str, str | None]:
-    local = params.get("local_destination")
-    if local:
-        root = ctx.path(local)
-        return (os.path.join(root, prefix) if prefix else root), None
-    directory = params.get("download_directory")
-    base_url = params.get("download_url")
-    if not directory:
-        raise StepError(
-            "no local destination (-l) given and no download directory configured "
-            f"(setting {DOWNLOAD_DIRECTORY_SETTING})"
+def _survey(fs: WorldView, job: Job, cache: Any) -> list[Effect]:
+    """Compare the destination with the delivery: what to remove, create and
+    write (filled into ``job``), as effects. Files already there with the right
+    size and mtime are kept, with their digest from the delivery.json there or
+    the group's record of its staging area."""
+    d = job.destination
+    info = fs.stat(d)
+    existing: dict[str, FileInfo] = {}
+    removals: list[Effect] = []
+    effects: list[Effect] = []
+    if info is None:
+        job.make_root = True
+        effects.append(create_dir(d))
+    elif not info.is_dir:
+        raise StepError("the destination exists and is not a directory", path=d)
+    else:
+        existing = dict(fs.walk(d))
+    old = _old_document(fs, d) if DOCUMENT in existing else None
+    recorded = _recorded_digests(old)
+    if job.archive:
+        expected = {job.archive: Entry(job.archive, "file", None, job.document["archive"]["bytes"])}
+    else:
+        expected = {e.rel: e for e in job.entries}
+    gone: list[str] = []
+    for rel, have in existing.items():
+        if rel in expected or rel in (DOCUMENT, SUMS) or any(_inside(rel, g) for g in gone):
+            continue
+        if have.is_file and is_temp_name(os.path.basename(rel)):
+            job.strays.append(os.path.join(d, rel))
+            continue
+        gone.append(rel)
+        removals.append(remove(os.path.join(d, rel)))
+    for rel, e in expected.items():
+        path = os.path.join(d, rel)
+        have = existing.get(rel)
+        if e.kind == "dir":
+            if have is None or not have.is_dir:
+                if have is not None:
+                    removals.append(remove(path))
+                effects.append(create_dir(path))
+                job.make.append(e)
+            continue
+        if have is not None and have.is_file and have.size == e.size:
+            if job.archive:
+                members = _archive_digests(old, job, recorded)
+                if members is not None:
+                    job.known.update(members)
+                    continue
+            elif have.mtime_ns == e.mtime_ns:
+                digest = recorded.get((rel, e.size, e.mtime_ns))
+                if digest is None and cache is not None:
+                    digest = cache.get(path, e.size, e.mtime_ns, "sha256")
+                if digest is None:
+                    job.to_hash.append(e)
+                else:
+                    job.known[rel] = digest
+                continue
+        if have is not None and not have.is_file:
+            removals.append(remove(path))
+        effects.append(
+            create_file(path, e.size, source=e.source) if e.source else create_file(path, e.size)
         )
-    if not base_url:
-        raise StepError(
-            f"no local destination (-l) given and no download URL configured (setting {DOWNLOAD_URL_SETTING})"
-        )
-    directory = ctx.path(directory)
-    if not ctx.fs.is_dir(directory):
-        raise StepError(
-            f"the download directory ({DOWNLOAD_DIRECTORY_SETTING}) does not exist", path=directory
-        )
-    while True:
-        token = secrets.token_hex(16)
-        if ctx.fs.lstat(os.path.join(directory, token)) is None:
-            break
-    destination = (
-        os.path.join(directory, token, prefix) if prefix else os.path.join(directory, token)
+        job.write.append(e)
+    rendered = _render(job.document)
+    same = (
+        old is not None
+        and not job.write
+        and not job.to_hash
+        and not removals
+        and _pending(old) == _pending(job.document)
     )
-    url = f"{base_url.rstrip('/')}/{token}" + (f"/{quote(prefix)}" if prefix else "")
-    return destination, url
+    if same:
+        job.write_document = False
+    else:
+        effects.append(create_file(os.path.join(d, DOCUMENT), len(rendered)))
+    return removals + effects
+
+
+def _old_document(fs: WorldView, directory: str) -> dict[str, Any] | None:
+    """The delivery.json already in ``directory``, or None if unreadable."""
+    try:
+        with fs.open(os.path.join(directory, DOCUMENT)) as f:
+            old = json.loads(f.read())
+    except (OSError, ValueError, UnicodeDecodeError, ContentUnknown):
+        return None
+    return old if isinstance(old, dict) else None
+
+
+def _recorded_digests(old: dict[str, Any] | None) -> dict[tuple[str, int, int], str]:
+    """(path, bytes, mtime_ns) -> sha256 of every file an earlier delivery.json lists."""
+    if old is None:
+        return {}
+    try:
+        return {
+            (f["path"], f["bytes"], f["mtime_ns"]): f["sha256"]
+            for p in old["products"]
+            for f in p["files"]
+            if isinstance(f["sha256"], str) and len(f["sha256"]) == 64 and f["sha256"] != PENDING
+        }
+    except (KeyError, TypeError):
+        return {}
+
+
+def _archive_digests(
+    old: dict[str, Any] | None, job: Job, recorded: dict[tuple[str, int, int], str]
+) -> dict[str, str] | None:
+    """The digests of an archive already there and of its members, when the
+    delivery.json beside it describes this very archive; else None."""
+    if old is None or _pending(old) != _pending(job.document):
+        return None
+    try:
+        digests = {job.archive or "": old["archive"]["sha256"]}
+    except (KeyError, TypeError):
+        return None
+    for e in job.entries:
+        if e.kind == "file":
+            digest = recorded.get((e.rel, e.size, e.mtime_ns))
+            if digest is None:
+                return None
+            digests[e.rel] = digest
+    return digests
 
 
 def _inside(path: str, directory: str) -> bool:
     return path == directory or path.startswith(directory.rstrip(os.sep) + os.sep)
-
-
-def _missing_parents(fs: WorldView, destination: str) -> tuple[str, list[str]]:
-    """(the topmost missing directory, the missing ones below it down to the
-    destination's parent); an ancestor that is not a directory is an error."""
-    missing = [destination]
-    path = os.path.dirname(destination)
-    while True:
-        info = fs.stat(path)
-        if info is not None:
-            if not info.is_dir:
-                raise StepError(f"cannot deliver to {destination}: not a directory", path=path)
-            break
-        missing.append(path)
-        parent = os.path.dirname(path)
-        if parent == path:
-            break
-        path = parent
-    missing.reverse()
-    return missing[0], missing[1:-1]
 
 
 def _entries(
@@ -515,25 +562,7 @@ def _members(source: str, entries: list[Entry], root: str) -> list[tarball.Membe
     return members
 
 
-def _content_effects(job: Job) -> list[Effect]:
-    d = job.destination
-    effects: list[Effect] = []
-    if job.archive:
-        effects.append(create_file(os.path.join(d, job.archive), job.document["archive"]["bytes"]))
-    else:
-        for e in job.entries:
-            path = os.path.join(d, e.rel)
-            if e.kind == "dir":
-                effects.append(create_dir(path))
-            else:
-                effects.append(create_file(path, e.size, source=e.source))
-    rendered = _render(job.document)
-    effects.append(create_file(os.path.join(d, DOCUMENT), len(rendered)))
-    effects.append(create_file(os.path.join(d, SUMS), len(_sums(job, job.document, rendered))))
-    return effects
-
-
-# ---- delivery.json and SHA256SUMS -------------------------------------------------------
+# ---- delivery.json -------------------------------------------------------
 
 
 def _document(
@@ -633,18 +662,6 @@ def tree_checksum(lines: list[tuple[str, str]]) -> str:
     return h.hexdigest()
 
 
-def _sums(job: Job, document: dict[str, Any], rendered: bytes) -> bytes:
-    """SHA256SUMS: every delivered file (or the archive) and delivery.json
-    (``rendered``)."""
-    if job.archive:
-        files = [(job.archive, document["archive"]["sha256"])]
-    else:
-        files = [(f["path"], f["sha256"]) for p in document["products"] for f in p["files"]]
-    files.append((DOCUMENT, hashlib.sha256(rendered).hexdigest()))
-    files.sort(key=lambda item: os.fsencode(item[0]))
-    return b"".join(sums_line(digest, path) for path, digest in files)
-
-
 def _fill(job: Job, digests: dict[str, str]) -> dict[str, Any]:
     """delivery.json with the digests (by path relative to the delivery) filled in."""
     document = {**job.document, "products": [dict(p) for p in job.document["products"]]}
@@ -674,101 +691,85 @@ def _pending(document: Any) -> Any:
     return document
 
 
-# ---- an existing destination ----------------------------------------------------------
-
-
-def _existing(fs: WorldView, job: Job) -> str:
-    """What the existing destination holds: "empty", "same" (this very
-    delivery), "delivery" (another one) or "other"."""
-    d = job.destination
-    names = fs.listdir(d)
-    if not names:
-        return "empty"
-    if DOCUMENT not in names:
-        return "other"
-    try:
-        with fs.open(os.path.join(d, DOCUMENT)) as f:
-            old = json.loads(f.read())
-    except (OSError, ValueError, UnicodeDecodeError):
-        return "delivery"
-    if _pending(old) != _pending(job.document):
-        return "delivery"
-    rendered = _render(job.document)
-    expected: dict[str, tuple[str, int, int | None]] = {
-        DOCUMENT: ("file", len(rendered), None),
-        SUMS: ("file", len(_sums(job, job.document, rendered)), None),
-    }
-    if job.archive:
-        expected[job.archive] = ("file", job.document["archive"]["bytes"], None)
-    else:
-        for e in job.entries:
-            expected[e.rel] = ("dir", 0, None) if e.kind == "dir" else ("file", e.size, e.mtime_ns)
-    found = 0
-    for rel, info in fs.walk(d):
-        want = expected.get(rel)
-        if want is None or want[0] != info.kind:
-            return "delivery"
-        if info.kind == "file" and (info.size != want[1] or want[2] not in (None, info.mtime_ns)):
-            return "delivery"
-        found += 1
-    return "same" if found == len(expected) else "delivery"
-
-
 # ---- apply --------------------------------------------------------------------------
 
 
 def apply(plan: Plan, ctx: StepContext) -> Result:
     job: Job = plan.data
-    staging = job.staging
-    if os.path.lexists(staging):  # left by a run that was killed
-        shutil.rmtree(staging)
-    if job.noop:
-        _remove_old(job)
-        return Result(outputs=plan.outputs)
-    try:
-        os.mkdir(staging)
-        for path in [*job.chain, job.destination]:
-            if path != job.top:
-                os.mkdir(job.staged(path))
-        root = job.staged(job.destination)
-        made = _make_dirs(job, root)
-        digests = _write_archive(job, root, ctx) if job.archive else _copy(job, root, ctx)
-        document = _fill(job, digests)
-        rendered = _render(document)
-        write_bytes_atomic(os.path.join(root, DOCUMENT), rendered)
-        write_bytes_atomic(os.path.join(root, SUMS), _sums(job, document, rendered))
-        for path, mode, mtime_ns in reversed(made):
-            if mode & statmod.S_IRWXU != statmod.S_IRWXU:
-                os.chmod(path, mode)
-            os.utime(path, ns=(mtime_ns, mtime_ns))
-        _install(job, ctx)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return Result(effects=plan.effects, outputs=plan.outputs)
-
-
-def _make_dirs(job: Job, root: str) -> list[tuple[str, int, int]]:
-    """Create the delivery's directories (loose files only); returns those whose
-    mode and mtime are set once their files are in."""
-    made: list[tuple[str, int, int]] = []
+    d = job.destination
+    for path in job.strays:
+        with contextlib.suppress(OSError):  # TempBusy: a live writer's after all
+            remove_leftover(path)
+    for effect in plan.effects:
+        if effect.op == "remove":
+            if os.path.isdir(effect.path) and not os.path.islink(effect.path):
+                shutil.rmtree(effect.path)
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(effect.path)
+    if job.make_root:
+        os.makedirs(d, exist_ok=True)
+    dirs = _open_dirs(job, d)
+    digests = dict(job.known)
     if job.archive:
-        return made
+        if job.write:
+            digests.update(_write_archive(job, d, ctx))
+    else:
+        digests.update(_copy(job, d, ctx))
+        if job.to_hash:
+            hashed = run_parallel(
+                job.to_hash,
+                lambda e, buf: hash_file(os.path.join(d, e.rel), "sha256", buf),
+                job.workers,
+                ctx,
+                True,
+            )
+            digests.update({e.rel: h for e, h in zip(job.to_hash, hashed, strict=True)})
+    if job.write_document:
+        document = _fill(job, digests)
+        write_bytes_atomic(os.path.join(d, DOCUMENT), _render(document))
+    for path, mode, mtime_ns in reversed(dirs):
+        if mode & statmod.S_IRWXU != statmod.S_IRWXU:
+            os.chmod(path, mode)
+        os.utime(path, ns=(mtime_ns, mtime_ns))
+    outputs = dict(plan.outputs)
+    if job.archive:
+        outputs["checksums"] = {os.path.join(d, job.archive): digests[job.archive]}
+    else:
+        outputs["checksums"] = {
+            os.path.join(d, e.rel): digests[e.rel] for e in job.entries if e.kind == "file"
+        }
+    return Result(effects=plan.effects, outputs=outputs)
+
+
+def _open_dirs(job: Job, root: str) -> list[tuple[str, int, int]]:
+    """Create the delivery's missing directories (loose files only), and keep
+    those of directory products writable while files go in; returns those
+    whose mode and mtime are set once their files are in."""
+    out: list[tuple[str, int, int]] = []
+    if job.archive:
+        return out
+    made = {e.rel for e in job.make}
     for e in job.entries:
         if e.kind != "dir":
             continue
         path = os.path.join(root, e.rel)
-        os.mkdir(path)
+        if e.rel in made:
+            os.mkdir(path)
         if e.source is not None:
-            os.chmod(path, e.mode | statmod.S_IRWXU)
-            made.append((path, e.mode, e.mtime_ns))
-    return made
+            if e.rel in made or e.mode & statmod.S_IRWXU != statmod.S_IRWXU:
+                os.chmod(path, e.mode | statmod.S_IRWXU)
+            out.append((path, e.mode, e.mtime_ns))
+    return out
 
 
 def _copy(job: Job, root: str, ctx: StepContext) -> dict[str, str]:
-    """Copy every file into the staging tree, hashing it in the same pass."""
-    files = sorted((e for e in job.entries if e.kind == "file"), key=lambda e: e.size, reverse=True)
+    """Copy the files to write into the delivery, hashing each in the same pass;
+    each digest is recorded in the group's record of its staging area at once,
+    so a run that continues this one after a kill need not read the file again."""
+    files = sorted(job.write, key=lambda e: e.size, reverse=True)
     umask = current_umask()
+    cache = ctx.digests
     task = ctx.progress.task(
         "deliver", total_bytes=sum(e.size for e in files), total_files=len(files)
     )
@@ -777,12 +778,20 @@ def _copy(job: Job, root: str, ctx: StepContext) -> dict[str, str]:
     def one(e: Entry, buf: bytearray | None) -> str:
         assert e.source is not None
         dest = os.path.join(root, e.rel)
-        digest = copy_file(e.source, dest, e.mode, e.mtime_ns, umask, "sha256", buf)
+        record = None
+        if cache is not None:
+
+            def record(digest: str) -> None:
+                cache.add(dest, e.size, e.mtime_ns, "sha256", digest)
+
+        digest = copy_file(
+            e.source, dest, e.mode, e.mtime_ns, umask, "sha256", buf, on_digest=record
+        )
         if os.stat(dest).st_size != e.size:
             raise StepError("changed while it was being delivered", path=e.source)
+        assert digest is not None
         with lock:
             task.advance(bytes=e.size, files=1)
-        assert digest is not None
         return digest
 
     try:
@@ -793,11 +802,13 @@ def _copy(job: Job, root: str, ctx: StepContext) -> dict[str, str]:
 
 
 def _write_archive(job: Job, root: str, ctx: StepContext) -> dict[str, str]:
-    """Write the tar archive and hash it and its files. The files are hashed on
-    a second thread while the archive is written (hashlib and the kernel's copy
-    release the GIL), then the archive is hashed from the page cache."""
+    """Write the tar archive (through its temporary name) and hash it and its
+    files. The files are hashed on a second thread while the archive is written
+    (hashlib and the kernel's copy release the GIL), then the archive is hashed
+    from the page cache."""
     assert job.archive is not None
     path = os.path.join(root, job.archive)
+    tmp = temp_path(path)
     files = [e for e in job.entries if e.kind == "file"]
     sources = [(e.rel, e.source) for e in files if e.source is not None]
     task = ctx.progress.task("tar", total_bytes=sum(e.size for e in files), total_files=len(files))
@@ -810,48 +821,25 @@ def _write_archive(job: Job, root: str, ctx: StepContext) -> dict[str, str]:
             ctx,
             True,
         )
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        fd = create_temp(tmp, 0o644, os.O_WRONLY)
         try:
-            tarball.write_tar(
-                fd, job.members, "none", progress=lambda b, n: task.advance(bytes=b, files=n)
-            )
-        except tarball.SourceChanged as e:
-            raise StepError("changed while it was being delivered", path=e.path) from None
+            try:
+                tarball.write_tar(
+                    fd, job.members, "none", progress=lambda b, n: task.advance(bytes=b, files=n)
+                )
+            except tarball.SourceChanged as e:
+                raise StepError("changed while it was being delivered", path=e.path) from None
+            if os.fstat(fd).st_size != job.document["archive"]["bytes"]:
+                raise StepError("the archive does not have its planned size", path=path)
+            os.rename(tmp, path)  # still held: nobody takes it for a leftover
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
         finally:
             os.close(fd)
             task.close()
-        if os.stat(path).st_size != job.document["archive"]["bytes"]:
-            raise StepError("the archive does not have its planned size", path=path)
         digests = {job.archive: hash_file(path, "sha256", bytearray(BUFFER_SIZE))}
         for (rel, _), digest in zip(sources, member_digests.result(), strict=True):
             digests[rel] = digest
     return digests
-
-
-def _install(job: Job, ctx: StepContext) -> None:
-    """Rename the staged delivery into place."""
-    if job.mode != "replace":
-        # over a missing path, or over an empty destination directory
-        os.rename(job.staging, job.top)
-        return
-    old = _remove_old(job)
-    os.rename(job.destination, old)
-    try:
-        os.rename(job.staging, job.destination)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.rename(old, job.destination)
-        raise
-    try:
-        shutil.rmtree(old)
-    except OSError as e:  # the new delivery is in place: do not fail it for this
-        ctx.log(f"warning: could not remove the replaced delivery {old}: {e}")
-
-
-def _remove_old(job: Job) -> str:
-    """Remove the replaced delivery a killed run left aside; returns its name."""
-    head, tail = os.path.split(job.destination)
-    old = os.path.join(head, hidden_name(tail, OLD_SUFFIX))
-    if os.path.lexists(old):
-        shutil.rmtree(old)
-    return old

@@ -1,0 +1,503 @@
+"""Atomic groups (`group:` with `steps:`), attacked.
+
+A failing step leaves the destination untouched (with the staging area removed
+or kept, as asked); a run killed by SIGKILL inside a group is continued by the
+next run, which writes only what is missing and reuses the recorded digests;
+two runs on one destination take turns; a dry run plans exactly the real run's
+effects in every case (new, empty, replaced, unchanged, continued); the
+journal records begin, commit and abort; bad group syntax is a
+``file:line:col`` error.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from conftest import snapshot, write
+from fixtures.processing import vla_calibration
+from wsrun.core import groups
+from wsrun.core.journal import Journal
+
+RECIPE = """
+recipe: grouped
+inputs:
+  src: {type: path, positional: true}
+  dest: {type: path, positional: true}
+  fail: {type: bool, flags: [--fail]}
+  keep: {type: bool, flags: [--keep]}
+  replace: {type: bool, flags: [--replace]}
+steps:
+  - id: out
+    name: The copy, all or nothing
+    group:
+      destination: "{{ inputs.dest }}"
+      on_failure: "{{ 'keep' if inputs.keep else 'remove' }}"
+      replace: "{{ inputs.replace }}"
+      marker: SHA256SUMS
+    steps:
+      - id: files
+        uses: copy
+        with: {sources: "{{ inputs.src }}", to: "{{ inputs.dest }}", checksum: sha256, workers: 1}
+      - id: boom
+        if: "{{ inputs.fail }}"
+        uses: fail
+        with: {message: "boom after the copy"}
+      - id: sums
+        uses: checksum
+        with:
+          paths: "{{ inputs.dest }}"
+          to: "{{ inputs.dest }}/SHA256SUMS"
+          digests: "{{ steps.files.outputs.checksums | default({}) }}"
+  - id: after
+    uses: noop
+outputs:
+  files: "{{ steps.files.outputs.files }}"
+  sums: "{{ steps.sums.outputs.file }}"
+"""
+
+
+def source(root: Path, version: int = 1) -> Path:
+    """A small tree: two directories, a few files (content depends on version)."""
+    src = root / "src"
+    for i in range(6):
+        path = src / f"d{i % 2}" / f"f{i}.bin"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(hashlib.sha256(f"{version}-{i}".encode()).digest() * (100 + i))
+    return src
+
+
+def run(cli, recipe: Path, *args) -> tuple[int, dict, str]:
+    r = cli(recipe, *args, "--json")
+    return r.code, (json.loads(r.out) if r.out.strip() else {}), r.err
+
+
+def group_report(report: dict) -> dict:
+    (step,) = [s for s in report["steps"] if s["id"] == "out"]
+    return step
+
+
+def sums_ok(dest: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["sha256sum", "-c", "--strict", "SHA256SUMS"], cwd=dest, capture_output=True, text=True
+    )
+
+
+def whole(dest: Path, src: Path) -> None:
+    """``dest`` holds exactly the copy of ``src`` and a SHA256SUMS that checks."""
+    check = sums_ok(dest)
+    assert check.returncode == 0, check.stdout + check.stderr
+    found = {str(p.relative_to(dest)) for p in dest.rglob("*") if p.is_file()}
+    assert found == {f"src/{p.relative_to(src)}" for p in src.rglob("*") if p.is_file()} | {
+        "SHA256SUMS"
+    }
+    for p in src.rglob("*"):
+        if p.is_file():
+            assert (dest / "src" / p.relative_to(src)).read_bytes() == p.read_bytes()
+
+
+def staging(dest: Path) -> Path:
+    return Path(groups.staging_of(str(dest)))
+
+
+# ---- failure: nothing lands --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("keep", [False, True], ids=["remove", "keep"])
+def test_a_failing_step_leaves_a_new_destination_absent(cli, tmp_path: Path, keep: bool) -> None:
+    recipe = write(tmp_path / "g.yaml", RECIPE)
+    src = source(tmp_path)
+    dest = tmp_path / "out" / "deep"
+    extra = ["--keep"] if keep else []
+    code, report, err = run(cli, recipe, src, dest, "--fail", *extra)
+    assert code == 1 and "boom after the copy" in err and "g.yaml:" in err
+    assert not (tmp_path / "out").exists()  # not even the parent the group would create
+    kept = staging(tmp_path / "out")
+    assert kept.is_dir() == keep
+    assert Path(groups.digests_of(str(tmp_path / "out"))).exists() == keep
+    if keep:  # the copy is all there, under the staging name
+        assert (kept / "deep" / "src" / "d0" / "f0.bin").read_bytes() == (
+            src / "d0" / "f0.bin"
+        ).read_bytes()
+    # The next run finishes; one that continues a kept staging area copies nothing again.
+    code, report, err = run(cli, recipe, src, dest, *extra)
+    assert code == 0, err
+    written = sorted(
+        Path(e["path"]).name for e in group_report(report)["effects"] if e["op"] == "create_file"
+    )
+    copies = [f"f{i}.bin" for i in range(6)]
+    assert written == (["SHA256SUMS"] if keep else ["SHA256SUMS", *copies])
+    whole(dest, src)
+    assert not kept.exists() and not Path(groups.digests_of(str(tmp_path / "out"))).exists()
+
+
+@pytest.mark.parametrize("keep", [False, True], ids=["remove", "keep"])
+def test_a_failing_replacement_leaves_the_old_result_untouched(
+    cli, tmp_path: Path, keep: bool
+) -> None:
+    recipe = write(tmp_path / "g.yaml", RECIPE)
+    src = source(tmp_path, 1)
+    dest = tmp_path / "out"
+    assert run(cli, recipe, src, dest)[0] == 0
+    before = {p: p.read_bytes() for p in dest.rglob("*") if p.is_file()}
+    source(tmp_path, 2)
+    extra = ["--keep"] if keep else []
+    code, report, err = run(cli, recipe, src, dest, "--replace", "--fail", *extra)
+    assert code == 1 and "boom" in err
+    assert {p: p.read_bytes() for p in dest.rglob("*") if p.is_file()} == before
+    assert staging(dest).exists() == keep
+    assert sums_ok(dest).returncode == 0
+    # Without --replace a different result is refused, whatever is staged.
+    code, report, err = run(cli, recipe, src, dest, *extra)
+    assert code == 1 and "already holds a different result" in err
+    code, report, err = run(cli, recipe, src, dest, "--replace", *extra)
+    assert code == 0, err
+    whole(dest, src)
+    assert not staging(dest).exists() and not Path(groups.old_of(str(dest))).exists()
+
+
+def test_a_destination_that_is_not_the_groups_is_never_written(cli, tmp_path: Path) -> None:
+    recipe = write(tmp_path / "g.yaml", RECIPE)
+    src = source(tmp_path)
+    dest = tmp_path / "out"
+    dest.mkdir()
+    (dest / "notes.txt").write_text("mine")
+    for extra in ([], ["--replace"]):
+        code, report, err = run(cli, recipe, src, dest, *extra)
+        assert code == 1 and "holds no result" in err
+    assert os.listdir(dest) == ["notes.txt"] and not staging(dest).exists()
+    (dest / "notes.txt").unlink()  # an empty directory is filled, in place
+    code, report, err = run(cli, recipe, src, dest)
+    assert code == 0, err
+    assert not any(e["path"] == str(dest) for e in group_report(report)["effects"])
+    whole(dest, src)
+
+
+# ---- killed, then run again ------------------------------------------------------------
+
+KILLER = """
+import os, signal, sys
+from wsrun.packs.nrao import assemble_delivery
+from wsrun.cli.main import main
+
+real = assemble_delivery.copy_file
+calls = {"n": 0}
+
+def copy_then_die(*args, **kwargs):
+    calls["n"] += 1
+    if calls["n"] > int(os.environ["KILL_AFTER"]):
+        os.kill(os.getpid(), signal.SIGKILL)  # no clean-up of any kind
+    return real(*args, **kwargs)
+
+assemble_delivery.copy_file = copy_then_die
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.parametrize("how", ["rerun", "resume"])
+def test_deliver_killed_mid_copy_is_continued_with_the_recorded_digests(
+    cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, wsrun_home: Path, how: str
+) -> None:
+    """Issue 15: SIGKILL half way through a delivery; the re-run continues the
+    staging area, writes only the missing files, reads none of the staged ones
+    again (their digests were recorded as they were copied), and the delivery
+    passes `sha256sum -c`."""
+    p = vla_calibration(tmp_path / "spool", "pretty")
+    out = tmp_path / "out"
+    killer = write(tmp_path / "killer.py", KILLER)
+    env = {**os.environ, "KILL_AFTER": "6", "PYTHONPATH": os.pathsep.join(sys.path)}
+    proc = subprocess.run(
+        [sys.executable, str(killer), "nrao/deliver", str(p.root), "-l", str(out), "-q"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == -9, proc.stderr
+    assert not out.exists()
+    kept = staging(out)
+    staged = [f for f in kept.rglob("*") if f.is_file() and not f.name.endswith(".wsrun-tmp")]
+    recorded = Path(groups.digests_of(str(out))).read_text().splitlines()
+    # Files copied in parallel: whole ones are staged (each renamed into place
+    # whole), and recorded as soon as it is (a kill may fall between the two).
+    assert len(recorded) >= 6 - (os.cpu_count() or 1) and len(staged) >= len(recorded) > 0
+    total = len(p.products)
+    # The re-run may not read a staged file again: hashing one is an error now.
+    from wsrun.packs.nrao import assemble_delivery
+
+    def no_rehash(path: str, *args, **kwargs) -> str:
+        raise AssertionError(f"read again: {path}")
+
+    monkeypatch.setattr(assemble_delivery, "hash_file", no_rehash)
+    if how == "resume":
+        journal = Journal(str(wsrun_home))
+        try:
+            (killed,) = journal.runs(5)
+        finally:
+            journal.close()
+        r = cli("resume", killed.id, "--json")
+    else:
+        r = cli("nrao/deliver", p.root, "-l", out, "--json")
+    assert r.code == 0, r.err
+    report = json.loads(r.out)
+    (content,) = [s for s in report["steps"] if s["id"] == "delivery"]
+    written = [
+        e
+        for e in content["effects"]
+        if e["op"] == "create_file"
+        and e["path"] not in (str(out / "delivery.json"), str(out / "SHA256SUMS"))
+    ]
+    assert 0 < len(written) <= total - len(recorded)
+    check = sums_ok(out)
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert not kept.exists() and not Path(groups.digests_of(str(out))).exists()
+
+
+def test_recorded_digests_are_what_the_rerun_trusts(cli, tmp_path: Path) -> None:
+    """The check has teeth: a staged file changed behind wsrun's back (same size
+    and mtime) keeps its recorded digest, so `sha256sum -c` of the result fails
+    on exactly that file."""
+    recipe = write(tmp_path / "g.yaml", RECIPE)
+    src = source(tmp_path)
+    dest = tmp_path / "out"
+    assert run(cli, recipe, src, dest, "--fail", "--keep")[0] == 1
+    victim = staging(dest) / "src" / "d1" / "f1.bin"
+    st = victim.stat()
+    victim.write_bytes(b"X" * st.st_size)
+    os.utime(victim, ns=(st.st_atime_ns, st.st_mtime_ns))
+    code, report, err = run(cli, recipe, src, dest, "--keep")
+    assert code == 0, err
+    check = sums_ok(dest)
+    assert check.returncode == 1 and "src/d1/f1.bin: FAILED" in check.stdout
+
+
+# ---- two runs, dry runs, journal ---------------------------------------------------------
+
+
+def test_two_runs_on_one_destination_take_turns(tmp_path: Path) -> None:
+    recipe = write(tmp_path / "g.yaml", RECIPE)
+    src = source(tmp_path)
+    dest = tmp_path / "out"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "wsrun", str(recipe), str(src), str(dest), "--json"],
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    results = [proc.communicate(timeout=120) for proc in procs]
+    assert [proc.returncode for proc in procs] == [0, 0], results
+    states = sorted(json.loads(out)["steps"][0]["status"] for out, _ in results)
+    assert states == ["changed", "ok"]  # one wrote it, the other found it done
+    whole(dest, src)
+    assert not staging(dest).exists()
+
+
+def effects(report: dict) -> list[list[dict]]:
+    return [s["effects"] for s in report["steps"]]
+
+
+@pytest.mark.parametrize("case", ["new", "empty", "replace", "unchanged", "continued"])
+def test_dry_run_plans_the_real_runs_effects(cli, tmp_path: Path, case: str) -> None:
+    recipe = write(tmp_path / "g.yaml", RECIPE)
+    src = source(tmp_path)
+    dest = tmp_path / "out"
+    args: list[str] = []
+    if case == "empty":
+        dest.mkdir()
+    elif case in ("replace", "unchanged"):
+        assert run(cli, recipe, src, dest)[0] == 0
+        if case == "replace":
+            source(tmp_path, 2)
+            args = ["--replace"]
+    elif case == "continued":
+        args = ["--keep"]
+        assert run(cli, recipe, src, dest, "--fail", *args)[0] == 1
+    before = snapshot(tmp_path)
+    code, dry, err = run(cli, recipe, src, dest, *args, "--dry-run")
+    assert code == 0, err
+    assert snapshot(tmp_path) == before
+    code, real, err = run(cli, recipe, src, dest, *args)
+    assert code == 0, err
+    assert effects(dry) == effects(real)
+    assert dry["outputs"]["files"] == real["outputs"]["files"]
+    shown = json.dumps(real)
+    assert ".wsrun-staging" not in shown  # effects and outputs name the final paths
+    assert all(f.startswith(str(dest) + "/") for f in real["outputs"]["files"])
+    ops = [e["op"] for e in group_report(real)["effects"]]
+    if case == "unchanged":
+        assert ops == [] and group_report(real)["status"] == "ok"
+    elif case == "replace":
+        assert ops[:2] == ["remove", "create_dir"]
+    whole(dest, src)
+
+
+def test_the_journal_records_begin_commit_and_abort(cli, tmp_path: Path, wsrun_home: Path) -> None:
+    recipe = write(tmp_path / "g.yaml", RECIPE)
+    src = source(tmp_path)
+    dest = tmp_path / "out"
+    code, failed, _ = run(cli, recipe, src, dest, "--fail", "--keep")
+    code, done, _ = run(cli, recipe, src, dest, "--keep")
+    journal = Journal(str(wsrun_home))
+    try:
+        first = {s["key"]: s for s in journal.steps(failed["run_id"])}
+        second = {s["key"]: s for s in journal.steps(done["run_id"])}
+    finally:
+        journal.close()
+    assert first["out:begin"]["outputs"]["staging"] == str(staging(dest))
+    assert first["out:abort"]["status"] == "failed" and first["out:abort"]["outputs"]["kept"]
+    assert "boom" in first["out:abort"]["error"] and "out:commit" not in first
+    assert second["out:commit"]["outputs"] == {"destination": str(dest)}
+    assert list(second).index("out:begin") < list(second).index("files")
+    assert list(second).index("sums") < list(second).index("out:commit")
+
+
+# ---- the syntax ----------------------------------------------------------------------------
+
+BAD = {
+    "nested": (
+        """
+        - id: outer
+          group: {destination: /tmp/a}
+          steps:
+            - id: inner
+              group: {destination: /tmp/a/b}
+              steps:
+                - uses: noop
+        """,
+        "groups do not nest",
+        7,
+    ),
+    "uses": (
+        """
+        - group: {destination: /tmp/a}
+          uses: copy
+          steps:
+            - uses: noop
+        """,
+        "a group has no `uses:`",
+        4,
+    ),
+    "for_each": (
+        """
+        - group: {destination: /tmp/a}
+          for_each: [1, 2]
+          steps:
+            - uses: noop
+        """,
+        "a group has no `for_each:`",
+        4,
+    ),
+    "no steps": (
+        """
+        - group: {destination: /tmp/a}
+        """,
+        "'steps' is a required property",
+        3,
+    ),
+    "no destination": (
+        """
+        - group: {on_failure: keep}
+          steps:
+            - uses: noop
+        """,
+        "'destination' is a required property",
+        3,
+    ),
+    "bad on_failure": (
+        """
+        - group: {destination: /tmp/a, on_failure: sometimes}
+          steps:
+            - uses: noop
+        """,
+        "'sometimes' is not one of ['remove', 'keep']",
+        3,
+    ),
+    "unknown key": (
+        """
+        - group: {destination: /tmp/a, atomically: true}
+          steps:
+            - uses: noop
+        """,
+        "unknown key 'atomically'",
+        3,
+    ),
+    "recipe inside": (
+        """
+        - group: {destination: /tmp/a}
+          steps:
+            - uses: ./other.yaml
+        """,
+        "cannot call a recipe",
+        5,
+    ),
+    "unknown name": (
+        """
+        - group: {destination: "{{ inputs.nope }}"}
+          steps:
+            - uses: noop
+        """,
+        "unknown input 'nope'",
+        3,
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BAD))
+def test_bad_group_syntax_is_a_positioned_error(cli, tmp_path: Path, name: str) -> None:
+    steps, message, line = BAD[name]
+    text = (
+        "recipe: bad\nsteps:\n" + textwrap.indent(textwrap.dedent(steps).strip("\n"), "  ") + "\n"
+    )
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    r = cli("validate", path)
+    assert r.code == 2, r.out
+    located = [x for x in r.err.splitlines() + r.out.splitlines() if message in x]
+    assert located, r.err + r.out
+    assert located[0].startswith(f"{path}:{line}:"), located[0]
+
+
+def test_ids_inside_a_group_are_known_after_it(cli, tmp_path: Path) -> None:
+    recipe = write(tmp_path / "g.yaml", RECIPE)
+    assert cli("validate", recipe).code == 0
+    later = recipe.read_text().replace("steps.sums.outputs.file", "steps.nothere.outputs.file")
+    (tmp_path / "g2.yaml").write_text(later)
+    r = cli("validate", tmp_path / "g2.yaml")
+    assert r.code == 2 and "step 'nothere' does not exist" in r.err
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("replace", "{{ 'yes' }}", "group.replace: expected true or false, got 'yes'"),
+        ("on_failure", "{{ 'later' }}", "group.on_failure: 'later' is not one of remove, keep"),
+        ("destination", "{{ none }}", "group.destination: expected a path, got None"),
+    ],
+)
+def test_group_values_from_expressions_are_checked_when_run(
+    cli, tmp_path: Path, field: str, value: str, message: str
+) -> None:
+    spec = {"destination": str(tmp_path / "out"), field: value}
+    recipe = tmp_path / "g.yaml"
+    recipe.write_text(
+        json.dumps(
+            {"recipe": "g", "steps": [{"id": "g", "group": spec, "steps": [{"uses": "noop"}]}]}
+        )
+    )
+    r = cli(recipe)
+    assert r.code == 1 and message in r.err and "g.yaml:1:" in r.err, r.err
+    assert not (tmp_path / "out").exists()

@@ -6,6 +6,10 @@ trail of every file a run wrote. By default one SQLite file under
 runs can write it; with ``WSRUN_JOURNAL_URL`` (or the ``wsrun.journal.url``
 setting) set to ``postgresql://...``, a database every host shares, so
 ``wsrun runs`` anywhere lists the runs of all of them.
+
+One piece: the SQLite and PostgreSQL journals share every query through one class
+that only swaps table names and placeholders, and the batching, blobs, progress and
+retention all work on the same connection and lock.
 """
 
 from __future__ import annotations

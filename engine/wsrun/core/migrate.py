@@ -29,6 +29,9 @@ own numbering record ``0001_archive`` ... ``0004_journal_compact`` in a
 ``wsrun_migrations`` table; they are read as the same migrations under their
 per-store names (``LEGACY_POSTGRES``), copied into ``wsrun_schema`` on the
 next upgrade, and the old table is left as it was.
+
+One piece: the SQLite and PostgreSQL halves apply the same records, locks and
+checks; split by dialect, the record-keeping would be written twice.
 """
 
 from __future__ import annotations

@@ -15,6 +15,9 @@ each of which throttles itself and must stay cheap on every call:
 
 The line is the same everywhere, e.g.
 ``copy: 412,000/1,000,000 files, 38.2/92.7 GB, 2,130 files/s, 310 MB/s, ETA 4m36s``.
+
+One piece: the tracker and its three sinks (terminal line, heartbeat lines, the
+journal row) share the rate and ETA arithmetic and the throttling.
 """
 
 from __future__ import annotations

@@ -2,6 +2,9 @@
 
 Each problem is reported as ``file:line:col: message`` with the offending line,
 like a compiler, so an author can fix them all in one pass.
+
+One piece: every check reports into one list with positions, in one pass over the
+parsed document, and the checks share what the recipe declares (inputs, ids, vars).
 """
 
 from __future__ import annotations

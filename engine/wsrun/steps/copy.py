@@ -1,4 +1,8 @@
-"""The ``copy`` step type: copy files and directory trees into a directory."""
+"""The ``copy`` step type: copy files and directory trees into a directory.
+
+One piece: planning (what exists, what changes) and applying (the planned list on a
+few threads) share the CopyJob; copying one file is ``wsrun.core.filecopy``.
+"""
 
 from __future__ import annotations
 

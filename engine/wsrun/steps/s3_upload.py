@@ -1,4 +1,8 @@
-"""The ``s3-upload`` step type: upload files and trees to S3 or any fsspec store, verified."""
+"""The ``s3-upload`` step type: upload files and trees to S3 or any fsspec store, verified.
+
+One piece: single-part and multipart uploads, their verification and the
+continuation of a killed multipart upload share the part layout and ETag arithmetic.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,8 @@
-"""The ``image-derivative`` step type: JPEG 2000 and JPEG files made from a TIFF."""
+"""The ``image-derivative`` step type: JPEG 2000 and JPEG files made from a TIFF.
+
+One piece: the lossless master, the lossy derivatives and the encoding ahead for the
+next image share the decoded source and its identity check; the proof is ``lossless``.
+"""
 
 from __future__ import annotations
 

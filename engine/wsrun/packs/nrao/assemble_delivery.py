@@ -1,4 +1,8 @@
-"""The ``assemble-delivery`` step type: lay identified products out in a delivery directory."""
+"""The ``assemble-delivery`` step type: lay identified products out in a delivery directory.
+
+One piece: a delivery's layout (loose files or one tar), its survey of what a kept
+staging area already holds, and delivery.json are one format, deliver's own.
+"""
 
 from __future__ import annotations
 

@@ -18,6 +18,9 @@ hosts run at once:
   products already exist, refuses or replaces them, and inserts; a unique index
   on (ingestion_path, filename) of science products makes a double ingest
   impossible even without the lock.
+
+One piece: the SQLite and PostgreSQL metadata speak the same SQL through
+``SqlMetadata``; the subclasses only connect, name tables and lock.
 """
 
 from __future__ import annotations

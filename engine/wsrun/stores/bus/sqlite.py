@@ -16,6 +16,9 @@ reads a second (under 1% of a core). Writers wait for
 the write lock in half-millisecond steps (SQLite's own busy handler sleeps up
 to 100 ms at a time, which showed in the latency's tail). No sockets, files or threads
 to clean up after a consumer is killed.
+
+One piece: publish, claim, retry and dead-lettering are transactions on the same
+tables and share the wake-up protocol described above.
 """
 
 from __future__ import annotations

@@ -31,7 +31,7 @@ from urllib.parse import urlsplit
 from wsrun.core import zstd
 from wsrun.core.db import DbError
 from wsrun.core.masking import printable
-from wsrun.core.migrate import migrate_sqlite
+from wsrun.core.migrate import enable_wal, migrate_sqlite
 
 #: A step's effects or outputs whose JSON is longer than this go into the blobs
 #: table, zstd-compressed (effects one JSON object a line, so a page of them is
@@ -140,7 +140,7 @@ class _SqliteTables:
             self.db.execute("PRAGMA busy_timeout = 30000")
             # a new file frees the pages a prune empties (an old one: see give_back)
             self.db.execute("PRAGMA auto_vacuum = INCREMENTAL")
-            self.db.execute("PRAGMA journal_mode = WAL")
+            enable_wal(self.db)
             self.db.execute("PRAGMA synchronous = NORMAL")
             # The tables come from the journal's migrations (wsrun/core/migrations/journal/).
             migrate_sqlite(self.db, "journal", path)

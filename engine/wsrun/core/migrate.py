@@ -233,6 +233,21 @@ def store_status(
 # ---- SQLite ---------------------------------------------------------------------
 
 
+def enable_wal(conn: sqlite3.Connection, attempts: int = 50) -> None:
+    """Put a SQLite database in WAL mode, retrying while it is locked: switching the
+    journal mode does not wait on busy_timeout, so processes opening one new file at
+    once would otherwise fail with "database is locked"."""
+    for attempt in range(attempts):
+        try:
+            if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                conn.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as e:
+            if "locked" not in str(e) or attempt == attempts - 1:
+                raise
+            time.sleep(0.02 * (attempt + 1))
+
+
 def run_script(conn: sqlite3.Connection, script: str) -> None:
     """Run the statements of ``script`` one by one, inside the caller's
     transaction (``executescript`` would commit it first)."""

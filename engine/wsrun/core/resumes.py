@@ -34,7 +34,7 @@ from dataclasses import dataclass
 
 from wsrun.core.db import DbError
 from wsrun.core.journal import default_home
-from wsrun.core.migrate import migrate_sqlite
+from wsrun.core.migrate import enable_wal, migrate_sqlite
 
 #: Pending hash records are written at least this often (seconds), and at
 #: once after this many bytes hashed or files recorded: a kill loses at most
@@ -88,7 +88,7 @@ class Records:
         try:
             os.makedirs(os.path.dirname(self.path), exist_ok=True)
             db = sqlite3.connect(self.path, timeout=10, check_same_thread=False)
-            db.execute("PRAGMA journal_mode=WAL")
+            enable_wal(db)
             db.execute("PRAGMA synchronous=NORMAL")
             tables = sqlite3.connect(self.path, timeout=10, isolation_level=None)
             try:  # the tables come from the store's migrations (core/migrations/resumes/)

@@ -43,6 +43,7 @@ from typing import Any
 
 from wsrun.core import expr
 from wsrun.core.journal import Journal, default_home
+from wsrun.core.migrate import enable_wal
 from wsrun.core.recipe import Recipe, RecipeNotFound, load_recipe, resolve
 from wsrun.core.runner import RunError, Runner, coerce_inputs, convert_input, resolve_settings
 from wsrun.core.settings import Settings
@@ -249,7 +250,7 @@ class SeenFiles:
     def __init__(self, home: str) -> None:
         os.makedirs(home, exist_ok=True)
         self.db = sqlite3.connect(os.path.join(home, "worker.db"), timeout=30, isolation_level=None)
-        self.db.execute("PRAGMA journal_mode = WAL")
+        enable_wal(self.db)
         self.db.execute(
             "CREATE TABLE IF NOT EXISTS seen_files (queue TEXT NOT NULL, path TEXT NOT NULL,"
             " seen REAL NOT NULL, PRIMARY KEY (queue, path))"

@@ -36,7 +36,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from wsrun.core.db import DbError
-from wsrun.core.migrate import check_sqlite, migrate_sqlite
+from wsrun.core.migrate import check_sqlite, enable_wal, migrate_sqlite
 from wsrun.stores.archive.content import AlreadyIngested, ArchiveError
 
 if TYPE_CHECKING:
@@ -405,7 +405,7 @@ class SqliteMetadata(SqlMetadata):
         with self._locked():
             self.db = sqlite3.connect(self.db_path, timeout=30, isolation_level=None)
             self.db.execute("PRAGMA busy_timeout = 30000")
-            self.db.execute("PRAGMA journal_mode = WAL")
+            enable_wal(self.db)
             # The tables come from the archive's migrations (wsrun/core/migrations/archive/),
             # each one transaction: a reader sees all of a migration's tables or none.
             try:

@@ -34,7 +34,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from wsrun.core.db import DbError
-from wsrun.core.migrate import migrate_sqlite
+from wsrun.core.migrate import enable_wal, migrate_sqlite
 from wsrun.stores.bus.base import (
     DEFAULT_BACKOFF,
     DEFAULT_LEASE,
@@ -132,7 +132,7 @@ class SqliteBus(Bus):
             return db
         db = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
         db.execute("PRAGMA busy_timeout = 30000")
-        db.execute("PRAGMA journal_mode = WAL")
+        enable_wal(db)
         db.execute("PRAGMA synchronous = NORMAL")
         try:  # the tables come from the bus's migrations (wsrun/core/migrations/bus/)
             migrate_sqlite(db, "bus", self.path)

@@ -25,7 +25,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from wsrun.core.db import DbError
-from wsrun.core.migrate import migrate_sqlite
+from wsrun.core.migrate import enable_wal, migrate_sqlite
 from wsrun.stores.state.base import UNSET, Change, StateError, resolve_change
 from wsrun.stores.state.sql import (
     CLAIMABLE,
@@ -68,8 +68,7 @@ class SqliteStateStore(SqlStateStore):
         os.makedirs(os.path.dirname(self.path), exist_ok=True)
         db = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
         db.execute("PRAGMA busy_timeout = 30000")
-        if db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
-            _retry_locked(lambda: db.execute("PRAGMA journal_mode = WAL"))
+        enable_wal(db)
         db.execute("PRAGMA synchronous = NORMAL")
         try:  # the tables come from the state store's migrations (wsrun/core/migrations/state/)
             migrate_sqlite(db, "state", self.path)

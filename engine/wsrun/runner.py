@@ -12,17 +12,18 @@ import json
 import os
 import time
 import traceback
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from wsrun import expr, locks
-from wsrun.effects import Effect
+from wsrun.effects import Effect, effect_dict
 from wsrun.fs import ContentUnknown, WorldView
 from wsrun.journal import Journal, JournalError, new_run_id
 from wsrun.masking import Masker, printable
 from wsrun.recipe import Recipe, is_recipe_ref, resolve
 from wsrun.settings import MASK, Settings, display, is_secret_name
+from wsrun.spool import Mapped, Spool, is_lazy
 from wsrun.step import Progress, ProgressTask, StepContext, StepError, load_step
 
 MAX_DEPTH = 20
@@ -55,7 +56,8 @@ class StepReport:
     where: str
     id: str | None = None
     name: str | None = None
-    effects: list[dict[str, Any]] = field(default_factory=list)
+    #: A list, or a lazy sequence for a spooled plan (wsrun.spool).
+    effects: Sequence[dict[str, Any]] = field(default_factory=list)
     outputs: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
     seconds: float = 0.0
@@ -481,9 +483,13 @@ class Runner:
             items = expr.render(items, self.scope)
         if isinstance(items, Mapping):
             items = [{"key": k, "value": v} for k, v in items.items()]
+        if is_lazy(items):  # a spooled output such as copy's `files`
+            items = list(items)
         if not isinstance(items, (list, tuple)):
             raise StepFailed(f"for_each: expected a list, got {type(items).__name__}")
         results = []
+        collected: list[dict[str, Any]] = []
+        report.effects = collected
         for i, item in enumerate(items):
             scope = {**self.scope, "item": item, "index": i}
             unit = f"{key}[{i}]"
@@ -495,7 +501,7 @@ class Runner:
                 self.end_unit(unit, "failed", [], None, e.message)
                 raise
             self.end_unit(unit, "changed" if effects else "ok", effects, outputs)
-            report.effects.extend(effects)
+            collected.extend(effects)
             results.append(outputs)
         report.outputs = {"results": results}
         report.status = "changed" if report.effects else "ok"
@@ -504,7 +510,7 @@ class Runner:
         self,
         unit: str,
         status: str,
-        effects: list[dict[str, Any]],
+        effects: Sequence[dict[str, Any]],
         outputs: Any,
         error: str | None = None,
     ) -> None:
@@ -524,7 +530,7 @@ class Runner:
 
     def run_unit(
         self, step: dict[str, Any], key: str, scope: dict[str, Any]
-    ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    ) -> tuple[Sequence[dict[str, Any]], dict[str, Any]]:
         """One execution of a step (one item of a loop): render, plan, apply."""
         params: dict[str, Any] = {}
         raw = (
@@ -565,7 +571,7 @@ class Runner:
 
     def plan_apply(
         self, step: dict[str, Any], params: dict[str, Any], key: str, templated: set[str]
-    ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    ) -> tuple[Sequence[dict[str, Any]], dict[str, Any]]:
         module = load_step(step["uses"])
         self.check_params(step["uses"], params, templated)
         deadline = time.monotonic() + parse_timeout(step["timeout"]) if "timeout" in step else None
@@ -625,7 +631,7 @@ class Runner:
 
     def run_recipe_step(
         self, uses: str, params: dict[str, Any], key: str
-    ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    ) -> tuple[Sequence[dict[str, Any]], dict[str, Any]]:
         from wsrun.validate import InvalidRecipe, load_valid
 
         if self.depth >= MAX_DEPTH:
@@ -664,7 +670,10 @@ class Runner:
         return effects, sub_report.outputs
 
 
-def _dicts(effects: list[Effect]) -> list[dict[str, Any]]:
+def _dicts(effects: Sequence[Effect]) -> Sequence[dict[str, Any]]:
+    """Effects as dicts; a spooled plan's stay lazy (made as they are read)."""
+    if isinstance(effects, Spool):
+        return Mapped(effects, effect_dict)
     return [e.to_dict() for e in effects]
 
 

@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from wsrun.effects import Effect, create_dir, create_file, create_symlink
+from wsrun.effects import EffectSpool, create_dir, create_file, create_symlink
 from wsrun.fileio import (
     TMP_SUFFIX,
     create_temp,
@@ -24,6 +24,7 @@ from wsrun.fileio import (
     temp_path,
 )
 from wsrun.fs import FileInfo, WorldView
+from wsrun.spool import SortedSpool, Spool, SpooledDict
 from wsrun.step import PATHS, Plan, Result, StepContext, StepError
 
 NAME = "copy"
@@ -130,12 +131,15 @@ class CopyJob:
     #: Directories to create, parents first: (path, mode, mtime_ns); mode and
     #: mtime are None for directories that only hold the copied tree.
     dirs: list[tuple[str, int | None, int | None]] = field(default_factory=list)
-    #: Regular files to write: (source, destination, size, mode, mtime_ns).
-    files: list[tuple[str, str, int, int, int]] = field(default_factory=list)
+    #: Regular files to write: (source, destination, size, mode, mtime_ns);
+    #: spooled to disk when there are many (wsrun.spool).
+    files: Spool[tuple[str, str, int, int, int]] = field(default_factory=Spool)
+    #: Their total size, counted as they are planned.
+    bytes: int = 0
     #: Symlinks to write: (destination, target, mtime_ns).
     links: list[tuple[str, str, int]] = field(default_factory=list)
     #: Unchanged files whose checksum must still be read from the destination.
-    to_hash: list[str] = field(default_factory=list)
+    to_hash: Spool[str] = field(default_factory=Spool)
     #: Checksums already known from plan (compare: checksum).
     known: dict[str, str] = field(default_factory=dict)
     #: Existing directories that may hold a killed run's temp files (those
@@ -206,13 +210,16 @@ class _Planner:
         self.algorithm = algorithm
         self.compare = compare
         self.job = CopyJob(algorithm=algorithm)
-        self.effects: list[Effect] = []
+        self.effects = EffectSpool()
         #: Destination directory -> True if this step creates it, False if it exists.
         self.dirs: dict[str, bool] = {}
         #: Destination path -> source path, to catch two sources landing in one place.
         self.claimed: dict[str, str] = {}
-        self.files: list[tuple[str, int]] = []  # (destination, size) of every regular file
-        self.symlinks: list[str] = []
+        #: Destination paths of every regular file (copied or unchanged) and of
+        #: every symlink, sorted as they are read; their count and total size.
+        self.files: SortedSpool[str] = SortedSpool()
+        self.symlinks: SortedSpool[str] = SortedSpool()
+        self.file_bytes = 0
         #: (source, destination, index in job.files) of same-sized files to
         #: compare by checksum.
         self.suspects: list[tuple[str, str, int]] = []
@@ -335,7 +342,8 @@ class _Planner:
 
     def add_file(self, source: str, dest: str, info: FileInfo, dest_info: FileInfo | None) -> None:
         size = info.size
-        self.files.append((dest, size))
+        self.files.append(dest)
+        self.file_bytes += size
         if dest_info is not None:
             if dest_info.is_dir:
                 raise StepError(
@@ -350,6 +358,7 @@ class _Planner:
                     return
         self.effects.append(create_file(dest, size, source=source, source_info=info))
         self.job.files.append((source, dest, size, info.mode, info.mtime_ns))
+        self.job.bytes += size
 
     def compare_checksums(self) -> None:
         """Drop planned copies of same-sized files whose content already matches."""
@@ -367,21 +376,35 @@ class _Planner:
                 if self.algorithm:
                     self.job.known[dest] = dest_hex
         if drop:
-            dropped = {self.job.files[i][1] for i in drop}
-            self.job.files = [f for i, f in enumerate(self.job.files) if i not in drop]
-            self.effects = [
-                e for e in self.effects if not (e.op == "create_file" and e.path in dropped)
-            ]
+            old_files, old_effects = self.job.files, self.effects
+            dropped = {f[1] for i, f in enumerate(old_files) if i in drop}
+            self.job.files, self.job.bytes = Spool(), 0
+            for i, f in enumerate(old_files):
+                if i not in drop:
+                    self.job.files.append(f)
+                    self.job.bytes += f[2]
+            self.effects = EffectSpool(
+                e for e in old_effects if not (e.op == "create_file" and e.path in dropped)
+            )
+            old_files.close()
+            old_effects.close()
 
     def finish(self) -> Plan:
         outputs: dict[str, Any] = {
-            "files": sorted(dest for dest, _ in self.files),
-            "symlinks": sorted(self.symlinks),
+            "files": _listed(self.files),
+            "symlinks": _listed(self.symlinks),
             "copied": len(self.job.files),
             "unchanged": len(self.files) - len(self.job.files),
-            "bytes": sum(size for _, size in self.files),
+            "bytes": self.file_bytes,
         }
-        return Plan(effects=self.effects, outputs=outputs, data=self.job)
+        effects = self.effects if self.effects.spilled else list(self.effects)
+        return Plan(effects=effects, outputs=outputs, data=self.job)
+
+
+def _listed(names: SortedSpool[str]) -> Sequence[str]:
+    """A sorted list of paths: a list while short (as it always was), the
+    spool itself, read lazily, when there are too many to hold."""
+    return names if names.spilled else list(names)
 
 
 def _inside_any(path: str, directories: set[str]) -> bool:
@@ -437,41 +460,55 @@ def _copy_files(plan: Plan, ctx: StepContext, umask: int) -> dict[str, Any]:
             remove_leftover(path)
     for dest, target, mtime_ns in job.links:
         copy_symlink(target, dest, mtime_ns)
-    task = ctx.progress.task(
-        "copy", total_bytes=sum(f[2] for f in job.files), total_files=len(job.files)
-    )
+    task = ctx.progress.task("copy", total_bytes=job.bytes, total_files=len(job.files))
     lock = threading.Lock()
+    #: (destination, hex digest) of every file, sorted as read; spooled when many.
+    digests: SortedSpool[tuple[str, str]] = SortedSpool(job.known.items())
 
-    def copy_one(item: tuple[str, str, int, int, int], buf: bytearray | None) -> str | None:
+    def copy_one(item: tuple[str, str, int, int, int], buf: bytearray | None) -> None:
         source, dest, size, mode, mtime_ns = item
         digest = copy_file(source, dest, mode, mtime_ns, umask, job.algorithm, buf, size)
         with lock:
             task.advance(bytes=size, files=1)
-        return digest
+            if digest is not None:
+                digests.append((dest, digest))
 
-    # Largest first, so one big file does not start last and run alone.
-    files = sorted(job.files, key=lambda f: f[2], reverse=True)
     try:
-        digests = run_parallel(
-            files, copy_one, job.workers, ctx, buffered=job.algorithm is not None
+        run_parallel(
+            _largest_first(job.files),
+            copy_one,
+            job.workers,
+            ctx,
+            buffered=job.algorithm is not None,
         )
     finally:
         task.close()
     outputs = dict(plan.outputs)
     if job.algorithm:
         algorithm = job.algorithm
-        checksums = dict(job.known)
-        checksums.update(zip((f[1] for f in files), digests, strict=True))
-        hashed = run_parallel(
-            job.to_hash,
-            lambda p, buf: hash_file(p, algorithm, buf),
-            job.workers,
-            ctx,
-            buffered=True,
-        )
-        checksums.update(zip(job.to_hash, hashed, strict=True))
-        outputs["checksums"] = dict(sorted(checksums.items()))
+
+        def hash_one(path: str, buf: bytearray | None) -> None:
+            digest = hash_file(path, algorithm, buf)
+            with lock:
+                digests.append((path, digest))
+
+        run_parallel(job.to_hash, hash_one, job.workers, ctx, buffered=True)
+        # A million checksums stay on disk, looked up a chunk at a time.
+        outputs["checksums"] = SpooledDict(digests) if digests.spilled else dict(digests)
+        digests.close()
     return outputs
+
+
+def _largest_first(files: Spool[tuple[str, str, int, int, int]]) -> Sequence[Any]:
+    """Files in the order to copy them: largest first, so one big file does not
+    start last and run alone. A spooled list stays spooled: its big files
+    (MMAP_MIN and up, whose order matters) first, then the rest as planned."""
+    if not files.spilled:
+        return sorted(files, key=lambda f: f[2], reverse=True)
+    ordered: Spool[tuple[str, str, int, int, int]] = Spool()
+    ordered.extend(sorted((f for f in files if f[2] >= MMAP_MIN), key=lambda f: f[2], reverse=True))
+    ordered.extend(f for f in files if f[2] < MMAP_MIN)
+    return ordered
 
 
 def _finish_dirs(created: list[tuple[str, int, int]]) -> None:
@@ -676,17 +713,17 @@ def run_parallel(
     """
     results: list[Any] = [None] * len(items)
 
-    def call(i: int, buf: bytearray | None) -> None:
-        results[i] = fn(items[i], buf)
+    def call(i: int, item: T, buf: bytearray | None) -> None:
+        results[i] = fn(item, buf)
 
     count = min(workers, len(items))
     if count <= 1:
         buf = bytearray(BUFFER_SIZE) if buffered and items else None
-        for i in range(len(items)):
+        for i, item in enumerate(items):
             ctx.check_deadline()
-            call(i, buf)
+            call(i, item, buf)
         return results
-    indexes = iter(range(len(items)))
+    indexes = enumerate(items)  # read once, in order, under the lock (items may be spooled)
     lock = threading.Lock()
     stop = threading.Event()
     errors: list[BaseException] = []
@@ -695,12 +732,12 @@ def run_parallel(
         buf = bytearray(BUFFER_SIZE) if buffered else None
         while not stop.is_set():
             with lock:
-                i = next(indexes, None)
-            if i is None:
+                pair = next(indexes, None)
+            if pair is None:
                 return
             try:
                 ctx.check_deadline()
-                call(i, buf)
+                call(pair[0], pair[1], buf)
             except BaseException as e:  # noqa: BLE001 - re-raised in the caller's thread
                 errors.append(e)
                 stop.set()

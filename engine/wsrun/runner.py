@@ -593,8 +593,7 @@ class Runner:
             held = locks.for_step(module, params, ctx)  # before the step reads or writes
             plan = module.plan(params, ctx)
             if self.dry_run:
-                for effect in plan.effects:
-                    self.view.record(effect)
+                self.record_planned(plan)
                 return _dicts(plan.effects), plan.outputs
             if self.journal and plan.effects:
                 planned = self.masker.effects(_dicts(plan.effects))
@@ -613,12 +612,27 @@ class Runner:
         finally:
             held.release()
 
+    def record_planned(self, plan: Any) -> None:
+        """Layer a dry run's planned effects over the view; a tree the plan
+        copies whole is recorded as one fact, not a record per file."""
+        trees = getattr(plan, "trees", None) or []
+        for dest, source in trees:
+            self.view.copy_tree(dest, source)
+        whole = {dest for dest, _ in trees}
+        inside = tuple(dest + os.sep for dest in whole)
+        for effect in plan.effects:
+            if whole and (effect.path in whole or effect.path.startswith(inside)):
+                continue
+            self.view.record(effect)
+
     def check_params(self, uses: str, params: dict[str, Any], templated: set[str]) -> None:
         """Check the values that expressions produced; the rest were checked
         when the recipe was validated."""
         from wsrun.validate import _step_validator, obviously_valid
 
         properties = load_step(uses).SCHEMA.get("properties", {})
+        # A spooled output (copy's `files`) is checked as the list it stands for.
+        params = {k: list(v) if is_lazy(v) and k in templated else v for k, v in params.items()}
         if all(obviously_valid(properties.get(k), params[k]) for k in templated):
             return
         errors = sorted(

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import bisect
 import heapq
+import itertools
 import marshal
 import os
 import struct
@@ -210,7 +211,14 @@ class SortedSpool(Spool[T]):
         if not self._runs:
             self._head.sort()  # type: ignore[call-arg]
             return self._head[index]
-        return list(self)[index] if isinstance(index, slice) else Spool.__getitem__(self, index)
+        if isinstance(index, slice):
+            return list(self)[index]
+        n = len(self)
+        if index < 0:
+            index += n
+        if not 0 <= index < n:
+            raise IndexError("spool index out of range")
+        return next(itertools.islice(iter(self), index, None))
 
     def close(self) -> None:
         for run in self._runs:

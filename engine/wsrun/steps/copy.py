@@ -220,6 +220,8 @@ class _Planner:
         self.files: SortedSpool[str] = SortedSpool()
         self.symlinks: SortedSpool[str] = SortedSpool()
         self.file_bytes = 0
+        #: (destination, source) of real trees copied whole (Plan.trees).
+        self.trees: list[tuple[str, str]] = []
         #: (source, destination, index in job.files) of same-sized files to
         #: compare by checksum.
         self.suspects: list[tuple[str, str, int]] = []
@@ -283,16 +285,19 @@ class _Planner:
         dest_info = None if self.dirs[parent] else self.fs.lstat(dest)
         if info.is_dir:
             self.add_dir(source, dest, info, dest_info)
-            self.add_tree(source, dest, existing=dest_info is not None)
+            whole = self.add_tree(source, dest, existing=dest_info is not None)
+            if whole and dest_info is None and self.fs.is_real_tree(source):
+                self.trees.append((dest, source))  # a new, exact copy of a real tree
             return
         planned = len(self.effects)
         self.add_entry(source, dest, info, dest_info)
         if len(self.effects) > planned and not self.dirs[parent]:
             self.job.write_dirs.add(parent)  # may hold a killed run's temp file
 
-    def add_tree(self, source: str, dest: str, existing: bool) -> None:
+    def add_tree(self, source: str, dest: str, existing: bool) -> bool:
         """Plan the contents of the directory ``source``, walking it once (and
-        ``dest``, if it exists, once)."""
+        ``dest``, if it exists, once); True if every entry is copied (none is
+        skipped as a killed run's temp file)."""
         dest_infos = dict(self.fs.walk(dest)) if existing else {}
         for rel in dest_infos:
             if rel.endswith(TMP_SUFFIX) and is_temp_name(os.path.basename(rel)):
@@ -309,6 +314,7 @@ class _Planner:
                 add_file(src_prefix + rel, dest_prefix + rel, info, dest_infos.get(rel))
             else:
                 self.add_entry(src_prefix + rel, dest_prefix + rel, info, dest_infos.get(rel))
+        return not skipped
 
     def add_entry(self, source: str, dest: str, info: FileInfo, dest_info: FileInfo | None) -> None:
         """Plan one entry: a file, a symlink, or a directory without its contents."""
@@ -398,7 +404,7 @@ class _Planner:
             "bytes": self.file_bytes,
         }
         effects = self.effects if self.effects.spilled else list(self.effects)
-        return Plan(effects=effects, outputs=outputs, data=self.job)
+        return Plan(effects=effects, outputs=outputs, data=self.job, trees=self.trees)
 
 
 def _listed(names: SortedSpool[str]) -> Sequence[str]:

@@ -14,6 +14,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -26,8 +28,12 @@ def bench_module() -> Any:
     return module
 
 
-def test_every_case_runs_and_the_data_is_removed(tmp_path: Path) -> None:
-    env = dict(os.environ, BENCH_DIR=str(tmp_path))
+def test_every_case_runs_and_the_data_is_removed(
+    tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    # the million-file data set is cached on purpose: kept apart from BENCH_DIR
+    cache = tmp_path_factory.mktemp("bench-cache")
+    env = dict(os.environ, BENCH_DIR=str(tmp_path), WSRUN_BENCH_CACHE=str(cache))
     done = subprocess.run(
         [
             sys.executable,

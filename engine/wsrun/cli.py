@@ -148,7 +148,13 @@ def execute(
     from wsrun.cliargs import parse_sets
     from wsrun.journal import Journal, JournalError
     from wsrun.masking import MaskedStream, Masker
-    from wsrun.output import LineEvents, RichProgress, print_report, report_json, stream_is_terminal
+    from wsrun.output import (
+        LineEvents,
+        RichProgress,
+        print_report,
+        report_json_lines,
+        stream_is_terminal,
+    )
     from wsrun.runner import Events, RunError, Runner, coerce_inputs
     from wsrun.settings import Settings, SettingsError
 
@@ -198,7 +204,13 @@ def execute(
     if options.get("json"):
         shown = report.to_json()  # effects and errors: masked by the runner already
         shown["outputs"] = masker.clean(shown["outputs"])
-        print(report_json(shown))
+        batch: list[str] = []
+        for line in report_json_lines(shown):  # streamed: a million effects are not joined
+            batch.append(line)
+            if len(batch) >= 4096:
+                print("\n".join(batch))
+                batch = []
+        print("\n".join(batch))
     elif not options.get("quiet"):
         print_report(report, out, verbose=bool(options.get("verbose")))
     if report.status == "failed":

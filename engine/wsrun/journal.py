@@ -793,8 +793,13 @@ def _count(effects: Sequence[Any] | None) -> int | None:
     return None if effects is None else len(effects)
 
 
+#: One encoder for every value: json.dumps with non-default separators builds a
+#: new encoder per call, a third of the cost of a million small effects.
+_ENCODE = json.JSONEncoder(default=str, separators=(",", ":")).encode
+
+
 def _json(value: Any) -> str | None:
-    return None if value is None else json.dumps(value, default=str, separators=(",", ":"))
+    return None if value is None else _ENCODE(value)
 
 
 def _json_parts(value: Iterable[Any]) -> Iterator[str]:
@@ -819,10 +824,8 @@ def _json_parts(value: Iterable[Any]) -> Iterator[str]:
     for item in value:
         batch.append(item)
         if len(batch) >= 4096:
-            yield ("" if first else ",") + json.dumps(batch, default=str, separators=(",", ":"))[
-                1:-1
-            ]
+            yield ("" if first else ",") + _ENCODE(batch)[1:-1]
             batch, first = [], False
     if batch:
-        yield ("" if first else ",") + json.dumps(batch, default=str, separators=(",", ":"))[1:-1]
+        yield ("" if first else ",") + _ENCODE(batch)[1:-1]
     yield "]"

@@ -9,7 +9,7 @@ import mmap
 import os
 import stat as statmod
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -23,7 +23,7 @@ from wsrun.fileio import (
     remove_stray_temps,
     temp_path,
 )
-from wsrun.fs import FileInfo, WorldView
+from wsrun.fs import FileInfo, WorldView, info_from_stat
 from wsrun.spool import SortedSpool, Spool, SpooledDict
 from wsrun.step import PATHS, Plan, Result, StepContext, StepError
 
@@ -298,10 +298,9 @@ class _Planner:
         """Plan the contents of the directory ``source``, walking it once (and
         ``dest``, if it exists, once); True if every entry is copied (none is
         skipped as a killed run's temp file)."""
-        dest_infos = dict(self.fs.walk(dest)) if existing else {}
-        for rel in dest_infos:
-            if rel.endswith(TMP_SUFFIX) and is_temp_name(os.path.basename(rel)):
-                self.job.strays.append(os.path.join(dest, rel))
+        existing_at = _Existing(self.fs, dest) if existing else None
+        if existing:
+            self.job.strays.extend(_temp_files(self.fs, dest))
         src_prefix, dest_prefix = source + os.sep, dest + os.sep
         add_file = self.add_file
         skipped: set[str] = set()  # temp files a killed run left, and their contents
@@ -311,9 +310,11 @@ class _Planner:
             ):
                 skipped.add(rel)
             elif info.kind == "file":  # the common case first
-                add_file(src_prefix + rel, dest_prefix + rel, info, dest_infos.get(rel))
+                dest_info = existing_at.get(rel) if existing_at else None
+                add_file(src_prefix + rel, dest_prefix + rel, info, dest_info)
             else:
-                self.add_entry(src_prefix + rel, dest_prefix + rel, info, dest_infos.get(rel))
+                dest_info = existing_at.get(rel) if existing_at else None
+                self.add_entry(src_prefix + rel, dest_prefix + rel, info, dest_info)
         return not skipped
 
     def add_entry(self, source: str, dest: str, info: FileInfo, dest_info: FileInfo | None) -> None:
@@ -411,6 +412,63 @@ def _listed(names: SortedSpool[str]) -> Sequence[str]:
     """A sorted list of paths: a list while short (as it always was), the
     spool itself, read lazily, when there are too many to hold."""
     return names if names.spilled else list(names)
+
+
+class _Existing:
+    """What is already at a destination tree, looked up one directory at a time:
+    the source walk visits each directory's entries together, so only that
+    directory's listing is held (a dict of a million entries was 400 MB)."""
+
+    def __init__(self, fs: WorldView, dest: str) -> None:
+        self.fs = fs
+        self.dest = dest
+        self.dir: str | None = None
+        self.infos: dict[str, FileInfo] = {}
+
+    def get(self, rel: str) -> FileInfo | None:
+        """What is at ``dest/rel``, as a walk of ``dest`` would report it (None
+        below a symlink or a non-directory: a walk does not go there)."""
+        directory, _, name = rel.rpartition("/")
+        if directory != self.dir:
+            self.dir = directory
+            self.infos = self._list(directory)
+        return self.infos.get(name)
+
+    def _list(self, directory: str) -> dict[str, FileInfo]:
+        path = self.dest
+        for part in directory.split("/") if directory else ():
+            path = path + "/" + part
+            info = self.fs.lstat(path)
+            if info is None or not info.is_dir:
+                return {}
+        if self.fs.virtual:
+            found = ((n, self.fs.lstat(path + "/" + n)) for n in self.fs.listdir(path))
+            return {n: i for n, i in found if i is not None}
+        try:
+            with os.scandir(path) as it:
+                return {
+                    e.name: info_from_stat(
+                        e.stat(follow_symlinks=False),
+                        e.path,
+                        os.readlink(e.path) if e.is_symlink() else None,
+                    )
+                    for e in it
+                }
+        except (FileNotFoundError, NotADirectoryError):
+            return {}
+
+
+def _temp_files(fs: WorldView, dest: str) -> Iterator[str]:
+    """A killed run's temp files anywhere below ``dest``, by name (no stat on disk)."""
+    if fs.virtual:
+        for rel, _ in fs.walk(dest):
+            if rel.endswith(TMP_SUFFIX) and is_temp_name(os.path.basename(rel)):
+                yield os.path.join(dest, rel)
+        return
+    for top, dirs, names in os.walk(dest):
+        for name in (*dirs, *names):  # a symlink to a directory is listed in dirs
+            if name.endswith(TMP_SUFFIX) and is_temp_name(name):
+                yield os.path.join(top, name)
 
 
 def _inside_any(path: str, directories: set[str]) -> bool:

@@ -242,6 +242,39 @@ class Bench:
         count = scaled_count(100_000, self.scale)
         build_tree(path, count, max(1, min(1000, count // 100)), 0, KiB, SEED + 2)
 
+    def million(self) -> str:
+        """The 1,000,000 files (scaled) of 0-1 KiB in 1,000 directories of the
+        million-* cases, built once and kept in ``$WSRUN_BENCH_CACHE`` (default
+        /tmp/wsrun-bench-cache; a minute per 100,000 files to build). With too
+        little free disk for it and two copies, fewer files, with a note."""
+        if "million" in self.built:
+            return self.built["million"]
+        cache = os.environ.get(
+            "WSRUN_BENCH_CACHE", os.path.join(tempfile.gettempdir(), "wsrun-bench-cache")
+        )
+        os.makedirs(cache, exist_ok=True)
+        count = scaled_count(1_000_000, self.scale)
+        path = os.path.join(cache, f"million-{count}")
+        if not os.path.exists(path + ".done"):
+            # about 4 KiB of disk a file (a block and its inode): the tree, the
+            # copy and cp's copy; a tar of it is about 1.5 KiB a file
+            free = shutil.disk_usage(cache).free + shutil.disk_usage(self.root).free
+            fits = int(free * 0.8 / (4 * KiB * 3 + 1536))
+            if fits < count:
+                self.log(f"  NOTE: {free / 2**30:.0f} GiB free: {fits} files instead of {count}")
+                count = max(1, fits)
+                path = os.path.join(cache, f"million-{count}")
+        if not os.path.exists(path + ".done"):
+            shutil.rmtree(path, ignore_errors=True)
+            started = time.perf_counter()
+            build_tree(path, count, max(1, min(1000, count // 100)), 0, KiB, SEED + 2)
+            Path(path + ".done").write_text(f"{count}\n")
+            self.log(
+                f"  data set million: {count} files built in {time.perf_counter() - started:.0f}s, cached in {path}"
+            )
+        self.built["million"] = path
+        return path
+
     def build_journal(self, path: str) -> None:
         """20,000 files (scaled) of 0-256 bytes in 100 directories: the journal's
         size per file, not the copy's speed, is what the journal case measures."""
@@ -400,6 +433,29 @@ class Bench:
                 f"{what} failed: {(lines or [f'exit status {done.returncode}'])[-1][:300]}"
             )
         return seconds
+
+    def measured(
+        self, cmd: Sequence[str], what: str, env: dict[str, str] | None = None
+    ) -> tuple[float, float]:
+        """(seconds, peak resident MiB) of ``cmd``, the peak read from the child's
+        own rusage (os.wait4), not the sum over every child so far."""
+        started = time.perf_counter()
+        proc = subprocess.Popen(
+            cmd,
+            env=env or self.env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            cwd=self.root,
+        )
+        assert proc.stderr is not None
+        err = proc.stderr.read()
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        seconds = time.perf_counter() - started
+        if proc.returncode != 0:
+            last = err.decode(errors="replace").strip().splitlines() or [f"exit {proc.returncode}"]
+            raise CaseError(f"{what} failed: {last[-1][:300]}")
+        return seconds, usage.ru_maxrss / KiB
 
     def fresh(self, *paths: str) -> None:
         """Delete earlier output and flush dirty pages: done outside the timed region."""
@@ -1065,11 +1121,11 @@ def journal_bytes(home: str) -> int:
     return sum(os.path.getsize(p) for p in (path, path + "-wal") if os.path.exists(p))
 
 
-def journal_case(b: Bench, case: Case) -> Outcome:
+def journal_case(b: Bench, case: Case, source: str | None = None) -> Outcome:
     """What the run journal grows by per file: a dry run and the real copy (with
     sha256, whose checksums are the journal's least compressible part), each on
     an empty journal of its own, then a re-run that changes nothing."""
-    source = b.dataset("journal")
+    source = source or b.dataset("journal")
     files, _ = tree_stats(source)
     dest = os.path.join(b.out, "dest")
     b.fresh(dest)
@@ -1105,6 +1161,90 @@ def journal_case(b: Bench, case: Case) -> Outcome:
     outcome = scored(case, seconds, None, ratio, note)
     outcome.details = {"files": files, "bytes_added": grown, "bytes_per_file": per_file}
     return outcome
+
+
+# ---- a million files (issue 15): time against cp -a and GNU tar, peak memory ----
+
+#: Peak resident memory wsrun may use on the million-file cases (MiB).
+MILLION_RSS_MIB = 300
+
+
+def million_copy_case(b: Bench, case: Case) -> Outcome:
+    """copy + sha256 of the million files against plain ``cp -a``, once each
+    (minutes a run); the note gives both peak RSS."""
+    source = b.million()
+    read_all(source)
+    dest = os.path.join(b.out, "dest")
+    b.fresh(dest)
+    os.makedirs(dest)
+    w, w_rss = b.measured(
+        b.wsrun(COPY_RECIPE, source, dest, "--checksum", "sha256", "-q"), "wsrun copy"
+    )
+    same_tree(source, os.path.join(dest, os.path.basename(source)))("wsrun")
+    b.fresh(dest)
+    os.makedirs(dest)
+    base, base_rss = b.measured(["cp", "-a", source, dest + "/"], "cp -a")
+    b.fresh(dest)
+    files, size = tree_stats(source)
+    note = f"{files} files, {size / MiB:.0f} MiB; peak RSS wsrun {w_rss:.0f} MiB, cp -a {base_rss:.0f} MiB"
+    outcome = scored(case, w, base, w / base, note)
+    outcome.details = {"files": files, "peak_rss_mib": w_rss, "baseline_peak_rss_mib": base_rss}
+    return outcome
+
+
+def million_tar_case(b: Bench, case: Case) -> Outcome:
+    source = b.million()
+    read_all(source)
+    archive = os.path.join(b.out, "million.tar")
+    b.fresh(archive)
+    w, w_rss = b.measured(
+        b.wsrun(TAR_RECIPE, source, archive, "--compression", "none", "-q"), "wsrun tar"
+    )
+    check_members(source, archive)
+    b.fresh(archive)
+    parent, name = os.path.split(source)
+    base, base_rss = b.measured(["tar", "-cf", archive, "-C", parent, name], "tar -cf")
+    b.fresh(archive)
+    files, _ = tree_stats(source)
+    note = f"{files} files; peak RSS wsrun {w_rss:.0f} MiB, tar {base_rss:.0f} MiB"
+    outcome = scored(case, w, base, w / base, note)
+    outcome.details = {"files": files, "peak_rss_mib": w_rss, "baseline_peak_rss_mib": base_rss}
+    return outcome
+
+
+def million_dry_case(b: Bench, case: Case) -> Outcome:
+    source = b.million()
+    read_all(source)
+    dest = os.path.join(b.out, "dest")
+    b.fresh(dest)
+    cmd = b.wsrun(COPY_RECIPE, source, dest, "--checksum", "sha256", "--dry-run", "--json")
+    seconds, rss = b.measured(cmd, "dry run")
+    if os.path.exists(dest):
+        raise CaseError("the dry run wrote the destination")
+    files, _ = tree_stats(source)
+    note = f"{files} files; peak RSS {rss:.0f} MiB; ratio = seconds / target"
+    outcome = scored(case, seconds, None, seconds / (case.target or 1), note)
+    outcome.details = {"files": files, "peak_rss_mib": rss}
+    return outcome
+
+
+def million_memory_case(b: Bench, case: Case) -> Outcome:
+    """The largest peak RSS of the million-* cases run before it, against
+    MILLION_RSS_MIB (ratio = MiB / target)."""
+    peaks = {
+        name: o.details["peak_rss_mib"]
+        for name, o in b.results.items()
+        if name.startswith("million-") and "peak_rss_mib" in o.details
+    }
+    if not peaks:
+        raise CaseError("run it with million-copy, million-tar or million-dry")
+    worst = max(peaks, key=peaks.__getitem__)
+    note = ", ".join(f"{k} {v:.0f} MiB" for k, v in peaks.items())
+    return scored(case, peaks[worst], None, peaks[worst] / MILLION_RSS_MIB, note)
+
+
+def million_journal_case(b: Bench, case: Case) -> Outcome:
+    return journal_case(b, case, b.million())
 
 
 BUS_LOAD = os.path.join(REPO, "bench", "bus_load.py")
@@ -1540,6 +1680,32 @@ CASES = [
     Case("help", "wsrun --help wall time (best of 5)", 0.25, (), help_case, "s"),
     Case("overhead", "engine overhead per noop step", 0.002, NOOP, overhead_case, "s/step"),
     Case("dry-run", "dry run of a copy of 100,000 files", 5.0, COPY, dry_run_case, "s"),
+    Case("million-copy", "copy + sha256 of 1,000,000 files vs cp -a", 1.0, COPY, million_copy_case),
+    Case("million-tar", "tar of 1,000,000 files vs tar -cf", 1.3, TAR, million_tar_case),
+    Case(
+        "million-dry",
+        "dry run of a copy + sha256 of 1,000,000 files",
+        30.0,
+        COPY,
+        million_dry_case,
+        "s",
+    ),
+    Case(
+        "million-memory",
+        "peak RSS of the million-* cases (MiB)",
+        MILLION_RSS_MIB,
+        COPY,
+        million_memory_case,
+        "MiB",
+    ),
+    Case(
+        "million-journal",
+        "journal bytes per file, copy + sha256 of 1,000,000 files",
+        64,
+        COPY,
+        million_journal_case,
+        "B/file",
+    ),
     Case(
         "progress",
         "progress report cost: rates, ETA, heartbeat and journal copy (s/report)",

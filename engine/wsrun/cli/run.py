@@ -58,7 +58,7 @@ def execute(
         LineEvents,
         RichProgress,
         print_report,
-        report_json,
+        report_json_lines,
     )
     from wsrun.core.runner import Events, RunError, Runner, coerce_inputs
     from wsrun.core.settings import Settings, SettingsError
@@ -109,7 +109,13 @@ def execute(
     if options.get("json"):
         shown = report.to_json()  # effects and errors: masked by the runner already
         shown["outputs"] = masker.clean(shown["outputs"])
-        print(report_json(shown))
+        batch: list[str] = []
+        for line in report_json_lines(shown):  # streamed: a million effects are not joined
+            batch.append(line)
+            if len(batch) >= 4096:
+                print("\n".join(batch))
+                batch = []
+        print("\n".join(batch))
     elif not options.get("quiet"):
         print_report(report, out, verbose=bool(options.get("verbose")))
     if report.status == "failed":

@@ -7,8 +7,11 @@ dry run can print what a real run will do, and tests can compare the two.
 from __future__ import annotations
 
 import builtins
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
+
+from wsrun.core.spool import Spool
 
 #: Every effect kind a step may report.
 OPS = (
@@ -100,3 +103,46 @@ def remove(path: str, bytes: int | None = None, **extra: Any) -> Effect:
 def move(path: str, target: str, bytes: int | None = None, **extra: Any) -> Effect:
     """Move ``path`` to ``target``."""
     return Effect("move", path, bytes=bytes, target=target, extra=extra)
+
+
+def _effect_record(e: Effect) -> tuple[Any, ...]:
+    return (e.op, e.path, e.bytes, e.source, e.target, e.mode, e.extra or None)
+
+
+def _effect_from(record: tuple[Any, ...]) -> Effect:
+    op, path, size, source, target, mode, extra = record
+    return Effect(op, path, size, source, target, mode, extra or {})
+
+
+def effect_dict(e: Effect) -> dict[str, Any]:
+    """``e.to_dict()`` as a function, for lazy views (wsrun.core.spool.Mapped)."""
+    return e.to_dict()
+
+
+class EffectSpool(Spool[Effect]):
+    """A step's planned effects when there may be very many (a copy of a
+    million files): a list while short, spooled to a temporary file past
+    ``wsrun.core.spool.SPILL_AT``. ``content`` and ``source_info`` are dropped when an
+    effect is spooled (a dry run re-reads the source's facts instead), so steps
+    spool only effects without ``content``. ``files`` and ``bytes`` count the
+    ``create_file`` effects and their known sizes as they are appended, so totals
+    need no pass over the spool."""
+
+    def __init__(self, items: Iterable[Effect] = ()) -> None:
+        self.files = 0
+        self.bytes = 0
+        super().__init__(items)
+
+    def append(self, item: Effect) -> None:
+        if item.content is not None:
+            raise ValueError(f"{item.path}: an effect with content cannot be spooled")
+        if item.op == "create_file":
+            self.files += 1
+            self.bytes += item.bytes or 0
+        super().append(item)
+
+    def _encode(self, item: Effect) -> Any:
+        return _effect_record(item)
+
+    def _decode(self, record: Any) -> Effect:
+        return _effect_from(record)

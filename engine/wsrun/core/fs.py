@@ -310,6 +310,33 @@ class WorldView:
             assert effect.target is not None
             self._move(path, norm(effect.target))
 
+    def is_real_tree(self, path: str) -> bool:
+        """True if what shows at and below ``path`` is the real disk there,
+        untouched by any planned effect (so it can be copied as a whole)."""
+        path = norm(path)
+        if not self.virtual:
+            return True
+        if self._has_links or self._real_path(path) != path:
+            return False
+        inside = path + os.sep
+        return not any(
+            p == path or p.startswith(inside)
+            for table in (self._nodes, self._aliases, self._removed)
+            for p in table
+        )
+
+    def copy_tree(self, dest: str, source: str) -> None:
+        """Plan ``dest`` as an exact copy of the real directory tree ``source``
+        (see ``is_real_tree``): one fact however many files it holds."""
+        dest, source = norm(dest), norm(source)
+        self._dir_cache.clear()
+        if self.lstat(dest) is not None:
+            self._remove(dest)
+        self._ensure_parents(os.path.dirname(dest))
+        self._removed.discard(dest)
+        self._aliases[dest] = source
+        self._children.setdefault(os.path.dirname(dest), set()).add(os.path.basename(dest))
+
     def _ensure_parents(self, parent: str) -> None:
         if parent and parent not in self._nodes and self.lstat(parent) is None:
             self._put(parent, FileInfo("dir", mode=0o755))

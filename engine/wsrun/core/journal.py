@@ -20,10 +20,11 @@ import json
 import os
 import socket
 import sqlite3
+import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -32,6 +33,7 @@ from wsrun.core import zstd
 from wsrun.core.db import DbError
 from wsrun.core.masking import printable
 from wsrun.core.migrate import enable_wal, migrate_sqlite
+from wsrun.core.spool import is_lazy, lazy_mapping
 
 #: A step's effects or outputs whose JSON is longer than this go into the blobs
 #: table, zstd-compressed (effects one JSON object a line, so a page of them is
@@ -360,7 +362,7 @@ class Journal:
         key: str,
         seq: int,
         uses: str,
-        planned: list[dict[str, Any]] | None = None,
+        planned: Sequence[dict[str, Any]] | None = None,
     ) -> None:
         """Record a step starting; with its planned effects (just before it
         changes the world) the record is committed at once."""
@@ -385,7 +387,7 @@ class Journal:
         run_id: str,
         key: str,
         status: str,
-        effects: list[dict[str, Any]] | None,
+        effects: Sequence[dict[str, Any]] | None,
         outputs: Any,
         error: str | None = None,
     ) -> None:
@@ -426,47 +428,105 @@ class Journal:
             self._last_commit = time.monotonic()
 
     def _effects_columns(
-        self, effects: list[dict[str, Any]] | None, stored: str | None = None
+        self, effects: Sequence[dict[str, Any]] | None, stored: str | None = None
     ) -> tuple[str | None, str | None]:
         """(JSON text, blob hash) for a list of effects: a short list stays in the
         row, a long one is stored as JSON lines in a blob (``stored``: a blob this
-        process has already written, reused when the content is the same)."""
+        process has already written, reused when the content is the same). The
+        effects are read once, as a stream: a spooled plan of a million is
+        serialised and compressed a chunk at a time, never held whole."""
         if effects is None:
             return None, None
-        lines = [_json(e) or "null" for e in effects]  # each effect serialised once
-        if sum(map(len, lines)) + len(lines) <= INLINE_MAX:
+        it = iter(effects)
+        lines: list[str] = []
+        size = 0
+        for e in it:
+            line = _json(e) or "null"  # each effect serialised once
+            lines.append(line)
+            size += len(line) + 1
+            if size > INLINE_MAX:
+                break
+        else:
             return "[" + ",".join(lines) + "]", None
-        return None, self._blob("\n".join(lines), stored)
+
+        def rest() -> Iterator[str]:
+            yield "\n".join(lines)
+            batch: list[str] = []
+            for e in it:
+                batch.append(_json(e) or "null")
+                if len(batch) >= 4096:
+                    yield "\n" + "\n".join(batch)
+                    batch = []
+            if batch:
+                yield "\n" + "\n".join(batch)
+
+        return None, self._blob(rest(), stored)
 
     def _outputs_columns(self, outputs: Any) -> tuple[str | None, str | None]:
         """(JSON text, blob hash) for a step's outputs. Long outputs of a mapping
         keep their short values in the row and put the long ones (lists of files,
         checksums) in a blob of their own, which a re-run that changed nothing
-        shares with the run before (only counts such as ``copied`` differ)."""
-        text = _json(outputs)
-        if text is None or len(text) <= INLINE_MAX:
+        shares with the run before (only counts such as ``copied`` differ).
+        Spooled outputs (wsrun.core.spool) always go to the blob, streamed."""
+        if is_lazy(outputs):
+            return None, self._blob(_json_parts(outputs))
+        lazy = {k for k, v in outputs.items() if is_lazy(v)} if isinstance(outputs, dict) else set()
+        text = None if lazy else _json(outputs)
+        if not lazy and (text is None or len(text) <= INLINE_MAX):
             return text, None
         if not isinstance(outputs, dict):
-            return None, self._blob(text)
-        texts = {k: _json(v) or "null" for k, v in outputs.items()}
-        long = {k for k, t in texts.items() if len(t) > INLINE_MAX // 4}
+            return None, self._blob(text or "null")
+        texts = {k: _json(v) or "null" for k, v in outputs.items() if k not in lazy}
+        long = lazy | {k for k, t in texts.items() if len(t) > INLINE_MAX // 4}
         short = "{" + ",".join(f"{_json(k)}:{t}" for k, t in texts.items() if k not in long) + "}"
-        rest = "{" + ",".join(f"{_json(k)}:{t}" for k, t in texts.items() if k in long) + "}"
-        return short, self._blob(rest)
 
-    def _blob(self, text: str, stored: str | None = None) -> str:
-        """Queue ``text`` compressed into the blobs table (once per distinct
-        content: a dry run and its real run, or an unchanged re-run, share it);
-        its hash. The text is JSON with every non-ASCII character escaped."""
-        raw = text.encode()
-        ref = hashlib.sha256(raw).hexdigest()
+        def rest() -> Iterator[str]:
+            yield "{"
+            for n, k in enumerate(k for k in outputs if k in long):
+                yield ("," if n else "") + f"{_json(k)}:"
+                if k in lazy:
+                    yield from _json_parts(outputs[k])
+                else:
+                    yield texts[k]
+            yield "}"
+
+        return short, self._blob(rest())
+
+    def _blob(self, text: str | Iterable[str], stored: str | None = None) -> str:
+        """Queue ``text`` (or its parts, streamed) compressed into the blobs
+        table (once per distinct content: a dry run and its real run, or an
+        unchanged re-run, share it); its hash. The text is JSON with every
+        non-ASCII character escaped."""
+        hasher = hashlib.sha256()
+        if isinstance(text, str):
+            raw = text.encode()
+            hasher.update(raw)
+            data = zstd.compress(raw, level=ZSTD_LEVEL)
+        else:
+            # Parts go through a temporary file (in memory while small), so the
+            # compressed frame still states its size, as a one-shot one does.
+            with tempfile.SpooledTemporaryFile(max_size=8 << 20) as spooled:
+                size = 0
+                for part in text:
+                    raw = part.encode()
+                    hasher.update(raw)
+                    size += spooled.write(raw)
+                spooled.seek(0)
+                out = io.BytesIO()
+                compressor = zstd.ZstdCompressor(level=ZSTD_LEVEL)
+                compressor.set_pledged_input_size(size)
+                while chunk := spooled.read(1 << 20):
+                    out.write(compressor.compress(chunk))
+                out.write(compressor.flush())
+                data = out.getvalue()
+        ref = hasher.hexdigest()
         if ref != stored:  # queued without a flush: it commits with the row that refers to it
             self._pending.append(
                 (
                     self.sql(
                         "INSERT INTO {blobs} (hash, data) VALUES (?, ?) ON CONFLICT(hash) DO NOTHING"
                     ),
-                    (ref, zstd.compress(raw, level=ZSTD_LEVEL)),
+                    (ref, data),
                 )
             )
         return ref
@@ -710,9 +770,43 @@ def _text(value: Any) -> Any:
     return printable(value) if isinstance(value, str) else value
 
 
-def _count(effects: list[Any] | None) -> int | None:
+def _count(effects: Sequence[Any] | None) -> int | None:
     return None if effects is None else len(effects)
 
 
+#: One encoder for every value: json.dumps with non-default separators builds a
+#: new encoder per call, a third of the cost of a million small effects.
+_ENCODE = json.JSONEncoder(default=str, separators=(",", ":")).encode
+
+
 def _json(value: Any) -> str | None:
-    return None if value is None else json.dumps(value, default=str, separators=(",", ":"))
+    return None if value is None else _ENCODE(value)
+
+
+def _json_parts(value: Iterable[Any]) -> Iterator[str]:
+    """A lazy sequence as a JSON array (a lazy mapping as an object), in parts
+    of a few thousand items."""
+    if lazy_mapping(value):
+        yield "{"
+        pairs: dict[Any, Any] = {}
+        first = True
+        for k, v in value.items():  # type: ignore[attr-defined]
+            pairs[k] = v
+            if len(pairs) >= 4096:
+                yield ("" if first else ",") + (_json(pairs) or "{}")[1:-1]
+                pairs, first = {}, False
+        if pairs:
+            yield ("" if first else ",") + (_json(pairs) or "{}")[1:-1]
+        yield "}"
+        return
+    yield "["
+    batch: list[Any] = []
+    first = True
+    for item in value:
+        batch.append(item)
+        if len(batch) >= 4096:
+            yield ("" if first else ",") + _ENCODE(batch)[1:-1]
+            batch, first = [], False
+    if batch:
+        yield ("" if first else ",") + _ENCODE(batch)[1:-1]
+    yield "]"

@@ -19,8 +19,11 @@ import base64
 import json
 import os
 import re
+from collections.abc import Sequence
 from typing import Any, TextIO
 from urllib.parse import quote, quote_plus, unquote
+
+from wsrun.core.spool import Mapped, MappedDict, is_lazy, lazy_mapping
 
 #: What a secret is replaced by.
 MASK = "***"
@@ -88,26 +91,33 @@ class Masker:
             return {self.clean(k): self.clean(v) for k, v in value.items()}
         if isinstance(value, (list, tuple)):
             return [self.clean(v) for v in value]
+        if lazy_mapping(value):  # a spooled output (a million checksums): cleaned as read
+            return MappedDict(value, self.clean)
+        if is_lazy(value):  # a spooled output (a million file names): cleaned as read
+            return Mapped(value, self.clean)
         return value
 
-    def effects(self, effects: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    def effects(self, effects: Sequence[dict[str, Any]]) -> Sequence[dict[str, Any]]:
         """Effects as they are shown and journaled: cleaned, and a path field that is
         not UTF-8 also given in base64 (of its bytes, secrets masked). An effect with
-        nothing to clean is passed on as it is (a dry run may plan 100,000)."""
+        nothing to clean is passed on as it is (a dry run may plan 100,000). A lazy
+        sequence (a spooled plan, wsrun.core.spool) stays lazy: each effect is masked as
+        it is read, so a million effects are never held at once."""
         pattern = self.pattern()
-        out = []
-        for effect in effects:
-            if _clean_already(effect, pattern):
-                out.append(effect)
-                continue
-            shown = self.clean(effect)
-            for name in PATH_FIELDS:
-                value = effect.get(name)
-                if isinstance(value, str) and not _is_utf8(value):
-                    raw = os.fsencode(self.text(value))
-                    shown[f"{name}_base64"] = base64.b64encode(raw).decode("ascii")
-            out.append(shown)
-        return out
+        if is_lazy(effects):
+            return Mapped(effects, lambda effect: self._effect(effect, pattern))
+        return [self._effect(effect, pattern) for effect in effects]
+
+    def _effect(self, effect: dict[str, Any], pattern: re.Pattern[str] | None) -> dict[str, Any]:
+        if _clean_already(effect, pattern):
+            return effect
+        shown = self.clean(effect)
+        for name in PATH_FIELDS:
+            value = effect.get(name)
+            if isinstance(value, str) and not _is_utf8(value):
+                raw = os.fsencode(self.text(value))
+                shown[f"{name}_base64"] = base64.b64encode(raw).decode("ascii")
+        return shown  # type: ignore[no-any-return]
 
 
 def _clean_already(effect: dict[str, Any], pattern: re.Pattern[str] | None) -> bool:

@@ -7,10 +7,12 @@ import json
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any, TextIO
 
 from wsrun.core.progress import SinkProgress, TaskState, format_line
 from wsrun.core.runner import Events, RunReport, StepReport
+from wsrun.core.spool import is_lazy, lazy_mapping
 
 EFFECT_MARKS = {
     "create_file": "+ file",
@@ -28,38 +30,50 @@ MAX_EFFECTS_SHOWN = 20
 
 
 def report_json(data: dict[str, Any]) -> str:
+    """The --json report as one string (see report_json_lines)."""
+    return "\n".join(report_json_lines(data))
+
+
+def report_json_lines(data: dict[str, Any]) -> Iterator[str]:
     """The --json report: indented for people, one line per step and effect, so
     the C JSON encoder does the work (json's indent= falls back to pure Python,
     seconds for 100,000 effects)."""
 
     dump = json.JSONEncoder(
-        default=str, ensure_ascii=False
+        default=_plain, ensure_ascii=False
     ).encode  # one encoder: dumps() makes one per call
 
-    lines = ["{"]
+    yield "{"
     items = list(data.items())
     for i, (key, value) in enumerate(items):
         comma = "," if i < len(items) - 1 else ""
         if key == "steps" and value:
-            lines.append('  "steps": [')
+            yield ('  "steps": [')
             for j, step in enumerate(value):
                 head = dump({k: v for k, v in step.items() if k != "effects"})[:-1]
                 effects = step.get("effects", [])
                 end = "," if j < len(value) - 1 else ""
                 if not effects:
-                    lines.append(f'    {head}, "effects": []}}{end}')
+                    yield (f'    {head}, "effects": []}}{end}')
                     continue
-                lines.append(f'    {head}, "effects": [')
-                lines.extend(
-                    f"      {dump(e)}{',' if k < len(effects) - 1 else ''}"
-                    for k, e in enumerate(effects)
-                )
-                lines.append(f"    ]}}{end}")
-            lines.append(f"  ]{comma}")
+                yield (f'    {head}, "effects": [')
+                last = len(effects) - 1
+                for k, e in enumerate(effects):  # streamed: a spooled plan is never held
+                    yield f"      {dump(e)}{',' if k < last else ''}"
+                yield (f"    ]}}{end}")
+            yield (f"  ]{comma}")
         else:
-            lines.append(f"  {dump(key)}: {dump(value)}{comma}")
-    lines.append("}")
-    return "\n".join(lines)
+            yield (f"  {dump(key)}: {dump(value)}{comma}")
+    yield "}"
+
+
+def _plain(value: Any) -> Any:
+    """A spooled output (wsrun.core.spool) as the list or dict it stands for; else str."""
+    if lazy_mapping(value):
+        return dict(value.items())
+    if is_lazy(value):
+        return list(value)
+    return str(value)
 
 
 def human_bytes(n: float) -> str:

@@ -17,18 +17,19 @@ import json
 import os
 import time
 import traceback
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from wsrun.core import expr, groups, locks
-from wsrun.core.effects import Effect, create_dir, move, remove
+from wsrun.core.effects import Effect, create_dir, effect_dict, move, remove
 from wsrun.core.fs import ContentUnknown, WorldView
 from wsrun.core.journal import Journal, JournalError, new_run_id
 from wsrun.core.masking import Masker, printable
 from wsrun.core.progress import JournalProgress, Tracker
 from wsrun.core.recipe import Recipe, is_recipe_ref, resolve
 from wsrun.core.settings import MASK, Settings, display, is_secret_name
+from wsrun.core.spool import Mapped, Spool, is_lazy
 from wsrun.core.step import Progress, ProgressTask, StepContext, StepError, load_step
 
 MAX_DEPTH = 20
@@ -83,7 +84,8 @@ class StepReport:
     where: str
     id: str | None = None
     name: str | None = None
-    effects: list[dict[str, Any]] = field(default_factory=list)
+    #: A list, or a lazy sequence for a spooled plan (wsrun.core.spool).
+    effects: Sequence[dict[str, Any]] = field(default_factory=list)
     outputs: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
     seconds: float = 0.0
@@ -552,12 +554,16 @@ class Runner:
             items = expr.render(items, self.scope)
         if isinstance(items, Mapping):
             items = [{"key": k, "value": v} for k, v in items.items()]
+        if is_lazy(items):  # a spooled output such as copy's `files`
+            items = list(items)
         if not isinstance(items, (list, tuple)):
             raise StepFailed(f"for_each: expected a list, got {type(items).__name__}")
         results = []
         uses = step["uses"]
         real = not self.dry_run and len(items) > 1 and not is_recipe_ref(uses)
         ahead = load_step(uses) if real else None  # a step type that starts on the next item
+        collected: list[dict[str, Any]] = []
+        report.effects = collected
         for i, item in enumerate(items):
             scope = {**self.scope, "item": item, "index": i}
             unit = f"{key}[{i}]"
@@ -572,7 +578,7 @@ class Runner:
                 self.end_unit(unit, "failed", [], None, e.message)
                 raise
             self.end_unit(unit, "changed" if effects else "ok", effects, outputs)
-            report.effects.extend(effects)
+            collected.extend(effects)
             results.append(outputs)
         report.outputs = {"results": results}
         report.status = "changed" if report.effects else "ok"
@@ -611,7 +617,7 @@ class Runner:
         self,
         unit: str,
         status: str,
-        effects: list[dict[str, Any]],
+        effects: Sequence[dict[str, Any]],
         outputs: Any,
         error: str | None = None,
     ) -> None:
@@ -631,7 +637,7 @@ class Runner:
 
     def run_unit(
         self, step: dict[str, Any], key: str, scope: dict[str, Any]
-    ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    ) -> tuple[Sequence[dict[str, Any]], dict[str, Any]]:
         """One execution of a step (one item of a loop): render, plan, apply."""
         params: dict[str, Any] = {}
         raw = (
@@ -672,7 +678,7 @@ class Runner:
 
     def plan_apply(
         self, step: dict[str, Any], params: dict[str, Any], key: str, templated: set[str]
-    ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    ) -> tuple[Sequence[dict[str, Any]], dict[str, Any]]:
         module = load_step(step["uses"])
         self.check_params(step["uses"], params, templated)
         deadline = time.monotonic() + parse_timeout(step["timeout"]) if "timeout" in step else None
@@ -689,8 +695,7 @@ class Runner:
             if group is not None and group.probe and plan.effects:
                 raise _Differs(key)
             if self.dry_run:
-                for effect in plan.effects:
-                    self.view.record(effect)
+                self.record_planned(plan)
                 return self.finals(_dicts(plan.effects), plan.outputs)
             if self.journal and plan.effects:
                 planned = self.masker.effects(self.finals(_dicts(plan.effects), {})[0])
@@ -723,8 +728,8 @@ class Runner:
         return Tracker(sinks, key=key, label=key, shown=self.shown)
 
     def finals(
-        self, effects: list[dict[str, Any]], outputs: dict[str, Any]
-    ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        self, effects: Sequence[dict[str, Any]], outputs: dict[str, Any]
+    ) -> tuple[Sequence[dict[str, Any]], dict[str, Any]]:
         """A step's effects and outputs as the run reports them: inside a group,
         with staged paths shown where they will be once the group commits."""
         group = self.group
@@ -906,12 +911,27 @@ class Runner:
         )
         self.journal.flush()
 
+    def record_planned(self, plan: Any) -> None:
+        """Layer a dry run's planned effects over the view; a tree the plan
+        copies whole is recorded as one fact, not a record per file."""
+        trees = getattr(plan, "trees", None) or []
+        for dest, source in trees:
+            self.view.copy_tree(dest, source)
+        whole = {dest for dest, _ in trees}
+        inside = tuple(dest + os.sep for dest in whole)
+        for effect in plan.effects:
+            if whole and (effect.path in whole or effect.path.startswith(inside)):
+                continue
+            self.view.record(effect)
+
     def check_params(self, uses: str, params: dict[str, Any], templated: set[str]) -> None:
         """Check the values that expressions produced; the rest were checked
         when the recipe was validated."""
         from wsrun.core.validate import _step_validator, obviously_valid
 
         properties = load_step(uses).SCHEMA.get("properties", {})
+        # A spooled output (copy's `files`) is checked as the list it stands for.
+        params = {k: list(v) if is_lazy(v) and k in templated else v for k, v in params.items()}
         if all(obviously_valid(properties.get(k), params[k]) for k in templated):
             return
         errors = sorted(
@@ -924,7 +944,7 @@ class Runner:
 
     def run_recipe_step(
         self, uses: str, params: dict[str, Any], key: str
-    ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    ) -> tuple[Sequence[dict[str, Any]], dict[str, Any]]:
         from wsrun.core.validate import InvalidRecipe, load_valid
 
         if self.depth >= MAX_DEPTH:
@@ -978,7 +998,10 @@ def _rechecked_on_resume(uses: str) -> bool:
         return False
 
 
-def _dicts(effects: list[Effect]) -> list[dict[str, Any]]:
+def _dicts(effects: Sequence[Effect]) -> Sequence[dict[str, Any]]:
+    """Effects as dicts; a spooled plan's stay lazy (made as they are read)."""
+    if isinstance(effects, Spool):
+        return Mapped(effects, effect_dict)
     return [e.to_dict() for e in effects]
 
 

@@ -130,6 +130,11 @@ class Plan:
     effects: list[Effect] = field(default_factory=list)
     outputs: dict[str, Any] = field(default_factory=dict)
     data: Any = None
+    #: (destination, source) of real directory trees the plan copies whole,
+    #: entry for entry (names, sizes, modes, mtimes, link targets): a dry run's
+    #: view shows the source's real entries at the destination instead of
+    #: holding a record per planned file (WorldView.copy_tree).
+    trees: list[tuple[str, str]] = field(default_factory=list)
 
     @property
     def status(self) -> str:

@@ -11,20 +11,28 @@ import hashlib
 import os
 import stat as statmod
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from wsrun.core import resumes
-from wsrun.core.effects import Effect, create_dir, create_file, create_symlink
-from wsrun.core.filecopy import BUFFER_SIZE, copy_file, copy_symlink, current_umask, hash_file
+from wsrun.core.effects import EffectSpool, create_dir, create_file, create_symlink
+from wsrun.core.filecopy import (
+    BUFFER_SIZE,
+    MMAP_MIN,
+    copy_file,
+    copy_symlink,
+    current_umask,
+    hash_file,
+)
 from wsrun.core.fileio import (
     TMP_SUFFIX,
     is_temp_name,
     remove_leftover,
     remove_stray_temps,
 )
-from wsrun.core.fs import FileInfo, WorldView
+from wsrun.core.fs import FileInfo, WorldView, info_from_stat
+from wsrun.core.spool import SortedSpool, Spool, SpooledDict
 from wsrun.core.step import PATHS, Plan, Result, StepContext, StepError
 
 NAME = "copy"
@@ -126,12 +134,15 @@ class CopyJob:
     #: Directories to create, parents first: (path, mode, mtime_ns); mode and
     #: mtime are None for directories that only hold the copied tree.
     dirs: list[tuple[str, int | None, int | None]] = field(default_factory=list)
-    #: Regular files to write: (source, destination, size, mode, mtime_ns).
-    files: list[tuple[str, str, int, int, int]] = field(default_factory=list)
+    #: Regular files to write: (source, destination, size, mode, mtime_ns);
+    #: spooled to disk when there are many (wsrun.core.spool).
+    files: Spool[tuple[str, str, int, int, int]] = field(default_factory=Spool)
+    #: Their total size, counted as they are planned.
+    bytes: int = 0
     #: Symlinks to write: (destination, target, mtime_ns).
     links: list[tuple[str, str, int]] = field(default_factory=list)
     #: Unchanged files whose checksum must still be read from the destination.
-    to_hash: list[str] = field(default_factory=list)
+    to_hash: Spool[str] = field(default_factory=Spool)
     #: Checksums already known from plan (compare: checksum).
     known: dict[str, str] = field(default_factory=dict)
     #: Existing directories that may hold a killed run's temp files (those
@@ -202,13 +213,18 @@ class _Planner:
         self.algorithm = algorithm
         self.compare = compare
         self.job = CopyJob(algorithm=algorithm)
-        self.effects: list[Effect] = []
+        self.effects = EffectSpool()
         #: Destination directory -> True if this step creates it, False if it exists.
         self.dirs: dict[str, bool] = {}
         #: Destination path -> source path, to catch two sources landing in one place.
         self.claimed: dict[str, str] = {}
-        self.files: list[tuple[str, int]] = []  # (destination, size) of every regular file
-        self.symlinks: list[str] = []
+        #: Destination paths of every regular file (copied or unchanged) and of
+        #: every symlink, sorted as they are read; their count and total size.
+        self.files: SortedSpool[str] = SortedSpool()
+        self.symlinks: SortedSpool[str] = SortedSpool()
+        self.file_bytes = 0
+        #: (destination, source) of real trees copied whole (Plan.trees).
+        self.trees: list[tuple[str, str]] = []
         #: (source, destination, index in job.files) of same-sized files to
         #: compare by checksum.
         self.suspects: list[tuple[str, str, int]] = []
@@ -272,20 +288,22 @@ class _Planner:
         dest_info = None if self.dirs[parent] else self.fs.lstat(dest)
         if info.is_dir:
             self.add_dir(source, dest, info, dest_info)
-            self.add_tree(source, dest, existing=dest_info is not None)
+            whole = self.add_tree(source, dest, existing=dest_info is not None)
+            if whole and dest_info is None and self.fs.is_real_tree(source):
+                self.trees.append((dest, source))  # a new, exact copy of a real tree
             return
         planned = len(self.effects)
         self.add_entry(source, dest, info, dest_info)
         if len(self.effects) > planned and not self.dirs[parent]:
             self.job.write_dirs.add(parent)  # may hold a killed run's temp file
 
-    def add_tree(self, source: str, dest: str, existing: bool) -> None:
+    def add_tree(self, source: str, dest: str, existing: bool) -> bool:
         """Plan the contents of the directory ``source``, walking it once (and
-        ``dest``, if it exists, once)."""
-        dest_infos = dict(self.fs.walk(dest)) if existing else {}
-        for rel in dest_infos:
-            if rel.endswith(TMP_SUFFIX) and is_temp_name(os.path.basename(rel)):
-                self.job.strays.append(os.path.join(dest, rel))
+        ``dest``, if it exists, once); True if every entry is copied (none is
+        skipped as a killed run's temp file)."""
+        existing_at = _Existing(self.fs, dest) if existing else None
+        if existing:
+            self.job.strays.extend(_temp_files(self.fs, dest))
         src_prefix, dest_prefix = source + os.sep, dest + os.sep
         add_file = self.add_file
         skipped: set[str] = set()  # temp files a killed run left, and their contents
@@ -295,9 +313,12 @@ class _Planner:
             ):
                 skipped.add(rel)
             elif info.kind == "file":  # the common case first
-                add_file(src_prefix + rel, dest_prefix + rel, info, dest_infos.get(rel))
+                dest_info = existing_at.get(rel) if existing_at else None
+                add_file(src_prefix + rel, dest_prefix + rel, info, dest_info)
             else:
-                self.add_entry(src_prefix + rel, dest_prefix + rel, info, dest_infos.get(rel))
+                dest_info = existing_at.get(rel) if existing_at else None
+                self.add_entry(src_prefix + rel, dest_prefix + rel, info, dest_info)
+        return not skipped
 
     def add_entry(self, source: str, dest: str, info: FileInfo, dest_info: FileInfo | None) -> None:
         """Plan one entry: a file, a symlink, or a directory without its contents."""
@@ -331,7 +352,8 @@ class _Planner:
 
     def add_file(self, source: str, dest: str, info: FileInfo, dest_info: FileInfo | None) -> None:
         size = info.size
-        self.files.append((dest, size))
+        self.files.append(dest)
+        self.file_bytes += size
         if dest_info is not None:
             if dest_info.is_dir:
                 raise StepError(
@@ -351,6 +373,7 @@ class _Planner:
                     return
         self.effects.append(create_file(dest, size, source=source, source_info=info))
         self.job.files.append((source, dest, size, info.mode, info.mtime_ns))
+        self.job.bytes += size
 
     def compare_checksums(self) -> None:
         """Drop planned copies of same-sized files whose content already matches."""
@@ -368,21 +391,92 @@ class _Planner:
                 if self.algorithm:
                     self.job.known[dest] = dest_hex
         if drop:
-            dropped = {self.job.files[i][1] for i in drop}
-            self.job.files = [f for i, f in enumerate(self.job.files) if i not in drop]
-            self.effects = [
-                e for e in self.effects if not (e.op == "create_file" and e.path in dropped)
-            ]
+            old_files, old_effects = self.job.files, self.effects
+            dropped = {f[1] for i, f in enumerate(old_files) if i in drop}
+            self.job.files, self.job.bytes = Spool(), 0
+            for i, f in enumerate(old_files):
+                if i not in drop:
+                    self.job.files.append(f)
+                    self.job.bytes += f[2]
+            self.effects = EffectSpool(
+                e for e in old_effects if not (e.op == "create_file" and e.path in dropped)
+            )
+            old_files.close()
+            old_effects.close()
 
     def finish(self) -> Plan:
         outputs: dict[str, Any] = {
-            "files": sorted(dest for dest, _ in self.files),
-            "symlinks": sorted(self.symlinks),
+            "files": _listed(self.files),
+            "symlinks": _listed(self.symlinks),
             "copied": len(self.job.files),
             "unchanged": len(self.files) - len(self.job.files),
-            "bytes": sum(size for _, size in self.files),
+            "bytes": self.file_bytes,
         }
-        return Plan(effects=self.effects, outputs=outputs, data=self.job)
+        effects = self.effects if self.effects.spilled else list(self.effects)
+        return Plan(effects=effects, outputs=outputs, data=self.job, trees=self.trees)
+
+
+def _listed(names: SortedSpool[str]) -> Sequence[str]:
+    """A sorted list of paths: a list while short (as it always was), the
+    spool itself, read lazily, when there are too many to hold."""
+    return names if names.spilled else list(names)
+
+
+class _Existing:
+    """What is already at a destination tree, looked up one directory at a time:
+    the source walk visits each directory's entries together, so only that
+    directory's listing is held (a dict of a million entries was 400 MB)."""
+
+    def __init__(self, fs: WorldView, dest: str) -> None:
+        self.fs = fs
+        self.dest = dest
+        self.dir: str | None = None
+        self.infos: dict[str, FileInfo] = {}
+
+    def get(self, rel: str) -> FileInfo | None:
+        """What is at ``dest/rel``, as a walk of ``dest`` would report it (None
+        below a symlink or a non-directory: a walk does not go there)."""
+        directory, _, name = rel.rpartition("/")
+        if directory != self.dir:
+            self.dir = directory
+            self.infos = self._list(directory)
+        return self.infos.get(name)
+
+    def _list(self, directory: str) -> dict[str, FileInfo]:
+        path = self.dest
+        for part in directory.split("/") if directory else ():
+            path = path + "/" + part
+            info = self.fs.lstat(path)
+            if info is None or not info.is_dir:
+                return {}
+        if self.fs.virtual:
+            found = ((n, self.fs.lstat(path + "/" + n)) for n in self.fs.listdir(path))
+            return {n: i for n, i in found if i is not None}
+        try:
+            with os.scandir(path) as it:
+                return {
+                    e.name: info_from_stat(
+                        e.stat(follow_symlinks=False),
+                        e.path,
+                        os.readlink(e.path) if e.is_symlink() else None,
+                    )
+                    for e in it
+                }
+        except (FileNotFoundError, NotADirectoryError):
+            return {}
+
+
+def _temp_files(fs: WorldView, dest: str) -> Iterator[str]:
+    """A killed run's temp files anywhere below ``dest``, by name (no stat on disk)."""
+    if fs.virtual:
+        for rel, _ in fs.walk(dest):
+            if rel.endswith(TMP_SUFFIX) and is_temp_name(os.path.basename(rel)):
+                yield os.path.join(dest, rel)
+        return
+    for top, dirs, names in os.walk(dest):
+        for name in (*dirs, *names):  # a symlink to a directory is listed in dirs
+            if name.endswith(TMP_SUFFIX) and is_temp_name(name):
+                yield os.path.join(top, name)
 
 
 def _inside_any(path: str, directories: set[str]) -> bool:
@@ -438,15 +532,15 @@ def _copy_files(plan: Plan, ctx: StepContext, umask: int) -> dict[str, Any]:
             remove_leftover(path)
     for dest, target, mtime_ns in job.links:
         copy_symlink(target, dest, mtime_ns)
-    task = ctx.progress.task(
-        "copy", total_bytes=sum(f[2] for f in job.files), total_files=len(job.files)
-    )
+    task = ctx.progress.task("copy", total_bytes=job.bytes, total_files=len(job.files))
     lock = threading.Lock()
+    #: (destination, hex digest) of every file, sorted as read; spooled when many.
+    digests: SortedSpool[tuple[str, str]] = SortedSpool(job.known.items())
 
     records = resumes.records() if job.algorithm else None
     cache = ctx.digests if job.algorithm else None  # inside an atomic group
 
-    def copy_one(item: tuple[str, str, int, int, int], buf: bytearray | None) -> str | None:
+    def copy_one(item: tuple[str, str, int, int, int], buf: bytearray | None) -> None:
         source, dest, size, mode, mtime_ns = item
         record = None
         if cache is not None and job.algorithm:
@@ -462,13 +556,16 @@ def _copy_files(plan: Plan, ctx: StepContext, umask: int) -> dict[str, Any]:
             records.record(dest, job.algorithm, digest)  # a re-run need not read it again
         with lock:
             task.advance(bytes=size, files=1)
-        return digest
+            if digest is not None:
+                digests.append((dest, digest))
 
-    # Largest first, so one big file does not start last and run alone.
-    files = sorted(job.files, key=lambda f: f[2], reverse=True)
     try:
-        digests = run_parallel(
-            files, copy_one, job.workers, ctx, buffered=job.algorithm is not None
+        run_parallel(
+            _largest_first(job.files),
+            copy_one,
+            job.workers,
+            ctx,
+            buffered=job.algorithm is not None,
         )
     finally:
         task.close()
@@ -477,26 +574,25 @@ def _copy_files(plan: Plan, ctx: StepContext, umask: int) -> dict[str, Any]:
     outputs = dict(plan.outputs)
     if job.algorithm:
         algorithm = job.algorithm
-        checksums = dict(job.known)
-        checksums.update(zip((f[1] for f in files), digests, strict=True))
         assert records is not None
         # files already in place: hashed for the checksums output (bytes counted as read),
         # or their recorded digest reused when the file is unchanged since
         hashing = ctx.progress.task("hash", total_files=len(job.to_hash))
 
-        def hash_one(path: str, buf: bytearray | None) -> str:
+        def hash_one(path: str, buf: bytearray | None) -> None:
             digest = _recorded_or_hashed(records, path, algorithm, buf)
             with lock:
                 hashing.advance(bytes=os.path.getsize(path), files=1)
-            return digest
+                digests.append((path, digest))
 
         try:
-            hashed = run_parallel(job.to_hash, hash_one, job.workers, ctx, buffered=True)
+            run_parallel(job.to_hash, hash_one, job.workers, ctx, buffered=True)
         finally:
             hashing.close()
         records.flush()
-        checksums.update(zip(job.to_hash, hashed, strict=True))
-        outputs["checksums"] = dict(sorted(checksums.items()))
+        # A million checksums stay on disk, looked up a chunk at a time.
+        outputs["checksums"] = SpooledDict(digests) if digests.spilled else dict(digests)
+        digests.close()
     return outputs
 
 
@@ -511,6 +607,18 @@ def _recorded_or_hashed(
         known = hash_file(path, algorithm, buf)
         records.record(path, algorithm, known, before=st)
     return known
+
+
+def _largest_first(files: Spool[tuple[str, str, int, int, int]]) -> Sequence[Any]:
+    """Files in the order to copy them: largest first, so one big file does not
+    start last and run alone. A spooled list stays spooled: its big files
+    (MMAP_MIN and up, whose order matters) first, then the rest as planned."""
+    if not files.spilled:
+        return sorted(files, key=lambda f: f[2], reverse=True)
+    ordered: Spool[tuple[str, str, int, int, int]] = Spool()
+    ordered.extend(sorted((f for f in files if f[2] >= MMAP_MIN), key=lambda f: f[2], reverse=True))
+    ordered.extend(f for f in files if f[2] < MMAP_MIN)
+    return ordered
 
 
 def _finish_dirs(created: list[tuple[str, int, int]]) -> None:
@@ -544,17 +652,17 @@ def run_parallel(
     """
     results: list[Any] = [None] * len(items)
 
-    def call(i: int, buf: bytearray | None) -> None:
-        results[i] = fn(items[i], buf)
+    def call(i: int, item: T, buf: bytearray | None) -> None:
+        results[i] = fn(item, buf)
 
     count = min(workers, len(items))
     if count <= 1:
         buf = bytearray(BUFFER_SIZE) if buffered and items else None
-        for i in range(len(items)):
+        for i, item in enumerate(items):
             ctx.check_deadline()
-            call(i, buf)
+            call(i, item, buf)
         return results
-    indexes = iter(range(len(items)))
+    indexes = enumerate(items)  # read once, in order, under the lock (items may be spooled)
     lock = threading.Lock()
     stop = threading.Event()
     errors: list[BaseException] = []
@@ -563,12 +671,12 @@ def run_parallel(
         buf = bytearray(BUFFER_SIZE) if buffered else None
         while not stop.is_set():
             with lock:
-                i = next(indexes, None)
-            if i is None:
+                pair = next(indexes, None)
+            if pair is None:
                 return
             try:
                 ctx.check_deadline()
-                call(i, buf)
+                call(pair[0], pair[1], buf)
             except BaseException as e:  # noqa: BLE001 - re-raised in the caller's thread
                 errors.append(e)
                 stop.set()

@@ -1,0 +1,370 @@
+"""Sequences too long to hold as Python objects: records spilled to a temporary file.
+
+A step that copies a million files plans a million effects. Held as objects
+(an Effect, its dict, its JSON line, the overlay's node) that is over 2 KB a
+file; spooled it is a few bytes of memory a file at most. A ``Spool`` keeps its
+first records in a list, as before, and past ``SPILL_AT`` writes them in
+``marshal``-ed chunks to an anonymous temporary file (gone when closed or when
+the process dies) which every iteration reads back a chunk at a time. Small
+plans, the common case, never touch the disk and behave exactly as a list.
+
+``SortedSpool`` sorts what is appended without holding it: sorted runs on
+disk, merged as it is read (an external merge sort), for outputs such as
+``files`` that promise sorted paths.
+"""
+
+from __future__ import annotations
+
+import bisect
+import heapq
+import itertools
+import marshal
+import os
+import struct
+import tempfile
+from collections.abc import Callable, ItemsView, Iterable, Iterator, Mapping, Sequence
+from typing import IO, Any, Generic, TypeVar, overload
+
+T = TypeVar("T")
+U = TypeVar("U")
+V = TypeVar("V")
+
+#: Records kept in memory before a spool spills to disk.
+SPILL_AT = 20_000
+#: Records per chunk on disk (and read back at a time).
+CHUNK = 4096
+
+_LEN = struct.Struct("<Q")
+
+
+class Spool(Sequence[T], Generic[T]):
+    """An append-only sequence of ``marshal``-able records (tuples of str, int,
+    None, dicts of those): a list while short, a temporary file once long."""
+
+    def __init__(self, items: Iterable[T] = ()) -> None:
+        self._head: list[T] = []  # in memory: everything, until the first spill
+        self._file: IO[bytes] | None = None
+        self._chunks = 0
+        self._spilled = 0  # records on disk
+        self._end = 0  # the file's size
+        for item in items:
+            self.append(item)
+
+    # -- writing --------------------------------------------------------------
+
+    def _encode(self, item: T) -> Any:
+        return item
+
+    def _decode(self, record: Any) -> T:
+        return record  # type: ignore[no-any-return]
+
+    def append(self, item: T) -> None:
+        """Add one record at the end."""
+        self._head.append(item)
+        if len(self._head) >= (CHUNK if self._file is not None else SPILL_AT):
+            self._spill()
+
+    def extend(self, items: Iterable[T]) -> None:
+        for item in items:
+            self.append(item)
+
+    def _spill(self) -> None:
+        if self._file is None:
+            self._file = tempfile.TemporaryFile(prefix="wsrun-spool-")  # noqa: SIM115
+        self._file.seek(0, os.SEEK_END)
+        head, encode = self._head, self._encode
+        for start in range(0, len(head), CHUNK):
+            data = marshal.dumps([encode(x) for x in head[start : start + CHUNK]])
+            self._file.write(_LEN.pack(len(data)))
+            self._file.write(data)
+            self._chunk_written(self._end, head[start])
+            self._end += _LEN.size + len(data)
+            self._chunks += 1
+        self._spilled += len(head)
+        self._head = []
+
+    def _chunk_written(self, offset: int, first: T) -> None:
+        """Called for each chunk written, at its offset, with its first record."""
+
+    def _chunk(self, offset: int) -> list[Any]:
+        """The raw records of the chunk written at ``offset``."""
+        assert self._file is not None
+        self._file.flush()
+        fd = self._file.fileno()
+        (size,) = _LEN.unpack(os.pread(fd, _LEN.size, offset))
+        return marshal.loads(os.pread(fd, size, offset + _LEN.size))  # type: ignore[no-any-return]
+
+    @property
+    def spilled(self) -> bool:
+        """True once records live on disk (tests use it to see the bound hold)."""
+        return self._file is not None
+
+    def close(self) -> None:
+        """Drop the temporary file (also done when the spool is collected)."""
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        self._head = []
+        self._spilled = self._chunks = self._end = 0
+
+    # -- reading --------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return self._spilled + len(self._head)
+
+    def __bool__(self) -> bool:
+        return len(self) > 0
+
+    def __iter__(self) -> Iterator[T]:
+        if self._file is not None:
+            decode = self._decode
+            fd = self._file.fileno()
+            self._file.flush()
+            offset = 0
+            for _ in range(self._chunks):
+                (size,) = _LEN.unpack(os.pread(fd, _LEN.size, offset))
+                data = os.pread(fd, size, offset + _LEN.size)
+                offset += _LEN.size + size
+                for record in marshal.loads(data):
+                    yield decode(record)
+        yield from list(self._head)  # a copy: appends while reading are not seen
+
+    @overload
+    def __getitem__(self, index: int) -> T: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[T]: ...
+
+    def __getitem__(self, index: int | slice) -> T | list[T]:
+        """Records by position: read through from the start (a spool is for
+        streaming; this is for the odd look at the first few)."""
+        if isinstance(index, slice):
+            start, stop, step = index.indices(len(self))
+            wanted = range(start, stop, step)
+            if step > 0:
+                out = []
+                for i, item in enumerate(self):
+                    if i >= stop:
+                        break
+                    if i in wanted:
+                        out.append(item)
+                return out
+            return list(self)[index]
+        n = len(self)
+        if index < 0:
+            index += n
+        if not 0 <= index < n:
+            raise IndexError("spool index out of range")
+        if index >= self._spilled:
+            return self._head[index - self._spilled]
+        for i, item in enumerate(self):
+            if i == index:
+                return item
+        raise IndexError("spool index out of range")
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, (Sequence, Spool)) or isinstance(other, (str, bytes)):
+            return NotImplemented
+        return len(self) == len(other) and all(a == b for a, b in zip(self, other, strict=True))
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} of {len(self)}{' (on disk)' if self.spilled else ''}>"
+
+    def __reduce__(self) -> Any:  # pickled (multiprocessing) as the list it stands for
+        return (list, (list(self),))
+
+
+class SortedSpool(Spool[T]):
+    """Appended in any order, read back sorted: runs of ``SPILL_AT`` records are
+    sorted and spooled, and merged lazily on each iteration."""
+
+    def __init__(self, items: Iterable[T] = ()) -> None:
+        self._runs: list[Spool[T]] = []
+        super().__init__(items)
+
+    def append(self, item: T) -> None:
+        self._head.append(item)
+        if len(self._head) >= SPILL_AT:
+            self._head.sort()  # type: ignore[call-arg]
+            run: Spool[T] = Spool()
+            run._head = self._head
+            run._spill()
+            self._runs.append(run)
+            self._head = []
+
+    @property
+    def spilled(self) -> bool:
+        return bool(self._runs)
+
+    def __len__(self) -> int:
+        return sum(len(r) for r in self._runs) + len(self._head)
+
+    def __iter__(self) -> Iterator[T]:
+        self._head.sort()  # type: ignore[call-arg]
+        if not self._runs:
+            return iter(self._head)
+        return heapq.merge(*self._runs, self._head)  # type: ignore[type-var]
+
+    def __getitem__(self, index: Any) -> Any:
+        if not self._runs:
+            self._head.sort()  # type: ignore[call-arg]
+            return self._head[index]
+        if isinstance(index, slice):
+            return list(self)[index]
+        n = len(self)
+        if index < 0:
+            index += n
+        if not 0 <= index < n:
+            raise IndexError("spool index out of range")
+        return next(itertools.islice(iter(self), index, None))
+
+    def close(self) -> None:
+        for run in self._runs:
+            run.close()
+        self._runs = []
+        self._head = []
+
+
+class Mapped(Sequence[U], Generic[T, U]):
+    """A lazy view of a sequence with ``fn`` applied to each item as it is read:
+    effects as dicts, masked, without a second million objects."""
+
+    def __init__(self, base: Sequence[T], fn: Callable[[T], U]) -> None:
+        self.base = base
+        self.fn = fn
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __iter__(self) -> Iterator[U]:
+        return map(self.fn, self.base)
+
+    def __getitem__(self, index: Any) -> Any:
+        if isinstance(index, slice):
+            return [self.fn(x) for x in self.base[index]]
+        return self.fn(self.base[index])
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Sequence) or isinstance(other, (str, bytes)):
+            return NotImplemented
+        return len(self) == len(other) and all(a == b for a, b in zip(self, other, strict=True))
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"<Mapped view of {len(self)}>"
+
+    def __reduce__(self) -> Any:
+        return (list, (list(self),))
+
+
+class SpooledDict(Mapping[str, V], Generic[V]):
+    """A read-only mapping too big to hold (copy's ``checksums`` of a million
+    files): its items sorted by key in a spool on disk, with the first key of
+    each chunk in memory, so a lookup reads one chunk and iteration streams."""
+
+    def __init__(self, pairs: Iterable[tuple[str, V]]) -> None:
+        """``pairs`` sorted by key, keys unique."""
+        self._firsts: list[str] = []
+        self._offsets: list[int] = []
+        spool: Spool[tuple[str, V]] = Spool()
+        spool._chunk_written = self._index  # type: ignore[method-assign]
+        for pair in pairs:
+            spool._head.append(pair)
+            if len(spool._head) >= CHUNK:
+                spool._spill()
+        if spool._head:
+            spool._spill()
+        self._spool = spool
+
+    def _index(self, offset: int, first: tuple[str, V]) -> None:
+        self._firsts.append(first[0])
+        self._offsets.append(offset)
+
+    def __getitem__(self, key: str) -> V:
+        at = bisect.bisect_right(self._firsts, key) - 1
+        if at >= 0:
+            chunk = self._spool._chunk(self._offsets[at])
+            i = bisect.bisect_left(chunk, key, key=lambda pair: pair[0])
+            if i < len(chunk) and chunk[i][0] == key:
+                return chunk[i][1]  # type: ignore[no-any-return]
+        raise KeyError(key)
+
+    def __len__(self) -> int:
+        return len(self._spool)
+
+    def __iter__(self) -> Iterator[str]:
+        return (k for k, _ in self._spool)
+
+    def items(self) -> ItemsView[str, V]:
+        return _Items(self)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Mapping):
+            return NotImplemented
+        return len(self) == len(other) and all(k in other and other[k] == v for k, v in self._spool)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"<SpooledDict of {len(self)}>"
+
+    def __reduce__(self) -> Any:
+        return (dict, (list(self._spool),))
+
+
+class _Items(ItemsView[str, V]):
+    """Items read straight from the spool, not by a lookup per key."""
+
+    _mapping: SpooledDict[V]
+
+    def __iter__(self) -> Iterator[tuple[str, V]]:
+        return iter(self._mapping._spool)
+
+
+class MappedDict(Mapping[str, Any]):
+    """A spooled mapping shown through ``fn`` on each (key, value) as it is read
+    (masked for the journal); for iteration and serialisation, not lookups."""
+
+    def __init__(self, base: Mapping[str, Any], fn: Callable[[Any], Any]) -> None:
+        self.base = base
+        self.fn = fn
+
+    def __getitem__(self, key: str) -> Any:
+        for k, v in self.items():
+            if k == key:
+                return v
+        raise KeyError(key)
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __iter__(self) -> Iterator[str]:
+        return (k for k, _ in self.items())
+
+    def items(self) -> ItemsView[str, Any]:
+        return _MappedItems(self)
+
+    def __reduce__(self) -> Any:
+        return (dict, (list(self.items()),))
+
+
+class _MappedItems(ItemsView[str, Any]):
+    _mapping: MappedDict
+
+    def __iter__(self) -> Iterator[tuple[str, Any]]:
+        fn = self._mapping.fn
+        return ((fn(k), fn(v)) for k, v in self._mapping.base.items())
+
+
+def is_lazy(value: Any) -> bool:
+    """True for the sequences and mappings of this module (callers that need a
+    real list or dict, JSON encoders, jsonschema, make one or stream it)."""
+    return isinstance(value, (Spool, Mapped, SpooledDict, MappedDict))
+
+
+def lazy_mapping(value: Any) -> bool:
+    """True for this module's mappings."""
+    return isinstance(value, (SpooledDict, MappedDict))

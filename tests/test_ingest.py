@@ -387,7 +387,7 @@ def test_envoy_calibration(tmp_path: Path, cli, wsrun_home: Path) -> None:
 
 
 def test_envoy_observation_image_and_seci(tmp_path: Path, cli, wsrun_home: Path) -> None:
-    from wsrun.packs.nrao.ingest_envoy_cli import main
+    from wsrun.packs.nrao.console import ingest_envoy as main
 
     staging.observation(tmp_path / "obs")
     r = cli("nrao/ingest_envoy", "--observation", str(tmp_path / "obs"), "VLBA", "--json")

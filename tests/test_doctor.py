@@ -101,3 +101,72 @@ def test_the_bus_check_logs_in_to_rabbitmq(cli, monkeypatch, rabbitmq, url, find
     monkeypatch.setenv("WSRUN_BUS_URL", rabbitmq)
     code, found = checks(cli)
     assert found["bus"]["ok"] and "logged in as guest (vhost /)" in found["bus"]["detail"]
+
+
+def _open_embedded_stores(home) -> None:
+    """Create every embedded store's file the way a run does."""
+    from wsrun.core.journal import Journal
+    from wsrun.stores.archive.store import ArchiveStore
+    from wsrun.stores.bus import open_bus
+    from wsrun.stores.state import open_state_store
+
+    open_state_store("sqlite:///" + str(home / "state.db").lstrip("/"))._connect(write=True)
+    open_bus("sqlite:///" + str(home / "bus.db").lstrip("/"))
+    ArchiveStore.open(str(home / "archive"))
+    Journal(home=str(home))
+
+
+@pytest.fixture
+def embedded(cli, wsrun_home, monkeypatch):
+    for name in ("WSRUN_STATE_URL", "WSRUN_BUS_URL", "WSRUN_ARCHIVE_URL", "WSRUN_JOURNAL_URL"):
+        monkeypatch.delenv(name, raising=False)
+    _open_embedded_stores(wsrun_home)
+    return wsrun_home
+
+
+def test_embedded_files_report_their_schema_version(cli, embedded) -> None:
+    code, found = checks(cli)
+    assert code == 0, found
+    for backend in BACKENDS:
+        assert found[backend]["ok"], found[backend]
+        assert f"{backend} schema version " in found[backend]["detail"], found[backend]
+        assert "upgraded on next use" not in found[backend]["detail"]
+
+
+def test_a_sqlite_file_migrated_by_a_newer_wsrun_fails(cli, embedded) -> None:
+    import sqlite3
+
+    with sqlite3.connect(embedded / "state.db") as db:
+        db.execute(
+            "INSERT INTO wsrun_schema (store, version, name, checksum, applied_at)"
+            " VALUES ('state', 999, '0999_future', 'x', '2030-01-01')"
+        )
+    code, found = checks(cli)
+    assert code != 0
+    assert not found["state"]["ok"]
+    assert "newer than this wsrun" in found["state"]["detail"]
+    assert all(found[b]["ok"] for b in BACKENDS if b != "state")
+
+
+def test_an_edited_migration_in_a_sqlite_file_fails(cli, embedded) -> None:
+    import sqlite3
+
+    with sqlite3.connect(embedded / "archive" / "archive.db") as db:
+        db.execute("UPDATE wsrun_schema SET checksum = 'edited' WHERE store = 'archive'")
+    code, found = checks(cli)
+    assert code != 0
+    assert "was edited after it was applied" in found["archive"]["detail"]
+
+
+def test_a_sqlite_file_behind_is_upgraded_on_next_use(cli, embedded) -> None:
+    import sqlite3
+
+    with sqlite3.connect(embedded / "journal.db") as db:
+        latest = db.execute(
+            "SELECT max(version) FROM wsrun_schema WHERE store = 'journal'"
+        ).fetchone()[0]
+        db.execute("DELETE FROM wsrun_schema WHERE store = 'journal' AND version = ?", (latest,))
+    code, found = checks(cli)
+    assert code == 0
+    detail = found["journal"]["detail"]
+    assert f"journal schema version {latest - 1} of {latest} (upgraded on next use)" in detail

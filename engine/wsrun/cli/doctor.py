@@ -106,10 +106,30 @@ def _probe(backend: str, url: str) -> str:
     if scheme in ("", "sqlite", "file"):
         path = urlsplit(url).path if "://" in url else url
         detail = _probe_local(path, directory=backend == "archive")
+        database = os.path.join(path, "archive.db") if backend == "archive" else path
+        if os.path.isfile(database):
+            detail += _sqlite_schema(backend, database)
         if backend == "archive" and "files=" in url:
             detail += f"; files {_probe_files(url, required=False)}"
         return detail
     raise RuntimeError(f"unsupported URL scheme '{scheme}'")
+
+
+def _sqlite_schema(backend: str, path: str) -> str:
+    """The schema version of an embedded store's file. Pending migrations are fine
+    (the store applies them when it next opens the file); a file a newer wsrun
+    migrated, or whose applied migrations were edited, is the finding."""
+    from wsrun.core.migrate import status
+
+    (found,) = status(path, [backend])
+    problem = found.problem()
+    if problem:
+        raise RuntimeError(problem)
+    if found.pending:
+        return (
+            f", {backend} schema version {found.current} of {found.latest} (upgraded on next use)"
+        )
+    return f", {backend} schema version {found.current}"
 
 
 def _amqp_login(url: str) -> str:

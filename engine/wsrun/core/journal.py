@@ -66,17 +66,10 @@ def journal_url(
 ) -> str:
     """The journal to use: ``explicit``, else $WSRUN_JOURNAL_URL, else the
     ``wsrun.journal.url`` setting, else ``default`` or ``sqlite:///<$WSRUN_HOME>/journal.db``."""
-    from wsrun.core.settings import Settings
+    from wsrun.core.settings import configured_url
 
-    env = os.environ if env is None else env
-    if explicit:
-        return explicit
-    if env.get(ENV):
-        return env[ENV]
-    found = Settings(env=env).get(SETTING)
-    if found is not None and found.value:
-        return found.value
-    return default or "sqlite://" + os.path.join(default_home(), "journal.db")
+    found = configured_url(explicit, ENV, SETTING, env)
+    return found or default or "sqlite://" + os.path.join(default_home(), "journal.db")
 
 
 def new_run_id() -> str:

@@ -161,3 +161,25 @@ def display(name: str, value: object, secret: bool = False) -> str:
     if secret or is_secret_name(name):
         return MASK
     return URL_PASSWORD.sub(r"\1****@", str(value))
+
+
+def configured_url(
+    explicit: str | None,
+    env_var: str,
+    setting: str,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, str] | None = None,
+) -> str | None:
+    """Which backend a store or bus uses, in the order every one of them documents:
+    an explicit URL (a command-line option), else the environment variable ``env_var``,
+    else the setting ``setting`` (a profile, or ``--set`` through ``overrides``). None
+    when none is given, so the caller picks its embedded default under $WSRUN_HOME."""
+    if explicit:
+        return explicit
+    env = os.environ if env is None else env
+    if env.get(env_var):
+        return env[env_var]
+    found = Settings(env=env, overrides=overrides).get(setting)
+    if found is not None and found.value:
+        return found.value
+    return None

@@ -60,17 +60,9 @@ def archive_url(explicit: str | None = None, env: Mapping[str, str] | None = Non
     """The archive to use: ``explicit``, else $WSRUN_ARCHIVE_URL, else the
     ``edu.nrao.archive.url`` setting, else ``$WSRUN_HOME/archive``."""
     from wsrun.core.journal import default_home
-    from wsrun.core.settings import Settings
+    from wsrun.core.settings import configured_url
 
-    env = os.environ if env is None else env
-    if explicit:
-        return explicit
-    if env.get(ENV):
-        return env[ENV]
-    found = Settings(env=env).get(SETTING)
-    if found is not None and found.value:
-        return found.value
-    return os.path.join(default_home(), "archive")
+    return configured_url(explicit, ENV, SETTING, env) or os.path.join(default_home(), "archive")
 
 
 # ---- the interface ----------------------------------------------------------

@@ -64,18 +64,13 @@ def bus_url(
     """The bus to use: ``explicit``, else ``$WSRUN_BUS_URL``, else the setting
     ``wsrun.bus.url`` (from a profile or ``overrides``, i.e. ``--set``), else
     ``bus.db`` under ``$WSRUN_HOME``."""
-    if explicit:
-        return explicit
-    env = os.environ if env is None else env
-    if env.get("WSRUN_BUS_URL"):
-        return env["WSRUN_BUS_URL"]
-    from wsrun.core.settings import Settings
-
-    found = Settings(env=env, overrides=overrides).get(SETTING)
-    if found is not None and found.value:
-        return found.value
     from wsrun.core.journal import default_home
+    from wsrun.core.settings import configured_url
 
+    found = configured_url(explicit, "WSRUN_BUS_URL", SETTING, env, overrides)
+    if found:
+        return found
+    env = os.environ if env is None else env
     home = env.get("WSRUN_HOME") or default_home()
     return "sqlite:///" + os.path.abspath(os.path.join(home, "bus.db")).lstrip("/")
 

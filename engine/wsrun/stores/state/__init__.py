@@ -69,17 +69,10 @@ def state_url(explicit: str | None = None, env: Mapping[str, str] | None = None)
     """The store to use: ``explicit``, else $WSRUN_STATE_URL, else the
     ``wsrun.state.url`` setting, else ``sqlite:///<$WSRUN_HOME>/state.db``."""
     from wsrun.core.journal import default_home
-    from wsrun.core.settings import Settings
+    from wsrun.core.settings import configured_url
 
-    env = os.environ if env is None else env
-    if explicit:
-        return explicit
-    if env.get(ENV):
-        return env[ENV]
-    found = Settings(env=env).get(SETTING)
-    if found is not None and found.value:
-        return found.value
-    return "sqlite://" + os.path.join(default_home(), "state.db")
+    found = configured_url(explicit, ENV, SETTING, env)
+    return found or "sqlite://" + os.path.join(default_home(), "state.db")
 
 
 def open_state_store(url: str | None = None) -> StateStore:

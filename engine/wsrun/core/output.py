@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from typing import Any, TextIO
 
 from wsrun.core.progress import SinkProgress, TaskState, format_line
-from wsrun.core.runner import Events, RunReport, StepReport
+from wsrun.core.reports import Events, RunReport, StepReport
 from wsrun.core.spool import is_lazy, lazy_mapping
 
 EFFECT_MARKS = {

@@ -5,142 +5,46 @@ dry run each step is planned against a WorldView that holds the effects of the
 steps planned before it, and nothing is applied: the effects printed are the
 effects a real run performs.
 
-One piece: for now, a step's plan/apply, loops, called recipes and atomic groups all
-walk the same scope, view, journal and locks of one run (a group's file work is
-``wsrun.core.groups``). At about 1,000 lines it is the next module to split: the run's
-scope and the group runner are the candidates.
+A run's parts live beside it: its scope (the names its expressions see, its inputs,
+settings and secrets) is ``wsrun.core.scope``, its atomic groups are run by
+``wsrun.core.group_runner`` (their file work is ``wsrun.core.groups``), and what it
+reports is ``wsrun.core.reports``.
+
+One piece: a step's plan/apply, its retries, loops and called recipes all walk the
+same scope, view, journal and locks of one run, and each is a few dozen lines that
+read best beside the others.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import time
 import traceback
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
-from wsrun.core import expr, groups, locks
-from wsrun.core.effects import Effect, create_dir, effect_dict, move, remove
+from wsrun.core import expr, locks
+from wsrun.core.effects import Effect, effect_dict
 from wsrun.core.fs import ContentUnknown, WorldView
+from wsrun.core.group_runner import ActiveGroup, Differs, GroupRunner, InnerFailed
 from wsrun.core.journal import Journal, JournalError, new_run_id
 from wsrun.core.masking import Masker, printable
 from wsrun.core.progress import JournalProgress, Tracker
 from wsrun.core.recipe import Recipe, is_recipe_ref, resolve
-from wsrun.core.settings import MASK, Settings, display, is_secret_name
+from wsrun.core.reports import Events, RunReport, StepFailed, StepReport, describe_error
+from wsrun.core.scope import (
+    RunError,
+    add_secrets,
+    coerce_inputs,
+    masked_inputs,
+    new_scope,
+    resolve_settings,
+)
+from wsrun.core.settings import Settings
 from wsrun.core.spool import Mapped, Spool, is_lazy
 from wsrun.core.step import Progress, ProgressTask, StepContext, StepError, load_step
 
 MAX_DEPTH = 20
-#: Environment variables named like credentials (AWS_SECRET_ACCESS_KEY, PGPASSWORD)
-#: are masked when their value is at least this long (not flags such as "true").
-ENV_SECRET_LENGTH = 8
-
-
-class RunError(Exception):
-    """A run cannot start: bad inputs, missing settings."""
-
-
-class StepFailed(Exception):
-    """A step failed; ``str()`` is the one line printed to the operator."""
-
-    def __init__(
-        self, message: str, cause: BaseException | None = None, path: str | None = None
-    ) -> None:
-        super().__init__(message)
-        self.message = message
-        self.cause = cause
-        self.path = path
-
-
-class _InnerFailed(StepFailed):
-    """A step inside an atomic group failed: its own line (naming it and its
-    recipe line) is the group's."""
-
-
-class _Differs(Exception):
-    """While probing an existing destination, a step of the group found
-    something to change."""
-
-
-@dataclass
-class _Group:
-    """The atomic group the runner is inside (see wsrun.core.groups)."""
-
-    key: str
-    #: None while probing an existing destination (the steps see it as it is).
-    redirect: groups.Redirect | None
-    covered: Callable[[str], bool]
-    digests: groups.DigestCache | None = None
-    probe: bool = False
-
-
-@dataclass
-class StepReport:
-    key: str
-    uses: str
-    status: str  # ok, changed, skipped, failed
-    where: str
-    id: str | None = None
-    name: str | None = None
-    #: A list, or a lazy sequence for a spooled plan (wsrun.core.spool).
-    effects: Sequence[dict[str, Any]] = field(default_factory=list)
-    outputs: dict[str, Any] = field(default_factory=dict)
-    error: str | None = None
-    seconds: float = 0.0
-    resumed: bool = False
-    failure: StepFailed | None = field(default=None, repr=False)
-
-    def to_json(self) -> dict[str, Any]:
-        d: dict[str, Any] = {
-            "id": self.key,
-            "uses": self.uses,
-            "status": self.status,
-            "effects": self.effects,
-        }
-        if self.error:
-            d["error"] = self.error
-        if self.resumed:
-            d["resumed"] = True
-        return d
-
-
-@dataclass
-class RunReport:
-    run_id: str
-    recipe: str
-    dry_run: bool
-    status: str = "ok"
-    steps: list[StepReport] = field(default_factory=list)
-    outputs: dict[str, Any] = field(default_factory=dict)
-    error: str | None = None
-    traceback: str | None = None
-    #: The exception behind ``error`` (the worker decides from it whether to retry).
-    cause: BaseException | None = field(default=None, repr=False)
-
-    def to_json(self) -> dict[str, Any]:
-        d: dict[str, Any] = {
-            "run_id": self.run_id,
-            "recipe": self.recipe,
-            "dry_run": self.dry_run,
-            "status": self.status,
-            "steps": [s.to_json() for s in self.steps],
-            "outputs": self.outputs,
-        }
-        if self.error:
-            d["error"] = self.error
-        return d
-
-
-class Events:
-    """What the runner tells the command line as it goes. Defaults do nothing."""
-
-    def step_started(self, key: str, uses: str, where: str) -> None:
-        pass
-
-    def step_finished(self, report: StepReport) -> None:
-        pass
 
 
 def parse_timeout(value: Any) -> float:
@@ -153,107 +57,7 @@ def parse_timeout(value: Any) -> float:
     return float(value)
 
 
-def resolve_settings(recipe: Recipe, settings: Settings) -> tuple[dict[str, Any], dict[str, str]]:
-    """The values of the settings a recipe declares, and their masked forms for
-    printing; every missing required setting is reported at once."""
-    values: dict[str, Any] = {}
-    shown: dict[str, str] = {}
-    missing = []
-    for alias, spec in recipe.settings.items():
-        found = settings.get(spec["name"])
-        if found is not None:
-            values[alias] = found.value
-        elif "default" in spec:
-            values[alias] = spec["default"]
-        elif spec.get("required", True):
-            missing.append(
-                f"{recipe.where('settings', alias)}: missing setting '{spec['name']}' ({settings.where_searched(spec['name'])})"
-            )
-            continue
-        else:
-            values[alias] = None
-        shown[spec["name"]] = display(spec["name"], values[alias], spec.get("secret", False))
-    if missing:
-        raise RunError("\n".join(missing))
-    return values, shown
-
-
-def coerce_inputs(recipe: Recipe, given: Mapping[str, Any], workdir: str) -> dict[str, Any]:
-    """Check given input values against the recipe's declared inputs and fill
-    defaults; used for sub-recipes, resumes and the Python API."""
-    declared = recipe.inputs
-    unknown = [k for k in given if k not in declared]
-    if unknown:
-        raise RunError(
-            f"{recipe.path}: unknown input(s) {', '.join(sorted(unknown))} (inputs: {', '.join(declared) or 'none'})"
-        )
-    out: dict[str, Any] = {}
-    for name, spec in declared.items():
-        kind = spec.get("type", "string")
-        if name in given and given[name] is not None:
-            out[name] = convert_input(name, kind, given[name], spec, workdir)
-        elif "default" in spec:
-            out[name] = spec["default"]
-        elif spec.get("required") or (spec.get("positional") and kind != "list"):
-            raise RunError(f"{recipe.path}: input '{name}' is required")
-        else:
-            out[name] = [] if kind == "list" else (False if kind == "bool" else None)
-    return out
-
-
-def convert_input(name: str, kind: str, value: Any, spec: Mapping[str, Any], workdir: str) -> Any:
-    try:
-        if kind == "path":
-            return os.path.normpath(os.path.join(workdir, os.fspath(value)))
-        if kind == "int":
-            if isinstance(value, bool):
-                raise ValueError
-            return int(value)
-        if kind == "float":
-            return float(value)
-        if kind == "bool":
-            if isinstance(value, str):
-                if value.lower() in ("1", "true", "yes", "on"):
-                    return True
-                if value.lower() in ("0", "false", "no", "off", ""):
-                    return False
-                raise ValueError
-            return bool(value)
-        if kind == "choice":
-            if value not in spec.get("choices", []):
-                shown = MASK if spec.get("secret") else repr(value)
-                raise RunError(
-                    f"input '{name}': {shown} is not one of {', '.join(map(str, spec['choices']))}"
-                )
-            return value
-        if kind == "list":
-            items = value if isinstance(value, list) else [value]
-            item_kind = spec.get("items", "string")
-            return [convert_input(name, item_kind, v, {}, workdir) for v in items]
-        return str(value)
-    except (TypeError, ValueError):
-        shown = MASK if spec.get("secret") else repr(value)
-        raise RunError(f"input '{name}': {shown} is not a valid {kind}") from None
-
-
-def describe_error(exc: BaseException) -> tuple[str, str | None]:
-    """One line for an exception, and the path it concerns when known."""
-    if isinstance(exc, StepError):
-        return str(exc), exc.path
-    if isinstance(exc, expr.ExpressionError):
-        return exc.message, None
-    if isinstance(exc, OSError) and exc.strerror:
-        path = exc.filename if isinstance(exc.filename, str) else None
-        text = f"{path}: {exc.strerror}" if path else exc.strerror
-        if isinstance(exc.filename2, str):
-            text = f"{path} -> {exc.filename2}: {exc.strerror}"
-        return text, path
-    if isinstance(exc, ContentUnknown):
-        return str(exc), None
-    return f"{type(exc).__name__}: {exc}", None
-
-
-class Runner:
+class Runner(GroupRunner):
     """Runs one recipe's steps; a step that calls a recipe runs a child Runner
     that shares the world view, the journal and the run id."""
 
@@ -300,44 +104,18 @@ class Runner:
         self.depth = depth
         self.seq = 0
         #: The atomic group being run, if any (groups do not nest).
-        self.group: _Group | None = None
+        self.group: ActiveGroup | None = None
         self.setting_values, self.settings_shown = resolve_settings(recipe, settings)
-        self.add_secrets()
-        self.scope: dict[str, Any] = {
-            "inputs": inputs,
-            "settings": self.setting_values,
-            "steps": {},
-            "run": {
-                "id": self.run_id,
-                "started": time.time(),
-                "workdir": self.workdir,
-                "dry_run": dry_run,
-                # where files that ship beside the recipe are (lifecycles, templates)
-                "recipe_dir": os.path.dirname(os.path.abspath(recipe.path)),
-            },
-            "env": self.env,
-            # the message that started the run under `wsrun worker` (set there)
-            "message": None,
-        }
-        self.scope["vars"] = expr.LazyVars(recipe.vars, self.scope)
-
-    def add_secrets(self) -> None:
-        """Tell the masker this recipe's secrets: secret settings and inputs, URL
-        passwords in settings and, at the top, the environment's credentials."""
-        for alias, spec in self.recipe.settings.items():
-            value = self.setting_values.get(alias)
-            if spec.get("secret") or is_secret_name(spec["name"]):
-                self.masker.add(value)
-            self.masker.add_url_passwords(value)
-        for name, spec in self.recipe.inputs.items():
-            if spec.get("secret"):
-                values = self.inputs.get(name)
-                for value in values if isinstance(values, list) else [values]:
-                    self.masker.add(value)
-        if not self.depth:
-            for name, value in self.env.items():
-                if is_secret_name(name) and len(value) >= ENV_SECRET_LENGTH:
-                    self.masker.add(value)
+        add_secrets(self.masker, recipe, self.setting_values, inputs, None if depth else self.env)
+        self.scope = new_scope(
+            recipe,
+            inputs,
+            self.setting_values,
+            run_id=self.run_id,
+            workdir=self.workdir,
+            dry_run=dry_run,
+            env=self.env,
+        )
 
     # ---- the run ---------------------------------------------------------------
 
@@ -348,7 +126,7 @@ class Runner:
                 self.run_id,
                 self.recipe.name,
                 self.recipe.path,
-                self.masked_inputs(),
+                masked_inputs(self.recipe, self.inputs, self.masker),
                 self.masker.clean(self.settings_shown),
                 self.dry_run,
                 self.workdir,
@@ -407,19 +185,6 @@ class Runner:
     def shown(self, message: str) -> str:
         """A message as it may be printed and journaled (see wsrun.core.masking)."""
         return printable(self.masker.text(message))
-
-    def masked_inputs(self) -> dict[str, Any]:
-        """The inputs as the journal keeps them: a secret one, or one that holds a
-        secret, as MASK (so ``wsrun resume`` refuses the run rather than use the mask).
-        Paths keep their exact bytes, so a resumed run writes where the first did."""
-        return {
-            k: MASK if self.recipe.inputs.get(k, {}).get("secret") or self.holds_secret(v) else v
-            for k, v in self.inputs.items()
-        }
-
-    def holds_secret(self, value: Any) -> bool:
-        text = json.dumps(value, default=str, ensure_ascii=False)
-        return self.masker.text(text) != text
 
     def run_section(
         self, section: str, report: RunReport, stop_on_failure: bool = True
@@ -506,7 +271,7 @@ class Runner:
                     report.resumed = True
         except StepFailed as e:
             report.status = "failed"
-            if isinstance(e, _InnerFailed):
+            if isinstance(e, InnerFailed):
                 report.error = e.message
             else:
                 report.error = self.shown(f"step '{key}' ({where}) failed: {e.message}")
@@ -693,7 +458,7 @@ class Runner:
             held = locks.for_step(module, params, ctx, group.covered if group else None)
             plan = module.plan(params, ctx)
             if group is not None and group.probe and plan.effects:
-                raise _Differs(key)
+                raise Differs(key)
             if self.dry_run:
                 self.record_planned(plan)
                 return self.finals(_dicts(plan.effects), plan.outputs)
@@ -702,8 +467,8 @@ class Runner:
                 self.journal.start_step(self.run_id, key, self.seq, step["uses"], planned)
             result = module.apply(plan, ctx)
             return self.finals(_dicts(result.effects), result.outputs)
-        except _Differs:
-            raise StepFailed("differs", _Differs(key)) from None
+        except Differs:
+            raise StepFailed("differs", Differs(key)) from None
         except (StepFailed, JournalError):
             raise
         except (StepError, OSError, expr.ExpressionError, ContentUnknown) as e:
@@ -736,180 +501,6 @@ class Runner:
         if group is None or group.redirect is None:
             return effects, outputs
         return group.redirect.finals(effects), group.redirect.finals(outputs)
-
-    # ---- atomic groups (wsrun.core.groups) -------------------------------------------
-
-    def group_fields(self, step: dict[str, Any]) -> dict[str, Any]:
-        """The ``group:`` mapping with its expressions evaluated and checked."""
-        fields: dict[str, Any] = {}
-        for name, value in (step.get("group") or {}).items():
-            try:
-                fields[name] = expr.render(value, self.scope)
-            except expr.ExpressionError as e:
-                raise StepFailed(f"group.{name}: {e.message}", e) from None
-        destination = fields.get("destination")
-        if not isinstance(destination, str) or not destination:
-            raise StepFailed(f"group.destination: expected a path, got {destination!r}")
-        fields["destination"] = os.path.normpath(os.path.join(self.workdir, destination))
-        within = fields.get("within")
-        if within is not None and not isinstance(within, str):
-            raise StepFailed(f"group.within: expected a path or null, got {within!r}")
-        fields["within"] = os.path.normpath(os.path.join(self.workdir, within)) if within else None
-        if fields.setdefault("on_failure", "remove") not in groups.ON_FAILURE:
-            raise StepFailed(
-                f"group.on_failure: {fields['on_failure']!r} is not one of remove, keep"
-            )
-        replace = fields.get("replace", False)
-        if not isinstance(replace, bool) and replace is not None:
-            raise StepFailed(f"group.replace: expected true or false, got {replace!r}")
-        fields["replace"] = bool(replace)
-        fields.setdefault("label", "result")
-        return fields
-
-    def run_group(
-        self, step: dict[str, Any], key: str, path: tuple[Any, ...]
-    ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-        """Run an atomic group: decide what to do with the destination, run the
-        steps against the staging directory, and rename it into place."""
-        fields = self.group_fields(step)
-        destination = fields["destination"]
-        label = fields["label"]
-        held = locks.Held()
-        try:
-            if not self.dry_run:
-                held = locks.acquire(
-                    [groups.topmost_missing(destination)],
-                    self.run_id,
-                    locks.wait_seconds(self.env),
-                    self.log,
-                )
-            decision = groups.decide(self.view, destination, fields["within"])
-            if decision.mode == "probe":
-                marker = fields.get("marker")
-                if marker and marker not in self.view.listdir(destination):
-                    raise StepError(
-                        f"the destination is not empty and holds no {label}: "
-                        "refusing to write into it",
-                        path=destination,
-                    )
-                if self.probe_group(step, key, path, destination):
-                    if not self.dry_run:
-                        groups.discard_leftovers(destination)
-                    return [], {"destination": destination, "state": "unchanged"}
-                if not fields["replace"]:
-                    hint = f" ({fields['hint']})" if fields.get("hint") else ""
-                    raise StepError(
-                        f"the destination already holds a different {label}{hint}",
-                        path=destination,
-                    )
-                decision.mode = "replace"
-            return self.stage_group(step, key, path, decision, fields["on_failure"] == "keep")
-        except (StepError, OSError) as e:
-            message, where = describe_error(e)
-            raise StepFailed(message, e, where) from None
-        finally:
-            held.release()
-
-    def group_steps(
-        self, step: dict[str, Any], key: str, path: tuple[Any, ...]
-    ) -> tuple[list[dict[str, Any]], StepReport | None]:
-        """Run the steps of a group: their effects, and the report of the one
-        that failed (None if all succeeded)."""
-        effects: list[dict[str, Any]] = []
-        for index, inner in enumerate(step.get("steps") or []):
-            report = self.run_step("steps", index, inner, within=path, group_key=key)
-            effects.extend(report.effects)
-            if report.status == "failed" and not inner.get("continue_on_error"):
-                return effects, report
-        return effects, None
-
-    def probe_group(
-        self, step: dict[str, Any], key: str, path: tuple[Any, ...], destination: str
-    ) -> bool:
-        """Run the group's steps against an existing destination as it is, as
-        long as none has anything to change: True if none had (the destination
-        already holds this very result; the steps' outputs are in scope)."""
-        journal, events = self.journal, self.events
-        self.journal, self.events = None, Events()  # a probe is not the run's work
-        self.group = _Group(key, None, lambda name: groups.inside(name, destination), probe=True)
-        try:
-            _, failed = self.group_steps(step, key, path)
-        finally:
-            self.group = None
-            self.journal, self.events = journal, events
-        if failed is None:
-            return True
-        assert failed.failure is not None
-        if isinstance(failed.failure.cause, _Differs):
-            return False
-        raise _InnerFailed(failed.failure.message, failed.failure.cause, failed.failure.path)
-
-    def stage_group(
-        self,
-        step: dict[str, Any],
-        key: str,
-        path: tuple[Any, ...],
-        decision: groups.Decision,
-        keep: bool,
-    ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-        top, staging, destination = decision.top, decision.staging, decision.destination
-        shown: list[dict[str, Any]] = []
-        if decision.mode == "new":
-            shown = [create_dir(p).to_dict() for p in decision.missing]
-        elif decision.mode == "replace":
-            shown = [remove(destination).to_dict(), create_dir(destination).to_dict()]
-        redirect = groups.Redirect(top, staging)
-        digests = None
-        if self.dry_run:
-            for p in [top, *decision.missing[1:]]:
-                self.view.record(create_dir(redirect.staged(p)))
-        else:
-            self.group_record(key, "begin", {"destination": destination, "staging": staging})
-            groups.begin(decision)
-            digests = groups.DigestCache(groups.digests_of(top), staging)
-        self.group = _Group(
-            key,
-            redirect,
-            lambda name: groups.inside(name, top) or groups.inside(name, staging),
-            digests,
-        )
-        try:
-            effects, failed = self.group_steps(step, key, path)
-        finally:
-            self.group = None
-            if digests is not None:
-                digests.close()
-        if failed is not None:
-            assert failed.failure is not None
-            if not self.dry_run:
-                kept = groups.abort(decision, keep)
-                self.group_record(
-                    key, "abort", {"staging": staging, "kept": kept}, failed.failure.message
-                )
-            raise _InnerFailed(failed.failure.message, failed.failure.cause, failed.failure.path)
-        if self.dry_run:
-            if decision.mode == "replace":
-                self.view.record(remove(destination))
-            self.view.record(move(staging, top))
-        else:
-            groups.commit(decision, self.log)
-            self.group_record(key, "commit", {"destination": destination})
-        state = {"new": "created", "fill": "filled", "replace": "replaced"}[decision.mode]
-        return shown + effects, {"destination": destination, "state": state}
-
-    def group_record(
-        self, key: str, event: str, outputs: dict[str, Any], error: str | None = None
-    ) -> None:
-        """Journal a group's begin, commit or abort (real runs), committed at once."""
-        if self.journal is None:
-            return
-        record = f"{key}:{event}"
-        self.journal.start_step(self.run_id, record, self.seq, f"group-{event}", [])
-        status = "failed" if event == "abort" else "changed"
-        self.journal.end_step(
-            self.run_id, record, status, [], self.masker.clean(outputs), error and self.shown(error)
-        )
-        self.journal.flush()
 
     def record_planned(self, plan: Any) -> None:
         """Layer a dry run's planned effects over the view; a tree the plan

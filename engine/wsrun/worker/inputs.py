@@ -109,7 +109,7 @@ def confine(name: str, value: str, roots: list[str], workdir: str) -> str:
 
 
 def _typed(recipe: Recipe, key: str, value: Any, workdir: str) -> Any:
-    from wsrun.core.runner import RunError, convert_input
+    from wsrun.core.scope import RunError, convert_input
 
     spec = recipe.inputs[key]
     try:

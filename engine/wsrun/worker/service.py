@@ -45,7 +45,8 @@ from wsrun.core import expr
 from wsrun.core.journal import Journal, default_home
 from wsrun.core.migrate import enable_wal
 from wsrun.core.recipe import Recipe, RecipeNotFound, load_recipe, resolve
-from wsrun.core.runner import RunError, Runner, coerce_inputs, convert_input, resolve_settings
+from wsrun.core.runner import Runner
+from wsrun.core.scope import RunError, coerce_inputs, convert_input, resolve_settings
 from wsrun.core.settings import Settings
 from wsrun.stores.bus import Bus, Message
 from wsrun.stores.bus.base import DEFAULT_LEASE

@@ -127,10 +127,10 @@ OUTPUTS = {
 @dataclass
 class Source:
     """Where an ingest's products are: a processing directory to collect into the
-    staging area, or a directory already staged (``collect`` false)."""
+    staging area, or a directory already staged (``collected`` false)."""
 
     staging: str
-    collect: bool
+    collected: bool
     #: Locators of the input products (from metadata.json; [] for a staged directory).
     inputs: list[str]
     timestamp: str
@@ -140,7 +140,7 @@ class Source:
         return {
             "staging": self.staging,
             "inputs": self.inputs,
-            "collected": self.collect,
+            "collected": self.collected,
             "timestamp": self.timestamp,
         }
 
@@ -171,7 +171,7 @@ def locate(params: dict[str, Any], ctx: StepContext) -> Source:
 
 def plan(params: dict[str, Any], ctx: StepContext) -> Plan:
     found = locate(params, ctx)
-    if not found.collect:
+    if not found.collected:
         return Plan(effects=[], outputs=found.outputs(), data=[])
     source, staging, metadata = ctx.path(params["source"]), found.staging, found.metadata
     products = os.path.join(source, "products")

@@ -217,8 +217,10 @@ def test_a_failed_ingest_is_retried_on_the_same_staged_files(
     # (the staging area replaced whole), and the archive then wants --reingest.
     html = cal / "working" / "pipeline-20190530T120000" / "html" / "index.html"
     html.write_text("<html>recalibrated</html>")
+    dry = cli(*args, "--dry-run", "--json")
     changed = cli(*args, "--json")
     assert changed.code == 1 and "run again with --reingest" in changed.err
+    assert dry.code == 1 and _same_plan(dry.out, changed.out)
     assert _files(stage) != staged and _files(stage)["weblog.tgz"] != staged["weblog.tgz"]
     [group] = [s for s in json.loads(changed.out)["steps"] if s["id"] == "staging"]
     assert group["status"] == "changed"

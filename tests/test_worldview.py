@@ -56,6 +56,33 @@ def test_move_of_a_real_directory_shows_its_contents_at_the_new_place(tmp_path: 
     assert v.listdir(str(root / "moved" / "a")) == ["b"]
 
 
+def test_move_of_a_real_directory_takes_what_is_planned_inside_it(tmp_path: Path) -> None:
+    """An atomic group continuing a real staging directory plans files into it, a
+    removal and a moved-in directory, then renames it into place: a later step sees all
+    of it at the new place (the real files, the planned ones, not the removed one)."""
+    root = tree(tmp_path)
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "three.txt").write_text("3")
+    v = WorldView()
+    v.record(fx.create_file(str(root / "a" / "b" / "planned.txt"), 5, content=b"hello"))
+    v.record(fx.create_file(str(root / "a" / "new" / "deep.txt"), 1, content=b"x"))
+    v.record(fx.remove(str(root / "a" / "one.txt")))
+    v.record(fx.move(str(tmp_path / "other"), str(root / "a" / "other")))
+    v.record(fx.move(str(root / "a"), str(root / "moved")))
+    assert [rel for rel, _ in v.walk(str(root / "moved"))] == [
+        "b",
+        "new",
+        "other",
+        "b/planned.txt",
+        "b/two.txt",
+        "new/deep.txt",
+        "other/three.txt",
+    ]
+    with v.open(str(root / "moved" / "b" / "planned.txt")) as f:
+        assert f.read() == b"hello"
+    assert v.lstat(str(root / "a")) is None and v.lstat(str(root / "moved" / "one.txt")) is None
+
+
 def test_symlinks_planned_and_followed(tmp_path: Path) -> None:
     root = tree(tmp_path)
     v = WorldView()

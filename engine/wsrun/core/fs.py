@@ -372,6 +372,10 @@ class WorldView:
             return
         prefix = src + os.sep
         moved = {p: n for p, n in self._nodes.items() if p == src or p.startswith(prefix)}
+        # What is planned below a real directory (files planned into it, real ones
+        # removed or moved there) moves with it, as on disk.
+        hidden = [p for p in self._removed if p.startswith(prefix)]
+        aliased = {p: r for p, r in self._aliases.items() if p.startswith(prefix)}
         real = self._real_path(src) if src not in self._nodes else None
         self._remove(src)
         if self.lstat(dst) is not None:
@@ -381,11 +385,22 @@ class WorldView:
             self._removed.discard(dst)
             self._aliases[dst] = real
             self._children.setdefault(os.path.dirname(dst), set()).add(os.path.basename(dst))
-        else:
+            self._removed.update(dst + p[len(src) :] for p in hidden)
+        for p, r in aliased.items():
+            moved_to = dst + p[len(src) :]
+            self._aliases[moved_to] = r
+            self._children.setdefault(os.path.dirname(moved_to), set()).add(
+                os.path.basename(moved_to)
+            )
+        if real is None or not info.is_dir:
             for p, n in moved.items():
                 self._put(dst + p[len(src) :], n)
             if not moved:
                 self._put(dst, info)
+        else:
+            for p, n in moved.items():
+                if p != src:
+                    self._put(dst + p[len(src) :], n)
 
 
 def _walk_real(root: str, rel: str) -> Iterator[tuple[str, FileInfo]]:

@@ -24,7 +24,11 @@ The collectors of NRAO's ingest envoy (calibration-table-collector.sh,
 image-product-collector.sh) as one step. ``source`` is a workflow's processing
 directory (it holds ``metadata.json``); the staging area is
 ``<workspaces_root>/staging/<kind>-<name of the processing directory>``, the same
-name on every run so a failed ingestion is retried on the same files. It stages:
+name on every run so a failed ingestion is retried on the same files
+(``ingestion-source`` says where, before anything is staged). ``ingest_envoy`` runs
+this step inside an atomic group (``group:``) whose destination is that directory,
+so the staging area appears whole or not at all and a killed staging is continued:
+files already staged whole are not written again. It stages:
 
 - ``calibration``: ``<fileSetIds>.caltables.tar`` (a tar of ``products/*caltables*``:
   the calibration tables tar or directory) and ``weblog.tgz``; the input is the
@@ -120,19 +124,37 @@ OUTPUTS = {
 }
 
 
-def plan(params: dict[str, Any], ctx: StepContext) -> Plan:
+@dataclass
+class Source:
+    """Where an ingest's products are: a processing directory to collect into the
+    staging area, or a directory already staged (``collected`` false)."""
+
+    staging: str
+    collected: bool
+    #: Locators of the input products (from metadata.json; [] for a staged directory).
+    inputs: list[str]
+    timestamp: str
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def outputs(self) -> dict[str, Any]:
+        return {
+            "staging": self.staging,
+            "inputs": self.inputs,
+            "collected": self.collected,
+            "timestamp": self.timestamp,
+        }
+
+
+def locate(params: dict[str, Any], ctx: StepContext) -> Source:
+    """Where ``params`` (this step's) say the products are; also the
+    ``ingestion-source`` step. The staging directory of a processing directory is
+    ``ctx.path``'s, so that inside an atomic group it is the staged one."""
     source = ctx.path(params["source"])
     kind = params["kind"]
     meta_path = os.path.join(source, "metadata.json")
     if kind not in ("calibration", "image") or not ctx.fs.is_file(meta_path):
         staging = ctx.path(params.get("staging_directory") or params["source"])
-        outputs = {
-            "staging": staging,
-            "inputs": [],
-            "collected": False,
-            "timestamp": _timestamp(_newest_staged(ctx, staging)),
-        }
-        return Plan(effects=[], outputs=outputs, data=[])
+        return Source(staging, False, [], _timestamp(_newest_staged(ctx, staging)))
     metadata = _metadata(ctx, meta_path)
     made = ctx.fs.stat(meta_path)
     root = params.get("workspaces_root")
@@ -140,15 +162,24 @@ def plan(params: dict[str, Any], ctx: StepContext) -> Plan:
         raise StepError(
             "no workspaces root (set edu.nrao.workspaces.ProcessingSettings.rootDirectory)"
         )
-    staging = os.path.join(ctx.path(root), "staging", f"{kind}-{os.path.basename(source)}")
+    name = f"{kind}-{os.path.basename(source)}"
+    staging = ctx.path(os.path.join(ctx.path(root), "staging", name))
+    key = "productLocator" if kind == "calibration" else "calProductLocator"
+    inputs = [_key(metadata, key, meta_path)]
+    return Source(staging, True, inputs, _timestamp(made.mtime_ns if made else 0), metadata)
+
+
+def plan(params: dict[str, Any], ctx: StepContext) -> Plan:
+    found = locate(params, ctx)
+    if not found.collected:
+        return Plan(effects=[], outputs=found.outputs(), data=[])
+    source, staging, metadata = ctx.path(params["source"]), found.staging, found.metadata
     products = os.path.join(source, "products")
     if not ctx.fs.is_dir(products):
         raise StepError("processing directory has no products/", path=source)
-    if kind == "calibration":
-        inputs = [_key(metadata, "productLocator", meta_path)]
+    if params["kind"] == "calibration":
         files = _calibration(ctx, source, products, metadata)
     else:
-        inputs = [_key(metadata, "calProductLocator", meta_path)]
         files = _image(ctx, source, products, metadata)
     effects = [create_dir(d) for d in _missing_dirs(ctx, staging)]
     todo: list[tuple[str, What]] = []
@@ -159,16 +190,7 @@ def plan(params: dict[str, Any], ctx: StepContext) -> Plan:
             _vouch(ctx, name, what)
             effects.append(effect)
             todo.append((target, what))
-    return Plan(
-        effects=effects,
-        outputs={
-            "staging": staging,
-            "inputs": inputs,
-            "collected": True,
-            "timestamp": _timestamp(made.mtime_ns if made else 0),
-        },
-        data=todo,
-    )
+    return Plan(effects=effects, outputs=found.outputs(), data=todo)
 
 
 def _newest_staged(ctx: StepContext, staging: str) -> int:
@@ -195,16 +217,22 @@ def apply(plan: Plan, ctx: StepContext) -> Result:
             os.makedirs(e.path, exist_ok=True)
     for target, what in plan.data:
         ctx.check_deadline()
-        if isinstance(what, bytes):
-            write_bytes_atomic(target, what)
-        elif isinstance(what, _Tar):
-            _write(target, what, ctx)
-        else:
-            with open(what, "rb") as src, atomic_write(target, 0o644) as dst:
-                shutil.copyfileobj(src, dst, 1 << 20)
-            st = os.stat(what)
-            os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns))
+        stage_file(target, what, ctx)
     return Result(effects=list(plan.effects), outputs=plan.outputs)
+
+
+def stage_file(target: str, what: What, ctx: StepContext) -> None:
+    """Write one staged file whole (temporary name, then rename): a killed run
+    leaves it whole or absent, and the next run stages only what is absent."""
+    if isinstance(what, bytes):
+        write_bytes_atomic(target, what)
+    elif isinstance(what, _Tar):
+        _write(target, what, ctx)
+    else:
+        with open(what, "rb") as src, atomic_write(target, 0o644) as dst:
+            shutil.copyfileobj(src, dst, 1 << 20)
+        st = os.stat(what)
+        os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns))
 
 
 def _calibration(

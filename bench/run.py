@@ -1671,6 +1671,20 @@ CASES = [
         bigfile.big_s3_case,
     ),
     Case(
+        "big20-copy-sha256",
+        "copy + sha256 of one 20 GiB file (less when the disk has < 50 GB free) vs cp -a + sha256sum",
+        0.2,
+        COPY,
+        bigfile.full_size_case(bigfile.big_copy_case),
+    ),
+    Case(
+        "big20-tar",
+        "tar of one 20 GiB file (less when the disk has < 50 GB free) vs tar -cf",
+        1.1,
+        ("tar",),
+        bigfile.full_size_case(bigfile.big_tar_case),
+    ),
+    Case(
         "resume-copy",
         "copy + sha256 killed half-way, re-run: bytes re-written / bytes missing",
         1.0,

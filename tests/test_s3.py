@@ -172,6 +172,70 @@ def test_failed_part_leaves_no_object_and_aborts_the_upload(
     assert s3.client().list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
 
 
+@pytest.mark.parametrize("carried_out", [True, False])
+def test_a_failed_completion_counts_only_if_the_store_carried_it_out(
+    cli,
+    tmp_path: Path,
+    s3: S3Server,
+    bucket: str,
+    monkeypatch: pytest.MonkeyPatch,
+    carried_out: bool,
+) -> None:
+    """A completion whose reply is lost (a read timeout on a big object, then a
+    retry that finds the upload gone) leaves the object in place: the step
+    checks it (size and multipart ETag) and succeeds. One that really failed
+    still fails, with no object and no upload left."""
+    from moto.s3.exceptions import S3ClientError
+    from moto.s3.models import S3Backend
+
+    files = data_tree(tmp_path)
+    real_complete = S3Backend.complete_multipart_upload
+
+    def lost_reply(self: Any, bucket_name: str, multipart_id: str, body: Any) -> Any:
+        if carried_out:
+            real_complete(self, bucket_name, multipart_id, body)
+        raise S3ClientError("InjectedLostReply", "injected loss of the completion's reply")
+
+    monkeypatch.setattr(S3Backend, "complete_multipart_upload", lost_reply)
+    path = upload_recipe(tmp_path, s3, bucket, endpoint_url="ENDPOINT", part_size="5MiB")
+    done = cli(path)
+    stored = objects(s3, bucket)
+    assert s3.client().list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+    if carried_out:
+        assert done.code == 0, done.err
+        want = multipart_etag(files["data/big.bin"], 5 * MiB)
+        assert stored["coll/data/big.bin"]["ETag"].strip('"') == want
+        body = s3.client().get_object(Bucket=bucket, Key="coll/data/big.bin")["Body"].read()
+        assert body == files["data/big.bin"]
+    else:
+        assert done.code == 1
+        [line] = [x for x in done.err.splitlines() if x.startswith("error:")]
+        assert "injected loss of the completion's reply" in line
+        assert "coll/data/big.bin" not in stored
+
+
+def test_a_failed_completion_does_not_take_an_object_of_other_bytes(
+    cli, tmp_path: Path, s3: S3Server, bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The object found after a failed completion has the right size but other
+    bytes (another writer's): the step fails and the object is not taken."""
+    from moto.s3.exceptions import S3ClientError
+    from moto.s3.models import S3Backend
+
+    files = data_tree(tmp_path)
+    other = bytes(len(files["data/big.bin"]))
+
+    def someone_else_wrote(self: Any, bucket_name: str, multipart_id: str, body: Any) -> Any:
+        s3.client().put_object(Bucket=bucket, Key="coll/data/big.bin", Body=other)
+        raise S3ClientError("InjectedLostReply", "injected loss of the completion's reply")
+
+    monkeypatch.setattr(S3Backend, "complete_multipart_upload", someone_else_wrote)
+    path = upload_recipe(tmp_path, s3, bucket, endpoint_url="ENDPOINT", part_size="5MiB")
+    done = cli(path)
+    assert done.code == 1
+    assert "injected loss of the completion's reply" in done.err
+
+
 def journal_bytes(home: Path) -> bytes:
     return b"".join(p.read_bytes() for p in home.rglob("*") if p.is_file())
 

@@ -29,6 +29,9 @@ MMAP_MIN = 1 << 20
 PIPELINE_MIN = 64 << 20
 #: Bytes per copy_file_range/sendfile call: "until end of file" in practice.
 CHUNK = 1 << 30
+#: Bytes per kernel copy call when the caller follows a file's progress: a
+#: 20 GB file reports a few times a second, and a report costs nothing beside it.
+PROGRESS_CHUNK = 64 << 20
 #: Errors meaning "this fast path does not work here", not "the copy failed".
 _NO_FAST_PATH = {errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP}
 
@@ -56,13 +59,18 @@ def copy_file(
     buf: bytearray | None = None,
     size: int | None = None,
     on_digest: Callable[[str], None] | None = None,
+    on_bytes: Callable[[int], None] | None = None,
 ) -> str | None:
     """Copy ``source`` to ``dest`` through its temp name, with ``mode`` and
     ``mtime_ns``; returns the content's hex digest when ``algorithm`` is set
     (then ``buf`` is the read buffer). With ``size`` (the planned size), the
     copy stops there, which saves the call that would find the end of file.
     ``on_digest`` gets the digest before the file is renamed into place, so a
-    record of it (wsrun.core.groups.DigestCache) is never behind the files there."""
+    record of it (wsrun.core.groups.DigestCache) is never behind the files there.
+    ``on_bytes(n)`` is called as each chunk of the file is written (and hashed),
+    a few times per 64 MiB at most; by the time the copy returns, its calls add
+    up to the bytes copied. Steps give it for big files, so one 20 GB file shows
+    moving bytes and an ETA, not a jump at its end."""
     tmp = temp_path(dest)
     left = (1 << 62) if size is None else size
     src_fd = os.open(source, os.O_RDONLY | os.O_CLOEXEC)
@@ -79,10 +87,15 @@ def copy_file(
             if algorithm:
                 assert buf is not None
                 digest = _copy_hashed(
-                    src_fd, dst_fd, hashlib.new(algorithm, usedforsecurity=False), buf, left
+                    src_fd,
+                    dst_fd,
+                    hashlib.new(algorithm, usedforsecurity=False),
+                    buf,
+                    left,
+                    on_bytes or _ignore,
                 )
             else:
-                _copy_fast(src_fd, dst_fd, left)
+                _copy_fast(src_fd, dst_fd, left, on_bytes)
             if mode & ~0o777 or mode & umask:
                 os.fchmod(dst_fd, mode)
             os.utime(dst_fd, ns=(mtime_ns, mtime_ns))
@@ -102,6 +115,10 @@ def copy_file(
     return digest
 
 
+def _ignore(n: int) -> None:
+    pass
+
+
 def _by_copy_file_range(src_fd: int, dst_fd: int, count: int) -> int:
     return os.copy_file_range(src_fd, dst_fd, count)
 
@@ -110,26 +127,37 @@ def _by_sendfile(src_fd: int, dst_fd: int, count: int) -> int:
     return os.sendfile(dst_fd, src_fd, None, count)
 
 
-def _copy_fast(src_fd: int, dst_fd: int, left: int) -> None:
+def _copy_fast(src_fd: int, dst_fd: int, left: int, on_bytes: Callable[[int], None] | None) -> None:
     """Copy up to ``left`` bytes in the kernel when it can (copy_file_range,
     then sendfile), else by read/write; a fallback carries on where the
     previous way stopped."""
+    chunk = CHUNK if on_bytes is None else PROGRESS_CHUNK
+    report = on_bytes or _ignore
     for kernel_copy in (_by_copy_file_range, _by_sendfile):
         try:
-            while left > 0 and (n := kernel_copy(src_fd, dst_fd, min(left, CHUNK))):
+            while left > 0 and (n := kernel_copy(src_fd, dst_fd, min(left, chunk))):
                 left -= n
+                report(n)
             return
         except AttributeError:
             continue  # not on this platform
         except OSError as e:
             if e.errno not in _NO_FAST_PATH:
                 raise
-    while left > 0 and (chunk := os.read(src_fd, min(left, BUFFER_SIZE))):
-        _write_all(dst_fd, chunk)
-        left -= len(chunk)
+    while left > 0 and (data := os.read(src_fd, min(left, BUFFER_SIZE))):
+        _write_all(dst_fd, data)
+        left -= len(data)
+        report(len(data))
 
 
-def _copy_hashed(src_fd: int, dst_fd: int, digest: Any, buf: bytearray, left: int) -> str:
+def _copy_hashed(
+    src_fd: int,
+    dst_fd: int,
+    digest: Any,
+    buf: bytearray,
+    left: int,
+    report: Callable[[int], None],
+) -> str:
     """Copy up to ``left`` bytes and hash what was written, reading the source once.
 
     Big files are copied in the kernel a chunk at a time and each chunk is
@@ -137,18 +165,20 @@ def _copy_hashed(src_fd: int, dst_fd: int, digest: Any, buf: bytearray, left: in
     user-space buffer, about half the CPU of read/write on a 2-core box. The
     destination is our own temp file, so nobody truncates it under the map.
     Small files, or where the kernel cannot copy, go read -> hash -> write.
+    ``report(n)`` gets each chunk's size once it is written and hashed.
     """
     if left >= MMAP_MIN:
         done = [0]  # bytes copied and hashed, also when the kernel copy gives up
         try:
             if left >= PIPELINE_MIN:
-                _copy_mapped_pipelined(src_fd, dst_fd, digest, left, done)
+                _copy_mapped_pipelined(src_fd, dst_fd, digest, left, done, report)
             else:
                 while left > done[0] and (
                     n := _by_copy_file_range(src_fd, dst_fd, min(left - done[0], BUFFER_SIZE))
                 ):
                     _hash_mapped(digest, dst_fd, done[0], n)
                     done[0] += n
+                    report(n)
             return digest.hexdigest()
         except AttributeError:
             pass  # no copy_file_range on this platform
@@ -162,16 +192,23 @@ def _copy_hashed(src_fd: int, dst_fd: int, digest: Any, buf: bytearray, left: in
         digest.update(chunk)
         _write_all(dst_fd, chunk)
         left -= n
+        report(n)
     return digest.hexdigest()
 
 
 def _copy_mapped_pipelined(
-    src_fd: int, dst_fd: int, digest: Any, left: int, done: list[int]
+    src_fd: int,
+    dst_fd: int,
+    digest: Any,
+    left: int,
+    done: list[int],
+    report: Callable[[int], None],
 ) -> None:
     """Copy up to ``left`` bytes in the kernel on this thread while another
     thread hashes the chunks already copied (both release the GIL): a single
     big file takes about as long as the slower of the two, not their sum.
-    ``done[0]`` is how far both got when this returns or raises."""
+    ``done[0]`` is how far both got when this returns or raises; the hashing
+    thread reports each chunk it has hashed."""
     chunks: queue.Queue[tuple[int, int] | None] = queue.Queue(maxsize=4)
     failed: list[BaseException] = []
 
@@ -180,6 +217,7 @@ def _copy_mapped_pipelined(
             if not failed:
                 try:
                     _hash_mapped(digest, dst_fd, *item)
+                    report(item[1])
                 except BaseException as e:  # noqa: BLE001 - re-raised by the copier
                     failed.append(e)
 

@@ -69,6 +69,8 @@ MAX_WORKERS = 4
 #: a fork costs more than it saves.
 PARALLEL_MIN = 8 << 20
 MEMBER_COST = 16 << 10
+#: A file bigger than this is written and reported in slices of this size.
+PROGRESS_SLICE = 64 << 20
 _ZEROS = bytes(RECORD)
 _MAGIC = b"ustar  \x00"  # GNU
 TYPES = {"file": b"0", "symlink": b"2", "dir": b"5"}
@@ -574,10 +576,15 @@ def _write_members(
             if st.st_size != m.size or not statmod.S_ISREG(st.st_mode):
                 raise SourceChanged(m.path)
             w.put(_member_header(m, st))
-            if direct and m.size >= DIRECT_MIN:
-                w.copy_from(src, m.size)
-            else:
-                w.read_from(src, m.size)
+            take = w.copy_from if direct and m.size >= DIRECT_MIN else w.read_from
+            left = m.size
+            while progress is not None and left > PROGRESS_SLICE:
+                # a big file is reported slice by slice: its bytes move as they go in
+                take(src, PROGRESS_SLICE)
+                left -= PROGRESS_SLICE
+                progress(done_bytes + PROGRESS_SLICE, done_files)
+                done_bytes = done_files = 0
+            take(src, left)
         except EOFError:  # shrank while being read
             raise SourceChanged(m.path) from None
         finally:
@@ -585,7 +592,7 @@ def _write_members(
         pad = -m.size % BLOCK
         if pad:
             w.put(_ZEROS[:pad])
-        done_bytes += m.size
+        done_bytes += left
         done_files += 1
         if progress is not None and (done_bytes >= 1 << 22 or done_files >= 1000):
             progress(done_bytes, done_files)

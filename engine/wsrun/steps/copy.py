@@ -540,6 +540,9 @@ def _copy_files(plan: Plan, ctx: StepContext, umask: int) -> dict[str, Any]:
     records = resumes.records() if job.algorithm else None
     cache = ctx.digests if job.algorithm else None  # inside an atomic group
 
+    def copied(n: int) -> None:
+        task.advance(bytes=n)
+
     def copy_one(item: tuple[str, str, int, int, int], buf: bytearray | None) -> None:
         source, dest, size, mode, mtime_ns = item
         record = None
@@ -549,13 +552,14 @@ def _copy_files(plan: Plan, ctx: StepContext, umask: int) -> dict[str, Any]:
             def record(digest: str) -> None:
                 cache.add(dest, size, mtime_ns, algorithm, digest)
 
+        follow = copied if size >= MMAP_MIN else None  # a 20 GB file shows moving bytes
         digest = copy_file(
-            source, dest, mode, mtime_ns, umask, job.algorithm, buf, size, on_digest=record
+            source, dest, mode, mtime_ns, umask, job.algorithm, buf, size, record, follow
         )
         if records and digest and job.algorithm:
             records.record(dest, job.algorithm, digest)  # a re-run need not read it again
         with lock:
-            task.advance(bytes=size, files=1)
+            task.advance(bytes=0 if follow else size, files=1)
             if digest is not None:
                 digests.append((dest, digest))
 

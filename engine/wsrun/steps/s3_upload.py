@@ -452,13 +452,18 @@ def _s3_put(job: UploadJob, upload: Upload, sender: Sender) -> tuple[str, str | 
         ]
         parts = [f.result() for f in futures]
         expected = osx.composite_etag([p.pop("md5") for p in parts])
-        reply = store.call(
-            "complete_multipart_upload",
-            Bucket=bucket,
-            Key=key,
-            UploadId=upload_id,
-            MultipartUpload={"Parts": parts},
-        )
+        try:
+            reply = store.call(
+                "complete_multipart_upload",
+                Bucket=bucket,
+                Key=key,
+                UploadId=upload_id,
+                MultipartUpload={"Parts": parts},
+            )
+        except Exception:
+            reply = _completed_anyway(store, upload.path, upload.size, expected)
+            if reply is None:
+                raise
     except BaseException:
         # Parts still in flight would outlive an abort: stop them first.
         for f in futures:
@@ -474,6 +479,23 @@ def _s3_put(job: UploadJob, upload: Upload, sender: Sender) -> tuple[str, str | 
     records.end_upload(url, upload_id)
     _check_stored(store, upload.path, reply, expected)
     return expected, sha
+
+
+def _completed_anyway(
+    store: osx.Store, path: str, size: int, expected: str
+) -> dict[str, Any] | None:
+    """The object, when a completion that failed was carried out after all: a
+    slow store (a big object, a busy server) can outlast the client's read
+    timeout, and the client's retry then finds the upload gone (NoSuchUpload,
+    or a 500 from moto). The object counts as ours only if it has the size and
+    the multipart ETag of the parts just sent; None otherwise."""
+    try:
+        found = osx.head(store, path)
+    except Exception:  # noqa: BLE001 - the completion's own error is the one to report
+        return None
+    if found is None or int(found.get("ContentLength", -1)) != size:
+        return None
+    return found if str(found.get("ETag", "")).strip('"') == expected else None
 
 
 def _resumable(

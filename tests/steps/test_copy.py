@@ -266,12 +266,12 @@ def test_failure_midway_leaves_no_partial_file(
     real = filecopy._copy_fast
     calls = []
 
-    def failing(src_fd: int, dst_fd: int, left: int) -> None:
+    def failing(src_fd: int, dst_fd: int, left: int, *rest: Any) -> None:
         calls.append(1)
         if len(calls) == 3:
             os.write(dst_fd, b"partial")
             raise OSError(errno.ENOSPC, "No space left on device")
-        real(src_fd, dst_fd, left)
+        real(src_fd, dst_fd, left, *rest)
 
     monkeypatch.setattr(filecopy, "_copy_fast", failing)
     with pytest.raises(OSError, match="No space left"):

@@ -184,10 +184,10 @@ def test_a_destination_that_is_not_the_groups_is_never_written(cli, tmp_path: Pa
 
 KILLER = """
 import os, signal, sys
-from wsrun.packs.nrao import assemble_delivery
+from wsrun.steps import copy
 from wsrun.cli.main import main
 
-real = assemble_delivery.copy_file
+real = copy.copy_file
 calls = {"n": 0}
 
 def copy_then_die(*args, **kwargs):
@@ -196,7 +196,7 @@ def copy_then_die(*args, **kwargs):
         os.kill(os.getpid(), signal.SIGKILL)  # no clean-up of any kind
     return real(*args, **kwargs)
 
-assemble_delivery.copy_file = copy_then_die
+copy.copy_file = copy_then_die
 sys.exit(main(sys.argv[1:]))
 """
 
@@ -231,12 +231,12 @@ def test_deliver_killed_mid_copy_is_continued_with_the_recorded_digests(
     assert len(recorded) >= 6 - (os.cpu_count() or 1) and len(staged) >= len(recorded) > 0
     total = len(p.products)
     # The re-run may not read a staged file again: hashing one is an error now.
-    from wsrun.packs.nrao import assemble_delivery
+    from wsrun.steps import copy
 
     def no_rehash(path: str, *args, **kwargs) -> str:
         raise AssertionError(f"read again: {path}")
 
-    monkeypatch.setattr(assemble_delivery, "hash_file", no_rehash)
+    monkeypatch.setattr(copy, "hash_file", no_rehash)
     if how == "resume":
         journal = Journal(str(wsrun_home))
         try:

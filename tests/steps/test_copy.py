@@ -205,7 +205,10 @@ def test_dry_run_writes_nothing_and_matches_real_run(tmp_path: Path, tree: Path)
     assert snapshot(tmp_path) == before
     plan, result = run_step("copy", params, str(tmp_path))
     assert effect_dicts(dry.effects) == effect_dicts(plan.effects) == effect_dicts(result.effects)
+    planned = dry.outputs.pop("checksums")
     assert {k: v for k, v in result.outputs.items() if k != "checksums"} == dry.outputs
+    # a dry run knows no digest of a file still to copy; the same files have one after
+    assert planned == dict.fromkeys(result.outputs["checksums"])
 
 
 def test_dry_run_chain_sees_planned_copies(tmp_path: Path, tree: Path) -> None:

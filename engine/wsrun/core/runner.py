@@ -892,7 +892,7 @@ class Runner:
                 self.view.record(remove(destination))
             self.view.record(move(staging, top))
         else:
-            groups.commit(decision, self.log)
+            groups.commit(decision, self.log, digests)
             self.group_record(key, "commit", {"destination": destination})
         state = {"new": "created", "fill": "filled", "replace": "replaced"}[decision.mode]
         return shown + effects, {"destination": destination, "state": state}

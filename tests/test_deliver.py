@@ -713,3 +713,37 @@ def test_step_outputs(tmp_path: Path) -> None:
     sums = {"paths": str(dest), "to": str(dest / "SHA256SUMS"), "digests": checksums}
     run_step("checksum", sums, str(tmp_path))
     check_delivery(dest, p.products, "R1.tar")
+
+
+@pytest.mark.parametrize("tar", [False, True], ids=["loose", "tar"])
+def test_a_delivery_run_again_reads_none_of_its_files(
+    cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tar: bool
+) -> None:
+    """The digests of what a delivery staged are recorded under their final
+    paths when it is renamed into place, so running it again (or a dry run)
+    finds it unchanged without reading a file; a file changed since is read."""
+    p = vla_calibration(tmp_path / "spool", "pretty")
+    out = tmp_path / "out"
+    args = [p.root, "-l", out, *(["-t"] if tar else [])]
+    assert deliver(cli, *args)[0] == 0
+    reads: list[str] = []
+    module = tar_step if tar else copy
+    real = module.hash_file
+
+    def counted(path: str, *a, **k) -> str:
+        reads.append(path)
+        return real(path, *a, **k)
+
+    monkeypatch.setattr(module, "hash_file", counted)
+    for extra in (["--dry-run"], []):
+        code, report, err = deliver(cli, *args, *extra)
+        assert code == 0 and effects(report) == [[], [], []], err
+    assert reads == []
+    # the same bytes written again: same size and mtime, but not the file recorded
+    victim = out / "calibration.tar" if tar else out / "scripts" / "PPR.xml"
+    st = victim.stat()
+    victim.write_bytes(victim.read_bytes())
+    os.utime(victim, ns=(st.st_atime_ns, st.st_mtime_ns))
+    code, report, err = deliver(cli, *args)
+    assert code == 0 and effects(report) == [[], [], []], err
+    assert reads == [str(victim)]

@@ -119,6 +119,10 @@ class DigestCache:
     def _rel(self, path: str) -> str | None:
         return os.path.relpath(path, self.staging) if inside(path, self.staging) else None
 
+    def covers(self, path: str) -> bool:
+        """``path`` is in the staging directory (its digest is recorded here)."""
+        return inside(path, self.staging)
+
     def get(self, path: str, size: int, mtime_ns: int, algorithm: str) -> str | None:
         """The recorded digest of ``path`` if it still has this size and mtime."""
         rel = self._rel(path)

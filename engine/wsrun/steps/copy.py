@@ -702,8 +702,10 @@ def _copy_files(plan: Plan, ctx: StepContext, umask: int) -> dict[str, Any]:
         digest = copy_file(
             source, dest, mode, mtime_ns, umask, job.algorithm, buf, size, on_digest=record
         )
-        if records and digest and job.algorithm:
-            records.record(dest, job.algorithm, digest)  # a re-run need not read it again
+        if records and digest and job.algorithm and not (cache and cache.covers(dest)):
+            # a re-run need not read it again (a staged file's digest is in the
+            # group's record, and recorded here under its final path once committed)
+            records.record(dest, job.algorithm, digest)
         with lock:
             task.advance(bytes=size, files=1)
             if digest is not None:

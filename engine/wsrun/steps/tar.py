@@ -346,11 +346,12 @@ def _hash_archive(d: _Data, ctx: StepContext) -> str:
     assert d.algorithm is not None
     digest = hash_file(d.to, d.algorithm, bytearray(BUFFER_SIZE))
     st = os.stat(d.to)
-    if ctx.digests is not None:  # inside an atomic group
+    if ctx.digests is not None and ctx.digests.covers(d.to):  # staged in an atomic group
         ctx.digests.add(d.to, st.st_size, st.st_mtime_ns, d.algorithm, digest)
-    records = resumes.records()
-    records.record(d.to, d.algorithm, digest)
-    records.flush()
+    else:
+        records = resumes.records()
+        records.record(d.to, d.algorithm, digest)
+        records.flush()
     return digest
 
 
@@ -457,7 +458,7 @@ def _mapped(params: dict[str, Any], to: str, ctx: StepContext) -> tuple[list[tar
             found.append(_member(f"{stored}/{rel}", full, *_fields(i), ctx))
             newest = max(newest, i.mtime_ns)
     members = [m for m in found if m is not None]
-    if len({m.name for m in members}) != len(members):
+    if len({m.name.rstrip("/") for m in members}) != len(members):
         raise StepError("two members would be stored under the same name")
     return members, newest
 

@@ -12,7 +12,7 @@ import os
 import shutil
 import stat as statmod
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -546,18 +546,20 @@ class _Planner:
         effects = self.effects if self.effects.spilled else list(self.effects)
         return Plan(effects=effects, outputs=outputs, data=self.job, trees=self.trees)
 
-    def planned_checksums(self, algorithm: str) -> dict[str, str | None]:
+    def planned_checksums(self, algorithm: str) -> Mapping[str, str | None]:
         """A dry run's `checksums`: the digests of unchanged files known without
-        reading them (the group's record, this host's records), null for the rest."""
-        known: dict[str, str | None] = dict.fromkeys(self.files)
-        known.update(self.job.known)
+        reading them (the group's record, this host's records), null for the
+        rest. Past a spool's worth of files they stream from disk, and only the
+        group's record is consulted (a lookup per file would cost more than the plan)."""
+        known = self.job.known
+        if self.files.spilled:
+            return SpooledDict((path, known.get(path)) for path in self.files)
+        out: dict[str, str | None] = dict.fromkeys(self.files)
+        out.update(known)
         records = resumes.records()
         for path in self.job.to_hash:
-            try:
-                known[path] = records.digest(path, algorithm)
-            except OSError:
-                known[path] = None
-        return known
+            out[path] = records.digest(path, algorithm)
+        return out
 
 
 def _listed(names: SortedSpool[str]) -> Sequence[str]:

@@ -501,3 +501,30 @@ def test_group_values_from_expressions_are_checked_when_run(
     r = cli(recipe)
     assert r.code == 1 and message in r.err and "g.yaml:1:" in r.err, r.err
     assert not (tmp_path / "out").exists()
+
+
+def test_a_killed_loose_delivery_continued_as_a_tar_holds_only_the_archive(
+    cli, tmp_path: Path
+) -> None:
+    """The staging area a killed delivery left is continued by the next run
+    even when that run asks for something else (-t): what it staged and this
+    delivery does not hold is removed (copy's delete), not delivered."""
+    p = vla_calibration(tmp_path / "spool", "pretty")
+    out = tmp_path / "out"
+    killer = write(tmp_path / "killer.py", KILLER)
+    env = {**os.environ, "KILL_AFTER": "6", "PYTHONPATH": os.pathsep.join(sys.path)}
+    proc = subprocess.run(
+        [sys.executable, str(killer), "nrao/deliver", str(p.root), "-l", str(out), "-q"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == -9, proc.stderr
+    assert any(f.is_file() for f in staging(out).rglob("*"))
+    r = cli("nrao/deliver", p.root, "-l", out, "-t", "--json")
+    assert r.code == 0, r.err
+    assert sorted(os.listdir(out)) == ["SHA256SUMS", "calibration.tar", "delivery.json"]
+    check = sums_ok(out)
+    assert check.returncode == 0, check.stdout + check.stderr

@@ -309,7 +309,8 @@ def apply(plan: Plan, ctx: StepContext) -> Result:
                 raise StepError(f"wrote {end} bytes but the file has {written}", path=d.to)
         outputs = {**plan.outputs, "bytes": written}
         if hashing is not None:
-            outputs["checksums"] = {**hashing.result(), d.to: _hash_archive(d, ctx)}
+            archive = _hash_archive(d, ctx)  # while the files' hashing may still run
+            outputs["checksums"] = {**hashing.result(), d.to: archive}
     finally:
         task.close()
         if background is not None:

@@ -690,6 +690,9 @@ def test_members_refuse_bad_names_and_dangling_links(work):
     for bad in ("/abs", "../up", "a/../../b", "/"):
         with pytest.raises(StepError, match="relative path"):
             plan_step("tar", {**base, "members": {bad: "src/a.txt"}}, work)
+    for bad_path in ("", None, 3):
+        with pytest.raises(StepError, match="not a path"):
+            plan_step("tar", {**base, "members": {"x": bad_path}}, work)
     with pytest.raises(StepError, match="names a directory"):
         plan_step("tar", {**base, "members": {"x/": "src/a.txt"}}, work)
     os.symlink(os.path.join(work, "nowhere"), os.path.join(work, "gone"))

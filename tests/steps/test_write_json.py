@@ -68,6 +68,9 @@ def test_a_missing_digest_fails_and_writes_nothing(tmp_path: Path) -> None:
     }
     with pytest.raises(StepError, match="no digest of .*x/two"):
         run_step("write-json", params, str(tmp_path))
+    params["digests"] = {str(out / "x/one"): A, str(out / "x/two"): 42}
+    with pytest.raises(StepError, match="x/two.* is 42, not a string or null"):
+        run_step("write-json", params, str(tmp_path))
     assert os.listdir(out) == []
 
 

@@ -67,8 +67,9 @@ SCHEMA: dict[str, Any] = {
             "path}. A name ending in / is that directory alone; a directory under any other "
             "name is stored with its contents below it. E.g. the `members` output of nrao's "
             "find-products.",
+            # Paths are checked when planned: a schema on every value would
+            # validate a map of 100,000 members through jsonschema.
             "type": "object",
-            "additionalProperties": {"type": "string", "minLength": 1},
             "examples": [
                 {"run-42/": "products", "run-42/images/a.fits": "products/a.fits"},
                 "{{ steps.products.outputs.members }}",
@@ -426,6 +427,8 @@ def _mapped(params: dict[str, Any], to: str, ctx: StepContext) -> tuple[list[tar
     found: list[tarball.Member | None] = []
     newest = 0
     for name, given in params["members"].items():
+        if not isinstance(given, str) or not given:
+            raise StepError(f"members: {name!r} maps to {given!r}, not a path")
         path = ctx.path(given)
         info = ctx.fs.stat(path) if follow_links else ctx.fs.lstat(path)
         if info is None:

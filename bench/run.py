@@ -655,10 +655,10 @@ def deliver_case(tar: bool) -> Callable[[Bench, Case], Outcome]:
 KILL_HALF_WAY = """
 import os, signal, sys, threading
 from wsrun.cli.main import main
-from wsrun.packs.nrao import assemble_delivery
+from wsrun.steps import copy
 
 limit, done, lock = int(sys.argv[1]), [0], threading.Lock()
-real = assemble_delivery.copy_file
+real = copy.copy_file
 
 def copy_file(source, *args, **kwargs):
     digest = real(source, *args, **kwargs)
@@ -668,7 +668,7 @@ def copy_file(source, *args, **kwargs):
             os.kill(os.getpid(), signal.SIGKILL)
     return digest
 
-assemble_delivery.copy_file = copy_file
+copy.copy_file = copy_file
 sys.exit(main(sys.argv[2:]))
 """
 

@@ -25,7 +25,8 @@ from conftest import ROOT, snapshot
 from fixtures.processing import BUILDERS, EB, Processing, imaging, vla_calibration
 from wsrun.core.effects import create_file
 from wsrun.core.fs import WorldView
-from wsrun.packs.nrao import assemble_delivery
+from wsrun.steps import copy
+from wsrun.steps import tar as tar_step
 from wsrun.testing import plan_step, run_step
 
 DIR_SETTING = "edu.nrao.workspaces.DeliverySettings.downloadDirectory"
@@ -494,8 +495,8 @@ def test_destination_inside_the_products(cli, tmp_path: Path) -> None:
     assert code == 1 and "overlap" in err
 
 
-def _fail_after(monkeypatch: pytest.MonkeyPatch, name: str, calls: int) -> None:
-    real = getattr(assemble_delivery, name)
+def _fail_after(monkeypatch: pytest.MonkeyPatch, module, name: str, calls: int) -> None:
+    real = getattr(module, name)
     count = {"n": 0}
 
     def failing(*args, **kwargs):
@@ -504,7 +505,7 @@ def _fail_after(monkeypatch: pytest.MonkeyPatch, name: str, calls: int) -> None:
             raise OSError(5, "Input/output error", str(args[0]))
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(assemble_delivery, name, failing)
+    monkeypatch.setattr(module, name, failing)
 
 
 @pytest.mark.parametrize("tar", [False, True], ids=["loose", "tar"])
@@ -512,7 +513,10 @@ def test_a_failure_leaves_nothing_behind(
     cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tar: bool
 ) -> None:
     p = vla_calibration(tmp_path / "spool", "pretty")
-    _fail_after(monkeypatch, "hash_file" if tar else "copy_file", 5)
+    if tar:
+        _fail_after(monkeypatch, tar_step, "hash_file", 5)
+    else:
+        _fail_after(monkeypatch, copy, "copy_file", 5)
     code, report, err = deliver(
         cli, p.root, "-l", tmp_path / "out" / "R1", *(["-t"] if tar else [])
     )
@@ -530,7 +534,7 @@ def test_a_failed_replacement_keeps_the_old_delivery(
     ppr = p.root / "products" / "PPR.xml"
     old = ppr.read_text()
     ppr.write_text("<SciPipeRequest>changed</SciPipeRequest>\n")
-    _fail_after(monkeypatch, "copy_file", 3)
+    _fail_after(monkeypatch, copy, "copy_file", 3)
     code, report, err = deliver(cli, p.root, "-l", out, "--force")
     assert code == 1 and "Input/output error" in err
     check_delivery(out, p.products)  # the old delivery, intact
@@ -631,37 +635,46 @@ def test_products_that_would_collide(cli, tmp_path: Path) -> None:
     assert not (tmp_path / "out").exists()
 
 
-# ---- the assemble-delivery step on its own -------------------------------------------------
+# ---- the steps on their own -----------------------------------------------------------------
 
 
 def test_dry_run_chain_sees_planned_products_and_plans_the_delivery(tmp_path: Path) -> None:
-    """A dry run where an earlier step would write a product: both steps see it,
-    and later steps see the planned delivery."""
+    """A dry run where an earlier step would write a product: every step sees
+    it, and later steps see the planned delivery."""
     p = imaging(tmp_path / "spool", None)
     extra_source = tmp_path / "made-by-casa.fits"
     extra_source.write_bytes(b"SIMPLE  = T" + bytes(2869))
     planned = p.root / "products" / "late.fits"
     view = WorldView()
     view.record(create_file(str(planned), extra_source.stat().st_size, source=str(extra_source)))
-    found = plan_step("find-products", {"source": str(p.root)}, str(tmp_path), view=view)
-    assert any(x["name"] == "late.fits" for x in found.outputs["products"])
     out = tmp_path / "out"
+    found = plan_step(
+        "find-products", {"source": str(p.root), "destination": str(out)}, str(tmp_path), view=view
+    )
+    assert any(x["name"] == "late.fits" for x in found.outputs["products"])
+    assert found.outputs["placement"]["images/late.fits"] == str(planned)
     params = {
-        "products": found.outputs["products"],
-        "source": str(p.root),
+        "files": found.outputs["placement"],
         "to": str(out),
+        "follow_symlinks": True,
+        "checksum": "sha256",
     }
-    plan = plan_step("assemble-delivery", params, str(tmp_path), view=view)
+    plan = plan_step("copy", params, str(tmp_path), view=view)
     late = [e for e in plan.effects if e.path == str(out / "images" / "late.fits")]
     assert late and late[0].bytes == 2880 and late[0].source == str(planned)
     assert plan.outputs["checksums"][str(out / "images" / "late.fits")] is None  # not yet known
     for effect in plan.effects:
         view.record(effect)
-    sums = {
-        "paths": str(out),
-        "to": str(out / "SHA256SUMS"),
+    describe = {
+        "to": str(out / "delivery.json"),
+        "value": found.outputs["delivery"],
         "digests": plan.outputs["checksums"],
     }
+    described = plan_step("write-json", describe, str(tmp_path), view=view)
+    (effect,) = described.effects
+    assert effect.path == str(out / "delivery.json") and effect.bytes == described.outputs["bytes"]
+    view.record(effect)
+    sums = {"paths": str(out), "to": str(out / "SHA256SUMS"), "digests": plan.outputs["checksums"]}
     for effect in plan_step("checksum", sums, str(tmp_path), view=view).effects:
         view.record(effect)
     assert view.is_file(str(out / "SHA256SUMS")) and view.is_file(str(out / "images" / "late.fits"))
@@ -670,34 +683,67 @@ def test_dry_run_chain_sees_planned_products_and_plans_the_delivery(tmp_path: Pa
 
 
 def test_step_outputs(tmp_path: Path) -> None:
-
+    """find-products, tar and write-json as the recipe chains them, run one by one."""
     p = imaging(tmp_path / "spool", "pretty")
-    found = run_step("find-products", {"source": str(p.root)}, str(tmp_path))[1].outputs
-    params = {
-        "products": found["products"],
-        "source": str(p.root),
-        "to": str(tmp_path / "out" / "R1"),
-        "prefix": "R1",
-        "tar": True,
-        "workers": 1,
+    dest = tmp_path / "out" / "R1"
+    params = {"source": str(p.root), "destination": str(dest), "prefix": "R1", "tar": True}
+    found = run_step("find-products", params, str(tmp_path))[1].outputs
+    archive = dest / "R1.tar"
+    assert found["archive"] == str(archive)
+    assert found["files"] == len(p.products)
+    # every file in products/ is a product of this imaging run
+    assert found["bytes"] == sum(f.stat().st_size for f in (p.root / "products").iterdir())
+    dest.mkdir(parents=True)
+    pack = {
+        "members": found["members"],
+        "to": str(archive),
+        "follow_symlinks": True,
+        "checksum": "sha256",
     }
-    plan, result = run_step("assemble-delivery", params, str(tmp_path))
+    plan, result = run_step("tar", pack, str(tmp_path))
     assert plan.effects == result.effects
-    archive = tmp_path / "out" / "R1" / "R1.tar"
-    assert result.outputs == {
-        "destination": str(tmp_path / "out" / "R1"),
-        "url": None,
-        "archive": str(archive),
-        "products": found["count"],
-        "files": len(p.products),
-        # every file in products/ is a product of this imaging run
-        "bytes": sum(f.stat().st_size for f in (p.root / "products").iterdir()),
-        "checksums": {str(archive): sha256(archive)},
-    }
-    sums = {
-        "paths": str(archive.parent),
-        "to": str(archive.parent / "SHA256SUMS"),
-        "digests": result.outputs["checksums"],
-    }
+    checksums = result.outputs["checksums"]
+    assert checksums[str(archive)] == sha256(archive)
+    assert set(checksums) == {str(archive)} | {f"R1/{rel}" for rel in p.products}
+    assert (
+        found["delivery"]["archive"]["bytes"] == archive.stat().st_size == result.outputs["bytes"]
+    )
+    describe = {"to": str(dest / "delivery.json"), "value": found["delivery"], "digests": checksums}
+    run_step("write-json", describe, str(tmp_path))
+    sums = {"paths": str(dest), "to": str(dest / "SHA256SUMS"), "digests": checksums}
     run_step("checksum", sums, str(tmp_path))
-    check_delivery(tmp_path / "out" / "R1", p.products, "R1.tar")
+    check_delivery(dest, p.products, "R1.tar")
+
+
+@pytest.mark.parametrize("tar", [False, True], ids=["loose", "tar"])
+def test_a_delivery_run_again_reads_none_of_its_files(
+    cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tar: bool
+) -> None:
+    """The digests of what a delivery staged are recorded under their final
+    paths when it is renamed into place, so running it again (or a dry run)
+    finds it unchanged without reading a file; a file changed since is read."""
+    p = vla_calibration(tmp_path / "spool", "pretty")
+    out = tmp_path / "out"
+    args = [p.root, "-l", out, *(["-t"] if tar else [])]
+    assert deliver(cli, *args)[0] == 0
+    reads: list[str] = []
+    module = tar_step if tar else copy
+    real = module.hash_file
+
+    def counted(path: str, *a, **k) -> str:
+        reads.append(path)
+        return real(path, *a, **k)
+
+    monkeypatch.setattr(module, "hash_file", counted)
+    for extra in (["--dry-run"], []):
+        code, report, err = deliver(cli, *args, *extra)
+        assert code == 0 and effects(report) == [[], [], []], err
+    assert reads == []
+    # the same bytes written again: same size and mtime, but not the file recorded
+    victim = out / "calibration.tar" if tar else out / "scripts" / "PPR.xml"
+    st = victim.stat()
+    victim.write_bytes(victim.read_bytes())
+    os.utime(victim, ns=(st.st_atime_ns, st.st_mtime_ns))
+    code, report, err = deliver(cli, *args)
+    assert code == 0 and effects(report) == [[], [], []], err
+    assert reads == [str(victim)]

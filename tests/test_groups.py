@@ -184,10 +184,10 @@ def test_a_destination_that_is_not_the_groups_is_never_written(cli, tmp_path: Pa
 
 KILLER = """
 import os, signal, sys
-from wsrun.packs.nrao import assemble_delivery
+from wsrun.steps import copy
 from wsrun.cli.main import main
 
-real = assemble_delivery.copy_file
+real = copy.copy_file
 calls = {"n": 0}
 
 def copy_then_die(*args, **kwargs):
@@ -196,7 +196,7 @@ def copy_then_die(*args, **kwargs):
         os.kill(os.getpid(), signal.SIGKILL)  # no clean-up of any kind
     return real(*args, **kwargs)
 
-assemble_delivery.copy_file = copy_then_die
+copy.copy_file = copy_then_die
 sys.exit(main(sys.argv[1:]))
 """
 
@@ -231,12 +231,12 @@ def test_deliver_killed_mid_copy_is_continued_with_the_recorded_digests(
     assert len(recorded) >= 6 - (os.cpu_count() or 1) and len(staged) >= len(recorded) > 0
     total = len(p.products)
     # The re-run may not read a staged file again: hashing one is an error now.
-    from wsrun.packs.nrao import assemble_delivery
+    from wsrun.steps import copy
 
     def no_rehash(path: str, *args, **kwargs) -> str:
         raise AssertionError(f"read again: {path}")
 
-    monkeypatch.setattr(assemble_delivery, "hash_file", no_rehash)
+    monkeypatch.setattr(copy, "hash_file", no_rehash)
     if how == "resume":
         journal = Journal(str(wsrun_home))
         try:
@@ -501,3 +501,30 @@ def test_group_values_from_expressions_are_checked_when_run(
     r = cli(recipe)
     assert r.code == 1 and message in r.err and "g.yaml:1:" in r.err, r.err
     assert not (tmp_path / "out").exists()
+
+
+def test_a_killed_loose_delivery_continued_as_a_tar_holds_only_the_archive(
+    cli, tmp_path: Path
+) -> None:
+    """The staging area a killed delivery left is continued by the next run
+    even when that run asks for something else (-t): what it staged and this
+    delivery does not hold is removed (copy's delete), not delivered."""
+    p = vla_calibration(tmp_path / "spool", "pretty")
+    out = tmp_path / "out"
+    killer = write(tmp_path / "killer.py", KILLER)
+    env = {**os.environ, "KILL_AFTER": "6", "PYTHONPATH": os.pathsep.join(sys.path)}
+    proc = subprocess.run(
+        [sys.executable, str(killer), "nrao/deliver", str(p.root), "-l", str(out), "-q"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == -9, proc.stderr
+    assert any(f.is_file() for f in staging(out).rglob("*"))
+    r = cli("nrao/deliver", p.root, "-l", out, "-t", "--json")
+    assert r.code == 0, r.err
+    assert sorted(os.listdir(out)) == ["SHA256SUMS", "calibration.tar", "delivery.json"]
+    check = sums_ok(out)
+    assert check.returncode == 0, check.stdout + check.stderr

@@ -184,7 +184,7 @@ def test_a_killed_runs_leftovers_go_when_there_is_nothing_to_write(
     run = zygote.start(case.recipe(1), "-q", cwd=case.tmp, env=env)
     assert zygote.wait(run) == 0, run.stderr()
     dest = case.destination
-    if kind == "assemble-delivery":
+    if kind == "delivery":
         planted = [
             dest.parent / fileio.hidden_name(dest.name, ".wsrun-staging"),
             dest.parent / fileio.hidden_name(dest.name, ".wsrun-old"),

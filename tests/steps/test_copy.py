@@ -205,7 +205,10 @@ def test_dry_run_writes_nothing_and_matches_real_run(tmp_path: Path, tree: Path)
     assert snapshot(tmp_path) == before
     plan, result = run_step("copy", params, str(tmp_path))
     assert effect_dicts(dry.effects) == effect_dicts(plan.effects) == effect_dicts(result.effects)
+    planned = dry.outputs.pop("checksums")
     assert {k: v for k, v in result.outputs.items() if k != "checksums"} == dry.outputs
+    # a dry run knows no digest of a file still to copy; the same files have one after
+    assert planned == dict.fromkeys(result.outputs["checksums"])
 
 
 def test_dry_run_chain_sees_planned_copies(tmp_path: Path, tree: Path) -> None:
@@ -387,3 +390,100 @@ def test_a_temp_another_run_is_writing_is_left_alone(tmp_path: Path, tree: Path)
         remove_stray_temps(str(out))
         assert temps(out) == [str(out / f".busy.dat{TMP_SUFFIX}")]
     assert (out / "busy.dat").read_bytes() == b"half" and temps(out) == []
+
+
+# ---- files: a map of places, follow_symlinks, delete -------------------------------------
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_files_puts_each_source_in_its_place_following_links(tmp_path: Path, tree: Path) -> None:
+    cache = tmp_path / "cache"
+    (cache / "eb" / "inner").mkdir(parents=True)
+    (cache / "eb" / "inner" / "data.bin").write_bytes(b"d" * 1000)
+    (cache / "eb" / "alias").symlink_to(cache / "eb" / "inner" / "data.bin")
+    (tmp_path / "link-to-eb").symlink_to(cache / "eb")
+    (tmp_path / "link-to-a").symlink_to(tree / "a.txt")
+    params = {
+        "files": {
+            "images/a.txt": "link-to-a",
+            "scripts/run.sh": "src/run.sh",
+            "eb": "link-to-eb",
+        },
+        "to": "out",
+        "follow_symlinks": True,
+        "checksum": "sha256",
+    }
+    plan, result = run_step("copy", params, str(tmp_path))
+    out = tmp_path / "out"
+    assert not any(p.is_symlink() for p in out.rglob("*"))  # content, never links
+    assert (out / "images" / "a.txt").read_bytes() == b"alpha\n"
+    assert (out / "eb" / "alias").read_bytes() == (out / "eb" / "inner" / "data.bin").read_bytes()
+    assert os.stat(out / "scripts" / "run.sh").st_mode & 0o777 == 0o755
+    files = [p for p in out.rglob("*") if p.is_file()]
+    assert result.outputs["checksums"] == {str(p): _sha(p) for p in files}
+    # the same map again: nothing to do
+    again = plan_step("copy", params, str(tmp_path))
+    assert again.effects == [] and again.outputs["unchanged"] == len(files)
+
+
+def test_files_refuses_places_outside_and_dangling_links(tmp_path: Path, tree: Path) -> None:
+    for bad in ("../x", "/abs/x", "."):
+        with pytest.raises(StepError, match="not a path below the destination"):
+            plan_step("copy", {"files": {bad: "src/a.txt"}, "to": "out"}, str(tmp_path))
+    (tmp_path / "gone").symlink_to(tmp_path / "nowhere")
+    params = {"files": {"x": "gone"}, "to": "out", "follow_symlinks": True}
+    with pytest.raises(StepError, match="dangling"):
+        plan_step("copy", params, str(tmp_path))
+    (tmp_path / "src" / "sub" / "broken").symlink_to(tmp_path / "nowhere")
+    with pytest.raises(StepError, match="dangling"):
+        plan_step("copy", {**params, "files": {"x": "src"}}, str(tmp_path))
+    with pytest.raises(StepError, match="both be copied"):
+        plan_step(
+            "copy", {"files": {"x": "src/a.txt", "x/": "src/run.sh"}, "to": "out"}, str(tmp_path)
+        )
+
+
+def test_delete_removes_what_the_sources_do_not_put_there(tmp_path: Path, tree: Path) -> None:
+    out = tmp_path / "out"
+    (out / "stale" / "deep").mkdir(parents=True)
+    (out / "stale" / "deep" / "old.bin").write_bytes(b"old")
+    (out / "extra.txt").write_text("not the sources'")
+    (out / "SHA256SUMS").write_text("kept\n")
+    params = {
+        "files": {"a.txt": "src/a.txt", "sub": "src/sub"},
+        "to": "out",
+        "delete": True,
+        "keep": ["SHA256SUMS"],
+    }
+    dry = plan_step("copy", params, str(tmp_path), view=WorldView())
+    removed = [e.path for e in dry.effects if e.op == "remove"]
+    assert sorted(removed) == [str(out / "extra.txt"), str(out / "stale")]
+    plan, result = run_step("copy", params, str(tmp_path))
+    assert effect_dicts(plan.effects) == effect_dicts(dry.effects)
+    assert sorted(os.listdir(out)) == ["SHA256SUMS", "a.txt", "sub"]
+    assert (out / "SHA256SUMS").read_text() == "kept\n"
+    assert plan_step("copy", params, str(tmp_path)).effects == []
+    # without delete, extras stay (as they always did)
+    (out / "extra.txt").write_text("x")
+    assert plan_step("copy", {**params, "delete": False}, str(tmp_path)).effects == []
+
+
+def test_dry_run_checksums_are_the_recorded_ones(
+    tmp_path: Path, tree: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A dry run reports the digests this host recorded for unchanged files, and
+    none for a file changed since (same size and mtime, new content: a new ctime)."""
+    monkeypatch.setenv("WSRUN_HOME", str(tmp_path / "home"))
+    params = {"files": {"a.txt": "src/a.txt", "sub": "src/sub"}, "to": "out", "checksum": "sha256"}
+    _, result = run_step("copy", params, str(tmp_path))
+    dry = plan_step("copy", params, str(tmp_path), view=WorldView())
+    assert dry.effects == [] and dry.outputs["checksums"] == result.outputs["checksums"]
+    copied = tmp_path / "out" / "a.txt"
+    st = copied.stat()
+    copied.write_bytes(b"ALPHA\n")  # same size
+    os.utime(copied, ns=(st.st_atime_ns, st.st_mtime_ns))
+    dry = plan_step("copy", params, str(tmp_path), view=WorldView())
+    assert dry.outputs["checksums"][str(copied)] is None

@@ -618,3 +618,85 @@ def test_size_of_non_ascii_names(tmp_path):
     plan, result = run_step("tar", {"source": "s", "to": "x.tar"}, str(tmp_path))
     assert plan.effects[-1].bytes == os.path.getsize(tmp_path / "x.tar")
     assert tarfile.open(tmp_path / "x.tar").getnames() == ["s", "s/" + "é" * 60]
+
+
+# ---- members: a map of names, follow_symlinks, checksum -------------------------------
+
+
+def _sha(path: str) -> str:
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+def _mapped(work: str) -> dict:
+    cache = os.path.join(work, "cache")
+    os.makedirs(os.path.join(cache, "eb"))
+    with open(os.path.join(cache, "eb", "data.bin"), "wb") as f:
+        f.write(os.urandom(tarball.DIRECT_MIN + 10))
+    os.symlink(os.path.join(cache, "eb"), os.path.join(work, "src", "eb-link"))
+    return {
+        "members": {
+            "top/": "src",
+            "top/images/": "src",
+            "top/images/a.txt": "src/a.txt",
+            "top/eb": "src/eb-link",
+            "top/block.bin": "src/sub/block.bin",
+        },
+        "to": "out/top.tar",
+        "follow_symlinks": True,
+        "checksum": "sha256",
+    }
+
+
+def test_members_are_stored_as_given_with_their_digests(work, monkeypatch):
+    monkeypatch.setenv("WSRUN_HOME", os.path.join(work, "home"))
+    params = _mapped(work)
+    plan, result = run_step("tar", params, work)
+    archive = os.path.join(work, "out", "top.tar")
+    with tarfile.open(archive) as t:
+        names = [(m.name, m.type) for m in t.getmembers()]
+        data = {m.name: t.extractfile(m).read() for m in t.getmembers() if m.isfile()}
+    assert names == [
+        ("top", tarfile.DIRTYPE),
+        ("top/images", tarfile.DIRTYPE),
+        ("top/images/a.txt", tarfile.REGTYPE),
+        ("top/eb", tarfile.DIRTYPE),  # the link followed: a directory, with its contents
+        ("top/eb/data.bin", tarfile.REGTYPE),
+        ("top/block.bin", tarfile.REGTYPE),
+    ]
+    expected = {name: hashlib.sha256(content).hexdigest() for name, content in data.items()}
+    assert result.outputs["checksums"] == {**expected, archive: _sha(archive)}
+    # unchanged: nothing written, the digests are the recorded ones (no file read)
+    monkeypatch.setattr(
+        "wsrun.steps.tar.hash_file", lambda *a, **k: pytest.fail(f"read again: {a[0]}")
+    )
+    plan, again = run_step("tar", params, work)
+    assert plan.effects == [] and again.outputs["checksums"] == result.outputs["checksums"]
+
+
+def test_an_unrecorded_or_changed_file_is_read_again(work, monkeypatch):
+    monkeypatch.setenv("WSRUN_HOME", os.path.join(work, "home"))
+    params = _mapped(work)
+    _, first = run_step("tar", params, work)
+    monkeypatch.setenv("WSRUN_HOME", os.path.join(work, "other-home"))  # another host
+    dry = plan_step("tar", params, work, view=WorldView())
+    assert dry.effects == [] and set(dry.outputs["checksums"].values()) == {None}
+    _, again = run_step("tar", params, work)
+    assert again.outputs["checksums"] == first.outputs["checksums"]
+
+
+def test_members_refuse_bad_names_and_dangling_links(work):
+    base = {"to": "out/x.tar", "follow_symlinks": True}
+    for bad in ("/abs", "../up", "a/../../b", "/"):
+        with pytest.raises(StepError, match="relative path"):
+            plan_step("tar", {**base, "members": {bad: "src/a.txt"}}, work)
+    for bad_path in ("", None, 3):
+        with pytest.raises(StepError, match="not a path"):
+            plan_step("tar", {**base, "members": {"x": bad_path}}, work)
+    with pytest.raises(StepError, match="names a directory"):
+        plan_step("tar", {**base, "members": {"x/": "src/a.txt"}}, work)
+    os.symlink(os.path.join(work, "nowhere"), os.path.join(work, "gone"))
+    with pytest.raises(StepError, match="dangling"):
+        plan_step("tar", {**base, "members": {"x": "gone"}}, work)
+    with pytest.raises(StepError, match="same name"):
+        plan_step("tar", {**base, "members": {"a": "src/a.txt", "a/": "src"}}, work)

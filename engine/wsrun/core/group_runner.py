@@ -223,7 +223,7 @@ class GroupRunner:
                 self.view.record(remove(destination))
             self.view.record(move(staging, top))
         else:
-            groups.commit(decision, self.log)
+            groups.commit(decision, self.log, digests)
             self.group_record(key, "commit", {"destination": destination})
         state = {"new": "created", "fill": "filled", "replace": "replaced"}[decision.mode]
         return shown + effects, {"destination": destination, "state": state}

@@ -23,6 +23,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
+from wsrun.core import resumes
 from wsrun.core.fileio import hidden_name
 from wsrun.core.fs import WorldView
 from wsrun.core.step import StepError
@@ -117,6 +118,10 @@ class DigestCache:
 
     def _rel(self, path: str) -> str | None:
         return os.path.relpath(path, self.staging) if inside(path, self.staging) else None
+
+    def covers(self, path: str) -> bool:
+        """``path`` is in the staging directory (its digest is recorded here)."""
+        return inside(path, self.staging)
 
     def get(self, path: str, size: int, mtime_ns: int, algorithm: str) -> str | None:
         """The recorded digest of ``path`` if it still has this size and mtime."""
@@ -219,8 +224,10 @@ def begin(decision: Decision) -> None:
         os.makedirs(staging + path[len(decision.top) :], exist_ok=True)
 
 
-def commit(decision: Decision, log: Any) -> None:
-    """Rename the staging directory into place (real run)."""
+def commit(decision: Decision, log: Any, digests: DigestCache | None = None) -> None:
+    """Rename the staging directory into place (real run); the digests recorded
+    for its files are then recorded on this host under their final paths
+    (wsrun.core.resumes), so a later run finds them there without reading."""
     staging, top = decision.staging, decision.top
     if decision.mode != "replace":
         # over a missing path, or over an empty destination directory
@@ -240,6 +247,17 @@ def commit(decision: Decision, log: Any) -> None:
             shutil.rmtree(old)
         except OSError as e:  # the new result is in place: do not fail it for this
             log(f"warning: could not remove the replaced {top} ({old}): {e}")
+    if digests is not None and digests.known:
+        records = resumes.records()
+        for (rel, size, mtime_ns, algorithm), digest in digests.known.items():
+            path = os.path.join(top, rel)
+            try:
+                st = os.stat(path)
+            except OSError:
+                continue
+            if st.st_size == size and st.st_mtime_ns == mtime_ns:
+                records.record(path, algorithm, digest, before=st)
+        records.flush()
     with contextlib.suppress(FileNotFoundError):
         os.unlink(digests_of(top))
 

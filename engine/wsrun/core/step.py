@@ -54,6 +54,7 @@ BUILTIN_STEPS: dict[str, str] = {
     "untar": "wsrun.steps.untar",
     "checksum": "wsrun.steps.checksum",
     "manifest": "wsrun.steps.manifest",
+    "write-json": "wsrun.steps.write_json",
     "find": "wsrun.steps.find",
     "template": "wsrun.steps.template",
     "shell": "wsrun.steps.shell",

@@ -9,14 +9,15 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import shutil
 import stat as statmod
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from wsrun.core import resumes
-from wsrun.core.effects import EffectSpool, create_dir, create_file, create_symlink
+from wsrun.core import follow, resumes
+from wsrun.core.effects import EffectSpool, create_dir, create_file, create_symlink, remove
 from wsrun.core.filecopy import (
     BUFFER_SIZE,
     MMAP_MIN,
@@ -46,6 +47,9 @@ so re-running after an interruption only copies what is missing; files at the
 destination that are not in the sources are left alone. Checksums, when asked,
 are computed while copying: each file is read once, and recorded (see
 ``checksum``), so a re-run reads again only files written or changed since.
+With ``files`` instead of ``sources`` each source goes where the map says (a
+layout decided by an earlier step, e.g. a delivery's by product type), and with
+``follow_symlinks`` the copy holds content, never links.
 """
 
 #: ``wsrun resume`` plans this step again even when the run finished it, so a
@@ -57,13 +61,45 @@ ALGORITHMS = ("sha256", "md5", "sha1")
 SCHEMA: dict[str, Any] = {
     "type": "object",
     "additionalProperties": False,
-    "required": ["sources", "to"],
+    "required": ["to"],
+    "oneOf": [{"required": ["sources"]}, {"required": ["files"]}],
     "properties": {
         "sources": {
             "description": "A file or directory to copy, or a list of them. A directory is "
             "copied as a whole tree; symlinks are copied as symlinks.",
             **PATHS,
             "examples": ["products/run42", ["products/a.fits", "products/b.fits"]],
+        },
+        "files": {
+            "description": "Instead of `sources`: where each source goes, as {path under "
+            "`to`: source file or directory}, in order (missing directories on the way are "
+            "created). E.g. the `placement` output of nrao's find-products.",
+            "type": "object",
+            "additionalProperties": {"type": "string", "minLength": 1},
+            "examples": [
+                {"images/a.fits": "products/a.fits", "logs/casa.log": "working/casa.log"},
+                "{{ steps.products.outputs.placement }}",
+            ],
+        },
+        "follow_symlinks": {
+            "description": "Copy what symbolic links point to (files and whole trees) instead "
+            "of the links, so the copy holds content only; a dangling link fails the step.",
+            "type": "boolean",
+            "default": False,
+        },
+        "delete": {
+            "description": "Remove whatever is at `to` that the copy does not put there "
+            "(like rsync --delete), except `keep`: the destination then holds exactly the "
+            "sources, e.g. a staging area a killed run left, continued with other sources.",
+            "type": "boolean",
+            "default": False,
+        },
+        "keep": {
+            "description": "With `delete`: paths under `to` left alone (files other steps write).",
+            "type": "array",
+            "items": {"type": "string", "minLength": 1},
+            "default": [],
+            "examples": [["SHA256SUMS", "delivery.json"]],
         },
         "to": {
             "description": "The destination directory (created if missing).",
@@ -114,6 +150,16 @@ EXAMPLES = [
     to: delivery/{{ inputs.user }}
     checksum: sha256
 """,
+    """- id: content
+  uses: copy
+  with:
+    files:
+      images/a.fits: products/a.fits
+      raw/eb1: /cache/eb1  # a symbolic link into a cache
+    to: delivery
+    follow_symlinks: true
+    checksum: sha256
+""",
 ]
 
 OUTPUTS = {
@@ -123,7 +169,7 @@ OUTPUTS = {
     "unchanged": "number of regular files already in place",
     "bytes": "total size of all regular files (copied and unchanged)",
     "checksums": "{destination path: hex digest} of every file, when `checksum` is set "
-    "(known only after a real run)",
+    "(in a dry run: those of unchanged files this host recorded, null for the others)",
 }
 
 
@@ -151,6 +197,8 @@ class CopyJob:
     #: A killed run's temp files seen while walking a destination tree: inside
     #: what this step writes (and has locked), so removed whatever their age.
     strays: list[str] = field(default_factory=list)
+    #: What ``delete`` removes first (trees whole).
+    removals: list[str] = field(default_factory=list)
     algorithm: str | None = None
     workers: int = 1
 
@@ -163,8 +211,11 @@ LOCK_EACH_MAX = 32
 def destinations(params: dict[str, Any], ctx: StepContext) -> list[str]:
     """The paths this step writes, locked (wsrun.core.locks) before it plans: each
     source's place under ``to``, so runs copying other things into one shared
-    directory (a cache) do not wait for each other."""
+    directory (a cache) do not wait for each other; with ``files`` (a layout of
+    its own) or ``delete``, all of ``to``."""
     to = ctx.path(params["to"])
+    if params.get("files") is not None or params.get("delete"):
+        return [to]
     sources = params["sources"]
     sources = [sources] if isinstance(sources, str) else sources
     if len(sources) > LOCK_EACH_MAX:
@@ -180,10 +231,15 @@ def destinations(params: dict[str, Any], ctx: StepContext) -> list[str]:
     return places
 
 
+def _outside(rel: str) -> bool:
+    """A `files` path that does not name a place below `to`."""
+    norm = os.path.normpath(rel)
+    return (
+        os.path.isabs(rel) or norm in (os.curdir, os.pardir) or norm.startswith(os.pardir + os.sep)
+    )
+
+
 def plan(params: dict[str, Any], ctx: StepContext) -> Plan:
-    sources = params["sources"]
-    if isinstance(sources, str):
-        sources = [sources]
     algorithm = params.get("checksum", "none")
     planner = _Planner(
         ctx,
@@ -191,12 +247,23 @@ def plan(params: dict[str, Any], ctx: StepContext) -> Plan:
         base=ctx.path(params["base"]) if params.get("base") else None,
         algorithm=None if algorithm == "none" else algorithm,
         compare=params.get("compare", "size_mtime"),
+        follow_symlinks=bool(params.get("follow_symlinks")),
     )
     planner.job.workers = params.get("workers") or os.cpu_count() or 1
     planner.ensure_dir(planner.to, what="destination")
-    planner.add_sources(list(dict.fromkeys(ctx.path(s) for s in sources)))
+    if params.get("files") is not None:
+        if params.get("base"):
+            raise StepError("give `base` with `sources`, not with `files`")
+        planner.add_mapped(params["files"])
+    else:
+        sources = params["sources"]
+        if isinstance(sources, str):
+            sources = [sources]
+        planner.add_sources(list(dict.fromkeys(ctx.path(s) for s in sources)))
     if params.get("compare") == "checksum":
         planner.compare_checksums()
+    if params.get("delete"):
+        planner.delete_others(params.get("keep") or [])
     return planner.finish()
 
 
@@ -204,9 +271,16 @@ class _Planner:
     """Walks each source once and its destination once, deciding what to write."""
 
     def __init__(
-        self, ctx: StepContext, to: str, base: str | None, algorithm: str | None, compare: str
+        self,
+        ctx: StepContext,
+        to: str,
+        base: str | None,
+        algorithm: str | None,
+        compare: str,
+        follow_symlinks: bool = False,
     ) -> None:
         self.ctx = ctx
+        self.follow_symlinks = follow_symlinks
         self.fs = ctx.fs
         self.to = to
         self.base = base
@@ -276,8 +350,25 @@ class _Planner:
         for source, info in infos.items():
             self.add_source(source, info)
 
-    def add_source(self, source: str, info: FileInfo) -> None:
-        dest = self.destination(source)
+    def add_mapped(self, mapped: dict[str, str]) -> None:
+        """Plan ``files``: each source to its own place under ``to``."""
+        for rel, given in mapped.items():
+            if _outside(rel):
+                raise StepError(f"{rel!r} is not a path below the destination", path=self.to)
+            source = self.ctx.path(given)
+            info = self.fs.stat(source) if self.follow_symlinks else self.fs.lstat(source)
+            if info is None:
+                lost = self.follow_symlinks and self.fs.lstat(source) is not None
+                raise StepError(
+                    "dangling symbolic link" if lost else "no such file or directory", path=source
+                )
+            self.add_source(source, info, os.path.join(self.to, os.path.normpath(rel)))
+
+    def add_source(self, source: str, info: FileInfo, dest: str | None = None) -> None:
+        if dest is None:
+            dest = self.destination(source)
+        elif self.follow_symlinks:
+            source = follow.resolve(self.fs, source)
         claimed = self.claimed.setdefault(dest, source)
         if claimed != source:
             raise StepError(f"{claimed} and {source} would both be copied here", path=dest)
@@ -288,6 +379,9 @@ class _Planner:
         dest_info = None if self.dirs[parent] else self.fs.lstat(dest)
         if info.is_dir:
             self.add_dir(source, dest, info, dest_info)
+            if self.follow_symlinks:
+                self.add_followed_tree(source, dest, existing=dest_info is not None)
+                return
             whole = self.add_tree(source, dest, existing=dest_info is not None)
             if whole and dest_info is None and self.fs.is_real_tree(source):
                 self.trees.append((dest, source))  # a new, exact copy of a real tree
@@ -319,6 +413,16 @@ class _Planner:
                 dest_info = existing_at.get(rel) if existing_at else None
                 self.add_entry(src_prefix + rel, dest_prefix + rel, info, dest_info)
         return not skipped
+
+    def add_followed_tree(self, source: str, dest: str, existing: bool) -> None:
+        """``add_tree`` reading through symbolic links (``follow_symlinks``)."""
+        existing_at = _Existing(self.fs, dest) if existing else None
+        if existing:
+            self.job.strays.extend(_temp_files(self.fs, dest))
+        dest_prefix = dest + os.sep
+        for rel, info, real in follow.walk(self.fs, source):
+            dest_info = existing_at.get(rel) if existing_at else None
+            self.add_entry(real, dest_prefix + rel, info, dest_info)
 
     def add_entry(self, source: str, dest: str, info: FileInfo, dest_info: FileInfo | None) -> None:
         """Plan one entry: a file, a symlink, or a directory without its contents."""
@@ -404,6 +508,31 @@ class _Planner:
             old_files.close()
             old_effects.close()
 
+    def delete_others(self, keep: list[str]) -> None:
+        """Plan removing what is at ``to`` but not copied there (``delete``)."""
+        if self.dirs.get(self.to):
+            return  # created by this step: nothing else there
+        wanted = set(self.files) | set(self.symlinks) | set(self.dirs)
+        kept = {os.path.join(self.to, os.path.normpath(k)) for k in keep}
+        gone: set[str] = set()
+        removals = []
+        prefix = self.to + os.sep
+        for rel, info in self.fs.walk(self.to):
+            path = prefix + rel
+            if path in wanted or path in kept or _inside_any(path, gone | kept):
+                continue
+            if info.is_file and is_temp_name(os.path.basename(rel)):
+                self.job.strays.append(path)
+                continue
+            gone.add(path)
+            removals.append(remove(path))
+            self.job.removals.append(path)
+        if removals:
+            effects = EffectSpool(removals)
+            effects.extend(self.effects)
+            self.effects.close()
+            self.effects = effects
+
     def finish(self) -> Plan:
         outputs: dict[str, Any] = {
             "files": _listed(self.files),
@@ -412,8 +541,25 @@ class _Planner:
             "unchanged": len(self.files) - len(self.job.files),
             "bytes": self.file_bytes,
         }
+        if self.algorithm and self.ctx.dry_run:
+            outputs["checksums"] = self.planned_checksums(self.algorithm)
         effects = self.effects if self.effects.spilled else list(self.effects)
         return Plan(effects=effects, outputs=outputs, data=self.job, trees=self.trees)
+
+    def planned_checksums(self, algorithm: str) -> Mapping[str, str | None]:
+        """A dry run's `checksums`: the digests of unchanged files known without
+        reading them (the group's record, this host's records), null for the
+        rest. Past a spool's worth of files they stream from disk, and only the
+        group's record is consulted (a lookup per file would cost more than the plan)."""
+        known = self.job.known
+        if self.files.spilled:
+            return SpooledDict((path, known.get(path)) for path in self.files)
+        out: dict[str, str | None] = dict.fromkeys(self.files)
+        out.update(known)
+        records = resumes.records()
+        for path in self.job.to_hash:
+            out[path] = records.digest(path, algorithm)
+        return out
 
 
 def _listed(names: SortedSpool[str]) -> Sequence[str]:
@@ -498,6 +644,12 @@ def _digest_view(fs: WorldView, path: str, algorithm: str) -> str:
 
 def apply(plan: Plan, ctx: StepContext) -> Result:
     job: CopyJob = plan.data
+    for path in job.removals:  # delete: what is not the sources'
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
     umask = current_umask()
     created: list[tuple[str, int, int]] = []
     try:
@@ -556,8 +708,10 @@ def _copy_files(plan: Plan, ctx: StepContext, umask: int) -> dict[str, Any]:
         digest = copy_file(
             source, dest, mode, mtime_ns, umask, job.algorithm, buf, size, record, follow
         )
-        if records and digest and job.algorithm:
-            records.record(dest, job.algorithm, digest)  # a re-run need not read it again
+        if records and digest and job.algorithm and not (cache and cache.covers(dest)):
+            # a re-run need not read it again (a staged file's digest is in the
+            # group's record, and recorded here under its final path once committed)
+            records.record(dest, job.algorithm, digest)
         with lock:
             task.advance(bytes=0 if follow else size, files=1)
             if digest is not None:

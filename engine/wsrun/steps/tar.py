@@ -1,16 +1,23 @@
-"""The ``tar`` step type: pack files and directories into one archive."""
+"""The ``tar`` step type: pack files and directories into one archive.
+
+One piece: the members (from sources or a member map), the check that an archive
+already holds them, and writing it with its digests share one plan; the tar format
+itself is wsrun.formats.tarball.
+"""
 
 from __future__ import annotations
 
 import os
 import stat as statmod
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from wsrun.core import fileio
+from wsrun.core import fileio, follow, resumes
 from wsrun.core.effects import Effect, create_dir, create_file
-from wsrun.core.fs import WorldView
+from wsrun.core.filecopy import BUFFER_SIZE, hash_file
+from wsrun.core.fs import FileInfo, WorldView
 from wsrun.core.step import Plan, Result, StepContext, StepError
 from wsrun.formats import tarball, tarread
 
@@ -28,12 +35,23 @@ exactly the members it would write: same names, types, sizes, modes, mtimes
 (whole seconds) and link targets, the right compression, no member newer than
 the archive and, uncompressed, the exact predicted size. Checking reads the
 archive's headers (a compressed archive is decompressed, never recompressed).
+
+With ``members`` instead of ``source`` the archive holds exactly the members
+given, in that order (a layout decided by an earlier step, e.g. a delivery's),
+and with ``follow_symlinks`` it holds what links point to, never links. With
+``checksum`` the step also outputs the digest of the archive and of every file
+in it, the files hashed while they are archived (from the page cache, on
+another thread) and recorded (see ``checksum``) so an unchanged archive is
+not read again.
 """
+
+ALGORITHMS = ("sha256", "md5", "sha1")
 
 SCHEMA: dict[str, Any] = {
     "type": "object",
     "additionalProperties": False,
-    "required": ["source", "to"],
+    "required": ["to"],
+    "oneOf": [{"required": ["source"]}, {"required": ["members"]}],
     "properties": {
         "source": {
             "description": "The file or directory to archive, or a list of them. Each is stored under "
@@ -43,6 +61,31 @@ SCHEMA: dict[str, Any] = {
                 {"type": "array", "items": {"type": "string", "minLength": 1}, "minItems": 1},
             ],
             "examples": ["products/run-42", ["README.txt", "data"]],
+        },
+        "members": {
+            "description": "Instead of `source`: the members, in the order stored, as {name: "
+            "path}. A name ending in / is that directory alone; a directory under any other "
+            "name is stored with its contents below it. E.g. the `members` output of nrao's "
+            "find-products.",
+            # Paths are checked when planned: a schema on every value would
+            # validate a map of 100,000 members through jsonschema.
+            "type": "object",
+            "examples": [
+                {"run-42/": "products", "run-42/images/a.fits": "products/a.fits"},
+                "{{ steps.products.outputs.members }}",
+            ],
+        },
+        "follow_symlinks": {
+            "description": "Store what symbolic links point to (files and whole trees) instead "
+            "of the links; a dangling link fails the step.",
+            "type": "boolean",
+            "default": False,
+        },
+        "checksum": {
+            "description": "Also compute the digest of the archive and of every file in it "
+            "(the `checksums` output).",
+            "enum": ["none", *ALGORITHMS],
+            "default": "none",
         },
         "to": {
             "description": "The archive to write. Missing parent directories are created.",
@@ -104,6 +147,18 @@ EXAMPLES = [
     arcname: release-1.2
     exclude: ["*.tmp"]
 """,
+    """- id: pack
+  uses: tar
+  with:
+    members:
+      req-1/: products
+      req-1/images/: products
+      req-1/images/a.fits: products/a.fits
+      req-1/eb1: rawdata/eb1  # a link into a cache: stored as a directory
+    follow_symlinks: true
+    to: delivery/req-1.tar
+    checksum: sha256
+""",
 ]
 
 OUTPUTS = {
@@ -111,6 +166,8 @@ OUTPUTS = {
     "members": "number of members (files, directories and symlinks) in it",
     "bytes": "size of the archive in bytes (only known after the run when compressed)",
     "compression": "the compression used: none, gz, bz2, xz or zst",
+    "checksums": "with `checksum`: {member name: hex digest} of every file in the archive, "
+    "and {archive path: hex digest} of the archive (null in a dry run when not recorded)",
 }
 
 
@@ -122,6 +179,7 @@ class _Data:
     level: int | None
     tar_size: int  # exact size of the uncompressed archive
     parents: list[str]  # directories to create for the archive
+    algorithm: str | None = None
 
 
 def destinations(params: dict[str, Any], ctx: StepContext) -> list[str]:
@@ -135,7 +193,12 @@ def plan(params: dict[str, Any], ctx: StepContext) -> Plan:
     if compression == "auto":
         compression = tarball.compression_for(to)
     level = _level(params.get("level"), compression)
-    members, newest = _members(params, to, ctx)
+    if params.get("members") is not None:
+        members, newest = _mapped(params, to, ctx)
+    else:
+        members, newest = _members(params, to, ctx)
+    algorithm = params.get("checksum", "none")
+    algorithm = None if algorithm == "none" else algorithm
     tar_size = tarball.archive_size(members)
     size = tar_size if compression == "none" else None
     outputs: dict[str, Any] = {
@@ -152,22 +215,68 @@ def plan(params: dict[str, Any], ctx: StepContext) -> Plan:
         to, ctx.fs.open, existing, members, compression, size, newest
     ):
         outputs["bytes"] = existing.size
-        return Plan(outputs=outputs)
+        data = _Data(to, members, compression, level, tar_size, [], algorithm)
+        if algorithm:
+            outputs["checksums"] = _recorded(data, ctx)
+        return Plan(outputs=outputs, data=data)
 
     parents = _missing_parents(ctx, os.path.dirname(to))
     effects: list[Effect] = [create_dir(p) for p in parents]
     effects.append(create_file(to, bytes=size))
+    if algorithm:
+        outputs["checksums"] = dict.fromkeys([*(m.name for m in members if m.kind == "file"), to])
     return Plan(
         effects=effects,
         outputs=outputs,
-        data=_Data(to, members, compression, level, tar_size, parents),
+        data=_Data(to, members, compression, level, tar_size, parents, algorithm),
     )
 
 
+def _recorded(d: _Data, ctx: StepContext) -> dict[str, str | None]:
+    """The digests of an archive already in place and of its files, as recorded
+    when they were last hashed (null when not, or changed since)."""
+    records = resumes.records()
+    assert d.algorithm is not None
+    out: dict[str, str | None] = {
+        m.name: records.digest(m.path, d.algorithm) for m in d.members if m.kind == "file"
+    }
+    cache = ctx.digests  # inside an atomic group: its record of the staging area
+    known = None
+    if cache is not None:
+        try:
+            st = os.stat(d.to)
+        except OSError:
+            pass
+        else:
+            known = cache.get(d.to, st.st_size, st.st_mtime_ns, d.algorithm)
+    out[d.to] = known or records.digest(d.to, d.algorithm)
+    return out
+
+
+def _hash_missing(d: _Data, outputs: dict[str, Any]) -> dict[str, Any]:
+    """``outputs`` with the digests not recorded read (and recorded)."""
+    checksums = dict(outputs["checksums"])
+    records = resumes.records()
+    assert d.algorithm is not None
+    buf = bytearray(BUFFER_SIZE)
+    paths = {m.name: m.path for m in d.members if m.kind == "file"}
+    paths[d.to] = d.to
+    for name, digest in checksums.items():
+        if digest is None:
+            path = paths[name]
+            st = os.stat(path)
+            checksums[name] = hash_file(path, d.algorithm, buf)
+            records.record(path, d.algorithm, checksums[name], before=st)
+    records.flush()
+    return {**outputs, "checksums": checksums}
+
+
 def apply(plan: Plan, ctx: StepContext) -> Result:
-    if not plan.effects:
-        return Result(outputs=plan.outputs)
     d: _Data = plan.data
+    if not plan.effects:
+        if d is not None and d.algorithm:
+            return Result(outputs=_hash_missing(d, plan.outputs))
+        return Result(outputs=plan.outputs)
     for p in d.parents:
         os.makedirs(p, exist_ok=True)
     files = [m for m in d.members if m.kind == "file"]
@@ -177,6 +286,11 @@ def apply(plan: Plan, ctx: StepContext) -> Result:
         task.advance(bytes=n, files=count)
         ctx.check_deadline()
 
+    # With checksum: the files are hashed on another thread while the archive is
+    # written (hashlib and the kernel's copy release the GIL), mostly from the
+    # page cache; the archive is hashed once it is whole.
+    background = ThreadPoolExecutor(max_workers=1) if d.algorithm else None
+    hashing = background.submit(_hash_files, d, ctx, files) if background else None
     try:
         with fileio.atomic_write(d.to, mode=0o644) as f:
             try:
@@ -194,9 +308,53 @@ def apply(plan: Plan, ctx: StepContext) -> Result:
             end = os.lseek(f.fileno(), 0, os.SEEK_CUR)
             if written != end:
                 raise StepError(f"wrote {end} bytes but the file has {written}", path=d.to)
+        outputs = {**plan.outputs, "bytes": written}
+        if hashing is not None:
+            archive = _hash_archive(d, ctx)  # while the files' hashing may still run
+            outputs["checksums"] = {**hashing.result(), d.to: archive}
     finally:
         task.close()
-    return Result(effects=plan.effects, outputs={**plan.outputs, "bytes": written})
+        if background is not None:
+            background.shutdown(wait=True, cancel_futures=True)
+    return Result(effects=plan.effects, outputs=outputs)
+
+
+def _hash_files(d: _Data, ctx: StepContext, files: list[tarball.Member]) -> dict[str, str]:
+    """The digests of the archive's files, each recorded (a later run need
+    not read an unchanged one again)."""
+    from wsrun.steps.copy import run_parallel
+
+    assert d.algorithm is not None
+    algorithm = d.algorithm
+    records = resumes.records()
+
+    def one(m: tarball.Member, buf: bytearray | None) -> str:
+        st = os.stat(m.path)
+        digest = hash_file(m.path, algorithm, buf)
+        records.record(m.path, algorithm, digest, before=st)
+        return digest
+
+    workers = max(1, (os.cpu_count() or 1) - 1)
+    try:
+        digests = run_parallel(files, one, workers, ctx, buffered=True)
+    finally:
+        records.flush()
+    return {m.name: digest for m, digest in zip(files, digests, strict=True)}
+
+
+def _hash_archive(d: _Data, ctx: StepContext) -> str:
+    """The digest of the archive just written, recorded where a later run (or
+    one continuing a killed group) looks for it."""
+    assert d.algorithm is not None
+    digest = hash_file(d.to, d.algorithm, bytearray(BUFFER_SIZE))
+    st = os.stat(d.to)
+    if ctx.digests is not None and ctx.digests.covers(d.to):  # staged in an atomic group
+        ctx.digests.add(d.to, st.st_size, st.st_mtime_ns, d.algorithm, digest)
+    else:
+        records = resumes.records()
+        records.record(d.to, d.algorithm, digest)
+        records.flush()
+    return digest
 
 
 def _level(level: int | None, compression: str) -> int | None:
@@ -260,6 +418,57 @@ def _members(params: dict[str, Any], to: str, ctx: StepContext) -> tuple[list[ta
     if len(names) != len(members):
         raise StepError("two sources would be stored under the same name; use base")
     return members, newest
+
+
+def _mapped(params: dict[str, Any], to: str, ctx: StepContext) -> tuple[list[tarball.Member], int]:
+    """``members``: every member in the order given, and the newest mtime (ns)."""
+    follow_links = bool(params.get("follow_symlinks"))
+    skip = {to, fileio.temp_path(to)}
+    found: list[tarball.Member | None] = []
+    newest = 0
+    for name, given in params["members"].items():
+        if not isinstance(given, str) or not given:
+            raise StepError(f"members: {name!r} maps to {given!r}, not a path")
+        path = ctx.path(given)
+        info = ctx.fs.stat(path) if follow_links else ctx.fs.lstat(path)
+        if info is None:
+            lost = follow_links and ctx.fs.lstat(path) is not None
+            raise StepError(
+                "dangling symbolic link" if lost else "source does not exist", path=path
+            )
+        stored = name.rstrip("/")
+        if not stored or name.startswith("/") or ".." in stored.split("/"):
+            raise StepError(f"member name {name!r} must be a relative path without '..'", path=path)
+        if follow_links:
+            path = follow.resolve(ctx.fs, path)
+        if name.endswith("/") and not info.is_dir:
+            raise StepError(f"member {name!r} names a directory but this is not one", path=path)
+        found.append(_member(stored, path, *_fields(info), ctx))
+        newest = max(newest, info.mtime_ns)
+        if not info.is_dir or name.endswith("/"):
+            continue
+        walk: Iterable[tuple[str, FileInfo, str]] = (
+            follow.walk(ctx.fs, path)
+            if follow_links
+            else ((rel, i, path + "/" + rel) for rel, i in ctx.fs.walk(path))
+        )
+        for rel, i, full in walk:
+            if full in skip or (
+                i.is_file
+                and rel.endswith(fileio.TMP_SUFFIX)
+                and fileio.is_temp_name(os.path.basename(rel))
+            ):
+                continue
+            found.append(_member(f"{stored}/{rel}", full, *_fields(i), ctx))
+            newest = max(newest, i.mtime_ns)
+    members = [m for m in found if m is not None]
+    if len({m.name.rstrip("/") for m in members}) != len(members):
+        raise StepError("two members would be stored under the same name")
+    return members, newest
+
+
+def _fields(info: FileInfo) -> tuple[str, int, int, int, str | None]:
+    return info.kind, info.size, info.mode, info.mtime_ns, info.target
 
 
 def _root_name(path: str, base: str | None, arcname: str | None) -> str:

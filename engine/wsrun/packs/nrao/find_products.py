@@ -11,6 +11,7 @@ from typing import Any
 from wsrun.core.fileio import is_temp_name
 from wsrun.core.fs import WorldView
 from wsrun.core.step import Plan, Result, StepContext, StepError
+from wsrun.packs.nrao.placement import describe
 
 NAME = "find-products"
 DOC = """Identify the data products of a processing directory, each with its product type.
@@ -18,8 +19,12 @@ DOC = """Identify the data products of a processing directory, each with its pro
 A processing directory (a CASA pipeline run) holds ``rawdata/``, ``working/``,
 ``products/`` and a ``metadata.json``. Delivery needs to know *what* each product
 is, so that images, calibration tables, weblogs and execution blocks each land
-in their place: this step says so, and the ``assemble-delivery`` step delivers
-the list.
+in their place: this step says so. Given the delivery's ``destination`` it
+also places them (``layout``: a sub-directory per type) and describes the
+delivery for the generic steps that write it (see the ``nrao/deliver`` recipe):
+``placement`` for ``copy`` (``files:``), ``members`` for ``tar``, and the
+delivery.json document for ``write-json``, its digests left as ``$digest``
+and ``$sha256sums`` references filled in from what copy or tar computed.
 
 With the CASA pipeline manifest (``products/*pipeline_manifest.xml``, root
 element ``<piperesults>``) the products are exactly the files it names: the
@@ -34,8 +39,11 @@ is delivered. Without a manifest (or with ``piperesults: never``) every entry
 of ``products/`` is one product, typed by its name (see the ``type`` list in
 docs/deliver.md). With ``rawdata: true`` every entry of ``rawdata/`` is one
 product (SDM directories are execution blocks, ``*.ms`` directories
-measurement sets). Names starting with a dot are ignored. The step only reads.
+measurement sets). Names starting with a dot are ignored. The step only reads;
+symbolic links are followed (a delivery holds content, never links).
 """
+
+_NULLABLE_STRING = {"type": ["string", "null"]}
 
 SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -60,6 +68,36 @@ SCHEMA: dict[str, Any] = {
             "description": "Take the products from rawdata/ instead of products/ "
             "(the manifest is then not used).",
         },
+        "destination": {
+            **_NULLABLE_STRING,
+            "description": "The delivery directory (final path). Given, the step also places "
+            "the products (`placement`, `members`) and describes the delivery (`delivery`).",
+            "examples": ["{{ vars.destination }}"],
+        },
+        "layout": {
+            "type": "object",
+            "additionalProperties": {"type": "string"},
+            "description": "Sub-directory of the delivery per product type, over the defaults "
+            "(images, calibration, weblog, scripts, logs, reports; execution blocks, "
+            "measurement sets and others at the top). Unknown types go where `other` goes.",
+            "examples": [{"image": "images", "weblog": "weblog"}],
+        },
+        "tar": {
+            "type": "boolean",
+            "default": False,
+            "description": "The delivery is one tar archive (`members`), not loose files.",
+        },
+        "prefix": {
+            **_NULLABLE_STRING,
+            "description": "The request's sub-directory of the destination: names the tar "
+            "archive (else the source directory's name does); recorded in delivery.json.",
+            "examples": ["request-1234"],
+        },
+        "url": {
+            **_NULLABLE_STRING,
+            "description": "The delivery's download URL, recorded in delivery.json.",
+            "examples": ["https://dl-nrao.aoc.nrao.edu/f4cb5c3494e46595052d29556ef2f8d5"],
+        },
     },
 }
 
@@ -82,6 +120,15 @@ OUTPUTS = {
     "manifests": "paths of the pipeline manifests used (empty unless method is pipeline_manifest)",
     "metadata": "the content of the processing directory's metadata.json, or null",
     "count": "number of products",
+    "placement": "with `destination`: {path in the delivery: source} of every product, "
+    "layout applied (copy's `files`)",
+    "archive": "with `destination` and `tar`: the archive's path, else null",
+    "members": "with `destination` and `tar`: {member name: source} of the archive, in "
+    "order, directories holding products ending in / (tar's `members`); else null",
+    "delivery": "with `destination`: delivery.json (schemas/delivery.schema.json), digests "
+    "as `$digest`/`$sha256sums` references to copy's or tar's `checksums` (write-json's `value`)",
+    "files": "with `destination`: number of product files delivered",
+    "bytes": "with `destination`: their total size",
 }
 
 MANIFEST_GLOB = "*pipeline_manifest.xml"
@@ -202,6 +249,8 @@ def plan(params: dict[str, Any], ctx: StepContext) -> Plan:
         "metadata": metadata,
         "count": len(products),
     }
+    if params.get("destination"):
+        outputs.update(describe(params, ctx, source, products, method, metadata))
     return Plan(outputs=outputs)
 
 

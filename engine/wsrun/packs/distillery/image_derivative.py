@@ -19,7 +19,7 @@ from wsrun.core import fileio, hashing
 from wsrun.core.effects import Effect, create_dir, create_file
 from wsrun.core.fs import ContentUnknown
 from wsrun.core.step import Plan, Result, StepContext, StepError
-from wsrun.packs.distillery import lossless, xmp
+from wsrun.packs.distillery import lossless, sharing, xmp
 
 if TYPE_CHECKING:
     from PIL.Image import Image
@@ -55,9 +55,9 @@ and Adobe tools read both). The packet also records how the file was derived
 so a second run finds the file up to date without decoding it and reports
 ``ok``. Files are written under a temporary name and renamed when complete.
 imagecodecs (OpenJPEG) encodes masters, Pillow (OpenJPEG, libjpeg) access copies.
-A master's encoder and its proof's decoder each use every core the run may use
-(the bytes do not depend on it), and the TIFF is decoded for the proof while the
-master is encoded.
+A master's encoder and its proof's decoder share the cores the run may use (each
+takes those the other leaves; the bytes do not depend on it), and the TIFF is
+decoded for the proof while the master is encoded.
 """
 
 _DERIVATIVE: dict[str, Any] = {
@@ -274,6 +274,22 @@ def apply(plan: Plan, ctx: StepContext) -> Result:
     d: _Data = plan.data
     if not d.targets:
         return Result(outputs=plan.outputs)
+    if not any(t.lossless for t in d.targets):
+        return _apply(plan, ctx)
+    try:
+        result = _apply(plan, ctx)
+    except BaseException:
+        sharing.release_memory()  # the loop stops here
+        raise
+    with _ahead_lock:
+        last = not _ahead  # no encoding ahead waits for its apply
+    if last:
+        sharing.release_memory()
+    return result
+
+
+def _apply(plan: Plan, ctx: StepContext) -> Result:
+    d: _Data = plan.data
     image = None
     if any(not t.lossless for t in d.targets):
         image = _pillow_image(d.source)
@@ -561,8 +577,14 @@ def prefetch(params: dict[str, Any], ctx: StepContext) -> None:
 
 
 def _encode_into(source: str, future: Future[bytes]) -> None:
+    """Encode ahead on one core (the current image's proof has the other), keeping
+    the memory freed for the images after this one (apply gives it back when the
+    loop ends)."""
     try:
-        future.set_result(lossless.encode(lossless.read_for_encoding(source)))
+        with sharing.one_core():
+            pixels = lossless.read_for_encoding(source)
+            sharing.keep_memory(pixels.samples.nbytes)
+            future.set_result(lossless.encode(pixels))
     except BaseException as e:  # handed to apply, which encodes again and reports
         future.set_exception(e)
 

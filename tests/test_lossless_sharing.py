@@ -183,6 +183,29 @@ def test_the_decoder_is_started_without_forking_wsrun(
 
 which = shutil.which
 
+#: A setpriv from before util-linux 2.33: no --pdeathsig.
+OLD_SETPRIV = """#!/bin/sh
+[ "$1" = --help ] && {{ echo "Usage: setpriv [options] <program> [<argument>...]"; exit 0; }}
+echo "setpriv: unrecognized option '$1'" >&2
+exit 1
+"""
+
+
+def test_a_setpriv_without_pdeathsig_is_not_used(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An older setpriv that lacks --pdeathsig would fail every proof: it is left
+    aside (its help does not name the option) and the decoder is forked as before."""
+    path, data = master(tmp_path)
+    old = tmp_path / "old" / "setpriv"
+    old.parent.mkdir()
+    old.write_text(OLD_SETPRIV)
+    old.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{old.parent}:{os.environ['PATH']}")
+    assert lossless._spawn_prefix()[0] == []
+    assert np.array_equal(lossless.decode_master(str(path)).samples, data)
+
+
 HANGING_DECODER = """#!/bin/sh
 echo $$ > "{pidfile}"
 exec sleep 600

@@ -40,6 +40,7 @@ A proof costs about as much CPU as the encoding, so master plus proof can match
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import mmap
 import os
@@ -376,13 +377,24 @@ _PGX_HEADER = re.compile(rb"PG (ML|LM) ?([+-])? ?(\d+) (\d+) (\d+)\r?\n")
 
 def _spawn_prefix() -> tuple[list[str], Any]:
     """How to start a decoder that dies with this thread: through ``setpriv
-    --pdeathsig`` (util-linux), so that Python starts it with vfork and this
-    process's memory is not made copy-on-write by a fork; else with a
-    ``preexec_fn`` that arms the signal after a fork (wsrun.core.procs)."""
+    --pdeathsig`` (util-linux 2.33 and later), so that Python starts it with vfork
+    and this process's memory is not made copy-on-write by a fork; else with a
+    ``preexec_fn`` that arms the signal after a fork (wsrun.core.procs), which
+    also covers a run killed before the signal is armed."""
     setpriv = shutil.which("setpriv")
-    if setpriv is not None:
+    if setpriv is not None and _knows_pdeathsig(setpriv):
         return [setpriv, "--pdeathsig", "KILL", "--"], None
     return [], death_signal()
+
+
+@functools.cache
+def _knows_pdeathsig(setpriv: str) -> bool:
+    """Whether this ``setpriv`` has ``--pdeathsig`` (its help says so)."""
+    try:
+        done = subprocess.run([setpriv, "--help"], capture_output=True, text=True, check=False)
+    except OSError:
+        return False
+    return done.returncode == 0 and "--pdeathsig" in done.stdout
 
 
 def decode_master(path: str) -> Pixels:

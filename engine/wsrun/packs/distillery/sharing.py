@@ -61,11 +61,12 @@ def cores() -> Iterator[int]:
 def one_core() -> Iterator[None]:
     """The OpenJPEG jobs of this thread run on one thread: work done ahead, beside
     the current image's proof, which takes the other cores."""
+    before = getattr(_local, "limit", MAX_THREADS)
     _local.limit = 1
     try:
         yield
     finally:
-        del _local.limit
+        _local.limit = before
 
 
 # glibc's mallopt parameters

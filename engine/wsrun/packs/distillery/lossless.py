@@ -438,8 +438,9 @@ def decode_master(path: str) -> Pixels:
         raise ProofFailed(f"the master decodes to {sign} samples")
     native = np.uint8 if bits <= 8 else np.uint16 if bits <= 16 else np.uint32
     samples = np.empty((height, width, len(planes)), dtype=native)
+    interleaved = samples.reshape(-1)  # a flat strided copy is several times faster
     for i, (*_, plane) in enumerate(planes):
-        samples[..., i] = plane.reshape(height, width)  # straight from the mapped file
+        interleaved[i :: len(planes)] = plane  # straight from the mapped file
     return Pixels(samples, bits)
 
 

@@ -272,7 +272,8 @@ def memory_log(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     keep, release = sharing.keep_memory, sharing.release_memory
 
     def kept(nbytes: int) -> None:
-        calls.append(f"keep {nbytes}")
+        assert nbytes >= H * W * 3 * 2  # at least the samples' size
+        calls.append("keep")
         keep(nbytes)
 
     def released() -> None:
@@ -287,13 +288,13 @@ def memory_log(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 def test_memory_kept_for_a_loop_is_given_back_when_it_ends(
     cli: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The images encoded ahead keep freed memory (sized by their samples) and the
-    last image's apply gives it back: nothing is kept after the run."""
+    """Each image encoded ahead keeps freed memory (at least its samples' size) and
+    the last image's apply gives it back: nothing is kept after the run."""
     images = loop_tiffs(tmp_path)
     calls = memory_log(monkeypatch)
     r = cli(write(tmp_path / "loop.yaml", LOOP), tmp_path / "in")
     assert r.code == 0, r.err
-    assert calls == [f"keep {H * W * 3 * 2}"] * 2 + ["release"]
+    assert calls == ["keep", "keep", "release"]
     assert not sharing._kept
     for name, data in images.items():
         got, bits = decode_pnm(tmp_path / "masters" / f"{name}.jp2")
@@ -319,7 +320,7 @@ def test_memory_kept_for_a_loop_is_given_back_when_a_proof_fails(
     monkeypatch.setattr(lossless, "encode", flip_in_scan2)
     r = cli(write(tmp_path / "loop.yaml", LOOP), tmp_path / "in")
     assert r.code == 1 and "lossless proof failed" in r.err, r.err
-    assert calls[-1] == "release" and not sharing._kept
+    assert calls[-1] == "release" and "keep" in calls and not sharing._kept
     assert sorted(os.listdir(tmp_path / "masters")) == ["scan1.jp2"]
 
 

@@ -565,6 +565,8 @@ def prefetch(params: dict[str, Any], ctx: StepContext) -> None:
         _ahead[identity] = future
         while len(_ahead) > AHEAD:
             del _ahead[next(iter(_ahead))]
+    # Here, not on the thread: the loop's apply that gives the memory back comes after.
+    sharing.keep_memory(_sample_bytes(planned, identity[3]))
     # Not a daemon: a run that stops early waits for this encoding (no writes) to end.
     thread = threading.Thread(
         target=_encode_into, args=(data.source, future), name="wsrun-encode-ahead"
@@ -576,15 +578,26 @@ def prefetch(params: dict[str, Any], ctx: StepContext) -> None:
         raise
 
 
+def _sample_bytes(planned: Plan, size: int) -> int:
+    """About how many bytes the TIFF's samples take: its size, or more when its
+    header says so (a compressed TIFF; 16-bit RGB reads as 8-bit RGB there)."""
+    from PIL import Image
+
+    width, height, mode = (planned.outputs[k] for k in ("width", "height", "mode"))
+    if width is None or mode is None:
+        return size
+    try:
+        bands = Image.getmodebands(mode)
+    except (KeyError, ValueError):
+        bands = 1
+    return max(size, width * height * bands)
+
+
 def _encode_into(source: str, future: Future[bytes]) -> None:
-    """Encode ahead on one core (the current image's proof has the other), keeping
-    the memory freed for the images after this one (apply gives it back when the
-    loop ends)."""
+    """Encode ahead on one core (the current image's proof has the other)."""
     try:
         with sharing.one_core():
-            pixels = lossless.read_for_encoding(source)
-            sharing.keep_memory(pixels.samples.nbytes)
-            future.set_result(lossless.encode(pixels))
+            future.set_result(lossless.encode(lossless.read_for_encoding(source)))
     except BaseException as e:  # handed to apply, which encodes again and reports
         future.set_exception(e)
 

@@ -498,8 +498,13 @@ plane() {{ echo "${{out%.pgx}}_$1.pgx"; }}  # where opj_decompress writes compon
             f'head -c {W * H} /dev/zero >> "$(plane $i)"; done',
             "opj_decompress wrote the planes pixels_0.pgx, pixels_2.pgx",
         ),
+        (
+            "it writes an empty plane",
+            'touch "$(plane 0)"',
+            "opj_decompress wrote no PGX header but ''",
+        ),
     ],
-    ids=["fails", "short", "disagrees", "silent", "headless", "gap"],
+    ids=["fails", "short", "disagrees", "silent", "headless", "gap", "empty"],
 )
 def test_a_misbehaving_proof_decoder_fails_the_proof(
     cli: Any,

@@ -19,7 +19,7 @@ from wsrun.core import fileio, hashing
 from wsrun.core.effects import Effect, create_dir, create_file
 from wsrun.core.fs import ContentUnknown
 from wsrun.core.step import Plan, Result, StepContext, StepError
-from wsrun.packs.distillery import lossless, xmp
+from wsrun.packs.distillery import lossless, sharing, xmp
 
 if TYPE_CHECKING:
     from PIL.Image import Image
@@ -55,9 +55,9 @@ and Adobe tools read both). The packet also records how the file was derived
 so a second run finds the file up to date without decoding it and reports
 ``ok``. Files are written under a temporary name and renamed when complete.
 imagecodecs (OpenJPEG) encodes masters, Pillow (OpenJPEG, libjpeg) access copies.
-A master's encoder and its proof's decoder each use every core the run may use
-(the bytes do not depend on it), and the TIFF is decoded for the proof while the
-master is encoded.
+A master's encoder and its proof's decoder share the cores the run may use (each
+takes those the other leaves; the bytes do not depend on it), and the TIFF is
+decoded for the proof while the master is encoded.
 """
 
 _DERIVATIVE: dict[str, Any] = {
@@ -274,6 +274,22 @@ def apply(plan: Plan, ctx: StepContext) -> Result:
     d: _Data = plan.data
     if not d.targets:
         return Result(outputs=plan.outputs)
+    if not any(t.lossless for t in d.targets):
+        return _apply(plan, ctx)
+    try:
+        result = _apply(plan, ctx)
+    except BaseException:
+        sharing.release_memory()  # the loop stops here
+        raise
+    with _ahead_lock:
+        last = not _ahead  # no encoding ahead waits for its apply
+    if last:
+        sharing.release_memory()
+    return result
+
+
+def _apply(plan: Plan, ctx: StepContext) -> Result:
+    d: _Data = plan.data
     image = None
     if any(not t.lossless for t in d.targets):
         image = _pillow_image(d.source)
@@ -549,6 +565,8 @@ def prefetch(params: dict[str, Any], ctx: StepContext) -> None:
         _ahead[identity] = future
         while len(_ahead) > AHEAD:
             del _ahead[next(iter(_ahead))]
+    # Here, not on the thread: the loop's apply that gives the memory back comes after.
+    sharing.keep_memory(_sample_bytes(planned, identity[3]))
     # Not a daemon: a run that stops early waits for this encoding (no writes) to end.
     thread = threading.Thread(
         target=_encode_into, args=(data.source, future), name="wsrun-encode-ahead"
@@ -560,9 +578,26 @@ def prefetch(params: dict[str, Any], ctx: StepContext) -> None:
         raise
 
 
-def _encode_into(source: str, future: Future[bytes]) -> None:
+def _sample_bytes(planned: Plan, size: int) -> int:
+    """About how many bytes the TIFF's samples take: its size, or more when its
+    header says so (a compressed TIFF; 16-bit RGB reads as 8-bit RGB there)."""
+    from PIL import Image
+
+    width, height, mode = (planned.outputs[k] for k in ("width", "height", "mode"))
+    if width is None or mode is None:
+        return size
     try:
-        future.set_result(lossless.encode(lossless.read_for_encoding(source)))
+        bands = Image.getmodebands(mode)
+    except (KeyError, ValueError):
+        bands = 1
+    return max(size, width * height * bands)
+
+
+def _encode_into(source: str, future: Future[bytes]) -> None:
+    """Encode ahead on one core (the current image's proof has the other)."""
+    try:
+        with sharing.one_core():
+            future.set_result(lossless.encode(lossless.read_for_encoding(source)))
     except BaseException as e:  # handed to apply, which encodes again and reports
         future.set_exception(e)
 

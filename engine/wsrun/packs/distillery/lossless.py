@@ -21,17 +21,28 @@ Three decoders take part, so that no single one can hide a loss:
 
 The proof compares the last two: shape, bits per sample and every sample.
 
-Both OpenJPEGs use every core this process may run on (``threads()``): the
-encoder's code-blocks and wavelet are shared among threads, and so are the
-decoder's; the decoder writes PGX planes (one file per component), which it
-writes several times faster than raw planes. A proof costs about as much CPU as
-the encoding, so this is what lets master plus proof approach ``opj_compress``
-alone on one core (docs/distillery.md, Speed; README, Benchmarks).
+A proof costs about as much CPU as the encoding, so master plus proof can match
+``opj_compress`` alone on one core only by wasting nothing on two
+(docs/distillery.md, Speed; README, Benchmarks):
+
+- each OpenJPEG job (an encoding, a proof's decoding) takes the cores no other
+  job of this process holds (``sharing.cores``): alone it has them all, beside
+  the next image's encoding it has one, so two jobs never fight over two cores;
+- the decoder is started without forking this process (``setpriv`` arms its
+  death signal): a fork would make every page of the encoder's memory
+  copy-on-write, to be faulted in again;
+- freed memory is kept while a loop makes masters (``sharing.keep_memory``), so
+  the next image's buffers are not zeroed again by the kernel;
+- the decoder writes PGX planes (one file per component), which it writes
+  several times faster than raw planes, and the samples are compared and
+  hashed in place, without copies.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import mmap
 import os
 import re
 import shutil
@@ -42,6 +53,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from wsrun.core.procs import death_signal
+from wsrun.packs.distillery.sharing import cores
 
 if TYPE_CHECKING:
     import numpy as np
@@ -50,19 +62,6 @@ if TYPE_CHECKING:
 OPJ_DECOMPRESS = "opj_decompress"
 #: Changes when masters are made differently, so older ones are made again.
 VERSION = 2
-#: OpenJPEG gains little past this many threads on one image.
-MAX_THREADS = 8
-
-
-def threads() -> int:
-    """How many threads the encoder and the proof's decoder use: the CPUs this
-    process may run on (``taskset`` and cgroup CPU sets lower it), at most
-    MAX_THREADS. The codestream does not depend on it."""
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):  # not Linux
-        cpus = os.cpu_count() or 1
-    return max(1, min(MAX_THREADS, cpus))
 
 
 class NotLossless(Exception):
@@ -98,9 +97,12 @@ class Pixels:
 
     def checksum(self) -> str:
         """SHA-256 of the shape, depth and samples (16-bit ones little-endian)."""
+        import numpy as np
+
         height, width, components = self.samples.shape
         digest = hashlib.sha256(f"{width}x{height}x{components} {self.bits}-bit\n".encode())
-        digest.update(self.samples.astype("<u2" if self.bits > 8 else "u1", copy=False).tobytes())
+        samples = self.samples.astype("<u2" if self.bits > 8 else "u1", copy=False)
+        digest.update(memoryview(np.ascontiguousarray(samples)).cast("B"))
         return digest.hexdigest()
 
 
@@ -302,8 +304,8 @@ def read_for_proof(path: str) -> Pixels:
         with open(path, "rb") as f:
             layout = _pillow_layout(f)
             _check(layout)
-            f.seek(0)
-            data = imagecodecs.tiff_decode(f.read(), index=0)
+            with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+                data = imagecodecs.tiff_decode(mapped, index=0)  # no copy of the file
     except (NotLossless, OSError):
         raise
     except Exception as e:
@@ -318,20 +320,21 @@ def encode(pixels: Pixels) -> bytes:
     """A JP2 file holding ``pixels`` losslessly: reversible wavelet, no rate limit,
     one component per sample at the samples' precision, the reversible colour
     transform for RGB (as opj_compress and Kakadu do), a channel definition for
-    alpha. OpenJPEG codes it on ``threads()`` threads (the same bytes as on one)."""
+    alpha. OpenJPEG codes it on the cores free (``cores()``; the same bytes on any number)."""
     import imagecodecs
 
     samples = pixels.samples
     components = samples.shape[2]
-    jp2 = imagecodecs.jpeg2k_encode(
-        samples if components > 1 else samples[..., 0],
-        level=0,
-        codecformat="jp2",
-        reversible=True,
-        bitspersample=pixels.bits,
-        mct=components >= 3,
-        numthreads=threads(),
-    )
+    with cores() as n:
+        jp2 = imagecodecs.jpeg2k_encode(
+            samples if components > 1 else samples[..., 0],
+            level=0,
+            codecformat="jp2",
+            reversible=True,
+            bitspersample=pixels.bits,
+            mct=components >= 3,
+            numthreads=n,
+        )
     if pixels.alpha:
         jp2 = _with_channel_definition(jp2, components, pixels.alpha)
     return jp2
@@ -372,24 +375,50 @@ def decoder() -> str:
 _PGX_HEADER = re.compile(rb"PG (ML|LM) ?([+-])? ?(\d+) (\d+) (\d+)\r?\n")
 
 
+def _spawn_prefix() -> tuple[list[str], Any]:
+    """How to start a decoder that dies with this thread: through ``setpriv
+    --pdeathsig`` (util-linux 2.33 and later), so that Python starts it with vfork
+    and this process's memory is not made copy-on-write by a fork; else with a
+    ``preexec_fn`` that arms the signal after a fork (wsrun.core.procs), which
+    also covers a run killed before the signal is armed."""
+    setpriv = shutil.which("setpriv")
+    if setpriv is not None and _knows_pdeathsig(setpriv):
+        return [setpriv, "--pdeathsig", "KILL", "--"], None
+    return [], death_signal()
+
+
+@functools.cache
+def _knows_pdeathsig(setpriv: str) -> bool:
+    """Whether this ``setpriv`` has ``--pdeathsig`` (its help says so)."""
+    try:
+        done = subprocess.run([setpriv, "--help"], capture_output=True, text=True, check=False)
+    except OSError:
+        return False
+    return done.returncode == 0 and "--pdeathsig" in done.stdout
+
+
 def decode_master(path: str) -> Pixels:
-    """The JPEG 2000 file at ``path`` decoded by ``opj_decompress`` on
-    ``threads()`` threads, to one PGX plane per component at the precision the
-    codestream declares. The decoder dies with the run (wsrun.core.procs)."""
+    """The JPEG 2000 file at ``path`` decoded by ``opj_decompress`` on the cores
+    free (``cores()``), to one PGX plane per component at the precision the
+    codestream declares. The decoder dies with the run (``_spawn_prefix``)."""
     import numpy as np
 
     program = decoder()
+    prefix, preexec = _spawn_prefix()
     with tempfile.TemporaryDirectory(prefix="wsrun-proof-") as tmp:
         link = os.path.join(tmp, "master.jp2")  # opj_decompress goes by the extension
         os.symlink(os.path.abspath(path), link)
         out = os.path.join(tmp, "pixels.pgx")  # it writes pixels_0.pgx, pixels_1.pgx, ...
-        done = subprocess.run(
-            [program, "-i", link, "-o", out, "-threads", str(threads())],
-            capture_output=True,
-            text=True,
-            check=False,
-            preexec_fn=death_signal(),
-        )
+        with cores() as n:
+            # "-threads 1" would still hand every code-block to one worker thread
+            threading_ = ["-threads", str(n)] if n > 1 else []
+            done = subprocess.run(
+                [*prefix, program, "-i", link, "-o", out, *threading_],
+                capture_output=True,
+                text=True,
+                check=False,
+                preexec_fn=preexec,
+            )
         names = sorted(
             (n for n in os.listdir(tmp) if re.fullmatch(r"pixels_\d+\.pgx", n)),
             key=lambda n: int(n[7:-4]),
@@ -409,31 +438,35 @@ def decode_master(path: str) -> Pixels:
         raise ProofFailed(f"the master decodes to {sign} samples")
     native = np.uint8 if bits <= 8 else np.uint16 if bits <= 16 else np.uint32
     samples = np.empty((height, width, len(planes)), dtype=native)
+    interleaved = samples.reshape(-1)  # a flat strided copy is several times faster
     for i, (*_, plane) in enumerate(planes):
-        samples[..., i] = plane.reshape(height, width)
+        interleaved[i :: len(planes)] = plane  # straight from the mapped file
     return Pixels(samples, bits)
 
 
 def _read_pgx(path: str) -> tuple[int, int, int, str, np.ndarray]:
-    """Width, height, precision, sign and the samples of one PGX plane."""
+    """Width, height, precision, sign and the samples of one PGX plane (a view of
+    the file mapped into memory, unmapped with the last view of it)."""
     import numpy as np
 
     with open(path, "rb") as f:
-        data = f.read()
+        empty = os.fstat(f.fileno()).st_size == 0
+        data: Any = b"" if empty else mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
     head = _PGX_HEADER.match(data)
     if head is None:
-        first = data[:40].split(b"\n", 1)[0].decode("latin-1")
+        first = bytes(data[:40]).split(b"\n", 1)[0].decode("latin-1")
         raise ProofFailed(f"{OPJ_DECOMPRESS} wrote no PGX header but {first!r}")
     order, sign, bits, width, height = head.groups()
     bits_, width_, height_ = int(bits), int(width), int(height)
     signed = "signed" if sign == b"-" else "unsigned"
     size = 1 if bits_ <= 8 else 2 if bits_ <= 16 else 4
     endian = ">" if order == b"ML" else "<"
-    body = memoryview(data)[head.end() :]
-    count, expected = len(body) // size, width_ * height_
-    if len(body) != expected * size:
+    body = len(data) - head.end()
+    count, expected = body // size, width_ * height_
+    if body != expected * size:
         raise ProofFailed(f"{OPJ_DECOMPRESS} wrote {count} samples, not {expected}")
-    plane = np.frombuffer(body, dtype=f"{endian}{'i' if signed == 'signed' else 'u'}{size}")
+    kind = f"{endian}{'i' if signed == 'signed' else 'u'}{size}"
+    plane = np.frombuffer(data, dtype=kind, count=expected, offset=head.end())
     return width_, height_, bits_, signed, plane
 
 
@@ -445,11 +478,14 @@ def compare(source: Pixels, master: Pixels) -> None:
         raise ProofFailed(
             f"the master decodes to {master.describe()}, the source is {source.describe()}"
         )
-    differ = source.samples != master.samples
-    if differ.any():
-        y, x, c = (int(i) for i in np.argwhere(differ)[0])
-        raise ProofFailed(
-            f"{int(differ.sum())} of {differ.size} samples differ (first at row {y}, "
-            f"column {x}, component {c}: {source.samples[y, x, c]} in the source, "
-            f"{master.samples[y, x, c]} in the master)"
-        )
+    a, b = source.samples, master.samples
+    rows = max(1, (1 << 20) * len(a) // max(1, a.nbytes))  # about 1 MiB at a time, no copy
+    if all(np.array_equal(a[y : y + rows], b[y : y + rows]) for y in range(0, len(a), rows)):
+        return
+    differ = a != b
+    y, x, c = (int(i) for i in np.argwhere(differ)[0])
+    raise ProofFailed(
+        f"{int(differ.sum())} of {differ.size} samples differ (first at row {y}, "
+        f"column {x}, component {c}: {a[y, x, c]} in the source, "
+        f"{b[y, x, c]} in the master)"
+    )

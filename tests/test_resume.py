@@ -253,7 +253,12 @@ def test_an_interrupted_tar_is_restarted_but_not_the_copy_before_it(tmp_path: Pa
 """,
     )
     spec = {
-        "kill": {"target": "wsrun.formats.tarball:_member_header", "after": 6},
+        # the writer fstats each file it archives
+        "kill": {
+            "target": "os:fstat",
+            "after": 6,
+            "armed_by": "wsrun.formats.tarball:write_tar",
+        },
         "watch": [[COPY, 0]],
         "set": {"wsrun.formats.tarball:PARALLEL_MIN": 1 << 60},  # one writer, this process
     }
@@ -657,7 +662,12 @@ def test_wsrun_resume_rechecks_a_finished_copy_whose_source_changed(tmp_path: Pa
 """,
     )
     spec = {
-        "kill": {"target": "wsrun.formats.tarball:_member_header", "after": 6},
+        # the writer fstats each file it archives
+        "kill": {
+            "target": "os:fstat",
+            "after": 6,
+            "armed_by": "wsrun.formats.tarball:write_tar",
+        },
         "set": {"wsrun.formats.tarball:PARALLEL_MIN": 1 << 60},
     }
     code, _, err = run(tmp_path, spec, path, "-q")

@@ -225,3 +225,204 @@ def test_mapped_is_lazy_and_equal() -> None:
         len(m) == 10 and list(m) == [2 * x for x in range(10)] and m == [2 * x for x in range(10)]
     )
     assert m[3] == 6 and m[:3] == [0, 2, 4]
+
+
+def planned_peak(step: str, params: dict, workdir: Path) -> tuple[int, object]:
+    """The peak bytes Python allocated while ``step`` planned, and the plan
+    (after a first plan of the same step, which imports what it needs)."""
+    import tracemalloc
+
+    warm = workdir / "warm"
+    if not warm.exists():
+        spread_tree(warm, 5)
+    load_step(step).plan(
+        {**params, **{k: "warm" for k in ("source", "paths") if k in params}},
+        StepContext(fs=WorldView(), workdir=str(workdir)),
+    )
+    gc.collect()
+    tracemalloc.start()
+    try:
+        plan = load_step(step).plan(params, StepContext(fs=WorldView(), workdir=str(workdir)))
+        return tracemalloc.get_traced_memory()[1], plan
+    finally:
+        tracemalloc.stop()
+
+
+def spread_tree(root: Path, files: int) -> dict[str, bytes]:
+    """``files`` small files, 20 to a directory: a directory's listing (held
+    while it is walked) is the same size for any number of files."""
+    made = {}
+    for i in range(files):
+        d = root / f"d{i // 20:04d}"
+        d.mkdir(parents=True, exist_ok=True)
+        data = b"%d" % i * (i % 50)
+        (d / f"f{i:05d}").write_bytes(data)
+        made[f"d{i // 20:04d}/f{i:05d}"] = data
+    return made
+
+
+#: What planning may grow by from 300 files to 3,000 (2,700 more): under 150
+#: bytes a file, where a Python object per file (a path string, a tuple or a
+#: dict entry, a Member) measured about 400 (tar) and 2,600 (checksum). The
+#: growth left is the external sort's runs, one per SPILL_AT (here 50) files.
+BOUND = 400_000
+
+
+def test_a_tar_plan_holds_no_member_per_file(small_spool: None, tmp_path: Path) -> None:
+    """Structural: the memory a tar plan takes at its peak does not grow with
+    the number of files (members stream into a spool in archive order), and
+    the spool still gives every member, the exact size and the totals."""
+    peaks = {}
+    for n in (300, 3000):
+        made = spread_tree(tmp_path / f"s{n}", n)
+        peaks[n], plan = planned_peak("tar", {"source": f"s{n}", "to": f"t{n}.tar"}, tmp_path)
+        members = plan.data.members
+        assert members.spilled and len(members) == n + n // 20 + 1
+        assert plan.outputs["members"] == len(members)
+        assert (members.files, members.file_bytes) == (n, sum(map(len, made.values())))
+        names = [m[0] for m in members]
+        assert names == sorted(names, key=lambda name: name.replace("/", "\0"))
+        assert plan.effects[-1].bytes == plan.data.tar_size
+        del plan, members
+    assert peaks[3000] - peaks[300] < BOUND, peaks
+
+
+def test_a_checksum_plan_holds_nothing_per_file(small_spool: None, tmp_path: Path) -> None:
+    """Structural, as for tar: files, digests and lines stream through spools;
+    the outputs are still exact."""
+    peaks = {}
+    for n in (300, 3000):
+        made = spread_tree(tmp_path / f"s{n}", n)
+        peaks[n], plan = planned_peak("checksum", {"paths": f"s{n}", "to": f"s{n}/SUMS"}, tmp_path)
+        sums = plan.outputs["checksums"]
+        assert isinstance(sums, SpooledDict) and len(sums) == n
+        for rel in (min(made), max(made), f"d0007/f{140:05d}"):
+            assert sums[str(tmp_path / f"s{n}" / rel)] == hashlib.sha256(made[rel]).hexdigest()
+        assert plan.effects[0].bytes == sum(64 + 2 + len(rel) + 1 for rel in made)
+        del plan, sums
+    assert peaks[3000] - peaks[300] < BOUND, peaks
+
+
+def test_a_manifest_plan_holds_nothing_per_file(small_spool: None, tmp_path: Path) -> None:
+    """Structural, as for tar: the manifest's entries and document stream
+    through spools, and the document is exactly what json.dumps writes."""
+    peaks = {}
+    for n in (300, 3000):
+        made = spread_tree(tmp_path / f"s{n}", n)
+        peaks[n], plan = planned_peak("manifest", {"root": f"s{n}", "to": f"m{n}.json"}, tmp_path)
+        assert plan.outputs["count"] == n
+        assert plan.outputs["total_bytes"] == sum(map(len, made.values()))
+        load_step("manifest").apply(plan, StepContext(fs=WorldView(), workdir=str(tmp_path)))
+        written = (tmp_path / f"m{n}.json").read_bytes()
+        assert plan.effects[0].bytes == len(written)
+        document = json.loads(written)
+        assert [f["path"] for f in document["files"]] == sorted(made)
+        assert written == (json.dumps(document, indent=2, ensure_ascii=False) + "\n").encode()
+        del plan
+    assert peaks[3000] - peaks[300] < BOUND, peaks
+
+
+def test_a_streamed_manifest_is_byte_for_byte_json(small_spool: None, tmp_path: Path) -> None:
+    """Names that JSON escapes (quotes, backslashes, control characters,
+    non-ASCII), an empty file, and an empty tree."""
+    from wsrun.steps.manifest import iso_utc
+
+    root = tmp_path / "r"
+    names = ['a"b', "back\\slash", "tab\there", "é€😀", "new\nline", "empty"]
+    names += [f"f{i:03d}" for i in range(80)]  # past the spill threshold
+    root.mkdir()
+    for i, name in enumerate(names):
+        (root / name).write_bytes(b"x" * (0 if name == "empty" else i))
+    step = load_step("manifest")
+    ctx = StepContext(fs=WorldView(), workdir=str(tmp_path))
+    plan = step.plan({"root": "r", "to": "m.json"}, ctx)
+    step.apply(plan, ctx)
+    files = []
+    for name in sorted(names):
+        data = (root / name).read_bytes()
+        mtime = iso_utc((root / name).stat().st_mtime_ns)
+        entry = {"path": name, "size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+        files.append({**entry, "mtime": mtime})
+    document = {"version": 1, "algorithm": "sha256", "root": "r", "files": files}
+    document |= {"total_bytes": sum(f["size"] for f in files), "count": len(files)}
+    expected = (json.dumps(document, indent=2, ensure_ascii=False) + "\n").encode()
+    assert (tmp_path / "m.json").read_bytes() == expected
+    again = step.plan({"root": "r", "to": "m.json"}, ctx)
+    assert again.effects == [], "the manifest already there is compared piece by piece"
+    (root / "f000").write_bytes(b"y")  # same size, other content
+    assert step.plan({"root": "r", "to": "m.json"}, ctx).effects != []
+
+    (tmp_path / "none").mkdir()
+    plan = step.plan({"root": "none", "to": "n.json"}, ctx)
+    step.apply(plan, ctx)
+    empty = {"version": 1, "algorithm": "sha256", "root": "none", "files": []}
+    empty |= {"total_bytes": 0, "count": 0}
+    assert json.loads((tmp_path / "n.json").read_text()) == empty
+    assert (tmp_path / "n.json").read_text() == json.dumps(empty, indent=2) + "\n"
+
+
+PACK = """\
+recipe: pack
+inputs:
+  source: {type: path, positional: true, required: true}
+  out: {type: path, positional: true, required: true}
+steps:
+  - id: tar
+    uses: tar
+    with: {source: "{{ inputs.source }}", to: "{{ inputs.out }}/pack.tar"}
+  - id: manifest
+    uses: manifest
+    with: {root: "{{ inputs.source }}", to: "{{ inputs.out }}/MANIFEST.json"}
+  - id: sums
+    uses: checksum
+    with: {paths: "{{ inputs.source }}", to: "{{ inputs.out }}/SHA256SUMS", relative_to: "{{ inputs.source }}"}
+  - id: sums_of_sums
+    uses: checksum
+    with: {paths: ["{{ inputs.out }}/SHA256SUMS", "{{ inputs.out }}/MANIFEST.json"]}
+outputs:
+  digests: "{{ steps.sums_of_sums.outputs.checksums }}"
+"""
+
+
+def test_spooled_tar_manifest_checksum_dry_run_equals_real_run(
+    small_spool: None, cli, tmp_path: Path
+) -> None:
+    """tar, manifest and checksum past the spool threshold through the
+    command line: the dry run writes nothing and prints the real run's
+    effects, a later step of the dry run reads the planned list and manifest
+    (their digests equal the real ones), and a re-run changes nothing."""
+    import tarfile
+
+    made = make_tree(tmp_path / "src", 300)
+    (tmp_path / "out").mkdir()
+    recipe = tmp_path / "pack.yaml"
+    recipe.write_text(PACK)
+    args = [recipe, tmp_path / "src", tmp_path / "out"]
+    before = snapshot(tmp_path)
+    dry = cli(*args, "--dry-run", "--json")
+    assert dry.code == 0, dry.err
+    assert snapshot(tmp_path) == before
+    real = cli(*args, "--json")
+    assert real.code == 0, real.err
+    planned = {s["id"]: s for s in json.loads(dry.out)["steps"]}
+    done = {s["id"]: s for s in json.loads(real.out)["steps"]}
+    for step in ("tar", "manifest", "sums"):
+        effects = planned[step]["effects"]
+        assert len(effects) == 1 and effects[0]["op"] == "create_file"
+        assert [as_planned(d, p) for p, d in zip(effects, done[step]["effects"], strict=True)] == (
+            effects
+        )
+    digests = json.loads(dry.out)["outputs"]["digests"]
+    assert digests == json.loads(real.out)["outputs"]["digests"] and len(digests) == 2
+    assert None not in digests.values()
+    with tarfile.open(tmp_path / "out" / "pack.tar") as tar:
+        files = {m.name: tar.extractfile(m).read() for m in tar if m.isfile()}  # type: ignore[union-attr]
+    assert files == {f"src/{rel}": data for rel, data in made.items()}
+    with tarfile.open(tmp_path / "out" / "pack.tar") as tar:
+        assert len(tar.getnames()) == 300 + 7 + 1 + 1  # files, directories, the link, src/
+    sums = (tmp_path / "out" / "SHA256SUMS").read_text().splitlines()
+    assert sums == [f"{hashlib.sha256(made[r]).hexdigest()}  {r}" for r in sorted(made)]
+    assert len(json.loads((tmp_path / "out" / "MANIFEST.json").read_text())["files"]) == 300
+    again = cli(*args, "--json")
+    assert again.code == 0, again.err
+    assert all(not s["effects"] for s in json.loads(again.out)["steps"])

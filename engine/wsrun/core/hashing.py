@@ -10,7 +10,9 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
-from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from collections import deque
+from collections.abc import Iterable, Iterator
+from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from typing import TYPE_CHECKING, BinaryIO
 
 from wsrun.core import resumes
@@ -30,8 +32,7 @@ WORKERS = min(8, 2 * (os.cpu_count() or 1))
 def hash_stream(f: BinaryIO, algorithm: str, task: ProgressTask | None = None) -> tuple[str, int]:
     """The hex digest and length of everything left in ``f``."""
     h = hashlib.new(algorithm)
-    buf = bytearray(CHUNK)
-    view = memoryview(buf)
+    buf, view = _buffer()
     total = 0
     while n := f.readinto(buf):  # type: ignore[attr-defined]  # typeshed: BinaryIO lacks readinto
         h.update(view[:n])
@@ -39,6 +40,20 @@ def hash_stream(f: BinaryIO, algorithm: str, task: ProgressTask | None = None) -
         if task is not None:
             task.advance(bytes=n)
     return h.hexdigest(), total
+
+
+_local = threading.local()
+
+
+def _buffer() -> tuple[bytearray, memoryview]:
+    """This thread's read buffer: allocating a MiB for each of a million small
+    files costs more than hashing them."""
+    try:
+        return _local.buffer  # type: ignore[no-any-return]
+    except AttributeError:
+        buf = bytearray(CHUNK)
+        _local.buffer = buf, memoryview(buf)
+        return _local.buffer  # type: ignore[no-any-return]
 
 
 class _LockedTask:
@@ -72,10 +87,71 @@ def hash_files(
     computed is recorded: a re-run after a kill reads only what it had not
     hashed, or what changed. Checks that must read independently leave it off.
     """
-    task = _LockedTask(ctx.progress.task("hash", total_bytes=total_bytes, total_files=len(paths)))
-    records = resumes.records() if reuse and not ctx.dry_run else None  # a dry run writes none
+    hasher = _Hasher(ctx, algorithm, total_bytes, len(paths), reuse)
+    try:
+        if len(paths) <= 1:
+            return {p: hasher.one(p) for p in paths}
+        with ThreadPoolExecutor(max_workers=min(WORKERS, len(paths))) as pool:
+            futures = {p: pool.submit(hasher.one, p) for p in paths}
+            done, pending = wait(futures.values(), return_when=FIRST_EXCEPTION)
+            for fut in pending:
+                fut.cancel()
+            for fut in done:
+                fut.result()  # raises the first failure, not a CancelledError
+            return {p: fut.result() for p, fut in futures.items()}
+    finally:
+        hasher.close()
 
-    def one(path: str) -> tuple[str, int] | None:
+
+def hash_each(
+    ctx: StepContext,
+    paths: Iterable[str],
+    algorithm: str,
+    total_bytes: int | None = None,
+    total_files: int | None = None,
+    reuse: bool = False,
+) -> Iterator[tuple[str, tuple[str, int] | None]]:
+    """``hash_files`` for more files than fit in memory (a million): (path,
+    digest and length) in the order of ``paths``, read as they are needed,
+    with only a few files per thread in flight."""
+    hasher = _Hasher(ctx, algorithm, total_bytes, total_files, reuse)
+    pool = ThreadPoolExecutor(max_workers=WORKERS)
+    window: deque[tuple[str, Future[tuple[str, int] | None]]] = deque()
+    try:
+        for path in paths:
+            window.append((path, pool.submit(hasher.one, path)))
+            if len(window) >= 4 * WORKERS:
+                done, fut = window.popleft()
+                yield done, fut.result()
+        while window:
+            done, fut = window.popleft()
+            yield done, fut.result()
+    finally:
+        pool.shutdown(cancel_futures=True)
+        hasher.close()
+
+
+class _Hasher:
+    """Hashes one file at a time for ``hash_files`` and ``hash_each``, from any thread."""
+
+    def __init__(
+        self,
+        ctx: StepContext,
+        algorithm: str,
+        total_bytes: int | None,
+        total_files: int | None,
+        reuse: bool,
+    ) -> None:
+        self.ctx = ctx
+        self.algorithm = algorithm
+        self.task = _LockedTask(
+            ctx.progress.task("hash", total_bytes=total_bytes, total_files=total_files)
+        )
+        # a dry run writes no records
+        self.records = resumes.records() if reuse and not ctx.dry_run else None
+
+    def one(self, path: str) -> tuple[str, int] | None:
+        ctx, records, algorithm, task = self.ctx, self.records, self.algorithm, self.task
         ctx.check_deadline()
         real, st = _real_file(ctx, path) if records else (None, None)
         if records and real and st:
@@ -94,21 +170,10 @@ def hash_files(
         task.advance(files=1)
         return result
 
-    try:
-        if len(paths) <= 1:
-            return {p: one(p) for p in paths}
-        with ThreadPoolExecutor(max_workers=min(WORKERS, len(paths))) as pool:
-            futures = {p: pool.submit(one, p) for p in paths}
-            done, pending = wait(futures.values(), return_when=FIRST_EXCEPTION)
-            for fut in pending:
-                fut.cancel()
-            for fut in done:
-                fut.result()  # raises the first failure, not a CancelledError
-            return {p: fut.result() for p, fut in futures.items()}
-    finally:
-        if records:
-            records.flush()
-        task.close()
+    def close(self) -> None:
+        if self.records:
+            self.records.flush()
+        self.task.close()
 
 
 def _real_file(ctx: StepContext, path: str) -> tuple[str | None, os.stat_result | None]:

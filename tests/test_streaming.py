@@ -19,7 +19,7 @@ from wsrun.core import spool
 from wsrun.core.effects import Effect, EffectSpool, create_dir, create_file
 from wsrun.core.fs import WorldView
 from wsrun.core.spool import Mapped, SortedSpool, Spool, SpooledDict
-from wsrun.core.step import StepContext, load_step
+from wsrun.core.step import StepContext, StepError, load_step
 
 RECIPE = """\
 recipe: stream
@@ -426,3 +426,83 @@ def test_spooled_tar_manifest_checksum_dry_run_equals_real_run(
     again = cli(*args, "--json")
     assert again.code == 0, again.err
     assert all(not s["effects"] for s in json.loads(again.out)["steps"])
+
+
+def test_spool_ranges_and_an_ordered_sorted_spool(small_spool: None) -> None:
+    items = [(f"p{i:04d}", i) for i in range(500)]
+    s: Spool = Spool(items)
+    for start, stop in [(0, 500), (0, 1), (49, 51), (17, 33), (100, 100), (480, 600), (499, 500)]:
+        assert list(s.iter_range(start, stop)) == items[start:stop], (start, stop)
+    ordered: SortedSpool = SortedSpool(items)
+    assert ordered.spilled and ordered._ordered and list(ordered) == items
+    ordered.append(("p0250x", -1))  # one out of order: merged again
+    assert not ordered._ordered and list(ordered) == sorted([*items, ("p0250x", -1)])
+
+
+def test_hash_each_keeps_order_and_raises_the_failure(tmp_path: Path) -> None:
+    from wsrun.core.hashing import WORKERS, hash_each
+
+    paths = []
+    for i in range(10 * WORKERS):
+        (tmp_path / f"f{i}").write_bytes(b"%d" % i * i)
+        paths.append(str(tmp_path / f"f{i}"))
+    ctx = StepContext(fs=WorldView(), workdir=str(tmp_path))
+    got = list(hash_each(ctx, iter(paths), "sha256"))
+    assert [p for p, _ in got] == paths
+    for p, (digest, size) in got:
+        data = Path(p).read_bytes()
+        assert (digest, size) == (hashlib.sha256(data).hexdigest(), len(data))
+    with pytest.raises(FileNotFoundError):
+        list(hash_each(ctx, [*paths[:5], str(tmp_path / "gone"), *paths[5:]], "sha256"))
+
+
+def test_a_spooled_member_list_splits_where_a_list_does(small_spool: None) -> None:
+    """The spool keeps the archive's size and the split points of forked
+    writers as members are appended: the same as computed from a list."""
+    from wsrun.formats import tarball
+
+    members = [tarball.Member("d/", "dir", "")]
+    members += [tarball.Member(f"d/{i}", "file", "", i * 1000) for i in range(300)]
+    members.append(tarball.Member("d/" + "l" * 200, "file", "", 5))  # a long-name record
+    members.append(tarball.Member("d/s", "symlink", "", 0, linkname="t" * 150))
+    spooled = tarball.MemberSpool(members)
+    assert spooled.spilled and list(spooled) == [tuple(m) for m in members]
+    assert spooled.size() == tarball.archive_size(members) == tarball.archive_size(spooled)
+    assert (spooled.files, spooled.file_bytes) == (301, sum(i * 1000 for i in range(300)) + 5)
+    for i, offset in spooled.marks:
+        assert offset == sum(map(tarball._span, members[:i]))
+    import unittest.mock
+
+    with (
+        unittest.mock.patch.object(tarball, "PARALLEL_MIN", 1),
+        unittest.mock.patch.object(tarball, "cpu_count", lambda: 3),
+    ):
+        shares = tarball._shares(spooled, spooled.size())
+    assert len(shares) == 3 and shares[0][0] == 0 and shares[-1][1] == len(members)
+    for (_, end, _), (first, _, offset) in zip(shares, shares[1:], strict=False):
+        assert end == first and offset == sum(map(tarball._span, members[:first]))
+        assert first % spool.CHUNK == 0  # at a mark
+    parts = [list(tarball._part(spooled, a, b)) for a, b, _ in shares]
+    assert [m for part in parts for m in part] == [tuple(m) for m in members]
+
+
+def test_spooled_tar_of_several_sources_merges_and_refuses_twins(
+    small_spool: None, tmp_path: Path
+) -> None:
+    import tarfile
+
+    made = make_tree(tmp_path / "a", 120)
+    make_tree(tmp_path / "b", 90)
+    tar = load_step("tar")
+    ctx = StepContext(fs=WorldView(), workdir=str(tmp_path))
+    plan = tar.plan({"source": ["b", "a"], "to": "ab.tar"}, ctx)
+    tar.apply(plan, ctx)
+    names = [m[0] for m in plan.data.members]
+    assert names == sorted(names, key=lambda n: n.replace("/", "\0")) and names[0] == "a/"
+    with tarfile.open(tmp_path / "ab.tar") as t:
+        assert [m.name + ("/" if m.isdir() else "") for m in t] == names
+        assert t.extractfile(f"a/{min(made)}").read() == made[min(made)]  # type: ignore[union-attr]
+    with pytest.raises(StepError, match="same name"):
+        tar.plan({"source": ["a", "a/d1"], "base": ".", "to": "x.tar"}, ctx)
+    with pytest.raises(StepError, match="same name"):
+        tar.plan({"source": ["a/d1", str(tmp_path / "a" / "d1")], "base": ".", "to": "x.tar"}, ctx)

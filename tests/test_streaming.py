@@ -506,3 +506,37 @@ def test_spooled_tar_of_several_sources_merges_and_refuses_twins(
         tar.plan({"source": ["a", "a/d1"], "base": ".", "to": "x.tar"}, ctx)
     with pytest.raises(StepError, match="same name"):
         tar.plan({"source": ["a/d1", str(tmp_path / "a" / "d1")], "base": ".", "to": "x.tar"}, ctx)
+
+
+def test_spooled_copy_checksums_feed_a_checksum_step(
+    small_spool: None, cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """copy's spooled ``checksums`` given as ``digests``: checked as the
+    mapping it stands for (not materialised), joined by path, and no file
+    copy hashed is read again by the checksum step."""
+    from wsrun.core import hashing
+
+    made = make_tree(tmp_path / "src", 200)
+    recipe = tmp_path / "digests.yaml"
+    recipe.write_text(
+        RECIPE.replace(
+            'to: "{{ inputs.dest }}/SHA256SUMS"}',
+            'to: "{{ inputs.dest }}/SHA256SUMS", digests: "{{ steps.copy.outputs.checksums }}"}',
+        )
+    )
+    opened: list[str] = []
+    real_one = hashing._Hasher.one
+
+    def one(self: hashing._Hasher, path: str) -> object:
+        opened.append(path)
+        return real_one(self, path)
+
+    monkeypatch.setattr(hashing._Hasher, "one", one)
+    real = cli(recipe, tmp_path / "src", tmp_path / "out", "--json")  # copy's checksums: real runs
+    assert real.code == 0, real.err
+    assert opened == []
+    sums = (tmp_path / "out" / "SHA256SUMS").read_text().splitlines()
+    expected = sorted(
+        (f"src/{rel}", hashlib.sha256(data).hexdigest()) for rel, data in made.items()
+    )
+    assert sums == [f"{digest}  {name}" for name, digest in expected]

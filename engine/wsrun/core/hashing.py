@@ -13,7 +13,7 @@ import threading
 from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
-from typing import TYPE_CHECKING, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from wsrun.core import resumes
 from wsrun.core.fs import ContentUnknown
@@ -29,9 +29,12 @@ CHUNK = 1 << 20
 WORKERS = min(8, 2 * (os.cpu_count() or 1))
 
 
-def hash_stream(f: BinaryIO, algorithm: str, task: ProgressTask | None = None) -> tuple[str, int]:
-    """The hex digest and length of everything left in ``f``."""
-    h = hashlib.new(algorithm)
+def hash_stream(
+    f: BinaryIO, algorithm: str, task: ProgressTask | None = None, h: Any = None
+) -> tuple[str, int]:
+    """The hex digest and length of everything left in ``f`` (fed to ``h``,
+    a hash already started, when given)."""
+    h = hashlib.new(algorithm) if h is None else h
     buf, view = _buffer()
     total = 0
     while n := f.readinto(buf):  # type: ignore[attr-defined]  # typeshed: BinaryIO lacks readinto
@@ -40,6 +43,25 @@ def hash_stream(f: BinaryIO, algorithm: str, task: ProgressTask | None = None) -
         if task is not None:
             task.advance(bytes=n)
     return h.hexdigest(), total
+
+
+def _hash_counted(f: BinaryIO, algorithm: str, task: _LockedTask) -> tuple[str, int]:
+    """``hash_stream``, the file counted done in ``task``: a file read in one
+    go (most are) is one progress update, not two."""
+    buf, view = _buffer()
+    n = f.readinto(buf)  # type: ignore[attr-defined]
+    if n < CHUNK:
+        h = hashlib.new(algorithm, view[:n])
+        while more := f.readinto(buf):  # type: ignore[attr-defined]  # short reads happen
+            h.update(view[:more])
+            n += more
+        task.advance(bytes=n, files=1)
+        return h.hexdigest(), n
+    h = hashlib.new(algorithm, view[:n])
+    task.advance(bytes=n)
+    digest, rest = hash_stream(f, algorithm, task, h)
+    task.advance(files=1)
+    return digest, n + rest
 
 
 _local = threading.local()
@@ -113,22 +135,37 @@ def hash_each(
 ) -> Iterator[tuple[str, tuple[str, int] | None]]:
     """``hash_files`` for more files than fit in memory (a million): (path,
     digest and length) in the order of ``paths``, read as they are needed,
-    with only a few files per thread in flight."""
+    with only a few batches per thread in flight. Small files go to the
+    threads in batches: a future and a thread switch per file cost more
+    than hashing a file of a few KiB."""
     hasher = _Hasher(ctx, algorithm, total_bytes, total_files, reuse)
+    small = bool(total_files) and (total_bytes or 0) < total_files * SMALL_FILE
+    size = BATCH if small else 1
     pool = ThreadPoolExecutor(max_workers=WORKERS)
-    window: deque[tuple[str, Future[tuple[str, int] | None]]] = deque()
+    window: deque[Future[list[tuple[str, tuple[str, int] | None]]]] = deque()
     try:
+        batch: list[str] = []
         for path in paths:
-            window.append((path, pool.submit(hasher.one, path)))
-            if len(window) >= 4 * WORKERS:
-                done, fut = window.popleft()
-                yield done, fut.result()
+            batch.append(path)
+            if len(batch) < size:
+                continue
+            window.append(pool.submit(hasher.batch, batch))
+            batch = []
+            if len(window) >= 2 * WORKERS:
+                yield from window.popleft().result()
+        if batch:
+            window.append(pool.submit(hasher.batch, batch))
         while window:
-            done, fut = window.popleft()
-            yield done, fut.result()
+            yield from window.popleft().result()
     finally:
         pool.shutdown(cancel_futures=True)
         hasher.close()
+
+
+#: ``hash_each`` hands files to its threads in batches of this many when the
+#: files average under SMALL_FILE bytes.
+BATCH = 64
+SMALL_FILE = 256 << 10
 
 
 class _Hasher:
@@ -147,8 +184,9 @@ class _Hasher:
         self.task = _LockedTask(
             ctx.progress.task("hash", total_bytes=total_bytes, total_files=total_files)
         )
-        # a dry run writes no records
-        self.records = resumes.records() if reuse and not ctx.dry_run else None
+        # a dry run writes no records; with records off ($WSRUN_RESUME) nothing is looked up
+        records = resumes.records() if reuse and not ctx.dry_run else None
+        self.records = records if records is not None and records.enabled else None
 
     def one(self, path: str) -> tuple[str, int] | None:
         ctx, records, algorithm, task = self.ctx, self.records, self.algorithm, self.task
@@ -160,15 +198,18 @@ class _Hasher:
                 task.advance(bytes=st.st_size, files=1)
                 return known, st.st_size
         try:
-            f = ctx.fs.open(path)
+            # the disk as it is: no FileInfo, no buffered reader
+            f = ctx.fs.open(path) if ctx.fs.virtual else open(path, "rb", buffering=0)  # noqa: SIM115
         except ContentUnknown:
             return None
         with f:
-            result = hash_stream(f, algorithm, task)
+            result = _hash_counted(f, algorithm, task)
         if records and real and st:
             records.record(real, algorithm, result[0], before=st)
-        task.advance(files=1)
         return result
+
+    def batch(self, paths: list[str]) -> list[tuple[str, tuple[str, int] | None]]:
+        return [(p, self.one(p)) for p in paths]
 
     def close(self) -> None:
         if self.records:

@@ -200,7 +200,7 @@ def test_a_recorded_hash_is_not_trusted_for_a_destination_changed_behind_its_bac
     assert sums[str(victim)] == sha(changed) != sha(files["d0/f00.bin"])
 
 
-HASH = "wsrun.core.hashing:hash_stream"
+HASH = "wsrun.core.hashing:_hash_counted"  # every file a hash step reads
 
 
 def test_a_killed_checksum_hashes_only_what_it_had_not_and_what_changed(tmp_path: Path) -> None:

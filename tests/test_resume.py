@@ -200,7 +200,7 @@ def test_a_recorded_hash_is_not_trusted_for_a_destination_changed_behind_its_bac
     assert sums[str(victim)] == sha(changed) != sha(files["d0/f00.bin"])
 
 
-HASH = "wsrun.core.hashing:hash_stream"
+HASH = "wsrun.core.hashing:_hash_counted"  # every file a hash step reads
 
 
 def test_a_killed_checksum_hashes_only_what_it_had_not_and_what_changed(tmp_path: Path) -> None:
@@ -253,7 +253,12 @@ def test_an_interrupted_tar_is_restarted_but_not_the_copy_before_it(tmp_path: Pa
 """,
     )
     spec = {
-        "kill": {"target": "wsrun.formats.tarball:_member_header", "after": 6},
+        # the writer fstats each file it archives
+        "kill": {
+            "target": "os:fstat",
+            "after": 6,
+            "armed_by": "wsrun.formats.tarball:write_tar",
+        },
         "watch": [[COPY, 0]],
         "set": {"wsrun.formats.tarball:PARALLEL_MIN": 1 << 60},  # one writer, this process
     }
@@ -657,7 +662,12 @@ def test_wsrun_resume_rechecks_a_finished_copy_whose_source_changed(tmp_path: Pa
 """,
     )
     spec = {
-        "kill": {"target": "wsrun.formats.tarball:_member_header", "after": 6},
+        # the writer fstats each file it archives
+        "kill": {
+            "target": "os:fstat",
+            "after": 6,
+            "armed_by": "wsrun.formats.tarball:write_tar",
+        },
         "set": {"wsrun.formats.tarball:PARALLEL_MIN": 1 << 60},
     }
     code, _, err = run(tmp_path, spec, path, "-q")

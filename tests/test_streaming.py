@@ -19,7 +19,7 @@ from wsrun.core import spool
 from wsrun.core.effects import Effect, EffectSpool, create_dir, create_file
 from wsrun.core.fs import WorldView
 from wsrun.core.spool import Mapped, SortedSpool, Spool, SpooledDict
-from wsrun.core.step import StepContext, load_step
+from wsrun.core.step import StepContext, StepError, load_step
 
 RECIPE = """\
 recipe: stream
@@ -38,9 +38,14 @@ steps:
 
 @pytest.fixture
 def small_spool(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Spill after 50 records, in chunks of 16."""
+    """Spill after 50 records, in chunks of 16; hash with 64 KiB buffers (one
+    per hashing thread: with a MiB each, how many threads a run happened to
+    start would swamp the memory measured per file)."""
+    from wsrun.core import hashing
+
     monkeypatch.setattr(spool, "SPILL_AT", 50)
     monkeypatch.setattr(spool, "CHUNK", 16)
+    monkeypatch.setattr(hashing, "CHUNK", 1 << 16)
 
 
 def make_tree(root: Path, files: int, dirs: int = 7) -> dict[str, bytes]:
@@ -225,3 +230,319 @@ def test_mapped_is_lazy_and_equal() -> None:
         len(m) == 10 and list(m) == [2 * x for x in range(10)] and m == [2 * x for x in range(10)]
     )
     assert m[3] == 6 and m[:3] == [0, 2, 4]
+
+
+def planned_peak(step: str, params: dict, workdir: Path) -> tuple[int, object]:
+    """The peak bytes Python allocated while ``step`` planned, and the plan
+    (after a first plan of the same step, which imports what it needs)."""
+    import tracemalloc
+
+    warm = workdir / "warm"
+    if not warm.exists():
+        spread_tree(warm, 5)
+    load_step(step).plan(
+        {**params, **{k: "warm" for k in ("source", "paths") if k in params}},
+        StepContext(fs=WorldView(), workdir=str(workdir)),
+    )
+    gc.collect()
+    tracemalloc.start()
+    try:
+        plan = load_step(step).plan(params, StepContext(fs=WorldView(), workdir=str(workdir)))
+        return tracemalloc.get_traced_memory()[1], plan
+    finally:
+        tracemalloc.stop()
+
+
+def spread_tree(root: Path, files: int) -> dict[str, bytes]:
+    """``files`` small files, 20 to a directory: a directory's listing (held
+    while it is walked) is the same size for any number of files."""
+    made = {}
+    for i in range(files):
+        d = root / f"d{i // 20:04d}"
+        d.mkdir(parents=True, exist_ok=True)
+        data = b"%d" % i * (i % 50)
+        (d / f"f{i:05d}").write_bytes(data)
+        made[f"d{i // 20:04d}/f{i:05d}"] = data
+    return made
+
+
+#: What planning may grow by from 1,000 files to 4,000 (3,000 more): under 170
+#: bytes a file, where a Python object per file (a path string, a tuple or a
+#: dict entry, a Member) measured about 400 (tar) and 2,600 (checksum). The
+#: growth left is the external sort's runs, one per SPILL_AT (here 50) files;
+#: 1,000 files already fill the hashing threads' window.
+BOUND = 500_000
+
+
+def test_a_tar_plan_holds_no_member_per_file(small_spool: None, tmp_path: Path) -> None:
+    """Structural: the memory a tar plan takes at its peak does not grow with
+    the number of files (members stream into a spool in archive order), and
+    the spool still gives every member, the exact size and the totals."""
+    peaks = {}
+    for n in (1000, 4000):
+        made = spread_tree(tmp_path / f"s{n}", n)
+        peaks[n], plan = planned_peak("tar", {"source": f"s{n}", "to": f"t{n}.tar"}, tmp_path)
+        members = plan.data.members
+        assert members.spilled and len(members) == n + n // 20 + 1
+        assert plan.outputs["members"] == len(members)
+        assert (members.files, members.file_bytes) == (n, sum(map(len, made.values())))
+        names = [m[0] for m in members]
+        assert names == sorted(names, key=lambda name: name.replace("/", "\0"))
+        assert plan.effects[-1].bytes == plan.data.tar_size
+        del plan, members
+    assert peaks[4000] - peaks[1000] < BOUND, peaks
+
+
+def test_a_checksum_plan_holds_nothing_per_file(small_spool: None, tmp_path: Path) -> None:
+    """Structural, as for tar: files, digests and lines stream through spools;
+    the outputs are still exact."""
+    peaks = {}
+    for n in (1000, 4000):
+        made = spread_tree(tmp_path / f"s{n}", n)
+        peaks[n], plan = planned_peak("checksum", {"paths": f"s{n}", "to": f"s{n}/SUMS"}, tmp_path)
+        sums = plan.outputs["checksums"]
+        assert isinstance(sums, SpooledDict) and len(sums) == n
+        for rel in (min(made), max(made), f"d0007/f{140:05d}"):
+            assert sums[str(tmp_path / f"s{n}" / rel)] == hashlib.sha256(made[rel]).hexdigest()
+        assert plan.effects[0].bytes == sum(64 + 2 + len(rel) + 1 for rel in made)
+        del plan, sums
+    assert peaks[4000] - peaks[1000] < BOUND, peaks
+
+
+def test_a_manifest_plan_holds_nothing_per_file(small_spool: None, tmp_path: Path) -> None:
+    """Structural, as for tar: the manifest's entries and document stream
+    through spools, and the document is exactly what json.dumps writes."""
+    peaks = {}
+    for n in (1000, 4000):
+        made = spread_tree(tmp_path / f"s{n}", n)
+        peaks[n], plan = planned_peak("manifest", {"root": f"s{n}", "to": f"m{n}.json"}, tmp_path)
+        assert plan.outputs["count"] == n
+        assert plan.outputs["total_bytes"] == sum(map(len, made.values()))
+        load_step("manifest").apply(plan, StepContext(fs=WorldView(), workdir=str(tmp_path)))
+        written = (tmp_path / f"m{n}.json").read_bytes()
+        assert plan.effects[0].bytes == len(written)
+        document = json.loads(written)
+        assert [f["path"] for f in document["files"]] == sorted(made)
+        assert written == (json.dumps(document, indent=2, ensure_ascii=False) + "\n").encode()
+        del plan
+    assert peaks[4000] - peaks[1000] < BOUND, peaks
+
+
+def test_a_streamed_manifest_is_byte_for_byte_json(small_spool: None, tmp_path: Path) -> None:
+    """Names that JSON escapes (quotes, backslashes, control characters,
+    non-ASCII), an empty file, and an empty tree."""
+    from wsrun.steps.manifest import iso_utc
+
+    root = tmp_path / "r"
+    names = ['a"b', "back\\slash", "tab\there", "é€😀", "new\nline", "empty"]
+    names += [f"f{i:03d}" for i in range(80)]  # past the spill threshold
+    root.mkdir()
+    for i, name in enumerate(names):
+        (root / name).write_bytes(b"x" * (0 if name == "empty" else i))
+    step = load_step("manifest")
+    ctx = StepContext(fs=WorldView(), workdir=str(tmp_path))
+    plan = step.plan({"root": "r", "to": "m.json"}, ctx)
+    step.apply(plan, ctx)
+    files = []
+    for name in sorted(names):
+        data = (root / name).read_bytes()
+        mtime = iso_utc((root / name).stat().st_mtime_ns)
+        entry = {"path": name, "size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+        files.append({**entry, "mtime": mtime})
+    document = {"version": 1, "algorithm": "sha256", "root": "r", "files": files}
+    document |= {"total_bytes": sum(f["size"] for f in files), "count": len(files)}
+    expected = (json.dumps(document, indent=2, ensure_ascii=False) + "\n").encode()
+    assert (tmp_path / "m.json").read_bytes() == expected
+    again = step.plan({"root": "r", "to": "m.json"}, ctx)
+    assert again.effects == [], "the manifest already there is compared piece by piece"
+    (root / "f000").write_bytes(b"y")  # same size, other content
+    assert step.plan({"root": "r", "to": "m.json"}, ctx).effects != []
+
+    (tmp_path / "none").mkdir()
+    plan = step.plan({"root": "none", "to": "n.json"}, ctx)
+    step.apply(plan, ctx)
+    empty = {"version": 1, "algorithm": "sha256", "root": "none", "files": []}
+    empty |= {"total_bytes": 0, "count": 0}
+    assert json.loads((tmp_path / "n.json").read_text()) == empty
+    assert (tmp_path / "n.json").read_text() == json.dumps(empty, indent=2) + "\n"
+
+
+PACK = """\
+recipe: pack
+inputs:
+  source: {type: path, positional: true, required: true}
+  out: {type: path, positional: true, required: true}
+steps:
+  - id: tar
+    uses: tar
+    with: {source: "{{ inputs.source }}", to: "{{ inputs.out }}/pack.tar"}
+  - id: manifest
+    uses: manifest
+    with: {root: "{{ inputs.source }}", to: "{{ inputs.out }}/MANIFEST.json"}
+  - id: sums
+    uses: checksum
+    with: {paths: "{{ inputs.source }}", to: "{{ inputs.out }}/SHA256SUMS", relative_to: "{{ inputs.source }}"}
+  - id: sums_of_sums
+    uses: checksum
+    with: {paths: ["{{ inputs.out }}/SHA256SUMS", "{{ inputs.out }}/MANIFEST.json"]}
+outputs:
+  digests: "{{ steps.sums_of_sums.outputs.checksums }}"
+"""
+
+
+def test_spooled_tar_manifest_checksum_dry_run_equals_real_run(
+    small_spool: None, cli, tmp_path: Path
+) -> None:
+    """tar, manifest and checksum past the spool threshold through the
+    command line: the dry run writes nothing and prints the real run's
+    effects, a later step of the dry run reads the planned list and manifest
+    (their digests equal the real ones), and a re-run changes nothing."""
+    import tarfile
+
+    made = make_tree(tmp_path / "src", 300)
+    (tmp_path / "out").mkdir()
+    recipe = tmp_path / "pack.yaml"
+    recipe.write_text(PACK)
+    args = [recipe, tmp_path / "src", tmp_path / "out"]
+    before = snapshot(tmp_path)
+    dry = cli(*args, "--dry-run", "--json")
+    assert dry.code == 0, dry.err
+    assert snapshot(tmp_path) == before
+    real = cli(*args, "--json")
+    assert real.code == 0, real.err
+    planned = {s["id"]: s for s in json.loads(dry.out)["steps"]}
+    done = {s["id"]: s for s in json.loads(real.out)["steps"]}
+    for step in ("tar", "manifest", "sums"):
+        effects = planned[step]["effects"]
+        assert len(effects) == 1 and effects[0]["op"] == "create_file"
+        assert [as_planned(d, p) for p, d in zip(effects, done[step]["effects"], strict=True)] == (
+            effects
+        )
+    digests = json.loads(dry.out)["outputs"]["digests"]
+    assert digests == json.loads(real.out)["outputs"]["digests"] and len(digests) == 2
+    assert None not in digests.values()
+    with tarfile.open(tmp_path / "out" / "pack.tar") as tar:
+        files = {m.name: tar.extractfile(m).read() for m in tar if m.isfile()}  # type: ignore[union-attr]
+    assert files == {f"src/{rel}": data for rel, data in made.items()}
+    with tarfile.open(tmp_path / "out" / "pack.tar") as tar:
+        assert len(tar.getnames()) == 300 + 7 + 1 + 1  # files, directories, the link, src/
+    sums = (tmp_path / "out" / "SHA256SUMS").read_text().splitlines()
+    assert sums == [f"{hashlib.sha256(made[r]).hexdigest()}  {r}" for r in sorted(made)]
+    assert len(json.loads((tmp_path / "out" / "MANIFEST.json").read_text())["files"]) == 300
+    again = cli(*args, "--json")
+    assert again.code == 0, again.err
+    assert all(not s["effects"] for s in json.loads(again.out)["steps"])
+
+
+def test_spool_ranges_and_an_ordered_sorted_spool(small_spool: None) -> None:
+    items = [(f"p{i:04d}", i) for i in range(500)]
+    s: Spool = Spool(items)
+    for start, stop in [(0, 500), (0, 1), (49, 51), (17, 33), (100, 100), (480, 600), (499, 500)]:
+        assert list(s.iter_range(start, stop)) == items[start:stop], (start, stop)
+    ordered: SortedSpool = SortedSpool(items)
+    assert ordered.spilled and ordered._ordered and list(ordered) == items
+    ordered.append(("p0250x", -1))  # one out of order: merged again
+    assert not ordered._ordered and list(ordered) == sorted([*items, ("p0250x", -1)])
+
+
+def test_hash_each_keeps_order_and_raises_the_failure(tmp_path: Path) -> None:
+    from wsrun.core.hashing import WORKERS, hash_each
+
+    paths = []
+    for i in range(10 * WORKERS):
+        (tmp_path / f"f{i}").write_bytes(b"%d" % i * i)
+        paths.append(str(tmp_path / f"f{i}"))
+    ctx = StepContext(fs=WorldView(), workdir=str(tmp_path))
+    got = list(hash_each(ctx, iter(paths), "sha256"))
+    assert [p for p, _ in got] == paths
+    for p, (digest, size) in got:
+        data = Path(p).read_bytes()
+        assert (digest, size) == (hashlib.sha256(data).hexdigest(), len(data))
+    with pytest.raises(FileNotFoundError):
+        list(hash_each(ctx, [*paths[:5], str(tmp_path / "gone"), *paths[5:]], "sha256"))
+
+
+def test_a_spooled_member_list_splits_where_a_list_does(small_spool: None) -> None:
+    """The spool keeps the archive's size and the split points of forked
+    writers as members are appended: the same as computed from a list."""
+    from wsrun.formats import tarball
+
+    members = [tarball.Member("d/", "dir", "")]
+    members += [tarball.Member(f"d/{i}", "file", "", i * 1000) for i in range(300)]
+    members.append(tarball.Member("d/" + "l" * 200, "file", "", 5))  # a long-name record
+    members.append(tarball.Member("d/s", "symlink", "", 0, linkname="t" * 150))
+    spooled = tarball.MemberSpool(members)
+    assert spooled.spilled and list(spooled) == [tuple(m) for m in members]
+    assert spooled.size() == tarball.archive_size(members) == tarball.archive_size(spooled)
+    assert (spooled.files, spooled.file_bytes) == (301, sum(i * 1000 for i in range(300)) + 5)
+    for i, offset in spooled.marks:
+        assert offset == sum(map(tarball._span, members[:i]))
+    import unittest.mock
+
+    with (
+        unittest.mock.patch.object(tarball, "PARALLEL_MIN", 1),
+        unittest.mock.patch.object(tarball, "cpu_count", lambda: 3),
+    ):
+        shares = tarball._shares(spooled, spooled.size())
+    assert len(shares) == 3 and shares[0][0] == 0 and shares[-1][1] == len(members)
+    for (_, end, _), (first, _, offset) in zip(shares, shares[1:], strict=False):
+        assert end == first and offset == sum(map(tarball._span, members[:first]))
+        assert first % spool.CHUNK == 0  # at a mark
+    parts = [list(tarball._part(spooled, a, b)) for a, b, _ in shares]
+    assert [m for part in parts for m in part] == [tuple(m) for m in members]
+
+
+def test_spooled_tar_of_several_sources_merges_and_refuses_twins(
+    small_spool: None, tmp_path: Path
+) -> None:
+    import tarfile
+
+    made = make_tree(tmp_path / "a", 120)
+    make_tree(tmp_path / "b", 90)
+    tar = load_step("tar")
+    ctx = StepContext(fs=WorldView(), workdir=str(tmp_path))
+    plan = tar.plan({"source": ["b", "a"], "to": "ab.tar"}, ctx)
+    tar.apply(plan, ctx)
+    names = [m[0] for m in plan.data.members]
+    assert names == sorted(names, key=lambda n: n.replace("/", "\0")) and names[0] == "a/"
+    with tarfile.open(tmp_path / "ab.tar") as t:
+        assert [m.name + ("/" if m.isdir() else "") for m in t] == names
+        assert t.extractfile(f"a/{min(made)}").read() == made[min(made)]  # type: ignore[union-attr]
+    with pytest.raises(StepError, match="same name"):
+        tar.plan({"source": ["a", "a/d1"], "base": ".", "to": "x.tar"}, ctx)
+    with pytest.raises(StepError, match="same name"):
+        tar.plan({"source": ["a/d1", str(tmp_path / "a" / "d1")], "base": ".", "to": "x.tar"}, ctx)
+
+
+def test_spooled_copy_checksums_feed_a_checksum_step(
+    small_spool: None, cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """copy's spooled ``checksums`` given as ``digests``: checked as the
+    mapping it stands for (not materialised), joined by path, and no file
+    copy hashed is read again by the checksum step."""
+    from wsrun.core import hashing
+
+    made = make_tree(tmp_path / "src", 200)
+    recipe = tmp_path / "digests.yaml"
+    recipe.write_text(
+        RECIPE.replace(
+            'to: "{{ inputs.dest }}/SHA256SUMS"}',
+            'to: "{{ inputs.dest }}/SHA256SUMS", digests: "{{ steps.copy.outputs.checksums }}"}',
+        )
+    )
+    opened: list[str] = []
+    real_one = hashing._Hasher.one
+
+    def one(self: hashing._Hasher, path: str) -> object:
+        opened.append(path)
+        return real_one(self, path)
+
+    monkeypatch.setattr(hashing._Hasher, "one", one)
+    real = cli(recipe, tmp_path / "src", tmp_path / "out", "--json")  # copy's checksums: real runs
+    assert real.code == 0, real.err
+    assert opened == []
+    sums = (tmp_path / "out" / "SHA256SUMS").read_text().splitlines()
+    expected = sorted(
+        (f"src/{rel}", hashlib.sha256(data).hexdigest()) for rel, data in made.items()
+    )
+    assert sums == [f"{digest}  {name}" for name, digest in expected]

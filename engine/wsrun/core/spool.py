@@ -47,6 +47,9 @@ class Spool(Sequence[T], Generic[T]):
         self._chunks = 0
         self._spilled = 0  # records on disk
         self._end = 0  # the file's size
+        #: Index of the first record of each chunk on disk, and the chunk's offset.
+        self._starts: list[int] = []
+        self._offsets: list[int] = []
         for item in items:
             self.append(item)
 
@@ -73,11 +76,15 @@ class Spool(Sequence[T], Generic[T]):
             self._file = tempfile.TemporaryFile(prefix="wsrun-spool-")  # noqa: SIM115
         self._file.seek(0, os.SEEK_END)
         head, encode = self._head, self._encode
+        plain = type(self)._encode is Spool._encode
         for start in range(0, len(head), CHUNK):
-            data = marshal.dumps([encode(x) for x in head[start : start + CHUNK]])
+            part = head[start : start + CHUNK]
+            data = marshal.dumps(part if plain else [encode(x) for x in part])
             self._file.write(_LEN.pack(len(data)))
             self._file.write(data)
             self._chunk_written(self._end, head[start])
+            self._starts.append(self._spilled + start)
+            self._offsets.append(self._end)
             self._end += _LEN.size + len(data)
             self._chunks += 1
         self._spilled += len(head)
@@ -106,6 +113,7 @@ class Spool(Sequence[T], Generic[T]):
             self._file = None
         self._head = []
         self._spilled = self._chunks = self._end = 0
+        self._starts, self._offsets = [], []
 
     # -- reading --------------------------------------------------------------
 
@@ -116,18 +124,36 @@ class Spool(Sequence[T], Generic[T]):
         return len(self) > 0
 
     def __iter__(self) -> Iterator[T]:
-        if self._file is not None:
+        return itertools.chain.from_iterable(self._lists(0, None))
+
+    def iter_range(self, start: int, stop: int) -> Iterator[T]:
+        """Records ``start`` to ``stop - 1``, reading only the chunks that hold
+        them (a forked writer takes its share of a spooled list this way)."""
+        return itertools.chain.from_iterable(self._lists(start, stop))
+
+    def _lists(self, start: int, stop: int | None) -> Iterator[list[T]]:
+        """The records from ``start`` to ``stop`` (None: the end, as it is when
+        reached), a chunk's list at a time: iterated in C, not by a generator
+        per record."""
+        at = start
+        if self._file is not None and at < self._spilled:
+            plain = type(self)._decode is Spool._decode
             decode = self._decode
-            fd = self._file.fileno()
-            self._file.flush()
-            offset = 0
-            for _ in range(self._chunks):
-                (size,) = _LEN.unpack(os.pread(fd, _LEN.size, offset))
-                data = os.pread(fd, size, offset + _LEN.size)
-                offset += _LEN.size + size
-                for record in marshal.loads(data):
-                    yield decode(record)
-        yield from list(self._head)  # a copy: appends while reading are not seen
+            chunk = bisect.bisect_right(self._starts, at) - 1
+            end = self._spilled if stop is None else min(stop, self._spilled)
+            while at < end:
+                first = self._starts[chunk]
+                records = self._chunk(self._offsets[chunk])
+                last = first + len(records)
+                if at > first or last > end:
+                    records = records[at - first : end - first]
+                yield records if plain else [decode(r) for r in records]
+                at = min(last, end)
+                chunk += 1
+        if stop is None:
+            yield list(self._head[at - self._spilled :])  # a copy: later appends are not seen
+        elif at < stop:
+            yield self._head[at - self._spilled : stop - self._spilled]
 
     @overload
     def __getitem__(self, index: int) -> T: ...
@@ -178,13 +204,22 @@ class Spool(Sequence[T], Generic[T]):
 
 class SortedSpool(Spool[T]):
     """Appended in any order, read back sorted: runs of ``SPILL_AT`` records are
-    sorted and spooled, and merged lazily on each iteration."""
+    sorted and spooled, and merged lazily on each iteration (or, when the
+    records came in order, as is usual for a sorted walk, read one after
+    the other)."""
 
     def __init__(self, items: Iterable[T] = ()) -> None:
         self._runs: list[Spool[T]] = []
+        self._ordered = True  # every record appended so far was >= the one before
+        self._last: Any = None
         super().__init__(items)
 
     def append(self, item: T) -> None:
+        if self._ordered:
+            if self._last is not None and item < self._last:  # type: ignore[operator]
+                self._ordered = False
+            else:
+                self._last = item
         self._head.append(item)
         if len(self._head) >= SPILL_AT:
             self._head.sort()  # type: ignore[call-arg]
@@ -205,6 +240,8 @@ class SortedSpool(Spool[T]):
         self._head.sort()  # type: ignore[call-arg]
         if not self._runs:
             return iter(self._head)
+        if self._ordered:
+            return itertools.chain(*self._runs, self._head)
         return heapq.merge(*self._runs, self._head)  # type: ignore[type-var]
 
     def __getitem__(self, index: Any) -> Any:
@@ -363,6 +400,14 @@ def is_lazy(value: Any) -> bool:
     """True for the sequences and mappings of this module (callers that need a
     real list or dict, JSON encoders, jsonschema, make one or stream it)."""
     return isinstance(value, (Spool, Mapped, SpooledDict, MappedDict))
+
+
+def sample(value: Any, n: int = 1000) -> Any:
+    """The first ``n`` items of a lazy sequence or mapping, as a list or dict
+    (schema checks of a spooled output look at these)."""
+    if lazy_mapping(value):
+        return dict(itertools.islice(value.items(), n))
+    return list(itertools.islice(value, n))
 
 
 def lazy_mapping(value: Any) -> bool:

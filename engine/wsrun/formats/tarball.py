@@ -31,10 +31,11 @@ import stat as statmod
 import sys
 import zlib
 from collections import deque
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, NoReturn
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, NamedTuple, NoReturn
 
+from wsrun.core import spool
+from wsrun.core.spool import Spool
 from wsrun.core.step import StepError
 
 if TYPE_CHECKING:
@@ -61,6 +62,8 @@ _SUFFIXES = (
 #: the shared buffer, which is faster for them (measured on ext4: files of
 #: 1-64 KiB by a third).
 DIRECT_MIN = 1 << 20
+#: Files up to this size are read into the buffer with one call.
+SMALL = 64 << 10
 #: An uncompressed archive is written by up to this many processes (and no
 #: more than there are cores); more would mostly contend for the one output file.
 MAX_WORKERS = 4
@@ -110,11 +113,12 @@ def cpu_count() -> int:
 # ---- writing ------------------------------------------------------------------
 
 
-@dataclass(slots=True)
-class Member:
+class Member(NamedTuple):
     """One entry to archive: ``name`` as stored (directories end in ``/``),
     read from ``path``. ``mode`` and ``mtime`` (seconds) are as planned; the
-    writer stores what the file has when it is read."""
+    writer stores what the file has when it is read. A tuple, so that a
+    million of them spool to disk and back (``MemberSpool``) as plain tuples,
+    which the writer and ``tarread.holds`` read by position."""
 
     name: str
     kind: str  # "file", "dir" or "symlink"
@@ -123,6 +127,61 @@ class Member:
     mode: int = 0
     mtime: int = 0
     linkname: str = ""
+
+
+class MemberSpool(Spool[Member]):
+    """The members of a big archive, in archive order: a list while short,
+    spooled to disk past ``wsrun.core.spool.SPILL_AT`` (a million Member
+    objects were over 300 MB). Its records are Members or plain tuples of
+    the same fields (what a spool reads back, and what the ``tar`` step makes
+    for files: cheaper); readers take the fields by position. As members are
+    appended it keeps what the writer needs without another pass: the
+    archive's exact size, the files and their bytes, and every
+    ``wsrun.core.spool.CHUNK`` members their offset in the archive, where
+    forked writers may split the work."""
+
+    def __init__(self, items: Iterable[Member] = ()) -> None:
+        self.body = 0  # bytes of the members' headers, data and padding
+        self.files = 0
+        self.file_bytes = 0
+        #: (index, offset in the archive) of every CHUNK-th member.
+        self.marks: list[tuple[int, int]] = []
+        super().__init__(items)
+
+    def append(self, item: Member) -> None:
+        self.extend((item,))
+
+    def extend(self, items: Iterable[Member]) -> None:
+        """Append ``items``: one loop over them, a million small members in
+        about a second less than one ``append`` call each."""
+        head, count, body = self._head, len(self), self.body
+        files, file_bytes, marks, every = self.files, self.file_bytes, self.marks, spool.CHUNK
+        limit = spool.CHUNK if self._file is not None else spool.SPILL_AT
+        try:
+            for item in items:
+                if type(item) is not tuple:
+                    item = tuple(item)  # a Member: marshal takes plain tuples
+                name, kind, _, size, _, _, link = item
+                if not count % every:
+                    marks.append((count, body))
+                body += BLOCK + size + (-size % BLOCK)
+                if link or len(name) > 100 or not name.isascii():
+                    body += _long_bytes(name) + (_long_bytes(link) if link else 0)
+                if kind == "file":
+                    files += 1
+                    file_bytes += size
+                head.append(item)
+                count += 1
+                if len(head) >= limit:
+                    self._spill()
+                    head, limit = self._head, spool.CHUNK
+        finally:
+            self.body, self.files, self.file_bytes = body, files, file_bytes
+
+    def size(self) -> int:
+        """The exact size of the uncompressed archive of these members."""
+        total = 2 * BLOCK + self.body
+        return total + (-total % RECORD)
 
 
 def padded(n: int) -> int:
@@ -139,12 +198,14 @@ def _long_bytes(value: str) -> int:
 
 def _span(m: Member) -> int:
     """The bytes ``m`` takes in the archive: headers, data and padding."""
-    n = BLOCK + padded(m.size) + _long_bytes(m.name)
-    return n + _long_bytes(m.linkname) if m.linkname else n
+    n = BLOCK + padded(m[3]) + _long_bytes(m[0])
+    return n + _long_bytes(m[6]) if m[6] else n
 
 
 def archive_size(members: Iterable[Member]) -> int:
     """The exact size of the uncompressed archive ``write_tar`` produces."""
+    if isinstance(members, MemberSpool):
+        return members.size()
     total = 2 * BLOCK + sum(map(_span, members))  # with the end-of-archive marker
     return total + (-total % RECORD)
 
@@ -216,46 +277,20 @@ _TAIL_SUMS = {k: sum(t + _MAGIC) + 8 * 32 for k, t in TYPES.items()}
 
 
 def _member_header(m: Member, st: os.stat_result) -> bytes:
-    """The header(s) of ``m``, with the mode, owner and mtime of ``st``: what
-    ``header`` gives, built faster for the usual short ASCII name."""
-    name = m.name
-    size = m.size if m.kind == "file" else 0
-    mtime = st.st_mtime_ns // 1_000_000_000
-    uid = st.st_uid
-    gid = st.st_gid
-    if (
-        len(name) <= 100
-        and not m.linkname
-        and name.isascii()
-        and size < _OCTAL_12
-        and 0 <= mtime < _OCTAL_12
-        and uid < _OCTAL_8
-        and gid < _OCTAL_8
-    ):
-        head = name.encode().ljust(100, b"\x00") + _NUMBERS % (
-            st.st_mode & 0o7777,
-            uid,
-            gid,
-            size,
-            mtime,
-        )
-        return head + b"%06o\x00 " % (_byte_sum(head) + _TAIL_SUMS[m.kind]) + _TAILS[m.kind]
-    return _any_member_header(m, st)
-
-
-def _any_member_header(m: Member, st: os.stat_result) -> bytes:
-    """``_member_header`` for any name, link target and numbers."""
-    name = m.name.encode(FS_ENCODING, "surrogateescape")
-    link = m.linkname.encode(FS_ENCODING, "surrogateescape") if m.linkname else b""
+    """The header(s) of ``m``, with the mode, owner and mtime of ``st``, for any
+    name, link target and numbers (the writer builds the usual short ASCII
+    name's header itself, inline)."""
+    name = m[0].encode(FS_ENCODING, "surrogateescape")
+    link = m[6].encode(FS_ENCODING, "surrogateescape") if m[6] else b""
     prefix = b""
     if len(link) > 100:
         prefix += long_name(link, b"K")
     if len(name) > 100:
         prefix += long_name(name, b"L")
-    size = m.size if m.kind == "file" else 0
+    size = m[3] if m[1] == "file" else 0
     return prefix + header(
         name,
-        TYPES[m.kind],
+        TYPES[m[1]],
         statmod.S_IMODE(st.st_mode),
         st.st_uid,
         st.st_gid,
@@ -474,40 +509,38 @@ def _sink(fd: int, compression: str, level: int | None, size: int) -> Any:
 
 
 class _Writer:
-    """Archive bytes gathered in one buffer and handed to the sink when full."""
+    """Archive bytes gathered in one buffer and handed to the sink when it
+    holds a chunk; the writer's loop appends to ``buf`` itself."""
 
     def __init__(self, sink: Any) -> None:
         self.sink = sink
         self.cap = sink.chunk
-        self.buf = bytearray(self.cap)
-        self.view = memoryview(self.buf)
-        self.pos = 0
-        self.total = 0
+        self.buf = bytearray()
+        self.total = 0  # bytes handed to the sink
 
     def flush(self) -> None:
-        if self.pos:
-            self.sink.write(self.view[: self.pos])
-            self.total += self.pos
-            self.pos = 0
+        if self.buf:
+            with memoryview(self.buf) as view:
+                self.sink.write(view)
+            self.total += len(self.buf)
+            self.buf.clear()
 
     def put(self, data: bytes) -> None:
-        n = len(data)
-        if self.pos + n > self.cap:
+        self.buf += data
+        if len(self.buf) >= self.cap:
             self.flush()
-        self.buf[self.pos : self.pos + n] = data
-        self.pos += n
 
     def read_from(self, fd: int, size: int) -> None:
         """Append exactly ``size`` bytes read from ``fd``."""
+        buf = self.buf
         while size:
-            if self.pos == self.cap:
-                self.flush()
-            end = min(self.cap, self.pos + size)
-            n = os.readv(fd, [self.view[self.pos : end]])
-            if n == 0:
+            data = os.read(fd, min(size, self.cap))
+            if not data:
                 raise EOFError
-            self.pos += n
-            size -= n
+            buf += data
+            size -= len(data)
+            if len(buf) >= self.cap:
+                self.flush()
 
     def copy_from(self, fd: int, size: int) -> None:
         """Append exactly ``size`` bytes of ``fd``, copied by the kernel."""
@@ -518,13 +551,14 @@ class _Writer:
 
 def write_tar(
     fd: int,
-    members: list[Member],
+    members: Sequence[Member],
     compression: str = "none",
     level: int | None = None,
     progress: Callable[[int, int], None] | None = None,
     size: int | None = None,
 ) -> None:
-    """Write the archive of ``members`` (in the given order) to ``fd``, from
+    """Write the archive of ``members`` (in the given order; a list or a
+    ``MemberSpool``) to ``fd``, from
     its position (an uncompressed archive needs a seekable ``fd``).
 
     ``size`` is ``archive_size(members)`` if the caller has it already.
@@ -540,7 +574,7 @@ def write_tar(
     w = _Writer(sink)
     try:
         _write_members(w, members, progress)
-        end = 2 * BLOCK + (-(w.total + w.pos + 2 * BLOCK) % RECORD)
+        end = 2 * BLOCK + (-(w.total + len(w.buf) + 2 * BLOCK) % RECORD)
         w.put(bytes(end))
         w.flush()
         sink.close()
@@ -550,59 +584,125 @@ def write_tar(
 
 
 def _write_members(
-    w: _Writer, members: list[Member], progress: Callable[[int, int], None] | None
+    w: _Writer, members: Iterable[Member], progress: Callable[[int, int], None] | None
 ) -> None:
-    """Put the headers and data of ``members`` into ``w`` (not flushed)."""
+    """Put the headers and data of ``members`` into ``w`` (not flushed).
+
+    The loop is the writer's cost per member (a million small files): the
+    usual header (a short ASCII name, numbers that fit in octal) is built
+    here, and a small file is read into the buffer in one call."""
     direct = w.sink.direct
+    buf, cap = w.buf, w.cap
+    numbers, byte_sum, tails, tail_sums = _NUMBERS, _byte_sum, _TAILS, _TAIL_SUMS
+    adler32, file_tail, file_tail_sum = zlib.adler32, _TAILS["file"], _TAIL_SUMS["file"]
+    open_, fstat, read, close = os.open, os.fstat, os.read, os.close
     done_bytes = done_files = 0
     for m in members:
-        if m.kind != "file":
+        name, kind, path, size, _, _, link = m
+        if kind == "file":
+            left = size  # bytes not yet reported
             try:
-                st = os.lstat(m.path)
-            except FileNotFoundError:
-                raise SourceChanged(m.path) from None
-            w.put(_member_header(m, st))
-            continue
-        try:
-            src = os.open(m.path, _OPEN_FLAGS)
-        except (FileNotFoundError, NotADirectoryError):
-            raise SourceChanged(m.path) from None
-        except OSError as e:
-            if e.errno == errno.ELOOP:  # replaced by a symlink
-                raise SourceChanged(m.path) from None
-            raise
-        try:
-            st = os.fstat(src)
-            if st.st_size != m.size or not statmod.S_ISREG(st.st_mode):
-                raise SourceChanged(m.path)
-            w.put(_member_header(m, st))
-            take = w.copy_from if direct and m.size >= DIRECT_MIN else w.read_from
-            left = m.size
-            while progress is not None and left > PROGRESS_SLICE:
-                # a big file is reported slice by slice: its bytes move as they go in
-                take(src, PROGRESS_SLICE)
-                left -= PROGRESS_SLICE
-                progress(done_bytes + PROGRESS_SLICE, done_files)
+                src = open_(path, _OPEN_FLAGS)
+            except (FileNotFoundError, NotADirectoryError):
+                raise SourceChanged(path) from None
+            except OSError as e:
+                if e.errno == errno.ELOOP:  # replaced by a symlink
+                    raise SourceChanged(path) from None
+                raise
+            try:
+                st = fstat(src)
+                mode, _, _, _, uid, gid, found, _, mtime, _ = st
+                if found != size or mode & 0o170000 != statmod.S_IFREG:
+                    raise SourceChanged(path)
+                if (
+                    len(name) <= 100
+                    and name.isascii()
+                    and size < _OCTAL_12
+                    and 0 <= mtime < _OCTAL_12
+                    and uid < _OCTAL_8
+                    and gid < _OCTAL_8
+                ):
+                    head = name.encode().ljust(100, b"\x00") + numbers % (
+                        mode & 0o7777,
+                        uid,
+                        gid,
+                        size,
+                        mtime,
+                    )
+                    buf += head
+                    buf += b"%06o\x00 " % ((adler32(head) & 0xFFFF) - 1 + file_tail_sum)
+                    buf += file_tail
+                else:
+                    buf += _member_header(m, st)
+                if not size:
+                    pass
+                elif size <= SMALL:
+                    data = read(src, size)
+                    if len(data) != size:
+                        if not data:
+                            raise EOFError
+                        buf += data
+                        w.read_from(src, size - len(data))
+                    else:
+                        buf += data
+                else:
+                    take = w.copy_from if direct and size >= DIRECT_MIN else w.read_from
+                    while progress is not None and left > PROGRESS_SLICE:
+                        # a big file is reported slice by slice: its bytes move as they go in
+                        take(src, PROGRESS_SLICE)
+                        left -= PROGRESS_SLICE
+                        progress(done_bytes + PROGRESS_SLICE, done_files)
+                        done_bytes = done_files = 0
+                    take(src, left)
+            except EOFError:  # shrank while being read
+                raise SourceChanged(path) from None
+            finally:
+                close(src)
+            pad = -size % BLOCK
+            if pad:
+                buf += _ZEROS[:pad]
+            done_bytes += left
+            done_files += 1
+            if progress is not None and (done_bytes >= 1 << 22 or done_files >= 1000):
+                progress(done_bytes, done_files)
                 done_bytes = done_files = 0
-            take(src, left)
-        except EOFError:  # shrank while being read
-            raise SourceChanged(m.path) from None
-        finally:
-            os.close(src)
-        pad = -m.size % BLOCK
-        if pad:
-            w.put(_ZEROS[:pad])
-        done_bytes += left
-        done_files += 1
-        if progress is not None and (done_bytes >= 1 << 22 or done_files >= 1000):
-            progress(done_bytes, done_files)
-            done_bytes = done_files = 0
+        else:
+            try:
+                st = os.lstat(path)
+            except FileNotFoundError:
+                raise SourceChanged(path) from None
+            mtime = st[8]
+            if len(name) <= 100 and not link and name.isascii() and 0 <= mtime < _OCTAL_12:
+                head = name.encode().ljust(100, b"\x00") + numbers % (
+                    st.st_mode & 0o7777,
+                    st.st_uid,
+                    st.st_gid,
+                    0,
+                    mtime,
+                )
+                if st.st_uid < _OCTAL_8 and st.st_gid < _OCTAL_8:
+                    buf += head
+                    buf += b"%06o\x00 " % (byte_sum(head) + tail_sums[kind])
+                    buf += tails[kind]
+                else:
+                    buf += _member_header(m, st)
+            else:
+                buf += _member_header(m, st)
+        if len(buf) >= cap:
+            w.flush()
     if progress is not None and (done_bytes or done_files):
         progress(done_bytes, done_files)
 
 
+def _part(members: Sequence[Member], first: int, end: int) -> Iterable[Member]:
+    """Members ``first`` to ``end - 1``, from a list or a spool."""
+    if isinstance(members, Spool):
+        return members.iter_range(first, end)
+    return members[first:end]
+
+
 def _write_placed(
-    fd: int, members: list[Member], progress: Callable[[int, int], None] | None, size: int
+    fd: int, members: Sequence[Member], progress: Callable[[int, int], None] | None, size: int
 ) -> None:
     """An uncompressed archive, written by several processes when it is big
     enough: each writes a contiguous share of the members at its offset."""
@@ -610,10 +710,12 @@ def _write_placed(
     shares = _shares(members, size)
     workers = _Workers(progress)
     try:
+        if isinstance(members, Spool) and members._file is not None:
+            members._file.flush()  # a forked writer must not write the parent's buffer
         for first, end, offset in shares[1:]:
-            workers.start(fd, members[first:end], start, offset, end == len(members))
+            workers.start(fd, _part(members, first, end), start, offset, end == len(members))
         end = shares[0][1]
-        _write_share(fd, members[:end], start, 0, end == len(members), workers.report)
+        _write_share(fd, _part(members, 0, end), start, 0, end == len(members), workers.report)
         workers.wait()
     finally:
         workers.stop()
@@ -622,7 +724,7 @@ def _write_placed(
 
 def _write_share(
     fd: int,
-    members: list[Member],
+    members: Iterable[Member],
     start: int,
     offset: int,
     last: bool,
@@ -633,32 +735,42 @@ def _write_share(
     w = _Writer(_PlacedSink(fd, start + offset))
     _write_members(w, members, progress)
     if last:
-        body = w.sink.offset + w.pos - start
+        body = w.sink.offset + len(w.buf) - start
         w.put(bytes(2 * BLOCK + (-(body + 2 * BLOCK) % RECORD)))
     w.flush()
 
 
-def _shares(members: list[Member], size: int) -> list[tuple[int, int, int]]:
+def _shares(members: Sequence[Member], size: int) -> list[tuple[int, int, int]]:
     """How to split the writing of ``members`` among processes: (first, end,
-    offset in the archive) of each share, about equal in work."""
+    offset in the archive) of each share, about equal in work. A spooled list
+    splits at its marks (every few thousand members), a short one anywhere."""
     work = size + MEMBER_COST * len(members)
     n = max(1, min(MAX_WORKERS, cpu_count(), work // PARALLEL_MIN))
     if n == 1:
         return [(0, len(members), 0)]
+    if isinstance(members, MemberSpool) and members.spilled:
+        points: Iterable[tuple[int, int]] = members.marks
+    else:
+        points = _offsets(members)
     shares = []
-    first = first_offset = offset = done = 0
+    first = first_offset = 0
     step = work // n
     target = step
-    for i, m in enumerate(members):
-        if done >= target and len(shares) < n - 1:
+    for i, offset in points:
+        if offset + MEMBER_COST * i >= target and len(shares) < n - 1 and i > first:
             shares.append((first, i, first_offset))
             first, first_offset = i, offset
             target += step
-        span = _span(m)
-        offset += span
-        done += span + MEMBER_COST
     shares.append((first, len(members), first_offset))
     return shares
+
+
+def _offsets(members: Iterable[Member]) -> Iterator[tuple[int, int]]:
+    """(index, offset in the archive) of each member."""
+    offset = 0
+    for i, m in enumerate(members):
+        yield i, offset
+        offset += _span(m)
 
 
 class _Workers:
@@ -672,7 +784,9 @@ class _Workers:
         self.poller = select.poll()
         self.arm: Callable[[], None] | None = None
 
-    def start(self, fd: int, members: list[Member], start: int, offset: int, last: bool) -> None:
+    def start(
+        self, fd: int, members: Iterable[Member], start: int, offset: int, last: bool
+    ) -> None:
         if self.arm is None:
             from wsrun.core.procs import death_signal
 
@@ -769,7 +883,7 @@ def _exit_text(status: int) -> str:
 def _worker(
     pipe: int,
     fd: int,
-    members: list[Member],
+    members: Iterable[Member],
     start: int,
     offset: int,
     last: bool,

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import BinaryIO
 
@@ -249,7 +249,7 @@ def holds(
     path: str,
     opener: Callable[[str], BinaryIO],
     existing: FileInfo,
-    members: list[Member],
+    members: Iterable[Member],
     compression: str,
     size: int | None,
     newest: int,
@@ -264,7 +264,6 @@ def holds(
         return False
     if size is not None and existing.size != size:
         return False
-    want = [(m.name, TYPES[m.kind], m.size, m.mode, m.mtime, m.linkname) for m in members]
     try:
         raw, found, reader = open_tar(path, opener)
     except ContentUnknown:
@@ -276,9 +275,16 @@ def holds(
     try:
         if found != compression:
             return False
-        for expected in want:
+        for name, kind, _, msize, mode, mtime, link in members:  # read as they stream
             h = reader.next()
-            if h is None or (h.name, h.type, h.size, h.mode, h.mtime, h.linkname) != expected:
+            if h is None or (h.name, h.type, h.size, h.mode, h.mtime, h.linkname) != (
+                name,
+                TYPES[kind],
+                msize,
+                mode,
+                mtime,
+                link,
+            ):
                 return False
         return reader.next() is None
     except Exception as e:

@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
-from typing import Any
+import sys
+import tempfile
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import IO, Any
 
+from wsrun.core import spool
 from wsrun.core.effects import Effect, create_file
-from wsrun.core.fileio import is_temp_name, write_bytes_atomic
-from wsrun.core.fs import ContentUnknown
-from wsrun.core.hashing import ALGORITHMS, hash_files
+from wsrun.core.fileio import atomic_write, is_temp_name, write_bytes_atomic
+from wsrun.core.fs import ContentUnknown, FileInfo
+from wsrun.core.hashing import ALGORITHMS, hash_each, hash_files
+from wsrun.core.spool import SortedSpool, Spool, SpooledDict, lazy_mapping
 from wsrun.core.step import Plan, Result, StepContext, StepError
 from wsrun.steps.find import as_list, compile_globs, excluded
 
@@ -126,8 +133,13 @@ def plan(params: dict[str, Any], ctx: StepContext) -> Plan:
         base = ctx.path(params.get("relative_to", "."))
     paths = params["paths"]
     exclude = compile_globs(as_list(params.get("exclude"), []))
-    files = collect_files(ctx, [paths] if isinstance(paths, str) else paths, to, exclude)
-    known = {ctx.path(p): d for p, d in (params.get("digests") or {}).items()}
+    listed: Spool[tuple[str, int]] = Spool()
+    collect_files(ctx, [paths] if isinstance(paths, str) else paths, to, exclude, listed)
+    given = params.get("digests") or {}
+    if listed.spilled or lazy_mapping(given):
+        return _plan_spooled(ctx, listed, given, algorithm, to, base)
+    files = dict(listed)
+    known = {ctx.path(p): d for p, d in given.items()}
     unknown = [p for p in files if p not in known]
     digests = hash_files(ctx, unknown, algorithm, sum(files[p] for p in unknown), reuse=True)
     checksums = {
@@ -148,19 +160,147 @@ def plan(params: dict[str, Any], ctx: StepContext) -> Plan:
     return Plan(effects=effects, outputs=outputs, data=(to, content, mode))
 
 
+@dataclass
+class StreamedWrite:
+    """A generated file too big to hold (a million files' checksum list or
+    manifest): ``pieces()`` makes its content again as it is written (None:
+    known only after the real run); ``spools`` are closed once it is."""
+
+    to: str
+    mode: int
+    pieces: Callable[[], Iterable[bytes]] | None
+    spools: list[Spool[Any]]
+
+
+def _plan_spooled(
+    ctx: StepContext,
+    listed: Spool[tuple[str, int]],
+    given: Mapping[str, str | None],
+    algorithm: str,
+    to: str | None,
+    base: str,
+) -> Plan:
+    """``plan`` for a million files: the files, digests and lines stream through
+    spools on disk, sorted by path, and the ``checksums`` output is a
+    ``SpooledDict``; nothing per file is held. Known digests are joined by path
+    (a spooled mapping, such as copy's ``checksums``, is read in order once)."""
+    files: SortedSpool[tuple[str, int]] = SortedSpool(listed)
+    listed.close()
+    if lazy_mapping(given):
+        known: Iterable[tuple[str, str | None]] = ((ctx.path(p), d) for p, d in given.items())
+    else:
+        known = sorted((ctx.path(p), d) for p, d in given.items())
+    joined: Spool[tuple[str, int, Any]] = Spool()  # path, size, digest or _UNKNOWN
+    unknown_bytes = 0
+    unknown = 0
+    for path, size, digest in _join(_unique(files), known):
+        joined.append((path, size, digest))
+        if digest is _UNKNOWN:
+            unknown += 1
+            unknown_bytes += size
+    files.close()
+    hashed = hash_each(
+        ctx,
+        (p for p, _, d in joined if d is _UNKNOWN),
+        algorithm,
+        unknown_bytes,
+        unknown,
+        reuse=True,
+    )
+    pairs = _filled(joined, hashed)
+    with contextlib.closing(hashed):
+        checksums: Mapping[str, str | None] = SpooledDict(pairs)
+    joined.close()
+    if len(checksums) < spool.SPILL_AT:  # few files after all (a spooled `digests`)
+        checksums = dict(checksums.items())
+    outputs: dict[str, Any] = {"checksums": checksums, "file": to}
+    if to is None:
+        return Plan(outputs=outputs)
+    if not checksums:
+        raise StepError("no files to list (sha256sum -c rejects an empty list)", path=to)
+    prefix = base.rstrip("/") + "/"
+    entries: SortedSpool[tuple[str, str | None]] = SortedSpool(
+        (p[len(prefix) :] if p.startswith(prefix) else os.path.relpath(p, base), h)
+        for p, h in checksums.items()
+    )
+    placeholder = "0" * (hashlib.new(algorithm).digest_size * 2)
+    complete = all(h is not None for _, h in entries)
+    size = sum(len(line) for line in _lines(entries, placeholder))
+    pieces = (lambda: _lines(entries, placeholder)) if complete else None
+    effects, mode = plan_write_stream(ctx, to, pieces, size)
+    if not effects:
+        entries.close()
+        return Plan(outputs=outputs)
+    return Plan(effects=effects, outputs=outputs, data=StreamedWrite(to, mode, pieces, [entries]))
+
+
+FS_ENCODING = sys.getfilesystemencoding()  # os.fsencode without its per-call overhead
+#: Stands for a digest still to be computed in ``_plan_spooled``.
+_UNKNOWN = "?"
+
+
+def _unique(files: Iterable[tuple[str, int]]) -> Iterator[tuple[str, int]]:
+    """Sorted (path, size) once each."""
+    last = None
+    for path, size in files:
+        if path != last:
+            yield path, size
+            last = path
+
+
+def _join(
+    files: Iterable[tuple[str, int]], known: Iterable[tuple[str, str | None]]
+) -> Iterator[tuple[str, int, Any]]:
+    """(path, size, known digest or ``_UNKNOWN``) of each file; both inputs
+    sorted by path."""
+    known_it = iter(known)
+    k = next(known_it, None)
+    for path, size in files:
+        while k is not None and k[0] < path:
+            k = next(known_it, None)
+        if k is not None and k[0] == path:
+            yield path, size, k[1]
+        else:
+            yield path, size, _UNKNOWN
+
+
+def _filled(
+    joined: Iterable[tuple[str, int, Any]],
+    hashed: Iterator[tuple[str, tuple[str, int] | None]],
+) -> Iterator[tuple[str, str | None]]:
+    """(path, digest) of each file: the known digest, or the next hashed one
+    (``hashed`` comes in the same order)."""
+    for path, _, digest in joined:
+        if digest is _UNKNOWN:
+            done, result = next(hashed)
+            assert done == path
+            yield path, result[0] if result else None
+        else:
+            yield path, digest
+
+
+def _lines(entries: Iterable[tuple[str, str | None]], placeholder: str) -> Iterator[bytes]:
+    for name, h in entries:
+        yield sums_line(name, h or placeholder)
+
+
 def apply(plan: Plan, ctx: StepContext) -> Result:
     return apply_write(plan)
 
 
 def collect_files(
-    ctx: StepContext, paths: list[str], to: str | None, exclude: re.Pattern[str] | None
-) -> dict[str, int]:
-    """Every file named or below a named directory -> its size, in order, once each.
+    ctx: StepContext,
+    paths: Iterable[str],
+    to: str | None,
+    exclude: re.Pattern[str] | None,
+    out: Spool[tuple[str, int]],
+) -> None:
+    """Every file named or below a named directory, with its size, appended
+    to ``out`` in order (a file may come twice: the caller keeps the first).
 
     ``to`` (the list being written) is skipped inside directories and refused
     when named directly; ``exclude`` applies inside directories.
     """
-    files: dict[str, int] = {}
     for given in paths:
         path = ctx.path(given)
         info = ctx.fs.stat(path)
@@ -169,22 +309,51 @@ def collect_files(
         if info.is_file:
             if path == to:
                 raise StepError("cannot list the checksum list itself", path=path)
-            files[path] = info.size
+            out.append((path, info.size))
         elif info.is_dir:
-            for rel, entry in ctx.fs.walk(path):
-                full = os.path.join(path, rel)
-                if not entry.is_file or full == to or is_temp_name(os.path.basename(rel)):
+            if ctx.fs.virtual:
+                found: Iterable[tuple[str, str, int]] = (
+                    (os.path.join(path, rel), rel, entry.size)
+                    for rel, entry in ctx.fs.walk(path)
+                    if entry.is_file
+                )
+            else:
+                found = _disk_files(path.rstrip("/") or "/", "")
+            for full, rel, size in found:
+                if full == to or is_temp_name(rel.rpartition("/")[2]):
                     continue
-                if not excluded(rel, exclude):
-                    files[full] = entry.size
+                if exclude is None or not excluded(rel, exclude):
+                    out.append((full, size))
         else:
             raise StepError("not a regular file or directory", path=path)
-    return files
+
+
+def _disk_files(root: str, rel: str) -> Iterator[tuple[str, str, int]]:
+    """(path, path relative to the walk's top, size) of every regular file
+    below ``root``, in the order ``WorldView.walk`` gives, read straight from
+    the disk: without a FileInfo per entry (a million of them)."""
+    top = root + "/" + rel if rel else root
+    try:
+        with os.scandir(top) as it:
+            entries = sorted(it, key=lambda e: e.name)
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    prefix = rel + "/" if rel else ""
+    dirs = []
+    for e in entries:
+        if e.is_file(follow_symlinks=False):
+            yield e.path, prefix + e.name, e.stat(follow_symlinks=False).st_size
+        elif e.is_dir(follow_symlinks=False):
+            dirs.append(prefix + e.name)
+    for d in dirs:
+        yield from _disk_files(root, d)
 
 
 def sums_line(name: str, hexdigest: str) -> bytes:
     """One line of a coreutils checksum list; like coreutils, a name with a
     backslash, newline or carriage return is escaped and the line starts with ``\\``."""
+    if "\\" not in name and "\n" not in name and "\r" not in name:  # the usual name, fast
+        return f"{hexdigest}  {name}\n".encode(FS_ENCODING, "surrogateescape")
     raw = os.fsencode(name)
     if b"\\" in raw or b"\n" in raw or b"\r" in raw:
         raw = raw.replace(b"\\", b"\\\\").replace(b"\n", b"\\n").replace(b"\r", b"\\r")
@@ -217,6 +386,60 @@ def plan_write(
     return [create_file(path, bytes=size, content=content, mode=mode)], write_mode
 
 
+def plan_write_stream(
+    ctx: StepContext,
+    path: str,
+    content: Callable[[], Iterable[bytes]] | None,
+    size: int,
+    mode: int | None = None,
+) -> tuple[list[Effect], int]:
+    """``plan_write`` for content too big to hold (a million files' checksum
+    list): ``content()`` makes it again, in pieces, each time it is called;
+    None when it is only known after the real run. The file already there is
+    compared piece by piece; in a dry run the content goes to a temporary file
+    that later steps of the run read as the planned file."""
+    parent = os.path.dirname(path)
+    if not ctx.fs.is_dir(parent):
+        raise StepError("directory does not exist (create it in an earlier step)", path=parent)
+    existing = ctx.fs.lstat(path)
+    if existing is not None:
+        if not existing.is_file:
+            raise StepError("exists and is not a regular file; refusing to replace it", path=path)
+        same_size = content is not None and existing.size == size
+        if same_size and mode in (None, existing.mode) and _holds(ctx, path, content()):  # type: ignore[misc]
+            return [], existing.mode
+    write_mode = mode if mode is not None else existing.mode if existing else 0o644
+    planned = _planned_file(content(), size) if content is not None and ctx.dry_run else None
+    return [create_file(path, bytes=size, mode=mode, source_info=planned)], write_mode
+
+
+#: Planned contents of a dry run's big generated files: anonymous temporary
+#: files, open (and so readable through /proc/self/fd) until the process ends.
+_PLANNED: list[IO[bytes]] = []
+
+
+def _planned_file(pieces: Iterable[bytes], size: int) -> FileInfo:
+    f = tempfile.TemporaryFile(prefix="wsrun-planned-")  # noqa: SIM115  (kept open on purpose)
+    for piece in pieces:
+        f.write(piece)
+    f.flush()
+    _PLANNED.append(f)
+    return FileInfo("file", size, content_from=f"/proc/self/fd/{f.fileno()}")
+
+
+def _holds(ctx: StepContext, path: str, pieces: Iterable[bytes]) -> bool:
+    """Whether the file at ``path`` has exactly the content ``pieces`` make."""
+    try:
+        f = ctx.fs.open(path)
+    except ContentUnknown:
+        return False
+    with f:
+        for piece in pieces:
+            if f.read(len(piece)) != piece:
+                return False
+        return f.read(1) == b""
+
+
 def _read(ctx: StepContext, path: str) -> bytes | None:
     try:
         with ctx.fs.open(path) as f:
@@ -226,7 +449,19 @@ def _read(ctx: StepContext, path: str) -> bytes | None:
 
 
 def apply_write(plan: Plan) -> Result:
-    """Write the planned content (``plan.data`` is ``(path, content, mode)``)."""
+    """Write the planned content (``plan.data`` is ``(path, content, mode)``,
+    or a ``StreamedWrite``)."""
+    data = plan.data
+    if isinstance(data, StreamedWrite):
+        if plan.effects:
+            if data.pieces is None:
+                raise StepError("content unknown: a dry-run plan cannot be applied", path=data.to)
+            with atomic_write(data.to, data.mode) as f:
+                for piece in data.pieces():
+                    f.write(piece)
+        for s in data.spools:
+            s.close()
+        return Result(effects=plan.effects, outputs=plan.outputs)
     if plan.effects:
         path, content, mode = plan.data
         if content is None:

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import os
+from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
 from wsrun.core.fileio import is_temp_name
-from wsrun.core.hashing import ALGORITHMS, hash_files
+from wsrun.core.hashing import ALGORITHMS, hash_each
+from wsrun.core.spool import SortedSpool, Spool
 from wsrun.core.step import Plan, Result, StepContext, StepError
-from wsrun.steps.checksum import apply_write, plan_write
+from wsrun.steps.checksum import StreamedWrite, apply_write, plan_write, plan_write_stream
 from wsrun.steps.find import as_list, compile_globs, excluded
 
 NAME = "manifest"
@@ -101,7 +105,9 @@ def plan(params: dict[str, Any], ctx: StepContext) -> Plan:
         raise StepError("not a directory", path=root)
     exclude = compile_globs(as_list(params.get("exclude"), []))
 
-    entries: dict[str, tuple[str, int, int]] = {}  # rel -> (path, size, mtime_ns)
+    # (rel, path, size, mtime_ns) sorted by rel; spooled past a few thousand files
+    entries: SortedSpool[tuple[str, str, int, int]] = SortedSpool()
+    walked = 0
     for rel, entry in ctx.fs.walk(root):
         ctx.check_deadline()
         path = os.path.join(root, rel)
@@ -113,39 +119,72 @@ def plan(params: dict[str, Any], ctx: StepContext) -> Plan:
             rel.encode("utf-8")
         except UnicodeEncodeError:
             raise StepError("file name is not valid UTF-8", path=path) from None
-        entries[rel] = (path, entry.size, entry.mtime_ns)
+        entries.append((rel, path, entry.size, entry.mtime_ns))
+        walked += entry.size
 
-    digests = hash_files(
-        ctx, [p for p, _, _ in entries.values()], algorithm, sum(s for _, s, _ in entries.values())
-    )
-    content = None
-    total: int | None = None
-    if None not in digests.values():
-        files = []
-        total = 0
-        for rel in sorted(entries):
-            hexdigest, size = digests[entries[rel][0]]  # type: ignore[misc]
-            mtime = iso_utc(entries[rel][2])
-            files.append({"path": rel, "size": size, algorithm: hexdigest, "mtime": mtime})
-            total += size
-        document = {
-            "version": 1,
-            "algorithm": algorithm,
-            "root": os.path.basename(root),
-            "files": files,
-            "total_bytes": total,
-            "count": len(files),
-        }
-        content = (json.dumps(document, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
-    effects, mode = plan_write(ctx, to, content, None if content is None else len(content))
-    outputs = {"file": to, "count": len(entries), "total_bytes": total}
-    return Plan(effects=effects, outputs=outputs, data=(to, content, mode))
+    # (rel, size, digest, mtime) in path order; digest None when a dry run cannot know it
+    files: Spool[tuple[str, int, str | None, str]] = Spool()
+    total: int | None = 0
+    hashed = hash_each(ctx, (p for _, p, _, _ in entries), algorithm, walked, len(entries))
+    with contextlib.closing(hashed):
+        for (rel, _, size, mtime_ns), (_, digest) in zip(entries, hashed, strict=True):
+            if digest is None:
+                total = None
+                files.append((rel, size, None, ""))
+                continue
+            if total is not None:
+                total += digest[1]
+            files.append((rel, digest[1], digest[0], iso_utc(mtime_ns)))
+    entries.close()
+    count = len(files)
+    outputs = {"file": to, "count": count, "total_bytes": total}
+    doc = os.path.basename(root)
+    pieces = None if total is None else lambda: _document(algorithm, doc, files, total, count)
+    size = None if pieces is None else sum(map(len, pieces()))
+    if not files.spilled:  # a short manifest is planned as content, as before
+        content = None if pieces is None else b"".join(pieces())
+        effects, mode = plan_write(ctx, to, content, size)
+        files.close()
+        return Plan(effects=effects, outputs=outputs, data=(to, content, mode))
+    effects, mode = plan_write_stream(ctx, to, pieces, size)
+    return Plan(effects=effects, outputs=outputs, data=StreamedWrite(to, mode, pieces, [files]))
+
+
+def _document(
+    algorithm: str, root: str, files: Iterable[tuple[str, int, Any, str]], total: int, count: int
+) -> Iterator[bytes]:
+    """The manifest's JSON, a file at a time: byte for byte what
+    ``json.dumps(document, indent=2, ensure_ascii=False) + "\n"`` gives."""
+    dumps = json.JSONEncoder(ensure_ascii=False).encode
+    yield (
+        f'{{\n  "version": 1,\n  "algorithm": {dumps(algorithm)},\n  "root": {dumps(root)},\n'
+        '  "files": '
+    ).encode()
+    key = dumps(algorithm)
+    if not count:
+        yield b"[],\n"
+    else:
+        sep = "[\n"
+        for rel, size, digest, mtime in files:
+            yield (
+                f'{sep}    {{\n      "path": {dumps(rel)},\n      "size": {size},\n'
+                f'      {key}: "{digest}",\n      "mtime": "{mtime}"\n    }}'
+            ).encode()
+            sep = ",\n"
+        yield b"\n  ],\n"
+    yield f'  "total_bytes": {total},\n  "count": {count}\n}}\n'.encode()
 
 
 def apply(plan: Plan, ctx: StepContext) -> Result:
     return apply_write(plan)
 
 
+@functools.lru_cache(maxsize=64)
+def _iso_second(second: int) -> str:
+    return datetime.fromtimestamp(second, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 def iso_utc(mtime_ns: int) -> str:
-    """A modification time as ISO 8601 UTC to the second."""
-    return datetime.fromtimestamp(mtime_ns // 1_000_000_000, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    """A modification time as ISO 8601 UTC to the second (the files of a tree
+    mostly share a few seconds: those are formatted once)."""
+    return _iso_second(mtime_ns // 1_000_000_000)

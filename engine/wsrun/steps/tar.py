@@ -7,6 +7,8 @@ itself is wsrun.formats.tarball.
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import os
 import stat as statmod
 from collections.abc import Iterable, Iterator
@@ -17,7 +19,7 @@ from typing import Any
 from wsrun.core import fileio, follow, resumes
 from wsrun.core.effects import Effect, create_dir, create_file
 from wsrun.core.filecopy import BUFFER_SIZE, hash_file
-from wsrun.core.fs import FileInfo, WorldView
+from wsrun.core.fs import FileInfo
 from wsrun.core.step import Plan, Result, StepContext, StepError
 from wsrun.formats import tarball, tarread
 
@@ -174,7 +176,7 @@ OUTPUTS = {
 @dataclass
 class _Data:
     to: str
-    members: list[tarball.Member]
+    members: tarball.MemberSpool
     compression: str
     level: int | None
     tar_size: int  # exact size of the uncompressed archive
@@ -199,7 +201,7 @@ def plan(params: dict[str, Any], ctx: StepContext) -> Plan:
         members, newest = _members(params, to, ctx)
     algorithm = params.get("checksum", "none")
     algorithm = None if algorithm == "none" else algorithm
-    tar_size = tarball.archive_size(members)
+    tar_size = members.size()
     size = tar_size if compression == "none" else None
     outputs: dict[str, Any] = {
         "archive": to,
@@ -215,16 +217,18 @@ def plan(params: dict[str, Any], ctx: StepContext) -> Plan:
         to, ctx.fs.open, existing, members, compression, size, newest
     ):
         outputs["bytes"] = existing.size
+        if not algorithm:
+            members.close()
+            return Plan(outputs=outputs)
         data = _Data(to, members, compression, level, tar_size, [], algorithm)
-        if algorithm:
-            outputs["checksums"] = _recorded(data, ctx)
+        outputs["checksums"] = _recorded(data, ctx)
         return Plan(outputs=outputs, data=data)
 
     parents = _missing_parents(ctx, os.path.dirname(to))
     effects: list[Effect] = [create_dir(p) for p in parents]
     effects.append(create_file(to, bytes=size))
     if algorithm:
-        outputs["checksums"] = dict.fromkeys([*(m.name for m in members if m.kind == "file"), to])
+        outputs["checksums"] = dict.fromkeys([*(m[0] for m in members if m[1] == "file"), to])
     return Plan(
         effects=effects,
         outputs=outputs,
@@ -238,7 +242,7 @@ def _recorded(d: _Data, ctx: StepContext) -> dict[str, str | None]:
     records = resumes.records()
     assert d.algorithm is not None
     out: dict[str, str | None] = {
-        m.name: records.digest(m.path, d.algorithm) for m in d.members if m.kind == "file"
+        m[0]: records.digest(m[2], d.algorithm) for m in d.members if m[1] == "file"
     }
     cache = ctx.digests  # inside an atomic group: its record of the staging area
     known = None
@@ -259,7 +263,7 @@ def _hash_missing(d: _Data, outputs: dict[str, Any]) -> dict[str, Any]:
     records = resumes.records()
     assert d.algorithm is not None
     buf = bytearray(BUFFER_SIZE)
-    paths = {m.name: m.path for m in d.members if m.kind == "file"}
+    paths = {m[0]: m[2] for m in d.members if m[1] == "file"}
     paths[d.to] = d.to
     for name, digest in checksums.items():
         if digest is None:
@@ -279,8 +283,7 @@ def apply(plan: Plan, ctx: StepContext) -> Result:
         return Result(outputs=plan.outputs)
     for p in d.parents:
         os.makedirs(p, exist_ok=True)
-    files = [m for m in d.members if m.kind == "file"]
-    task = ctx.progress.task("tar", total_bytes=sum(m.size for m in files), total_files=len(files))
+    task = ctx.progress.task("tar", total_bytes=d.members.file_bytes, total_files=d.members.files)
 
     def progress(n: int, count: int) -> None:
         task.advance(bytes=n, files=count)
@@ -290,7 +293,10 @@ def apply(plan: Plan, ctx: StepContext) -> Result:
     # written (hashlib and the kernel's copy release the GIL), mostly from the
     # page cache; the archive is hashed once it is whole.
     background = ThreadPoolExecutor(max_workers=1) if d.algorithm else None
-    hashing = background.submit(_hash_files, d, ctx, files) if background else None
+    hashing = None
+    if background is not None:
+        files = [m for m in d.members if m[1] == "file"]
+        hashing = background.submit(_hash_files, d, ctx, files)
     try:
         with fileio.atomic_write(d.to, mode=0o644) as f:
             try:
@@ -329,9 +335,9 @@ def _hash_files(d: _Data, ctx: StepContext, files: list[tarball.Member]) -> dict
     records = resumes.records()
 
     def one(m: tarball.Member, buf: bytearray | None) -> str:
-        st = os.stat(m.path)
-        digest = hash_file(m.path, algorithm, buf)
-        records.record(m.path, algorithm, digest, before=st)
+        st = os.stat(m[2])
+        digest = hash_file(m[2], algorithm, buf)
+        records.record(m[2], algorithm, digest, before=st)
         return digest
 
     workers = max(1, (os.cpu_count() or 1) - 1)
@@ -339,7 +345,7 @@ def _hash_files(d: _Data, ctx: StepContext, files: list[tarball.Member]) -> dict
         digests = run_parallel(files, one, workers, ctx, buffered=True)
     finally:
         records.flush()
-    return {m.name: digest for m, digest in zip(files, digests, strict=True)}
+    return {m[0]: digest for m, digest in zip(files, digests, strict=True)}
 
 
 def _hash_archive(d: _Data, ctx: StepContext) -> str:
@@ -366,8 +372,12 @@ def _level(level: int | None, compression: str) -> int | None:
     return level
 
 
-def _members(params: dict[str, Any], to: str, ctx: StepContext) -> tuple[list[tarball.Member], int]:
-    """Every member in archive order, and the newest mtime (ns) among them."""
+def _members(params: dict[str, Any], to: str, ctx: StepContext) -> tuple[tarball.MemberSpool, int]:
+    """Every member in archive order, and the newest mtime (ns) among them.
+
+    Each source is walked in archive order ("/" sorts before every other
+    character: a directory's contents follow it), so the members stream into
+    a spool without being held or sorted; several sources are merged."""
     sources = params["source"]
     if isinstance(sources, str):
         sources = [sources]
@@ -375,52 +385,39 @@ def _members(params: dict[str, Any], to: str, ctx: StepContext) -> tuple[list[ta
     arcname = params.get("arcname")
     if arcname is not None and len(sources) != 1:
         raise StepError("arcname needs a single source")
-    exclude = params.get("exclude", [])
-    skip = {to, fileio.temp_path(to)}
-    found: list[tarball.Member | None] = []  # None: neither file, directory nor symlink
-    newest = 0
+    walk = _Walk(ctx, params.get("exclude", []), {to, fileio.temp_path(to)})
+    streams = []
     for source in sources:
         path = ctx.path(source)
         info = ctx.fs.lstat(path)
         if info is None:
             raise StepError("source does not exist", path=path)
-        root = _root_name(path, base, arcname)
-        if root:
-            found.append(
-                _member(
-                    root, path, info.kind, info.size, info.mode, info.mtime_ns, info.target, ctx
-                )
-            )
-            newest = max(newest, info.mtime_ns)
-        if not info.is_dir:
-            continue
-        prefix = root + "/" if root else ""
-        left_out: set[str] = set()  # excluded directories
-        walk = _view_walk(ctx.fs, path) if ctx.fs.virtual else _disk_walk(path)
-        for rel, kind, size, mode, mtime_ns, target in walk:
-            if left_out and _below_any(rel, left_out):
-                continue
-            if exclude or rel.endswith(fileio.TMP_SUFFIX):
-                base_name = rel.rpartition("/")[2]
-                if fileio.is_temp_name(base_name) or _excluded(base_name, prefix + rel, exclude):
-                    if kind == "dir":
-                        left_out.add(rel)
-                    continue
-            full = path + "/" + rel
-            if full not in skip:
-                found.append(_member(prefix + rel, full, kind, size, mode, mtime_ns, target, ctx))
-                if mtime_ns > newest:
-                    newest = mtime_ns
-    members = [m for m in found if m is not None]
-    # "/" sorts before every other character: each directory's contents follow it.
-    members.sort(key=lambda m: m.name.replace("/", "\x00"))
-    names = {m.name for m in members}
-    if len(names) != len(members):
-        raise StepError("two sources would be stored under the same name; use base")
-    return members, newest
+        streams.append(walk.source(path, _root_name(path, base, arcname), info))
+    members = tarball.MemberSpool()
+    if len(streams) == 1:
+        for segment in streams[0]:
+            members.extend(segment)
+    else:
+        merged = heapq.merge(*map(itertools.chain.from_iterable, streams), key=_order)
+        members.extend(_unique(merged))
+    return members, walk.newest
 
 
-def _mapped(params: dict[str, Any], to: str, ctx: StepContext) -> tuple[list[tarball.Member], int]:
+def _unique(members: Iterable[tarball.Member]) -> Iterator[tarball.Member]:
+    """``members`` (sorted), refused when two have the same name."""
+    last = None
+    for m in members:
+        if m[0] == last:
+            raise StepError("two sources would be stored under the same name; use base")
+        yield m
+        last = m[0]
+
+
+def _order(m: tarball.Member) -> str:
+    return m[0].replace("/", "\x00")
+
+
+def _mapped(params: dict[str, Any], to: str, ctx: StepContext) -> tuple[tarball.MemberSpool, int]:
     """``members``: every member in the order given, and the newest mtime (ns)."""
     follow_links = bool(params.get("follow_symlinks"))
     skip = {to, fileio.temp_path(to)}
@@ -464,63 +461,11 @@ def _mapped(params: dict[str, Any], to: str, ctx: StepContext) -> tuple[list[tar
     members = [m for m in found if m is not None]
     if len({m.name.rstrip("/") for m in members}) != len(members):
         raise StepError("two members would be stored under the same name")
-    return members, newest
+    return tarball.MemberSpool(members), newest
 
 
 def _fields(info: FileInfo) -> tuple[str, int, int, int, str | None]:
     return info.kind, info.size, info.mode, info.mtime_ns, info.target
-
-
-def _root_name(path: str, base: str | None, arcname: str | None) -> str:
-    if arcname is not None:
-        name = os.path.normpath(arcname).strip("/")
-        if arcname.startswith("/") or name == ".." or name.startswith("../"):
-            raise StepError("arcname must be a relative path without '..'", path=arcname)
-        return "" if name == "." else name
-    if base is None:
-        return os.path.basename(path)
-    rel = os.path.relpath(path, base)
-    if rel == ".." or rel.startswith("../"):
-        raise StepError(f"source is not below base {base}", path=path)
-    return "" if rel == "." else rel
-
-
-#: One entry below a source: relative path, kind, size, mode, mtime (ns) and symlink target.
-_Entry = tuple[str, str, int, int, int, str | None]
-_KINDS = {statmod.S_IFREG: "file", statmod.S_IFDIR: "dir", statmod.S_IFLNK: "symlink"}
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-
-
-def _view_walk(view: WorldView, root: str) -> Iterable[_Entry]:
-    for rel, i in view.walk(root):
-        yield rel, i.kind, i.size, i.mode, i.mtime_ns, i.target
-
-
-def _disk_walk(root: str) -> Iterator[_Entry]:
-    """What ``_view_walk`` gives when the view shows just the disk, read
-    straight from it: without a FileInfo per entry it takes half the time,
-    most of a big tree's planning."""
-    stack = [""]
-    while stack:
-        rel = stack.pop()
-        try:
-            fd = os.open(root + "/" + rel if rel else root, _DIR_FLAGS)
-        except (FileNotFoundError, NotADirectoryError):
-            continue
-        entries = []
-        try:
-            prefix = rel + "/" if rel else ""
-            for name in sorted(os.listdir(fd)):
-                st = os.lstat(name, dir_fd=fd)
-                kind = _KINDS.get(statmod.S_IFMT(st.st_mode), "other")
-                target = os.readlink(name, dir_fd=fd) if kind == "symlink" else None
-                entries.append(
-                    (prefix + name, kind, st.st_size, st.st_mode & 0o7777, st.st_mtime_ns, target)
-                )
-        finally:
-            os.close(fd)
-        yield from entries
-        stack.extend(e[0] for e in reversed(entries) if e[1] == "dir")
 
 
 def _member(
@@ -544,12 +489,154 @@ def _member(
     return None
 
 
-def _below_any(rel: str, dirs: set[str]) -> bool:
-    while "/" in rel:
-        rel = rel.rpartition("/")[0]
-        if rel in dirs:
-            return True
-    return False
+def _root_name(path: str, base: str | None, arcname: str | None) -> str:
+    if arcname is not None:
+        name = os.path.normpath(arcname).strip("/")
+        if arcname.startswith("/") or name == ".." or name.startswith("../"):
+            raise StepError("arcname must be a relative path without '..'", path=arcname)
+        return "" if name == "." else name
+    if base is None:
+        return os.path.basename(path)
+    rel = os.path.relpath(path, base)
+    if rel == ".." or rel.startswith("../"):
+        raise StepError(f"source is not below base {base}", path=path)
+    return "" if rel == "." else rel
+
+
+#: A directory's members in archive order, and the positions of the directories among them.
+_Listing = tuple[list[tarball.Member], list[int]]
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+class _Walk:
+    """The members of each source, in archive order, with what is left out
+    (excluded, wsrun's temporary files, the archive itself, special files)
+    left out, and the newest mtime seen."""
+
+    def __init__(self, ctx: StepContext, exclude: list[str], skip: set[str]) -> None:
+        self.ctx = ctx
+        self.exclude = exclude
+        self.skip = skip
+        self.newest = 0
+        self.listing = self._view_listing if ctx.fs.virtual else self._disk_listing
+
+    def source(self, path: str, root: str, info: Any) -> Iterator[list[tarball.Member]]:
+        """``path`` stored as ``root`` ("": its contents at the top), as
+        segments of members in archive order."""
+        if root:
+            m = self._member(
+                root, path, info.kind, info.size, info.mode, info.mtime_ns, info.target
+            )
+            if m is not None:
+                yield [m]
+        if info.is_dir:
+            yield from self._tree(path, root + "/" if root else "")
+
+    def _tree(self, top: str, prefix: str) -> Iterator[list[tarball.Member]]:
+        """Everything below ``top``, depth first, each directory's entries
+        sorted by name: archive order. Only the listings of the directories
+        being walked are held, and they go out in slices (a directory of
+        files is one), not a member at a time."""
+        stack = [(*self.listing(top, prefix), 0, 0)]
+        while stack:
+            members, dirs, at, d = stack.pop()
+            if d == len(dirs):
+                yield members[at:] if at else members
+                continue
+            i = dirs[d]
+            yield members[at : i + 1]
+            stack.append((members, dirs, i + 1, d + 1))
+            stack.append((*self.listing(members[i][2], members[i][0]), 0, 0))
+
+    def _left_out(self, name: str, stored: str) -> bool:
+        """Whether an entry named ``name``, stored as ``stored``, is left out."""
+        return fileio.is_temp_name(name) or _excluded(name, stored, self.exclude)
+
+    def _disk_listing(self, directory: str, prefix: str) -> _Listing:
+        """The members of one directory's entries, read straight from the disk
+        when the view shows just the disk: a tuple per entry, without a
+        FileInfo or a Member object (most of a big tree's planning)."""
+        try:
+            fd = os.open(directory, _DIR_FLAGS)
+        except (FileNotFoundError, NotADirectoryError):
+            return [], []
+        members: list[Any] = []
+        dirs: list[int] = []
+        add, lstat, tmp = members.append, os.lstat, fileio.TMP_SUFFIX
+        skip = {os.path.basename(p) for p in self.skip if os.path.dirname(p) == directory}
+        check = bool(self.exclude)
+        newest = self.newest
+        try:
+            for name in sorted(os.listdir(fd)):
+                if (check or name.endswith(tmp)) and self._left_out(name, prefix + name):
+                    continue
+                if skip and name in skip:
+                    continue
+                path = directory + "/" + name
+                st = lstat(name, dir_fd=fd)
+                mode, mtime_ns = st.st_mode, st.st_mtime_ns
+                if mtime_ns > newest:
+                    newest = mtime_ns
+                kind = mode & 0o170000
+                if kind == statmod.S_IFREG:  # plain tuples: a million Member() calls cost a second
+                    add((prefix + name, "file", path, st.st_size, mode & 0o7777, st[8], ""))
+                elif kind == statmod.S_IFDIR:
+                    dirs.append(len(members))
+                    add((prefix + name + "/", "dir", path, 0, mode & 0o7777, st[8], ""))
+                elif kind == statmod.S_IFLNK:
+                    target = os.readlink(name, dir_fd=fd)
+                    add((prefix + name, "symlink", path, 0, mode & 0o7777, st[8], target))
+                else:
+                    self.ctx.log(
+                        f"{path}: not a file, directory or symlink; left out of the archive"
+                    )
+        finally:
+            os.close(fd)
+            self.newest = newest
+        return members, dirs
+
+    def _view_listing(self, directory: str, prefix: str) -> _Listing:
+        """The members of one directory's entries as the step's view shows
+        them (a dry run, where earlier steps' plans are part of the view)."""
+        view = self.ctx.fs
+        members: list[Any] = []
+        dirs: list[int] = []
+        for name in view.listdir(directory):
+            if (self.exclude or name.endswith(fileio.TMP_SUFFIX)) and self._left_out(
+                name, prefix + name
+            ):
+                continue
+            path = directory + "/" + name
+            i = view.lstat(path)
+            if i is None or path in self.skip:
+                continue
+            m = self._member(prefix + name, path, i.kind, i.size, i.mode, i.mtime_ns, i.target)
+            if m is not None:
+                if i.kind == "dir":
+                    dirs.append(len(members))
+                members.append(m)
+        return members, dirs
+
+    def _member(
+        self,
+        name: str,
+        path: str,
+        kind: str,
+        size: int,
+        mode: int,
+        mtime_ns: int,
+        target: str | None,
+    ) -> tarball.Member | None:
+        self.newest = max(self.newest, mtime_ns)
+        mtime = mtime_ns // 1_000_000_000
+        if kind == "file":
+            return tarball.Member(name, kind, path, size, mode, mtime)
+        if kind == "dir":
+            return tarball.Member(name + "/", kind, path, 0, mode, mtime)
+        if kind == "symlink":
+            return tarball.Member(name, kind, path, 0, mode, mtime, target or "")
+        self.ctx.log(f"{path}: not a file, directory or symlink; left out of the archive")
+        return None
 
 
 def _excluded(base_name: str, name: str, patterns: list[str]) -> bool:

@@ -20,7 +20,7 @@ from wsrun.core.effects import EffectSpool, create_dir, create_file, create_syml
 from wsrun.core.filecopy import (
     BUFFER_SIZE,
     MMAP_MIN,
-    copy_file,
+    copy_file_placed,
     copy_symlink,
     current_umask,
     hash_file,
@@ -154,6 +154,11 @@ class CopyJob:
     algorithm: str | None = None
     workers: int = 1
 
+
+#: Progress is reported every this many small files copied, or after any file
+#: of this size or more.
+PROGRESS_FILES = 64
+PROGRESS_BYTES = 1 << 20
 
 #: Up to this many sources, each one's place under ``to`` is locked; with more,
 #: all of ``to``.
@@ -538,26 +543,36 @@ def _copy_files(plan: Plan, ctx: StepContext, umask: int) -> dict[str, Any]:
     digests: SortedSpool[tuple[str, str]] = SortedSpool(job.known.items())
 
     records = resumes.records() if job.algorithm else None
+    recording = records if records is not None and records.enabled else None
     cache = ctx.digests if job.algorithm else None  # inside an atomic group
+    algorithm = job.algorithm
+    #: Files and bytes copied but not yet reported: progress is told every
+    #: PROGRESS_FILES files (a report per file cost more than a small copy).
+    unreported = [0, 0]
 
     def copy_one(item: tuple[str, str, int, int, int], buf: bytearray | None) -> None:
         source, dest, size, mode, mtime_ns = item
         record = None
-        if cache is not None and job.algorithm:
-            algorithm = job.algorithm
+        if cache is not None and algorithm:
 
             def record(digest: str) -> None:
                 cache.add(dest, size, mtime_ns, algorithm, digest)
 
-        digest = copy_file(
-            source, dest, mode, mtime_ns, umask, job.algorithm, buf, size, on_digest=record
+        digest, st = copy_file_placed(
+            source, dest, mode, mtime_ns, umask, algorithm, buf, size, on_digest=record
         )
-        if records and digest and job.algorithm:
-            records.record(dest, job.algorithm, digest)  # a re-run need not read it again
+        if recording is not None and digest and algorithm:
+            recording.record(dest, algorithm, digest, st=st)  # a re-run need not read it again
         with lock:
-            task.advance(bytes=size, files=1)
             if digest is not None:
                 digests.append((dest, digest))
+            unreported[0] += 1
+            unreported[1] += size
+            if unreported[0] < PROGRESS_FILES and size < PROGRESS_BYTES:
+                return
+            files, bytes_ = unreported
+            unreported[0] = unreported[1] = 0
+        task.advance(bytes=bytes_, files=files)
 
     try:
         run_parallel(
@@ -568,6 +583,8 @@ def _copy_files(plan: Plan, ctx: StepContext, umask: int) -> dict[str, Any]:
             buffered=job.algorithm is not None,
         )
     finally:
+        if unreported[0]:
+            task.advance(bytes=unreported[1], files=unreported[0])
         task.close()
         if records:
             records.flush()

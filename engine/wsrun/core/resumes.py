@@ -49,6 +49,8 @@ FLUSH_FILES = 512
 #: Batches are written by a thread of their own (see the module doc); off, each
 #: is written on the thread that recorded it, before ``record`` returns.
 WRITER_THREAD = True
+#: Batches handed over and not yet written before a recorder waits.
+WRITER_BEHIND = 16
 #: Hash records not written again for this long are dropped (checked once a
 #: day), so the file does not grow with every file ever hashed.
 KEEP_SECONDS = 30 * 86400
@@ -86,8 +88,9 @@ class Records:
         self._pending: list[tuple[object, ...]] = []
         self._pending_bytes = 0
         self._last_flush = time.monotonic()
-        #: Batches of records handed to the writer thread (started on first use).
-        self._batches: queue.Queue[list[tuple[object, ...]]] = queue.Queue()
+        #: Batches of records handed to the writer thread (started on first use);
+        #: a recorder waits while it is this far behind, so memory stays bounded.
+        self._batches: queue.Queue[list[tuple[object, ...]]] = queue.Queue(WRITER_BEHIND)
         self._writer: threading.Thread | None = None
         self._writer_pid = -1
         self.enabled = os.environ.get("WSRUN_RESUME", "on").lower() not in ("off", "0", "no")
@@ -176,34 +179,45 @@ class Records:
         with self._lock:
             self._pending.append(row)
             self._pending_bytes += st.st_size
-            if (
+            if not (
                 self._pending_bytes >= FLUSH_BYTES
                 or len(self._pending) >= FLUSH_FILES
                 or time.monotonic() - self._last_flush >= FLUSH_SECONDS
             ):
-                self._hand_over()
+                return
+            rows = self._take()
+        self._send(rows)
 
-    def _hand_over(self) -> None:
-        """Give the pending records to the writer thread (the caller holds ``_lock``)."""
+    def _take(self) -> list[tuple[object, ...]]:
+        """The pending records, taken (the caller holds ``_lock``)."""
         rows, self._pending, self._pending_bytes = self._pending, [], 0
         self._last_flush = time.monotonic()
+        return rows
+
+    def _send(self, rows: list[tuple[object, ...]]) -> None:
+        """Give ``rows`` to the writer thread (waiting while it is WRITER_BEHIND
+        batches behind), or write them now without one."""
         if not rows:
             return
         if not WRITER_THREAD:
             self._write(rows)
             return
-        if self._writer is None or self._writer_pid != os.getpid():
-            # a forked child has no writer thread and must not write its parent's batches
-            self._batches = queue.Queue()
-            self._writer = threading.Thread(
-                target=self._write_batches, name="wsrun-resume-records", daemon=True
-            )
-            self._writer_pid = os.getpid()
-            self._writer.start()
-        self._batches.put(rows)
+        with self._lock:
+            if self._writer is None or self._writer_pid != os.getpid():
+                # a forked child has no writer thread and must not write its parent's batches
+                self._batches = queue.Queue(WRITER_BEHIND)
+                self._writer = threading.Thread(
+                    target=self._write_batches,
+                    args=(self._batches,),
+                    name="wsrun-resume-records",
+                    daemon=True,
+                )
+                self._writer_pid = os.getpid()
+                self._writer.start()
+            batches = self._batches
+        batches.put(rows)
 
-    def _write_batches(self) -> None:
-        batches = self._batches
+    def _write_batches(self, batches: queue.Queue[list[tuple[object, ...]]]) -> None:
         while True:
             rows = batches.get()
             try:
@@ -230,10 +244,13 @@ class Records:
         """Write the pending hash records, and wait until every record handed to
         the writer thread is written."""
         with self._lock:
-            self._hand_over()
+            rows = self._take()
+        self._send(rows)
+        with self._lock:
             writing = self._writer is not None and self._writer_pid == os.getpid()
+            batches = self._batches
         if writing:
-            self._batches.join()
+            batches.join()
 
     # ---- multipart uploads ---------------------------------------------------------
 

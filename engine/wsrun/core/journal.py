@@ -24,7 +24,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -781,9 +781,37 @@ def _count(effects: Sequence[Any] | None) -> int | None:
     return None if effects is None else len(effects)
 
 
-#: One encoder for every value: json.dumps with non-default separators builds a
-#: new encoder per call, a third of the cost of a million small effects.
-_ENCODE = json.JSONEncoder(default=str, separators=(",", ":")).encode
+def json_encoder(
+    default: Callable[[Any], Any], ensure_ascii: bool = True, item_separator: str = ","
+) -> Callable[[Any], str]:
+    """One JSON encoder for many values: ``json.dumps`` builds an encoder per
+    call, and even ``JSONEncoder.encode`` builds its C encoder per call, which
+    was most of the cost of serialising a million small effects. Values must
+    not refer to themselves (nothing checks for cycles)."""
+    key_separator = ":" if item_separator == "," else ": "
+    make = getattr(json.encoder, "c_make_encoder", None)
+    if make is None:  # no C accelerator: the plain encoder
+        return json.JSONEncoder(
+            default=default,
+            ensure_ascii=ensure_ascii,
+            separators=(item_separator, key_separator),
+        ).encode
+    strings = (
+        json.encoder.encode_basestring_ascii if ensure_ascii else json.encoder.encode_basestring
+    )
+    encode = make(None, default, strings, None, key_separator, item_separator, False, False, True)
+    join = "".join
+
+    def encode_one(value: Any) -> str:
+        if isinstance(value, str):
+            return strings(value)  # type: ignore[no-any-return]
+        return join(encode(value, 0))
+
+    return encode_one
+
+
+#: One encoder for every value (see json_encoder).
+_ENCODE = json_encoder(str)
 
 
 def _json(value: Any) -> str | None:

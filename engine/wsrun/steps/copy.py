@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import os
 import stat as statmod
 import threading
@@ -652,6 +653,10 @@ def _finish_dirs(created: list[tuple[str, int, int]]) -> None:
 T = TypeVar("T")
 R = TypeVar("R")
 
+#: From this many items on, a thread takes TAKE_MANY at a time.
+TAKE_MANY_FROM = 4096
+TAKE_MANY = 16
+
 
 def run_parallel(
     items: Sequence[T],
@@ -680,6 +685,9 @@ def run_parallel(
             call(i, item, buf)
         return results
     indexes = enumerate(items)  # read once, in order, under the lock (items may be spooled)
+    # Many items are taken a few at a time: one lock round per item cost as
+    # much as copying a small file. Few (big files, largest first) go one by one.
+    take = 1 if len(items) < TAKE_MANY_FROM else TAKE_MANY
     lock = threading.Lock()
     stop = threading.Event()
     errors: list[BaseException] = []
@@ -688,15 +696,19 @@ def run_parallel(
         buf = bytearray(BUFFER_SIZE) if buffered else None
         while not stop.is_set():
             with lock:
-                pair = next(indexes, None)
-            if pair is None:
+                pairs = list(itertools.islice(indexes, take))
+            if not pairs:
                 return
-            try:
-                ctx.check_deadline()
-                call(pair[0], pair[1], buf)
-            except BaseException as e:  # noqa: BLE001 - re-raised in the caller's thread
-                errors.append(e)
-                stop.set()
+            for i, item in pairs:
+                if stop.is_set():
+                    return
+                try:
+                    ctx.check_deadline()
+                    call(i, item, buf)
+                except BaseException as e:  # noqa: BLE001 - re-raised in the caller's thread
+                    errors.append(e)
+                    stop.set()
+                    return
 
     threads = [threading.Thread(target=worker, name=f"wsrun-copy-{n}") for n in range(count)]
     for t in threads:

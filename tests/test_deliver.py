@@ -516,7 +516,7 @@ def test_a_failure_leaves_nothing_behind(
     if tar:
         _fail_after(monkeypatch, tar_step, "hash_file", 5)
     else:
-        _fail_after(monkeypatch, copy, "copy_file", 5)
+        _fail_after(monkeypatch, copy, "copy_file_placed", 5)
     code, report, err = deliver(
         cli, p.root, "-l", tmp_path / "out" / "R1", *(["-t"] if tar else [])
     )
@@ -534,7 +534,7 @@ def test_a_failed_replacement_keeps_the_old_delivery(
     ppr = p.root / "products" / "PPR.xml"
     old = ppr.read_text()
     ppr.write_text("<SciPipeRequest>changed</SciPipeRequest>\n")
-    _fail_after(monkeypatch, copy, "copy_file", 3)
+    _fail_after(monkeypatch, copy, "copy_file_placed", 3)
     code, report, err = deliver(cli, p.root, "-l", out, "--force")
     assert code == 1 and "Input/output error" in err
     check_delivery(out, p.products)  # the old delivery, intact

@@ -313,3 +313,36 @@ def test_the_run_api_pages_each_steps_effects(cli, tmp_path: Path, live_server) 
     copied = next(e for e in step["effects"] if e["op"] != "create_dir")
     assert copied["checksum"] == hashlib.sha256(Path(copied["path"]).read_bytes()).hexdigest()
     assert html.status_code == 200 and performed[0]["path"] in html.text
+
+
+def test_effects_at_a_steps_end_are_those_it_ended_with_not_those_planned(
+    wsrun_home: Path,
+) -> None:
+    """A spooled plan's effects are serialised once when the step ends with the
+    very stream it planned; a step that ends with other effects (a changed
+    stream, or one that grew since) has those journaled, not the planned ones."""
+    from wsrun.core.effects import EffectSpool, create_file, effect_dict
+    from wsrun.core.spool import SPILL_AT, Mapped
+
+    def spool(n: int, tag: str) -> EffectSpool:
+        return EffectSpool(create_file(f"/d/{tag}{i}", i) for i in range(n))
+
+    journal = Journal()
+    journal.start_run("run", "r", "r.yaml", {}, {}, False, "/")
+    planned = spool(SPILL_AT + 5, "a")
+    cases = {
+        "same": lambda: planned,
+        "other": lambda: spool(SPILL_AT + 5, "b"),
+        "grown": lambda: (planned.append(create_file("/d/late", 1)), planned)[1],
+    }
+    for key, ended in cases.items():
+        journal.start_step("run", key, 1, "copy", Mapped(planned, effect_dict))
+        done = ended()
+        journal.end_step("run", key, "changed", Mapped(done, effect_dict), {})
+        journal.flush()
+        stored = journal._effects(
+            *journal._query(
+                "SELECT effects, effects_ref FROM {steps} WHERE run_id=? AND key=?", ("run", key)
+            )[0]
+        )
+        assert stored == [effect_dict(e) for e in done], key

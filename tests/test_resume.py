@@ -32,6 +32,7 @@ MiB = 1 << 20
 FLUSH_NOW = {
     "wsrun.core.resumes:FLUSH_BYTES": 0,
     "wsrun.core.resumes:FLUSH_FILES": 0,
+    "wsrun.core.resumes:WRITER_THREAD": False,
     "wsrun.core.hashing:WORKERS": 1,
 }
 
@@ -91,7 +92,7 @@ def rewrite_same_size(path: Path, keep_mtime: bool) -> bytes:
     return bytes(data)
 
 
-COPY = "wsrun.steps.copy:copy_file"
+COPY = "wsrun.steps.copy:copy_file_placed"
 #: The move step copies across filesystems through the same function, imported there.
 MOVE_COPY = "wsrun.steps.move:copy_file"
 HASH_DEST = "wsrun.steps.copy:hash_file"

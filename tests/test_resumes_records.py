@@ -79,3 +79,36 @@ def test_records_off_or_unusable_are_ignored(
     records.start_upload(resumes.UploadRecord("s3://b/k", "id", str(f), 1, 0, 5, None, 1))
     assert records.upload("s3://b/k") is None
     assert not path.exists()
+
+
+def test_batches_written_by_the_writer_thread_are_all_in_once_flush_returns(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Records handed over in batches go to SQLite on a thread of its own;
+    flush waits for every batch, so a second reader sees them all."""
+    monkeypatch.setattr(resumes, "FLUSH_FILES", 7)
+    path = str(tmp_path / "resume.db")
+    records = resumes.Records(path)
+    files = []
+    for i in range(100):
+        f = tmp_path / f"f{i}"
+        f.write_bytes(b"%d" % i)
+        records.record(str(f), "sha256", f"d{i}", st=f.stat())
+        files.append(f)
+    assert records._writer is not None and records._writer.is_alive()
+    records.flush()
+    other = resumes.Records(path)
+    assert [other.digest(str(f), "sha256") for f in files] == [f"d{i}" for i in range(100)]
+
+
+def test_a_stat_given_for_a_file_changed_since_records_nothing_usable(tmp_path: Path) -> None:
+    """``st`` is the caller's stat of the file in place: a file changed after it
+    no longer matches the record, so its digest is read again."""
+    records = resumes.Records(str(tmp_path / "resume.db"))
+    f = tmp_path / "a.bin"
+    f.write_bytes(b"x" * 10)
+    st = f.stat()
+    f.write_bytes(b"y" * 10)
+    records.record(str(f), "sha256", "old", st=st)
+    records.flush()
+    assert records.digest(str(f), "sha256") is None

@@ -71,6 +71,63 @@ def copy_file(
     a few times per 64 MiB at most; by the time the copy returns, its calls add
     up to the bytes copied. Steps give it for big files, so one 20 GB file shows
     moving bytes and an ETA, not a jump at its end."""
+    return _copy(
+        source, dest, mode, mtime_ns, umask, algorithm, buf, size, on_digest, on_bytes, False
+    )[0]
+
+
+def copy_file_placed(
+    source: str,
+    dest: str,
+    mode: int,
+    mtime_ns: int,
+    umask: int,
+    algorithm: str | None = None,
+    buf: bytearray | None = None,
+    size: int | None = None,
+    on_digest: Callable[[str], None] | None = None,
+    on_bytes: Callable[[int], None] | None = None,
+) -> tuple[str | None, os.stat_result]:
+    """``copy_file``, and the stat of the file once it is in place (an fstat of
+    the still-open file after the rename, which changes its ctime): what a
+    resume record of it needs (wsrun.core.resumes), without a look-up by path."""
+    digest, st = _copy(
+        source, dest, mode, mtime_ns, umask, algorithm, buf, size, on_digest, on_bytes, True
+    )
+    assert st is not None
+    return digest, st
+
+
+#: Files up to this size are read, hashed and written in one call each.
+SMALL_MAX = 64 << 10
+
+#: Hash constructors by name, without hashlib.new's look-up on every file.
+_HASHES: dict[str, Callable[..., Any]] = {
+    name: getattr(hashlib, name) for name in ("sha256", "md5", "sha1", "sha512")
+}
+
+
+def new_hash(algorithm: str) -> Any:
+    """A fresh hash object for ``algorithm`` (not for security)."""
+    make = _HASHES.get(algorithm)
+    if make is None:
+        return hashlib.new(algorithm, usedforsecurity=False)
+    return make(usedforsecurity=False)
+
+
+def _copy(
+    source: str,
+    dest: str,
+    mode: int,
+    mtime_ns: int,
+    umask: int,
+    algorithm: str | None,
+    buf: bytearray | None,
+    size: int | None,
+    on_digest: Callable[[str], None] | None,
+    on_bytes: Callable[[int], None] | None,
+    want_stat: bool,
+) -> tuple[str | None, os.stat_result | None]:
     tmp = temp_path(dest)
     left = (1 << 62) if size is None else size
     src_fd = os.open(source, os.O_RDONLY | os.O_CLOEXEC)
@@ -81,19 +138,20 @@ def copy_file(
     except BaseException:
         os.close(src_fd)
         raise
+    st = None
     try:
         try:
             digest = None
             if algorithm:
-                assert buf is not None
-                digest = _copy_hashed(
-                    src_fd,
-                    dst_fd,
-                    hashlib.new(algorithm, usedforsecurity=False),
-                    buf,
-                    left,
-                    on_bytes or _ignore,
-                )
+                if left <= SMALL_MAX:
+                    digest = _copy_small_hashed(src_fd, dst_fd, new_hash(algorithm), left)
+                    if on_bytes is not None:
+                        on_bytes(os.fstat(dst_fd).st_size)
+                else:
+                    assert buf is not None
+                    digest = _copy_hashed(
+                        src_fd, dst_fd, new_hash(algorithm), buf, left, on_bytes or _ignore
+                    )
             else:
                 _copy_fast(src_fd, dst_fd, left, on_bytes)
             if mode & ~0o777 or mode & umask:
@@ -102,6 +160,8 @@ def copy_file(
             if on_digest is not None and digest is not None:
                 on_digest(digest)
             os.rename(tmp, dest)  # still held: nobody takes it for a leftover
+            if want_stat:
+                st = os.fstat(dst_fd)
         finally:
             os.close(dst_fd)
     except BaseException as e:
@@ -112,7 +172,22 @@ def copy_file(
         raise
     finally:
         os.close(src_fd)
-    return digest
+    return digest, st
+
+
+def _copy_small_hashed(src_fd: int, dst_fd: int, digest: Any, left: int) -> str:
+    """Copy and hash up to ``left`` bytes (a small file): one read, one write,
+    no buffer bookkeeping, which is most of a small file's cost in Python."""
+    while left > 0:
+        chunk = os.read(src_fd, left)
+        if not chunk:
+            break
+        digest.update(chunk)
+        written = os.write(dst_fd, chunk)
+        if written != len(chunk):
+            _write_all(dst_fd, memoryview(chunk)[written:])
+        left -= len(chunk)
+    return digest.hexdigest()
 
 
 def _ignore(n: int) -> None:
@@ -258,7 +333,7 @@ def _write_all(fd: int, data: bytes | memoryview) -> None:
 def hash_file(path: str, algorithm: str, buf: bytearray | None) -> str:
     """The hex digest of a file on disk, read with ``buf``."""
     assert buf is not None
-    digest = hashlib.new(algorithm, usedforsecurity=False)
+    digest = new_hash(algorithm)
     view = memoryview(buf)
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:

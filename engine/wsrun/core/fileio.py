@@ -30,6 +30,8 @@ def hidden_name(name: str, suffix: str) -> str:
     writing it. When that is longer than NAME_MAX bytes, the name is cut and
     a hash of the whole of it added, so it stays unique and deterministic."""
     full = f".{name}{suffix}"
+    if len(full) <= NAME_MAX and full.isascii():  # the common case: no encoding needed
+        return full
     raw = os.fsencode(name)
     if len(os.fsencode(full)) <= NAME_MAX:
         return full
@@ -40,6 +42,9 @@ def hidden_name(name: str, suffix: str) -> str:
 
 def temp_path(target: str) -> str:
     """The temporary name used while ``target`` is being written."""
+    head, sep, tail = target.rpartition("/")
+    if tail and head[-1:] not in ("", "/"):  # the common case: no os.path needed
+        return f"{head}/{hidden_name(tail, TMP_SUFFIX)}"
     head, tail = os.path.split(target)
     return os.path.join(head, hidden_name(tail, TMP_SUFFIX))
 

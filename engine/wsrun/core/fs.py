@@ -48,23 +48,20 @@ class FileInfo:
         return self.kind == "symlink"
 
 
+#: FileInfo.kind by the file type bits of st_mode.
+_KINDS = {statmod.S_IFREG: "file", statmod.S_IFDIR: "dir", statmod.S_IFLNK: "symlink"}
+
+
 def info_from_stat(st: os.stat_result, path: str, target: str | None = None) -> FileInfo:
     m = st.st_mode
-    if statmod.S_ISREG(m):
-        kind = "file"
-    elif statmod.S_ISDIR(m):
-        kind = "dir"
-    elif statmod.S_ISLNK(m):
-        kind = "symlink"
-    else:
-        kind = "other"
+    kind = _KINDS.get(statmod.S_IFMT(m), "other")
     return FileInfo(
         kind,
         st.st_size,
         st.st_mtime_ns,
-        statmod.S_IMODE(m),
-        target=target,
-        content_from=path if kind == "file" else None,
+        m & 0o7777,
+        target,
+        path if kind == "file" else None,
     )
 
 
@@ -411,13 +408,14 @@ def _walk_real(root: str, rel: str) -> Iterator[tuple[str, FileInfo]]:
     except (FileNotFoundError, NotADirectoryError):
         return
     dirs = []
+    prefix = rel + "/" if rel else ""
     for e in entries:
-        child = os.path.join(rel, e.name) if rel else e.name
+        child = prefix + e.name
+        path = e.path
         st = e.stat(follow_symlinks=False)
-        target = os.readlink(e.path) if e.is_symlink() else None
-        info = info_from_stat(st, e.path, target)
+        info = info_from_stat(st, path, os.readlink(path) if e.is_symlink() else None)
         yield child, info
-        if info.is_dir:
+        if info.kind == "dir":
             dirs.append(child)
     for d in dirs:
         yield from _walk_real(root, d)

@@ -24,7 +24,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -33,7 +33,7 @@ from wsrun.core import zstd
 from wsrun.core.db import DbError
 from wsrun.core.masking import printable
 from wsrun.core.migrate import enable_wal, migrate_sqlite
-from wsrun.core.spool import is_lazy, lazy_mapping
+from wsrun.core.spool import Mapped, Spool, is_lazy, lazy_mapping
 
 #: A step's effects or outputs whose JSON is longer than this go into the blobs
 #: table, zstd-compressed (effects one JSON object a line, so a page of them is
@@ -265,7 +265,10 @@ class Journal:
         self._pending: list[tuple[str, tuple[Any, ...]]] = []
         #: The blob of each step's planned effects this process wrote, by (run, key):
         #: the performed effects are usually the same and need not be compressed again.
-        self._planned: dict[tuple[str, str], str] = {}
+        #: (run, step) -> the blob of its planned effects, and what they were read
+        #: from (see _stream_of), so the same stream at the step's end is not
+        #: serialised again.
+        self._planned: dict[tuple[str, str], tuple[str, Any]] = {}
         #: Progress (wsrun.core.progress) is written from the threads steps report from.
         self._lock = threading.RLock()
 
@@ -361,7 +364,7 @@ class Journal:
         changes the world) the record is committed at once."""
         effects, ref = self._effects_columns(planned)
         if ref is not None:
-            self._planned[(run_id, key)] = ref
+            self._planned[(run_id, key)] = (ref, _stream_of(planned))
         self._write(
             "INSERT INTO {steps} (run_id, key, seq, uses, status, started, effects,"
             " effect_count, effects_ref)"
@@ -386,7 +389,11 @@ class Journal:
     ) -> None:
         """Record a step's end. Its effects and outputs must be masked already:
         they are compressed here, where no later pass could find a secret."""
-        inline, ref = self._effects_columns(effects, self._planned.pop((run_id, key), None))
+        stored, stream = self._planned.pop((run_id, key), (None, None))
+        if stream is not None and _stream_of(effects) == stream:
+            inline, ref = None, stored  # the planned effects, done: the blob written at start
+        else:
+            inline, ref = self._effects_columns(effects, stored)
         out_inline, out_ref = self._outputs_columns(outputs)
         self._write(
             "UPDATE {steps} SET status=?, ended=?, effects=?, effect_count=?, effects_ref=?,"
@@ -767,13 +774,55 @@ def _count(effects: Sequence[Any] | None) -> int | None:
     return None if effects is None else len(effects)
 
 
-#: One encoder for every value: json.dumps with non-default separators builds a
-#: new encoder per call, a third of the cost of a million small effects.
-_ENCODE = json.JSONEncoder(default=str, separators=(",", ":")).encode
+def json_encoder(
+    default: Callable[[Any], Any], ensure_ascii: bool = True, item_separator: str = ","
+) -> Callable[[Any], str]:
+    """One JSON encoder for many values: ``json.dumps`` builds an encoder per
+    call, and even ``JSONEncoder.encode`` builds its C encoder per call, which
+    was most of the cost of serialising a million small effects. Values must
+    not refer to themselves (nothing checks for cycles)."""
+    key_separator = ":" if item_separator == "," else ": "
+    make = getattr(json.encoder, "c_make_encoder", None)
+    if make is None:  # no C accelerator: the plain encoder
+        return json.JSONEncoder(
+            default=default,
+            ensure_ascii=ensure_ascii,
+            separators=(item_separator, key_separator),
+        ).encode
+    strings = (
+        json.encoder.encode_basestring_ascii if ensure_ascii else json.encoder.encode_basestring
+    )
+    encode = make(None, default, strings, None, key_separator, item_separator, False, False, True)
+    join = "".join
+
+    def encode_one(value: Any) -> str:
+        if isinstance(value, str):
+            return strings(value)  # type: ignore[no-any-return]
+        return join(encode(value, 0))
+
+    return encode_one
+
+
+#: One encoder for every value (see json_encoder).
+_ENCODE = json_encoder(str)
 
 
 def _json(value: Any) -> str | None:
     return None if value is None else _ENCODE(value)
+
+
+def _stream_of(effects: Any) -> tuple[Any, ...] | None:
+    """What a spooled sequence of effects is read from: the spool, its length
+    (it only grows) and the functions it is shown through, by name. Two
+    sequences with the same are the same effects (a copy's apply returns its
+    plan's), so a million of them are serialised and hashed once, not twice."""
+    layers = []
+    while isinstance(effects, Mapped):
+        layers.append(getattr(effects.fn, "__qualname__", None) or repr(effects.fn))
+        effects = effects.base
+    if not isinstance(effects, Spool):
+        return None
+    return (id(effects), len(effects), tuple(layers), effects)
 
 
 def _json_parts(value: Iterable[Any]) -> Iterator[str]:

@@ -3,13 +3,13 @@ and progress bars when a person is watching a terminal."""
 
 from __future__ import annotations
 
-import json
 import sys
 import threading
 import time
 from collections.abc import Iterator
 from typing import Any, TextIO
 
+from wsrun.core.journal import json_encoder
 from wsrun.core.progress import SinkProgress, TaskState, format_line
 from wsrun.core.reports import Events, RunReport, StepReport
 from wsrun.core.spool import is_lazy, lazy_mapping
@@ -39,9 +39,7 @@ def report_json_lines(data: dict[str, Any]) -> Iterator[str]:
     the C JSON encoder does the work (json's indent= falls back to pure Python,
     seconds for 100,000 effects)."""
 
-    dump = json.JSONEncoder(
-        default=_plain, ensure_ascii=False
-    ).encode  # one encoder: dumps() makes one per call
+    dump = json_encoder(_plain, ensure_ascii=False, item_separator=", ")  # one for all
 
     yield "{"
     items = list(data.items())

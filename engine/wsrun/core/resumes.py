@@ -17,7 +17,10 @@ cannot:
 
 Both live in one SQLite file, ``$WSRUN_HOME/resume.db`` (WAL, no fsync per
 commit: losing the last records in a power cut only means reading or sending
-again); hash records not renewed for 30 days are dropped. ``$WSRUN_RESUME=off``
+again); hash records not renewed for 30 days are dropped. Hash records are
+written in batches by a thread of their own, so a step copying a million
+files never waits on SQLite (a WAL checkpoint's fsync stalls for seconds
+behind gigabytes of dirty pages); ``flush`` waits until all are written. ``$WSRUN_RESUME=off``
 turns the records off. Records are a cache:
 an unreadable or unwritable file is ignored, never a failure of the step.
 """
@@ -27,6 +30,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import os
+import queue
 import sqlite3
 import threading
 import time
@@ -42,6 +46,11 @@ from wsrun.core.migrate import enable_wal, migrate_sqlite
 FLUSH_SECONDS = 1.0
 FLUSH_BYTES = 64 << 20
 FLUSH_FILES = 512
+#: Batches are written by a thread of their own (see the module doc); off, each
+#: is written on the thread that recorded it, before ``record`` returns.
+WRITER_THREAD = True
+#: Batches handed over and not yet written before a recorder waits.
+WRITER_BEHIND = 16
 #: Hash records not written again for this long are dropped (checked once a
 #: day), so the file does not grow with every file ever hashed.
 KEEP_SECONDS = 30 * 86400
@@ -71,12 +80,19 @@ class Records:
 
     def __init__(self, path: str | None = None) -> None:
         self.path = path or os.path.join(default_home(), "resume.db")
+        #: Guards the pending records; ``_db_lock`` guards the connection.
         self._lock = threading.Lock()
+        self._db_lock = threading.Lock()
         self._db: sqlite3.Connection | None = None
         self._pid = -1
         self._pending: list[tuple[object, ...]] = []
         self._pending_bytes = 0
         self._last_flush = time.monotonic()
+        #: Batches of records handed to the writer thread (started on first use);
+        #: a recorder waits while it is this far behind, so memory stays bounded.
+        self._batches: queue.Queue[list[tuple[object, ...]]] = queue.Queue(WRITER_BEHIND)
+        self._writer: threading.Thread | None = None
+        self._writer_pid = -1
         self.enabled = os.environ.get("WSRUN_RESUME", "on").lower() not in ("off", "0", "no")
 
     def _conn(self) -> sqlite3.Connection | None:
@@ -84,7 +100,9 @@ class Records:
             return None
         if self._db is not None and self._pid == os.getpid():
             return self._db
-        self._pending.clear()  # a forked child must not write its parent's records
+        if self._pid not in (-1, os.getpid()):
+            with self._lock:  # a forked child must not write its parent's records
+                self._pending.clear()
         try:
             os.makedirs(os.path.dirname(self.path), exist_ok=True)
             db = sqlite3.connect(self.path, timeout=10, check_same_thread=False)
@@ -104,7 +122,7 @@ class Records:
         return db
 
     def _run(self, sql: str, args: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
-        with self._lock:
+        with self._db_lock:
             db = self._conn()
             if db is None:
                 return []
@@ -135,36 +153,83 @@ class Records:
         return None
 
     def record(
-        self, path: str, algorithm: str, digest: str, before: os.stat_result | None = None
+        self,
+        path: str,
+        algorithm: str,
+        digest: str,
+        before: os.stat_result | None = None,
+        st: os.stat_result | None = None,
     ) -> None:
         """Record ``digest`` as ``path``'s, if the file did not change while it was
-        hashed (``before``: its stat when hashing started; None: just written)."""
+        hashed (``before``: its stat when hashing started; None: just written).
+        ``st`` is the file's stat taken by the caller once it was in place (an
+        fstat of the file just written and renamed), which saves a look-up."""
         if not self.enabled:
             return
-        try:
-            st = os.stat(path)
-        except OSError:
-            return
+        if st is None:
+            try:
+                st = os.stat(path)
+            except OSError:
+                return
         if before is not None and identity(before) != identity(st):
             return
         name = os.fsencode(path).decode("utf-8", "surrogateescape")
+        row = (name, algorithm, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+        row += (st.st_ctime_ns, digest, time.time())
         with self._lock:
-            self._pending.append((name, algorithm, *identity(st), digest, time.time()))
+            self._pending.append(row)
             self._pending_bytes += st.st_size
-            due = (
+            if not (
                 self._pending_bytes >= FLUSH_BYTES
                 or len(self._pending) >= FLUSH_FILES
                 or time.monotonic() - self._last_flush >= FLUSH_SECONDS
-            )
-        if due:
-            self.flush()
+            ):
+                return
+            rows = self._take()
+        self._send(rows)
 
-    def flush(self) -> None:
-        """Write the pending hash records."""
+    def _take(self) -> list[tuple[object, ...]]:
+        """The pending records, taken (the caller holds ``_lock``)."""
+        rows, self._pending, self._pending_bytes = self._pending, [], 0
+        self._last_flush = time.monotonic()
+        return rows
+
+    def _send(self, rows: list[tuple[object, ...]]) -> None:
+        """Give ``rows`` to the writer thread (waiting while it is WRITER_BEHIND
+        batches behind), or write them now without one."""
+        if not rows:
+            return
+        if not WRITER_THREAD:
+            self._write(rows)
+            return
         with self._lock:
-            rows, self._pending, self._pending_bytes = self._pending, [], 0
-            self._last_flush = time.monotonic()
-            db = self._conn() if rows else None
+            if self._writer is None or self._writer_pid != os.getpid():
+                # a forked child has no writer thread and must not write its parent's batches
+                self._batches = queue.Queue(WRITER_BEHIND)
+                self._writer = threading.Thread(
+                    target=self._write_batches,
+                    args=(self._batches,),
+                    name="wsrun-resume-records",
+                    daemon=True,
+                )
+                self._writer_pid = os.getpid()
+                self._writer.start()
+            batches = self._batches
+        batches.put(rows)
+
+    def _write_batches(self, batches: queue.Queue[list[tuple[object, ...]]]) -> None:
+        while True:
+            rows = batches.get()
+            try:
+                self._write(rows)
+            except Exception:  # noqa: BLE001 - a cache: never a failure, nor a hung flush
+                self.enabled = False
+            finally:
+                batches.task_done()
+
+    def _write(self, rows: list[tuple[object, ...]]) -> None:
+        with self._db_lock:
+            db = self._conn()
             if db is None:
                 return
             with contextlib.suppress(sqlite3.Error), db:
@@ -174,6 +239,18 @@ class Records:
                     " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     rows,
                 )
+
+    def flush(self) -> None:
+        """Write the pending hash records, and wait until every record handed to
+        the writer thread is written."""
+        with self._lock:
+            rows = self._take()
+        self._send(rows)
+        with self._lock:
+            writing = self._writer is not None and self._writer_pid == os.getpid()
+            batches = self._batches
+        if writing:
+            batches.join()
 
     # ---- multipart uploads ---------------------------------------------------------
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import os
 import shutil
 import stat as statmod
@@ -21,7 +22,7 @@ from wsrun.core.effects import EffectSpool, create_dir, create_file, create_syml
 from wsrun.core.filecopy import (
     BUFFER_SIZE,
     MMAP_MIN,
-    copy_file,
+    copy_file_placed,
     copy_symlink,
     current_umask,
     hash_file,
@@ -202,6 +203,11 @@ class CopyJob:
     algorithm: str | None = None
     workers: int = 1
 
+
+#: Progress is reported every this many small files copied, or after any file
+#: of this size or more.
+PROGRESS_FILES = 64
+PROGRESS_BYTES = 1 << 20
 
 #: Up to this many sources, each one's place under ``to`` is locked; with more,
 #: all of ``to``.
@@ -690,7 +696,12 @@ def _copy_files(plan: Plan, ctx: StepContext, umask: int) -> dict[str, Any]:
     digests: SortedSpool[tuple[str, str]] = SortedSpool(job.known.items())
 
     records = resumes.records() if job.algorithm else None
+    recording = records if records is not None and records.enabled else None
     cache = ctx.digests if job.algorithm else None  # inside an atomic group
+    algorithm = job.algorithm
+    #: Files and bytes copied but not yet reported: progress is told every
+    #: PROGRESS_FILES files (a report per file cost more than a small copy).
+    unreported = [0, 0]
 
     def copied(n: int) -> None:
         task.advance(bytes=n)
@@ -698,24 +709,29 @@ def _copy_files(plan: Plan, ctx: StepContext, umask: int) -> dict[str, Any]:
     def copy_one(item: tuple[str, str, int, int, int], buf: bytearray | None) -> None:
         source, dest, size, mode, mtime_ns = item
         record = None
-        if cache is not None and job.algorithm:
-            algorithm = job.algorithm
+        if cache is not None and algorithm:
 
             def record(digest: str) -> None:
                 cache.add(dest, size, mtime_ns, algorithm, digest)
 
         follow = copied if size >= MMAP_MIN else None  # a 20 GB file shows moving bytes
-        digest = copy_file(
-            source, dest, mode, mtime_ns, umask, job.algorithm, buf, size, record, follow
+        digest, st = copy_file_placed(
+            source, dest, mode, mtime_ns, umask, algorithm, buf, size, record, follow
         )
-        if records and digest and job.algorithm and not (cache and cache.covers(dest)):
+        if recording is not None and digest and algorithm and not (cache and cache.covers(dest)):
             # a re-run need not read it again (a staged file's digest is in the
             # group's record, and recorded here under its final path once committed)
-            records.record(dest, job.algorithm, digest)
+            recording.record(dest, algorithm, digest, st=st)
         with lock:
-            task.advance(bytes=0 if follow else size, files=1)
             if digest is not None:
                 digests.append((dest, digest))
+            unreported[0] += 1
+            unreported[1] += 0 if follow else size
+            if unreported[0] < PROGRESS_FILES and size < PROGRESS_BYTES:
+                return
+            files, bytes_ = unreported
+            unreported[0] = unreported[1] = 0
+        task.advance(bytes=bytes_, files=files)
 
     try:
         run_parallel(
@@ -726,6 +742,8 @@ def _copy_files(plan: Plan, ctx: StepContext, umask: int) -> dict[str, Any]:
             buffered=job.algorithm is not None,
         )
     finally:
+        if unreported[0]:
+            task.advance(bytes=unreported[1], files=unreported[0])
         task.close()
         if records:
             records.flush()
@@ -793,6 +811,10 @@ def _finish_dirs(created: list[tuple[str, int, int]]) -> None:
 T = TypeVar("T")
 R = TypeVar("R")
 
+#: From this many items on, a thread takes TAKE_MANY at a time.
+TAKE_MANY_FROM = 4096
+TAKE_MANY = 16
+
 
 def run_parallel(
     items: Sequence[T],
@@ -821,6 +843,9 @@ def run_parallel(
             call(i, item, buf)
         return results
     indexes = enumerate(items)  # read once, in order, under the lock (items may be spooled)
+    # Many items are taken a few at a time: one lock round per item cost as
+    # much as copying a small file. Few (big files, largest first) go one by one.
+    take = 1 if len(items) < TAKE_MANY_FROM else TAKE_MANY
     lock = threading.Lock()
     stop = threading.Event()
     errors: list[BaseException] = []
@@ -829,15 +854,19 @@ def run_parallel(
         buf = bytearray(BUFFER_SIZE) if buffered else None
         while not stop.is_set():
             with lock:
-                pair = next(indexes, None)
-            if pair is None:
+                pairs = list(itertools.islice(indexes, take))
+            if not pairs:
                 return
-            try:
-                ctx.check_deadline()
-                call(pair[0], pair[1], buf)
-            except BaseException as e:  # noqa: BLE001 - re-raised in the caller's thread
-                errors.append(e)
-                stop.set()
+            for i, item in pairs:
+                if stop.is_set():
+                    return
+                try:
+                    ctx.check_deadline()
+                    call(i, item, buf)
+                except BaseException as e:  # noqa: BLE001 - re-raised in the caller's thread
+                    errors.append(e)
+                    stop.set()
+                    return
 
     threads = [threading.Thread(target=worker, name=f"wsrun-copy-{n}") for n in range(count)]
     for t in threads:

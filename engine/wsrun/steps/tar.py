@@ -628,15 +628,7 @@ class _Walk:
         target: str | None,
     ) -> tarball.Member | None:
         self.newest = max(self.newest, mtime_ns)
-        mtime = mtime_ns // 1_000_000_000
-        if kind == "file":
-            return tarball.Member(name, kind, path, size, mode, mtime)
-        if kind == "dir":
-            return tarball.Member(name + "/", kind, path, 0, mode, mtime)
-        if kind == "symlink":
-            return tarball.Member(name, kind, path, 0, mode, mtime, target or "")
-        self.ctx.log(f"{path}: not a file, directory or symlink; left out of the archive")
-        return None
+        return _member(name, path, kind, size, mode, mtime_ns, target, self.ctx)
 
 
 def _excluded(base_name: str, name: str, patterns: list[str]) -> bool:

@@ -742,3 +742,25 @@ def test_members_refuse_bad_names_and_dangling_links(work):
         plan_step("tar", {**base, "members": {"x": "gone"}}, work)
     with pytest.raises(StepError, match="same name"):
         plan_step("tar", {**base, "members": {"a": "src/a.txt", "a/": "src"}}, work)
+
+
+@pytest.mark.parametrize("compression", ["none", "gz"])
+def test_the_archive_digest_made_while_writing_is_the_files(work, monkeypatch, compression):
+    """With checksum the archive is hashed as it grows (wsrun.steps.tar._TrailingHash):
+    its digest must be that of every byte of the finished file, also past many
+    read buffers and when a compressor writes it."""
+    monkeypatch.setenv("WSRUN_HOME", os.path.join(work, "home"))
+    big = os.path.join(work, "src", "sub", "big.bin")
+    with open(big, "wb") as f:
+        f.write(os.urandom(5 << 20) + bytes(7 << 20))
+    to = os.path.join(work, "out", "a.tar" + (".gz" if compression == "gz" else ""))
+    params = {"source": "src", "to": to, "checksum": "sha256"}
+    _, result = run_step("tar", params, work)
+    assert result.outputs["checksums"][to] == _sha(to)
+    with tarfile.open(to) as t:
+        digests = {
+            m.name: hashlib.sha256(t.extractfile(m).read()).hexdigest()
+            for m in t.getmembers()
+            if m.isfile()
+        }
+    assert {k: v for k, v in result.outputs["checksums"].items() if k != to} == digests

@@ -556,6 +556,7 @@ def write_tar(
     level: int | None = None,
     progress: Callable[[int, int], None] | None = None,
     size: int | None = None,
+    parallel: bool = True,
 ) -> None:
     """Write the archive of ``members`` (in the given order; a list or a
     ``MemberSpool``) to ``fd``, from
@@ -564,11 +565,19 @@ def write_tar(
     ``size`` is ``archive_size(members)`` if the caller has it already.
     ``progress(bytes, files)`` is called every few MiB. Raises SourceChanged
     when a file's size or type differs from what was planned, and the
-    OSError of a file it cannot read, also when a forked process met them."""
+    OSError of a file it cannot read, also when a forked process met them.
+    Without ``parallel`` the archive is written front to back by this process
+    alone, so what is in the file at any moment is final (a reader may hash it
+    as it grows)."""
     if size is None:
         size = archive_size(members)
     if compression == "none":
-        _write_placed(fd, members, progress, size)
+        if parallel:
+            _write_placed(fd, members, progress, size)
+        else:
+            start = os.lseek(fd, 0, os.SEEK_CUR)
+            _write_share(fd, members, start, 0, True, progress)
+            os.lseek(fd, start + size, os.SEEK_SET)
         return
     sink = _sink(fd, compression, level, size)
     w = _Writer(sink)

@@ -11,6 +11,7 @@ import heapq
 import itertools
 import os
 import stat as statmod
+import threading
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ from typing import Any
 
 from wsrun.core import fileio, follow, resumes
 from wsrun.core.effects import Effect, create_dir, create_file
-from wsrun.core.filecopy import BUFFER_SIZE, hash_file
+from wsrun.core.filecopy import BUFFER_SIZE, hash_file, new_hash
 from wsrun.core.fs import FileInfo
 from wsrun.core.step import Plan, Result, StepContext, StepError
 from wsrun.formats import tarball, tarread
@@ -294,15 +295,27 @@ def apply(plan: Plan, ctx: StepContext) -> Result:
     # page cache; the archive is hashed once it is whole.
     background = ThreadPoolExecutor(max_workers=1) if d.algorithm else None
     hashing = None
+    trailing: _TrailingHash | None = None
     if background is not None:
         files = [m for m in d.members if m[1] == "file"]
         hashing = background.submit(_hash_files, d, ctx, files)
     try:
         with fileio.atomic_write(d.to, mode=0o644) as f:
+            if d.algorithm:
+                # the archive is hashed as it grows, so it need not be read again
+                # after: written front to back by one process for that
+                trailing = _TrailingHash(f.fileno(), d.algorithm)
             try:
                 tarball.write_tar(
-                    f.fileno(), d.members, d.compression, d.level, progress, d.tar_size
+                    f.fileno(),
+                    d.members,
+                    d.compression,
+                    d.level,
+                    progress,
+                    d.tar_size,
+                    parallel=trailing is None,
                 )
+                f.flush()
             except tarball.SourceChanged as e:
                 raise StepError(
                     "changed while the step ran (planned size or type differs); run it again",
@@ -314,11 +327,15 @@ def apply(plan: Plan, ctx: StepContext) -> Result:
             end = os.lseek(f.fileno(), 0, os.SEEK_CUR)
             if written != end:
                 raise StepError(f"wrote {end} bytes but the file has {written}", path=d.to)
+            if trailing is not None:
+                archive = trailing.digest(written)
         outputs = {**plan.outputs, "bytes": written}
-        if hashing is not None:
-            archive = _hash_archive(d, ctx)  # while the files' hashing may still run
+        if hashing is not None and trailing is not None:
+            _record_archive(d, ctx, archive)
             outputs["checksums"] = {**hashing.result(), d.to: archive}
     finally:
+        if trailing is not None:
+            trailing.stop()
         task.close()
         if background is not None:
             background.shutdown(wait=True, cancel_futures=True)
@@ -348,11 +365,61 @@ def _hash_files(d: _Data, ctx: StepContext, files: list[tarball.Member]) -> dict
     return {m[0]: digest for m, digest in zip(files, digests, strict=True)}
 
 
-def _hash_archive(d: _Data, ctx: StepContext) -> str:
-    """The digest of the archive just written, recorded where a later run (or
+class _TrailingHash:
+    """Hashes an archive being written front to back, following its end on a
+    thread of its own (hashlib and pread release the GIL): the digest of what
+    was written, read back from the file, without a second pass after it."""
+
+    def __init__(self, fd: int, algorithm: str) -> None:
+        self.fd = os.open(f"/proc/self/fd/{fd}", os.O_RDONLY | os.O_CLOEXEC)
+        self.hash = new_hash(algorithm)
+        self.pos = 0
+        self.done = threading.Event()
+        self.stopped = False
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, name="tar-hash", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        buf = bytearray(BUFFER_SIZE)
+        view = memoryview(buf)
+        try:
+            while not self.stopped:
+                finished = self.done.is_set()  # before the size: then the size is the end
+                end = os.fstat(self.fd).st_size
+                while self.pos < end and not self.stopped:
+                    n = os.preadv(self.fd, [view[: min(len(buf), end - self.pos)]], self.pos)
+                    if n <= 0:
+                        raise OSError(f"archive shrank at {self.pos} while being hashed")
+                    self.hash.update(view[:n])
+                    self.pos += n
+                if finished:
+                    return
+                self.done.wait(0.005)
+        except BaseException as e:  # given to digest()
+            self.error = e
+
+    def digest(self, size: int) -> str:
+        """The digest once the writer has finished a file of ``size`` bytes."""
+        self.done.set()
+        self.thread.join()
+        if self.error is not None:
+            raise self.error
+        if self.pos != size:
+            raise OSError(f"hashed {self.pos} bytes of an archive of {size}")
+        return self.hash.hexdigest()
+
+    def stop(self) -> None:
+        self.stopped = True
+        self.done.set()
+        self.thread.join()
+        os.close(self.fd)
+
+
+def _record_archive(d: _Data, ctx: StepContext, digest: str) -> None:
+    """Record the digest of the archive just written where a later run (or
     one continuing a killed group) looks for it."""
     assert d.algorithm is not None
-    digest = hash_file(d.to, d.algorithm, bytearray(BUFFER_SIZE))
     st = os.stat(d.to)
     if ctx.digests is not None and ctx.digests.covers(d.to):  # staged in an atomic group
         ctx.digests.add(d.to, st.st_size, st.st_mtime_ns, d.algorithm, digest)
@@ -360,7 +427,6 @@ def _hash_archive(d: _Data, ctx: StepContext) -> str:
         records = resumes.records()
         records.record(d.to, d.algorithm, digest)
         records.flush()
-    return digest
 
 
 def _level(level: int | None, compression: str) -> int | None:

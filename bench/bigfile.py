@@ -247,10 +247,10 @@ def big_s3_case(b: Bench, case: Case) -> Outcome:
     """s3-upload of the big file (multipart, 8 MiB parts) against boto3's
     upload_file, both to moto's server. moto holds objects in memory: the file
     sent is cut to a quarter of the available memory when needed (noted)."""
-    from run import BOTO3_UPLOAD, S3_RECIPE, CaseError, Outcome, moto_s3, scored
+    from run import BOTO3_UPLOAD, S3_RECIPE, CaseError, Outcome, moto_bucket, scored
 
     try:
-        import boto3
+        import boto3  # noqa: F401
         import moto.server  # noqa: F401
     except ImportError as e:
         return Outcome(case.name, case.title, "missing", note=f"needs moto[server] and boto3: {e}")
@@ -276,19 +276,8 @@ def big_s3_case(b: Bench, case: Case) -> Outcome:
                     left -= len(chunk)
         source, size = part, cut
     read_through(os.path.join(source, "big.dat"))
-    saved = dict(b.env)
-    b.env.update(AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench")
-    b.env["AWS_DEFAULT_REGION"] = "us-east-1"
     try:
-        with moto_s3(b) as endpoint:
-            client = boto3.client(
-                "s3",
-                endpoint_url=endpoint,
-                region_name="us-east-1",
-                aws_access_key_id="bench",
-                aws_secret_access_key="bench",
-            )
-            client.create_bucket(Bucket="bench")
+        with moto_bucket(b) as (endpoint, client):
             wsrun = b.wsrun(S3_RECIPE, source, "s3://bench/up", "--endpoint", endpoint, "-q")
             baseline = [sys.executable, "-c", BOTO3_UPLOAD, source, endpoint, "bench", "up"]
             etags: dict[str, str] = {}
@@ -309,8 +298,6 @@ def big_s3_case(b: Bench, case: Case) -> Outcome:
             w, base = b.best_pair(wsrun, baseline, [], prepare=empty, check=check)
             empty()
     finally:
-        b.env.clear()
-        b.env.update(saved)
         shutil.rmtree(os.path.join(b.out, "s3-source"), ignore_errors=True)
     text = _note(size, w, base, "boto3") + f": {base / w:.2f} x boto3's throughput" + note
     return scored(case, w, base, w / base, text)

@@ -937,19 +937,16 @@ def moto_s3(b: Bench) -> Iterator[str]:
         server.wait()
 
 
-def s3_upload_case(b: Bench, case: Case) -> Outcome:
-    """s3-upload of a tree to a local S3 API (moto's server) against boto3's upload_file
-    of the same files to the same server; both end with the same keys and ETags."""
-    try:
-        import boto3
-        import moto.server  # noqa: F401
-    except ImportError as e:
-        return Outcome(case.name, case.title, "missing", note=f"needs moto[server] and boto3: {e}")
-    source = b.dataset("objects")
-    read_all(source)
-    keys = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench"}
+@contextlib.contextmanager
+def moto_bucket(b: Bench) -> Iterator[tuple[str, Any]]:
+    """moto's S3 server with the bucket "bench" and a boto3 client of it; yields
+    (endpoint, client). The bench's environment has fake credentials meanwhile."""
+    import boto3
+
     saved = dict(b.env)
-    b.env.update(keys, AWS_DEFAULT_REGION="us-east-1")
+    b.env.update(
+        AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench", AWS_DEFAULT_REGION="us-east-1"
+    )
     try:
         with moto_s3(b) as endpoint:
             client = boto3.client(
@@ -960,34 +957,48 @@ def s3_upload_case(b: Bench, case: Case) -> Outcome:
                 aws_secret_access_key="bench",
             )
             client.create_bucket(Bucket="bench")
-            wsrun = b.wsrun(S3_RECIPE, source, "s3://bench/up", "--endpoint", endpoint, "-q")
-            baseline = [sys.executable, "-c", BOTO3_UPLOAD, source, endpoint, "bench", "up"]
-            etags: dict[str, dict[str, tuple[int, str]]] = {}
-
-            def stored() -> dict[str, tuple[int, str]]:
-                out = {}
-                for page in client.get_paginator("list_objects_v2").paginate(Bucket="bench"):
-                    for o in page.get("Contents", []):
-                        out[o["Key"]] = (o["Size"], o["ETag"])
-                return out
-
-            def empty() -> None:
-                for key in stored():
-                    client.delete_object(Bucket="bench", Key=key)
-
-            def check(which: str) -> None:
-                etags[which] = stored()
-                files, size = tree_stats(source)
-                got = etags[which]
-                if (len(got), sum(s for s, _ in got.values())) != (files, size):
-                    raise CaseError(f"{which} stored {len(got)} objects, want {files}")
-                if len(etags) == 2 and etags["wsrun"] != etags["baseline"]:
-                    raise CaseError("wsrun's and boto3's objects have different ETags")
-
-            w, base = b.best_pair(wsrun, baseline, [], prepare=empty, check=check)
+            yield endpoint, client
     finally:
         b.env.clear()
         b.env.update(saved)
+
+
+def s3_upload_case(b: Bench, case: Case) -> Outcome:
+    """s3-upload of a tree to a local S3 API (moto's server) against boto3's upload_file
+    of the same files to the same server; both end with the same keys and ETags."""
+    try:
+        import boto3  # noqa: F401
+        import moto.server  # noqa: F401
+    except ImportError as e:
+        return Outcome(case.name, case.title, "missing", note=f"needs moto[server] and boto3: {e}")
+    source = b.dataset("objects")
+    read_all(source)
+    with moto_bucket(b) as (endpoint, client):
+        wsrun = b.wsrun(S3_RECIPE, source, "s3://bench/up", "--endpoint", endpoint, "-q")
+        baseline = [sys.executable, "-c", BOTO3_UPLOAD, source, endpoint, "bench", "up"]
+        etags: dict[str, dict[str, tuple[int, str]]] = {}
+
+        def stored() -> dict[str, tuple[int, str]]:
+            out = {}
+            for page in client.get_paginator("list_objects_v2").paginate(Bucket="bench"):
+                for o in page.get("Contents", []):
+                    out[o["Key"]] = (o["Size"], o["ETag"])
+            return out
+
+        def empty() -> None:
+            for key in stored():
+                client.delete_object(Bucket="bench", Key=key)
+
+        def check(which: str) -> None:
+            etags[which] = stored()
+            files, size = tree_stats(source)
+            got = etags[which]
+            if (len(got), sum(s for s, _ in got.values())) != (files, size):
+                raise CaseError(f"{which} stored {len(got)} objects, want {files}")
+            if len(etags) == 2 and etags["wsrun"] != etags["baseline"]:
+                raise CaseError("wsrun's and boto3's objects have different ETags")
+
+        w, base = b.best_pair(wsrun, baseline, [], prepare=empty, check=check)
     files, size = tree_stats(source)
     note = (
         f"{files} files, {size / MiB:.0f} MiB; wsrun {size / MiB / w:.0f} MiB/s, "

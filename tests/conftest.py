@@ -161,3 +161,26 @@ def journal_url(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch)
     url = request.getfixturevalue("pg_url")
     monkeypatch.setenv("WSRUN_JOURNAL_URL", url)
     return url
+
+
+def killer_script(module: str, name: str) -> str:
+    """A Python script that runs ``wsrun`` with ``module.name`` wrapped so the
+    process SIGKILLs itself (no clean-up of any kind) on the call after
+    ``$KILL_AFTER`` calls: a kill at an exact point of a step, on any machine."""
+    return f"""
+import os, signal, sys
+from {module.rpartition(".")[0]} import {module.rpartition(".")[2]} as target
+from wsrun.cli.main import main
+
+real = target.{name}
+calls = {{"n": 0}}
+
+def then_die(*args, **kwargs):
+    calls["n"] += 1
+    if calls["n"] > int(os.environ["KILL_AFTER"]):
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real(*args, **kwargs)
+
+target.{name} = then_die
+sys.exit(main(sys.argv[1:]))
+"""

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import snapshot, write
+from conftest import killer_script, snapshot, write
 from fixtures.processing import vla_calibration
 from wsrun.core import groups
 from wsrun.core.journal import Journal
@@ -182,23 +182,7 @@ def test_a_destination_that_is_not_the_groups_is_never_written(cli, tmp_path: Pa
 
 # ---- killed, then run again ------------------------------------------------------------
 
-KILLER = """
-import os, signal, sys
-from wsrun.steps import copy
-from wsrun.cli.main import main
-
-real = copy.copy_file_placed
-calls = {"n": 0}
-
-def copy_then_die(*args, **kwargs):
-    calls["n"] += 1
-    if calls["n"] > int(os.environ["KILL_AFTER"]):
-        os.kill(os.getpid(), signal.SIGKILL)  # no clean-up of any kind
-    return real(*args, **kwargs)
-
-copy.copy_file_placed = copy_then_die
-sys.exit(main(sys.argv[1:]))
-"""
+KILLER = killer_script("wsrun.steps.copy", "copy_file_placed")
 
 
 @pytest.mark.parametrize("how", ["rerun", "resume"])

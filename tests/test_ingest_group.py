@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import snapshot, write
+from conftest import killer_script, snapshot, write
 from fixtures import processing, staging
 from wsrun.core import groups
 from wsrun.core.journal import Journal
@@ -31,23 +31,7 @@ CAL_LOCATOR = "uid://evla/calibration/6f0e1d2c-3b4a-4c5d-8e9f-0a1b2c3d4e5f"
 #: What the ingest envoy writes into a staging area itself (request by request).
 OWN = ("ingestion-manifest.json", "ingestion_artifacts")
 
-KILLER = """
-import os, signal, sys
-from wsrun.packs.nrao import ingestion_staging
-from wsrun.cli.main import main
-
-real = ingestion_staging.stage_file
-calls = {"n": 0}
-
-def stage_then_die(*args, **kwargs):
-    calls["n"] += 1
-    if calls["n"] > int(os.environ["KILL_AFTER"]):
-        os.kill(os.getpid(), signal.SIGKILL)  # no clean-up of any kind
-    return real(*args, **kwargs)
-
-ingestion_staging.stage_file = stage_then_die
-sys.exit(main(sys.argv[1:]))
-"""
+KILLER = killer_script("wsrun.packs.nrao.ingestion_staging", "stage_file")
 
 
 def _imaging(base: Path) -> Path:

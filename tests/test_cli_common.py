@@ -212,3 +212,24 @@ def test_zsh_completion_completes_recipe_options(cli, tmp_path: Path) -> None:
         timeout=60,
     )
     assert proc.stdout.splitlines() == ["--use-piperesults", "validate", "(files)"], proc.stderr
+
+
+def test_the_command_leaves_no_object_for_the_shutdown_collection(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``wsrun`` as a command ends its run with every object frozen out of the
+    garbage collector, which the interpreter's shutdown would otherwise walk
+    again; the exit status is main's."""
+    import gc
+
+    from wsrun.cli.main import script
+
+    good, bad = write(tmp_path / "good.yaml", GOOD), write(tmp_path / "bad.yaml", BAD)
+    monkeypatch.chdir(tmp_path)
+    try:
+        for recipe, status in ((good, 0), (bad, 2)):
+            monkeypatch.setattr(sys, "argv", ["wsrun", str(recipe), "-q"])
+            assert script() == status
+            assert len(gc.get_objects()) < 100 < gc.get_freeze_count()
+    finally:
+        gc.unfreeze()

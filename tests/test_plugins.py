@@ -38,7 +38,7 @@ def apply(plan, ctx):
 '''
 
 
-def test_entry_point_step_is_listed_documented_and_runs(tmp_path: Path) -> None:
+def test_entry_point_step_is_listed_documented_and_runs(tmp_path: Path, wsrun_home: Path) -> None:
     site = tmp_path / "site"
     write(site / "acme_steps.py", PLUGIN)
     dist = site / "acme_steps-1.0.dist-info"
@@ -63,6 +63,8 @@ def test_entry_point_step_is_listed_documented_and_runs(tmp_path: Path) -> None:
     assert r.code == 0, r.err
     assert (tmp_path / "out.txt").read_text() == "hello plugin\n"
     assert json.loads(r.out)["steps"][0]["status"] == "changed"
+    # Its schema may change without wsrun's version: every run checks the recipe again.
+    assert not (wsrun_home / "validated").exists()
     bad = write(tmp_path / "bad.yaml", "recipe: b\nsteps:\n  - uses: greeting\n    with: {to: x}\n")
     r = run_wsrun("validate", bad, cwd=tmp_path, env=env)
     assert r.code == 2 and "'name' is a required property" in r.err

@@ -138,3 +138,35 @@ def test_validation_result_is_reused_only_while_every_called_recipe_is_unchanged
     child.write_text("recipe: child\nsteps: [{uses: noop, bogus: 1}]\n")
     r = cli(parent)
     assert r.code == 1 and "unknown key 'bogus'" in r.err
+
+
+def test_a_recipe_of_a_packs_step_types_is_checked_once(
+    cli, tmp_path: Path, wsrun_home: Path
+) -> None:
+    """The packs' step types ship with wsrun, so a recipe using them is keyed like
+    one of built-in steps: checked by its first run, not by every run (which would
+    import jsonschema each time). Its parameters are still checked that first time."""
+    wrong = write(
+        tmp_path / "wrong.yaml",
+        """
+        recipe: wrong
+        steps:
+          - uses: image-derivative
+            with: {source: scan.tif, derivatives: [{to: scan.jp2}], colour: red}
+    """,
+    )
+    r = cli(wrong)
+    assert r.code == 2 and "colour" in r.err
+    assert not (wsrun_home / "validated").exists()
+    good = write(
+        tmp_path / "good.yaml",
+        """
+        recipe: good
+        steps:
+          - uses: image-derivative
+            with: {source: scan.tif, derivatives: [{to: scan.jp2}]}
+    """,
+    )
+    r = cli(good)
+    assert r.code == 1 and "source image does not exist" in r.err  # valid, and run
+    assert len(list((wsrun_home / "validated").iterdir())) == 1

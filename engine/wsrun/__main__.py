@@ -1,3 +1,3 @@
-from wsrun.cli.main import main
+from wsrun.cli.main import script
 
-raise SystemExit(main())
+raise SystemExit(script())

@@ -235,6 +235,20 @@ def _entry_point_steps() -> dict[str, str]:
 _cache: dict[str, ModuleType] = {}
 
 
+def ships_with_wsrun(name: str) -> bool:
+    """Whether step type ``name`` is part of wsrun itself: built in, or a pack's
+    step registered by wsrun's own distribution (``wsrun.packs``), so that its
+    schema changes only with wsrun's version."""
+    if name in BUILTIN_STEPS:
+        return True
+    from importlib.metadata import entry_points
+
+    return any(
+        ep.name == name and ep.dist is not None and ep.dist.name == "wsrun"
+        for ep in entry_points(group="wsrun.steps")
+    )
+
+
 def step_names() -> list[str]:
     """Every step type available: built in and from the ``wsrun.steps`` entry points."""
     return sorted({**BUILTIN_STEPS, **_entry_point_steps()})

@@ -21,7 +21,7 @@ from wsrun.core import expr, extras
 from wsrun.core.loader import Where, YamlError
 from wsrun.core.recipe import Recipe, RecipeNotFound, is_recipe_ref, load_recipe, resolve
 from wsrun.core.resources import schemas_dir
-from wsrun.core.step import BUILTIN_STEPS, UnknownStep, load_step, params_schema
+from wsrun.core.step import UnknownStep, load_step, params_schema, ships_with_wsrun
 
 STEP_SECTIONS = ("steps", "on_failure", "finally")
 SCOPE_NAMES = frozenset({"inputs", "settings", "vars", "steps", "run", "env", "message"})
@@ -164,7 +164,8 @@ def _validated_marker(recipe: Recipe) -> str | None:
     passed validation with this version of wsrun. Checking is then skipped,
     which saves importing jsonschema (a fifth of a second) on every run. None
     when the result cannot be keyed (a recipe it calls is missing, or a step
-    type from a plugin, whose schema may change without wsrun's version)."""
+    type from another distribution's plugin, whose schema may change without
+    wsrun's version; the packs' step types ship with wsrun and are keyed)."""
     from wsrun import __version__
     from wsrun.core.journal import default_home
 
@@ -185,7 +186,7 @@ def _validated_marker(recipe: Recipe) -> str | None:
                 if not isinstance(uses, str):
                     return False
                 if not is_recipe_ref(uses):
-                    if uses not in BUILTIN_STEPS:
+                    if not ships_with_wsrun(uses):
                         return False
                     if uses in extras.STEP_EXTRAS:  # a missing extra is a problem
                         digest.update(f"{uses}:{extras.missing_for_step(uses)}\0".encode())

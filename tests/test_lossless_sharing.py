@@ -11,6 +11,7 @@ last piece is still found and placed.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -338,3 +339,46 @@ def test_a_difference_in_the_last_piece_of_a_large_image_is_found() -> None:
         f"1 of {source.size} samples differ (first at row 999, column 1234, component 2: "
         f"{source[999, 1234, 2]} in the source, {same[999, 1234, 2]} in the master)"
     )
+
+
+#: Runs a recipe, then says what it imported: jsonschema, and Pillow's image plugins.
+IMPORTS = """
+import json, sys
+from wsrun.cli.main import main
+code = main(sys.argv[1:])
+plugins = sorted(m for m in sys.modules if m.startswith("PIL.") and m.endswith("ImagePlugin"))
+print(json.dumps([code, "jsonschema" in sys.modules, plugins]))
+"""
+
+
+def test_a_run_of_masters_spends_no_start_up_on_jsonschema_or_pillows_other_plugins(
+    tmp_path: Path,
+) -> None:
+    """The serial start of a one-image run: once its recipe was checked, a run imports
+    no jsonschema (the derivatives an expression yields are judged obviously valid),
+    and reading the TIFF's header imports Pillow's TIFF plugin and its five common
+    ones, not all sixty. Both runs write and prove their master."""
+    recipe = write(tmp_path / "masters.yaml", LOOP)
+    source = tmp_path / "tiffs"
+    source.mkdir()
+    tifffile.imwrite(source / "a.tif", samples(3))
+    runs = []
+    for name in ("first", "second"):
+        where = tmp_path / name
+        where.mkdir()
+        done = subprocess.run(
+            [sys.executable, "-c", IMPORTS, str(recipe), str(source), "-q"],
+            cwd=where,
+            capture_output=True,
+            text=True,
+            timeout=PATIENCE,
+        )
+        assert done.returncode == 0, done.stderr
+        runs.append(json.loads(done.stdout.splitlines()[-1]))
+        assert (where / "masters" / "a.jp2").is_file()
+    (code, checked, _), (code2, imported, plugins) = runs
+    assert code == code2 == 0 and checked  # the first run checks the recipe
+    assert not imported
+    common = {"Bmp", "Gif", "Jpeg", "Ppm", "Png", "Tiff"}
+    assert "PIL.TiffImagePlugin" in plugins
+    assert set(plugins) <= {f"PIL.{name}ImagePlugin" for name in common}, plugins

@@ -170,3 +170,49 @@ def test_a_recipe_of_a_packs_step_types_is_checked_once(
     r = cli(good)
     assert r.code == 1 and "source image does not exist" in r.err  # valid, and run
     assert len(list((wsrun_home / "validated").iterdir())) == 1
+
+
+def test_values_judged_obviously_valid_are_valid_for_jsonschema_too() -> None:
+    """The runner checks the values expressions yield with obviously_valid first and
+    imports jsonschema only when it says no: it must never pass a value jsonschema
+    refuses, and it passes image-derivative's usual list of derivatives (an array
+    of objects), so that a run of it does not import jsonschema."""
+    from jsonschema import Draft202012Validator
+
+    from wsrun.core.validate import obviously_valid
+    from wsrun.packs.distillery.image_derivative import SCHEMA
+
+    derivatives = SCHEMA["properties"]["derivatives"]
+    closed = {
+        "type": "object",
+        "required": ["to"],
+        "additionalProperties": False,
+        "properties": {"to": {"type": "string", "minLength": 1}, "n": {"exclusiveMinimum": 1}},
+    }
+    open_ = {**closed, "additionalProperties": True}
+    cases = [
+        (derivatives, [{"to": "a.jp2", "lossless": True}, {"to": "b.jpg", "max_size": 200}], True),
+        (derivatives, [{"to": "a.jp2", "ratio": 20.5, "format": "jp2"}], True),
+        (derivatives, [{"to": "a.jp2", "ratio": 1}], False),  # exclusiveMinimum 1
+        (derivatives, [{"to": "a.jp2", "lossless": "yes"}], False),
+        (derivatives, [{"to": "a.jp2", "colour": "red"}], False),  # no additional keys
+        (derivatives, [{"lossless": True}], False),  # `to` is required
+        (derivatives, [{"to": ""}], False),
+        (derivatives, [], False),  # minItems 1
+        (derivatives, [{"to": "a.jp2", "quality": 96}], False),
+        (closed, {"to": "x", "n": 2}, True),
+        (closed, {"to": "x", "n": 1}, False),
+        (closed, {"to": "x", "m": 1}, False),
+        (open_, {"to": "x", "m": 1}, True),
+        (open_, {"m": 1}, False),
+        ({"required": ["to"]}, "not an object", True),  # object keywords apply to objects
+        (closed, "not an object", False),
+        ({"type": "object", "properties": {"a": {"type": "integer"}}}, {"a": True}, False),
+        ({"additionalProperties": {"type": "string"}}, {"a": 1}, False),
+        ({"exclusiveMaximum": 5}, 5, False),
+        ({"exclusiveMaximum": 5}, 4.5, True),
+    ]
+    for schema, value, obvious in cases:
+        valid = Draft202012Validator(schema).is_valid(value)
+        assert obviously_valid(schema, value) is obvious, (schema, value)
+        assert valid or not obvious, (schema, value)

@@ -362,8 +362,14 @@ def native_order(image: Image) -> Image:
 
 
 def _header(ctx: StepContext, source: str) -> tuple[int, int, str]:
-    """Width, height and mode, read from the TIFF's header only."""
-    from PIL import Image, UnidentifiedImageError
+    """Width, height and mode, read from the TIFF's header only. Pillow's TIFF
+    plugin is imported first: a file without a name would otherwise make Pillow
+    import every one of its plugins (some 60 modules) to find it."""
+    from PIL import (
+        Image,
+        TiffImagePlugin,  # noqa: F401 (registers TIFF, which Image.open tries first)
+        UnidentifiedImageError,
+    )
 
     with ctx.fs.open(source) as f:
         try:

@@ -7,6 +7,7 @@ import errno
 import hashlib
 import os
 import stat as statmod
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -14,7 +15,7 @@ from typing import Any
 from wsrun.core.effects import Effect, create_dir, create_file
 from wsrun.core.fileio import TempBusy, create_temp, hold_temp, remove_temp_of, temp_path
 from wsrun.core.fs import ContentUnknown, FileInfo
-from wsrun.core.step import Plan, Result, StepContext, StepError
+from wsrun.core.step import Batched, Plan, ProgressTask, Result, StepContext, StepError
 from wsrun.stores import objectstore as osx
 
 NAME = "s3-download"
@@ -30,7 +31,8 @@ multipart object) or its ``sha256`` metadata, and only then renamed into
 place. A local file with the same size and content is left alone. A download
 cut short by a kill is continued from where it stopped when the object is still
 the same version (same ETag and size, recorded on the temporary file), and the
-whole file is checked as usual.
+whole file is checked as usual. Progress counts a big object's bytes as they
+arrive (a continued one's kept bytes at once), not only when it is done.
 """
 
 SCHEMA: dict[str, Any] = {
@@ -240,17 +242,20 @@ def apply(plan: Plan, ctx: StepContext) -> Result:
     for effect in plan.effects:
         if effect.op == "create_dir":
             os.makedirs(effect.path, exist_ok=True)
-    task = ctx.progress.task(
-        "download",
-        total_bytes=sum(d.size for d in job.downloads),
-        total_files=len(job.downloads),
+    task = Batched(
+        ctx.progress.task(
+            "download",
+            total_bytes=sum(d.size for d in job.downloads),
+            total_files=len(job.downloads),
+        )
     )
 
     def one(download: Download) -> None:
         ctx.check_deadline()
         url = job.store.url(download.path)
+        landed = Landed(task, download.size)
         try:
-            _fetch(job, download)
+            _fetch(job, download, landed)
         except StepError:
             raise
         except OSError as e:
@@ -259,7 +264,7 @@ def apply(plan: Plan, ctx: StepContext) -> Result:
             raise job.store.error(e, url) from None
         except Exception as e:
             raise job.store.error(e, url) from None
-        task.advance(bytes=download.size, files=1)
+        landed.finish()
 
     try:
         if len(job.downloads) <= 1:
@@ -274,19 +279,42 @@ def apply(plan: Plan, ctx: StepContext) -> Result:
     return Result(effects=list(plan.effects), outputs=plan.outputs)
 
 
+class Landed:
+    """One download's bytes told to the step's task as they land in its temp
+    file: at most the object's size in all, so a continued file that fails
+    its check and is fetched again is not counted twice. Called by one thread
+    at a time (the worker's, or s3fs's event loop while the worker waits)."""
+
+    def __init__(self, task: ProgressTask, size: int) -> None:
+        self.task = task
+        self.size = size
+        self.told = 0
+
+    def __call__(self, n: int) -> None:
+        n = min(n, self.size - self.told)
+        if n > 0:
+            self.told += n
+            self.task.advance(bytes=n)
+
+    def finish(self) -> None:
+        """The file is in place: the file, and whatever of its bytes were not told."""
+        self.task.advance(bytes=self.size - self.told, files=1)
+
+
 #: Extended attribute naming the object version a temporary file holds the
 #: start of: ``<ETag> <size>``. A killed download whose temp file carries the
 #: object's current ETag and size is continued from where it stopped.
 PARTIAL_XATTR = "user.wsrun.partial"
 
 
-def _fetch(job: DownloadJob, download: Download) -> None:
+def _fetch(job: DownloadJob, download: Download, landed: Landed) -> None:
     """Download to a temporary name beside the target, verify, rename into place.
 
     A temp file a killed run left for this very object version (same ETag and
     size, see PARTIAL_XATTR) is continued from its end instead of downloaded
     again; the whole file is verified either way, and a continued one that
-    fails the check is downloaded once more from the start.
+    fails the check is downloaded once more from the start. ``landed`` gets
+    the bytes as they are written (a continued file's kept ones first).
     """
     store = job.store
     tmp = temp_path(download.dest)
@@ -296,12 +324,13 @@ def _fetch(job: DownloadJob, download: Download) -> None:
         fd, offset = _open_temp(tmp, download)
         checked = False
         if offset:
-            _get_rest(store, download.path, fd, offset, download.size)
+            landed(offset)
+            _get_rest(store, download.path, fd, offset, download.size, landed)
             checked = _verified(job, download, tmp)
             if not checked:
                 os.ftruncate(fd, 0)
         if not checked:
-            _get(store, download.path, tmp)
+            _get(store, download.path, tmp, landed)
         size = os.path.getsize(tmp)
         if size != download.size:
             raise StepError(f"got {size} bytes, the store listed {download.size}", path=url)
@@ -371,18 +400,30 @@ def _open_temp(tmp: str, download: Download) -> tuple[int, int]:
     return fd, 0
 
 
-def _get(store: osx.Store, path: str, tmp: str) -> None:
-    """The whole object into ``tmp`` (which keeps its inode, lock and xattr)."""
-    store.fs.get_file(path, tmp)
+def _get(store: osx.Store, path: str, tmp: str, landed: Callable[[int], None]) -> None:
+    """The whole object into ``tmp`` (which keeps its inode, lock and xattr);
+    ``landed(n)`` as each chunk is written."""
+    from fsspec.callbacks import Callback
+
+    def written(size: int | None, value: int, **_: Any) -> None:
+        landed(value - told[0])
+        told[0] = value
+
+    told = [0]
+    store.fs.get_file(path, tmp, callback=Callback(hooks={"landed": written}))
 
 
-def _get_rest(store: osx.Store, path: str, fd: int, offset: int, size: int) -> None:
-    """The object's bytes from ``offset`` on, appended to the temp file ``fd``."""
+def _get_rest(
+    store: osx.Store, path: str, fd: int, offset: int, size: int, landed: Callable[[int], None]
+) -> None:
+    """The object's bytes from ``offset`` on, appended to the temp file ``fd``;
+    ``landed(n)`` as each chunk is written."""
     with store.fs.open(path, "rb", block_size=8 * osx.MiB, cache_type="none") as r:
         r.seek(offset)
         while offset < size and (chunk := r.read(min(8 * osx.MiB, size - offset))):
             os.pwrite(fd, chunk, offset)
             offset += len(chunk)
+            landed(len(chunk))
 
 
 def _matches_sha256(store: osx.Store, download: Download, local: str) -> bool:

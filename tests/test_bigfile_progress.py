@@ -347,4 +347,5 @@ def test_a_download_of_one_big_object_beats_with_growing_bytes(
         f"endpoint_url: {json.dumps(s3.endpoint)}}}\n",
     )
     assert_counted_chunk_by_chunk(err, "work (download)", len(data))
+    assert_counted_chunk_by_chunk(err, "work (verify)", len(data))  # then read back for its ETag
     assert (tmp_path / "restore" / "big.bin").read_bytes() == data

@@ -32,7 +32,8 @@ place. A local file with the same size and content is left alone. A download
 cut short by a kill is continued from where it stopped when the object is still
 the same version (same ETag and size, recorded on the temporary file), and the
 whole file is checked as usual. Progress counts a big object's bytes as they
-arrive (a continued one's kept bytes at once), not only when it is done.
+arrive (a continued one's kept bytes at once), not only when it is done, and
+then, as a task of its own (``verify``), as they are checked.
 """
 
 SCHEMA: dict[str, Any] = {
@@ -242,20 +243,17 @@ def apply(plan: Plan, ctx: StepContext) -> Result:
     for effect in plan.effects:
         if effect.op == "create_dir":
             os.makedirs(effect.path, exist_ok=True)
-    task = Batched(
-        ctx.progress.task(
-            "download",
-            total_bytes=sum(d.size for d in job.downloads),
-            total_files=len(job.downloads),
-        )
-    )
+    totals = {"total_bytes": sum(d.size for d in job.downloads), "total_files": len(job.downloads)}
+    task = Batched(ctx.progress.task("download", **totals))
+    checking = Batched(ctx.progress.task("verify", **totals))
 
     def one(download: Download) -> None:
         ctx.check_deadline()
         url = job.store.url(download.path)
-        landed = Landed(task, download.size)
+        landed = FileProgress(task, download.size)
+        checked = FileProgress(checking, download.size)
         try:
-            _fetch(job, download, landed)
+            _fetch(job, download, landed, checked)
         except StepError:
             raise
         except OSError as e:
@@ -265,6 +263,7 @@ def apply(plan: Plan, ctx: StepContext) -> Result:
         except Exception as e:
             raise job.store.error(e, url) from None
         landed.finish()
+        checked.finish()
 
     try:
         if len(job.downloads) <= 1:
@@ -276,14 +275,15 @@ def apply(plan: Plan, ctx: StepContext) -> Result:
                     fut.result()
     finally:
         task.close()
+        checking.close()
     return Result(effects=list(plan.effects), outputs=plan.outputs)
 
 
-class Landed:
-    """One download's bytes told to the step's task as they land in its temp
-    file: at most the object's size in all, so a continued file that fails
-    its check and is fetched again is not counted twice. Called by one thread
-    at a time (the worker's, or s3fs's event loop while the worker waits)."""
+class FileProgress:
+    """One file's bytes told to a task as they are written (or checked): at
+    most the object's size in all, so a continued file that fails its check
+    and is fetched (and checked) again is not counted twice. Called by one
+    thread at a time (the worker's, or s3fs's event loop while the worker waits)."""
 
     def __init__(self, task: ProgressTask, size: int) -> None:
         self.task = task
@@ -297,8 +297,21 @@ class Landed:
             self.task.advance(bytes=n)
 
     def finish(self) -> None:
-        """The file is in place: the file, and whatever of its bytes were not told."""
+        """The file is done: the file, and whatever of its bytes were not told."""
         self.task.advance(bytes=self.size - self.told, files=1)
+
+
+class _Told:
+    """A file read through, telling ``told`` how many bytes each read gave."""
+
+    def __init__(self, f: Any, told: Callable[[int], None]) -> None:
+        self.f = f
+        self.told = told
+
+    def read(self, n: int = -1) -> bytes:
+        data: bytes = self.f.read(n)
+        self.told(len(data))
+        return data
 
 
 #: Extended attribute naming the object version a temporary file holds the
@@ -307,14 +320,17 @@ class Landed:
 PARTIAL_XATTR = "user.wsrun.partial"
 
 
-def _fetch(job: DownloadJob, download: Download, landed: Landed) -> None:
+def _fetch(
+    job: DownloadJob, download: Download, landed: FileProgress, checked: FileProgress
+) -> None:
     """Download to a temporary name beside the target, verify, rename into place.
 
     A temp file a killed run left for this very object version (same ETag and
     size, see PARTIAL_XATTR) is continued from its end instead of downloaded
     again; the whole file is verified either way, and a continued one that
     fails the check is downloaded once more from the start. ``landed`` gets
-    the bytes as they are written (a continued file's kept ones first).
+    the bytes as they are written (a continued file's kept ones first),
+    ``checked`` as they are read back for the check.
     """
     store = job.store
     tmp = temp_path(download.dest)
@@ -322,24 +338,20 @@ def _fetch(job: DownloadJob, download: Download, landed: Landed) -> None:
     fd = -1
     try:
         fd, offset = _open_temp(tmp, download)
-        checked = False
+        continued = False
         if offset:
             landed(offset)
             _get_rest(store, download.path, fd, offset, download.size, landed)
-            checked = _verified(job, download, tmp)
-            if not checked:
+            whole = os.path.getsize(tmp) == download.size
+            continued = whole and _content_ok(job, download, tmp, checked)
+            if not continued:
                 os.ftruncate(fd, 0)
-        if not checked:
+        if not continued:
             _get(store, download.path, tmp, landed)
-        size = os.path.getsize(tmp)
-        if size != download.size:
-            raise StepError(f"got {size} bytes, the store listed {download.size}", path=url)
-        if download.etag is not None and not checked:
-            with open(tmp, "rb") as f:
-                ok = osx.matches_etag(f, download.size, download.etag, job.part_size)
-            if ok is None:
-                ok = _matches_sha256(store, download, tmp)
-            if not ok:
+            size = os.path.getsize(tmp)
+            if size != download.size:
+                raise StepError(f"got {size} bytes, the store listed {download.size}", path=url)
+            if not _content_ok(job, download, tmp, checked):
                 raise StepError(
                     f"the content does not match the store's ETag {download.etag}", path=url
                 )
@@ -356,15 +368,17 @@ def _fetch(job: DownloadJob, download: Download, landed: Landed) -> None:
             os.close(fd)
 
 
-def _verified(job: DownloadJob, download: Download, tmp: str) -> bool:
-    """Whether the temp file is the whole object (size, then ETag or sha256)."""
-    if os.path.getsize(tmp) != download.size:
-        return False
+def _content_ok(
+    job: DownloadJob, download: Download, tmp: str, checked: Callable[[int], None]
+) -> bool:
+    """Whether the temp file's content is the object's: its ETag, or its sha256
+    metadata when the ETag's part size cannot be told (nothing to check
+    without an ETag). ``checked(n)`` as the file is read."""
     if download.etag is None:
         return True
     with open(tmp, "rb") as f:
-        ok = osx.matches_etag(f, download.size, download.etag, job.part_size)
-    return ok if ok is not None else _matches_sha256(job.store, download, tmp)
+        ok = osx.matches_etag(_Told(f, checked), download.size, download.etag, job.part_size)
+    return ok if ok is not None else _matches_sha256(job.store, download, tmp, checked)
 
 
 def _open_temp(tmp: str, download: Download) -> tuple[int, int]:
@@ -426,7 +440,9 @@ def _get_rest(
             landed(len(chunk))
 
 
-def _matches_sha256(store: osx.Store, download: Download, local: str) -> bool:
+def _matches_sha256(
+    store: osx.Store, download: Download, local: str, checked: Callable[[int], None]
+) -> bool:
     """The fallback check for a multipart ETag of unknown part size: sha256 metadata."""
     meta = (osx.head(store, download.path) or {}).get("Metadata", {})
     want = meta.get(osx.SHA256_META)
@@ -440,4 +456,5 @@ def _matches_sha256(store: osx.Store, download: Download, local: str) -> bool:
     with open(local, "rb") as f:
         while chunk := f.read(4 * osx.MiB):
             h.update(chunk)
+            checked(len(chunk))
     return h.hexdigest() == want

@@ -416,6 +416,8 @@ def test_an_upload_with_other_metadata_is_aborted_and_started_again(
 
 GET = "wsrun.steps.s3_download:_get"
 REST = "wsrun.steps.s3_download:_get_rest"
+#: Every S3 request s3fs sends (its method name is argument 1).
+S3_CALL = "s3fs.core:S3FileSystem._call_s3"
 
 
 def download_recipe(tmp_path: Path, s3: S3Server, bucket: str) -> Path:
@@ -472,6 +474,32 @@ def test_a_continued_download_counts_its_kept_bytes_then_the_rest_as_it_comes(
     assert moving[0] == round(12 * MiB / 1e6, 1), err  # the kept half, counted first
     assert len(set(moving)) >= 2 and moving[-1] <= round(24 * MiB / 1e6, 1), err
     assert (tmp_path / "restore/obj.bin").read_bytes() == data
+
+
+def test_a_download_killed_mid_stream_leaves_a_start_of_the_object_to_continue(
+    tmp_path: Path, s3: S3Server, bucket: str
+) -> None:
+    """A real kill, not a simulated one: the run is SIGKILLed as it sends its
+    sixth GET of the object (1 MiB ranges here, a few in flight). What it
+    leaves under the temporary name is a start of the object, no holes, and
+    the re-run fetches only the rest."""
+    data = random.Random("ranges").randbytes(24 * MiB)
+    s3.client().put_object(Bucket=bucket, Key="obj.bin", Body=data)
+    path = download_recipe(tmp_path, s3, bucket)
+    (tmp_path / "restore").mkdir()
+    ranges = {"wsrun.steps.s3_download:RANGE_SIZE": MiB}
+    kill = {"target": S3_CALL, "after": 5, "match": "get_object", "label": 1}
+    code, _, err = run(tmp_path, {"kill": kill, "set": ranges}, path, "-q")
+    assert code == -9, err
+    [partial] = [tmp_path / p for p in leftovers(tmp_path)]
+    kept = partial.read_bytes()
+    assert 0 < len(kept) < len(data) and kept == data[: len(kept)]
+
+    code, calls, err = run(tmp_path, {"watch": [[GET, 1], [REST, 3]], "set": ranges}, path, "-q")
+    assert code == 0, err
+    assert count(calls, GET) == [] and count(calls, REST) == [str(len(kept))]
+    assert (tmp_path / "restore/obj.bin").read_bytes() == data
+    assert leftovers(tmp_path) == []
 
 
 def test_a_killed_download_of_an_object_replaced_since_starts_over(

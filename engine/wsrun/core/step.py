@@ -201,6 +201,27 @@ class Batched:
         self.task.close()
 
 
+class FileProgress:
+    """One file's bytes told to a task as they are written (or checked): at
+    most its size in all, so a file that is written (or checked) again after
+    a failed check is not counted twice. Called by one thread at a time."""
+
+    def __init__(self, task: ProgressTask, size: int) -> None:
+        self.task = task
+        self.size = size
+        self.told = 0
+
+    def __call__(self, n: int) -> None:
+        n = min(n, self.size - self.told)
+        if n > 0:
+            self.told += n
+            self.task.advance(bytes=n)
+
+    def finish(self) -> None:
+        """The file is done: the file, and whatever of its bytes were not told."""
+        self.task.advance(bytes=self.size - self.told, files=1)
+
+
 class Progress:
     """Where long steps report bytes and files done. The default shows nothing;
     the command line swaps in a rich progress bar on a terminal."""

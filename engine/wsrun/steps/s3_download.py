@@ -5,17 +5,26 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
+import itertools
 import os
 import stat as statmod
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 from wsrun.core.effects import Effect, create_dir, create_file
-from wsrun.core.fileio import TempBusy, create_temp, hold_temp, remove_temp_of, temp_path
+from wsrun.core.fileio import (
+    TempBusy,
+    create_temp,
+    hold_temp,
+    pwrite_all,
+    remove_temp_of,
+    temp_path,
+)
 from wsrun.core.fs import ContentUnknown, FileInfo
-from wsrun.core.step import Batched, Plan, ProgressTask, Result, StepContext, StepError
+from wsrun.core.step import Batched, FileProgress, Plan, Result, StepContext, StepError
 from wsrun.stores import objectstore as osx
 
 NAME = "s3-download"
@@ -31,7 +40,8 @@ multipart object) or its ``sha256`` metadata, and only then renamed into
 place. A local file with the same size and content is left alone. A download
 cut short by a kill is continued from where it stopped when the object is still
 the same version (same ETag and size, recorded on the temporary file), and the
-whole file is checked as usual. Progress counts a big object's bytes as they
+whole file is checked as usual: a big object comes in ranges of 8 MiB, a few at
+a time, written in order, so what a kill leaves is always a start of it. Progress counts a big object's bytes as they
 arrive (a continued one's kept bytes at once), not only when it is done, and
 then, as a task of its own (``verify``), as they are checked.
 """
@@ -279,28 +289,6 @@ def apply(plan: Plan, ctx: StepContext) -> Result:
     return Result(effects=list(plan.effects), outputs=plan.outputs)
 
 
-class FileProgress:
-    """One file's bytes told to a task as they are written (or checked): at
-    most the object's size in all, so a continued file that fails its check
-    and is fetched (and checked) again is not counted twice. Called by one
-    thread at a time (the worker's, or s3fs's event loop while the worker waits)."""
-
-    def __init__(self, task: ProgressTask, size: int) -> None:
-        self.task = task
-        self.size = size
-        self.told = 0
-
-    def __call__(self, n: int) -> None:
-        n = min(n, self.size - self.told)
-        if n > 0:
-            self.told += n
-            self.task.advance(bytes=n)
-
-    def finish(self) -> None:
-        """The file is done: the file, and whatever of its bytes were not told."""
-        self.task.advance(bytes=self.size - self.told, files=1)
-
-
 class _Told:
     """A file read through, telling ``told`` how many bytes each read gave."""
 
@@ -347,7 +335,7 @@ def _fetch(
             if not continued:
                 os.ftruncate(fd, 0)
         if not continued:
-            _get(store, download.path, tmp, landed)
+            _get(store, download.path, fd, download.size, landed)
             size = os.path.getsize(tmp)
             if size != download.size:
                 raise StepError(f"got {size} bytes, the store listed {download.size}", path=url)
@@ -414,30 +402,65 @@ def _open_temp(tmp: str, download: Download) -> tuple[int, int]:
     return fd, 0
 
 
-def _get(store: osx.Store, path: str, tmp: str, landed: Callable[[int], None]) -> None:
-    """The whole object into ``tmp`` (which keeps its inode, lock and xattr);
-    ``landed(n)`` as each chunk is written."""
-    from fsspec.callbacks import Callback
+#: A big object is fetched in ranges of this many bytes, up to RANGES_IN_FLIGHT
+#: at once per object, and written front to back as they come in order: the
+#: temp file is always a start of the object, which a killed run's successor
+#: continues. (s3fs's get_file sizes the file first and fills in its parts in
+#: any order: a kill left a file nobody could continue.)
+RANGE_SIZE = 8 * osx.MiB
+RANGES_IN_FLIGHT = 4
 
-    def written(size: int | None, value: int, **_: Any) -> None:
-        landed(value - told[0])
-        told[0] = value
 
-    told = [0]
-    store.fs.get_file(path, tmp, callback=Callback(hooks={"landed": written}))
+def _get(store: osx.Store, path: str, fd: int, size: int, landed: Callable[[int], None]) -> None:
+    """The whole object into the empty temp file ``fd`` (which keeps its inode,
+    lock and xattr); ``landed(n)`` as each range is written."""
+    _write_from(store, path, fd, 0, size, landed)
 
 
 def _get_rest(
     store: osx.Store, path: str, fd: int, offset: int, size: int, landed: Callable[[int], None]
 ) -> None:
     """The object's bytes from ``offset`` on, appended to the temp file ``fd``;
-    ``landed(n)`` as each chunk is written."""
-    with store.fs.open(path, "rb", block_size=8 * osx.MiB, cache_type="none") as r:
-        r.seek(offset)
-        while offset < size and (chunk := r.read(min(8 * osx.MiB, size - offset))):
-            os.pwrite(fd, chunk, offset)
-            offset += len(chunk)
-            landed(len(chunk))
+    ``landed(n)`` as each range is written."""
+    _write_from(store, path, fd, offset, size, landed)
+
+
+def _range(store: osx.Store, path: str, start: int, end: int) -> bytes:
+    """Bytes ``start`` to ``end`` (exclusive) of the object; fewer if it is shorter."""
+    data: bytes = store.fs.cat_file(path, start=start, end=end)
+    return data
+
+
+def _write_from(
+    store: osx.Store, path: str, fd: int, offset: int, size: int, landed: Callable[[int], None]
+) -> None:
+    """Bytes ``offset`` to ``size`` of the object into ``fd`` in order, with up to
+    RANGES_IN_FLIGHT ranges fetched at once (a range that comes back short ends
+    it: the caller's size check says so)."""
+    ranges = [(start, min(start + RANGE_SIZE, size)) for start in range(offset, size, RANGE_SIZE)]
+    if len(ranges) <= 1:
+        for start, end in ranges:
+            data = _range(store, path, start, end)
+            pwrite_all(fd, data, start)
+            landed(len(data))
+        return
+    with ThreadPoolExecutor(RANGES_IN_FLIGHT, thread_name_prefix="wsrun-range") as pool:
+        try:
+            waiting = iter(ranges)
+            fetching = deque(
+                pool.submit(_range, store, path, start, end)
+                for start, end in itertools.islice(waiting, RANGES_IN_FLIGHT)
+            )
+            for start, end in ranges:
+                data = fetching.popleft().result()
+                pwrite_all(fd, data, start)
+                landed(len(data))
+                if len(data) < end - start:
+                    return
+                for following in itertools.islice(waiting, 1):
+                    fetching.append(pool.submit(_range, store, path, *following))
+        finally:
+            pool.shutdown(cancel_futures=True)
 
 
 def _matches_sha256(

@@ -40,7 +40,7 @@ multipart object) or its ``sha256`` metadata, and only then renamed into
 place. A local file with the same size and content is left alone. A download
 cut short by a kill is continued from where it stopped when the object is still
 the same version (same ETag and size, recorded on the temporary file), and the
-whole file is checked as usual: a big object comes in ranges of 8 MiB, a few at
+whole file is checked as usual: a big object comes in ranges of 16 MiB, a few at
 a time, written in order, so what a kill leaves is always a start of it. Progress counts a big object's bytes as they
 arrive (a continued one's kept bytes at once), not only when it is done, and
 then, as a task of its own (``verify``), as they are checked.
@@ -407,7 +407,7 @@ def _open_temp(tmp: str, download: Download) -> tuple[int, int]:
 #: temp file is always a start of the object, which a killed run's successor
 #: continues. (s3fs's get_file sizes the file first and fills in its parts in
 #: any order: a kill left a file nobody could continue.)
-RANGE_SIZE = 8 * osx.MiB
+RANGE_SIZE = 16 * osx.MiB
 RANGES_IN_FLIGHT = 4
 
 

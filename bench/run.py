@@ -49,8 +49,18 @@ GEN_CHUNK = 16 * MiB
 HALF_ENTROPY = bytes(65 + (i % 16) for i in range(256))
 
 
+#: How much of a failed command's error output a case keeps (its last characters).
+STDERR_KEPT = 4000
+
+
 class CaseError(Exception):
-    """A run inside a case failed; the case is reported as an error."""
+    """A run inside a case failed; the case is reported as an error, with
+    ``stderr`` (the end of the failed command's error output, when a command
+    failed) in its details and in the log, so a failure says why."""
+
+    def __init__(self, message: str, stderr: str = "") -> None:
+        super().__init__(message)
+        self.stderr = stderr[-STDERR_KEPT:]
 
 
 @dataclass
@@ -307,6 +317,15 @@ class Bench:
     def build_processing(self, path: str) -> None:
         """A 2 GiB processing directory (scaled) as deliver sees one: three 600 MiB
         images, a 50 MiB weblog and 500 small files of 1-64 KiB in products/."""
+        self.build_processing_of(path, 600 * MiB)
+
+    def build_processing_4g(self, path: str) -> None:
+        """The processing directory at issue 15's size, 4.3 GB (scaled): three
+        images of 1,340 MiB, the same weblog and small files."""
+        self.build_processing_of(path, 1340 * MiB)
+
+    def build_processing_of(self, path: str, image_size: int) -> None:
+        """A processing directory with three images of ``image_size`` (scaled)."""
         rng = random.Random(SEED + 5)
         products = os.path.join(path, "products")
         for name in ("rawdata", "working"):
@@ -315,7 +334,7 @@ class Bench:
         for i in range(3):
             write_random(
                 os.path.join(products, f"target{i}.I.pbcor.fits"),
-                scaled_size(600 * MiB, self.scale),
+                scaled_size(image_size, self.scale),
                 rng,
             )
         write_random(os.path.join(products, "weblog.tgz"), scaled_size(50 * MiB, self.scale), rng)
@@ -424,13 +443,12 @@ class Bench:
         cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
         self.cpu[what] = min(self.cpu.get(what, math.inf), cpu)
         if done.returncode != 0:
+            err = done.stderr.decode(errors="replace")
             lines = [
-                line
-                for line in done.stderr.decode(errors="replace").splitlines()
-                if line.strip() and not line.startswith("(resume")
+                line for line in err.splitlines() if line.strip() and not line.startswith("(resume")
             ]
             raise CaseError(
-                f"{what} failed: {(lines or [f'exit status {done.returncode}'])[-1][:300]}"
+                f"{what} failed: {(lines or [f'exit status {done.returncode}'])[-1][:300]}", err
             )
         return seconds
 
@@ -453,8 +471,9 @@ class Bench:
         proc.returncode = os.waitstatus_to_exitcode(status)
         seconds = time.perf_counter() - started
         if proc.returncode != 0:
-            last = err.decode(errors="replace").strip().splitlines() or [f"exit {proc.returncode}"]
-            raise CaseError(f"{what} failed: {last[-1][:300]}")
+            text = err.decode(errors="replace")
+            last = text.strip().splitlines() or [f"exit {proc.returncode}"]
+            raise CaseError(f"{what} failed: {last[-1][:300]}", text)
         return seconds, usage.ru_maxrss / KiB
 
     def fresh(self, *paths: str) -> None:
@@ -673,12 +692,17 @@ sys.exit(main(sys.argv[2:]))
 """
 
 
-def deliver_resume(b: Bench, case: Case) -> Outcome:
-    """Issue 15: `deliver` killed (SIGKILL) once half the bytes are staged, then
-    run again: the re-run continues the staging area with the digests recorded
-    there. ratio = best re-run / best full run; each result is checked with
-    `sha256sum -c`."""
-    source = b.dataset("processing")
+def deliver_resume(dataset: str) -> Callable[[Bench, Case], Outcome]:
+    """Issue 15: `deliver` of the processing directory ``dataset`` killed
+    (SIGKILL) once half the bytes are staged, then run again: the re-run
+    continues the staging area with the digests recorded there. ratio = best
+    re-run / best full run; each result is checked with `sha256sum -c`."""
+    return lambda b, case: deliver_resume_run(b, case, dataset)
+
+
+def deliver_resume_run(b: Bench, case: Case, dataset: str) -> Outcome:
+    """One deliver-resume case on ``dataset`` (see deliver_resume)."""
+    source = b.dataset(dataset)
     read_all(source)
     dest = os.path.join(b.out, "delivered")
     final = os.path.join(dest, "req-1")
@@ -728,8 +752,13 @@ def deliver_resume(b: Bench, case: Case) -> Outcome:
         verify("re-run")
     b.fresh(dest, staging, record)
     share = ", ".join(f"{x:.0%}" for x in staged_share)
-    note = f"killed with {share} of {total / MiB:.0f} MiB staged; full run {full:.2f} s; sha256sum -c ok"
-    return scored(case, rerun, full, rerun / full, note)
+    note = (
+        f"killed with {share} of {total / MiB:.0f} MiB ({total / 1e9:.2f} GB) staged; "
+        f"full run {full:.2f} s; sha256sum -c ok"
+    )
+    outcome = scored(case, rerun, full, rerun / full, note)
+    outcome.details = {"bytes": total, "staged_share": staged_share}
+    return outcome
 
 
 #: The PostgreSQL server of the ``ingest-pg`` case (a schema of its own, dropped after).
@@ -1180,53 +1209,6 @@ def journal_case(b: Bench, case: Case, source: str | None = None) -> Outcome:
 MILLION_RSS_MIB = 300
 
 
-def million_copy_case(b: Bench, case: Case) -> Outcome:
-    """copy + sha256 of the million files against plain ``cp -a``, once each
-    (minutes a run); the note gives both peak RSS."""
-    source = b.million()
-    read_all(source)
-    dest = os.path.join(b.out, "dest")
-    b.fresh(dest)
-    os.makedirs(dest)
-    w, w_rss = b.measured(
-        b.wsrun(COPY_RECIPE, source, dest, "--checksum", "sha256", "-q"), "wsrun copy"
-    )
-    same_tree(source, os.path.join(dest, os.path.basename(source)))("wsrun")
-    b.fresh(dest)
-    os.makedirs(dest)
-    base, base_rss = b.measured(["cp", "-a", source, dest + "/"], "cp -a")
-    b.fresh(dest)
-    files, size = tree_stats(source)
-    note = f"{files} files, {size / MiB:.0f} MiB; peak RSS wsrun {w_rss:.0f} MiB, cp -a {base_rss:.0f} MiB"
-    outcome = scored(case, w, base, w / base, note)
-    outcome.details = {"files": files, "peak_rss_mib": w_rss, "baseline_peak_rss_mib": base_rss}
-    return outcome
-
-
-def million_tar_case(b: Bench, case: Case) -> Outcome:
-    source = b.million()
-    read_all(source)
-    archive = os.path.join(b.out, "million.tar")
-    b.fresh(archive)
-    w, w_rss = b.measured(
-        b.wsrun(TAR_RECIPE, source, archive, "--compression", "none", "-q"), "wsrun tar"
-    )
-    check_members(source, archive)
-    b.fresh(archive)
-    parent, name = os.path.split(source)
-    base, base_rss = b.measured(["tar", "-cf", archive, "-C", parent, name], "tar -cf")
-    b.fresh(archive)
-    files, _ = tree_stats(source)
-    note = f"{files} files; peak RSS wsrun {w_rss:.0f} MiB, tar {base_rss:.0f} MiB"
-    outcome = scored(case, w, base, w / base, note)
-    outcome.details = {"files": files, "peak_rss_mib": w_rss, "baseline_peak_rss_mib": base_rss}
-    return outcome
-
-
-CHECKSUM_RECIPE = os.path.join(RECIPES, "checksum.yaml")
-MANIFEST_RECIPE = os.path.join(RECIPES, "manifest.yaml")
-
-
 def own_peak(
     b: Bench, cmd: list[str], what: str, env: dict[str, str] | None = None
 ) -> tuple[float, float]:
@@ -1240,6 +1222,53 @@ def own_peak(
     with tempfile.NamedTemporaryFile("r", suffix=".rss") as f:
         seconds, _ = b.measured([timer, "-q", "-f", "%M", "-o", f.name, *cmd], what, env)
         return seconds, int(f.read().split()[-1]) / KiB
+
+
+def million_copy_case(b: Bench, case: Case) -> Outcome:
+    """copy + sha256 of the million files against plain ``cp -a``, once each
+    (minutes a run); the note gives both peak RSS."""
+    source = b.million()
+    read_all(source)
+    dest = os.path.join(b.out, "dest")
+    b.fresh(dest)
+    os.makedirs(dest)
+    w, w_rss = own_peak(
+        b, b.wsrun(COPY_RECIPE, source, dest, "--checksum", "sha256", "-q"), "wsrun copy"
+    )
+    same_tree(source, os.path.join(dest, os.path.basename(source)))("wsrun")
+    b.fresh(dest)
+    os.makedirs(dest)
+    base, base_rss = own_peak(b, ["cp", "-a", source, dest + "/"], "cp -a")
+    b.fresh(dest)
+    files, size = tree_stats(source)
+    note = f"{files} files, {size / MiB:.0f} MiB; peak RSS wsrun {w_rss:.0f} MiB, cp -a {base_rss:.0f} MiB"
+    outcome = scored(case, w, base, w / base, note)
+    outcome.details = {"files": files, "peak_rss_mib": w_rss, "baseline_peak_rss_mib": base_rss}
+    return outcome
+
+
+def million_tar_case(b: Bench, case: Case) -> Outcome:
+    source = b.million()
+    read_all(source)
+    archive = os.path.join(b.out, "million.tar")
+    b.fresh(archive)
+    w, w_rss = own_peak(
+        b, b.wsrun(TAR_RECIPE, source, archive, "--compression", "none", "-q"), "wsrun tar"
+    )
+    check_members(source, archive)
+    b.fresh(archive)
+    parent, name = os.path.split(source)
+    base, base_rss = own_peak(b, ["tar", "-cf", archive, "-C", parent, name], "tar -cf")
+    b.fresh(archive)
+    files, _ = tree_stats(source)
+    note = f"{files} files; peak RSS wsrun {w_rss:.0f} MiB, tar {base_rss:.0f} MiB"
+    outcome = scored(case, w, base, w / base, note)
+    outcome.details = {"files": files, "peak_rss_mib": w_rss, "baseline_peak_rss_mib": base_rss}
+    return outcome
+
+
+CHECKSUM_RECIPE = os.path.join(RECIPES, "checksum.yaml")
+MANIFEST_RECIPE = os.path.join(RECIPES, "manifest.yaml")
 
 
 def million_hash_case(recipe: str, what: str) -> Callable[[Bench, Case], Outcome]:
@@ -1282,7 +1311,7 @@ def million_dry_case(b: Bench, case: Case) -> Outcome:
     dest = os.path.join(b.out, "dest")
     b.fresh(dest)
     cmd = b.wsrun(COPY_RECIPE, source, dest, "--checksum", "sha256", "--dry-run", "--json")
-    seconds, rss = b.measured(cmd, "dry run")
+    seconds, rss = own_peak(b, cmd, "dry run")
     if os.path.exists(dest):
         raise CaseError("the dry run wrote the destination")
     files, _ = tree_stats(source)
@@ -1671,7 +1700,14 @@ CASES = [
         "deliver 2 GiB killed half way, re-run vs a full run",
         0.6,
         ("find-products",),
-        deliver_resume,
+        deliver_resume("processing"),
+    ),
+    Case(
+        "deliver-resume-4g",
+        "deliver 4.3 GB (issue 15's size) killed half way, re-run vs a full run",
+        0.6,
+        ("find-products",),
+        deliver_resume("processing_4g"),
     ),
     Case(
         "ingest",
@@ -1900,7 +1936,10 @@ def run_case(b: Bench, case: Case) -> Outcome:
     try:
         return case.run(b, case)
     except (CaseError, OSError, tarfile.TarError) as e:
-        return Outcome(case.name, case.title, "error", note=str(e))
+        outcome = Outcome(case.name, case.title, "error", note=str(e))
+        if isinstance(e, CaseError) and e.stderr:
+            outcome.details["stderr"] = e.stderr
+        return outcome
 
 
 # ---- output ------------------------------------------------------------------------
@@ -1995,6 +2034,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             bench.results[case.name] = outcome
             outcomes.append(outcome)
             log(f"  {outcome.status} ({time.perf_counter() - started:.1f}s) {outcome.note}")
+            if outcome.details.get("stderr"):
+                log("  its stderr:\n" + outcome.details["stderr"].rstrip())
     finally:
         if args.keep:
             log(f"data kept in {root}")

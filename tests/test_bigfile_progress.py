@@ -57,9 +57,36 @@ def assert_bytes_grow_inside_the_file(err: str, label: str) -> None:
     assert moving[-1] < SIZE / 1e6, err  # still short of the whole file
 
 
+def assert_counted_chunk_by_chunk(err: str, label: str, size: int) -> None:
+    """A transfer's bytes grow a chunk (or part) at a time while its one file
+    is under way, the first well before half of it: not a jump at its end."""
+    done = mid_file_bytes(err, label)
+    assert done == sorted(done), err
+    moving = set(done) - {0.0}
+    assert len(moving) >= 2, err
+    assert min(moving) < size / 2e6, err
+
+
 def write_recipe(path: Path, step: str) -> Path:
     path.write_text(f"recipe: big\nsteps:\n  - id: work\n{step}")
     return path
+
+
+def run_beating(cli, monkeypatch: pytest.MonkeyPatch, recipe: Path, step: str) -> str:
+    """Run the one-step recipe ``step`` (written to ``recipe``) with a
+    heartbeat line for every report; its stderr."""
+    monkeypatch.setenv("WSRUN_HEARTBEAT", "1e-12")
+    done = cli(write_recipe(recipe, step))
+    assert done.code == 0, done.err
+    return done.err
+
+
+def sha256_of(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(8 * MiB):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 # ---- copy_file reports as it goes, and its reports add up ---------------------------
@@ -160,12 +187,7 @@ def test_a_copy_of_one_big_file_beats_with_growing_bytes(
     done = cli(recipe)
     assert done.code == 0, done.err
     assert_bytes_grow_inside_the_file(done.err, "work (copy)")
-    copied = tmp_path / "out" / "data" / "big.bin"
-    h = hashlib.sha256()
-    with copied.open("rb") as f:
-        while chunk := f.read(8 * MiB):
-            h.update(chunk)
-    assert h.hexdigest() == sha
+    assert sha256_of(tmp_path / "out" / "data" / "big.bin") == sha
 
 
 def test_the_copy_checksum_of_one_big_file_is_exact(
@@ -223,18 +245,107 @@ def test_an_upload_of_one_big_file_beats_with_growing_bytes(
     data = os.urandom(30 * MiB + 99)
     (tmp_path / "up").mkdir()
     (tmp_path / "up" / "big.bin").write_bytes(data)
-    monkeypatch.setenv("WSRUN_HEARTBEAT", "1e-12")
-    recipe = write_recipe(
+    err = run_beating(
+        cli,
+        monkeypatch,
         tmp_path / "up.yaml",
         f"    uses: s3-upload\n    with: {{sources: up, base: ., to: 's3://{bucket}/x', "
         f"endpoint_url: {json.dumps(s3.endpoint)}, part_size: 5MiB, workers: 2}}\n",
     )
-    done = cli(recipe)
-    assert done.code == 0, done.err
-    done_mb = mid_file_bytes(done.err, "work (upload)")
-    assert done_mb == sorted(done_mb)
-    assert len(set(done_mb) - {0.0}) >= 2, done.err
     # bytes counted part by part, well before the last part (and the completion)
-    assert min(set(done_mb) - {0.0}) < len(data) / 2e6
+    assert_counted_chunk_by_chunk(err, "work (upload)", len(data))
     body = s3.client().get_object(Bucket=bucket, Key="x/up/big.bin")["Body"].read()
     assert hashlib.sha256(body).digest() == hashlib.sha256(data).digest()
+
+
+# ---- move and s3-download ---------------------------------------------------------------
+
+
+@pytest.fixture
+def across(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Renames of the ``src`` directory or a path below it fail as across filesystems
+    (EXDEV), so a move of it has to copy; the paths refused, in order."""
+    real = os.rename
+    refused: list[str] = []
+
+    def rename(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
+        if "src" in Path(src).parts:
+            refused.append(os.fspath(src))
+            raise OSError(errno.EXDEV, "Invalid cross-device link", os.fspath(src))
+        real(src, dst)
+
+    monkeypatch.setattr(os, "rename", rename)
+    return refused
+
+
+def test_a_move_of_one_big_file_across_filesystems_beats_with_growing_bytes(
+    cli,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    big_tree: tuple[Path, str],
+    across: list[str],
+) -> None:
+    """Copied, then checked: both show the one file's bytes moving."""
+    source, sha = big_tree
+    (tmp_path / "src").mkdir()
+    os.link(source / "big.bin", tmp_path / "src" / "big.bin")  # the move removes this name only
+    err = run_beating(
+        cli,
+        monkeypatch,
+        tmp_path / "move.yaml",
+        "    uses: move\n    with: {source: src/big.bin, to: out/big.bin}\n",
+    )
+    assert across == [str(tmp_path / "src" / "big.bin")]  # it did go across
+    assert_bytes_grow_inside_the_file(err, "work (move)")
+    assert_bytes_grow_inside_the_file(err, "work (verify)")
+    assert not (tmp_path / "src" / "big.bin").exists()
+    assert sha256_of(tmp_path / "out" / "big.bin") == sha
+
+
+@pytest.mark.parametrize("how", ["rename", "across"])
+def test_a_move_of_a_tree_counts_every_file_it_moved(
+    cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest, how: str
+) -> None:
+    """One rename moves the whole tree: the line says how many files (and
+    bytes) that was, so a million-file move shows its files/s. Across
+    filesystems, the small files' counts (told in batches) add up too."""
+    if how == "across":
+        request.getfixturevalue("across")
+    tree = tmp_path / "src"
+    for i in range(5):
+        (tree / f"d{i % 2}").mkdir(parents=True, exist_ok=True)
+        (tree / f"d{i % 2}" / f"f{i}.bin").write_bytes(b"x" * (1000 + i))
+    (tree / "link").symlink_to("d0/f0.bin")  # not a file: not counted
+    err = run_beating(
+        cli,
+        monkeypatch,
+        tmp_path / "move.yaml",
+        "    uses: move\n    with: {source: src, to: moved}\n",
+    )
+    labels = ["work (move)"] + (["work (verify)"] if how == "across" else [])
+    for label in labels:
+        lines = [line for line in err.splitlines() if line.startswith(f"{label}: ")]
+        assert lines and lines[-1].startswith(f"{label}: 5/5 files, 5.0/5.0 kB, "), err
+    assert (tmp_path / "moved" / "d1" / "f3.bin").stat().st_size == 1003
+    assert not tree.exists()
+
+
+def test_a_download_of_one_big_object_beats_with_growing_bytes(
+    cli,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    s3: S3Server,
+    bucket: str,
+) -> None:
+    data = os.urandom(40 * MiB + 99)
+    s3.client().put_object(Bucket=bucket, Key="x/big.bin", Body=data)
+    err = run_beating(
+        cli,
+        monkeypatch,
+        tmp_path / "down.yaml",
+        f"    uses: s3-download\n    with: {{sources: 's3://{bucket}/x/big.bin', to: restore, "
+        f"endpoint_url: {json.dumps(s3.endpoint)}}}\n",
+    )
+    assert_counted_chunk_by_chunk(err, "work (download)", len(data))
+    assert_counted_chunk_by_chunk(err, "work (verify)", len(data))  # then read back for its ETag
+    assert (tmp_path / "restore" / "big.bin").read_bytes() == data

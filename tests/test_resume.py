@@ -416,6 +416,8 @@ def test_an_upload_with_other_metadata_is_aborted_and_started_again(
 
 GET = "wsrun.steps.s3_download:_get"
 REST = "wsrun.steps.s3_download:_get_rest"
+#: Every S3 request s3fs sends (its method name is argument 1).
+S3_CALL = "s3fs.core:S3FileSystem._call_s3"
 
 
 def download_recipe(tmp_path: Path, s3: S3Server, bucket: str) -> Path:
@@ -423,15 +425,22 @@ def download_recipe(tmp_path: Path, s3: S3Server, bucket: str) -> Path:
     return recipe(tmp_path, f"- id: down\n  uses: s3-download\n  with: {json.dumps(params)}")
 
 
-def test_a_killed_download_continues_from_where_it_stopped(
-    tmp_path: Path, s3: S3Server, bucket: str
-) -> None:
-    data = random.Random("obj").randbytes(24 * MiB)
+def killed_half_way(tmp_path: Path, s3: S3Server, bucket: str, data: bytes) -> Path:
+    """The recipe of a download of ``data`` (put at obj.bin), after a run of
+    it killed half way through the object."""
     s3.client().put_object(Bucket=bucket, Key="obj.bin", Body=data)
     path = download_recipe(tmp_path, s3, bucket)
     (tmp_path / "restore").mkdir()
     code, _, err = run(tmp_path, {"half_download": True}, path, "-q")
     assert code == -9, err
+    return path
+
+
+def test_a_killed_download_continues_from_where_it_stopped(
+    tmp_path: Path, s3: S3Server, bucket: str
+) -> None:
+    data = random.Random("obj").randbytes(24 * MiB)
+    path = killed_half_way(tmp_path, s3, bucket, data)
     assert not (tmp_path / "restore/obj.bin").exists()
     assert leftovers(tmp_path) != []  # half of it, under the temporary name
 
@@ -439,6 +448,56 @@ def test_a_killed_download_continues_from_where_it_stopped(
     assert code == 0, err
     assert count(calls, GET) == [], err
     assert count(calls, REST) == [str(12 * MiB)]  # only the second half was fetched
+    assert (tmp_path / "restore/obj.bin").read_bytes() == data
+    assert leftovers(tmp_path) == []
+
+
+def test_a_continued_download_counts_its_kept_bytes_then_the_rest_as_it_comes(
+    tmp_path: Path, s3: S3Server, bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The heartbeat of the re-run: the half kept from the killed run at once
+    (not fetched, not a rate to plan with), then the rest growing in chunks
+    before the file is done."""
+    data = random.Random("obj").randbytes(24 * MiB)
+    path = killed_half_way(tmp_path, s3, bucket, data)
+    monkeypatch.setenv("WSRUN_HEARTBEAT", "1e-12")  # a line for every report
+    code, calls, err = run(tmp_path, {"watch": [[GET, 1], [REST, 3]]}, path)
+    assert code == 0, err
+    assert count(calls, REST) == [str(12 * MiB)], err
+    mid_file = [
+        float(line.split(" files, ")[1].split("/")[0])
+        for line in err.splitlines()
+        if line.startswith("down (download): 0/1 files, ")
+    ]
+    moving = [mb for mb in mid_file if mb > 0]
+    assert moving == sorted(moving), err
+    assert moving[0] == round(12 * MiB / 1e6, 1), err  # the kept half, counted first
+    assert len(set(moving)) >= 2 and moving[-1] <= round(24 * MiB / 1e6, 1), err
+    assert (tmp_path / "restore/obj.bin").read_bytes() == data
+
+
+def test_a_download_killed_mid_stream_leaves_a_start_of_the_object_to_continue(
+    tmp_path: Path, s3: S3Server, bucket: str
+) -> None:
+    """A real kill, not a simulated one: the run is SIGKILLed as it sends its
+    sixth GET of the object (1 MiB ranges here, a few in flight). What it
+    leaves under the temporary name is a start of the object, no holes, and
+    the re-run fetches only the rest."""
+    data = random.Random("ranges").randbytes(24 * MiB)
+    s3.client().put_object(Bucket=bucket, Key="obj.bin", Body=data)
+    path = download_recipe(tmp_path, s3, bucket)
+    (tmp_path / "restore").mkdir()
+    ranges = {"wsrun.steps.s3_download:RANGE_SIZE": MiB}
+    kill = {"target": S3_CALL, "after": 5, "match": "get_object", "label": 1}
+    code, _, err = run(tmp_path, {"kill": kill, "set": ranges}, path, "-q")
+    assert code == -9, err
+    [partial] = [tmp_path / p for p in leftovers(tmp_path)]
+    kept = partial.read_bytes()
+    assert 0 < len(kept) < len(data) and kept == data[: len(kept)]
+
+    code, calls, err = run(tmp_path, {"watch": [[GET, 1], [REST, 3]], "set": ranges}, path, "-q")
+    assert code == 0, err
+    assert count(calls, GET) == [] and count(calls, REST) == [str(len(kept))]
     assert (tmp_path / "restore/obj.bin").read_bytes() == data
     assert leftovers(tmp_path) == []
 

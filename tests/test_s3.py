@@ -388,14 +388,13 @@ def test_download_refuses_content_that_does_not_match_the_etag(
     import fsspec.implementations.local  # noqa: F401
     import s3fs
 
-    real_get = s3fs.S3FileSystem._get_file
+    real_cat = s3fs.S3FileSystem._cat_file
 
-    async def corrupting_get(self: Any, rpath: str, lpath: str, **kwargs: Any) -> None:
-        await real_get(self, rpath, lpath, **kwargs)
-        with open(lpath, "r+b") as f:
-            f.write(b"T")
+    async def corrupting_cat(self: Any, path: str, **kwargs: Any) -> bytes:
+        data: bytes = await real_cat(self, path, **kwargs)
+        return b"T" + data[1:]
 
-    monkeypatch.setattr(s3fs.S3FileSystem, "_get_file", corrupting_get)
+    monkeypatch.setattr(s3fs.S3FileSystem, "_cat_file", corrupting_cat)
     # A filesystem cached by an earlier test bound the real method when it was made.
     from wsrun.stores import objectstore
 

@@ -330,8 +330,14 @@ def _write_all(fd: int, data: bytes | memoryview) -> None:
         view = view[os.write(fd, view) :]
 
 
-def hash_file(path: str, algorithm: str, buf: bytearray | None) -> str:
-    """The hex digest of a file on disk, read with ``buf``."""
+def hash_file(
+    path: str,
+    algorithm: str,
+    buf: bytearray | None,
+    on_bytes: Callable[[int], None] | None = None,
+) -> str:
+    """The hex digest of a file on disk, read with ``buf``; ``on_bytes(n)``
+    (if given) after each read is hashed, so a big file's check shows progress."""
     assert buf is not None
     digest = new_hash(algorithm)
     view = memoryview(buf)
@@ -339,6 +345,8 @@ def hash_file(path: str, algorithm: str, buf: bytearray | None) -> str:
     try:
         while n := os.readv(fd, [buf]):
             digest.update(view[:n])
+            if on_bytes is not None:
+                on_bytes(n)
     finally:
         os.close(fd)
     return digest.hexdigest()

@@ -95,6 +95,15 @@ def write_bytes_atomic(target: str, data: bytes, mode: int = 0o644) -> None:
 STRAY_AGE = 2.0
 
 
+def pwrite_all(fd: int, data: bytes, offset: int) -> None:
+    """All of ``data`` at ``offset`` (a full disk writes part, then raises ENOSPC)."""
+    view = memoryview(data)
+    while view:
+        written = os.pwrite(fd, view, offset)
+        view = view[written:]
+        offset += written
+
+
 def hold_temp(fd: int) -> None:
     """Mark a temporary file as being written: its writer holds a lock on it until
     it closes the file (or dies), so a run cleaning up leftovers in the same

@@ -31,6 +31,7 @@ not report. That is what makes a dry run faithful.
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -166,6 +167,59 @@ class _NoProgressTask:
 
     def close(self) -> None:
         pass
+
+
+class Batched:
+    """A ProgressTask whose reports are told a batch at a time: once ``files``
+    files or ``bytes`` bytes have gathered, and the rest on ``close``. A report
+    per small file costs more than moving it; a report of a big file's chunk
+    (``bytes`` and up) is told at once. Safe to share between threads."""
+
+    def __init__(self, task: ProgressTask, files: int = 64, bytes: int = 1 << 20) -> None:
+        self.task = task
+        self.every = (files, bytes)
+        self.gathered = [0, 0]  # files, bytes
+        self.lock = threading.Lock()
+
+    def advance(self, bytes: int = 0, files: int = 0) -> None:
+        with self.lock:
+            gathered = self.gathered
+            gathered[0] += files
+            gathered[1] += bytes
+            if gathered[0] < self.every[0] and gathered[1] < self.every[1]:
+                return
+            files, bytes = gathered
+            gathered[0] = gathered[1] = 0
+        self.task.advance(bytes=bytes, files=files)
+
+    def close(self) -> None:
+        with self.lock:
+            files, bytes = self.gathered
+            self.gathered = [0, 0]
+        if files or bytes:
+            self.task.advance(bytes=bytes, files=files)
+        self.task.close()
+
+
+class FileProgress:
+    """One file's bytes told to a task as they are written (or checked): at
+    most its size in all, so a file that is written (or checked) again after
+    a failed check is not counted twice. Called by one thread at a time."""
+
+    def __init__(self, task: ProgressTask, size: int) -> None:
+        self.task = task
+        self.size = size
+        self.told = 0
+
+    def __call__(self, n: int) -> None:
+        n = min(n, self.size - self.told)
+        if n > 0:
+            self.told += n
+            self.task.advance(bytes=n)
+
+    def finish(self) -> None:
+        """The file is done: the file, and whatever of its bytes were not told."""
+        self.task.advance(bytes=self.size - self.told, files=1)
 
 
 class Progress:

@@ -10,10 +10,10 @@ from typing import Any
 
 from wsrun.core import resumes
 from wsrun.core.effects import Effect, create_dir, move, remove
-from wsrun.core.filecopy import copy_file, copy_symlink, current_umask, hash_file
+from wsrun.core.filecopy import MMAP_MIN, copy_file, copy_symlink, current_umask, hash_file
 from wsrun.core.fileio import temp_path
 from wsrun.core.fs import FileInfo, WorldView
-from wsrun.core.step import Plan, Result, StepContext, StepError
+from wsrun.core.step import Batched, Plan, ProgressTask, Result, StepContext, StepError
 from wsrun.steps.copy import run_parallel
 from wsrun.steps.remove import remove_tree
 
@@ -27,7 +27,9 @@ name, verified (sizes and SHA-256), renamed into place, and only then is the
 source removed, so no reader ever sees half a tree and nothing is lost if the
 run is killed; a re-run after a kill continues the copy it left, copying only
 the files that are not there yet (or changed since). Re-running after the move
-(source gone, target there) does nothing.
+(source gone, target there) does nothing. Progress counts the files (and
+bytes) moved; across filesystems, the bytes of a big file as they are copied,
+then as they are checked.
 """
 
 SCHEMA: dict[str, Any] = {
@@ -81,6 +83,9 @@ _ASIDE = ".old"
 class MoveJob:
     source: str
     to: str
+    #: Regular files and their bytes at or below ``source``: the progress totals.
+    files: int = 0
+    bytes: int = 0
     #: Missing parent directories of ``to``, outermost first.
     parents: list[str] = field(default_factory=list)
 
@@ -112,21 +117,27 @@ def plan(params: dict[str, Any], ctx: StepContext) -> Plan:
         if dst.is_dir != src.is_dir:
             kinds = ("directory", "non-directory") if dst.is_dir else ("non-directory", "directory")
             raise StepError(f"cannot overwrite {kinds[0]} with {kinds[1]}", path=to)
-        effects.append(remove(to, bytes=tree_bytes(ctx.fs, to, dst)))
+        effects.append(remove(to, bytes=tree_size(ctx.fs, to, dst)[1]))
     else:
         job.parents = missing_parents(ctx.fs, to)
         effects.extend(create_dir(p) for p in job.parents)
-    size = tree_bytes(ctx.fs, source, src)
-    effects.append(move(source, to, bytes=size))
-    outputs.update(bytes=size, moved=True)
+    job.files, job.bytes = tree_size(ctx.fs, source, src)
+    effects.append(move(source, to, bytes=job.bytes))
+    outputs.update(bytes=job.bytes, moved=True)
     return Plan(effects=effects, outputs=outputs, data=job)
 
 
-def tree_bytes(fs: WorldView, path: str, info: FileInfo) -> int:
-    """Total size of the regular files at or below ``path`` (symlinks not followed)."""
-    if info.is_dir:
-        return sum(i.size for _, i in fs.walk(path) if i.is_file)
-    return info.size if info.is_file else 0
+def tree_size(fs: WorldView, path: str, info: FileInfo) -> tuple[int, int]:
+    """How many regular files are at or below ``path`` and their total size
+    (symlinks not followed)."""
+    if not info.is_dir:
+        return (1, info.size) if info.is_file else (0, 0)
+    files = size = 0
+    for _, i in fs.walk(path):
+        if i.is_file:
+            files += 1
+            size += i.size
+    return files, size
 
 
 def missing_parents(fs: WorldView, path: str) -> list[str]:
@@ -147,12 +158,17 @@ def apply(plan: Plan, ctx: StepContext) -> Result:
         return Result(outputs=plan.outputs)
     for parent in job.parents:
         os.mkdir(parent)
+    task = ctx.progress.task("move", total_bytes=job.bytes, total_files=job.files)
     try:
-        put_in_place(job.source, job.to)
-    except OSError as e:
-        if e.errno != errno.EXDEV:
-            raise
-        move_across(job.source, job.to, ctx)
+        try:
+            put_in_place(job.source, job.to)
+            task.advance(bytes=job.bytes, files=job.files)  # one rename moved them all
+        except OSError as e:
+            if e.errno != errno.EXDEV:
+                raise
+            move_across(job.source, job.to, ctx, task)
+    finally:
+        task.close()
     return Result(effects=plan.effects, outputs=plan.outputs)
 
 
@@ -174,19 +190,20 @@ def put_in_place(new: str, to: str) -> None:
     remove_tree(aside)
 
 
-def move_across(source: str, to: str, ctx: StepContext) -> None:
+def move_across(source: str, to: str, ctx: StepContext, task: ProgressTask) -> None:
     """Copy to a temp name beside ``to``, verify, rename into place, remove ``source``.
 
     A tree a killed run left at the temp name is continued, not started over:
     files already there with the source's size, mtime and mode and a digest
     recorded when they were written (wsrun.core.resumes) are kept; the rest is
     copied, and what the source no longer has is removed. Every file is then
-    verified as usual."""
+    verified as usual. ``task`` counts the files and bytes copied (a kept
+    file at once, a big file's bytes as they go)."""
     tmp = temp_path(to)
     if not (os.path.isdir(source) and not os.path.islink(source) and _plain_dir(tmp)):
         remove_tree(tmp)  # a killed run's leftover that cannot be continued
     try:
-        copy_verified(source, tmp, ctx)
+        copy_verified(source, tmp, ctx, task)
         put_in_place(tmp, to)
     except BaseException:
         remove_tree(tmp)
@@ -194,9 +211,10 @@ def move_across(source: str, to: str, ctx: StepContext) -> None:
     remove_tree(source)
 
 
-def copy_verified(source: str, dest: str, ctx: StepContext) -> None:
+def copy_verified(source: str, dest: str, ctx: StepContext, task: ProgressTask) -> None:
     """Copy the tree ``source`` to ``dest`` (modes, mtimes, symlinks kept), then
-    check every file's size and SHA-256 against what was read from the source."""
+    check every file's size and SHA-256 against what was read from the source.
+    ``task`` counts the copy; a task of its own, ``verify``, the check."""
     st = os.lstat(source)
     files: list[tuple[str, str, int, int, int]] = []
     dirs: list[tuple[str, os.stat_result]] = []
@@ -240,11 +258,19 @@ def copy_verified(source: str, dest: str, ctx: StepContext) -> None:
     else:
         raise StepError("cannot copy a special file across filesystems", path=source)
     umask = current_umask()
+    sizes = {f[1]: f[2] for f in files}
+    sizes.update((target, os.lstat(target).st_size) for target in kept)
+    copying = Batched(task)
+    copying.advance(bytes=sum(sizes[target] for target in kept), files=len(kept))
 
     def copy_one(f: tuple[str, str, int, int, int], buf: bytearray | None) -> str | None:
-        digest = copy_file(f[0], f[1], f[3] & 0o7777, f[4], umask, "sha256", buf, f[2])
+        follow = copying.advance if f[2] >= MMAP_MIN else None  # a big file's bytes as they go
+        digest = copy_file(
+            f[0], f[1], f[3] & 0o7777, f[4], umask, "sha256", buf, f[2], None, follow
+        )
         if digest is not None:
             records.record(f[1], "sha256", digest)  # a killed move keeps it
+        copying.advance(bytes=0 if follow else f[2], files=1)
         return digest
 
     workers = os.cpu_count() or 1
@@ -252,17 +278,28 @@ def copy_verified(source: str, dest: str, ctx: StepContext) -> None:
         copied = run_parallel(files, copy_one, workers, ctx, buffered=True)
     finally:
         records.flush()
+        copying.close()
     digests = {f[1]: d for f, d in zip(files, copied, strict=True)}
     digests.update(kept)
     every = files + [(path, target, 0, 0, 0) for target, path in _sources_of(kept, source, dest)]
-    sizes = {f[1]: f[2] for f in files}
-    sizes.update((target, os.lstat(target).st_size) for target in kept)
+    checking = Batched(
+        ctx.progress.task("verify", total_bytes=sum(sizes.values()), total_files=len(every))
+    )
 
     def check_one(f: tuple[str, str, int, int, int], buf: bytearray | None) -> bool:
         size = sizes[f[1]]
-        return os.lstat(f[1]).st_size == size and hash_file(f[1], "sha256", buf) == digests[f[1]]
+        follow = checking.advance if size >= MMAP_MIN else None
+        ok = (
+            os.lstat(f[1]).st_size == size
+            and hash_file(f[1], "sha256", buf, follow) == digests[f[1]]
+        )
+        checking.advance(bytes=0 if follow else size, files=1)
+        return ok
 
-    checks = run_parallel(every, check_one, workers, ctx, buffered=True)
+    try:
+        checks = run_parallel(every, check_one, workers, ctx, buffered=True)
+    finally:
+        checking.close()
     for f, ok in zip(every, checks, strict=True):
         if not ok:
             raise StepError(f"copy does not match its source {f[0]}", path=f[1])

@@ -5,16 +5,26 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
+import itertools
 import os
 import stat as statmod
+from collections import deque
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 from wsrun.core.effects import Effect, create_dir, create_file
-from wsrun.core.fileio import TempBusy, create_temp, hold_temp, remove_temp_of, temp_path
+from wsrun.core.fileio import (
+    TempBusy,
+    create_temp,
+    hold_temp,
+    pwrite_all,
+    remove_temp_of,
+    temp_path,
+)
 from wsrun.core.fs import ContentUnknown, FileInfo
-from wsrun.core.step import Plan, Result, StepContext, StepError
+from wsrun.core.step import Batched, FileProgress, Plan, Result, StepContext, StepError
 from wsrun.stores import objectstore as osx
 
 NAME = "s3-download"
@@ -30,7 +40,10 @@ multipart object) or its ``sha256`` metadata, and only then renamed into
 place. A local file with the same size and content is left alone. A download
 cut short by a kill is continued from where it stopped when the object is still
 the same version (same ETag and size, recorded on the temporary file), and the
-whole file is checked as usual.
+whole file is checked as usual: a big object comes in ranges of 16 MiB, a few at
+a time, written in order, so what a kill leaves is always a start of it. Progress counts a big object's bytes as they
+arrive (a continued one's kept bytes at once), not only when it is done, and
+then, as a task of its own (``verify``), as they are checked.
 """
 
 SCHEMA: dict[str, Any] = {
@@ -240,17 +253,17 @@ def apply(plan: Plan, ctx: StepContext) -> Result:
     for effect in plan.effects:
         if effect.op == "create_dir":
             os.makedirs(effect.path, exist_ok=True)
-    task = ctx.progress.task(
-        "download",
-        total_bytes=sum(d.size for d in job.downloads),
-        total_files=len(job.downloads),
-    )
+    totals = {"total_bytes": sum(d.size for d in job.downloads), "total_files": len(job.downloads)}
+    task = Batched(ctx.progress.task("download", **totals))
+    checking = Batched(ctx.progress.task("verify", **totals))
 
     def one(download: Download) -> None:
         ctx.check_deadline()
         url = job.store.url(download.path)
+        landed = FileProgress(task, download.size)
+        checked = FileProgress(checking, download.size)
         try:
-            _fetch(job, download)
+            _fetch(job, download, landed, checked)
         except StepError:
             raise
         except OSError as e:
@@ -259,7 +272,8 @@ def apply(plan: Plan, ctx: StepContext) -> Result:
             raise job.store.error(e, url) from None
         except Exception as e:
             raise job.store.error(e, url) from None
-        task.advance(bytes=download.size, files=1)
+        landed.finish()
+        checked.finish()
 
     try:
         if len(job.downloads) <= 1:
@@ -271,7 +285,21 @@ def apply(plan: Plan, ctx: StepContext) -> Result:
                     fut.result()
     finally:
         task.close()
+        checking.close()
     return Result(effects=list(plan.effects), outputs=plan.outputs)
+
+
+class _Told:
+    """A file read through, telling ``told`` how many bytes each read gave."""
+
+    def __init__(self, f: Any, told: Callable[[int], None]) -> None:
+        self.f = f
+        self.told = told
+
+    def read(self, n: int = -1) -> bytes:
+        data: bytes = self.f.read(n)
+        self.told(len(data))
+        return data
 
 
 #: Extended attribute naming the object version a temporary file holds the
@@ -280,13 +308,17 @@ def apply(plan: Plan, ctx: StepContext) -> Result:
 PARTIAL_XATTR = "user.wsrun.partial"
 
 
-def _fetch(job: DownloadJob, download: Download) -> None:
+def _fetch(
+    job: DownloadJob, download: Download, landed: FileProgress, checked: FileProgress
+) -> None:
     """Download to a temporary name beside the target, verify, rename into place.
 
     A temp file a killed run left for this very object version (same ETag and
     size, see PARTIAL_XATTR) is continued from its end instead of downloaded
     again; the whole file is verified either way, and a continued one that
-    fails the check is downloaded once more from the start.
+    fails the check is downloaded once more from the start. ``landed`` gets
+    the bytes as they are written (a continued file's kept ones first),
+    ``checked`` as they are read back for the check.
     """
     store = job.store
     tmp = temp_path(download.dest)
@@ -294,23 +326,20 @@ def _fetch(job: DownloadJob, download: Download) -> None:
     fd = -1
     try:
         fd, offset = _open_temp(tmp, download)
-        checked = False
+        continued = False
         if offset:
-            _get_rest(store, download.path, fd, offset, download.size)
-            checked = _verified(job, download, tmp)
-            if not checked:
+            landed(offset)
+            _get_rest(store, download.path, fd, offset, download.size, landed)
+            whole = os.path.getsize(tmp) == download.size
+            continued = whole and _content_ok(job, download, tmp, checked)
+            if not continued:
                 os.ftruncate(fd, 0)
-        if not checked:
-            _get(store, download.path, tmp)
-        size = os.path.getsize(tmp)
-        if size != download.size:
-            raise StepError(f"got {size} bytes, the store listed {download.size}", path=url)
-        if download.etag is not None and not checked:
-            with open(tmp, "rb") as f:
-                ok = osx.matches_etag(f, download.size, download.etag, job.part_size)
-            if ok is None:
-                ok = _matches_sha256(store, download, tmp)
-            if not ok:
+        if not continued:
+            _get(store, download.path, fd, download.size, landed)
+            size = os.path.getsize(tmp)
+            if size != download.size:
+                raise StepError(f"got {size} bytes, the store listed {download.size}", path=url)
+            if not _content_ok(job, download, tmp, checked):
                 raise StepError(
                     f"the content does not match the store's ETag {download.etag}", path=url
                 )
@@ -327,15 +356,17 @@ def _fetch(job: DownloadJob, download: Download) -> None:
             os.close(fd)
 
 
-def _verified(job: DownloadJob, download: Download, tmp: str) -> bool:
-    """Whether the temp file is the whole object (size, then ETag or sha256)."""
-    if os.path.getsize(tmp) != download.size:
-        return False
+def _content_ok(
+    job: DownloadJob, download: Download, tmp: str, checked: Callable[[int], None]
+) -> bool:
+    """Whether the temp file's content is the object's: its ETag, or its sha256
+    metadata when the ETag's part size cannot be told (nothing to check
+    without an ETag). ``checked(n)`` as the file is read."""
     if download.etag is None:
         return True
     with open(tmp, "rb") as f:
-        ok = osx.matches_etag(f, download.size, download.etag, job.part_size)
-    return ok if ok is not None else _matches_sha256(job.store, download, tmp)
+        ok = osx.matches_etag(_Told(f, checked), download.size, download.etag, job.part_size)
+    return ok if ok is not None else _matches_sha256(job.store, download, tmp, checked)
 
 
 def _open_temp(tmp: str, download: Download) -> tuple[int, int]:
@@ -371,21 +402,70 @@ def _open_temp(tmp: str, download: Download) -> tuple[int, int]:
     return fd, 0
 
 
-def _get(store: osx.Store, path: str, tmp: str) -> None:
-    """The whole object into ``tmp`` (which keeps its inode, lock and xattr)."""
-    store.fs.get_file(path, tmp)
+#: A big object is fetched in ranges of this many bytes, up to RANGES_IN_FLIGHT
+#: at once per object, and written front to back as they come in order: the
+#: temp file is always a start of the object, which a killed run's successor
+#: continues. (s3fs's get_file sizes the file first and fills in its parts in
+#: any order: a kill left a file nobody could continue.)
+RANGE_SIZE = 16 * osx.MiB
+RANGES_IN_FLIGHT = 4
 
 
-def _get_rest(store: osx.Store, path: str, fd: int, offset: int, size: int) -> None:
-    """The object's bytes from ``offset`` on, appended to the temp file ``fd``."""
-    with store.fs.open(path, "rb", block_size=8 * osx.MiB, cache_type="none") as r:
-        r.seek(offset)
-        while offset < size and (chunk := r.read(min(8 * osx.MiB, size - offset))):
-            os.pwrite(fd, chunk, offset)
-            offset += len(chunk)
+def _get(store: osx.Store, path: str, fd: int, size: int, landed: Callable[[int], None]) -> None:
+    """The whole object into the empty temp file ``fd`` (which keeps its inode,
+    lock and xattr); ``landed(n)`` as each range is written."""
+    _write_from(store, path, fd, 0, size, landed)
 
 
-def _matches_sha256(store: osx.Store, download: Download, local: str) -> bool:
+def _get_rest(
+    store: osx.Store, path: str, fd: int, offset: int, size: int, landed: Callable[[int], None]
+) -> None:
+    """The object's bytes from ``offset`` on, appended to the temp file ``fd``;
+    ``landed(n)`` as each range is written."""
+    _write_from(store, path, fd, offset, size, landed)
+
+
+def _range(store: osx.Store, path: str, start: int, end: int) -> bytes:
+    """Bytes ``start`` to ``end`` (exclusive) of the object; fewer if it is shorter."""
+    data: bytes = store.fs.cat_file(path, start=start, end=end)
+    return data
+
+
+def _write_from(
+    store: osx.Store, path: str, fd: int, offset: int, size: int, landed: Callable[[int], None]
+) -> None:
+    """Bytes ``offset`` to ``size`` of the object into ``fd`` in order, with up to
+    RANGES_IN_FLIGHT ranges fetched at once (a range that comes back short ends
+    it: the caller's size check says so)."""
+    ranges = [(start, min(start + RANGE_SIZE, size)) for start in range(offset, size, RANGE_SIZE)]
+    if len(ranges) <= 1:
+        for start, end in ranges:
+            data = _range(store, path, start, end)
+            pwrite_all(fd, data, start)
+            landed(len(data))
+        return
+    with ThreadPoolExecutor(RANGES_IN_FLIGHT, thread_name_prefix="wsrun-range") as pool:
+        try:
+            waiting = iter(ranges)
+            fetching = deque(
+                pool.submit(_range, store, path, start, end)
+                for start, end in itertools.islice(waiting, RANGES_IN_FLIGHT)
+            )
+            for start, end in ranges:
+                data = fetching.popleft().result()
+                pwrite_all(fd, data, start)
+                landed(len(data))
+                if len(data) < end - start:
+                    return
+                for following in itertools.islice(waiting, 1):
+                    fetching.append(pool.submit(_range, store, path, *following))
+        finally:
+            pool.shutdown(cancel_futures=True)
+
+
+def _matches_sha256(
+    store: osx.Store, download: Download, local: str, checked: Callable[[int], None]
+) -> bool:
     """The fallback check for a multipart ETag of unknown part size: sha256 metadata."""
     meta = (osx.head(store, download.path) or {}).get("Metadata", {})
     want = meta.get(osx.SHA256_META)
@@ -399,4 +479,5 @@ def _matches_sha256(store: osx.Store, download: Download, local: str) -> bool:
     with open(local, "rb") as f:
         while chunk := f.read(4 * osx.MiB):
             h.update(chunk)
+            checked(len(chunk))
     return h.hexdigest() == want

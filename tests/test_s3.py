@@ -381,6 +381,61 @@ def test_download_round_trip_list_and_unchanged(
     assert (tmp_path / "restored/data/series2/notes.txt").read_bytes() == b"hello\n"
 
 
+def test_big_objects_downloaded_at_once_hold_a_bounded_number_of_ranges(
+    cli, tmp_path: Path, s3: S3Server, bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Eight big objects on eight workers, each fetched in ranges a few at a
+    time: the ranges fetched and not yet written, over all of them, never pass
+    the process's RANGES_HELD (memory stays bounded), and a cap far below what
+    the workers would take still lets every object finish (no circular wait)."""
+    import threading
+
+    from wsrun.steps import s3_download
+
+    client = s3.client()
+    data = {f"big/{i}.bin": os.urandom(6 * MiB + i) for i in range(8)}
+    for key, body in data.items():
+        client.put_object(Bucket=bucket, Key=key, Body=body)
+    held, most, lock = 0, 0, threading.Lock()
+    fetch, write = s3_download._range, s3_download.pwrite_all
+
+    def counted_fetch(*args: Any) -> bytes:
+        nonlocal held, most
+        with lock:
+            held += 1
+            most = max(most, held)
+        return fetch(*args)
+
+    def counted_write(fd: int, buf: bytes, offset: int) -> None:
+        nonlocal held
+        write(fd, buf, offset)
+        with lock:
+            held -= 1
+
+    monkeypatch.setattr(s3_download, "RANGE_SIZE", MiB)
+    monkeypatch.setattr(s3_download, "_held", threading.BoundedSemaphore(3))
+    monkeypatch.setattr(s3_download, "_range", counted_fetch)
+    monkeypatch.setattr(s3_download, "pwrite_all", counted_write)
+    path = recipe(
+        tmp_path,
+        s3,
+        f"""
+- id: down
+  uses: s3-download
+  with:
+    sources: "s3://{bucket}/big/"
+    to: restored
+    workers: 8
+    endpoint_url: "{{{{ vars.endpoint }}}}"
+""",
+    )
+    done = cli(path, "-q")
+    assert done.code == 0, done.err
+    for key, body in data.items():
+        assert (tmp_path / "restored" / key).read_bytes() == body
+    assert held == 0 and 1 < most <= 3
+
+
 def test_download_refuses_content_that_does_not_match_the_etag(
     cli, tmp_path: Path, s3: S3Server, bucket: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

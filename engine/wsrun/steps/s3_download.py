@@ -5,9 +5,9 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
-import itertools
 import os
 import stat as statmod
+import threading
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -41,7 +41,9 @@ place. A local file with the same size and content is left alone. A download
 cut short by a kill is continued from where it stopped when the object is still
 the same version (same ETag and size, recorded on the temporary file), and the
 whole file is checked as usual: a big object comes in ranges of 16 MiB, a few at
-a time, written in order, so what a kill leaves is always a start of it. Progress counts a big object's bytes as they
+a time, written in order, so what a kill leaves is always a start of it; at most
+eight ranges are held at once over all objects, so memory stays near 128 MiB
+however many big objects the workers fetch. Progress counts a big object's bytes as they
 arrive (a continued one's kept bytes at once), not only when it is done, and
 then, as a task of its own (``verify``), as they are checked.
 """
@@ -409,6 +411,11 @@ def _open_temp(tmp: str, download: Download) -> tuple[int, int]:
 #: any order: a kill left a file nobody could continue.)
 RANGE_SIZE = 16 * osx.MiB
 RANGES_IN_FLIGHT = 4
+#: Ranges fetched or waiting to be written at once in the whole process, over
+#: every object the step's workers download: memory stays at about
+#: ``RANGES_HELD * RANGE_SIZE`` (128 MiB) however many big objects come at once.
+RANGES_HELD = 8
+_held = threading.BoundedSemaphore(RANGES_HELD)
 
 
 def _get(store: osx.Store, path: str, fd: int, size: int, landed: Callable[[int], None]) -> None:
@@ -436,7 +443,9 @@ def _write_from(
 ) -> None:
     """Bytes ``offset`` to ``size`` of the object into ``fd`` in order, with up to
     RANGES_IN_FLIGHT ranges fetched at once (a range that comes back short ends
-    it: the caller's size check says so)."""
+    it: the caller's size check says so). Each range fetched holds one of the
+    process's RANGES_HELD until it is written; an object waits for one only while
+    it holds none, so objects never wait on each other in a circle."""
     ranges = [(start, min(start + RANGE_SIZE, size)) for start in range(offset, size, RANGE_SIZE)]
     if len(ranges) <= 1:
         for start, end in ranges:
@@ -444,23 +453,31 @@ def _write_from(
             pwrite_all(fd, data, start)
             landed(len(data))
         return
+    waiting = deque(ranges)
+    fetching: deque[Any] = deque()
     with ThreadPoolExecutor(RANGES_IN_FLIGHT, thread_name_prefix="wsrun-range") as pool:
+
+        def fetch_more() -> None:
+            while waiting and len(fetching) < RANGES_IN_FLIGHT:
+                if not _held.acquire(blocking=not fetching):
+                    return
+                fetching.append(pool.submit(_range, store, path, *waiting.popleft()))
+
         try:
-            waiting = iter(ranges)
-            fetching = deque(
-                pool.submit(_range, store, path, start, end)
-                for start, end in itertools.islice(waiting, RANGES_IN_FLIGHT)
-            )
             for start, end in ranges:
-                data = fetching.popleft().result()
-                pwrite_all(fd, data, start)
+                fetch_more()
+                try:
+                    data = fetching.popleft().result()
+                    pwrite_all(fd, data, start)
+                finally:
+                    _held.release()
                 landed(len(data))
                 if len(data) < end - start:
                     return
-                for following in itertools.islice(waiting, 1):
-                    fetching.append(pool.submit(_range, store, path, *following))
         finally:
             pool.shutdown(cancel_futures=True)
+            for _ in fetching:
+                _held.release()
 
 
 def _matches_sha256(

@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import random
 import select
+import signal
 import subprocess
 import sys
 import tarfile
@@ -51,14 +52,20 @@ def children(pid: int) -> list[int]:
     return found
 
 
-def alive(pid: int) -> bool:
-    """Whether ``pid`` still runs (a zombie waiting to be reaped does not)."""
+def status(pid: int) -> tuple[str, int] | None:
+    """The state letter and parent of process ``pid`` (None when it is gone)."""
     try:
         with open(f"/proc/{pid}/stat") as f:
-            state = f.read().rpartition(")")[2].split()[0]
+            fields = f.read().rpartition(")")[2].split()
     except OSError:
-        return False
-    return state not in ("Z", "X")
+        return None
+    return fields[0], int(fields[1])
+
+
+def alive(pid: int) -> bool:
+    """Whether ``pid`` still runs (a zombie waiting to be reaped does not)."""
+    found = status(pid)
+    return found is not None and found[0] not in ("Z", "X")
 
 
 def wait_gone(pids: list[int], timeout: float = 20) -> list[int]:
@@ -217,7 +224,11 @@ def test_killing_a_run_mid_tar_kills_its_forked_writers(
     """The issue's case through the command line: an uncompressed archive big
     enough to be written by forked processes, the run SIGKILLed while one is
     writing. The zygote is the orphans' subreaper, so it sees how they ended:
-    killed by the kernel with their parent (-9), not finishing their share."""
+    killed by the kernel with their parent (-9), not finishing their share.
+
+    A writer's share takes milliseconds, so the test holds it mid-share
+    (stopped) until the run is dead, then lets it go on: one that outlived its
+    run would finish its share or notice it is orphaned, and not end with -9."""
     if tarball.cpu_count() < 2:
         pytest.skip("a single CPU: tar forks no writers")
     src = tmp_path / "src"
@@ -230,24 +241,72 @@ def test_killing_a_run_mid_tar_kills_its_forked_writers(
         f"    with: {{source: {src}, to: {tmp_path}/out/a.tar}}\n"
     )
     env = dict(os.environ)
-    for _ in range(10):
-        run = zygote.start(recipe, "-q", cwd=tmp_path, env=env)
-        writers: list[int] = []
-        while not writers and zygote.poll(run) is None:
-            writers = children(run.pid)
-        if not writers:  # finished before a writer was seen: try again
-            assert zygote.wait(run) == 0, run.stderr()
-            (tmp_path / "out" / "a.tar").unlink()
-            continue
-        assert zygote.kill(run) == -9
-        for pid in writers:
-            assert zygote.wait(Run(pid, run.out, run.err), timeout=20) == -9
-        break
-    else:
-        pytest.fail("no forked writer was seen in ten runs")
+    held: dict[int, int] = {}  # writer pid -> its pidfd
+    try:
+        for _ in range(10):
+            run = zygote.start(recipe, "-q", cwd=tmp_path, env=env)
+            writers: list[int] = []
+            while not writers and zygote.poll(run) is None:
+                writers = children(run.pid)
+            for pid in writers:
+                if (pidfd := hold_mid_share(run.pid, pid)) is not None:
+                    held[pid] = pidfd
+            if not held:  # every writer finished before it was held: try again
+                assert zygote.wait(run) == 0, run.stderr()
+                (tmp_path / "out" / "a.tar").unlink()
+                continue
+            assert zygote.kill(run) == -9
+            for pid, pidfd in held.items():
+                send(pidfd, signal.SIGCONT)  # a survivor goes on with its share
+                assert zygote.wait(Run(pid, run.out, run.err), timeout=20) == -9
+            break
+        else:
+            pytest.fail("no forked writer was held mid-share in ten runs")
+    finally:
+        for pidfd in held.values():
+            send(pidfd, signal.SIGKILL)  # a failed test leaves no writer stopped
+            os.close(pidfd)
     assert not (tmp_path / "out" / "a.tar").exists()
     rerun = zygote.start(recipe, "-q", cwd=tmp_path, env=env)
     assert zygote.wait(rerun) == 0, rerun.stderr()
     with tarfile.open(tmp_path / "out" / "a.tar") as tar:
         assert sorted(tar.getnames()) == ["src", "src/part0.bin", "src/part1.bin"]
     assert leftovers(tmp_path) == []
+
+
+def hold_mid_share(parent: int, pid: int, timeout: float = 20) -> int | None:
+    """A pidfd of ``parent``'s forked writer ``pid``, stopped (SIGSTOP) once
+    it has started writing, so after it armed its death signal; None when it
+    ended first. The pidfd is taken while ``pid`` is still ``parent``'s
+    child, so no process that gets the number later is signalled."""
+    try:
+        pidfd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return None
+    deadline = time.monotonic() + timeout
+    while (found := status(pid)) is not None and found[1] == parent and found[0] not in "ZX":
+        if found[0] == "T":  # stopped by the test's SIGSTOP
+            return pidfd
+        if write_calls(pid) > 0:
+            send(pidfd, signal.SIGSTOP)
+        assert time.monotonic() < deadline, f"writer {pid} was not held in {timeout} s: {found}"
+        time.sleep(0.001)
+    os.close(pidfd)  # it ended (or was reaped) before it stopped
+    return None
+
+
+def write_calls(pid: int) -> int:
+    """How many write system calls process ``pid`` made (0 when it is gone)."""
+    try:
+        with open(f"/proc/{pid}/io") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("syscw:"))
+    except OSError:
+        return 0
+
+
+def send(pidfd: int, sig: int) -> None:
+    """Signal the process of ``pidfd``, which may have ended (and been reaped)."""
+    try:
+        signal.pidfd_send_signal(pidfd, sig)
+    except ProcessLookupError:
+        pass

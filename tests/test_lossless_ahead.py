@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -27,61 +25,41 @@ import tifffile
 
 from conftest import write
 from fixtures.jp2 import decode_pnm, need_opj_decompress
+from fixtures.masters import (
+    LOOP,
+    PATIENCE,
+    H,
+    W,
+    alive,
+    end_encoding_ahead,
+    hanging_decoder,
+    join_encoding_ahead,
+    killed_during_proof,
+    loop_tiffs,
+    samples,
+    wait_gone,
+)
 from fixtures.writers import leftovers
-from wsrun.packs.distillery import image_derivative, lossless
+from wsrun.packs.distillery import lossless
 
-H, W = 40, 56
 NAMES = ("scan1", "scan2", "scan3")
-
-RECIPE = """
-recipe: masters
-inputs:
-  source: {type: path, positional: true}
-steps:
-  - id: tiffs
-    uses: find
-    with:
-      root: "{{ inputs.source }}"
-      patterns: ["*.tif"]
-  - id: master
-    for_each: "{{ steps.tiffs.outputs.files }}"
-    uses: image-derivative
-    with:
-      source: "{{ item }}"
-      derivatives:
-        - {to: "masters/{{ (item | basename)[:-4] }}.jp2", lossless: true}
-"""
-
-#: Long enough never to expire when the two sides do overlap; a guard, not a timing.
-PATIENCE = 120
 
 
 @pytest.fixture(autouse=True)
 def _opj() -> Iterator[None]:
     need_opj_decompress()
     yield
-    for thread in threading.enumerate():  # no encoding ahead outlives its test
-        if thread.name == "wsrun-encode-ahead":
-            thread.join(PATIENCE)
-    image_derivative._ahead.clear()
+    end_encoding_ahead()
 
 
 @pytest.fixture
 def recipe(tmp_path: Path) -> Path:
-    return write(tmp_path / "masters.yaml", RECIPE)
-
-
-def samples(seed: int) -> np.ndarray:
-    return np.random.default_rng(seed).integers(0, 1 << 16, (H, W, 3), dtype=np.uint16)
+    return write(tmp_path / "masters.yaml", LOOP)
 
 
 def tiffs(tmp_path: Path) -> dict[str, np.ndarray]:
     """Three 16-bit RGB TIFFs in tmp_path/in, by name."""
-    (tmp_path / "in").mkdir()
-    images = {name: samples(i) for i, name in enumerate(NAMES)}
-    for name, data in images.items():
-        tifffile.imwrite(tmp_path / "in" / f"{name}.tif", data, photometric="rgb")
-    return images
+    return loop_tiffs(tmp_path, {name: i for i, name in enumerate(NAMES)})
 
 
 def named(images: dict[str, np.ndarray]) -> dict[str, str]:
@@ -191,9 +169,7 @@ def test_every_master_of_a_loop_is_proven_and_nothing_is_encoded_twice(
     log.events.clear()
     r = cli(recipe, tmp_path / "in")
     assert r.code == 0, r.err
-    for thread in threading.enumerate():
-        if thread.name == "wsrun-encode-ahead":
-            thread.join(PATIENCE)
+    join_encoding_ahead()
     assert log.events == []
 
 
@@ -230,13 +206,6 @@ def test_a_tiff_changed_after_it_was_encoded_ahead_is_encoded_again(
     assert bits == 16 and np.array_equal(got, newer)
 
 
-HANGING_DECODER = """#!/bin/sh
-# A stand-in for opj_decompress that hangs in the middle of the first proof.
-echo $$ > "{pidfile}"
-exec sleep 600
-"""
-
-
 def test_a_loop_killed_during_a_proof_leaves_no_master_then_a_rerun_makes_all(
     cli: Any, tmp_path: Path, recipe: Path
 ) -> None:
@@ -244,29 +213,14 @@ def test_a_loop_killed_during_a_proof_leaves_no_master_then_a_rerun_makes_all(
     master is at the destination, the decoder is gone, and a re-run writes and
     proves all three with no temporary file left."""
     images = tiffs(tmp_path)
-    pidfile = tmp_path / "decoder.pid"
-    fake = tmp_path / "bin" / "opj_decompress"
-    fake.parent.mkdir()
-    fake.write_text(HANGING_DECODER.format(pidfile=pidfile))
-    fake.chmod(0o755)
-    run = subprocess.Popen(
-        [sys.executable, "-m", "wsrun", str(recipe), str(tmp_path / "in"), "-q"],
-        cwd=tmp_path,
-        env=dict(os.environ, PATH=f"{fake.parent}:{os.environ['PATH']}"),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+    bin_dir, pidfile = hanging_decoder(tmp_path)
+    decoder = killed_during_proof(
+        [str(recipe), str(tmp_path / "in"), "-q"],
+        tmp_path,
+        f"{bin_dir}:{os.environ['PATH']}",
+        pidfile,
     )
-    try:
-        while not pidfile.exists() or not pidfile.read_text().strip():
-            assert run.poll() is None, "wsrun ended before the proof began"
-            time.sleep(0.02)
-        decoder = int(pidfile.read_text())
-    finally:
-        run.kill()
-        run.wait()
-    deadline = time.monotonic() + PATIENCE  # a guard against a hang
-    while alive(decoder) and time.monotonic() < deadline:
-        time.sleep(0.02)
+    wait_gone(decoder)
     assert not alive(decoder), "the proof's decoder outlived the run"
     assert not [n for n in os.listdir(tmp_path / "masters") if n.endswith(".jp2")]
     r = cli(recipe, tmp_path / "in")
@@ -276,15 +230,6 @@ def test_a_loop_killed_during_a_proof_leaves_no_master_then_a_rerun_makes_all(
     for name, data in images.items():
         got, bits = decode_pnm(tmp_path / "masters" / f"{name}.jp2")
         assert bits == 16 and np.array_equal(got, data)
-
-
-def alive(pid: int) -> bool:
-    """Whether ``pid`` runs (a zombie does not)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rpartition(")")[2].split()[0] not in ("Z", "X")
-    except OSError:
-        return False
 
 
 def test_a_dry_run_of_a_loop_encodes_nothing(
@@ -297,7 +242,5 @@ def test_a_dry_run_of_a_loop_encodes_nothing(
     r = cli(recipe, tmp_path / "in", "--dry-run")
     assert r.code == 0, r.err
     assert r.out.count("masters/scan") >= len(NAMES)
-    for thread in threading.enumerate():
-        if thread.name == "wsrun-encode-ahead":
-            thread.join(PATIENCE)
+    join_encoding_ahead()
     assert calls == [] and not (tmp_path / "masters").exists()

@@ -12,7 +12,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ import tifffile
 
 from conftest import write
 from fixtures.jp2 import checksum, decode_pnm, need_opj_decompress
+from fixtures.masters import alive, fake_decoder, hanging_decoder, noise, started_decoder, wait_gone
 from wsrun.packs.distillery import lossless
 
 H, W = 48, 64
@@ -52,12 +52,6 @@ def _opj() -> None:
 @pytest.fixture
 def recipe(tmp_path: Path) -> Path:
     return write(tmp_path / "master.yaml", RECIPE)
-
-
-def noise(shape: tuple[int, ...], bits: int, seed: int) -> np.ndarray:
-    """Samples over the whole range of ``bits`` (noise defeats any lossy shortcut)."""
-    dtype = np.uint8 if bits <= 8 else np.uint16
-    return np.random.default_rng(seed).integers(0, 1 << bits, shape, dtype=dtype)
 
 
 def colormap(bits: int, eight_bit_colours: bool) -> np.ndarray:
@@ -517,11 +511,8 @@ def test_a_misbehaving_proof_decoder_fails_the_proof(
 ) -> None:
     source = tmp_path / "scan.tif"
     tifffile.imwrite(source, noise((H, W), 8, 31))
-    fake = tmp_path / "bin" / "opj_decompress"
-    fake.parent.mkdir()
-    fake.write_text(FAKE_DECODER.format(what=what, body=body))
-    fake.chmod(0o755)
-    monkeypatch.setenv("PATH", f"{fake.parent}:{os.environ['PATH']}")
+    bin_dir = fake_decoder(tmp_path, FAKE_DECODER.format(what=what, body=body))
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
     r = cli(recipe, source)
     assert_proof_failed(r, tmp_path, source, expected)
 
@@ -590,13 +581,6 @@ def test_a_proof_decoder_returning_other_samples_is_refused(
     assert not (tmp_path / "masters").exists()  # refused before any directory is made
 
 
-HANGING_DECODER = """#!/bin/sh
-# A stand-in for opj_decompress that hangs in the middle of the proof.
-echo $$ > "{pidfile}"
-exec sleep 600
-"""
-
-
 def test_a_run_killed_during_the_proof_leaves_no_master_and_no_decoder(
     cli: Any, tmp_path: Path, recipe: Path, wsrun_home: Path
 ) -> None:
@@ -606,12 +590,8 @@ def test_a_run_killed_during_the_proof_leaves_no_master_and_no_decoder(
     temporary file behind."""
     source = tmp_path / "scan.tif"
     tifffile.imwrite(source, noise((H, W, 3), 16, 40), photometric="rgb")
-    pidfile = tmp_path / "decoder.pid"
-    fake = tmp_path / "bin" / "opj_decompress"
-    fake.parent.mkdir()
-    fake.write_text(HANGING_DECODER.format(pidfile=pidfile))
-    fake.chmod(0o755)
-    env = dict(os.environ, PATH=f"{fake.parent}:{os.environ['PATH']}")
+    bin_dir, pidfile = hanging_decoder(tmp_path)
+    env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}")
     run = subprocess.Popen(
         [sys.executable, "-m", "wsrun", str(recipe), str(source), "-q"],
         cwd=tmp_path,
@@ -620,19 +600,14 @@ def test_a_run_killed_during_the_proof_leaves_no_master_and_no_decoder(
         stderr=subprocess.DEVNULL,
     )
     try:
-        while not pidfile.exists() or not pidfile.read_text().strip():
-            assert run.poll() is None, "wsrun ended before the proof began"
-            time.sleep(0.02)
-        decoder = int(pidfile.read_text())
+        decoder = started_decoder(run, pidfile)
         assert alive(decoder)
         temporary = [p.name for p in (tmp_path / "masters").iterdir()]
         assert temporary and "scan.jp2" not in temporary  # written, not yet in place
     finally:
         run.kill()
         run.wait()
-    deadline = time.monotonic() + 60  # a guard against a hang, not a timing assertion
-    while alive(decoder) and time.monotonic() < deadline:
-        time.sleep(0.02)
+    wait_gone(decoder, 60)
     assert not alive(decoder), "the proof's decoder outlived the run"
     assert not (tmp_path / "masters" / "scan.jp2").exists()
     doc = run_master(cli, recipe, source)  # the real opj_decompress
@@ -640,12 +615,3 @@ def test_a_run_killed_during_the_proof_leaves_no_master_and_no_decoder(
     samples, bits = decode_pnm(tmp_path / "masters" / "scan.jp2")
     [proof] = doc["outputs"]["proofs"]
     assert bits == 16 and proof["lossless"] and checksum(samples, bits) == proof["source_pixels"]
-
-
-def alive(pid: int) -> bool:
-    """Whether ``pid`` runs (a zombie does not)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rpartition(")")[2].split()[0] not in ("Z", "X")
-    except OSError:
-        return False

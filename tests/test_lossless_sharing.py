@@ -15,9 +15,7 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -29,29 +27,21 @@ import tifffile
 
 from conftest import write
 from fixtures.jp2 import decode_pnm, need_opj_decompress
-from wsrun.packs.distillery import image_derivative, lossless, sharing
-
-H, W = 40, 56
-PATIENCE = 120  # a guard against a hang, not a timing
-
-LOOP = """
-recipe: masters
-inputs:
-  source: {type: path, positional: true}
-steps:
-  - id: tiffs
-    uses: find
-    with:
-      root: "{{ inputs.source }}"
-      patterns: ["*.tif"]
-  - id: master
-    for_each: "{{ steps.tiffs.outputs.files }}"
-    uses: image-derivative
-    with:
-      source: "{{ item }}"
-      derivatives:
-        - {to: "masters/{{ (item | basename)[:-4] }}.jp2", lossless: true}
-"""
+from fixtures.masters import (
+    LOOP,
+    PATIENCE,
+    H,
+    W,
+    alive,
+    end_encoding_ahead,
+    fake_decoder,
+    hanging_decoder,
+    killed_during_proof,
+    loop_tiffs,
+    samples,
+    wait_gone,
+)
+from wsrun.packs.distillery import lossless, sharing
 
 #: Records its arguments, then is the real opj_decompress.
 RECORDING_DECODER = """#!/bin/sh
@@ -64,15 +54,8 @@ exec "{real}" "$@"
 def _opj() -> Iterator[None]:
     need_opj_decompress()
     yield
-    for thread in threading.enumerate():  # no encoding ahead outlives its test
-        if thread.name == "wsrun-encode-ahead":
-            thread.join(PATIENCE)
-    image_derivative._ahead.clear()
+    end_encoding_ahead()
     sharing.release_memory()
-
-
-def samples(seed: int) -> np.ndarray:
-    return np.random.default_rng(seed).integers(0, 1 << 16, (H, W, 3), dtype=np.uint16)
 
 
 def master(tmp_path: Path) -> tuple[Path, np.ndarray]:
@@ -87,11 +70,8 @@ def recording_decoder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Put a recording opj_decompress first on PATH; returns its log."""
     real = shutil.which("opj_decompress")
     log = tmp_path / "decoder.log"
-    fake = tmp_path / "bin" / "opj_decompress"
-    fake.parent.mkdir()
-    fake.write_text(RECORDING_DECODER.format(log=log, real=real))
-    fake.chmod(0o755)
-    monkeypatch.setenv("PATH", f"{fake.parent}:{os.environ['PATH']}")
+    bin_dir = fake_decoder(tmp_path, RECORDING_DECODER.format(log=log, real=real))
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
     return log
 
 
@@ -207,12 +187,6 @@ def test_a_setpriv_without_pdeathsig_is_not_used(
     assert np.array_equal(lossless.decode_master(str(path)).samples, data)
 
 
-HANGING_DECODER = """#!/bin/sh
-echo $$ > "{pidfile}"
-exec sleep 600
-"""
-
-
 def test_without_setpriv_the_decoder_still_dies_with_the_run(tmp_path: Path) -> None:
     """No setpriv on PATH (only sleep, for the stand-in decoder): SIGKILL during
     the proof still takes the decoder along (armed after a fork instead), and no
@@ -220,51 +194,20 @@ def test_without_setpriv_the_decoder_still_dies_with_the_run(tmp_path: Path) -> 
     recipe = write(tmp_path / "master.yaml", LOOP)
     (tmp_path / "in").mkdir()
     tifffile.imwrite(tmp_path / "in" / "scan1.tif", samples(3), photometric="rgb")
-    pidfile = tmp_path / "decoder.pid"
-    fake = tmp_path / "bin" / "opj_decompress"
-    fake.parent.mkdir()
-    fake.write_text(HANGING_DECODER.format(pidfile=pidfile))
-    fake.chmod(0o755)
+    bin_dir, pidfile = hanging_decoder(tmp_path)
     tools = tmp_path / "tools"
     tools.mkdir()
     (tools / "sleep").symlink_to(shutil.which("sleep") or "/bin/sleep")
-    run = subprocess.Popen(
-        [sys.executable, "-m", "wsrun", str(recipe), str(tmp_path / "in"), "-q"],
-        cwd=tmp_path,
-        env=dict(os.environ, PATH=f"{fake.parent}:{tools}"),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+    decoder = killed_during_proof(
+        [str(recipe), str(tmp_path / "in"), "-q"], tmp_path, f"{bin_dir}:{tools}", pidfile
     )
-    try:
-        while not pidfile.exists() or not pidfile.read_text().strip():
-            assert run.poll() is None, "wsrun ended before the proof began"
-            time.sleep(0.02)
-        decoder = int(pidfile.read_text())
-    finally:
-        run.kill()
-        run.wait()
-    deadline = time.monotonic() + PATIENCE
-    while alive(decoder) and time.monotonic() < deadline:
-        time.sleep(0.02)
+    wait_gone(decoder)
     assert not alive(decoder), "the proof's decoder outlived the run"
     assert not [n for n in os.listdir(tmp_path / "masters") if n.endswith(".jp2")]
 
 
-def alive(pid: int) -> bool:
-    """Whether ``pid`` runs (a zombie does not)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rpartition(")")[2].split()[0] not in ("Z", "X")
-    except OSError:
-        return False
-
-
-def loop_tiffs(tmp_path: Path) -> dict[str, np.ndarray]:
-    (tmp_path / "in").mkdir()
-    images = {f"scan{i}": samples(10 + i) for i in range(1, 4)}
-    for name, data in images.items():
-        tifffile.imwrite(tmp_path / "in" / f"{name}.tif", data, photometric="rgb")
-    return images
+#: The loop's three TIFFs: scan1 to scan3 of samples(11) to samples(13).
+SEEDS = {f"scan{i}": 10 + i for i in range(1, 4)}
 
 
 def memory_log(monkeypatch: pytest.MonkeyPatch) -> list[str]:
@@ -291,7 +234,7 @@ def test_memory_kept_for_a_loop_is_given_back_when_it_ends(
 ) -> None:
     """Each image encoded ahead keeps freed memory (at least its samples' size) and
     the last image's apply gives it back: nothing is kept after the run."""
-    images = loop_tiffs(tmp_path)
+    images = loop_tiffs(tmp_path, SEEDS)
     calls = memory_log(monkeypatch)
     r = cli(write(tmp_path / "loop.yaml", LOOP), tmp_path / "in")
     assert r.code == 0, r.err
@@ -307,7 +250,7 @@ def test_memory_kept_for_a_loop_is_given_back_when_a_proof_fails(
 ) -> None:
     """scan2's encoder changes a sample: its proof fails, the loop stops with
     scan3's encoding ahead never used, and the memory is given back all the same."""
-    loop_tiffs(tmp_path)
+    loop_tiffs(tmp_path, SEEDS)
     calls = memory_log(monkeypatch)
     encode = lossless.encode
 

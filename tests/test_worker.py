@@ -315,6 +315,8 @@ def test_a_new_file_runs_its_recipe_once_even_across_restarts(tmp_path: Path, st
 def test_sigterm_finishes_the_run_in_progress_and_loses_nothing(
     tmp_path: Path, start_worker, bus_backend: str
 ) -> None:
+    """A run says it started, then waits until the test lets it go (at most a
+    minute, a guard against a hang): the SIGTERM surely comes while it runs."""
     write(
         tmp_path / "slow.yaml",
         """
@@ -324,7 +326,12 @@ def test_sigterm_finishes_the_run_in_progress_and_loses_nothing(
           n: {type: int, from_message: true}
         steps:
           - uses: shell
-            with: {argv: [sh, -c, 'touch started; sleep 1; echo "$0" >> done.txt', "n{{ inputs.n }}"]}
+            with:
+              argv:
+                - sh
+                - -c
+                - 'touch started; n=0; while [ ! -e go ] && [ $n -lt 1200 ]; do sleep 0.05; n=$((n+1)); done; echo "$0" >> done.txt'
+                - "n{{ inputs.n }}"
         """,
     )
     bus = open_bus()
@@ -332,7 +339,10 @@ def test_sigterm_finishes_the_run_in_progress_and_loses_nothing(
     for n in range(3):
         bus.publish("slow.job", {"n": n})
     until(lambda: (tmp_path / "started").exists(), what="a run to start")
-    assert worker.stop() == 0
+    worker.proc.send_signal(signal.SIGTERM)  # while the first run waits to be let go
+    worker.wait_for("finishing the runs in progress")
+    (tmp_path / "go").touch()
+    assert worker.proc.wait(timeout=30) == 0
     assert (tmp_path / "done.txt").read_text() == "n0\n"  # the run in progress finished
     assert waiting("slow:slow.job") == {"ready": 2}
     assert "finishing the runs in progress" in worker.text()

@@ -94,12 +94,12 @@ CONSUMER = """
 import os, sys
 from wsrun.stores.bus import open_bus
 bus = open_bus(sys.argv[1])
-name, out, done = sys.argv[2], open(sys.argv[3], "w"), sys.argv[4]
+name, out, stop = sys.argv[2], open(sys.argv[3], "w"), sys.argv[4]
 print("ready", flush=True)
 while True:
     m = bus.claim("work", name)
     if m is None:
-        if os.path.exists(done):  # everything is published: an empty queue means finished
+        if os.path.exists(stop):
             break
         bus.wait("work", 0.2)
         continue
@@ -115,10 +115,10 @@ def test_each_message_is_handled_exactly_once_by_four_consumer_processes(
     bus.declare_queue("work", ["job.*"])
     total = 400
     outs = [tmp_path / f"consumer{i}.txt" for i in range(4)]
-    done = tmp_path / "all-published"
+    stop = tmp_path / "all-handled"
     procs = [
         subprocess.Popen(
-            [sys.executable, "-c", CONSUMER, bus.url, f"c{i}", str(out), str(done)],
+            [sys.executable, "-c", CONSUMER, bus.url, f"c{i}", str(out), str(stop)],
             stdout=subprocess.PIPE,
             text=True,
         )
@@ -128,11 +128,20 @@ def test_each_message_is_handled_exactly_once_by_four_consumer_processes(
         assert p.stdout is not None and p.stdout.readline().strip() == "ready"
     for n in range(total):
         bus.publish("job.run", {"n": n})
-    done.touch()
+
+    def handled() -> list[int]:
+        return [int(line) for out in outs if out.exists() for line in out.read_text().split()]
+
+    # The consumers stop only once every message is handled: an empty claim does not
+    # mean an empty queue on RabbitMQ, where a message may still be on its way to a
+    # consumer (and goes back to the queue when that consumer leaves).
+    deadline = time.monotonic() + 60
+    while len(handled()) < total and time.monotonic() < deadline:
+        time.sleep(0.05)
+    stop.touch()
     for p in procs:
         assert p.wait(timeout=60) == 0
-    handled = [int(line) for out in outs for line in out.read_text().split()]
-    assert sorted(handled) == list(range(total))  # none lost, none twice
+    assert sorted(handled()) == list(range(total))  # none lost, none twice
     assert sum(1 for out in outs if out.read_text()) >= 2  # the work was really shared
     assert unconsumed(bus.counts()) == 0
     assert bus.counts()["work"] == ({} if is_amqp(bus) else {"done": total})

@@ -2,8 +2,10 @@
 
 The ``copy`` and ``move`` steps, the archive's content store and the packs all copy
 through here, so a file is read once whether it is only copied (``copy_file_range``,
-``sendfile``) or copied and hashed (one read into a buffer feeding both the write and
-the digest), and a copy lands only under a temporary name until it is complete.
+``sendfile``) or copied and hashed (a small file: one read into a buffer feeding both
+the write and the digest; a big one: copied in the kernel and hashed back from the
+destination's page cache, on a second thread from PIPELINE_MIN on), and a copy lands
+only under a temporary name until it is complete.
 """
 
 from __future__ import annotations
@@ -371,13 +373,12 @@ def _window(fd: int, offset: int, length: int) -> tuple[mmap.mmap, int]:
 
 
 def _hash_mapped(digest: Any, fd: int, offset: int, length: int) -> None:
-    start = offset - offset % mmap.ALLOCATIONGRANULARITY
-    mapped = mmap.mmap(fd, offset - start + length, prot=mmap.PROT_READ, offset=start)
+    window, skip = _window(fd, offset, length)
     try:
-        with memoryview(mapped) as view, view[offset - start :] as chunk:
+        with memoryview(window) as view, view[skip:] as chunk:
             digest.update(chunk)
     finally:
-        mapped.close()
+        window.close()
 
 
 def _write_all(fd: int, data: bytes | memoryview) -> None:

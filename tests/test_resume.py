@@ -24,6 +24,7 @@ from typing import Any
 import pytest
 
 from fixtures.s3server import S3Server
+from fixtures.tmpfs import mounted
 from fixtures.writers import leftovers
 
 HARNESS = Path(__file__).parent / "fixtures" / "interrupt.py"
@@ -539,22 +540,6 @@ def test_a_corrupt_partial_download_is_fetched_again_whole(
     assert code == 0, err
     assert count(calls, REST) == [str(12 * MiB)] and len(count(calls, GET)) == 1
     assert (tmp_path / "restore/obj.bin").read_bytes() == data
-
-
-def mounted(mnt: Path, size: str) -> Any:
-    """A tmpfs of ``size`` at ``mnt`` (needs the right to mount; skips without)."""
-    mnt.mkdir()
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mnt)],
-        capture_output=True,
-        text=True,
-    )
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
-    try:
-        yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
 @pytest.fixture

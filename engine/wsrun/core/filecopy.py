@@ -2,12 +2,15 @@
 
 The ``copy`` and ``move`` steps, the archive's content store and the packs all copy
 through here, so a file is read once whether it is only copied (``copy_file_range``,
-``sendfile``) or copied and hashed (one read into a buffer feeding both the write and
-the digest), and a copy lands only under a temporary name until it is complete.
+``sendfile``) or copied and hashed (a small file: one read into a buffer feeding both
+the write and the digest; a big one: copied in the kernel and hashed back from the
+destination's page cache, on a second thread from PIPELINE_MIN on), and a copy lands
+only under a temporary name until it is complete.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import errno
 import hashlib
@@ -27,6 +30,11 @@ BUFFER_SIZE = 8 << 20
 MMAP_MIN = 1 << 20
 #: Files from this size on are copied and hashed at the same time, on two threads.
 PIPELINE_MIN = 64 << 20
+#: Chunks copied and mapped ahead of the hashing thread (each BUFFER_SIZE at
+#: most, resident while mapped): about 25 ms of hashing.
+WINDOWS_AHEAD = 6
+#: Maps a window's pages at once (Linux), so the hashing thread takes no page faults.
+_POPULATE = getattr(mmap, "MAP_POPULATE", 0)
 #: Bytes per copy_file_range/sendfile call: "until end of file" in practice.
 CHUNK = 1 << 30
 #: Bytes per kernel copy call when the caller follows a file's progress: a
@@ -243,7 +251,7 @@ def _copy_hashed(
     ``report(n)`` gets each chunk's size once it is written and hashed.
     """
     if left >= MMAP_MIN:
-        done = [0]  # bytes copied and hashed, also when the kernel copy gives up
+        done = [0]  # bytes copied and hashed from the start, also when a fast way gives up
         try:
             if left >= PIPELINE_MIN:
                 _copy_mapped_pipelined(src_fd, dst_fd, digest, left, done, report)
@@ -260,6 +268,11 @@ def _copy_hashed(
         except OSError as e:
             if e.errno not in _NO_FAST_PATH:
                 raise
+        # Carry on from the last byte hashed: the kernel may have copied past
+        # it (a chunk whose mapping failed), and the digest must not skip it.
+        os.lseek(src_fd, done[0], os.SEEK_SET)
+        os.lseek(dst_fd, done[0], os.SEEK_SET)
+        os.ftruncate(dst_fd, done[0])
         left -= done[0]
     view = memoryview(buf)
     while left > 0 and (n := os.readv(src_fd, [view[: min(left, len(buf))]])):
@@ -280,48 +293,92 @@ def _copy_mapped_pipelined(
     report: Callable[[int], None],
 ) -> None:
     """Copy up to ``left`` bytes in the kernel on this thread while another
-    thread hashes the chunks already copied (both release the GIL): a single
-    big file takes about as long as the slower of the two, not their sum.
-    ``done[0]`` is how far both got when this returns or raises; the hashing
-    thread reports each chunk it has hashed."""
-    chunks: queue.Queue[tuple[int, int] | None] = queue.Queue(maxsize=4)
+    thread hashes what is already copied, read back from the destination: a big
+    file takes about as long as hashing it on one core, not copy plus hash.
+
+    Hashing is the slower half (SHA-256 on one core runs at about twice the
+    kernel copy's cost), so the hashing thread does nothing else: this thread
+    copies, maps each copied chunk of the destination with its pages already
+    in place (no page fault while hashing), unmaps the chunks hashed and
+    reports their bytes. Up to WINDOWS_AHEAD chunks wait mapped, so a copier
+    put aside for a moment by the scheduler does not starve the hasher.
+    ``done[0]`` is how many bytes from the start were hashed when this returns
+    or raises (the kernel may have copied further if it raises)."""
+    windows: queue.Queue[tuple[mmap.mmap, int] | None] = queue.Queue(maxsize=WINDOWS_AHEAD)
+    hashed: collections.deque[tuple[mmap.mmap, int]] = collections.deque()
+    hashed_bytes = [0]
     failed: list[BaseException] = []
 
     def hasher() -> None:
-        while (item := chunks.get()) is not None:
+        while (item := windows.get()) is not None:
+            window, skip = item
             if not failed:
                 try:
-                    _hash_mapped(digest, dst_fd, *item)
-                    report(item[1])
+                    with memoryview(window) as view, view[skip:] as chunk:
+                        digest.update(chunk)
+                    hashed_bytes[0] += len(window) - skip
                 except BaseException as e:  # noqa: BLE001 - re-raised by the copier
                     failed.append(e)
+            hashed.append(item)  # unmapped (and reported) by the copier
+
+    def unmap_hashed() -> list[int]:
+        sizes = []
+        while hashed:
+            window, skip = hashed.popleft()
+            sizes.append(len(window) - skip)
+            window.close()
+        return sizes
 
     thread = threading.Thread(target=hasher, name="wsrun-copy-hash")
     thread.start()
     copied = 0
+    gave_up: OSError | None = None
     try:
         while left > copied and not failed:
-            n = _by_copy_file_range(src_fd, dst_fd, min(left - copied, BUFFER_SIZE))
-            if not n:
+            try:
+                n = _by_copy_file_range(src_fd, dst_fd, min(left - copied, BUFFER_SIZE))
+                window = _window(dst_fd, copied, n) if n else None
+            except OSError as e:
+                if e.errno not in _NO_FAST_PATH:
+                    raise
+                gave_up = e  # the caller goes on by read and write, once all is reported
                 break
-            chunks.put((copied, n))
+            if window is None:
+                break
+            windows.put(window)
             copied += n
+            for size in unmap_hashed():
+                report(size)
     finally:
-        chunks.put(None)
+        windows.put(None)
         thread.join()
-        done[0] = copied  # every chunk put was hashed (or the hasher failed)
+        done[0] = hashed_bytes[0]
+        sizes = unmap_hashed()
     if failed:
         raise failed[0]
+    for size in sizes:
+        report(size)
+    if gave_up is not None:
+        raise gave_up
+
+
+def _window(fd: int, offset: int, length: int) -> tuple[mmap.mmap, int]:
+    """``length`` bytes of ``fd`` from ``offset``, mapped read-only with their
+    pages in place: (the map, where the bytes start in it)."""
+    start = offset - offset % mmap.ALLOCATIONGRANULARITY
+    flags = mmap.MAP_SHARED | _POPULATE
+    return mmap.mmap(fd, offset - start + length, flags, mmap.PROT_READ, offset=start), (
+        offset - start
+    )
 
 
 def _hash_mapped(digest: Any, fd: int, offset: int, length: int) -> None:
-    start = offset - offset % mmap.ALLOCATIONGRANULARITY
-    mapped = mmap.mmap(fd, offset - start + length, prot=mmap.PROT_READ, offset=start)
+    window, skip = _window(fd, offset, length)
     try:
-        with memoryview(mapped) as view, view[offset - start :] as chunk:
+        with memoryview(window) as view, view[skip:] as chunk:
             digest.update(chunk)
     finally:
-        mapped.close()
+        window.close()
 
 
 def _write_all(fd: int, data: bytes | memoryview) -> None:

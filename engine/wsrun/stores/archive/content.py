@@ -20,7 +20,7 @@ import os
 import shutil
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import IO, Any
 from urllib.parse import urlsplit
@@ -89,8 +89,8 @@ class ContentStore(ABC):
         """Remove the content (no error if it is gone)."""
 
     @abstractmethod
-    def blobs(self) -> list[str]:
-        """The sha256 of everything stored."""
+    def blobs(self) -> Iterator[str]:
+        """The sha256 of everything stored, listed as it is read."""
 
     @abstractmethod
     def clear_tmp(self) -> None:
@@ -211,11 +211,9 @@ class LocalContent(ContentStore):
     def delete(self, sha256: str) -> None:
         _unlink(self.blob_path(sha256))
 
-    def blobs(self) -> list[str]:
-        found: list[str] = []
+    def blobs(self) -> Iterator[str]:
         for _, _, names in os.walk(os.path.join(self.root, "files")):
-            found += names
-        return found
+            yield from names
 
     def clear_tmp(self) -> None:
         shutil.rmtree(os.path.join(self.root, "tmp"), ignore_errors=True)
@@ -325,12 +323,13 @@ class FsspecContent(ContentStore):
         with contextlib.suppress(FileNotFoundError):
             self.fs.rm(self._path(blob_name(sha256)))
 
-    def blobs(self) -> list[str]:
+    def blobs(self) -> Iterator[str]:
         base = self._path("files")
         try:
-            return [p.rsplit("/", 1)[1] for p in self.fs.find(base)]
+            found = self.fs.find(base)
         except FileNotFoundError:
-            return []
+            return
+        yield from (p.rsplit("/", 1)[1] for p in found)
 
     def clear_tmp(self) -> None:
         with contextlib.suppress(FileNotFoundError):

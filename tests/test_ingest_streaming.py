@@ -22,7 +22,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from conftest import snapshot
+from conftest import dry_then_real, snapshot
 from fixtures.archives import backend_url, temp_left
 from wsrun.core import spool
 from wsrun.core.fs import WorldView
@@ -280,12 +280,7 @@ def test_a_spooled_dry_run_equals_the_real_run(
     )
     stage = tmp_path / "stage"
     args = [recipe, tmp_path / "eb", "--stage", stage, "--archive", url, "--json"]
-    before = snapshot(tmp_path)
-    planned = cli(*args, "--dry-run")
-    assert planned.code == 0, planned.err
-    assert snapshot(tmp_path) == before
-    done = cli(*args)
-    assert done.code == 0, done.err
+    planned, done = dry_then_real(cli, tmp_path, *args)
     dry_step = json.loads(planned.out)["steps"][1]
     real_step = json.loads(done.out)["steps"][1]
     moved = {str(stage / Path(e.path).relative_to(tmp_path)) for e in uploads}

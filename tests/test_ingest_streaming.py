@@ -299,3 +299,33 @@ def test_a_spooled_dry_run_equals_the_real_run(
     again = cli(*args)
     assert again.code == 0, again.err
     assert [s["effects"] for s in json.loads(again.out)["steps"]] == [[], []]
+
+
+def test_postgres_notes_content_a_batch_at_a_time_before_placing_it(
+    small_batches: None, request: pytest.FixtureRequest, tmp_path: Path, monkeypatch
+) -> None:
+    """On PostgreSQL, where ingests run at once, content is noted for the sweep
+    before it becomes visible at its address (so a failed ingest's content is
+    found again), in batches of NOTE_BATCH staged files: three round trips for
+    600 files, not one a file."""
+    from wsrun.stores.archive.content import LocalContent
+    from wsrun.stores.archive.metadata import PostgresMetadata
+
+    noted: list[list[str]] = []
+    real_track, real_place = PostgresMetadata.track, LocalContent.place
+
+    def track(self: PostgresMetadata, shas: list[str]) -> None:
+        noted.append(list(shas))
+        real_track(self, shas)
+
+    def place(self: LocalContent, staged: Any) -> bool:
+        assert any(staged.sha256 in batch for batch in noted), "placed before it was noted"
+        return real_place(self, staged)
+
+    monkeypatch.setattr(PostgresMetadata, "track", track)
+    monkeypatch.setattr(LocalContent, "place", place)
+    manifest = stage_eb(tmp_path / "eb", 600)
+    url = archive_url(request, "pg-local", tmp_path)
+    _, result = ingest(manifest, url, tmp_path)
+    assert result.status == "changed"
+    assert [len(batch) for batch in noted] == [256, 256, staged_count(600) - 512]

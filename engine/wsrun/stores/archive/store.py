@@ -47,6 +47,7 @@ from wsrun.stores.archive.content import (
     ArchiveError,
     ContentStore,
     LocalContent,
+    Staged,
     open_content,
 )
 from wsrun.stores.archive.metadata import (
@@ -221,20 +222,45 @@ class Archive(ArchiveStore):
         """Store every file, each verified by two independent reads; its row
         (locator, name, size, sha256) goes to ``rows``, and content this call
         added to ``placed``. A file two products name is stored twice (the
-        second finds its content there)."""
+        second finds its content there). With ``track``, content is noted
+        (for a sweep, should nothing refer to it) before it is placed, a
+        batch of ``NOTE_BATCH`` staged files at a time."""
+        staged: list[tuple[FileRow, Staged]] = []
+        try:
+            for product, _, _ in request.all_products():
+                for f in product.files:
+                    copy = self.content.stage(f.source, f.size, f.mtime_ns)
+                    staged.append(((product.locator, f.name, f.size, copy.sha256), copy))
+                    if on_file is not None:
+                        on_file(f.size)
+                    if len(staged) >= (self.NOTE_BATCH if track else 1):
+                        self._place(staged, placed, rows, track)
+            self._place(staged, placed, rows, track)
+        except BaseException:
+            for _, copy in staged:
+                self.content.discard(copy)
+            raise
 
-        def before_place(sha: str) -> None:
-            if track:
-                self.meta.track([sha])
+    #: Staged files whose content is noted in one go before they are placed.
+    NOTE_BATCH = 256
 
-        for product, _, _ in request.all_products():
-            for f in product.files:
-                digest, added = self.content.put(f.source, f.size, f.mtime_ns, before_place)
-                if added:
-                    placed.append(digest)
-                rows.append((product.locator, f.name, f.size, digest))
-                if on_file is not None:
-                    on_file(f.size)
+    def _place(
+        self,
+        staged: list[tuple[FileRow, Staged]],
+        placed: Spool[str],
+        rows: Spool[FileRow],
+        track: bool,
+    ) -> None:
+        """Note the content of ``staged`` (with ``track``), then place each,
+        emptying the list as it goes (what is left was not placed)."""
+        if track and staged:
+            self.meta.track([copy.sha256 for _, copy in staged])
+        while staged:
+            row, copy = staged[0]
+            del staged[0]
+            if self.content.place(copy):
+                placed.append(copy.sha256)
+            rows.append(row)
 
     def _remove_unreferenced(self, blobs: Iterable[str]) -> None:
         """Remove content no product refers to; only with every other writer

@@ -1305,6 +1305,72 @@ def million_hash_case(recipe: str, what: str) -> Callable[[Bench, Case], Outcome
     return run
 
 
+INGEST_RECIPE = os.path.join(RECIPES, "ingest.yaml")
+
+
+def million_ingest_case(postgres: bool = False) -> Callable[[Bench, Case], Outcome]:
+    """`ingest` of one execution block whose directory holds the million files
+    (as ``ingest_envoy --observation`` names an SDM) into a fresh archive, once,
+    against ``cp -a`` of the directory and ``sha256sum`` of the copy; the note
+    gives both peak RSS (the command's own, through /usr/bin/time). With
+    ``postgres``, the metadata is in PostgreSQL and the files in a directory."""
+
+    def run(b: Bench, case: Case) -> Outcome:
+        if not postgres:
+            return measure(b, case, None)
+        with pg_schema(b) as url:
+            return measure(b, case, url)
+
+    def measure(b: Bench, case: Case, pg_url: str | None) -> Outcome:
+        source = b.million()
+        read_all(source)
+        archive = os.path.join(b.out, "million-archive")
+        b.fresh(archive)
+        manifest = os.path.join(b.out, "million-ingest.json")
+        parameters = {"telescope": "EVLA", "ingestion_path": os.path.dirname(source)}
+        product = {"type": "execution_block", "filename": os.path.basename(source)}
+        document = {"parameters": parameters, "output_group": {"science_products": [product]}}
+        Path(manifest).write_text(json.dumps(document, indent=2) + "\n")
+        url = f"{pg_url}&files={archive}" if pg_url else archive
+        cmd = b.wsrun(INGEST_RECIPE, manifest, url, "-q")
+        w, w_rss = own_peak(b, cmd, "wsrun ingest")
+        files, size = tree_stats(source)
+        stored = ingested_files(pg_url, archive)
+        if stored != files:
+            raise CaseError(f"the archive records {stored} files of {files}")
+        b.fresh(archive)
+        dest = os.path.join(b.out, "million-cp")
+        b.fresh(dest)
+        script = (
+            'mkdir -p "$2" && cp -a "$1" "$2/" && find "$2" -type f -exec sha256sum {} + >/dev/null'
+        )
+        base, base_rss = own_peak(b, ["sh", "-c", script, "sh", source, dest], "cp -a + sha256sum")
+        b.fresh(dest)
+        note = (
+            f"{files} files, {size / MiB:.0f} MiB; peak RSS wsrun {w_rss:.0f} MiB,"
+            f" cp -a + sha256sum {base_rss:.0f} MiB"
+        )
+        outcome = scored(case, w, base, w / base, note)
+        outcome.details = {"files": files, "peak_rss_mib": w_rss, "baseline_peak_rss_mib": base_rss}
+        return outcome
+
+    return run
+
+
+def ingested_files(pg_url: str | None, archive: str) -> int:
+    """How many file records the archive holds (PostgreSQL's, or the embedded one's)."""
+    if pg_url is None:
+        import sqlite3
+
+        with contextlib.closing(sqlite3.connect(os.path.join(archive, "archive.db"))) as db:
+            return int(db.execute("SELECT count(*) FROM files").fetchone()[0])
+    import psycopg
+
+    with psycopg.connect(pg_url) as conn:
+        row = conn.execute("SELECT count(*) FROM archive_files").fetchone()
+    return int(row[0]) if row else 0
+
+
 def million_dry_case(b: Bench, case: Case) -> Outcome:
     source = b.million()
     read_all(source)
@@ -1819,6 +1885,20 @@ CASES = [
         COPY,
         million_dry_case,
         "s",
+    ),
+    Case(
+        "million-ingest",
+        "ingest of an execution block of 1,000,000 files vs cp -a + sha256sum",
+        None,
+        ("ingest",),
+        million_ingest_case(),
+    ),
+    Case(
+        "million-ingest-pg",
+        "the same into PostgreSQL (metadata) + a directory (files)",
+        None,
+        ("ingest",),
+        million_ingest_case(postgres=True),
     ),
     Case(
         "million-memory",

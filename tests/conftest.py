@@ -81,6 +81,18 @@ def snapshot(root: Path) -> dict[str, tuple[str, int]]:
     return out
 
 
+def dry_then_real(cli: Any, root: Path, *args: Any) -> tuple[CliResult, CliResult]:
+    """``wsrun ARGS --dry-run``, which must change nothing below ``root``, then
+    ``wsrun ARGS``; both must succeed."""
+    before = snapshot(root)
+    dry = cli(*args, "--dry-run")
+    assert dry.code == 0, dry.err
+    assert snapshot(root) == before
+    real = cli(*args)
+    assert real.code == 0, real.err
+    return dry, real
+
+
 def tree(root: Path) -> dict[str, bytes | None]:
     """Every entry below root -> its content (None for directories)."""
     out: dict[str, bytes | None] = {}

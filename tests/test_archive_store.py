@@ -25,7 +25,7 @@ from wsrun.steps.ingest import build_request, read_manifest
 from wsrun.stores.archive import content as archive_content
 from wsrun.stores.archive.content import LocalContent
 from wsrun.stores.archive.metadata import SqlMetadata
-from wsrun.stores.archive.records import IngestRequest
+from wsrun.stores.archive.records import IngestRequest, ProductRecord
 from wsrun.stores.archive.store import (
     Archive,
     ArchiveError,
@@ -39,6 +39,13 @@ def request(manifest: Path, reingest: bool = False) -> IngestRequest:
     req = build_request(read_manifest(str(manifest), WorldView()), str(manifest), WorldView())
     req.reingest = reingest
     return req
+
+
+def ingest(archive: ArchiveStore, req: IngestRequest) -> list[ProductRecord]:
+    """Ingest ``req``; the records of what it recorded, with their files."""
+    records = [archive.product(locator) for locator in archive.ingest(req)]
+    assert None not in records
+    return records  # type: ignore[return-value]
 
 
 def state(archive: Archive) -> tuple[list[dict], list[str]]:
@@ -66,7 +73,7 @@ def sha(path: Path) -> str:
 
 def test_store_and_verify(tmp_path: Path, archive: Archive) -> None:
     manifest = staging.calibration(tmp_path / "cal")
-    records = archive.ingest(request(manifest))
+    records = ingest(archive, request(manifest))
     assert [r.type for r in records] == ["calibration", "pipeline_weblog", "ingestion_artifacts"]
     cal = records[0]
     assert cal.locator.startswith("uid://evla/calibration/") and cal.science
@@ -90,7 +97,7 @@ def test_store_and_verify(tmp_path: Path, archive: Archive) -> None:
 
 def test_get_verifies_checksums(tmp_path: Path, archive: Archive) -> None:
     manifest = staging.calibration(tmp_path / "cal")
-    cal = archive.ingest(request(manifest))[0]
+    cal = ingest(archive, request(manifest))[0]
     out = tmp_path / "out"
     out.mkdir()
     [written] = archive.get(cal.locator, str(out))
@@ -116,7 +123,7 @@ def test_get_verifies_checksums(tmp_path: Path, archive: Archive) -> None:
 
 def test_directory_product_round_trip(tmp_path: Path, archive: Archive) -> None:
     manifest = staging.observation(tmp_path / "obs")
-    [eb] = archive.ingest(request(manifest))
+    [eb] = ingest(archive, request(manifest))
     sdm = tmp_path / "obs" / eb.filename
     assert sorted(f.name for f in eb.files) == sorted(
         str(p.relative_to(sdm.parent)) for p in sdm.rglob("*") if p.is_file()
@@ -132,9 +139,9 @@ def test_directory_product_round_trip(tmp_path: Path, archive: Archive) -> None:
 
 
 def test_provenance_both_ways(tmp_path: Path, archive: Archive) -> None:
-    [eb] = archive.ingest(request(staging.observation(tmp_path / "obs")))
-    cal = archive.ingest(request(staging.calibration(tmp_path / "cal", inputs=[eb.locator])))[0]
-    images = archive.ingest(request(staging.image(tmp_path / "img", cal.locator)))
+    [eb] = ingest(archive, request(staging.observation(tmp_path / "obs")))
+    cal = ingest(archive, request(staging.calibration(tmp_path / "cal", inputs=[eb.locator])))[0]
+    images = ingest(archive, request(staging.image(tmp_path / "img", cal.locator)))
     science = [r for r in images if r.science]
     assert len(science) == 2 and all(r.inputs == [cal.locator] for r in science)
     assert archive.product(eb.locator).outputs == [cal.locator]  # type: ignore[union-attr]
@@ -256,18 +263,18 @@ def test_database_error_mid_commit(
     assert state(archive) == before
     monkeypatch.setattr(SqlMetadata, "_exec", real)
     assert archive.verify() == []
-    records = archive.ingest(request(manifest, reingest=True))  # and it still works
+    records = ingest(archive, request(manifest, reingest=True))  # and it still works
     assert records[1].files[0].size == len(b"a new weblog")
 
 
 def test_reingest_refused_then_replaces(tmp_path: Path, archive: Archive) -> None:
     manifest = staging.calibration(tmp_path / "cal")
-    first = archive.ingest(request(manifest))
+    first = ingest(archive, request(manifest))
     old_weblog = first[1].files[0].sha256
     with pytest.raises(ArchiveError, match="already ingested as .*set reingest"):
         archive.ingest(request(manifest))
     (tmp_path / "cal" / "weblog.tgz").write_bytes(b"a new weblog")
-    second = archive.ingest(request(manifest, reingest=True))
+    second = ingest(archive, request(manifest, reingest=True))
     assert {r.locator for r in second}.isdisjoint(r.locator for r in first)
     assert [p.locator for p in archive.products()] == [r.locator for r in second]
     assert old_weblog not in archive.content.blobs()
@@ -398,7 +405,7 @@ def test_postgres_urls(tmp_path: Path, pg_url: str, monkeypatch: pytest.MonkeyPa
     assert store.content.root == str(tmp_path / "files")  # type: ignore[attr-defined]
     # The embedded archive may keep its files elsewhere too.
     split = ArchiveStore.open(f"sqlite://{tmp_path}/meta?files={tmp_path}/content")
-    [cal] = split.ingest(request(staging.calibration(tmp_path / "cal")))[:1]
+    [cal] = ingest(split, request(staging.calibration(tmp_path / "cal")))[:1]
     assert (tmp_path / "meta" / "archive.db").is_file()
     assert (tmp_path / "content" / "files" / cal.files[0].sha256[:2]).is_dir()
 
@@ -524,7 +531,7 @@ def test_different_manifests_from_two_hosts_both_commit(tmp_path: Path, pg_url: 
 
 
 def test_cli_commands(tmp_path: Path, store_url: str, archive: Archive, cli) -> None:
-    cal = archive.ingest(request(staging.calibration(tmp_path / "cal")))[0]
+    cal = ingest(archive, request(staging.calibration(tmp_path / "cal")))[0]
     url = store_url
     r = cli("archive", "ls", "--archive", url)
     assert r.code == 0 and cal.locator in r.out and "weblog.tgz  (ancillary)" in r.out

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import snapshot
+from conftest import dry_then_real, snapshot
 from fixtures import processing, staging
 from wsrun.core.fs import WorldView
 from wsrun.core.step import StepContext, StepError, load_step
@@ -242,12 +242,7 @@ def test_envoy_ingests_an_observation(tmp_path: Path, cli, wsrun_home: Path) -> 
     stage = tmp_path / "eb-1"
     sdm = staging.observation_area(stage)
     args = ["nrao/ingest_envoy", "--observation", str(stage), "EVLA", "--json"]
-    before = snapshot(tmp_path)
-    dry = cli(*args, "--dry-run")
-    assert dry.code == 0, dry.err
-    assert snapshot(tmp_path) == before
-    real = cli(*args)
-    assert real.code == 0, real.err
+    dry, real = dry_then_real(cli, tmp_path, *args)
     assert _steps(dry.out) == _steps(real.out)
     stamp = _stamp(sdm)
     assert _manifest_of(stage) == _expected("observation", stamp)
@@ -280,12 +275,7 @@ def test_envoy_ingests_an_observation(tmp_path: Path, cli, wsrun_home: Path) -> 
 def test_envoy_ingests_a_seci_image(tmp_path: Path, cli, wsrun_home: Path) -> None:
     stage = staging.seci_area(tmp_path / "seci-1")
     args = ["nrao/ingest_envoy", "--seci", str(stage), "VLASS2.1", "--json"]
-    before = snapshot(tmp_path)
-    dry = cli(*args, "--dry-run")
-    assert dry.code == 0, dry.err
-    assert snapshot(tmp_path) == before
-    real = cli(*args)
-    assert real.code == 0, real.err
+    dry, real = dry_then_real(cli, tmp_path, *args)
     assert _steps(dry.out) == _steps(real.out)
     stamp = _stamp(*(p for p in stage.iterdir() if not p.name.startswith("ingestion")))
     assert _manifest_of(stage) == _expected("seci", stamp)

@@ -10,14 +10,16 @@ from functools import cache
 from typing import Any
 
 from wsrun.core.db import mask
-from wsrun.core.effects import Effect
+from wsrun.core.effects import Effect, EffectSpool
 from wsrun.core.fs import ContentUnknown, WorldView
-from wsrun.core.hashing import hash_files
+from wsrun.core.hashing import hash_each
+from wsrun.core.spool import SortedSpool
 from wsrun.core.step import Plan, Result, StepContext, StepError
 from wsrun.formats.tarcheck import is_tar_name, read_through, read_zip_through
 from wsrun.formats.tarread import CorruptArchive
 from wsrun.stores.archive.records import (
     FileSpec,
+    FileSpool,
     IngestRequest,
     ProductRecord,
     ProductSpec,
@@ -103,6 +105,10 @@ class IngestJob:
     request: IngestRequest
     #: What the user does to replace an earlier ingestion.
     reingest_hint: str
+    #: The files to store and their planned bytes (for progress, without a pass
+    #: over a spooled plan).
+    files: int = 0
+    bytes: int = 0
 
 
 @cache
@@ -200,18 +206,19 @@ def check_archives(ctx: StepContext, request: IngestRequest) -> None:
                 raise StepError(f"cannot be ingested: {e}", path=f.source) from None
 
 
-def product_files(base: str, filename: str, fs: WorldView) -> list[FileSpec]:
+def product_files(base: str, filename: str, fs: WorldView) -> FileSpool:
     """A product's files: the file itself, or every file of a directory
-    (an execution block), named by their path under ``base``."""
+    (an execution block), named by their path under ``base``; spooled to disk
+    when there are many (an execution block may hold a million)."""
     path = os.path.join(base, filename)
     info = fs.stat(path)
     if info is None:
         raise StepError("a file the manifest names is missing", path=path)
     if info.is_file:
-        return [FileSpec(filename, path, info.size, info.mtime_ns)]
+        return FileSpool([FileSpec(filename, path, info.size, info.mtime_ns)])
     if not info.is_dir:
         raise StepError("cannot ingest a special file", path=path)
-    files = []
+    files = FileSpool()
     for rel, entry in fs.walk(path):
         if entry.is_file:
             name = os.path.join(filename, rel)
@@ -250,10 +257,10 @@ def plan(params: dict[str, Any], ctx: StepContext) -> Plan:
     request = build_request(manifest, manifest_path, ctx.fs)
     url = archive_url(params.get("archive"), ctx.env)
     replaces: dict[str, str] = {}
-    existing = _existing(url, request)
+    existing = _existing(ctx, url, request)
     if existing:
-        old_manifest, old_products = existing
-        if old_manifest == manifest and _same_files(ctx, request, old_products):
+        old_products, same = existing
+        if same:
             # Nothing to ingest; the url lets apply sweep what killed ingests left.
             return Plan(outputs=_outputs(url, old_products), data=url)
         if not request.reingest:
@@ -265,13 +272,17 @@ def plan(params: dict[str, Any], ctx: StepContext) -> Plan:
             )
         replaces = {p.filename: p.locator for p in old_products if p.science}
     check_archives(ctx, request)
-    effects: list[Effect] = []
+    # Spooled: an execution block of a million files is a million uploads.
+    effects = EffectSpool()
+    job = IngestJob(url, request, _hint(params))
     products = list(request.all_products())
+    target = mask(url)
     for product, _, _ in products:
         for f in product.files:
-            effects.append(
-                Effect("upload", f.source, bytes=_planned_size(ctx, f), target=mask(url))
-            )
+            size = _planned_size(ctx, f)
+            effects.append(Effect("upload", f.source, bytes=size, target=target))
+            job.files += 1
+            job.bytes += size or 0
     for product, _, science in products:
         extra: dict[str, Any] = {"type": product.type}
         if science and product.filename in replaces:
@@ -283,9 +294,9 @@ def plan(params: dict[str, Any], ctx: StepContext) -> Plan:
         "products": [
             {"locator": p.locator, "type": p.type, "filename": p.filename} for p, _, _ in products
         ],
-        "archive": mask(url),  # no password in plans, logs or the journal
+        "archive": target,  # no password in plans, logs or the journal
     }
-    return Plan(effects=effects, outputs=outputs, data=IngestJob(url, request, _hint(params)))
+    return Plan(effects=effects if effects.spilled else list(effects), outputs=outputs, data=job)
 
 
 def _sweep(url: str) -> None:
@@ -304,31 +315,68 @@ def _hint(params: dict[str, Any]) -> str:
     return str(params.get("reingest_hint") or "set reingest in the manifest")
 
 
-def _existing(url: str, request: IngestRequest) -> tuple[Any, list[ProductRecord]] | None:
-    """The earlier ingestion of these science products, read without creating anything."""
+def _existing(
+    ctx: StepContext, url: str, request: IngestRequest
+) -> tuple[list[ProductRecord], bool] | None:
+    """The products of the earlier ingestion of these science products (without
+    their files), and whether it was of this very manifest with the very same
+    files; read without creating anything."""
     try:
         archive = ArchiveStore.open(url, create=False)
     except ArchiveError:
         return None  # no archive yet: nothing ingested
     try:
-        found = archive.existing(request.ingestion_path, [p.filename for p in request.products])
-        return archive.ingestion(found[0].locator) if found else None
+        names = [p.filename for p in request.products]
+        found = archive.existing(request.ingestion_path, names, files=False)
+        if not found:
+            return None
+        old_manifest, old = archive.ingestion(found[0].locator, files=False)
+        same = old_manifest == request.manifest and _same_files(ctx, archive, request, old)
+        return old, same
     finally:
         archive.close()
 
 
-def _same_files(ctx: StepContext, request: IngestRequest, old: list[ProductRecord]) -> bool:
-    """Whether the staged files are exactly the ones already ingested."""
+def _same_files(
+    ctx: StepContext, archive: ArchiveStore, request: IngestRequest, old: list[ProductRecord]
+) -> bool:
+    """Whether the staged files are exactly the ones already ingested: the same
+    count, then the same names, sizes and sha256, compared in name order as
+    both sides stream (the staged side hashed and sorted on disk)."""
     new = {(p.type, p.filename): p.files for p, _, _ in request.all_products()}
     if set(new) != {(p.type, p.filename) for p in old}:
         return False
-    sources = [f.source for files in new.values() for f in files]
-    digests = hash_files(ctx, sources, "sha256")
+    counts = archive.file_counts([p.locator for p in old])
+    if any(counts.get(p.locator, 0) != len(new[(p.type, p.filename)]) for p in old):
+        return False
     for p in old:
-        staged = {f.name: digests[f.source] for f in new[(p.type, p.filename)]}
-        if staged != {f.name: (f.sha256, f.size) for f in p.files}:
-            return False
+        staged = _hashed(ctx, new[(p.type, p.filename)])
+        try:
+            if staged is None:
+                return False
+            stored = ((f.name, f.sha256, f.size) for f in archive.stored_files(p.locator))
+            with contextlib.closing(stored):
+                if any(a != b for a, b in zip(staged, stored, strict=False)):
+                    return False
+        finally:
+            if staged is not None:
+                staged.close()
     return True
+
+
+def _hashed(ctx: StepContext, files: Any) -> SortedSpool[tuple[str, str, int]] | None:
+    """(name, sha256, size) of each staged file, sorted by name; None when a
+    dry run cannot know a file's content yet."""
+    total = getattr(files, "bytes", None)
+    digests = hash_each(ctx, (f.source for f in files), "sha256", total, len(files))
+    out: SortedSpool[tuple[str, str, int]] = SortedSpool()
+    with contextlib.closing(digests):
+        for f, (_, found) in zip(files, digests, strict=True):
+            if found is None:
+                out.close()
+                return None
+            out.append((f.name, found[0], found[1]))
+    return out
 
 
 def _outputs(url: str, products: list[ProductRecord]) -> dict[str, Any]:
@@ -346,10 +394,7 @@ def apply(plan: Plan, ctx: StepContext) -> Result:
     if isinstance(job, str):  # already ingested: only tidy up after killed ingests
         _sweep(job)
         return Result(outputs=plan.outputs)
-    uploads = [e for e in plan.effects if e.op == "upload"]
-    task = ctx.progress.task(
-        "ingest", total_bytes=sum(e.bytes or 0 for e in uploads), total_files=len(uploads)
-    )
+    task = ctx.progress.task("ingest", total_bytes=job.bytes, total_files=job.files)
 
     def stored(size: int) -> None:
         task.advance(bytes=size, files=1)
@@ -367,4 +412,4 @@ def apply(plan: Plan, ctx: StepContext) -> Result:
         raise StepError(str(e)) from None
     finally:
         task.close()
-    return Result(effects=list(plan.effects), outputs=plan.outputs)
+    return Result(effects=plan.effects, outputs=plan.outputs)

@@ -5,9 +5,11 @@ and any fsspec file system (``s3://bucket/prefix`` through s3fs, for AWS,
 MinIO or Ceph). Both use one layout under their root: ``files/ab/cd/<sha256>``
 for the content and ``tmp/`` for copies not yet verified.
 
-A file enters the store by ``put``: it is copied to ``tmp/``, checked by two
-independent reads (the source, and the stored copy read back after the copy),
-and only then moved to its content address. What is in
+A file enters the store in two moves: ``stage`` copies it to ``tmp/`` and
+checks it by two independent reads (the source, and the stored copy read back
+after the copy); ``place`` then moves it to its content address. Between the
+two, the archive notes the content for a later sweep (a batch of files at
+once on PostgreSQL, not a round trip per file). What is in
 ``files/`` is therefore always whole and correct; whether anything refers to
 it is the metadata's business (``wsrun.stores.archive.store``).
 """
@@ -20,8 +22,9 @@ import os
 import shutil
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
+from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import IO, Any
 from urllib.parse import urlsplit
 
@@ -62,19 +65,34 @@ def blob_name(sha256: str) -> str:
     return f"files/{sha256[:2]}/{sha256[2:4]}/{sha256}"
 
 
+@dataclass(frozen=True)
+class Staged:
+    """A copy in the store's ``tmp/``, verified, not yet at its address."""
+
+    tmp: str
+    sha256: str
+
+
 class ContentStore(ABC):
     """Content by sha256. ``open_content(url)`` picks the kind by URL."""
 
     url: str
 
     @abstractmethod
-    def put(
-        self, source: str, size: int, mtime_ns: int, before_place: Callable[[str], None]
-    ) -> tuple[str, bool]:
-        """Store the file at ``source`` (``size`` bytes): (its sha256, whether
-        this call added the content). ``before_place(sha256)`` runs after the
-        copy is verified and before it becomes visible under its address.
-        A copy that fails its check raises ArchiveError and leaves nothing."""
+    def stage(self, source: str, size: int, mtime_ns: int) -> Staged:
+        """Copy the file at ``source`` (``size`` bytes) into ``tmp/`` and verify
+        the copy. A copy that fails its check raises ArchiveError and leaves
+        nothing."""
+
+    @abstractmethod
+    def place(self, staged: Staged) -> bool:
+        """Make a staged copy visible under its address; whether it added the
+        content (False: it was there, and the copy is dropped). A failure
+        leaves nothing of the copy."""
+
+    @abstractmethod
+    def discard(self, staged: Staged) -> None:
+        """Drop a staged copy that will not be placed."""
 
     @abstractmethod
     def open(self, sha256: str) -> IO[bytes]:
@@ -89,8 +107,8 @@ class ContentStore(ABC):
         """Remove the content (no error if it is gone)."""
 
     @abstractmethod
-    def blobs(self) -> list[str]:
-        """The sha256 of everything stored."""
+    def blobs(self) -> Iterator[str]:
+        """The sha256 of everything stored, listed as it is read."""
 
     @abstractmethod
     def clear_tmp(self) -> None:
@@ -125,9 +143,7 @@ class LocalContent(ContentStore):
             self._pool.shutdown()
             self._pool = None
 
-    def put(
-        self, source: str, size: int, mtime_ns: int, before_place: Callable[[str], None]
-    ) -> tuple[str, bool]:
+    def stage(self, source: str, size: int, mtime_ns: int) -> Staged:
         """Each file is hashed twice, from two independent reads: the source
         (on a second thread while the copy runs, for big files) and the stored
         copy, read back once the copy is complete. The copy itself hashes
@@ -163,20 +179,26 @@ class LocalContent(ContentStore):
             except BaseException:
                 _unlink(tmp)
                 raise
-        try:
-            if stored != digest:
-                raise ArchiveError(f"{source}: checksum mismatch after copying into the archive")
-            before_place(digest)
-            final = self.blob_path(digest)
-            if os.path.exists(final):
-                os.unlink(tmp)  # same content already stored
-                return digest, False
-            os.makedirs(os.path.dirname(final), exist_ok=True)
-            os.rename(tmp, final)
-            return digest, True
-        except BaseException:
+        if stored != digest:
             _unlink(tmp)
+            raise ArchiveError(f"{source}: checksum mismatch after copying into the archive")
+        return Staged(tmp, digest)
+
+    def place(self, staged: Staged) -> bool:
+        try:
+            final = self.blob_path(staged.sha256)
+            if os.path.exists(final):
+                os.unlink(staged.tmp)  # same content already stored
+                return False
+            os.makedirs(os.path.dirname(final), exist_ok=True)
+            os.rename(staged.tmp, final)
+            return True
+        except BaseException:
+            _unlink(staged.tmp)
             raise
+
+    def discard(self, staged: Staged) -> None:
+        _unlink(staged.tmp)
 
     def _copy_in(self, source: str, size: int, mtime_ns: int) -> str:
         """Copy one file into tmp/ (in the kernel where it can); the temp path."""
@@ -211,11 +233,9 @@ class LocalContent(ContentStore):
     def delete(self, sha256: str) -> None:
         _unlink(self.blob_path(sha256))
 
-    def blobs(self) -> list[str]:
-        found: list[str] = []
+    def blobs(self) -> Iterator[str]:
         for _, _, names in os.walk(os.path.join(self.root, "files")):
-            found += names
-        return found
+            yield from names
 
     def clear_tmp(self) -> None:
         shutil.rmtree(os.path.join(self.root, "tmp"), ignore_errors=True)
@@ -265,23 +285,19 @@ class FsspecContent(ContentStore):
     def _path(self, rel: str) -> str:
         return f"{self.root}/{rel}"
 
-    def put(
-        self, source: str, size: int, mtime_ns: int, before_place: Callable[[str], None]
-    ) -> tuple[str, bool]:
+    def stage(self, source: str, size: int, mtime_ns: int) -> Staged:
         with open(source, "rb") as src:  # a missing source: FileNotFoundError, as on a directory
             tmp = self._path(f"tmp/{uuid.uuid4().hex}")
             try:
-                return self._put(src, source, size, tmp, before_place)
+                return Staged(tmp, self._upload(src, source, size, tmp))
             except BaseException as e:
-                with contextlib.suppress(Exception):
-                    self.fs.rm(tmp)
+                self.discard(Staged(tmp, ""))
                 if isinstance(e, Exception) and not isinstance(e, ArchiveError):
                     raise self._error(e) from None
                 raise
 
-    def _put(
-        self, src: IO[bytes], source: str, size: int, tmp: str, before_place: Callable[[str], None]
-    ) -> tuple[str, bool]:
+    def _upload(self, src: IO[bytes], source: str, size: int, tmp: str) -> str:
+        """Copy ``src`` to ``tmp`` and read it back; its sha256."""
         digest = hashlib.sha256()
         sent = 0
         with self.fs.open(tmp, "wb") as out:
@@ -294,13 +310,25 @@ class FsspecContent(ContentStore):
         sha = digest.hexdigest()
         if stored_sha256(self.fs, tmp) != sha:
             raise ArchiveError(f"{source}: checksum mismatch after copying into the archive")
-        before_place(sha)
-        final = self._path(blob_name(sha))
-        if self.fs.exists(final):
-            self.fs.rm(tmp)
-            return sha, False
-        self.fs.mv(tmp, final)
-        return sha, True
+        return sha
+
+    def place(self, staged: Staged) -> bool:
+        try:
+            final = self._path(blob_name(staged.sha256))
+            if self.fs.exists(final):
+                self.fs.rm(staged.tmp)
+                return False
+            self.fs.mv(staged.tmp, final)
+            return True
+        except BaseException as e:
+            self.discard(staged)
+            if isinstance(e, Exception) and not isinstance(e, ArchiveError):
+                raise self._error(e) from None
+            raise
+
+    def discard(self, staged: Staged) -> None:
+        with contextlib.suppress(Exception):
+            self.fs.rm(staged.tmp)
 
     def _error(self, e: Exception) -> ArchiveError:
         """A store failure as one line naming the store (never a credential)."""
@@ -325,12 +353,13 @@ class FsspecContent(ContentStore):
         with contextlib.suppress(FileNotFoundError):
             self.fs.rm(self._path(blob_name(sha256)))
 
-    def blobs(self) -> list[str]:
+    def blobs(self) -> Iterator[str]:
         base = self._path("files")
         try:
-            return [p.rsplit("/", 1)[1] for p in self.fs.find(base)]
+            found = self.fs.find(base)
         except FileNotFoundError:
-            return []
+            return
+        yield from (p.rsplit("/", 1)[1] for p in found)
 
     def clear_tmp(self) -> None:
         with contextlib.suppress(FileNotFoundError):

@@ -27,20 +27,37 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import itertools
 import json
 import os
 import sqlite3
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from wsrun.core.db import DbError
 from wsrun.core.migrate import check_sqlite, enable_wal, migrate_sqlite
+from wsrun.core.spool import Spool
 from wsrun.stores.archive.content import AlreadyIngested, ArchiveError
 
 if TYPE_CHECKING:
-    from wsrun.stores.archive.records import IngestRequest, ProductRecord
+    from wsrun.stores.archive.records import IngestRequest, ProductRecord, StoredFile
+
+T = TypeVar("T")
+
+#: A stored file's row: (product locator, name, size, sha256).
+FileRow = tuple[str, str, int, str]
+#: Rows per INSERT batch, and rows fetched at a time by a streaming read: an
+#: execution block of a million files is never a list of a million rows.
+ROWS_AT_ONCE = 5000
+
+
+def batches(items: Iterable[T], size: int) -> Iterator[list[T]]:
+    """``items`` as lists of at most ``size``, read as they are needed."""
+    it = iter(items)
+    while batch := list(itertools.islice(it, size)):
+        yield batch
 
 
 class ArchiveMetadata(ABC):
@@ -61,8 +78,9 @@ class ArchiveMetadata(ABC):
         later sweep. Writers that exclude all others need not."""
         return None
 
-    def candidates(self) -> list[str] | None:
-        """Content noted by ``track``; None when the sweep must list the store."""
+    def candidates(self, limit: int) -> list[str] | None:
+        """Up to ``limit`` of the content noted by ``track``, oldest first; None
+        when the sweep must list the store."""
         return None
 
     def forget(self, shas: list[str]) -> None:
@@ -70,18 +88,32 @@ class ArchiveMetadata(ABC):
         return None
 
     @abstractmethod
-    def commit(self, request: IngestRequest, digests: dict[str, str]) -> list[str]:
-        """Record ``request`` in one transaction, replacing the science products it
-        re-ingests (refused unless ``request.reingest``); the content the replaced
-        products used. ``digests``: source path -> sha256."""
+    def commit(self, request: IngestRequest, files: Iterable[FileRow]) -> Spool[str]:
+        """Record ``request`` and its stored ``files`` in one transaction,
+        replacing the science products it re-ingests (refused unless
+        ``request.reingest``); the content the replaced products used (spooled:
+        a replaced execution block may hold a million files)."""
 
     @abstractmethod
-    def existing(self, ingestion_path: str, filenames: list[str]) -> list[ProductRecord]:
-        """Science products ingested from ``ingestion_path`` under these names."""
+    def existing(
+        self, ingestion_path: str, filenames: list[str], files: bool = True
+    ) -> list[ProductRecord]:
+        """Science products ingested from ``ingestion_path`` under these names
+        (without their files unless ``files``)."""
 
     @abstractmethod
-    def ingestion(self, locator: str) -> tuple[Any, list[ProductRecord]]:
-        """The manifest and every product of the ingestion ``locator`` belongs to."""
+    def ingestion(self, locator: str, files: bool = True) -> tuple[Any, list[ProductRecord]]:
+        """The manifest and every product of the ingestion ``locator`` belongs to
+        (without their files unless ``files``)."""
+
+    @abstractmethod
+    def stored_files(self, locator: str) -> Iterator[StoredFile]:
+        """A product's files, read as they are needed, sorted by name as Python
+        sorts strings (code point order), whatever the database's collation."""
+
+    @abstractmethod
+    def file_counts(self, locators: list[str]) -> dict[str, int]:
+        """How many files each product has (products without files left out)."""
 
     @abstractmethod
     def products(self) -> list[ProductRecord]:
@@ -92,8 +124,9 @@ class ArchiveMetadata(ABC):
         """One product with its files, provenance and ancillary products."""
 
     @abstractmethod
-    def records(self, locators: list[str]) -> list[ProductRecord]:
-        """Several products as ``product`` gives them, in order (unknown ones left out)."""
+    def records(self, locators: list[str], files: bool = True) -> list[ProductRecord]:
+        """Several products as ``product`` gives them, in order (unknown ones
+        left out; without their files unless ``files``)."""
 
     @abstractmethod
     def files(self) -> list[tuple[str, str, int, str]]:
@@ -121,6 +154,8 @@ class SqlMetadata(ArchiveMetadata):
     #: The column giving insertion order.
     ORDER = "rowid"
     PARAM = "?"
+    #: How ``ORDER BY name`` sorts by code point (SQLite's default, BINARY, does).
+    BYTEWISE = ""
 
     def __init__(self) -> None:
         self._sql_cache: dict[str, str] = {}
@@ -150,6 +185,14 @@ class SqlMetadata(ArchiveMetadata):
     def _execute_many(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
         """One statement for each of ``rows`` inside ``_transaction``, in one go."""
 
+    @abstractmethod
+    def _execute_each(self, sql: str, args: tuple[Any, ...]) -> Iterator[tuple[Any, ...]]:
+        """Rows of one read inside ``_transaction``, fetched ``ROWS_AT_ONCE`` at a time."""
+
+    @abstractmethod
+    def _stream(self, sql: str, args: tuple[Any, ...]) -> Iterator[tuple[Any, ...]]:
+        """Rows of one read outside any transaction, fetched ``ROWS_AT_ONCE`` at a time."""
+
     def _exec(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         """Every write of an ingest goes through here or ``_exec_many`` (tests inject
         failures)."""
@@ -159,6 +202,10 @@ class SqlMetadata(ArchiveMetadata):
         if rows:
             self._execute_many(self.sql(sql), rows)
 
+    def _read_each(self, sql: str, args: tuple[Any, ...] = ()) -> Iterator[tuple[Any, ...]]:
+        """A read inside the transaction whose rows are too many to hold."""
+        return self._execute_each(self.sql(sql), args)
+
     def _read(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         """A read inside the transaction."""
         return self._execute(self.sql(sql), args)
@@ -167,12 +214,12 @@ class SqlMetadata(ArchiveMetadata):
         """A read outside any transaction."""
         return self._query(self.sql(sql), args)
 
-    def _track_replaced(self, shas: list[str]) -> None:
+    def _track_replaced(self, shas: Iterable[str]) -> None:
         """Inside the commit: note the replaced products' content for the sweep."""
 
     # ---- writing ----------------------------------------------------------
 
-    def commit(self, request: IngestRequest, digests: dict[str, str]) -> list[str]:
+    def commit(self, request: IngestRequest, files: Iterable[FileRow]) -> Spool[str]:
         now = time.time()
         names = list(dict.fromkeys(p.filename for p in request.products))
         with self._transaction():
@@ -190,14 +237,14 @@ class SqlMetadata(ArchiveMetadata):
                     f"{replaced[0][1]} from {request.ingestion_path} is already ingested as "
                     f"{replaced[0][0]}"
                 )
-            old_blobs: list[str] = []
+            old_blobs: Spool[str] = Spool()
             ingestions = {
                 i
                 for loc, _ in replaced
                 for (i,) in self._read("SELECT ingestion FROM {products} WHERE locator=?", (loc,))
             }
             for ingestion in sorted(ingestions):
-                old_blobs += self._drop_ingestion(ingestion)
+                self._drop_ingestion(ingestion, old_blobs)
             self._track_replaced(old_blobs)
             [(ingestion_id,)] = self._exec(
                 "INSERT INTO {ingestions} (telescope, ingestion_path, ingested, manifest, metadata)"
@@ -229,14 +276,11 @@ class SqlMetadata(ArchiveMetadata):
                     for product, parent, science in products
                 ],
             )
-            self._exec_many(
-                "INSERT INTO {files} (locator, name, size, sha256) VALUES (?, ?, ?, ?)",
-                [
-                    (product.locator, f.name, f.size, digests[f.source])
-                    for product, _, _ in products
-                    for f in product.files
-                ],
-            )
+            for batch in batches(files, ROWS_AT_ONCE):
+                self._exec_many(
+                    "INSERT INTO {files} (locator, name, size, sha256) VALUES (?, ?, ?, ?)",
+                    batch,  # type: ignore[arg-type]  # FileRow is a tuple
+                )
             self._exec_many(
                 "INSERT INTO {provenance} (product, input) VALUES (?, ?)",
                 [
@@ -247,21 +291,19 @@ class SqlMetadata(ArchiveMetadata):
             )
         return old_blobs
 
-    def _drop_ingestion(self, ingestion: int) -> list[str]:
+    def _drop_ingestion(self, ingestion: int, blobs: Spool[str]) -> None:
+        """Delete an ingestion's records; the content its files used goes to ``blobs``."""
         locs = [
             r[0]
             for r in self._read("SELECT locator FROM {products} WHERE ingestion=?", (ingestion,))
         ]
-        blobs: list[str] = []
         for loc in locs:
-            blobs += [
-                r[0] for r in self._read("SELECT sha256 FROM {files} WHERE locator=?", (loc,))
-            ]
+            for (sha,) in self._read_each("SELECT sha256 FROM {files} WHERE locator=?", (loc,)):
+                blobs.append(sha)
             self._exec("DELETE FROM {files} WHERE locator=?", (loc,))
             self._exec("DELETE FROM {provenance} WHERE product=?", (loc,))
         self._exec("DELETE FROM {products} WHERE ingestion=?", (ingestion,))
         self._exec("DELETE FROM {ingestions} WHERE id=?", (ingestion,))
-        return blobs
 
     # ---- reading ----------------------------------------------------------
 
@@ -285,7 +327,9 @@ class SqlMetadata(ArchiveMetadata):
         rows = self.q("SELECT locator, name, size, sha256 FROM {files} ORDER BY locator, name")
         return [(loc, name, int(size), sha) for loc, name, size, sha in rows]
 
-    def existing(self, ingestion_path: str, filenames: list[str]) -> list[ProductRecord]:
+    def existing(
+        self, ingestion_path: str, filenames: list[str], files: bool = True
+    ) -> list[ProductRecord]:
         by_name: dict[str, list[str]] = {}
         for chunk in self._chunks(list(dict.fromkeys(filenames))):
             among = ", ".join("?" * len(chunk))
@@ -296,9 +340,9 @@ class SqlMetadata(ArchiveMetadata):
             ):
                 by_name.setdefault(name, []).append(locator)
         locators = [loc for name in dict.fromkeys(filenames) for loc in by_name.get(name, [])]
-        return self.records(locators)
+        return self.records(locators, files)
 
-    def ingestion(self, locator: str) -> tuple[Any, list[ProductRecord]]:
+    def ingestion(self, locator: str, files: bool = True) -> tuple[Any, list[ProductRecord]]:
         rows = self.q(
             "SELECT i.id, i.manifest FROM {ingestions} i JOIN {products} p ON p.ingestion=i.id"
             " WHERE p.locator=?",
@@ -310,7 +354,24 @@ class SqlMetadata(ArchiveMetadata):
         locs = self.q(
             "SELECT locator FROM {products} WHERE ingestion=? ORDER BY {order}", (ingestion,)
         )
-        return json.loads(manifest), self.records([r[0] for r in locs])
+        return json.loads(manifest), self.records([r[0] for r in locs], files)
+
+    def stored_files(self, locator: str) -> Iterator[StoredFile]:
+        from wsrun.stores.archive.records import StoredFile
+
+        sql = self.sql(
+            f"SELECT name, size, sha256 FROM {{files}} WHERE locator=? ORDER BY name{self.BYTEWISE}"
+        )
+        for name, size, sha in self._stream(sql, (locator,)):
+            yield StoredFile(name, int(size), sha)
+
+    def file_counts(self, locators: list[str]) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for chunk in self._chunks(locators):
+            among = ", ".join("?" * len(chunk))
+            sql = f"SELECT locator, count(*) FROM {{files}} WHERE locator IN ({among}) GROUP BY locator"
+            counts.update((loc, int(n)) for loc, n in self.q(sql, chunk))
+        return counts
 
     _COLUMNS = "locator, type, telescope, filename, ingestion_path, ingested, science, parent"
 
@@ -331,9 +392,10 @@ class SqlMetadata(ArchiveMetadata):
     #: Locators per query of ``records`` (SQLite allows 32,766 parameters).
     BATCH = 500
 
-    def records(self, locators: list[str]) -> list[ProductRecord]:
-        """Products with their files, provenance and ancillary products, in the
-        order of ``locators`` (unknown ones left out): a few queries for all."""
+    def records(self, locators: list[str], files: bool = True) -> list[ProductRecord]:
+        """Products with their files (unless not ``files``), provenance and
+        ancillary products, in the order of ``locators`` (unknown ones left
+        out): a few queries for all."""
         from wsrun.stores.archive.records import StoredFile
 
         found: dict[str, ProductRecord] = {}
@@ -343,10 +405,14 @@ class SqlMetadata(ArchiveMetadata):
                 f"SELECT {self._COLUMNS} FROM {{products}} WHERE locator IN ({among})", chunk
             ):
                 found[row[0]] = self._record(row)
-            for loc, name, size, sha in self.q(
-                f"SELECT locator, name, size, sha256 FROM {{files}} WHERE locator IN ({among})"
-                " ORDER BY name",
-                chunk,
+            for loc, name, size, sha in (
+                self.q(
+                    f"SELECT locator, name, size, sha256 FROM {{files}} WHERE locator IN ({among})"
+                    " ORDER BY name",
+                    chunk,
+                )
+                if files
+                else ()
             ):
                 found[loc].files.append(StoredFile(name, int(size), sha))
             for product, input_ in self.q(
@@ -451,6 +517,16 @@ class SqliteMetadata(SqlMetadata):
     def _execute_many(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
         self.db.executemany(sql, rows)
 
+    def _execute_each(self, sql: str, args: tuple[Any, ...]) -> Iterator[tuple[Any, ...]]:
+        cursor = self.db.execute(sql, args)
+        try:
+            while rows := cursor.fetchmany(ROWS_AT_ONCE):
+                yield from rows
+        finally:
+            cursor.close()
+
+    _stream = _execute_each
+
 
 class PostgresMetadata(SqlMetadata):
     """Tables ``archive_*`` of a PostgreSQL database (``wsrun db upgrade`` creates them)."""
@@ -458,6 +534,7 @@ class PostgresMetadata(SqlMetadata):
     TABLES = {t: f"archive_{t}" for t in ("ingestions", "products", "files", "provenance")}
     ORDER = "seq"
     PARAM = "%s"
+    BYTEWISE = ' COLLATE "C"'
     _WRITERS = "hashtext('wsrun_archive_writers:' || current_schema())"
     _COMMITS = "hashtext('wsrun_archive_commits:' || current_schema())"
 
@@ -535,26 +612,28 @@ class PostgresMetadata(SqlMetadata):
         with self._connection() as conn:
             self._note(conn, shas)
 
-    def _note(self, conn: Any, shas: list[str]) -> None:
+    def _note(self, conn: Any, shas: Iterable[str]) -> None:
         sql = (
             "INSERT INTO archive_unreferenced (sha256, since) VALUES (%s, %s)"
             " ON CONFLICT (sha256) DO NOTHING"
         )
-        rows = [(sha, time.time()) for sha in dict.fromkeys(shas)]
-        if len(rows) == 1:
-            conn.execute(sql, rows[0])
-        elif rows:
-            conn.cursor().executemany(sql, rows)
+        for batch in batches(shas, ROWS_AT_ONCE):
+            rows = [(sha, time.time()) for sha in dict.fromkeys(batch)]
+            if len(rows) == 1:
+                conn.execute(sql, rows[0])
+            else:
+                conn.cursor().executemany(sql, rows)
 
-    def candidates(self) -> list[str] | None:
-        return [r[0] for r in self.q("SELECT sha256 FROM archive_unreferenced ORDER BY since")]
+    def candidates(self, limit: int) -> list[str] | None:
+        sql = "SELECT sha256 FROM archive_unreferenced ORDER BY since, sha256 LIMIT %s"
+        return [r[0] for r in self.q(sql, (limit,))]
 
     def forget(self, shas: list[str]) -> None:
         if shas:
             with self._connection() as conn:
                 conn.execute("DELETE FROM archive_unreferenced WHERE sha256 = ANY(%s)", (shas,))
 
-    def _track_replaced(self, shas: list[str]) -> None:
+    def _track_replaced(self, shas: Iterable[str]) -> None:
         self._note(self._tx, shas)
 
     def _query(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
@@ -577,3 +656,19 @@ class PostgresMetadata(SqlMetadata):
 
     def _execute_many(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
         self._tx.cursor().executemany(sql, rows)  # pipelined: one round trip
+
+    def _execute_each(self, sql: str, args: tuple[Any, ...]) -> Iterator[tuple[Any, ...]]:
+        yield from self._server_cursor(self._tx, sql, args)
+
+    def _stream(self, sql: str, args: tuple[Any, ...]) -> Iterator[tuple[Any, ...]]:
+        with self._connection() as conn, conn.transaction():
+            yield from self._server_cursor(conn, sql, args)
+
+    @staticmethod
+    def _server_cursor(conn: Any, sql: str, args: tuple[Any, ...]) -> Iterator[tuple[Any, ...]]:
+        """Rows held by the server and fetched a batch at a time (a plain
+        cursor receives every row at once); inside a transaction."""
+        with conn.cursor(name="wsrun_archive_rows") as cursor:
+            cursor.itersize = ROWS_AT_ONCE
+            cursor.execute(sql, args)
+            yield from cursor

@@ -4,9 +4,11 @@ metadata database both speak, kept apart so neither imports the other."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+from wsrun.core.spool import Spool
 
 # ---- what goes in -----------------------------------------------------------
 
@@ -21,6 +23,26 @@ class FileSpec:
     mtime_ns: int = 0
 
 
+class FileSpool(Spool[FileSpec]):
+    """A product's files: a list while few, spooled to disk when an execution
+    block's directory holds a million (wsrun.core.spool), with their count and
+    total size kept as they are appended."""
+
+    def __init__(self, items: Iterable[FileSpec] = ()) -> None:
+        self.bytes = 0
+        super().__init__(items)
+
+    def append(self, item: FileSpec) -> None:
+        self.bytes += item.size
+        super().append(item)
+
+    def _encode(self, item: FileSpec) -> Any:
+        return (item.name, item.source, item.size, item.mtime_ns)
+
+    def _decode(self, record: Any) -> FileSpec:
+        return FileSpec(*record)
+
+
 @dataclass
 class ProductSpec:
     """A product to ingest; its locator is chosen before the ingest starts."""
@@ -28,7 +50,8 @@ class ProductSpec:
     locator: str
     type: str
     filename: str
-    files: list[FileSpec]
+    #: A list, or a FileSpool when there may be very many.
+    files: Sequence[FileSpec]
     ancillary: list[ProductSpec] = field(default_factory=list)
 
 

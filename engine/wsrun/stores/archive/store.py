@@ -19,6 +19,9 @@ as ``s3://bucket/prefix``). URLs:
 
 Ingest is all or nothing. Files are copied into the file store and verified by
 two independent reads first; then the metadata is committed in one transaction.
+Nothing in between is a Python object per file: an execution block of a
+million files is read from a spool (wsrun.core.spool), its file rows spooled
+as they are stored and inserted in batches, and what to clean up spooled too.
 Content a failed ingest stored (or a reingest replaced) that nothing refers to
 is removed once no other ingest is in flight, so the archive is as it was. A
 process killed mid-ingest may leave such content behind; it is invisible (no
@@ -32,20 +35,28 @@ import hashlib
 import os
 import shutil
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 from wsrun.core.fileio import atomic_write, temp_path
+from wsrun.core.spool import Spool
 from wsrun.stores.archive.content import (
     BUFFER_SIZE,
     AlreadyIngested,
     ArchiveError,
     ContentStore,
     LocalContent,
+    Staged,
     open_content,
 )
-from wsrun.stores.archive.metadata import ArchiveMetadata, PostgresMetadata, SqliteMetadata
+from wsrun.stores.archive.metadata import (
+    ArchiveMetadata,
+    FileRow,
+    PostgresMetadata,
+    SqliteMetadata,
+    batches,
+)
 from wsrun.stores.archive.records import IngestRequest, Problem, ProductRecord, StoredFile
 
 #: The setting that names the archive; the environment variable overrides it.
@@ -93,18 +104,31 @@ class ArchiveStore(ABC):
     @abstractmethod
     def ingest(
         self, request: IngestRequest, on_file: Callable[[int], None] | None = None
-    ) -> list[ProductRecord]:
-        """Store and record every product of ``request``, all or nothing.
+    ) -> list[str]:
+        """Store and record every product of ``request``, all or nothing; the
+        locators recorded (every product's, in the request's order).
         ``on_file(size)`` is called after each file is stored; an exception it
         raises (a timeout) aborts the ingest like any other failure."""
 
     @abstractmethod
-    def existing(self, ingestion_path: str, filenames: list[str]) -> list[ProductRecord]:
-        """Science products already ingested from ``ingestion_path`` under these names."""
+    def existing(
+        self, ingestion_path: str, filenames: list[str], files: bool = True
+    ) -> list[ProductRecord]:
+        """Science products already ingested from ``ingestion_path`` under these
+        names (without their files unless ``files``)."""
 
     @abstractmethod
-    def ingestion(self, locator: str) -> tuple[Any, list[ProductRecord]]:
-        """The manifest ``locator`` was ingested with, and every product of that ingestion."""
+    def ingestion(self, locator: str, files: bool = True) -> tuple[Any, list[ProductRecord]]:
+        """The manifest ``locator`` was ingested with, and every product of that
+        ingestion (without their files unless ``files``)."""
+
+    @abstractmethod
+    def stored_files(self, locator: str) -> Iterator[StoredFile]:
+        """A product's files as they are read, sorted by name (code point order)."""
+
+    @abstractmethod
+    def file_counts(self, locators: list[str]) -> dict[str, int]:
+        """How many files each of these products has."""
 
     @abstractmethod
     def products(self) -> list[ProductRecord]:
@@ -150,7 +174,7 @@ class Archive(ArchiveStore):
 
     def ingest(
         self, request: IngestRequest, on_file: Callable[[int], None] | None = None
-    ) -> list[ProductRecord]:
+    ) -> list[str]:
         exclusive = True
         try:
             with self.meta.writer() as exclusive:
@@ -164,57 +188,91 @@ class Archive(ArchiveStore):
                         f"{first.filename} from {request.ingestion_path} is already ingested as "
                         f"{first.locator}"
                     )
-                placed: list[str] = []  # content this ingest added
+                placed: Spool[str] = Spool()  # content this ingest added
+                rows: Spool[FileRow] = Spool()  # what the commit records
+                old_blobs: Spool[str] = Spool()
                 try:
-                    digests = self._store_all(request, placed, on_file, track=not exclusive)
-                    old_blobs = self.meta.commit(request, digests)
+                    self._store_all(request, placed, rows, on_file, track=not exclusive)
+                    old_blobs = self.meta.commit(request, rows)
+                    if exclusive:
+                        self._remove_unreferenced(old_blobs)
                 except BaseException:
                     if exclusive:
                         self._remove_unreferenced(placed)
                     raise
-                if exclusive:
-                    self._remove_unreferenced(old_blobs)
+                finally:
+                    for spool in (placed, rows, old_blobs):
+                        spool.close()
         finally:
             if not exclusive:
                 # Housekeeping: a failure here must not fail a committed ingest,
                 # and a later ingest sweeps again.
                 with contextlib.suppress(Exception):
                     self.sweep()
-        return self.meta.records([p.locator for p, _, _ in request.all_products()])
+        return [p.locator for p, _, _ in request.all_products()]
 
     def _store_all(
         self,
         request: IngestRequest,
-        placed: list[str],
+        placed: Spool[str],
+        rows: Spool[FileRow],
         on_file: Callable[[int], None] | None,
         track: bool,
-    ) -> dict[str, str]:
-        """Store every file, each verified by two independent reads; source path -> sha256."""
+    ) -> None:
+        """Store every file, each verified by two independent reads; its row
+        (locator, name, size, sha256) goes to ``rows``, and content this call
+        added to ``placed``. A file two products name is stored twice (the
+        second finds its content there). With ``track``, content is noted
+        (for a sweep, should nothing refer to it) before it is placed, a
+        batch of ``NOTE_BATCH`` staged files at a time."""
+        staged: list[tuple[FileRow, Staged]] = []
+        try:
+            for product, _, _ in request.all_products():
+                for f in product.files:
+                    copy = self.content.stage(f.source, f.size, f.mtime_ns)
+                    staged.append(((product.locator, f.name, f.size, copy.sha256), copy))
+                    if on_file is not None:
+                        on_file(f.size)
+                    if len(staged) >= (self.NOTE_BATCH if track else 1):
+                        self._place(staged, placed, rows, track)
+            self._place(staged, placed, rows, track)
+        except BaseException:
+            for _, copy in staged:
+                self.content.discard(copy)
+            raise
 
-        def before_place(sha: str) -> None:
-            if track:
-                self.meta.track([sha])
+    #: Staged files whose content is noted in one go before they are placed.
+    NOTE_BATCH = 256
 
-        digests: dict[str, str] = {}
-        for product, _, _ in request.all_products():
-            for f in product.files:
-                if f.source in digests:
-                    continue
-                digest, added = self.content.put(f.source, f.size, f.mtime_ns, before_place)
-                if added:
-                    placed.append(digest)
-                digests[f.source] = digest
-                if on_file is not None:
-                    on_file(f.size)
-        return digests
+    def _place(
+        self,
+        staged: list[tuple[FileRow, Staged]],
+        placed: Spool[str],
+        rows: Spool[FileRow],
+        track: bool,
+    ) -> None:
+        """Note the content of ``staged`` (with ``track``), then place each,
+        emptying the list as it goes (what is left was not placed)."""
+        if track and staged:
+            self.meta.track([copy.sha256 for _, copy in staged])
+        while staged:
+            row, copy = staged[0]
+            del staged[0]
+            if self.content.place(copy):
+                placed.append(copy.sha256)
+            rows.append(row)
 
-    def _remove_unreferenced(self, blobs: list[str]) -> None:
-        """Remove content no product refers to; only with every other writer excluded."""
-        blobs = list(dict.fromkeys(blobs))
-        used = self.meta.referenced(blobs)
-        for sha in blobs:
-            if sha not in used:
-                self.content.delete(sha)
+    def _remove_unreferenced(self, blobs: Iterable[str]) -> None:
+        """Remove content no product refers to; only with every other writer
+        excluded. ``blobs`` may be a spool of millions: checked a batch at a time."""
+        for batch in batches(blobs, self.meta_batch):
+            used = self.meta.referenced(batch)
+            for sha in dict.fromkeys(batch):
+                if sha not in used:
+                    self.content.delete(sha)
+
+    #: Content looked up in the metadata at a time when removing or listing it.
+    meta_batch = 500
 
     def sweep(self) -> bool:
         """Remove what failed or killed ingests left, if no ingest is in flight
@@ -224,26 +282,46 @@ class Archive(ArchiveStore):
                 self._sweep()
             return granted
 
+    #: Noted content swept at a time.
+    SWEEP_PAGE = 10_000
+
     def _sweep(self) -> None:
         self.content.clear_tmp()
-        noted = self.meta.candidates()
-        if noted is None:
-            self._remove_unreferenced(self.orphans())
-        else:
+        while True:
+            noted = self.meta.candidates(self.SWEEP_PAGE)
+            if noted is None:
+                self._remove_unreferenced(self._unreferenced())
+                return
+            if not noted:
+                return
             self._remove_unreferenced(noted)
             self.meta.forget(noted)
 
     def orphans(self) -> list[str]:
-        referenced = self.meta.all_referenced()
-        return sorted(sha for sha in self.content.blobs() if sha not in referenced)
+        return sorted(self._unreferenced())
+
+    def _unreferenced(self) -> Iterator[str]:
+        """Stored content no product refers to, found a batch of the store's
+        listing at a time (not a set of every sha256 the metadata knows)."""
+        for batch in batches(self.content.blobs(), self.meta_batch):
+            used = self.meta.referenced(batch)
+            yield from (sha for sha in batch if sha not in used)
 
     # ---- reading ----------------------------------------------------------
 
-    def existing(self, ingestion_path: str, filenames: list[str]) -> list[ProductRecord]:
-        return self.meta.existing(ingestion_path, filenames)
+    def existing(
+        self, ingestion_path: str, filenames: list[str], files: bool = True
+    ) -> list[ProductRecord]:
+        return self.meta.existing(ingestion_path, filenames, files)
 
-    def ingestion(self, locator: str) -> tuple[Any, list[ProductRecord]]:
-        return self.meta.ingestion(locator)
+    def ingestion(self, locator: str, files: bool = True) -> tuple[Any, list[ProductRecord]]:
+        return self.meta.ingestion(locator, files)
+
+    def stored_files(self, locator: str) -> Iterator[StoredFile]:
+        return self.meta.stored_files(locator)
+
+    def file_counts(self, locators: list[str]) -> dict[str, int]:
+        return self.meta.file_counts(locators)
 
     def products(self) -> list[ProductRecord]:
         return self.meta.products()

@@ -11,6 +11,10 @@ plans, the common case, never touch the disk and behave exactly as a list.
 ``SortedSpool`` sorts what is appended without holding it: sorted runs on
 disk, merged as it is read (an external merge sort), for outputs such as
 ``files`` that promise sorted paths.
+
+One piece: the spools and the lazy views over them (``Mapped``, ``Slice``,
+the mappings) that ``is_lazy`` names, and which every consumer of an output
+(journal, masking, runner, write-json) must know together.
 """
 
 from __future__ import annotations
@@ -306,6 +310,8 @@ class SpooledDict(Mapping[str, V], Generic[V]):
         """``pairs`` sorted by key, keys unique."""
         self._firsts: list[str] = []
         self._offsets: list[int] = []
+        self._cached_at = -1
+        self._cached: tuple[list[Any], list[str]] = ([], [])
         spool: Spool[tuple[str, V]] = Spool()
         spool._chunk_written = self._index  # type: ignore[method-assign]
         for pair in pairs:
@@ -323,8 +329,15 @@ class SpooledDict(Mapping[str, V], Generic[V]):
     def __getitem__(self, key: str) -> V:
         at = bisect.bisect_right(self._firsts, key) - 1
         if at >= 0:
-            chunk = self._spool._chunk(self._offsets[at])
-            i = bisect.bisect_left(chunk, key, key=lambda pair: pair[0])
+            # Lookups in a row mostly fall in one chunk (a delivery's files in
+            # walk order): the last chunk read is kept, and its keys.
+            if at == self._cached_at:
+                chunk, keys = self._cached
+            else:
+                chunk = self._spool._chunk(self._offsets[at])
+                keys = [pair[0] for pair in chunk]
+                self._cached_at, self._cached = at, (chunk, keys)
+            i = bisect.bisect_left(keys, key)
             if i < len(chunk) and chunk[i][0] == key:
                 return chunk[i][1]  # type: ignore[no-any-return]
         raise KeyError(key)
@@ -396,10 +409,195 @@ class _MappedItems(ItemsView[str, Any]):
         return ((fn(k), fn(v)) for k, v in self._mapping.base.items())
 
 
+class Slice(Sequence[T], Generic[T]):
+    """Records ``start`` to ``stop - 1`` of a spool, read as they are needed
+    (one product's files among a delivery's)."""
+
+    def __init__(self, base: Spool[T], start: int, stop: int) -> None:
+        self.base, self.start, self.stop = base, start, stop
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+    def __iter__(self) -> Iterator[T]:
+        return self.base.iter_range(self.start, self.stop)
+
+    def __getitem__(self, index: Any) -> Any:
+        if isinstance(index, slice):
+            return list(self)[index]
+        n = len(self)
+        if index < 0:
+            index += n
+        if not 0 <= index < n:
+            raise IndexError("spool index out of range")
+        return next(self.base.iter_range(self.start + index, self.start + index + 1))
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Sequence) or isinstance(other, (str, bytes)):
+            return NotImplemented
+        return len(self) == len(other) and all(a == b for a, b in zip(self, other, strict=True))
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"<Slice of {len(self)}>"
+
+    def __reduce__(self) -> Any:
+        return (list, (list(self),))
+
+
+class Chain(Sequence[T], Generic[T]):
+    """Sequences one after the other, read in turn (an atomic group's effects:
+    its steps', some spooled), without copying them into one list."""
+
+    def __init__(self, parts: Iterable[Sequence[T]] = ()) -> None:
+        self.parts: list[Sequence[T]] = [p for p in parts if len(p)]
+
+    def add(self, part: Sequence[T]) -> None:
+        if len(part):
+            self.parts.append(part)
+
+    def __len__(self) -> int:
+        return sum(len(p) for p in self.parts)
+
+    def __iter__(self) -> Iterator[T]:
+        return itertools.chain.from_iterable(self.parts)
+
+    def __getitem__(self, index: Any) -> Any:
+        if isinstance(index, slice) or index < 0:
+            return list(self)[index]
+        for part in self.parts:
+            if index < len(part):
+                return part[index]
+            index -= len(part)
+        raise IndexError("chain index out of range")
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Sequence) or isinstance(other, (str, bytes)):
+            return NotImplemented
+        return len(self) == len(other) and all(a == b for a, b in zip(self, other, strict=True))
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"<Chain of {len(self)}>"
+
+    def __reduce__(self) -> Any:
+        return (list, (list(self),))
+
+
+class PairsDict(Mapping[str, Any]):
+    """A mapping given as a (lazy) sequence of unique (key, value) pairs, kept
+    in that order: tar's members of a million files, a directory product's
+    {name: digest key}. For iteration and serialisation; a lookup reads
+    through the pairs."""
+
+    def __init__(self, pairs: Sequence[tuple[str, Any]]) -> None:
+        self.pairs = pairs
+
+    def __getitem__(self, key: str) -> Any:
+        for k, v in self.pairs:
+            if k == key:
+                return v
+        raise KeyError(key)
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __iter__(self) -> Iterator[str]:
+        return (k for k, _ in self.pairs)
+
+    def items(self) -> ItemsView[str, Any]:
+        return _PairItems(self)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Mapping):
+            return NotImplemented
+        return len(self) == len(other) and all(k in other and other[k] == v for k, v in self.pairs)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"<PairsDict of {len(self)}>"
+
+    def __reduce__(self) -> Any:
+        return (dict, (list(self.pairs),))
+
+
+class _PairItems(ItemsView[str, Any]):
+    _mapping: PairsDict
+
+    def __iter__(self) -> Iterator[tuple[str, Any]]:
+        return iter(self._mapping.pairs)
+
+
+class RenamedDict(Mapping[str, Any]):
+    """A lazy mapping shown with its keys and values through ``show`` (a
+    group's staged paths as their final ones), looked up by the key ``find``
+    gives back: one chunk read a lookup, as on the mapping itself."""
+
+    def __init__(
+        self, base: Mapping[str, Any], show: Callable[[Any], Any], find: Callable[[str], str]
+    ) -> None:
+        self.base, self.show, self.find = base, show, find
+
+    def __getitem__(self, key: str) -> Any:
+        try:
+            return self.show(self.base[self.find(key)])
+        except KeyError:
+            return self.show(self.base[key])
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __iter__(self) -> Iterator[str]:
+        return (k for k, _ in self.items())
+
+    def items(self) -> ItemsView[str, Any]:
+        return _RenamedItems(self)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Mapping):
+            return NotImplemented
+        return len(self) == len(other) and all(
+            k in other and other[k] == v for k, v in self.items()
+        )
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"<RenamedDict of {len(self)}>"
+
+    def __reduce__(self) -> Any:
+        return (dict, (list(self.items()),))
+
+
+class _RenamedItems(ItemsView[str, Any]):
+    _mapping: RenamedDict
+
+    def __iter__(self) -> Iterator[tuple[str, Any]]:
+        show = self._mapping.show
+        return ((show(k), show(v)) for k, v in self._mapping.base.items())
+
+
 def is_lazy(value: Any) -> bool:
     """True for the sequences and mappings of this module (callers that need a
     real list or dict, JSON encoders, jsonschema, make one or stream it)."""
-    return isinstance(value, (Spool, Mapped, SpooledDict, MappedDict))
+    return isinstance(
+        value, (Spool, Mapped, Slice, Chain, SpooledDict, MappedDict, PairsDict, RenamedDict)
+    )
+
+
+def holds_lazy(value: Any) -> bool:
+    """True for a lazy value, or a plain dict or list with one inside (a
+    delivery.json document whose file lists are spooled)."""
+    if is_lazy(value):
+        return True
+    if isinstance(value, dict):
+        return any(holds_lazy(v) for v in value.values())
+    if isinstance(value, list):
+        return any(holds_lazy(v) for v in value)
+    return False
 
 
 def sample(value: Any, n: int = 1000) -> Any:
@@ -412,4 +610,4 @@ def sample(value: Any, n: int = 1000) -> Any:
 
 def lazy_mapping(value: Any) -> bool:
     """True for this module's mappings."""
-    return isinstance(value, (SpooledDict, MappedDict))
+    return isinstance(value, (SpooledDict, MappedDict, PairsDict, RenamedDict))

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import heapq
 import itertools
 import os
 import shutil
 import stat as statmod
 import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Container, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -518,13 +519,15 @@ class _Planner:
         """Plan removing what is at ``to`` but not copied there (``delete``)."""
         if self.dirs.get(self.to):
             return  # created by this step: nothing else there
-        wanted = set(self.files) | set(self.symlinks) | set(self.dirs)
+        wanted: Container[str] | None = None  # made when there is something to look at
         kept = {os.path.join(self.to, os.path.normpath(k)) for k in keep}
         gone: set[str] = set()
         removals = []
         prefix = self.to + os.sep
         for rel, info in self.fs.walk(self.to):
             path = prefix + rel
+            if wanted is None:
+                wanted = self._wanted()
             if path in wanted or path in kept or _inside_any(path, gone | kept):
                 continue
             if info.is_file and is_temp_name(os.path.basename(rel)):
@@ -538,6 +541,15 @@ class _Planner:
             effects.extend(self.effects)
             self.effects.close()
             self.effects = effects
+
+    def _wanted(self) -> Container[str]:
+        """Every path this step copies or keeps: a set, or for a million files
+        a ``SpooledDict`` looked up a chunk at a time (a killed delivery's
+        staging area is walked in nearly sorted order)."""
+        if not (self.files.spilled or self.symlinks.spilled):
+            return set(self.files) | set(self.symlinks) | set(self.dirs)
+        paths = heapq.merge(self.files, self.symlinks, sorted(self.dirs))
+        return SpooledDict((path, True) for path, _ in itertools.groupby(paths))
 
     def finish(self) -> Plan:
         outputs: dict[str, Any] = {

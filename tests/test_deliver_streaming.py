@@ -31,6 +31,11 @@ from wsrun.steps import write_json
 #: delivery.json measured some 1,500 (find-products) and a filled document
 #: held as one string some 400 (write-json).
 BOUND = 500_000
+#: The same for each step of a whole delivery, journal included: the journal
+#: holds a step's per-file outputs compressed (one blob, a few tens of bytes
+#: a file at a million; a few hundred for this test's long random paths),
+#: where a list of the group's effects as dicts measured some 800.
+WHOLE_BOUND = 1_000_000
 
 
 @pytest.fixture
@@ -46,6 +51,7 @@ def small_spool(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(spool, "SPILL_AT", 50)
     monkeypatch.setattr(spool, "CHUNK", 16)
     monkeypatch.setattr(write_json, "HELD_MAX", 4096)
+    monkeypatch.setattr(write_json, "PIECE", 4096)
     monkeypatch.setattr(hashing, "CHUNK", 1 << 16)
     monkeypatch.setattr(journal, "BLOB_HELD", 4096)
     monkeypatch.setattr(journal, "PART_ITEMS", 64)
@@ -138,29 +144,59 @@ def test_find_products_and_write_json_hold_nothing_per_file(
         assert grown[4000] - grown[1000] < BOUND, (step_type, grown)
 
 
-def run_peak(cli, root: Path, out: Path, *args: str) -> tuple[int, Any]:
-    return peak(lambda: cli("nrao/deliver", root, "-l", out, "--prefix", "R1", "-q", *args))
+def step_peaks(
+    cli, monkeypatch: pytest.MonkeyPatch, root: Path, out: Path, *args: str
+) -> tuple[dict[str, int], Any]:
+    """What memory grew by at its peak during each step of a delivery (up to
+    the step's journal record), by step: a structure made while little else
+    is held (a group's effects, after its steps) shows as much as one made
+    at the run's busiest moment."""
+    from wsrun.core.journal import Journal
+
+    grown: dict[str, int] = {}
+    real = Journal.end_step
+
+    def end_step(self: Journal, run_id: str, key: str, *rest: Any) -> None:
+        real(self, run_id, key, *rest)
+        now, top = tracemalloc.get_traced_memory()
+        grown[key] = top - start[0]
+        start[0] = now
+        tracemalloc.reset_peak()
+
+    monkeypatch.setattr(Journal, "end_step", end_step)
+    gc.collect()
+    tracemalloc.start()
+    start = [tracemalloc.get_traced_memory()[0]]
+    try:
+        done = cli("nrao/deliver", root, "-l", out, "--prefix", "R1", "-q", *args)
+    finally:
+        tracemalloc.stop()
+        monkeypatch.setattr(Journal, "end_step", real)
+    return grown, done
 
 
 @pytest.mark.parametrize("tar", [False, True], ids=["loose", "tar"])
 def test_a_whole_delivery_holds_nothing_per_file(
-    runs_of_400: None, cli, tmp_path: Path, tar: bool
+    runs_of_400: None, cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tar: bool
 ) -> None:
     """The deliver recipe end to end (find-products, copy or tar, write-json,
-    checksum, the atomic group and the journal) peaks at about the same
-    memory for 4,000 files as for 1,000."""
+    checksum, the atomic group and the journal) grows at each step by about
+    as much for 4,000 files as for 1,000."""
     flags = ["-t"] if tar else []
-    assert run_peak(cli, processing(tmp_path / "warm", 5), tmp_path / "warm-out", *flags)
+    step_peaks(cli, monkeypatch, processing(tmp_path / "warm", 5), tmp_path / "warm-out", *flags)
     grown = {}
     for n in (1000, 4000):
         out = tmp_path / f"out{n}"
-        grown[n], done = run_peak(cli, processing(tmp_path / f"s{n}", n), out, *flags)
+        root = processing(tmp_path / f"s{n}", n)
+        grown[n], done = step_peaks(cli, monkeypatch, root, out, *flags)
         assert done.code == 0, done.err
         checked = subprocess.run(["sha256sum", "-c", "--quiet", "SHA256SUMS"], cwd=out / "R1")
         assert checked.returncode == 0
         listed = json.loads((out / "R1" / "delivery.json").read_text())["files"]
         assert n < listed < n + 50
-    assert grown[4000] - grown[1000] < BOUND, grown
+    assert set(grown[4000]) == set(grown[1000]) and "delivery" in grown[1000]
+    for step in grown[1000]:
+        assert grown[4000][step] - grown[1000][step] < WHOLE_BOUND, (step, grown)
 
 
 @pytest.mark.parametrize("tar", [False, True], ids=["loose", "tar"])
@@ -252,3 +288,57 @@ def test_a_spooled_tar_with_checksum_plans_and_gives_every_digest(
     for name in list(digests)[::37]:
         path = found["archive"] if name == found["archive"] else sources[name]
         assert digests[name] == hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+@pytest.mark.parametrize("link", [False, True], ids=["plain", "with-a-link"])
+def test_a_dry_run_view_holds_one_fact_for_a_followed_tree_without_links(
+    small_spool: None, tmp_path: Path, link: bool
+) -> None:
+    """copy with ``follow_symlinks`` of a tree that has no link to follow is
+    recorded in a dry run's view as one fact (a million files' delivery
+    planned a node each: 600 MiB), and the view shows what the real copy
+    writes; a tree with a link inside is recorded a file at a time, the link
+    shown as the file it points to."""
+    from wsrun.core.runner import Runner
+    from wsrun.core.settings import Settings
+    from wsrun.core.validate import load_valid
+
+    src = tmp_path / "src"
+    for i in range(200):
+        path = src / f"d{i % 7}" / f"f{i:04d}"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"%d" % i * (i % 5))
+    if link:
+        (src / "d0" / "link").symlink_to("f0007" if (src / "d0" / "f0007").exists() else "f0000")
+    recipe = tmp_path / "follow.yaml"
+    recipe.write_text(
+        "recipe: follow\n"
+        "inputs: {src: {type: path, positional: true}, dest: {type: path, positional: true}}\n"
+        "steps:\n"
+        "  - uses: copy\n"
+        '    with: {files: {tree: "{{ inputs.src }}"}, to: "{{ inputs.dest }}", '
+        "follow_symlinks: true}\n"
+    )
+    inputs = {"src": str(src), "dest": str(tmp_path / "out")}
+    runner = Runner(
+        load_valid(str(recipe)), inputs, Settings(env={}), dry_run=True, workdir=str(tmp_path)
+    )
+    assert runner.run().status == "changed"
+    view = runner.view
+    assert (len(view._nodes) > 200) == link, "a node per planned file only for a linked tree"
+
+    def seen(fs: WorldView) -> list[tuple[Any, ...]]:
+        """Every entry: a file with its size, mode, mtime and content."""
+        listed: list[tuple[Any, ...]] = []
+        for rel, i in fs.walk(str(tmp_path / "out")):
+            if not i.is_file:
+                listed.append((rel, i.kind))
+                continue
+            with fs.open(str(tmp_path / "out" / rel)) as f:
+                listed.append((rel, i.kind, i.size, i.mode, i.mtime_ns, f.read()))
+        return listed
+
+    planned = seen(view)
+    real = Runner(load_valid(str(recipe)), inputs, Settings(env={}), workdir=str(tmp_path))
+    assert real.run().status == "changed"
+    assert planned == seen(WorldView()) and len(planned) == 200 + 7 + 1 + link

@@ -387,9 +387,9 @@ class _Planner:
         if info.is_dir:
             self.add_dir(source, dest, info, dest_info)
             if self.follow_symlinks:
-                self.add_followed_tree(source, dest, existing=dest_info is not None)
-                return
-            whole = self.add_tree(source, dest, existing=dest_info is not None)
+                whole = self.add_followed_tree(source, dest, existing=dest_info is not None)
+            else:
+                whole = self.add_tree(source, dest, existing=dest_info is not None)
             if whole and dest_info is None and self.fs.is_real_tree(source):
                 self.trees.append((dest, source))  # a new, exact copy of a real tree
             return
@@ -421,15 +421,19 @@ class _Planner:
                 self.add_entry(src_prefix + rel, dest_prefix + rel, info, dest_info)
         return not skipped
 
-    def add_followed_tree(self, source: str, dest: str, existing: bool) -> None:
-        """``add_tree`` reading through symbolic links (``follow_symlinks``)."""
+    def add_followed_tree(self, source: str, dest: str, existing: bool) -> bool:
+        """``add_tree`` reading through symbolic links (``follow_symlinks``);
+        True if the tree had none to follow (nor temp files to leave out): its
+        copy is then the tree as it is."""
         existing_at = _Existing(self.fs, dest) if existing else None
         if existing:
             self.job.strays.extend(_temp_files(self.fs, dest))
         dest_prefix = dest + os.sep
-        for rel, info, real in follow.walk(self.fs, source):
+        seen: list[str] = []
+        for rel, info, real in follow.walk(self.fs, source, seen=seen):
             dest_info = existing_at.get(rel) if existing_at else None
             self.add_entry(real, dest_prefix + rel, info, dest_info)
+        return not seen
 
     def add_entry(self, source: str, dest: str, info: FileInfo, dest_info: FileInfo | None) -> None:
         """Plan one entry: a file, a symlink, or a directory without its contents."""

@@ -109,8 +109,10 @@ def destinations(params: dict[str, Any], ctx: StepContext) -> list[str]:
 
 
 #: Documents longer than this are planned and written as a stream (a
-#: million-file delivery's delivery.json), not held as one string.
+#: million-file delivery's delivery.json), not held as one string...
 HELD_MAX = 8 << 20
+#: ...and read back this much at a time.
+PIECE = 1 << 20
 
 
 def plan(params: dict[str, Any], ctx: StepContext) -> Plan:
@@ -157,7 +159,7 @@ class _Rendered:
 
     def pieces(self) -> Iterator[bytes]:
         self.f.seek(0)
-        while piece := self.f.read(1 << 20):
+        while piece := self.f.read(PIECE):
             yield piece
 
     def close(self) -> None:

@@ -34,7 +34,10 @@ sha256sum``. A reference to a key not in ``digests`` fails the step. The file
 is written (whole, through a temporary name) only when its content changes,
 each item of the top-level lists and of the lists in them on a line of its
 own. In a dry run a digest known only after the real run is null in
-``digests``: the planned content is then unknown, its size still exact.
+``digests``: the planned content is then unknown, its size still exact. A
+document whose lists are spooled (a million-file delivery's, from
+``find-products``) and spooled ``digests`` (copy's or tar's ``checksums``)
+are read a piece at a time: the document is never held whole.
 """
 
 SCHEMA: dict[str, Any] = {

@@ -1387,6 +1387,74 @@ def million_dry_case(b: Bench, case: Case) -> Outcome:
     return outcome
 
 
+def million_processing(b: Bench, source: str) -> str:
+    """A processing directory whose raw data is the million files (``source``):
+    its rawdata/ links to the cached tree (deliver follows links), so a
+    ``deliver -r`` delivers them all as one product."""
+    path = os.path.join(b.data, "million-processing")
+    if not os.path.isdir(path):
+        for name in ("rawdata", "products", "working"):
+            os.makedirs(os.path.join(path, name))
+        os.symlink(source, os.path.join(path, "rawdata", os.path.basename(source)))
+    return path
+
+
+def million_deliver_case(tar: bool) -> Callable[[Bench, Case], Outcome]:
+    """``deliver -r`` (with -t: one archive) of the million files, its own peak
+    RSS in the real run and in a dry run; time against ``cp -a`` + ``sha256sum``
+    (with -t: ``tar -chf`` + ``sha256sum`` of the archive), as information."""
+
+    def run(b: Bench, case: Case) -> Outcome:
+        source = b.million()
+        processing = million_processing(b, source)
+        read_all(source)
+        dest = os.path.join(b.out, "delivered")
+        final = os.path.join(dest, "req-1")
+        b.fresh(dest)
+        flags = ["-t"] if tar else []
+        cmd = b.wsrun(
+            "nrao/deliver", processing, "-r", "-l", dest, "--prefix", "req-1", "-q", *flags
+        )
+        dry_seconds, dry_rss = own_peak(b, [*cmd, "--dry-run"], "wsrun deliver --dry-run")
+        if os.path.exists(dest):
+            raise CaseError("the dry run wrote the destination")
+        w, w_rss = own_peak(b, cmd, "wsrun deliver")
+        files, size = tree_stats(source)
+        with open(os.path.join(final, "SHA256SUMS"), "rb") as f:
+            listed = sum(1 for _ in f)
+        if listed != (2 if tar else files + 1):  # and delivery.json
+            raise CaseError(f"SHA256SUMS lists {listed} files, for {files}")
+        if tar:  # two files: checked whole (a million loose ones would take minutes)
+            checked = subprocess.run(["sha256sum", "-c", "--quiet", "SHA256SUMS"], cwd=final)
+            if checked.returncode != 0:
+                raise CaseError("sha256sum -c failed")
+        b.fresh(dest)
+        os.makedirs(final)
+        if tar:
+            script = 'tar -chf "$2/req-1.tar" -C "$(dirname "$1")" "$(basename "$1")" && sha256sum "$2/req-1.tar" >/dev/null'
+        else:
+            script = 'cp -a "$1" "$2/" && find "$2" -type f -exec sha256sum {} + >/dev/null'
+        base, base_rss = own_peak(b, ["sh", "-c", script, "sh", source, final], "baseline")
+        b.fresh(dest)
+        plain = "tar -chf + sha256sum" if tar else "cp -a + sha256sum"
+        note = (
+            f"{files} files, {size / MiB:.0f} MiB; peak RSS wsrun {w_rss:.0f} MiB, dry run "
+            f"{dry_rss:.0f} MiB ({dry_seconds:.0f} s), {plain} {base_rss:.0f} MiB"
+        )
+        outcome = scored(case, w, base, w / base, note)
+        outcome.details = {
+            "files": files,
+            "peak_rss_mib": max(w_rss, dry_rss),
+            "real_peak_rss_mib": w_rss,
+            "dry_peak_rss_mib": dry_rss,
+            "dry_seconds": dry_seconds,
+            "baseline_peak_rss_mib": base_rss,
+        }
+        return outcome
+
+    return run
+
+
 def million_memory_case(b: Bench, case: Case) -> Outcome:
     """The largest peak RSS of the million-* cases run before it, against
     MILLION_RSS_MIB (ratio = MiB / target)."""
@@ -1397,7 +1465,8 @@ def million_memory_case(b: Bench, case: Case) -> Outcome:
     }
     if not peaks:
         raise CaseError(
-            "run it after million-copy, million-tar, million-dry, million-checksum or million-manifest"
+            "run it after million-copy, million-tar, million-dry, million-checksum, million-manifest"
+            " or million-deliver(-t)"
         )
     worst = max(peaks, key=peaks.__getitem__)
     note = ", ".join(f"{k} {v:.0f} MiB" for k, v in peaks.items())
@@ -1713,6 +1782,7 @@ def launch_all(system: Any, ids: list[str]) -> tuple[float, str]:
 
 
 COPY, TAR, NOOP = ("copy",), ("tar",), ("noop",)
+DELIVER = ("find-products", "copy", "tar", "write-json", "checksum")
 INGEST = ("ingestion-manifest", "ingest")
 CASES = [
     Case("copy-large", "copy 4 x 512 MiB vs cp -a", 1.10, COPY, copy_case("large")),
@@ -1899,6 +1969,20 @@ CASES = [
         None,
         ("ingest",),
         million_ingest_case(postgres=True),
+    ),
+    Case(
+        "million-deliver",
+        "deliver -r of 1,000,000 files vs cp -a + sha256sum (peak RSS: real and dry run)",
+        None,
+        DELIVER,
+        million_deliver_case(tar=False),
+    ),
+    Case(
+        "million-deliver-t",
+        "deliver -r -t of 1,000,000 files vs tar -chf + sha256sum (peak RSS: real and dry run)",
+        None,
+        DELIVER,
+        million_deliver_case(tar=True),
     ),
     Case(
         "million-memory",

@@ -11,7 +11,7 @@ runner's ``run_step`` (which sees the group through ``Runner.group``).
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +21,7 @@ from wsrun.core.fs import WorldView
 from wsrun.core.journal import Journal
 from wsrun.core.masking import Masker
 from wsrun.core.reports import Events, StepFailed, StepReport, describe_error
+from wsrun.core.spool import Chain, is_lazy
 from wsrun.core.step import StepError
 
 
@@ -97,7 +98,7 @@ class GroupRunner:
 
     def run_group(
         self, step: dict[str, Any], key: str, path: tuple[Any, ...]
-    ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    ) -> tuple[Sequence[dict[str, Any]], dict[str, Any]]:
         """Run an atomic group: decide what to do with the destination, run the
         steps against the staging directory, and rename it into place."""
         fields = self.group_fields(step)
@@ -141,13 +142,13 @@ class GroupRunner:
 
     def group_steps(
         self, step: dict[str, Any], key: str, path: tuple[Any, ...]
-    ) -> tuple[list[dict[str, Any]], StepReport | None]:
+    ) -> tuple[Chain[dict[str, Any]], StepReport | None]:
         """Run the steps of a group: their effects, and the report of the one
         that failed (None if all succeeded)."""
-        effects: list[dict[str, Any]] = []
+        effects: Chain[dict[str, Any]] = Chain()
         for index, inner in enumerate(step.get("steps") or []):
             report = self.run_step("steps", index, inner, within=path, group_key=key)
-            effects.extend(report.effects)
+            effects.add(report.effects)  # a step's spooled effects stay spooled
             if report.status == "failed" and not inner.get("continue_on_error"):
                 return effects, report
         return effects, None
@@ -182,7 +183,7 @@ class GroupRunner:
         path: tuple[Any, ...],
         decision: groups.Decision,
         keep: bool,
-    ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    ) -> tuple[Sequence[dict[str, Any]], dict[str, Any]]:
         top, staging, destination = decision.top, decision.staging, decision.destination
         shown: list[dict[str, Any]] = []
         if decision.mode == "new":
@@ -226,7 +227,7 @@ class GroupRunner:
             groups.commit(decision, self.log, digests)
             self.group_record(key, "commit", {"destination": destination})
         state = {"new": "created", "fill": "filled", "replace": "replaced"}[decision.mode]
-        return shown + effects, {"destination": destination, "state": state}
+        return _joined([shown, *effects.parts]), {"destination": destination, "state": state}
 
     def group_record(
         self, key: str, event: str, outputs: dict[str, Any], error: str | None = None
@@ -241,3 +242,11 @@ class GroupRunner:
             self.run_id, record, status, [], self.masker.clean(outputs), error and self.shown(error)
         )
         self.journal.flush()
+
+
+def _joined(parts: list[Sequence[dict[str, Any]]]) -> Sequence[dict[str, Any]]:
+    """A group's effects: its steps' one after the other, a list unless one
+    step's are spooled (then a lazy chain: a million are not copied)."""
+    if any(is_lazy(p) for p in parts):
+        return Chain(parts)
+    return [e for p in parts for e in p]

@@ -20,12 +20,14 @@ import json
 import os
 import shutil
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from wsrun.core import resumes
 from wsrun.core.fileio import hidden_name
 from wsrun.core.fs import WorldView
+from wsrun.core.spool import Mapped, RenamedDict, is_lazy, lazy_mapping
 from wsrun.core.step import StepError
 
 STAGING_SUFFIX = ".wsrun-staging"
@@ -85,6 +87,10 @@ class Redirect:
             return {self.finals(k): self.finals(v) for k, v in value.items()}
         if isinstance(value, list):
             return [self.finals(v) for v in value]
+        if lazy_mapping(value):  # a spooled output (copy's checksums): renamed as read
+            return RenamedDict(value, self.finals, self.staged)
+        if is_lazy(value):
+            return Mapped(value, self.finals)
         return value
 
 
@@ -102,19 +108,27 @@ class DigestCache:
     def __init__(self, path: str, staging: str) -> None:
         self.path = path
         self.staging = staging
-        self.known: dict[tuple[str, int, int, str], str] = {}
+        #: What a killed run recorded (this run's own additions are only in
+        #: the file: a million of them are not held).
+        self.known: dict[tuple[str, int, int, str], str] = {
+            (rel, size, mtime_ns, algorithm): digest
+            for rel, size, mtime_ns, algorithm, digest in self.records()
+        }
         self.lock = threading.Lock()
         self.fd: int | None = None
+
+    def records(self) -> Iterator[tuple[str, int, int, str, str]]:
+        """Every whole line of the record, as written (a torn last line is left out)."""
         try:
-            with open(path, encoding="utf-8", errors="replace") as f:
+            with open(self.path, encoding="utf-8", errors="replace") as f:
                 for line in f:
                     try:
                         rel, size, mtime_ns, algorithm, digest = json.loads(line)
                     except (ValueError, TypeError):
                         continue
-                    self.known[(rel, size, mtime_ns, algorithm)] = digest
+                    yield rel, size, mtime_ns, algorithm, digest
         except FileNotFoundError:
-            pass
+            return
 
     def _rel(self, path: str) -> str | None:
         return os.path.relpath(path, self.staging) if inside(path, self.staging) else None
@@ -140,7 +154,6 @@ class DigestCache:
                     self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600
                 )
             os.write(self.fd, line)
-            self.known[(rel, size, mtime_ns, algorithm)] = digest
 
     def close(self) -> None:
         with self.lock:
@@ -247,9 +260,9 @@ def commit(decision: Decision, log: Any, digests: DigestCache | None = None) -> 
             shutil.rmtree(old)
         except OSError as e:  # the new result is in place: do not fail it for this
             log(f"warning: could not remove the replaced {top} ({old}): {e}")
-    if digests is not None and digests.known:
+    if digests is not None:
         records = resumes.records()
-        for (rel, size, mtime_ns, algorithm), digest in digests.known.items():
+        for rel, size, mtime_ns, algorithm, digest in digests.records():  # read from its file
             path = os.path.join(top, rel)
             try:
                 st = os.stat(path)

@@ -33,7 +33,7 @@ from wsrun.core import zstd
 from wsrun.core.db import DbError
 from wsrun.core.masking import printable
 from wsrun.core.migrate import enable_wal, migrate_sqlite
-from wsrun.core.spool import Mapped, Spool, is_lazy, lazy_mapping
+from wsrun.core.spool import Mapped, Spool, holds_lazy, is_lazy, lazy_mapping
 
 #: A step's effects or outputs whose JSON is longer than this go into the blobs
 #: table, zstd-compressed (effects one JSON object a line, so a page of them is
@@ -41,6 +41,11 @@ from wsrun.core.spool import Mapped, Spool, is_lazy, lazy_mapping
 INLINE_MAX = 512
 #: zstd's level for journal blobs: fast, and JSON of paths shrinks 10-20 times.
 ZSTD_LEVEL = 3
+#: A streamed blob's text is held in memory up to this size, then goes
+#: through a temporary file before it is compressed.
+BLOB_HELD = 8 << 20
+#: Items of a long list or mapping serialised at a time into a blob.
+PART_ITEMS = 4096
 
 FINISHED = ("ok", "changed", "skipped")
 #: This host's name, recorded with each run (a shared journal holds runs of many hosts).
@@ -454,7 +459,7 @@ class Journal:
             batch: list[str] = []
             for e in it:
                 batch.append(_json(e) or "null")
-                if len(batch) >= 4096:
+                if len(batch) >= PART_ITEMS:
                     yield "\n" + "\n".join(batch)
                     batch = []
             if batch:
@@ -468,9 +473,11 @@ class Journal:
         checksums) in a blob of their own, which a re-run that changed nothing
         shares with the run before (only counts such as ``copied`` differ).
         Spooled outputs (wsrun.core.spool) always go to the blob, streamed."""
-        if is_lazy(outputs):
+        if holds_lazy(outputs) and not isinstance(outputs, dict):
             return None, self._blob(_json_parts(outputs))
-        lazy = {k for k, v in outputs.items() if is_lazy(v)} if isinstance(outputs, dict) else set()
+        lazy = (
+            {k for k, v in outputs.items() if holds_lazy(v)} if isinstance(outputs, dict) else set()
+        )
         text = None if lazy else _json(outputs)
         if not lazy and (text is None or len(text) <= INLINE_MAX):
             return text, None
@@ -501,11 +508,11 @@ class Journal:
         if isinstance(text, str):
             raw = text.encode()
             hasher.update(raw)
-            data = zstd.compress(raw, level=ZSTD_LEVEL)
+            data: bytes | memoryview = zstd.compress(raw, level=ZSTD_LEVEL)
         else:
             # Parts go through a temporary file (in memory while small), so the
             # compressed frame still states its size, as a one-shot one does.
-            with tempfile.SpooledTemporaryFile(max_size=8 << 20) as spooled:
+            with tempfile.SpooledTemporaryFile(max_size=BLOB_HELD) as spooled:
                 size = 0
                 for part in text:
                     raw = part.encode()
@@ -518,7 +525,7 @@ class Journal:
                 while chunk := spooled.read(1 << 20):
                     out.write(compressor.compress(chunk))
                 out.write(compressor.flush())
-                data = out.getvalue()
+                data = out.getbuffer()  # not copied: a million digests compress to 40 MB
         ref = hasher.hexdigest()
         if ref != stored:  # queued without a flush: it commits with the row that refers to it
             self._pending.append(
@@ -825,16 +832,31 @@ def _stream_of(effects: Any) -> tuple[Any, ...] | None:
     return (id(effects), len(effects), tuple(layers), effects)
 
 
-def _json_parts(value: Iterable[Any]) -> Iterator[str]:
+def _json_parts(value: Any) -> Iterator[str]:
     """A lazy sequence as a JSON array (a lazy mapping as an object), in parts
-    of a few thousand items."""
+    of a few thousand items; a plain dict or list holding lazy ones (a
+    delivery.json document) streamed around them."""
+    if not is_lazy(value):
+        if not holds_lazy(value):
+            yield _json(value) or "null"
+        elif isinstance(value, dict):
+            for n, (k, v) in enumerate(value.items()):
+                yield ("{" if not n else ",") + _ENCODE(k if isinstance(k, str) else str(k)) + ":"
+                yield from _json_parts(v)
+            yield "}"
+        else:
+            for n, v in enumerate(value):
+                yield "[" if not n else ","
+                yield from _json_parts(v)
+            yield "]"
+        return
     if lazy_mapping(value):
         yield "{"
         pairs: dict[Any, Any] = {}
         first = True
         for k, v in value.items():  # type: ignore[attr-defined]
             pairs[k] = v
-            if len(pairs) >= 4096:
+            if len(pairs) >= PART_ITEMS:
                 yield ("" if first else ",") + (_json(pairs) or "{}")[1:-1]
                 pairs, first = {}, False
         if pairs:
@@ -846,7 +868,7 @@ def _json_parts(value: Iterable[Any]) -> Iterator[str]:
     first = True
     for item in value:
         batch.append(item)
-        if len(batch) >= 4096:
+        if len(batch) >= PART_ITEMS:
             yield ("" if first else ",") + _ENCODE(batch)[1:-1]
             batch, first = [], False
     if batch:

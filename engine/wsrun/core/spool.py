@@ -11,6 +11,10 @@ plans, the common case, never touch the disk and behave exactly as a list.
 ``SortedSpool`` sorts what is appended without holding it: sorted runs on
 disk, merged as it is read (an external merge sort), for outputs such as
 ``files`` that promise sorted paths.
+
+One piece: the spools and the lazy views over them (``Mapped``, ``Slice``,
+the mappings) that ``is_lazy`` names, and which every consumer of an output
+(journal, masking, runner, write-json) must know together.
 """
 
 from __future__ import annotations
@@ -250,12 +254,7 @@ class SortedSpool(Spool[T]):
             return self._head[index]
         if isinstance(index, slice):
             return list(self)[index]
-        n = len(self)
-        if index < 0:
-            index += n
-        if not 0 <= index < n:
-            raise IndexError("spool index out of range")
-        return next(itertools.islice(iter(self), index, None))
+        return next(itertools.islice(iter(self), _position(index, len(self)), None))
 
     def close(self) -> None:
         for run in self._runs:
@@ -264,7 +263,25 @@ class SortedSpool(Spool[T]):
         self._head = []
 
 
-class Mapped(Sequence[U], Generic[T, U]):
+class LazySequence(Sequence[T], Generic[T]):
+    """What the lazy sequences below share: equal to the list they stand for,
+    pickled (multiprocessing) as that list."""
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Sequence) or isinstance(other, (str, bytes)):
+            return NotImplemented
+        return len(self) == len(other) and all(a == b for a, b in zip(self, other, strict=True))
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} of {len(self)}>"
+
+    def __reduce__(self) -> Any:
+        return (list, (list(self),))
+
+
+class Mapped(LazySequence[U], Generic[T, U]):
     """A lazy view of a sequence with ``fn`` applied to each item as it is read:
     effects as dicts, masked, without a second million objects."""
 
@@ -283,21 +300,53 @@ class Mapped(Sequence[U], Generic[T, U]):
             return [self.fn(x) for x in self.base[index]]
         return self.fn(self.base[index])
 
+
+class PairsDict(Mapping[str, Any]):
+    """A mapping given as a (lazy) sequence of unique (key, value) pairs, kept
+    in that order: tar's members of a million files, a directory product's
+    {name: digest key}. For iteration and serialisation; a lookup reads
+    through the pairs."""
+
+    def __init__(self, pairs: Sequence[tuple[str, Any]]) -> None:
+        self.pairs = pairs
+
+    def __getitem__(self, key: str) -> Any:
+        for k, v in self.pairs:
+            if k == key:
+                return v
+        raise KeyError(key)
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __iter__(self) -> Iterator[str]:
+        return (k for k, _ in self.pairs)
+
+    def items(self) -> ItemsView[str, Any]:
+        return _PairItems(self)
+
     def __eq__(self, other: object) -> bool:
-        if not isinstance(other, Sequence) or isinstance(other, (str, bytes)):
+        if not isinstance(other, Mapping):
             return NotImplemented
-        return len(self) == len(other) and all(a == b for a, b in zip(self, other, strict=True))
+        return len(self) == len(other) and all(k in other and other[k] == v for k, v in self.pairs)
 
     __hash__ = None  # type: ignore[assignment]
 
     def __repr__(self) -> str:
-        return f"<Mapped view of {len(self)}>"
+        return f"<PairsDict of {len(self)}>"
 
     def __reduce__(self) -> Any:
-        return (list, (list(self),))
+        return (dict, (list(self.pairs),))
 
 
-class SpooledDict(Mapping[str, V], Generic[V]):
+class _PairItems(ItemsView[str, Any]):
+    _mapping: PairsDict
+
+    def __iter__(self) -> Iterator[tuple[str, Any]]:
+        return iter(self._mapping.pairs)
+
+
+class SpooledDict(PairsDict, Generic[V]):
     """A read-only mapping too big to hold (copy's ``checksums`` of a million
     files): its items sorted by key in a spool on disk, with the first key of
     each chunk in memory, so a lookup reads one chunk and iteration streams."""
@@ -306,6 +355,8 @@ class SpooledDict(Mapping[str, V], Generic[V]):
         """``pairs`` sorted by key, keys unique."""
         self._firsts: list[str] = []
         self._offsets: list[int] = []
+        self._cached_at = -1
+        self._cached: tuple[list[Any], list[str]] = ([], [])
         spool: Spool[tuple[str, V]] = Spool()
         spool._chunk_written = self._index  # type: ignore[method-assign]
         for pair in pairs:
@@ -315,6 +366,7 @@ class SpooledDict(Mapping[str, V], Generic[V]):
         if spool._head:
             spool._spill()
         self._spool = spool
+        super().__init__(spool)
 
     def _index(self, offset: int, first: tuple[str, V]) -> None:
         self._firsts.append(first[0])
@@ -323,83 +375,142 @@ class SpooledDict(Mapping[str, V], Generic[V]):
     def __getitem__(self, key: str) -> V:
         at = bisect.bisect_right(self._firsts, key) - 1
         if at >= 0:
-            chunk = self._spool._chunk(self._offsets[at])
-            i = bisect.bisect_left(chunk, key, key=lambda pair: pair[0])
+            # Lookups in a row mostly fall in one chunk (a delivery's files in
+            # walk order): the last chunk read is kept, and its keys.
+            if at == self._cached_at:
+                chunk, keys = self._cached
+            else:
+                chunk = self._spool._chunk(self._offsets[at])
+                keys = [pair[0] for pair in chunk]
+                self._cached_at, self._cached = at, (chunk, keys)
+            i = bisect.bisect_left(keys, key)
             if i < len(chunk) and chunk[i][0] == key:
                 return chunk[i][1]  # type: ignore[no-any-return]
         raise KeyError(key)
 
-    def __len__(self) -> int:
-        return len(self._spool)
-
-    def __iter__(self) -> Iterator[str]:
-        return (k for k, _ in self._spool)
-
-    def items(self) -> ItemsView[str, V]:
-        return _Items(self)
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, Mapping):
-            return NotImplemented
-        return len(self) == len(other) and all(k in other and other[k] == v for k, v in self._spool)
-
-    __hash__ = None  # type: ignore[assignment]
-
     def __repr__(self) -> str:
         return f"<SpooledDict of {len(self)}>"
 
-    def __reduce__(self) -> Any:
-        return (dict, (list(self._spool),))
 
-
-class _Items(ItemsView[str, V]):
-    """Items read straight from the spool, not by a lookup per key."""
-
-    _mapping: SpooledDict[V]
-
-    def __iter__(self) -> Iterator[tuple[str, V]]:
-        return iter(self._mapping._spool)
-
-
-class MappedDict(Mapping[str, Any]):
+class MappedDict(PairsDict):
     """A spooled mapping shown through ``fn`` on each (key, value) as it is read
     (masked for the journal); for iteration and serialisation, not lookups."""
 
     def __init__(self, base: Mapping[str, Any], fn: Callable[[Any], Any]) -> None:
         self.base = base
         self.fn = fn
+        super().__init__(_Shown(base, fn))
 
-    def __getitem__(self, key: str) -> Any:
-        for k, v in self.items():
-            if k == key:
-                return v
-        raise KeyError(key)
+
+class _Shown(LazySequence[tuple[Any, Any]]):
+    """The items of ``base`` through ``fn``, made as they are read."""
+
+    def __init__(self, base: Mapping[str, Any], fn: Callable[[Any], Any]) -> None:
+        self.base, self.fn = base, fn
 
     def __len__(self) -> int:
         return len(self.base)
 
-    def __iter__(self) -> Iterator[str]:
-        return (k for k, _ in self.items())
+    def __iter__(self) -> Iterator[tuple[Any, Any]]:
+        fn = self.fn
+        return ((fn(k), fn(v)) for k, v in self.base.items())
 
-    def items(self) -> ItemsView[str, Any]:
-        return _MappedItems(self)
-
-    def __reduce__(self) -> Any:
-        return (dict, (list(self.items()),))
+    def __getitem__(self, index: Any) -> Any:
+        return list(self)[index]
 
 
-class _MappedItems(ItemsView[str, Any]):
-    _mapping: MappedDict
+class Slice(LazySequence[T]):
+    """Records ``start`` to ``stop - 1`` of a spool, read as they are needed
+    (one product's files among a delivery's)."""
 
-    def __iter__(self) -> Iterator[tuple[str, Any]]:
-        fn = self._mapping.fn
-        return ((fn(k), fn(v)) for k, v in self._mapping.base.items())
+    def __init__(self, base: Spool[T], start: int, stop: int) -> None:
+        self.base, self.start, self.stop = base, start, stop
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+    def __iter__(self) -> Iterator[T]:
+        return self.base.iter_range(self.start, self.stop)
+
+    def __getitem__(self, index: Any) -> Any:
+        if isinstance(index, slice):
+            return list(self)[index]
+        at = self.start + _position(index, len(self))
+        return next(self.base.iter_range(at, at + 1))
+
+
+class Chain(LazySequence[T]):
+    """Sequences one after the other, read in turn (an atomic group's effects:
+    its steps', some spooled), without copying them into one list."""
+
+    def __init__(self, parts: Iterable[Sequence[T]] = ()) -> None:
+        self.parts: list[Sequence[T]] = [p for p in parts if len(p)]
+
+    def add(self, part: Sequence[T]) -> None:
+        if len(part):
+            self.parts.append(part)
+
+    def __len__(self) -> int:
+        return sum(len(p) for p in self.parts)
+
+    def __iter__(self) -> Iterator[T]:
+        return itertools.chain.from_iterable(self.parts)
+
+    def __getitem__(self, index: Any) -> Any:
+        if isinstance(index, slice) or index < 0:
+            return list(self)[index]
+        for part in self.parts:
+            if index < len(part):
+                return part[index]
+            index -= len(part)
+        raise IndexError("chain index out of range")
+
+
+class RenamedDict(MappedDict):
+    """A lazy mapping shown with its keys and values through ``show`` (a
+    group's staged paths as their final ones), looked up by the key ``find``
+    gives back: one chunk read a lookup, as on the mapping itself."""
+
+    def __init__(
+        self, base: Mapping[str, Any], show: Callable[[Any], Any], find: Callable[[str], str]
+    ) -> None:
+        super().__init__(base, show)
+        self.find = find
+
+    def __getitem__(self, key: str) -> Any:
+        try:
+            return self.fn(self.base[self.find(key)])
+        except KeyError:
+            return self.fn(self.base[key])
+
+
+def _position(index: int, n: int) -> int:
+    """``index`` (negative: from the end) as a position in ``n`` records."""
+    if index < 0:
+        index += n
+    if not 0 <= index < n:
+        raise IndexError("spool index out of range")
+    return index
 
 
 def is_lazy(value: Any) -> bool:
     """True for the sequences and mappings of this module (callers that need a
     real list or dict, JSON encoders, jsonschema, make one or stream it)."""
-    return isinstance(value, (Spool, Mapped, SpooledDict, MappedDict))
+    return isinstance(
+        value, (Spool, Mapped, Slice, Chain, SpooledDict, MappedDict, PairsDict, RenamedDict)
+    )
+
+
+def holds_lazy(value: Any) -> bool:
+    """True for a lazy value, or a plain dict or list with one inside (a
+    delivery.json document whose file lists are spooled)."""
+    if is_lazy(value):
+        return True
+    if isinstance(value, dict):
+        return any(holds_lazy(v) for v in value.values())
+    if isinstance(value, list):
+        return any(holds_lazy(v) for v in value)
+    return False
 
 
 def sample(value: Any, n: int = 1000) -> Any:
@@ -412,4 +523,4 @@ def sample(value: Any, n: int = 1000) -> Any:
 
 def lazy_mapping(value: Any) -> bool:
     """True for this module's mappings."""
-    return isinstance(value, (SpooledDict, MappedDict))
+    return isinstance(value, (SpooledDict, MappedDict, PairsDict, RenamedDict))

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import heapq
 import itertools
 import os
 import shutil
 import stat as statmod
 import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Container, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -386,9 +387,9 @@ class _Planner:
         if info.is_dir:
             self.add_dir(source, dest, info, dest_info)
             if self.follow_symlinks:
-                self.add_followed_tree(source, dest, existing=dest_info is not None)
-                return
-            whole = self.add_tree(source, dest, existing=dest_info is not None)
+                whole = self.add_followed_tree(source, dest, existing=dest_info is not None)
+            else:
+                whole = self.add_tree(source, dest, existing=dest_info is not None)
             if whole and dest_info is None and self.fs.is_real_tree(source):
                 self.trees.append((dest, source))  # a new, exact copy of a real tree
             return
@@ -420,15 +421,19 @@ class _Planner:
                 self.add_entry(src_prefix + rel, dest_prefix + rel, info, dest_info)
         return not skipped
 
-    def add_followed_tree(self, source: str, dest: str, existing: bool) -> None:
-        """``add_tree`` reading through symbolic links (``follow_symlinks``)."""
+    def add_followed_tree(self, source: str, dest: str, existing: bool) -> bool:
+        """``add_tree`` reading through symbolic links (``follow_symlinks``);
+        True if the tree had none to follow (nor temp files to leave out): its
+        copy is then the tree as it is."""
         existing_at = _Existing(self.fs, dest) if existing else None
         if existing:
             self.job.strays.extend(_temp_files(self.fs, dest))
         dest_prefix = dest + os.sep
-        for rel, info, real in follow.walk(self.fs, source):
+        seen: list[str] = []
+        for rel, info, real in follow.walk(self.fs, source, seen=seen):
             dest_info = existing_at.get(rel) if existing_at else None
             self.add_entry(real, dest_prefix + rel, info, dest_info)
+        return not seen
 
     def add_entry(self, source: str, dest: str, info: FileInfo, dest_info: FileInfo | None) -> None:
         """Plan one entry: a file, a symlink, or a directory without its contents."""
@@ -518,13 +523,15 @@ class _Planner:
         """Plan removing what is at ``to`` but not copied there (``delete``)."""
         if self.dirs.get(self.to):
             return  # created by this step: nothing else there
-        wanted = set(self.files) | set(self.symlinks) | set(self.dirs)
+        wanted: Container[str] | None = None  # made when there is something to look at
         kept = {os.path.join(self.to, os.path.normpath(k)) for k in keep}
         gone: set[str] = set()
         removals = []
         prefix = self.to + os.sep
         for rel, info in self.fs.walk(self.to):
             path = prefix + rel
+            if wanted is None:
+                wanted = self._wanted()
             if path in wanted or path in kept or _inside_any(path, gone | kept):
                 continue
             if info.is_file and is_temp_name(os.path.basename(rel)):
@@ -538,6 +545,15 @@ class _Planner:
             effects.extend(self.effects)
             self.effects.close()
             self.effects = effects
+
+    def _wanted(self) -> Container[str]:
+        """Every path this step copies or keeps: a set, or for a million files
+        a ``SpooledDict`` looked up a chunk at a time (a killed delivery's
+        staging area is walked in nearly sorted order)."""
+        if not (self.files.spilled or self.symlinks.spilled):
+            return set(self.files) | set(self.symlinks) | set(self.dirs)
+        paths = heapq.merge(self.files, self.symlinks, sorted(self.dirs))
+        return SpooledDict((path, True) for path, _ in itertools.groupby(paths))
 
     def finish(self) -> Plan:
         outputs: dict[str, Any] = {

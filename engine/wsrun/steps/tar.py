@@ -12,7 +12,7 @@ import itertools
 import os
 import stat as statmod
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -21,6 +21,7 @@ from wsrun.core import fileio, follow, resumes
 from wsrun.core.effects import Effect, create_dir, create_file
 from wsrun.core.filecopy import BUFFER_SIZE, hash_file, new_hash
 from wsrun.core.fs import FileInfo
+from wsrun.core.spool import SortedSpool, Spool, SpooledDict
 from wsrun.core.step import Plan, Result, StepContext, StepError
 from wsrun.formats import tarball, tarread
 
@@ -229,7 +230,9 @@ def plan(params: dict[str, Any], ctx: StepContext) -> Plan:
     effects: list[Effect] = [create_dir(p) for p in parents]
     effects.append(create_file(to, bytes=size))
     if algorithm:
-        outputs["checksums"] = dict.fromkeys([*(m[0] for m in members if m[1] == "file"), to])
+        outputs["checksums"] = _digest_map(
+            members, ((m[0], None) for m in _files(members)), to, None
+        )
     return Plan(
         effects=effects,
         outputs=outputs,
@@ -237,14 +240,35 @@ def plan(params: dict[str, Any], ctx: StepContext) -> Plan:
     )
 
 
-def _recorded(d: _Data, ctx: StepContext) -> dict[str, str | None]:
+def _files(members: tarball.MemberSpool) -> Iterator[tarball.Member]:
+    return (m for m in members if m[1] == "file")
+
+
+def _digest_map(
+    members: tarball.MemberSpool,
+    pairs: Iterable[tuple[str, str | None]],
+    archive: str,
+    digest: str | None,
+) -> Mapping[str, str | None]:
+    """The ``checksums`` output: {member name: digest} of every file in the
+    archive (``pairs``, in archive order), and the archive's own. For a spooled
+    member list a ``SpooledDict``, sorted on disk: a million names are not held."""
+    if not members.spilled:
+        return {**dict(pairs), archive: digest}
+    ordered: SortedSpool[tuple[str, str | None]] = SortedSpool(pairs)
+    ordered.append((archive, digest))
+    try:
+        return SpooledDict(iter(ordered))
+    finally:
+        ordered.close()
+
+
+def _recorded(d: _Data, ctx: StepContext) -> Mapping[str, str | None]:
     """The digests of an archive already in place and of its files, as recorded
     when they were last hashed (null when not, or changed since)."""
     records = resumes.records()
     assert d.algorithm is not None
-    out: dict[str, str | None] = {
-        m[0]: records.digest(m[2], d.algorithm) for m in d.members if m[1] == "file"
-    }
+    algorithm = d.algorithm
     cache = ctx.digests  # inside an atomic group: its record of the staging area
     known = None
     if cache is not None:
@@ -253,25 +277,29 @@ def _recorded(d: _Data, ctx: StepContext) -> dict[str, str | None]:
         except OSError:
             pass
         else:
-            known = cache.get(d.to, st.st_size, st.st_mtime_ns, d.algorithm)
-    out[d.to] = known or records.digest(d.to, d.algorithm)
-    return out
+            known = cache.get(d.to, st.st_size, st.st_mtime_ns, algorithm)
+    pairs = ((m[0], records.digest(m[2], algorithm)) for m in _files(d.members))
+    return _digest_map(d.members, pairs, d.to, known or records.digest(d.to, algorithm))
 
 
 def _hash_missing(d: _Data, outputs: dict[str, Any]) -> dict[str, Any]:
     """``outputs`` with the digests not recorded read (and recorded)."""
-    checksums = dict(outputs["checksums"])
     records = resumes.records()
     assert d.algorithm is not None
+    algorithm = d.algorithm
     buf = bytearray(BUFFER_SIZE)
-    paths = {m[0]: m[2] for m in d.members if m[1] == "file"}
-    paths[d.to] = d.to
-    for name, digest in checksums.items():
+    given: Mapping[str, str | None] = outputs["checksums"]
+
+    def filled(name: str, path: str) -> str:
+        digest = given[name]
         if digest is None:
-            path = paths[name]
             st = os.stat(path)
-            checksums[name] = hash_file(path, d.algorithm, buf)
-            records.record(path, d.algorithm, checksums[name], before=st)
+            digest = hash_file(path, algorithm, buf)
+            records.record(path, algorithm, digest, before=st)
+        return digest
+
+    pairs = ((m[0], filled(m[0], m[2])) for m in _files(d.members))
+    checksums = _digest_map(d.members, pairs, d.to, filled(d.to, d.to))
     records.flush()
     return {**outputs, "checksums": checksums}
 
@@ -297,8 +325,7 @@ def apply(plan: Plan, ctx: StepContext) -> Result:
     hashing = None
     trailing: _TrailingHash | None = None
     if background is not None:
-        files = [m for m in d.members if m[1] == "file"]
-        hashing = background.submit(_hash_files, d, ctx, files)
+        hashing = background.submit(_hash_files, d, ctx)
     try:
         with fileio.atomic_write(d.to, mode=0o644) as f:
             if d.algorithm:
@@ -332,7 +359,7 @@ def apply(plan: Plan, ctx: StepContext) -> Result:
         outputs = {**plan.outputs, "bytes": written}
         if hashing is not None and trailing is not None:
             _record_archive(d, ctx, archive)
-            outputs["checksums"] = {**hashing.result(), d.to: archive}
+            outputs["checksums"] = _digest_map(d.members, hashing.result(), d.to, archive)
     finally:
         if trailing is not None:
             trailing.stop()
@@ -342,9 +369,10 @@ def apply(plan: Plan, ctx: StepContext) -> Result:
     return Result(effects=plan.effects, outputs=outputs)
 
 
-def _hash_files(d: _Data, ctx: StepContext, files: list[tarball.Member]) -> dict[str, str]:
-    """The digests of the archive's files, each recorded (a later run need
-    not read an unchanged one again)."""
+def _hash_files(d: _Data, ctx: StepContext) -> Iterable[tuple[str, str]]:
+    """The digests of the archive's files in archive order, each recorded (a
+    later run need not read an unchanged one again); hashed a batch at a
+    time into a spool, so a million are not held."""
     from wsrun.steps.copy import run_parallel
 
     assert d.algorithm is not None
@@ -358,11 +386,19 @@ def _hash_files(d: _Data, ctx: StepContext, files: list[tarball.Member]) -> dict
         return digest
 
     workers = max(1, (os.cpu_count() or 1) - 1)
+    digests: Spool[tuple[str, str]] = Spool()
     try:
-        digests = run_parallel(files, one, workers, ctx, buffered=True)
+        files = _files(d.members)
+        while batch := list(itertools.islice(files, HASH_BATCH)):
+            found = run_parallel(batch, one, workers, ctx, buffered=True)
+            digests.extend((m[0], digest) for m, digest in zip(batch, found, strict=True))
     finally:
         records.flush()
-    return {m[0]: digest for m, digest in zip(files, digests, strict=True)}
+    return digests
+
+
+#: Files of an archive handed to the hashing threads at a time.
+HASH_BATCH = 8192
 
 
 class _TrailingHash:
@@ -484,50 +520,74 @@ def _order(m: tarball.Member) -> str:
 
 
 def _mapped(params: dict[str, Any], to: str, ctx: StepContext) -> tuple[tarball.MemberSpool, int]:
-    """``members``: every member in the order given, and the newest mtime (ns)."""
+    """``members``: every member in the order given, and the newest mtime (ns).
+    The members stream into a spool, and their names (to refuse two members
+    of one name) into a sorted one: a map of a million is not held twice."""
     follow_links = bool(params.get("follow_symlinks"))
     skip = {to, fileio.temp_path(to)}
-    found: list[tarball.Member | None] = []
-    newest = 0
-    for name, given in params["members"].items():
-        if not isinstance(given, str) or not given:
-            raise StepError(f"members: {name!r} maps to {given!r}, not a path")
-        path = ctx.path(given)
-        info = ctx.fs.stat(path) if follow_links else ctx.fs.lstat(path)
-        if info is None:
-            lost = follow_links and ctx.fs.lstat(path) is not None
-            raise StepError(
-                "dangling symbolic link" if lost else "source does not exist", path=path
-            )
-        stored = name.rstrip("/")
-        if not stored or name.startswith("/") or ".." in stored.split("/"):
-            raise StepError(f"member name {name!r} must be a relative path without '..'", path=path)
-        if follow_links:
-            path = follow.resolve(ctx.fs, path)
-        if name.endswith("/") and not info.is_dir:
-            raise StepError(f"member {name!r} names a directory but this is not one", path=path)
-        found.append(_member(stored, path, *_fields(info), ctx))
-        newest = max(newest, info.mtime_ns)
-        if not info.is_dir or name.endswith("/"):
-            continue
-        walk: Iterable[tuple[str, FileInfo, str]] = (
-            follow.walk(ctx.fs, path)
-            if follow_links
-            else ((rel, i, path + "/" + rel) for rel, i in ctx.fs.walk(path))
-        )
-        for rel, i, full in walk:
-            if full in skip or (
-                i.is_file
-                and rel.endswith(fileio.TMP_SUFFIX)
-                and fileio.is_temp_name(os.path.basename(rel))
-            ):
+    newest = [0]
+    names: SortedSpool[str] = SortedSpool()
+
+    def found() -> Iterator[tarball.Member]:
+        for name, given in params["members"].items():
+            if not isinstance(given, str) or not given:
+                raise StepError(f"members: {name!r} maps to {given!r}, not a path")
+            path = ctx.path(given)
+            info = ctx.fs.stat(path) if follow_links else ctx.fs.lstat(path)
+            if info is None:
+                lost = follow_links and ctx.fs.lstat(path) is not None
+                raise StepError(
+                    "dangling symbolic link" if lost else "source does not exist", path=path
+                )
+            stored = name.rstrip("/")
+            if not stored or name.startswith("/") or ".." in stored.split("/"):
+                raise StepError(
+                    f"member name {name!r} must be a relative path without '..'", path=path
+                )
+            if follow_links:
+                path = follow.resolve(ctx.fs, path)
+            if name.endswith("/") and not info.is_dir:
+                raise StepError(f"member {name!r} names a directory but this is not one", path=path)
+            yield from _named(_member(stored, path, *_fields(info), ctx), names)
+            newest[0] = max(newest[0], info.mtime_ns)
+            if not info.is_dir or name.endswith("/"):
                 continue
-            found.append(_member(f"{stored}/{rel}", full, *_fields(i), ctx))
-            newest = max(newest, i.mtime_ns)
-    members = [m for m in found if m is not None]
-    if len({m.name.rstrip("/") for m in members}) != len(members):
-        raise StepError("two members would be stored under the same name")
-    return tarball.MemberSpool(members), newest
+            walk: Iterable[tuple[str, FileInfo, str]] = (
+                follow.walk(ctx.fs, path)
+                if follow_links
+                else ((rel, i, path + "/" + rel) for rel, i in ctx.fs.walk(path))
+            )
+            for rel, i, full in walk:
+                if full in skip or (
+                    i.is_file
+                    and rel.endswith(fileio.TMP_SUFFIX)
+                    and fileio.is_temp_name(os.path.basename(rel))
+                ):
+                    continue
+                yield from _named(_member(f"{stored}/{rel}", full, *_fields(i), ctx), names)
+                newest[0] = max(newest[0], i.mtime_ns)
+
+    members = tarball.MemberSpool()
+    try:
+        members.extend(found())
+        previous = None
+        for name in names:
+            if name == previous:
+                raise StepError("two members would be stored under the same name")
+            previous = name
+    except BaseException:
+        members.close()
+        raise
+    finally:
+        names.close()
+    return members, newest[0]
+
+
+def _named(member: tarball.Member | None, names: SortedSpool[str]) -> Iterator[tarball.Member]:
+    """``member`` (none for one left out), its name noted in ``names``."""
+    if member is not None:
+        names.append(member.name.rstrip("/"))
+        yield member
 
 
 def _fields(info: FileInfo) -> tuple[str, int, int, int, str | None]:

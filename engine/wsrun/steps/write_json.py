@@ -5,10 +5,19 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from typing import Any
+import tempfile
+from collections.abc import Iterable, Iterator, Mapping
+from typing import IO, Any
 
+from wsrun.core.spool import SortedSpool, is_lazy, lazy_mapping
 from wsrun.core.step import Plan, Result, StepContext, StepError
-from wsrun.steps.checksum import apply_write, plan_write, sums_line
+from wsrun.steps.checksum import (
+    StreamedWrite,
+    apply_write,
+    plan_write,
+    plan_write_stream,
+    sums_line,
+)
 
 NAME = "write-json"
 DOC = """Write a JSON document (a delivery's or a run's description) to a file.
@@ -25,7 +34,10 @@ sha256sum``. A reference to a key not in ``digests`` fails the step. The file
 is written (whole, through a temporary name) only when its content changes,
 each item of the top-level lists and of the lists in them on a line of its
 own. In a dry run a digest known only after the real run is null in
-``digests``: the planned content is then unknown, its size still exact.
+``digests``: the planned content is then unknown, its size still exact. A
+document whose lists are spooled (a million-file delivery's, from
+``find-products``) and spooled ``digests`` (copy's or tar's ``checksums``)
+are read a piece at a time: the document is never held whole.
 """
 
 SCHEMA: dict[str, Any] = {
@@ -99,23 +111,41 @@ def destinations(params: dict[str, Any], ctx: StepContext) -> list[str]:
     return [ctx.path(params["to"])]
 
 
+#: Documents longer than this are planned and written as a stream (a
+#: million-file delivery's delivery.json), not held as one string...
+HELD_MAX = 8 << 20
+#: ...and read back this much at a time.
+PIECE = 1 << 20
+
+
 def plan(params: dict[str, Any], ctx: StepContext) -> Plan:
     to = ctx.path(params["to"])
     given = params.get("digests") or {}
-    digests: dict[str, str | None] = {}
-    for part in given if isinstance(given, list) else [given]:
-        digests.update(part)
-    filler = _Filler(digests)
-    text = render(filler.fill(params["value"])).encode("utf-8")
-    content = None if filler.unknown else text
+    filler = _Filler(given if isinstance(given, list) else [given])
+    # Rendered once, into a temporary file that stays in memory while small.
+    rendered = tempfile.SpooledTemporaryFile(max_size=HELD_MAX)  # noqa: SIM115
+    size = 0
+    for part in render_parts(filler, params["value"]):
+        size += rendered.write(part.encode("utf-8"))
     mode = params.get("mode")
     if isinstance(mode, str):
         mode = int(mode.removeprefix("0o"), 8)
-    effects, write_mode = plan_write(ctx, to, content, len(text), mode)
+    outputs = {"file": to, "bytes": size}
+    if size <= HELD_MAX:
+        rendered.seek(0)
+        text = rendered.read()
+        rendered.close()
+        content = None if filler.unknown else text
+        effects, write_mode = plan_write(ctx, to, content, size, mode)
+        return Plan(effects=effects, outputs=outputs, data=(to, content, write_mode))
+    spooled = _Rendered(rendered)
+    pieces = None if filler.unknown else spooled.pieces
+    effects, write_mode = plan_write_stream(ctx, to, pieces, size, mode)
+    if not effects:
+        spooled.close()
+        return Plan(outputs=outputs)
     return Plan(
-        effects=effects,
-        outputs={"file": to, "bytes": len(text)},
-        data=(to, content, write_mode),
+        effects=effects, outputs=outputs, data=StreamedWrite(to, write_mode, pieces, [spooled])
     )
 
 
@@ -123,18 +153,42 @@ def apply(plan: Plan, ctx: StepContext) -> Result:
     return apply_write(plan)
 
 
+class _Rendered:
+    """A rendered document too big to hold, in its temporary file: read back
+    in pieces (to compare with the file there, and to write it)."""
+
+    def __init__(self, f: IO[bytes]) -> None:
+        self.f = f
+
+    def pieces(self) -> Iterator[bytes]:
+        self.f.seek(0)
+        while piece := self.f.read(PIECE):
+            yield piece
+
+    def close(self) -> None:
+        self.f.close()
+
+
 class _Filler:
     """Replaces the references in a document by the digests they name."""
 
-    def __init__(self, digests: dict[str, str | None]) -> None:
-        self.digests = digests
+    def __init__(self, digests: list[Mapping[str, str | None]]) -> None:
+        #: Looked up last first: a later map overrides an earlier one.
+        self.digests = digests[::-1]
         #: A digest was null (a dry run): the content is not known yet.
         self.unknown = False
 
     def digest(self, key: Any) -> str:
-        if not isinstance(key, str) or key not in self.digests:
+        if not isinstance(key, str):
             raise StepError(f"value: no digest of {key!r} in `digests`")
-        found = self.digests[key]
+        for digests in self.digests:
+            try:
+                found = digests[key]
+                break
+            except KeyError:
+                continue
+        else:
+            raise StepError(f"value: no digest of {key!r} in `digests`")
         if found is None:
             self.unknown = True
             return _UNKNOWN
@@ -142,24 +196,39 @@ class _Filler:
             raise StepError(f"digests: the digest of {key!r} is {found!r}, not a string or null")
         return found
 
+    def reference(self, value: Any) -> tuple[bool, Any]:
+        """(True, the digest) if ``value`` is a reference, else (False, value)."""
+        if isinstance(value, dict) and len(value) == 1:
+            if "$digest" in value:
+                return True, self.digest(value["$digest"])
+            if "$sha256sums" in value:
+                return True, self.sums(value["$sha256sums"])
+        return False, value
+
     def fill(self, value: Any) -> Any:
-        if isinstance(value, dict):
-            if len(value) == 1:
-                if "$digest" in value:
-                    return self.digest(value["$digest"])
-                if "$sha256sums" in value:
-                    return self.sums(value["$sha256sums"])
+        found, value = self.reference(value)
+        if found:
+            return value
+        if isinstance(value, dict) or lazy_mapping(value):
             return {k: self.fill(v) for k, v in value.items()}
-        if isinstance(value, list):
+        if isinstance(value, list) or is_lazy(value):
             return [self.fill(v) for v in value]
         return value
 
     def sums(self, files: Any) -> str:
-        if not isinstance(files, dict):
+        if not isinstance(files, Mapping):
             raise StepError("value: `$sha256sums` takes {name: key}")
         h = hashlib.sha256()
-        for name in sorted(files, key=os.fsencode):
-            h.update(sums_line(name, self.digest(files[name])))
+        if is_lazy(files):  # a directory of a million files: sorted on disk
+            ordered: Iterable[tuple[bytes, str, Any]] = SortedSpool(
+                (os.fsencode(name), name, key) for name, key in files.items()
+            )
+        else:
+            ordered = sorted((os.fsencode(name), name, key) for name, key in files.items())
+        for _, name, key in ordered:
+            h.update(sums_line(name, self.digest(key)))
+        if isinstance(ordered, SortedSpool):
+            ordered.close()
         return h.hexdigest()
 
 
@@ -170,19 +239,31 @@ def render(value: Any) -> str:
 
     Not ``json.dumps(indent=...)``: indenting falls back to the pure-Python
     encoder, some 20 times slower on a document of 100,000 files."""
-    return _render(value, 0) + "\n"
+    return "".join(render_parts(_Filler([]), value))
 
 
-def _render(value: Any, depth: int) -> str:
-    pad = "  " * depth
-    if isinstance(value, dict) and value and depth == 0:
-        items = [f"  {json.dumps(k)}: {_render(v, 1)}" for k, v in value.items()]
-        return "{\n" + ",\n".join(items) + "\n}"
-    if isinstance(value, dict) and value and depth < 4:
-        items = [f"{json.dumps(k)}: {_render(v, depth + 1)}" for k, v in value.items()]
-        return "{" + ", ".join(items) + "}"
-    if isinstance(value, list) and value and depth < 4:
-        inner = pad + "  "
-        items = [inner + _render(v, depth + 1) for v in value]
-        return "[\n" + ",\n".join(items) + "\n" + pad + "]"
-    return json.dumps(value)
+def render_parts(filler: _Filler, value: Any) -> Iterator[str]:
+    """``render`` of ``value`` with its references filled in, in parts: a
+    document whose lists are spooled (wsrun.core.spool) is never held."""
+    yield from _render(filler, value, 0)
+    yield "\n"
+
+
+def _render(filler: _Filler, value: Any, depth: int) -> Iterator[str]:
+    found, value = filler.reference(value)
+    if found or depth >= 4 or not value or isinstance(value, str):
+        yield json.dumps(filler.fill(value))
+    elif isinstance(value, dict) or lazy_mapping(value):
+        opening, between, closing = ("{\n  ", ",\n  ", "\n}") if depth == 0 else ("{", ", ", "}")
+        for n, (k, v) in enumerate(value.items()):
+            yield (between if n else opening) + json.dumps(k) + ": "
+            yield from _render(filler, v, depth + 1)
+        yield closing
+    elif isinstance(value, list) or is_lazy(value):
+        inner = "  " * depth + "  "
+        for n, v in enumerate(value):
+            yield (",\n" if n else "[\n") + inner
+            yield from _render(filler, v, depth + 1)
+        yield "\n" + "  " * depth + "]"
+    else:
+        yield json.dumps(value)

@@ -9,12 +9,13 @@ delivery for the generic steps that write it: ``copy`` (the placement), ``tar``
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from wsrun.core import follow
 from wsrun.core.fs import WorldView
+from wsrun.core.spool import Mapped, PairsDict, Slice, Spool, is_lazy
 from wsrun.core.step import StepContext, StepError
 from wsrun.formats import tarball
 
@@ -49,7 +50,13 @@ def describe(
     metadata: Any,
 ) -> dict[str, Any]:
     """The outputs that describe the delivery: where each product goes, the
-    archive's members, and delivery.json with its digests as references."""
+    archive's members, and delivery.json with its digests as references.
+
+    A delivery of a million files holds nothing per file in memory: its
+    entries go through spools, and past ``SPILL_AT`` files the per-file parts
+    of the outputs (the members, each product's files and its checksum's
+    names) are lazy views of them (wsrun.core.spool) that the journal and
+    write-json stream. A smaller delivery gets plain dicts and lists."""
     destination = ctx.path(params["destination"])
     prefix = params.get("prefix") or None
     if prefix is not None and (
@@ -64,54 +71,77 @@ def describe(
             raise StepError(
                 f"the destination {destination} and the product overlap", path=product["path"]
             )
-    entries = _place(ctx.fs, products, layout, reserved={SUMS, DOCUMENT, tar_name})
+    placed = _place(ctx.fs, products, layout, reserved={SUMS, DOCUMENT, tar_name})
     archive = os.path.join(destination, tar_name) if params.get("tar") else None
-    members = _members(source, root, entries) if archive else None
 
     def key(rel: str) -> str:
         """What copy's or tar's `checksums` calls a file: its path, or member name."""
         return f"{root}/{rel}" if archive else os.path.join(destination, rel)
 
     document = _document(
-        source, destination, params.get("url"), prefix, method, metadata, products, entries, key
+        source, destination, params.get("url"), prefix, method, metadata, products, placed, key
     )
-    if archive and members is not None:
+    members = None
+    if archive:
         document["archive"] = {
             "name": tar_name,
             "root": root,
             "bytes": tarball.archive_size(
                 tarball.Member(name, "dir" if size is None else "file", path, size or 0)
-                for name, (path, size) in members.items()
+                for name, path, size in _members(source, root, placed.entries)
             ),
             "sha256": {"$digest": archive},
         }
-    placement = {e.rel: products[e.product]["path"] for e in entries if e.top}
-    files = [e for e in entries if e.kind == "file"]
+        pairs = ((name, path) for name, path, _ in _members(source, root, placed.entries))
+        members = PairsDict(Spool(pairs)) if placed.lazy else dict(pairs)
+    placement = {p.rel: products[i]["path"] for i, p in enumerate(placed.products)}
     return {
         "placement": placement,
         "archive": archive,
-        "members": {name: path for name, (path, _) in members.items()} if members else None,
+        "members": members,
         "delivery": document,
-        "files": len(files),
-        "bytes": sum(e.size for e in files),
+        "files": len(placed.files),
+        "bytes": sum(p.bytes for p in placed.products),
     }
 
 
-@dataclass(slots=True)
-class _Entry:
-    """One directory or file of the delivery."""
+#: One directory or file of the delivery: its path in the delivery, "dir" or
+#: "file", where its content comes from (symbolic links followed; None for a
+#: directory only holding products, images/...), its size.
+_Entry = tuple[str, str, "str | None", int]
+#: One file of a product: its path in the delivery, size, mtime (ns).
+_File = tuple[str, int, int]
 
-    rel: str  # its path in the delivery
+
+@dataclass(slots=True)
+class _Product:
+    """Where one product lies in the delivery, and its files (a range of ``files``)."""
+
+    rel: str
     kind: str  # "dir" or "file"
-    #: Where its content comes from (symbolic links followed); None for a
-    #: directory only holding products (images/, ...).
-    source: str | None
-    size: int = 0
-    mtime_ns: int = 0
-    #: The product it belongs to (-1: a directory only holding products), and
-    #: whether it is the product itself (not a file or directory inside it).
-    product: int = -1
-    top: bool = False
+    start: int
+    stop: int = 0
+    bytes: int = 0
+
+
+@dataclass
+class _Placed:
+    """Every entry of the delivery in order (parents before children), every
+    product file, and each product's place."""
+
+    entries: Spool[_Entry]
+    files: Spool[_File]
+    products: list[_Product]
+
+    @property
+    def lazy(self) -> bool:
+        """Too many to hold: the outputs are lazy views of the spools."""
+        return self.entries.spilled or self.files.spilled
+
+    def files_of(self, product: _Product) -> Sequence[_File]:
+        if self.lazy:
+            return Slice(self.files, product.start, product.stop)
+        return list(self.files.iter_range(product.start, product.stop))
 
 
 def _inside(path: str, directory: str) -> bool:
@@ -120,12 +150,15 @@ def _inside(path: str, directory: str) -> bool:
 
 def _place(
     fs: WorldView, products: list[dict[str, Any]], layout: dict[str, str], reserved: set[str]
-) -> list[_Entry]:
-    """Every directory and file of the delivery, parents before children."""
-    entries: list[_Entry] = []
+) -> _Placed:
+    """Every directory and file of the delivery, parents before children,
+    walked once into spools."""
+    placed = _Placed(Spool(), Spool(), [])
+    entries, files = placed.entries, placed.files
     claimed: dict[str, str] = {name: "wsrun" for name in reserved}
     dirs: set[str] = set()
-    for index, product in enumerate(products):
+    broken: str | None = None  # the first file whose name holds a line break
+    for product in products:
         path = product["path"]
         name = product.get("name") or os.path.basename(path)
         sub = layout.get(product["type"], layout.get("other", ""))
@@ -141,7 +174,7 @@ def _place(
                     raise StepError(f"{claimed[d]} is in the way of the directory {d}", path=path)
                 dirs.add(d)
                 claimed[d] = f"the directory {d}"
-                entries.append(_Entry(d, "dir", None))
+                entries.append((d, "dir", None, 0))
         if rel in claimed:
             raise StepError(
                 f"{claimed[rel]} and {path} would both be delivered as {rel}", path=path
@@ -151,36 +184,49 @@ def _place(
         if info is None:
             raise StepError("product does not exist", path=path)
         real = follow.resolve(fs, path)
+        placing = _Product(rel, "file" if info.is_file else "dir", len(files))
         if info.is_file:
-            entries.append(_Entry(rel, "file", real, info.size, info.mtime_ns, index, True))
+            entries.append((rel, "file", real, info.size))
+            files.append((rel, info.size, info.mtime_ns))
+            placing.bytes = info.size
+            broken = broken or _line_break(rel, real)
         elif info.is_dir:
-            entries.append(_Entry(rel, "dir", real, 0, info.mtime_ns, index, True))
-            for inner, sub, sub_real in follow.walk(fs, path):
-                kind = "file" if sub.is_file else "dir"
-                size = sub.size if sub.is_file else 0
-                entries.append(
-                    _Entry(rel + os.sep + inner, kind, sub_real, size, sub.mtime_ns, index)
-                )
+            entries.append((rel, "dir", real, 0))
+            for inner, sub_info, sub_real in follow.walk(fs, path):
+                inner_rel = rel + os.sep + inner
+                if sub_info.is_file:
+                    entries.append((inner_rel, "file", sub_real, sub_info.size))
+                    files.append((inner_rel, sub_info.size, sub_info.mtime_ns))
+                    placing.bytes += sub_info.size
+                    broken = broken or _line_break(inner_rel, sub_real)
+                else:
+                    entries.append((inner_rel, "dir", sub_real, 0))
         else:
             raise StepError("cannot deliver a special file (device, fifo or socket)", path=path)
-    for e in entries:
-        if e.kind == "file" and ("\n" in e.rel or "\r" in e.rel):
-            raise StepError("cannot deliver a file whose name holds a line break", path=e.source)
-    return entries
+        placing.stop = len(files)
+        placed.products.append(placing)
+    if broken is not None:
+        raise StepError("cannot deliver a file whose name holds a line break", path=broken)
+    return placed
 
 
-def _members(source: str, root: str, entries: list[_Entry]) -> dict[str, tuple[str, int | None]]:
+def _line_break(rel: str, source: str) -> str | None:
+    return source if "\n" in rel or "\r" in rel else None
+
+
+def _members(
+    source: str, root: str, entries: Iterable[_Entry]
+) -> Iterator[tuple[str, str, int | None]]:
     """The archive's members in order, everything below one directory named
-    ``root``: name -> (real path, size; None for a directory). Directories only
+    ``root``: (name, real path, size; None for a directory). Directories only
     holding products are stored as the source directory is."""
-    members: dict[str, tuple[str, int | None]] = {f"{root}/": (source, None)}
-    for e in entries:
-        if e.kind == "dir":
-            members[f"{root}/{e.rel}/"] = (e.source or source, None)
+    yield f"{root}/", source, None
+    for rel, kind, real, size in entries:
+        if kind == "dir":
+            yield f"{root}/{rel}/", real or source, None
         else:
-            assert e.source is not None
-            members[f"{root}/{e.rel}"] = (e.source, e.size)
-    return members
+            assert real is not None
+            yield f"{root}/{rel}", real, size
 
 
 def _document(
@@ -191,43 +237,34 @@ def _document(
     method: str,
     metadata: Any,
     products: list[dict[str, Any]],
-    entries: list[_Entry],
+    placed: _Placed,
     key: Callable[[str], str],
 ) -> dict[str, Any]:
     """delivery.json, each digest a reference (``{"$digest": key}``) to the
     ``checksums`` of the step that writes the files, and each directory
     product's checksum that of the list ``sha256sum`` prints for its files
     (``{"$sha256sums": {path in the product: key}}``)."""
-    by_product: dict[int, list[_Entry]] = {}
-    for e in entries:
-        by_product.setdefault(e.product, []).append(e)
+
+    def file_item(f: _File) -> dict[str, Any]:
+        return {"path": f[0], "bytes": f[1], "mtime_ns": f[2], "sha256": {"$digest": key(f[0])}}
+
     items: list[dict[str, Any]] = []
-    for index, product in enumerate(products):
-        top = by_product[index][0]
-        files = [e for e in by_product[index] if e.kind == "file"]
+    for product, place in zip(products, placed.products, strict=True):
         item: dict[str, Any] = {
             "type": product["type"],
-            "name": os.path.basename(top.rel),
-            "kind": top.kind,
-            "path": top.rel,
+            "name": os.path.basename(place.rel),
+            "kind": place.kind,
+            "path": place.rel,
         }
         if product.get("attributes"):
             item["attributes"] = dict(product["attributes"])
-        item["bytes"] = sum(e.size for e in files)
-        if top.kind == "file":
-            item["checksum"] = {"$digest": key(top.rel)}
+        item["bytes"] = place.bytes
+        files = placed.files_of(place)
+        if place.kind == "file":
+            item["checksum"] = {"$digest": key(place.rel)}
         else:
-            inner = len(top.rel) + 1
-            item["checksum"] = {"$sha256sums": {e.rel[inner:]: key(e.rel) for e in files}}
-        item["files"] = [
-            {
-                "path": e.rel,
-                "bytes": e.size,
-                "mtime_ns": e.mtime_ns,
-                "sha256": {"$digest": key(e.rel)},
-            }
-            for e in files
-        ]
+            item["checksum"] = {"$sha256sums": _names(files, len(place.rel) + 1, key)}
+        item["files"] = Mapped(files, file_item) if is_lazy(files) else list(map(file_item, files))
         items.append(item)
     return {
         "version": 1,
@@ -238,7 +275,14 @@ def _document(
         "identified_by": method,
         "archive": None,
         "products": items,
-        "files": sum(len(i["files"]) for i in items),
-        "bytes": sum(i["bytes"] for i in items),
+        "files": len(placed.files),
+        "bytes": sum(p.bytes for p in placed.products),
         "metadata": metadata,
     }
+
+
+def _names(files: Sequence[_File], inner: int, key: Callable[[str], str]) -> Mapping[str, str]:
+    """{path in the product: digest key} of a directory product's files."""
+    if not is_lazy(files):
+        return {f[0][inner:]: key(f[0]) for f in files}
+    return PairsDict(Mapped(files, lambda f: (f[0][inner:], key(f[0]))))

@@ -44,8 +44,11 @@ def small_spool(monkeypatch: pytest.MonkeyPatch) -> None:
     written as a stream; hash with 64 KiB buffers (see test_streaming). What
     is made a batch at a time (the journal's blobs, tar's files to hash) in
     batches of 64: a batch of thousands, a fixed size at a million files,
-    would be all of a test's few thousand."""
-    from wsrun.core import hashing, journal
+    would be all of a test's few thousand. Resume records are written as they
+    are taken, 64 at a time: the writer thread lets up to 16 batches of 512
+    wait, which is all of a test's few thousand when the machine is slow to
+    write them, so the peak would follow the load (bounded at a million)."""
+    from wsrun.core import hashing, journal, resumes
     from wsrun.steps import tar
 
     monkeypatch.setattr(spool, "SPILL_AT", 50)
@@ -56,6 +59,8 @@ def small_spool(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(journal, "BLOB_HELD", 4096)
     monkeypatch.setattr(journal, "PART_ITEMS", 64)
     monkeypatch.setattr(tar, "HASH_BATCH", 64)
+    monkeypatch.setattr(resumes, "WRITER_THREAD", False)
+    monkeypatch.setattr(resumes, "FLUSH_FILES", 64)
 
 
 def processing(base: Path, extra: int) -> Path:

@@ -520,13 +520,17 @@ def test_s3_download_check_fails_on_bytes_changed_in_transit(
 
     content = os.urandom(4000)
     s3.client().put_object(Bucket=bucket, Key="x/a.bin", Body=content)
-    real_get = s3fs.S3FileSystem._get_file
+    real_cat = s3fs.S3FileSystem._cat_file
+    changed = []
 
-    async def changed_in_transit(self: Any, rpath: str, lpath: str, **kwargs: Any) -> None:
-        await real_get(self, rpath, lpath, **kwargs)
-        flip(Path(lpath), 100)
+    async def changed_in_transit(self: Any, path: str, **kwargs: Any) -> bytes:
+        data = bytearray(await real_cat(self, path, **kwargs))
+        data[100] ^= 0x01
+        changed.append(path)
+        return bytes(data)
 
-    monkeypatch.setattr(s3fs.S3FileSystem, "_get_file", changed_in_transit)
+    # the step's one way of fetching an object's bytes (ranges of a big one)
+    monkeypatch.setattr(s3fs.S3FileSystem, "_cat_file", changed_in_transit)
     monkeypatch.setattr(objectstore, "_s3_cache", {})  # no filesystem made before the patch
     recipe = tmp_path / "down.yaml"
     recipe.write_text(
@@ -537,6 +541,7 @@ def test_s3_download_check_fails_on_bytes_changed_in_transit(
         + "\n"
     )
     r = cli(recipe)
+    assert changed, "the download no longer goes through _cat_file: nothing was changed"
     assert r.code == 1
     line = error_line(r.err)
     etag = hashlib.md5(content).hexdigest()

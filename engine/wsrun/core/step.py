@@ -30,6 +30,7 @@ not report. That is what makes a dry run faithful.
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 import time
@@ -293,13 +294,19 @@ def ships_with_wsrun(name: str) -> bool:
     """Whether step type ``name`` is part of wsrun itself: built in, or a pack's
     step registered by wsrun's own distribution (``wsrun.packs``), so that its
     schema changes only with wsrun's version."""
-    if name in BUILTIN_STEPS:
-        return True
+    return name in BUILTIN_STEPS or name in _pack_steps()
+
+
+@functools.cache
+def _pack_steps() -> frozenset[str]:
+    """The step types wsrun's own distribution registers: read from the entry
+    points once a process, not once for each step a recipe uses."""
     from importlib.metadata import entry_points
 
-    return any(
-        ep.name == name and ep.dist is not None and ep.dist.name == "wsrun"
+    return frozenset(
+        ep.name
         for ep in entry_points(group="wsrun.steps")
+        if ep.dist is not None and ep.dist.name == "wsrun"
     )
 
 

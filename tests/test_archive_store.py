@@ -554,3 +554,40 @@ def test_cli_commands(tmp_path: Path, store_url: str, archive: Archive, cli) -> 
     assert cli("archive", "get", cal.locator, str(tmp_path / "x"), "--archive", url).code == 1
     assert cli("archive", "ls", "--archive", str(tmp_path / "none")).code == 2
     assert "archive ls|show|get|verify" in cli("--help").out
+
+
+def test_a_sweep_empties_tmp_but_keeps_it_for_stores_opening_meanwhile(tmp_path: Path) -> None:
+    """The sweep of one worker ran while another opened the same archive: the
+    directory was gone between the opener's ``mkdir`` and its check, and its
+    ingest failed with "tmp: File exists" (the ALMA 100-OUS bench, in CI)."""
+    import threading
+
+    content = LocalContent(str(tmp_path / "a"))
+    tmp = tmp_path / "a" / "tmp"
+    inode = tmp.stat().st_ino
+    (tmp / "left-by-a-kill").write_bytes(b"x")
+    (tmp / "a-dir").mkdir()
+    (tmp / "a-dir" / "f").write_bytes(b"y")
+    content.clear_tmp()
+    assert list(tmp.iterdir()) == [] and tmp.stat().st_ino == inode
+
+    failures: list[BaseException] = []
+    done = threading.Event()
+
+    def sweep() -> None:
+        while not done.is_set():
+            (tmp / "x").write_bytes(b"x")
+            content.clear_tmp()
+
+    sweeper = threading.Thread(target=sweep)
+    sweeper.start()
+    try:
+        for _ in range(2000):
+            try:
+                LocalContent(str(tmp_path / "a"))
+            except OSError as e:
+                failures.append(e)
+    finally:
+        done.set()
+        sweeper.join()
+    assert failures == [] and tmp.stat().st_ino == inode

@@ -238,8 +238,18 @@ class LocalContent(ContentStore):
             yield from names
 
     def clear_tmp(self) -> None:
-        shutil.rmtree(os.path.join(self.root, "tmp"), ignore_errors=True)
-        os.makedirs(os.path.join(self.root, "tmp"), exist_ok=True)
+        """Empties tmp/ but keeps the directory: another process opening the
+        store meanwhile makes it (``os.makedirs``), and a directory removed
+        between its ``mkdir`` and its check of what exists fails that open with
+        "File exists"."""
+        tmp = os.path.join(self.root, "tmp")
+        os.makedirs(tmp, exist_ok=True)
+        with os.scandir(tmp) as entries:
+            for entry in entries:
+                if entry.is_dir(follow_symlinks=False):
+                    shutil.rmtree(entry.path, ignore_errors=True)
+                else:
+                    _unlink(entry.path)
 
     def probe(self) -> str:
         if not os.path.exists(self.root):

@@ -35,7 +35,7 @@ def test_upgrade_applies_every_migration_once(cli, pg_empty_url: str) -> None:
     behind = cli("db", "status", "--url", pg_empty_url)
     assert behind.code == 1
     assert "[archive]: schema version 0 of 1" in behind.out
-    assert "[journal]: schema version 0 of 3" in behind.out
+    assert "[journal]: schema version 0 of 4" in behind.out
     assert "pending  0001_archive" in behind.out
 
     first = cli("db", "upgrade", "--url", pg_empty_url)
@@ -50,7 +50,7 @@ def test_upgrade_applies_every_migration_once(cli, pg_empty_url: str) -> None:
     assert current.code == 0
     assert "pending" not in current.out
     assert "applied  0001_archive" in current.out
-    assert "[journal]: schema version 3 of 3" in current.out
+    assert "[journal]: schema version 4 of 4" in current.out
 
 
 def test_concurrent_upgrades_apply_each_migration_once(pg_empty_url: str) -> None:
@@ -169,8 +169,13 @@ def test_status_and_upgrade_as_json(cli, pg_empty_url: str) -> None:
     report = json.loads(behind.out)
     assert [r["store"] for r in report] == list(PG_STORES)
     journal = report[1]
-    assert journal["version"] == 0 and journal["latest"] == 3 and journal["applied"] == []
-    assert journal["pending"] == ["0001_journal", "0002_journal_compact", "0003_journal_progress"]
+    assert journal["version"] == 0 and journal["latest"] == 4 and journal["applied"] == []
+    assert journal["pending"] == [
+        "0001_journal",
+        "0002_journal_compact",
+        "0003_journal_progress",
+        "0004_journal_blob_parts",
+    ]
     up = cli("db", "upgrade", "--url", pg_empty_url, "--json")
     assert up.code == 0 and json.loads(up.out)[0]["applied"] == all_names()
     now = cli("db", "status", "--url", pg_empty_url, "--json", "-q")

@@ -48,7 +48,7 @@ def small_spool(monkeypatch: pytest.MonkeyPatch) -> None:
     are taken, 64 at a time: the writer thread lets up to 16 batches of 512
     wait, which is all of a test's few thousand when the machine is slow to
     write them, so the peak would follow the load (bounded at a million)."""
-    from wsrun.core import hashing, journal, resumes
+    from wsrun.core import hashing, journal_blobs, resumes
     from wsrun.steps import tar
 
     monkeypatch.setattr(spool, "SPILL_AT", 50)
@@ -56,8 +56,8 @@ def small_spool(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(write_json, "HELD_MAX", 4096)
     monkeypatch.setattr(write_json, "PIECE", 4096)
     monkeypatch.setattr(hashing, "CHUNK", 1 << 16)
-    monkeypatch.setattr(journal, "BLOB_HELD", 4096)
-    monkeypatch.setattr(journal, "PART_ITEMS", 64)
+    monkeypatch.setattr(journal_blobs, "CUT_MIN", 16)
+    monkeypatch.setattr(journal_blobs, "CUT_MAX", 64)
     monkeypatch.setattr(tar, "HASH_BATCH", 64)
     monkeypatch.setattr(resumes, "WRITER_THREAD", False)
     monkeypatch.setattr(resumes, "FLUSH_FILES", 64)

@@ -48,6 +48,22 @@ def blob_count(journal: Journal) -> int:
     return journal._query("SELECT count(*) FROM {blobs}")[0][0]
 
 
+def stored_blobs(journal: Journal) -> list[str]:
+    return [h for (h,) in journal._query("SELECT hash FROM {blobs}")]
+
+
+def needed(journal: Journal) -> set[str]:
+    """The blobs the steps refer to, and the chunks those are made of."""
+    refs = {
+        ref
+        for row in journal._query("SELECT effects_ref, outputs_ref FROM {steps}")
+        for ref in row
+        if ref
+    }
+    parts = journal._query("SELECT blob, part FROM {parts}")
+    return refs | {part for blob, part in parts if blob in refs}
+
+
 def newest_run(cli) -> str:
     return json.loads(cli("runs", "--json").out)[0]["id"]
 
@@ -168,7 +184,9 @@ def test_prune_by_age_and_count_deletes_runs_steps_and_unused_blobs(cli, tmp_pat
     assert [r.id for r in journal.runs()] == ids[:2]
     for gone in ids[2:]:
         assert journal.steps(gone) == []
-    assert blob_count(journal) == blobs - 4  # each pruned run had its own two blobs
+    # each pruned run had blobs of its own (manifests and chunks of other files):
+    # gone, and every blob left is one a kept run needs
+    assert blob_count(journal) < blobs and set(stored_blobs(journal)) == needed(journal)
     for kept in ids[:2]:
         assert journal.steps(kept)[0]["effect_count"] > 40  # its blobs are still there
 

@@ -124,6 +124,7 @@ def test_an_old_journal_file_upgrades_in_place(tmp_path: Path) -> None:
         ("journal", 1, "0001_journal"),
         ("journal", 2, "0002_journal_compact"),
         ("journal", 3, "0003_journal_progress"),
+        ("journal", 4, "0004_journal_blob_parts"),
     ]
     with sqlite3.connect(path) as conn:
         assert conn.execute("SELECT value FROM meta").fetchall() == [("999",)]
@@ -227,11 +228,14 @@ def test_a_file_migrated_by_another_process_while_this_one_waited_is_not_migrate
 
     monkeypatch.setattr(migrate, "_immediate", other_goes_first)
     assert migrate.migrate_sqlite(mine, "journal", str(path)) == []
-    assert raced == [["0001_journal", "0002_journal_compact", "0003_journal_progress"]]
+    assert raced == [
+        ["0001_journal", "0002_journal_compact", "0003_journal_progress", "0004_journal_blob_parts"]
+    ]
     assert recorded(path) == [
         ("journal", 1, "0001_journal"),
         ("journal", 2, "0002_journal_compact"),
         ("journal", 3, "0003_journal_progress"),
+        ("journal", 4, "0004_journal_blob_parts"),
     ]
 
 
@@ -378,11 +382,12 @@ def test_a_failing_python_migration_rolls_back_too(
     monkeypatch.setattr(migrate, "source", _broken("journal", script, python=True))
     with pytest.raises(JournalError) as e:
         _journal(path)
-    assert "journal migration 0004_broken failed: cannot convert row 3" in str(e.value)
+    assert "journal migration 0005_broken failed: cannot convert row 3" in str(e.value)
     assert recorded(path) == [
         ("journal", 1, "0001_journal"),
         ("journal", 2, "0002_journal_compact"),
         ("journal", 3, "0003_journal_progress"),
+        ("journal", 4, "0004_journal_blob_parts"),
     ]
     with sqlite3.connect(path) as conn:
         assert (
@@ -396,14 +401,14 @@ def test_a_failing_postgres_migration_rolls_back_and_leaves_the_version(
     monkeypatch.setattr(migrate, "source", _broken("journal", BROKEN))
     with pytest.raises(db.DbError) as e:
         migrate.upgrade(pg_url)
-    assert "journal migration 0004_broken failed" in str(e.value) and "no_such_table" in str(
+    assert "journal migration 0005_broken failed" in str(e.value) and "no_such_table" in str(
         e.value
     )
     (found,) = migrate.status(pg_url, ["journal"])
-    assert found.current == 3 and [m.name for m in found.pending] == ["0004_broken"]
+    assert found.current == 4 and [m.name for m in found.pending] == ["0005_broken"]
     with psycopg.connect(db.conninfo(pg_url)) as conn:
         assert conn.execute("SELECT to_regclass('half_done')").fetchone() == (None,)
-    with pytest.raises(db.SchemaBehind, match="missing journal/0004_broken"):
+    with pytest.raises(db.SchemaBehind, match="missing journal/0005_broken"):
         migrate.require_current(pg_url, "journal")
 
 
@@ -450,11 +455,13 @@ def test_a_postgres_database_the_old_code_migrated_upgrades_in_place(
     # Read as today's migrations without writing: the stores the old code made whole
     # open as they are; the journal lacks only what was added since (its progress column).
     behind = [(s.store, [m.name for m in s.pending]) for s in migrate.status(pg_empty_url)]
-    assert [b for b in behind if b[1]] == [("journal", ["0003_journal_progress"])]
+    assert [b for b in behind if b[1]] == [
+        ("journal", ["0003_journal_progress", "0004_journal_blob_parts"])
+    ]
     store = open_state_store(pg_empty_url)
     assert store.transition("ous", "X1", state="Done").from_state == "Ready"
     shown = cli("db", "status", "--url", pg_empty_url)
-    assert shown.code == 1 and "[journal]: schema version 2 of 3" in shown.out
+    assert shown.code == 1 and "[journal]: schema version 2 of 4" in shown.out
     # The upgrade applies it and copies the old records into wsrun_schema, checksums and all.
     up = cli("db", "upgrade", "--url", pg_empty_url)
     assert up.code == 0 and "journal/0003_journal_progress" in up.out, up.out
@@ -462,7 +469,7 @@ def test_a_postgres_database_the_old_code_migrated_upgrades_in_place(
     with psycopg.connect(db.conninfo(pg_empty_url)) as conn:
         rows = conn.execute(
             "SELECT store, version, name, checksum FROM wsrun_schema"
-            " WHERE name <> '0003_journal_progress'"
+            " WHERE name NOT IN ('0003_journal_progress', '0004_journal_blob_parts')"
         ).fetchall()
         old = conn.execute("SELECT count(*) FROM wsrun_migrations").fetchone()
     assert sorted(rows) == sorted(
@@ -480,6 +487,7 @@ def test_a_postgres_database_the_old_code_half_migrated_gets_the_rest(pg_empty_u
     assert migrate.upgrade(pg_empty_url) == [
         "journal/0002_journal_compact",
         "journal/0003_journal_progress",
+        "journal/0004_journal_blob_parts",
     ]
     db.close_pools()
     migrate.require_current(pg_empty_url, "journal")
@@ -526,6 +534,9 @@ def test_db_commands_cover_sqlite_files(cli, tmp_path: Path, wsrun_home: Path) -
         f"sqlite://{fresh}:",
         "applied",
         "journal/0003_journal_progress",
+        f"sqlite://{fresh}:",
+        "applied",
+        "journal/0004_journal_blob_parts",
     ]
 
     # Without --url: the configured stores; files not made yet are left alone.

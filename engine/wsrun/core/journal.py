@@ -14,13 +14,12 @@ retention all work on the same connection and lock.
 
 from __future__ import annotations
 
-import hashlib
 import io
+import itertools
 import json
 import os
 import socket
 import sqlite3
-import tempfile
 import threading
 import time
 import uuid
@@ -29,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+from wsrun.core import journal_blobs as blobs
 from wsrun.core import zstd
 from wsrun.core.db import DbError
 from wsrun.core.masking import printable
@@ -36,16 +36,10 @@ from wsrun.core.migrate import enable_wal, migrate_sqlite
 from wsrun.core.spool import Mapped, Spool, holds_lazy, is_lazy, lazy_mapping
 
 #: A step's effects or outputs whose JSON is longer than this go into the blobs
-#: table, zstd-compressed (effects one JSON object a line, so a page of them is
-#: read without decoding the rest); shorter ones stay in the row as JSON text.
+#: table in compressed chunks (wsrun.core.journal_blobs; a page of effects is
+#: read without decoding the chunks before it); shorter ones stay in the row as
+#: JSON text.
 INLINE_MAX = 512
-#: zstd's level for journal blobs: fast, and JSON of paths shrinks 10-20 times.
-ZSTD_LEVEL = 3
-#: A streamed blob's text is held in memory up to this size, then goes
-#: through a temporary file before it is compressed.
-BLOB_HELD = 8 << 20
-#: Items of a long list or mapping serialised at a time into a blob.
-PART_ITEMS = 4096
 
 FINISHED = ("ok", "changed", "skipped")
 #: This host's name, recorded with each run (a shared journal holds runs of many hosts).
@@ -128,7 +122,7 @@ class JournalError(ValueError):
 class _SqliteTables:
     """The journal in one SQLite file, in WAL mode so concurrent runs can write it."""
 
-    RUNS, STEPS, BLOBS, META, PARAM = "runs", "steps", "blobs", "meta", "?"
+    RUNS, STEPS, BLOBS, PARTS, META, PARAM = "runs", "steps", "blobs", "blob_parts", "meta", "?"
 
     def __init__(self, path: str) -> None:
         self.path = path
@@ -190,10 +184,11 @@ class _SqliteTables:
 class _PostgresTables:
     """The journal in PostgreSQL (tables ``journal_*``; ``wsrun db upgrade`` creates them)."""
 
-    RUNS, STEPS, BLOBS, META, PARAM = (
+    RUNS, STEPS, BLOBS, PARTS, META, PARAM = (
         "journal_runs",
         "journal_steps",
         "journal_blobs",
+        "journal_blob_parts",
         "journal_meta",
         "%s",
     )
@@ -289,7 +284,7 @@ class Journal:
         if found is None:
             t = self.tables
             found = self._sql[text] = text.format(
-                runs=t.RUNS, steps=t.STEPS, blobs=t.BLOBS, meta=t.META
+                runs=t.RUNS, steps=t.STEPS, blobs=t.BLOBS, parts=t.PARTS, meta=t.META
             ).replace("?", t.PARAM)
         return found
 
@@ -436,45 +431,36 @@ class Journal:
         self, effects: Sequence[dict[str, Any]] | None, stored: str | None = None
     ) -> tuple[str | None, str | None]:
         """(JSON text, blob hash) for a list of effects: a short list stays in the
-        row, a long one is stored as JSON lines in a blob (``stored``: a blob this
-        process has already written, reused when the content is the same). The
-        effects are read once, as a stream: a spooled plan of a million is
-        serialised and compressed a chunk at a time, never held whole."""
+        row, a long one is stored in chunks (wsrun.core.journal_blobs), ``stored``
+        being a blob this process has already written. The effects are read
+        once, as a stream: a spooled plan of a million is stored a chunk at a
+        time, never held whole."""
         if effects is None:
             return None, None
         it = iter(effects)
+        head: list[Any] = []
         lines: list[str] = []
         size = 0
         for e in it:
-            line = _json(e) or "null"  # each effect serialised once
-            lines.append(line)
-            size += len(line) + 1
+            head.append(e)
+            lines.append(_json(e) or "null")
+            size += len(lines[-1]) + 1
             if size > INLINE_MAX:
                 break
         else:
             return "[" + ",".join(lines) + "]", None
-
-        def rest() -> Iterator[str]:
-            yield "\n".join(lines)
-            batch: list[str] = []
-            for e in it:
-                batch.append(_json(e) or "null")
-                if len(batch) >= PART_ITEMS:
-                    yield "\n" + "\n".join(batch)
-                    batch = []
-            if batch:
-                yield "\n" + "\n".join(batch)
-
-        return None, self._blob(rest(), stored)
+        return None, self._manifest(["E", self._chunks(itertools.chain(head, it))], stored)
 
     def _outputs_columns(self, outputs: Any) -> tuple[str | None, str | None]:
         """(JSON text, blob hash) for a step's outputs. Long outputs of a mapping
         keep their short values in the row and put the long ones (lists of files,
-        checksums) in a blob of their own, which a re-run that changed nothing
-        shares with the run before (only counts such as ``copied`` differ).
-        Spooled outputs (wsrun.core.spool) always go to the blob, streamed."""
+        checksums) in a blob, whose chunks a re-run that changed nothing shares
+        with the run before (only counts such as ``copied`` differ), and a step
+        that lists the same files as another (a checksum list of what a copy
+        hashed) with that step's. Spooled outputs (wsrun.core.spool) always go
+        to the blob, streamed."""
         if holds_lazy(outputs) and not isinstance(outputs, dict):
-            return None, self._blob(_json_parts(outputs))
+            return None, self._manifest(self._node(outputs))
         lazy = (
             {k for k, v in outputs.items() if holds_lazy(v)} if isinstance(outputs, dict) else set()
         )
@@ -482,69 +468,113 @@ class Journal:
         if not lazy and (text is None or len(text) <= INLINE_MAX):
             return text, None
         if not isinstance(outputs, dict):
-            return None, self._blob(text or "null")
+            return None, self._manifest(self._node(outputs))
         texts = {k: _json(v) or "null" for k, v in outputs.items() if k not in lazy}
         long = lazy | {k for k, t in texts.items() if len(t) > INLINE_MAX // 4}
         short = "{" + ",".join(f"{_json(k)}:{t}" for k, t in texts.items() if k not in long) + "}"
+        tree = ["d", {k: self._node(v) for k, v in outputs.items() if k in long}]
+        return short, self._manifest(tree)
 
-        def rest() -> Iterator[str]:
-            yield "{"
-            for n, k in enumerate(k for k in outputs if k in long):
-                yield ("," if n else "") + f"{_json(k)}:"
-                if k in lazy:
-                    yield from _json_parts(outputs[k])
-                else:
-                    yield texts[k]
-            yield "}"
+    def _node(self, value: Any) -> list[Any]:
+        """Where ``value`` goes in a manifest (see wsrun.core.journal_blobs): long
+        lists and mappings, spooled or not, in chunks; the rest as JSON."""
+        if lazy_mapping(value) or (
+            isinstance(value, dict) and len(value) >= blobs.SECTION_MIN and not holds_lazy(value)
+        ):
+            return ["M", self._chunks(value.items(), pairs=True)]
+        if is_lazy(value) or (
+            isinstance(value, list) and len(value) >= blobs.SECTION_MIN and not holds_lazy(value)
+        ):
+            return ["L", self._chunks(value)]
+        if isinstance(value, dict) and holds_lazy(value):
+            return [
+                "d",
+                {k if isinstance(k, str) else str(k): self._node(v) for k, v in value.items()},
+            ]
+        if isinstance(value, list) and holds_lazy(value):
+            return ["l", [self._node(v) for v in value]]
+        return ["j", value]
 
-        return short, self._blob(rest())
+    def _chunks(self, items: Iterable[Any], pairs: bool = False) -> list[list[Any]]:
+        """Queue ``items`` in chunks (each stored once, whichever blob holds it
+        too); [[hash, item count], ...]."""
+        insert = self.sql(
+            "INSERT INTO {blobs} (hash, data) VALUES (?, ?) ON CONFLICT(hash) DO NOTHING"
+        )
+        listed = []
+        for chunk in blobs.chunked(items):
+            digest, data = blobs.encode_chunk(chunk, pairs, _ENCODE)
+            self._pending.append((insert, (digest, data)))
+            listed.append([digest, len(chunk)])
+        return listed
 
-    def _blob(self, text: str | Iterable[str], stored: str | None = None) -> str:
-        """Queue ``text`` (or its parts, streamed) compressed into the blobs
-        table (once per distinct content: a dry run and its real run, or an
-        unchanged re-run, share it); its hash. The text is JSON with every
-        non-ASCII character escaped."""
-        hasher = hashlib.sha256()
-        if isinstance(text, str):
-            raw = text.encode()
-            hasher.update(raw)
-            data: bytes | memoryview = zstd.compress(raw, level=ZSTD_LEVEL)
-        else:
-            # Parts go through a temporary file (in memory while small), so the
-            # compressed frame still states its size, as a one-shot one does.
-            with tempfile.SpooledTemporaryFile(max_size=BLOB_HELD) as spooled:
-                size = 0
-                for part in text:
-                    raw = part.encode()
-                    hasher.update(raw)
-                    size += spooled.write(raw)
-                spooled.seek(0)
-                out = io.BytesIO()
-                compressor = zstd.ZstdCompressor(level=ZSTD_LEVEL)
-                compressor.set_pledged_input_size(size)
-                while chunk := spooled.read(1 << 20):
-                    out.write(compressor.compress(chunk))
-                out.write(compressor.flush())
-                data = out.getbuffer()  # not copied: a million digests compress to 40 MB
-        ref = hasher.hexdigest()
-        if ref != stored:  # queued without a flush: it commits with the row that refers to it
+    def _manifest(self, tree: list[Any], stored: str | None = None) -> str:
+        """Queue a manifest of chunks already queued (committed with the row that
+        refers to it); its hash. ``stored``: one this process wrote before."""
+        digest, data = blobs.encode_manifest(tree, _ENCODE)
+        if digest != stored:
             self._pending.append(
                 (
                     self.sql(
                         "INSERT INTO {blobs} (hash, data) VALUES (?, ?) ON CONFLICT(hash) DO NOTHING"
                     ),
-                    (ref, data),
+                    (digest, data),
                 )
             )
-        return ref
+            part = self.sql(
+                "INSERT INTO {parts} (blob, part) VALUES (?, ?) ON CONFLICT(blob, part) DO NOTHING"
+            )
+            self._pending.extend((part, (digest, p)) for p in dict.fromkeys(blobs.parts(tree)))
+        return digest
 
-    def _blob_text(self, ref: str) -> io.TextIOBase:
-        """The text of blob ``ref``, decompressed as it is read."""
+    def _stored(self, ref: str) -> bytes:
         rows = self._query("SELECT data FROM {blobs} WHERE hash=?", (ref,))
         if not rows:
             raise JournalError(f"journal {self._where()}: blob {ref[:12]} is missing")
-        reader = zstd.ZstdFile(io.BytesIO(bytes(rows[0][0])))
-        return io.TextIOWrapper(reader, encoding="utf-8")
+        return bytes(rows[0][0])
+
+    def _decoded(self, ref: str, decode: Callable[[bytes], Any], data: bytes | None = None) -> Any:
+        """``decode`` of blob ``ref`` (its ``data`` when already read); a blob
+        that does not decode (a damaged file, a row changed by hand) is a
+        JournalError naming it."""
+        try:
+            return decode(self._stored(ref) if data is None else data)
+        except (zstd.ZstdError, ValueError, TypeError, KeyError, IndexError, StopIteration) as e:
+            if isinstance(e, JournalError):
+                raise
+            raise JournalError(
+                f"journal {self._where()}: blob {ref[:12]} is damaged ({e})"
+            ) from None
+
+    def _items(self, listed: list[list[Any]], skip: int = 0) -> Iterator[Any]:
+        """The items of chunks [[hash, count], ...] from the ``skip``-th on: the
+        chunks before it are not read."""
+        for digest, count in listed:
+            if skip >= count:
+                skip -= count
+                continue
+            items = self._decoded(digest, blobs.decode_chunk)
+            yield from items[skip:] if skip else items
+            skip = 0
+
+    def _value(self, node: list[Any]) -> Any:
+        """A manifest node's value (see _node)."""
+        kind, body = node
+        if kind == "M":
+            return dict(self._items(body))
+        if kind in ("L", "E"):
+            return list(self._items(body))
+        if kind == "d":
+            return {k: self._value(v) for k, v in body.items()}
+        if kind == "l":
+            return [self._value(v) for v in body]
+        return body
+
+    @staticmethod
+    def _text(data: bytes) -> io.TextIOBase:
+        """The text of a blob written before chunks (a zstd frame of JSON),
+        decompressed as it is read."""
+        return io.TextIOWrapper(zstd.ZstdFile(io.BytesIO(data)), encoding="utf-8")
 
     def _where(self) -> str:
         from wsrun.core import db
@@ -561,8 +591,12 @@ class Journal:
             return found[offset:] if limit is None else found[offset : offset + limit]
         if limit == 0:  # a count is all that is wanted: the blob is not fetched
             return []
+        data = self._stored(ref)
+        if data.startswith(blobs.MAGIC_MANIFEST):
+            items = self._items(self._decoded(ref, blobs.decode_manifest, data)[1], offset)
+            return list(items if limit is None else itertools.islice(items, limit))
         page = []
-        with self._blob_text(ref) as lines:
+        with self._text(data) as lines:
             for i, line in enumerate(lines):
                 if i < offset:
                     continue
@@ -576,8 +610,12 @@ class Journal:
         mapping split between the two (see _outputs_columns)."""
         if ref is None:
             return json.loads(inline or "null")
-        with self._blob_text(ref) as text:
-            stored = json.loads(text.read())
+        data = self._stored(ref)
+        if data.startswith(blobs.MAGIC_MANIFEST):
+            stored = self._value(self._decoded(ref, blobs.decode_manifest, data))
+        else:
+            with self._text(data) as text:
+                stored = json.loads(text.read())
         return stored if inline is None else {**json.loads(inline), **stored}
 
     def effects(
@@ -705,18 +743,32 @@ class Journal:
         return result
 
     def sweep_blobs(self) -> None:
-        """Delete the blobs no step refers to (on PostgreSQL under the lock every
-        write that refers to a blob shares, so a blob just referred to again by a
-        transaction not yet committed stays)."""
+        """Delete the blobs no step refers to, directly or as a chunk of a blob
+        one does (on PostgreSQL under the lock every write that refers to a blob
+        shares, so a blob just referred to again by a transaction not yet
+        committed stays), then the chunk lists of deleted blobs."""
+        referred = (
+            "EXISTS (SELECT 1 FROM {steps} s WHERE s.effects_ref = {x})"
+            " OR EXISTS (SELECT 1 FROM {steps} s WHERE s.outputs_ref = {x})"
+        )
         statements = [
             (
                 self.sql(
-                    "DELETE FROM {blobs} WHERE NOT EXISTS"
-                    " (SELECT 1 FROM {steps} s WHERE s.effects_ref = {blobs}.hash)"
-                    " AND NOT EXISTS (SELECT 1 FROM {steps} s WHERE s.outputs_ref = {blobs}.hash)"
+                    "DELETE FROM {blobs} WHERE NOT ("
+                    + referred.replace("{x}", "{blobs}.hash")
+                    + " OR EXISTS (SELECT 1 FROM {parts} p WHERE p.part = {blobs}.hash AND ("
+                    + referred.replace("{x}", "p.blob")
+                    + ")))"
                 ),
                 (),
-            )
+            ),
+            (
+                self.sql(
+                    "DELETE FROM {parts} WHERE NOT EXISTS"
+                    " (SELECT 1 FROM {blobs} b WHERE b.hash = {parts}.blob)"
+                ),
+                (),
+            ),
         ]
         if isinstance(self.tables, _PostgresTables):
             statements.insert(0, (self.tables.BLOB_LOCK.format(""), ()))
@@ -830,47 +882,3 @@ def _stream_of(effects: Any) -> tuple[Any, ...] | None:
     if not isinstance(effects, Spool):
         return None
     return (id(effects), len(effects), tuple(layers), effects)
-
-
-def _json_parts(value: Any) -> Iterator[str]:
-    """A lazy sequence as a JSON array (a lazy mapping as an object), in parts
-    of a few thousand items; a plain dict or list holding lazy ones (a
-    delivery.json document) streamed around them."""
-    if not is_lazy(value):
-        if not holds_lazy(value):
-            yield _json(value) or "null"
-        elif isinstance(value, dict):
-            for n, (k, v) in enumerate(value.items()):
-                yield ("{" if not n else ",") + _ENCODE(k if isinstance(k, str) else str(k)) + ":"
-                yield from _json_parts(v)
-            yield "}"
-        else:
-            for n, v in enumerate(value):
-                yield "[" if not n else ","
-                yield from _json_parts(v)
-            yield "]"
-        return
-    if lazy_mapping(value):
-        yield "{"
-        pairs: dict[Any, Any] = {}
-        first = True
-        for k, v in value.items():  # type: ignore[attr-defined]
-            pairs[k] = v
-            if len(pairs) >= PART_ITEMS:
-                yield ("" if first else ",") + (_json(pairs) or "{}")[1:-1]
-                pairs, first = {}, False
-        if pairs:
-            yield ("" if first else ",") + (_json(pairs) or "{}")[1:-1]
-        yield "}"
-        return
-    yield "["
-    batch: list[Any] = []
-    first = True
-    for item in value:
-        batch.append(item)
-        if len(batch) >= PART_ITEMS:
-            yield ("" if first else ",") + _ENCODE(batch)[1:-1]
-            batch, first = [], False
-    if batch:
-        yield ("" if first else ",") + _ENCODE(batch)[1:-1]
-    yield "]"

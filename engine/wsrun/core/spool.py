@@ -501,16 +501,22 @@ def is_lazy(value: Any) -> bool:
     )
 
 
+#: Values that hold nothing: most of a long mapping's, skipped without a call.
+_SCALARS = frozenset({str, int, float, bool, type(None)})
+
+
 def holds_lazy(value: Any) -> bool:
     """True for a lazy value, or a plain dict or list with one inside (a
     delivery.json document whose file lists are spooled)."""
+    if type(value) in _SCALARS:
+        return False
     if is_lazy(value):
         return True
     if isinstance(value, dict):
-        return any(holds_lazy(v) for v in value.values())
-    if isinstance(value, list):
-        return any(holds_lazy(v) for v in value)
-    return False
+        value = value.values()
+    elif not isinstance(value, list):
+        return False
+    return any(holds_lazy(v) for v in value if type(v) not in _SCALARS)
 
 
 def sample(value: Any, n: int = 1000) -> Any:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import gc
 import hashlib
 import json
+import os
 import subprocess
 import tracemalloc
 from collections.abc import Callable, Mapping
@@ -347,3 +348,133 @@ def test_a_dry_run_view_holds_one_fact_for_a_followed_tree_without_links(
     real = Runner(load_valid(str(recipe)), inputs, Settings(env={}), workdir=str(tmp_path))
     assert real.run().status == "changed"
     assert planned == seen(WorldView()) and len(planned) == 200 + 7 + 1 + link
+
+
+#: Names in a directory product that sha256sum lists its own way (a backslash
+#: escaped, the line starting with one) or that sort differently by their
+#: bytes than walked (``a.b`` before ``a/b``; ``Z`` before ``a``), and
+#: enough more files to spool past the lowered threshold.
+ODD_NAMES = [
+    "a b.txt",
+    "é€😀",
+    "back\\slash",
+    'quo"te',
+    "a.b",
+    "a/b",
+    "Z",
+    "sub/ü/deeper/z",
+    "sub dir/x y",
+    *(f"many/f{i:03d}" for i in range(80)),
+]
+
+
+def odd_processing(base: Path) -> Path:
+    """A processing directory (products by name) with a directory product of
+    odd names, nested; a file product; and an empty directory product."""
+    root = vla_calibration(base, None).root
+    for i, name in enumerate(ODD_NAMES):
+        path = root / "products" / "odd dir é" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"%d\n" % i * (i % 5))
+    (root / "products" / "plain file ü.txt").write_bytes(b"plain\n")
+    (root / "products" / "empty dir").mkdir()
+    return root
+
+
+def sha256sums_of(directory: Path) -> str:
+    """A directory's checksum as docs/deliver.md defines it, from its files
+    alone: the lines sha256sum prints for each, sorted by name's bytes, hashed."""
+    names = sorted(
+        os.fsencode(p.relative_to(directory)) for p in directory.rglob("*") if p.is_file()
+    )
+    listing = hashlib.sha256()
+    for raw in names:
+        digest = hashlib.sha256((directory / os.fsdecode(raw)).read_bytes()).hexdigest().encode()
+        if b"\\" in raw:
+            listing.update(b"\\" + digest + b"  " + raw.replace(b"\\", b"\\\\") + b"\n")
+        else:
+            listing.update(digest + b"  " + raw + b"\n")
+    return listing.hexdigest()
+
+
+def check_product_checksums(document: dict[str, Any], products: Path) -> None:
+    """Each product's checksum in a written delivery.json is that of its source."""
+    kinds = {}
+    for product in document["products"]:
+        source = products / product["name"]
+        kinds[product["name"]] = product["kind"]
+        if product["kind"] == "dir":
+            assert product["checksum"] == sha256sums_of(source), product["name"]
+        else:
+            assert product["checksum"] == hashlib.sha256(source.read_bytes()).hexdigest()
+    assert kinds["odd dir é"] == kinds["empty dir"] == "dir"
+    assert kinds["plain file ü.txt"] == "file"
+
+
+@pytest.mark.parametrize("spooled", [False, True], ids=["held", "spooled"])
+@pytest.mark.parametrize("tar", [False, True], ids=["loose", "tar"])
+def test_a_directory_products_checksum_is_reproduced_from_its_files(
+    request: pytest.FixtureRequest, tmp_path: Path, tar: bool, spooled: bool
+) -> None:
+    """find-products refers to a directory product's own ``files`` for its
+    checksum (the journal holds no second list of them), and write-json fills
+    in the same delivery.json, byte for byte, as from the older ``{name: key}``
+    form the document held before: a checksum reproduced from the files."""
+    if spooled:
+        request.getfixturevalue("small_spool")
+    root = odd_processing(tmp_path / "spool")
+    dest = tmp_path / "out" / "R1"
+    found = find(root, dest, tar).outputs
+    document = found["delivery"]
+    by_name = {p["name"]: p for p in document["products"]}
+    odd = by_name["odd dir é"]
+    assert is_lazy(odd["files"]) == spooled and len(odd["files"]) == len(ODD_NAMES)
+    for product in document["products"]:
+        if product["kind"] == "dir":
+            assert product["checksum"] == {"$sha256sums": "files"}
+    digests = {found["archive"]: "f" * 64} if tar else {}  # and each file's, from its source
+    for product in document["products"]:
+        source = Path(found["placement"][product["path"]])
+        for f in product["files"]:
+            inner = f["path"][len(product["path"]) + 1 :]
+            digests[f["sha256"]["$digest"]] = hashlib.sha256(
+                (source / inner if inner else source).read_bytes()
+            ).hexdigest()
+    dest.mkdir(parents=True)
+    params = {"to": str(dest / "delivery.json"), "value": document, "digests": digests}
+    ctx = StepContext(fs=WorldView(), workdir=str(tmp_path))
+    step = load_step("write-json")
+    step.apply(step.plan(params, ctx), ctx)
+    written = (dest / "delivery.json").read_bytes()
+    # the document as it was: each directory's files named again, {name: key}
+    before = json.loads(json.dumps(document, default=plain))
+    for product in before["products"]:
+        if product["kind"] == "dir":
+            inner = len(product["path"]) + 1
+            names = {f["path"][inner:]: f["sha256"]["$digest"] for f in product["files"]}
+            product["checksum"] = {"$sha256sums": names}
+    filler = write_json._Filler([digests])
+    assert written == "".join(write_json.render_parts(filler, before)).encode()
+    check_product_checksums(json.loads(written), root / "products")
+
+
+@pytest.mark.parametrize("spooled", [False, True], ids=["held", "spooled"])
+@pytest.mark.parametrize("tar", [False, True], ids=["loose", "tar"])
+def test_a_delivery_of_odd_names_has_the_checksums_of_its_sources(
+    request: pytest.FixtureRequest, cli, tmp_path: Path, tar: bool, spooled: bool
+) -> None:
+    """The deliver recipe end to end (find-products' outputs through the
+    journal to write-json), the dry run first: each directory product's
+    checksum is the one its source directory has."""
+    if spooled:
+        request.getfixturevalue("small_spool")
+    root = odd_processing(tmp_path / "spool")
+    out = tmp_path / "out"
+    args = ["nrao/deliver", root, "-l", out, "--prefix", "R1", "-q", *(["-t"] if tar else [])]
+    dry = cli(*args, "--dry-run")
+    assert dry.code == 0, dry.err
+    done = cli(*args)
+    assert done.code == 0, done.err
+    check_product_checksums(
+        json.loads((out / "R1" / "delivery.json").read_text()), root / "products"
+    )

@@ -21,6 +21,8 @@ B = "b" * 64
 def document(out: Path) -> dict:
     return {
         "name": "delivery",
+        "path": "x",
+        "checksum": {"$sha256sums": "files"},
         "files": [
             {"path": "x/one", "sha256": {"$digest": str(out / "x/one")}},
             {"path": "x/two", "sha256": {"$digest": str(out / "x/two")}},
@@ -46,12 +48,13 @@ def test_references_are_filled_in(tmp_path: Path) -> None:
     shell = "find . -type f -printf '%P\\n' | LC_ALL=C sort | xargs -d '\\n' sha256sum | sha256sum"
     out_sh = subprocess.run(shell, shell=True, cwd=out / "x", capture_output=True, text=True)
     assert written["tree"] == out_sh.stdout.split()[0]
+    assert written["checksum"] == written["tree"]  # the same files, from the list beside it
     assert result.outputs == {
         "file": str(out / "doc.json"),
         "bytes": (out / "doc.json").stat().st_size,
     }
     # one file per line, as a reader skims it
-    assert sum('"path"' in line for line in (out / "doc.json").read_text().splitlines()) == 2
+    assert sum('"path": "x/' in line for line in (out / "doc.json").read_text().splitlines()) == 2
     # unchanged: not written again
     mtime = (out / "doc.json").stat().st_mtime_ns
     again, _ = run_step("write-json", params, str(tmp_path))
@@ -92,3 +95,55 @@ def test_dry_run_size_is_exact_with_unknown_digests(tmp_path: Path) -> None:
         "write-json", {"to": str(out / "d.json"), "value": value, "digests": known}, str(tmp_path)
     )
     assert effect.bytes == real.effects[0].bytes == (out / "d.json").stat().st_size
+
+
+def listing(*lines: tuple[str, str]) -> str:
+    """What sha256sum prints for these (digest, name), hashed."""
+    return hashlib.sha256("".join(f"{d}  {n}\n" for d, n in lines).encode()).hexdigest()
+
+
+def test_sha256sums_of_the_list_beside_it_at_any_depth(tmp_path: Path) -> None:
+    """``{"$sha256sums": LIST}`` in an object nested past the levels rendered
+    a line each (filled in whole) as near the top; a digest given as such."""
+    tree = {
+        "path": "d",
+        "files": [
+            {"path": "d/b", "sha256": {"$digest": "k/b"}},
+            {"path": "d/a/z", "sha256": B},
+        ],
+        "sum": {"$sha256sums": "files"},
+    }
+    value = {"top": tree, "deep": {"a": {"b": {"c": tree}}}}
+    params = {"to": str(tmp_path / "d.json"), "value": value, "digests": {"k/b": A}}
+    run_step("write-json", params, str(tmp_path))
+    written = json.loads((tmp_path / "d.json").read_text())
+    assert written["top"]["sum"] == written["deep"]["a"]["b"]["c"]["sum"]
+    assert written["top"]["sum"] == listing((B, "a/z"), (A, "b"))
+
+
+@pytest.mark.parametrize(
+    ("checksum", "files", "message"),
+    [
+        ("nope", [], "`\\$sha256sums` names 'nope', not a list of files beside it"),
+        ("path", [], "names 'path', not a list"),
+        ("files", [{"path": "e/a", "sha256": A}], "'e/a' is not a path under 'd'"),
+        ("files", [{"path": "da/a", "sha256": A}], "'da/a' is not a path under 'd'"),
+        ("files", [{"path": "d/a"}], "no `sha256` of 'd/a'"),
+        ("files", [{"path": "d/a", "sha256": {"$digest": "gone"}}], "no digest of 'gone'"),
+        (["d/a"], [], "takes {name: key} or the key of a list beside it"),
+    ],
+)
+def test_a_bad_sha256sums_of_a_list_fails(
+    tmp_path: Path, checksum: object, files: list, message: str
+) -> None:
+    value = {"sum": {"$sha256sums": checksum}, "path": "d", "files": files}
+    params = {"to": str(tmp_path / "d.json"), "value": value, "digests": {}}
+    with pytest.raises(StepError, match=message) as failed:
+        run_step("write-json", params, str(tmp_path))
+    assert "\n" not in str(failed.value)
+    assert not (tmp_path / "d.json").exists()
+    # not in an object with a path: at the top, or beside no `path`
+    for value in ({"$sha256sums": "files"}, {"sum": {"$sha256sums": "files"}, "files": []}):
+        params["value"] = value
+        with pytest.raises(StepError, match="names 'files', not a list of files beside it"):
+            run_step("write-json", params, str(tmp_path))

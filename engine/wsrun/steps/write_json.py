@@ -30,14 +30,20 @@ holds ``{"$sha256sums": {NAME: KEY, ...}}`` it gets the SHA-256 of the list
 ``sha256sum`` prints for those files (``<digest>  NAME`` lines sorted by name),
 i.e. one checksum for a whole directory that recipients can reproduce with
 ``find . -type f -printf '%P\\n' | LC_ALL=C sort | xargs -d '\\n' sha256sum |
-sha256sum``. A reference to a key not in ``digests`` fails the step. The file
-is written (whole, through a temporary name) only when its content changes,
-each item of the top-level lists and of the lists in them on a line of its
-own. In a dry run a digest known only after the real run is null in
-``digests``: the planned content is then unknown, its size still exact. A
-document whose lists are spooled (a million-file delivery's, from
-``find-products``) and spooled ``digests`` (copy's or tar's ``checksums``)
-are read a piece at a time: the document is never held whole.
+sha256sum``. ``{"$sha256sums": LIST}`` takes the files from the list named
+``LIST`` beside it, in the same object, each named by its ``path`` below the
+object's ``path`` and with its ``sha256`` (a reference or a digest): in
+``{"path": "d", "files": [{"path": "d/a", "sha256": {"$digest": KEY}}],
+"checksum": {"$sha256sums": "files"}}`` the file is ``a``. A document then
+lists a directory's files once, not twice (a delivery of a million files). A
+reference to a key not in ``digests``, or to a list not beside it, fails the
+step. The file is written (whole, through a temporary name) only when its
+content changes, each item of the top-level lists and of the lists in them on
+a line of its own. In a dry run a digest known only after the real run is
+null in ``digests``: the planned content is then unknown, its size still
+exact. A document whose lists are spooled (a million-file delivery's, from
+``find-products``) and spooled ``digests`` (copy's or tar's ``checksums``) are
+read a piece at a time: the document is never held whole.
 """
 
 SCHEMA: dict[str, Any] = {
@@ -196,40 +202,76 @@ class _Filler:
             raise StepError(f"digests: the digest of {key!r} is {found!r}, not a string or null")
         return found
 
-    def reference(self, value: Any) -> tuple[bool, Any]:
-        """(True, the digest) if ``value`` is a reference, else (False, value)."""
+    def reference(self, value: Any, within: Mapping[str, Any] | None = None) -> tuple[bool, Any]:
+        """(True, the digest) if ``value`` is a reference, else (False, value);
+        ``within`` is the object holding ``value`` (a ``$sha256sums`` may name
+        a list beside it)."""
         if isinstance(value, dict) and len(value) == 1:
             if "$digest" in value:
                 return True, self.digest(value["$digest"])
             if "$sha256sums" in value:
-                return True, self.sums(value["$sha256sums"])
+                return True, self.sums(value["$sha256sums"], within)
         return False, value
 
-    def fill(self, value: Any) -> Any:
-        found, value = self.reference(value)
+    def fill(self, value: Any, within: Mapping[str, Any] | None = None) -> Any:
+        found, value = self.reference(value, within)
         if found:
             return value
         if isinstance(value, dict) or lazy_mapping(value):
-            return {k: self.fill(v) for k, v in value.items()}
+            return {k: self.fill(v, value) for k, v in value.items()}
         if isinstance(value, list) or is_lazy(value):
             return [self.fill(v) for v in value]
         return value
 
-    def sums(self, files: Any) -> str:
-        if not isinstance(files, Mapping):
-            raise StepError("value: `$sha256sums` takes {name: key}")
-        h = hashlib.sha256()
-        if is_lazy(files):  # a directory of a million files: sorted on disk
-            ordered: Iterable[tuple[bytes, str, Any]] = SortedSpool(
-                (os.fsencode(name), name, key) for name, key in files.items()
-            )
+    def sums(self, files: Any, within: Mapping[str, Any] | None) -> str:
+        """The SHA-256 of the ``sha256sum`` list of ``files``: {name: key}, or
+        the key of a list of files beside the reference in ``within``."""
+        if isinstance(files, str):
+            listed, lazy = self._listed(files, within)
+        elif isinstance(files, Mapping):
+            listed = ((name, self.digest(key)) for name, key in files.items())
+            lazy = is_lazy(files)
         else:
-            ordered = sorted((os.fsencode(name), name, key) for name, key in files.items())
-        for _, name, key in ordered:
-            h.update(sums_line(name, self.digest(key)))
+            raise StepError("value: `$sha256sums` takes {name: key} or the key of a list beside it")
+        # Digests looked up in the document's order (the order copy's spooled
+        # `checksums` are read fastest in), then the lines sorted by name.
+        lines = ((os.fsencode(name), name, digest) for name, digest in listed)
+        # A directory of a million files is sorted on disk.
+        ordered: Iterable[tuple[bytes, str, str]] = SortedSpool(lines) if lazy else sorted(lines)
+        h = hashlib.sha256()
+        for _, name, digest in ordered:
+            h.update(sums_line(name, digest))
         if isinstance(ordered, SortedSpool):
             ordered.close()
         return h.hexdigest()
+
+    def _listed(
+        self, key: str, within: Mapping[str, Any] | None
+    ) -> tuple[Iterator[tuple[str, str]], bool]:
+        """(name, digest) of each file in the list ``within[key]``, named by
+        its ``path`` below ``within["path"]``; and whether the list is lazy."""
+        files = within.get(key) if within is not None else None
+        base = within.get("path") if within is not None else None
+        if not (isinstance(files, list) or is_lazy(files)) or not isinstance(base, str):
+            raise StepError(
+                f"value: `$sha256sums` names {key!r}, not a list of files beside it "
+                "in an object with a `path`"
+            )
+        under = base + "/"
+
+        def named() -> Iterator[tuple[str, str]]:
+            for entry in files:
+                path = entry.get("path") if isinstance(entry, Mapping) else None
+                if not isinstance(path, str) or not path.startswith(under):
+                    raise StepError(
+                        f"value: `$sha256sums` of {key!r}: {path!r} is not a path under {base!r}"
+                    )
+                digest = self.fill(entry.get("sha256"))
+                if not isinstance(digest, str):
+                    raise StepError(f"value: `$sha256sums` of {key!r}: no `sha256` of {path!r}")
+                yield path[len(under) :], digest
+
+        return named(), is_lazy(files)
 
 
 def render(value: Any) -> str:
@@ -249,15 +291,17 @@ def render_parts(filler: _Filler, value: Any) -> Iterator[str]:
     yield "\n"
 
 
-def _render(filler: _Filler, value: Any, depth: int) -> Iterator[str]:
-    found, value = filler.reference(value)
+def _render(
+    filler: _Filler, value: Any, depth: int, within: Mapping[str, Any] | None = None
+) -> Iterator[str]:
+    found, value = filler.reference(value, within)
     if found or depth >= 4 or not value or isinstance(value, str):
         yield json.dumps(filler.fill(value))
     elif isinstance(value, dict) or lazy_mapping(value):
         opening, between, closing = ("{\n  ", ",\n  ", "\n}") if depth == 0 else ("{", ", ", "}")
         for n, (k, v) in enumerate(value.items()):
             yield (between if n else opening) + json.dumps(k) + ": "
-            yield from _render(filler, v, depth + 1)
+            yield from _render(filler, v, depth + 1, value)
         yield closing
     elif isinstance(value, list) or is_lazy(value):
         inner = "  " * depth + "  "

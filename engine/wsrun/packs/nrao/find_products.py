@@ -126,7 +126,8 @@ OUTPUTS = {
     "members": "with `destination` and `tar`: {member name: source} of the archive, in "
     "order, directories holding products ending in / (tar's `members`); else null",
     "delivery": "with `destination`: delivery.json (schemas/delivery.schema.json), digests "
-    "as `$digest`/`$sha256sums` references to copy's or tar's `checksums` (write-json's `value`)",
+    "as `$digest`/`$sha256sums` references to copy's or tar's `checksums` (write-json's `value`; "
+    'a directory product\'s checksum `{"$sha256sums": "files"}`, from its own `files`)',
     "files": "with `destination`: number of product files delivered",
     "bytes": "with `destination`: their total size",
 }

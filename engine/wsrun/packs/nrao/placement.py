@@ -9,7 +9,7 @@ delivery for the generic steps that write it: ``copy`` (the placement), ``tar``
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -54,9 +54,9 @@ def describe(
 
     A delivery of a million files holds nothing per file in memory: its
     entries go through spools, and past ``SPILL_AT`` files the per-file parts
-    of the outputs (the members, each product's files and its checksum's
-    names) are lazy views of them (wsrun.core.spool) that the journal and
-    write-json stream. A smaller delivery gets plain dicts and lists."""
+    of the outputs (the members, each product's files) are lazy views of
+    them (wsrun.core.spool) that the journal and write-json stream. A
+    smaller delivery gets plain dicts and lists."""
     destination = ctx.path(params["destination"])
     prefix = params.get("prefix") or None
     if prefix is not None and (
@@ -243,7 +243,8 @@ def _document(
     """delivery.json, each digest a reference (``{"$digest": key}``) to the
     ``checksums`` of the step that writes the files, and each directory
     product's checksum that of the list ``sha256sum`` prints for its files
-    (``{"$sha256sums": {path in the product: key}}``)."""
+    (``{"$sha256sums": "files"}``: the product's own ``files``, not a second
+    list of them for the journal to hold)."""
 
     def file_item(f: _File) -> dict[str, Any]:
         return {"path": f[0], "bytes": f[1], "mtime_ns": f[2], "sha256": {"$digest": key(f[0])}}
@@ -263,7 +264,7 @@ def _document(
         if place.kind == "file":
             item["checksum"] = {"$digest": key(place.rel)}
         else:
-            item["checksum"] = {"$sha256sums": _names(files, len(place.rel) + 1, key)}
+            item["checksum"] = {"$sha256sums": "files"}
         item["files"] = Mapped(files, file_item) if is_lazy(files) else list(map(file_item, files))
         items.append(item)
     return {
@@ -279,10 +280,3 @@ def _document(
         "bytes": sum(p.bytes for p in placed.products),
         "metadata": metadata,
     }
-
-
-def _names(files: Sequence[_File], inner: int, key: Callable[[str], str]) -> Mapping[str, str]:
-    """{path in the product: digest key} of a directory product's files."""
-    if not is_lazy(files):
-        return {f[0][inner:]: key(f[0]) for f in files}
-    return PairsDict(Mapped(files, lambda f: (f[0][inner:], key(f[0]))))

@@ -16,9 +16,11 @@ The runner (``wsrun.core.runner``) drives the steps; see docs/recipes.md
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 import shutil
+import sqlite3
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -103,19 +105,41 @@ class DigestCache:
     kept staging directory takes a file's digest from here when the file still
     has the recorded size and mtime, instead of reading it again. Each line is
     one ``write`` on an ``O_APPEND`` file, so a killed run leaves whole lines
-    (a torn last line is ignored)."""
+    (a torn last line is ignored).
+
+    What a killed run recorded is looked up in a private temporary SQLite
+    database, not a dict: a million records held in Python took 400 MB. This
+    run's own additions are only in the file."""
 
     def __init__(self, path: str, staging: str) -> None:
         self.path = path
         self.staging = staging
-        #: What a killed run recorded (this run's own additions are only in
-        #: the file: a million of them are not held).
-        self.known: dict[tuple[str, int, int, str], str] = {
-            (rel, size, mtime_ns, algorithm): digest
-            for rel, size, mtime_ns, algorithm, digest in self.records()
-        }
         self.lock = threading.Lock()
         self.fd: int | None = None
+        self.known = self._index()
+
+    def _index(self) -> sqlite3.Connection | None:
+        """The records a killed run left, by (path, size, mtime, algorithm);
+        None when there are none. A path recorded twice keeps its last digest."""
+        records = self.records()
+        first = next(records, None)
+        if first is None:
+            return None
+        # "": a temporary file of SQLite's own, removed when it is closed
+        db = sqlite3.connect("", check_same_thread=False)
+        db.execute(
+            "CREATE TABLE known (rel BLOB, size INTEGER, mtime_ns INTEGER, algorithm TEXT,"
+            " digest TEXT, PRIMARY KEY (rel, size, mtime_ns, algorithm)) WITHOUT ROWID"
+        )
+        db.executemany(
+            "INSERT OR REPLACE INTO known VALUES (?, ?, ?, ?, ?)",
+            (
+                (_key(rel), size, mtime_ns, algorithm, digest)
+                for rel, size, mtime_ns, algorithm, digest in itertools.chain([first], records)
+            ),
+        )
+        db.commit()
+        return db
 
     def records(self) -> Iterator[tuple[str, int, int, str, str]]:
         """Every whole line of the record, as written (a torn last line is left out)."""
@@ -140,7 +164,14 @@ class DigestCache:
     def get(self, path: str, size: int, mtime_ns: int, algorithm: str) -> str | None:
         """The recorded digest of ``path`` if it still has this size and mtime."""
         rel = self._rel(path)
-        return None if rel is None else self.known.get((rel, size, mtime_ns, algorithm))
+        if rel is None or self.known is None:
+            return None
+        with self.lock:
+            row = self.known.execute(
+                "SELECT digest FROM known WHERE rel=? AND size=? AND mtime_ns=? AND algorithm=?",
+                (_key(rel), size, mtime_ns, algorithm),
+            ).fetchone()
+        return row[0] if row else None
 
     def add(self, path: str, size: int, mtime_ns: int, algorithm: str, digest: str) -> None:
         """Remember the digest of a file just written into the staging directory."""
@@ -160,6 +191,15 @@ class DigestCache:
             if self.fd is not None:
                 os.close(self.fd)
                 self.fd = None
+            if self.known is not None:
+                self.known.close()
+                self.known = None
+
+
+def _key(rel: str) -> bytes:
+    """A recorded path as the database keeps it: names that are not UTF-8
+    (surrogates in Python) as their bytes."""
+    return rel.encode("utf-8", "surrogatepass")
 
 
 @dataclass

@@ -14,7 +14,7 @@ import os
 import shutil
 import stat as statmod
 import threading
-from collections.abc import Callable, Container, Iterator, Mapping, Sequence
+from collections.abc import Callable, Container, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -191,8 +191,10 @@ class CopyJob:
     links: list[tuple[str, str, int]] = field(default_factory=list)
     #: Unchanged files whose checksum must still be read from the destination.
     to_hash: Spool[str] = field(default_factory=Spool)
-    #: Checksums already known from plan (compare: checksum).
-    known: dict[str, str] = field(default_factory=dict)
+    #: (destination, digest) of unchanged files whose digest is known from the
+    #: plan (the group's record, compare: checksum); spooled, as a resumed
+    #: delivery may have a million of them.
+    known: SortedSpool[tuple[str, str]] = field(default_factory=SortedSpool)
     #: Existing directories that may hold a killed run's temp files (those
     #: receiving a single file; others may write there too).
     write_dirs: set[str] = field(default_factory=set)
@@ -482,7 +484,7 @@ class _Planner:
                         cache = self.ctx.digests  # inside an atomic group
                         known = cache and cache.get(dest, size, info.mtime_ns, self.algorithm)
                         if known:
-                            self.job.known[dest] = known
+                            self.job.known.append((dest, known))
                         else:
                             self.job.to_hash.append(dest)
                     return
@@ -504,7 +506,7 @@ class _Planner:
             if src_hex == dest_hex:
                 drop.add(index)
                 if self.algorithm:
-                    self.job.known[dest] = dest_hex
+                    self.job.known.append((dest, dest_hex))
         if drop:
             old_files, old_effects = self.job.files, self.effects
             dropped = {f[1] for i, f in enumerate(old_files) if i in drop}
@@ -575,13 +577,26 @@ class _Planner:
         group's record is consulted (a lookup per file would cost more than the plan)."""
         known = self.job.known
         if self.files.spilled:
-            return SpooledDict((path, known.get(path)) for path in self.files)
+            return SpooledDict(_with_known(self.files, known))
         out: dict[str, str | None] = dict.fromkeys(self.files)
         out.update(known)
         records = resumes.records()
         for path in self.job.to_hash:
             out[path] = records.digest(path, algorithm)
         return out
+
+
+def _with_known(
+    paths: Iterable[str], known: Iterable[tuple[str, str]]
+) -> Iterator[tuple[str, str | None]]:
+    """(path, its known digest or None) for sorted ``paths``, read beside the
+    sorted ``known`` pairs (two spools of a million, merged, not looked up)."""
+    pairs = iter(known)
+    pending = next(pairs, None)
+    for path in paths:
+        while pending is not None and pending[0] < path:
+            pending = next(pairs, None)
+        yield path, pending[1] if pending is not None and pending[0] == path else None
 
 
 def _listed(names: SortedSpool[str]) -> Sequence[str]:
@@ -709,7 +724,7 @@ def _copy_files(plan: Plan, ctx: StepContext, umask: int) -> dict[str, Any]:
     task = ctx.progress.task("copy", total_bytes=job.bytes, total_files=len(job.files))
     lock = threading.Lock()
     #: (destination, hex digest) of every file, sorted as read; spooled when many.
-    digests: SortedSpool[tuple[str, str]] = SortedSpool(job.known.items())
+    digests: SortedSpool[tuple[str, str]] = SortedSpool(job.known)
 
     records = resumes.records() if job.algorithm else None
     recording = records if records is not None and records.enabled else None

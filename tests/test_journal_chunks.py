@@ -19,9 +19,9 @@ from hypothesis import strategies as st
 
 from conftest import write
 from test_journal_compact import COPY
-from wsrun.core import journal_blobs
+from wsrun.core import journal_blobs, spool
 from wsrun.core.journal import _ENCODE, Journal, JournalError
-from wsrun.core.spool import Spool
+from wsrun.core.spool import PairsDict, Spool, SpooledDict
 
 
 @pytest.fixture
@@ -281,3 +281,36 @@ def test_a_prune_keeps_the_chunks_a_kept_run_shares(cli, tmp_path: Path) -> None
     }
     needed = refs | {p for b, p in journal._query("SELECT blob, part FROM {parts}") if b in refs}
     assert left == needed
+
+
+def test_a_resumed_run_gets_long_outputs_and_effects_on_disk(
+    tmp_path: Path, small_chunks: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What `wsrun resume` reads of its finished steps stays spooled past a
+    spool's worth, as in the run that made it (a million files' delivery
+    document held as dicts was some 400 MB): lists and effects as spools, a
+    sorted mapping looked up a chunk at a time, an unsorted one kept in order."""
+    monkeypatch.setattr(spool, "SPILL_AT", 100)
+    made = effects(300)
+    ordered = {f"/dest/f{i:05d}": digest(i) for i in range(300)}
+    placed = {f"/src/f{i:05d}": f"/dest/{299 - i}" for i in range(300)}
+    placed = dict(reversed(list(placed.items())))  # not in key order
+    short = {f"/dest/f{i:05d}": digest(i) for i in range(80)}
+    journal = Journal(home=str(tmp_path))
+    journal.start_run("r", "x", "/r.yaml", {}, {}, False, str(tmp_path))
+    journal.start_step("r", "s", 0, "copy", made)
+    outputs = {"checksums": ordered, "placement": placed, "few": short, "files": list(ordered)}
+    journal.end_step("r", "s", "changed", made, outputs)
+    journal.flush()
+    done = journal.finished_steps("r")["s"]
+    got = done["outputs"]
+    assert isinstance(done["effects"], Spool) and list(done["effects"]) == made
+    assert isinstance(got["checksums"], SpooledDict) and dict(got["checksums"]) == ordered
+    assert got["checksums"]["/dest/f00123"] == digest(123)
+    assert isinstance(got["placement"], PairsDict) and list(got["placement"].items()) == list(
+        placed.items()
+    )
+    assert got["few"] == short and type(got["few"]) is dict  # short: held, as before
+    assert isinstance(got["files"], Spool) and list(got["files"]) == list(ordered)
+    # what `wsrun runs show` and the run page read is held whole, as JSON gives it
+    assert journal.steps("r")[0]["outputs"] == outputs

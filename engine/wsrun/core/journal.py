@@ -29,11 +29,19 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from wsrun.core import journal_blobs as blobs
-from wsrun.core import zstd
+from wsrun.core import spool, zstd
 from wsrun.core.db import DbError
 from wsrun.core.masking import printable
 from wsrun.core.migrate import enable_wal, migrate_sqlite
-from wsrun.core.spool import Mapped, Spool, holds_lazy, is_lazy, lazy_mapping
+from wsrun.core.spool import (
+    Mapped,
+    PairsDict,
+    Spool,
+    SpooledDict,
+    holds_lazy,
+    is_lazy,
+    lazy_mapping,
+)
 
 #: A step's effects or outputs whose JSON is longer than this go into the blobs
 #: table in compressed chunks (wsrun.core.journal_blobs; a page of effects is
@@ -112,6 +120,10 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+class _Unsorted(Exception):
+    """A mapping read back is not in key order (see Journal._spooled_map)."""
 
 
 class JournalError(ValueError):
@@ -477,23 +489,28 @@ class Journal:
 
     def _node(self, value: Any) -> list[Any]:
         """Where ``value`` goes in a manifest (see wsrun.core.journal_blobs): long
-        lists and mappings, spooled or not, in chunks; the rest as JSON."""
-        if lazy_mapping(value) or (
-            isinstance(value, dict) and len(value) >= blobs.SECTION_MIN and not holds_lazy(value)
-        ):
+        lists and mappings, spooled or not, in chunks, wherever they are in it
+        (a delivery's few products, each with a list of a million files); the
+        rest as JSON."""
+        if lazy_mapping(value):
             return ["M", self._chunks(value.items(), pairs=True)]
-        if is_lazy(value) or (
-            isinstance(value, list) and len(value) >= blobs.SECTION_MIN and not holds_lazy(value)
-        ):
+        if is_lazy(value):
             return ["L", self._chunks(value)]
-        if isinstance(value, dict) and holds_lazy(value):
+        if not isinstance(value, (dict, list)):
+            return ["j", value]
+        held = holds_lazy(value)
+        if not held and len(_ENCODE(value)) <= blobs.SECTION_TEXT:
+            return ["j", value]
+        if isinstance(value, dict):
+            if len(value) >= blobs.SECTION_MIN and not held:
+                return ["M", self._chunks(value.items(), pairs=True)]
             return [
                 "d",
                 {k if isinstance(k, str) else str(k): self._node(v) for k, v in value.items()},
             ]
-        if isinstance(value, list) and holds_lazy(value):
-            return ["l", [self._node(v) for v in value]]
-        return ["j", value]
+        if len(value) >= blobs.SECTION_MIN and not held:
+            return ["L", self._chunks(value)]
+        return ["l", [self._node(v) for v in value]]
 
     def _chunks(self, items: Iterable[Any], pairs: bool = False) -> list[list[Any]]:
         """Queue ``items`` in chunks (each stored once, whichever blob holds it
@@ -557,18 +574,39 @@ class Journal:
             yield from items[skip:] if skip else items
             skip = 0
 
-    def _value(self, node: list[Any]) -> Any:
-        """A manifest node's value (see _node)."""
+    def _value(self, node: list[Any], spooled: bool = False) -> Any:
+        """A manifest node's value (see _node); with ``spooled``, lists and
+        mappings of more than a spool's worth stay on disk (wsrun.core.spool),
+        as they were in the run that made them: a resumed run of a million
+        files does not hold them."""
         kind, body = node
-        if kind == "M":
-            return dict(self._items(body))
-        if kind in ("L", "E"):
-            return list(self._items(body))
+        if kind in ("M", "L", "E"):
+            if spooled and sum(count for _, count in body) > spool.SPILL_AT:
+                return self._spooled_map(body) if kind == "M" else Spool(self._items(body))
+            return dict(self._items(body)) if kind == "M" else list(self._items(body))
         if kind == "d":
-            return {k: self._value(v) for k, v in body.items()}
+            return {k: self._value(v, spooled) for k, v in body.items()}
         if kind == "l":
-            return [self._value(v) for v in body]
+            return [self._value(v, spooled) for v in body]
         return body
+
+    def _spooled_map(self, listed: list[list[Any]]) -> Mapping[str, Any]:
+        """A long mapping read back on disk: looked up a chunk at a time when
+        its keys are sorted (checksums), else kept in order for reading through
+        (a placement)."""
+
+        def in_order() -> Iterator[tuple[str, Any]]:
+            last = None
+            for key, value in self._items(listed):
+                if last is not None and not key > last:
+                    raise _Unsorted
+                last = key
+                yield key, value
+
+        try:
+            return SpooledDict(in_order())
+        except _Unsorted:
+            return PairsDict(Spool(self._items(listed)))
 
     @staticmethod
     def _text(data: bytes) -> io.TextIOBase:
@@ -605,14 +643,15 @@ class Journal:
                 page.append(json.loads(line))
         return page
 
-    def _outputs(self, inline: str | None, ref: str | None) -> Any:
+    def _outputs(self, inline: str | None, ref: str | None, spooled: bool = False) -> Any:
         """Outputs from their row's columns: the row's JSON, the blob's, or a
         mapping split between the two (see _outputs_columns)."""
         if ref is None:
             return json.loads(inline or "null")
         data = self._stored(ref)
         if data.startswith(blobs.MAGIC_MANIFEST):
-            stored = self._value(self._decoded(ref, blobs.decode_manifest, data))
+            tree = self._decoded(ref, blobs.decode_manifest, data)
+            stored = self._value(tree, spooled)
         else:
             with self._text(data) as text:
                 stored = json.loads(text.read())
@@ -637,11 +676,19 @@ class Journal:
         return {
             key: {
                 "status": status,
-                "outputs": self._outputs(outputs, outputs_ref) or {},
-                "effects": self._effects(effects, effects_ref),
+                "outputs": self._outputs(outputs, outputs_ref, spooled=True) or {},
+                "effects": self._spooled_effects(effects, effects_ref),
             }
             for key, status, outputs, outputs_ref, effects, effects_ref in rows
         }
+
+    def _spooled_effects(self, inline: str | None, ref: str | None) -> Sequence[dict[str, Any]]:
+        """All of a step's effects, on disk past a spool's worth (see _value)."""
+        if ref is not None:
+            data = self._stored(ref)
+            if data.startswith(blobs.MAGIC_MANIFEST):
+                return self._value(self._decoded(ref, blobs.decode_manifest, data), spooled=True)  # type: ignore[no-any-return]
+        return self._effects(inline, ref)
 
     _RUN_COLUMNS = (
         "id, recipe, recipe_path, inputs, settings, dry_run, status, started, ended, pid,"

@@ -45,8 +45,11 @@ MAGIC_MANIFEST = b"WSM2"
 CUT_MIN = 1024
 CUT_MAX = 16384
 CUT_MASK = 4095
-#: A plain list or dict of at least this many items is stored in chunks too.
+#: A plain list or dict whose JSON is longer than SECTION_TEXT is stored in
+#: chunks too when it has at least SECTION_MIN items; with fewer, each of its
+#: items is looked at the same way.
 SECTION_MIN = 64
+SECTION_TEXT = 4096
 
 _HEX = re.compile(r"[0-9a-f]*")
 

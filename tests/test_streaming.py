@@ -111,6 +111,36 @@ def test_effect_spool_keeps_exact_totals(small_spool: None) -> None:
         s.append(create_file("/o/x", 1, content=b"x"))
 
 
+def test_effect_dicts_are_the_effects_to_dict(small_spool: None) -> None:
+    """A spooled plan's effects as dicts, made from its records, are exactly
+    each effect's ``to_dict()``: on disk and still in memory, every field, in
+    order, and the extras."""
+    from wsrun.core.effects import EffectDicts, create_symlink, move
+
+    odd = [create_dir("/o/d", why="x"), create_symlink("/o/l", "f1"), move("/o/a", "/o/b", 3)]
+    odd += [create_file("/o/size-unknown", None)]
+    effects = [*odd, *(create_file(f"/o/f{i}", i, source=f"/i/{i}", mode=0o600) for i in range(99))]
+    effects += odd
+    s = EffectSpool(effects)
+    assert s.spilled and len(s._head) > 0, "records on disk and in memory both"
+    dicts = list(EffectDicts(s))
+    assert dicts == [e.to_dict() for e in effects]
+    assert [list(d) for d in dicts] == [list(e.to_dict()) for e in effects], "key order"
+    assert EffectDicts(s)[3] == effects[3].to_dict() and len(EffectDicts(s)) == len(effects)
+
+
+def test_outside_skips_the_effects_of_trees_recorded_whole(small_spool: None) -> None:
+    from wsrun.core.effects import outside
+
+    effects = [create_dir("/o"), create_dir("/o/tree"), create_dir("/o/treex")]
+    effects += [create_file(f"/o/tree/f{i}", i, source=f"/i/f{i}") for i in range(100)]
+    effects += [create_file("/o/treex/f", 1), create_file("/o/f", 2)]
+    kept = ["/o", "/o/treex", "/o/treex/f", "/o/f"]
+    for given in (effects, EffectSpool(effects)):
+        assert [e.path for e in outside(given, {"/o/tree"})] == kept
+        assert [e.to_dict() for e in outside(given, set())] == [e.to_dict() for e in effects]
+
+
 def live_effects() -> int:
     gc.collect()
     return sum(1 for o in gc.get_objects() if isinstance(o, Effect))

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from wsrun.core import filecopy
+from wsrun.core.effects import create_dir
 from wsrun.core.fileio import TMP_SUFFIX
 from wsrun.core.fs import WorldView
 from wsrun.core.step import StepError
@@ -487,3 +488,27 @@ def test_dry_run_checksums_are_the_recorded_ones(
     os.utime(copied, ns=(st.st_atime_ns, st.st_mtime_ns))
     dry = plan_step("copy", params, str(tmp_path), view=WorldView())
     assert dry.outputs["checksums"][str(copied)] is None
+
+
+def test_a_plan_read_from_the_disk_equals_one_read_through_a_view(
+    tmp_path: Path, tree: Path
+) -> None:
+    """A tree the view shows as the disk is read straight from it (no FileInfo
+    per file): the plan (effects, what apply does, outputs) is the one a walk
+    through a view with planned effects elsewhere gives, and each file's
+    effect still carries its source's facts for a dry run's view."""
+    (tree / "sub" / f".x{TMP_SUFFIX}").write_bytes(b"a killed run's")
+    (tree / "tolink").symlink_to("sub", target_is_directory=True)
+    params = {"sources": "src", "to": "out", "checksum": "sha256"}
+    disk = plan_step("copy", params, str(tmp_path), view=WorldView())
+    layered = WorldView()
+    layered.record(create_dir(str(tmp_path / "elsewhere")))
+    assert layered.virtual
+    view = plan_step("copy", params, str(tmp_path), view=layered)
+    assert effect_dicts(disk.effects) == effect_dicts(view.effects)
+    assert list(disk.data.files) == list(view.data.files)
+    assert (disk.data.dirs, disk.data.links) == (view.data.dirs, view.data.links)
+    assert disk.outputs == view.outputs and disk.trees == view.trees == []  # a temp left out
+    files = [e for e in disk.effects if e.op == "create_file"]
+    assert len(files) == 6
+    assert all(e.source_info == WorldView().lstat(e.source) for e in files)

@@ -7,11 +7,12 @@ dry run can print what a real run will do, and tests can compare the two.
 from __future__ import annotations
 
 import builtins
-from collections.abc import Iterable
+import os
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from wsrun.core.spool import Spool
+from wsrun.core.spool import Mapped, Spool
 
 #: Every effect kind a step may report.
 OPS = (
@@ -117,6 +118,55 @@ def _effect_from(record: tuple[Any, ...]) -> Effect:
 def effect_dict(e: Effect) -> dict[str, Any]:
     """``e.to_dict()`` as a function, for lazy views (wsrun.core.spool.Mapped)."""
     return e.to_dict()
+
+
+def _record_dict(record: tuple[Any, ...]) -> dict[str, Any]:
+    """``_effect_from(record).to_dict()`` without the Effect in between."""
+    op, path, size, source, target, mode, extra = record
+    d: dict[str, Any] = {"op": op, "path": path}
+    if size is not None:
+        d["bytes"] = size
+    if source is not None:
+        d["source"] = source
+    if target is not None:
+        d["target"] = target
+    if mode is not None:
+        d["mode"] = mode
+    if extra:
+        d.update(extra)
+    return d
+
+
+class EffectDicts(Mapped[Effect, dict[str, Any]]):
+    """``Mapped(spool, effect_dict)``, the effects of a spooled plan as dicts,
+    made straight from the spool's records: a dry run of a million files reads
+    its plan three times (overlay, journal, --json), and an Effect object made
+    per record and read only to make its dict cost as much as the rest."""
+
+    def __init__(self, spool: EffectSpool) -> None:
+        super().__init__(spool, effect_dict)
+        self.spool = spool
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        return self.spool.iter_as(_record_dict, effect_dict)
+
+
+def outside(effects: Sequence[Effect], trees: Collection[str]) -> Iterator[Effect]:
+    """The ``effects`` whose path is neither one of ``trees`` nor below one
+    (a dry run's overlay records a tree copied whole as one fact); a spooled
+    plan's others are skipped by their path, never decoded."""
+    inside = tuple(tree + os.sep for tree in trees)
+
+    def kept(path: str) -> bool:
+        return path not in trees and not path.startswith(inside)
+
+    if not isinstance(effects, EffectSpool):
+        return (e for e in effects if kept(e.path))
+    found = effects.iter_as(
+        lambda r: _effect_from(r) if kept(r[1]) else None,
+        lambda e: e if kept(e.path) else None,
+    )
+    return (e for e in found if e is not None)
 
 
 class EffectSpool(Spool[Effect]):

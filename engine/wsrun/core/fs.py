@@ -9,6 +9,7 @@ would have created, and a dry run prints what the real run will do.
 from __future__ import annotations
 
 import io
+import operator
 import os
 import stat as statmod
 from collections.abc import Iterator
@@ -234,7 +235,7 @@ class WorldView:
         parents before children; symlinks are reported, not followed."""
         root = norm(root)
         if not self.virtual:
-            yield from _walk_real(root, "")
+            yield from _walk_real(root)
             return
         stack = [""]
         while stack:
@@ -400,22 +401,48 @@ class WorldView:
                     self._put(dst + p[len(src) :], n)
 
 
-def _walk_real(root: str, rel: str) -> Iterator[tuple[str, FileInfo]]:
-    base = os.path.join(root, rel) if rel else root
-    try:
-        with os.scandir(base) as it:
-            entries = sorted(it, key=lambda e: e.name)
-    except (FileNotFoundError, NotADirectoryError):
-        return
-    dirs = []
-    prefix = rel + "/" if rel else ""
-    for e in entries:
-        child = prefix + e.name
-        path = e.path
-        st = e.stat(follow_symlinks=False)
-        info = info_from_stat(st, path, os.readlink(path) if e.is_symlink() else None)
-        yield child, info
-        if info.kind == "dir":
-            dirs.append(child)
-    for d in dirs:
-        yield from _walk_real(root, d)
+def _walk_real(root: str) -> Iterator[tuple[str, FileInfo]]:
+    for rel, st in walk_disk(root):
+        yield rel, disk_info(root, rel, st)
+
+
+def disk_info(root: str, rel: str, st: os.stat_result) -> FileInfo:
+    """The FileInfo of the entry ``rel`` below ``root`` that ``walk_disk`` gave
+    with its lstat ``st``, as ``WorldView.walk`` gives it."""
+    path = (root if root.endswith("/") else root + "/") + rel
+    return info_from_stat(st, path, os.readlink(path) if statmod.S_ISLNK(st.st_mode) else None)
+
+
+#: Flags to open a directory whose entries are looked up in it.
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | getattr(os, "O_CLOEXEC", 0)
+_NAME = operator.attrgetter("name")
+
+
+def walk_disk(root: str) -> Iterator[tuple[str, os.stat_result]]:
+    """(path relative to ``root``, its lstat) of every entry below the real
+    directory ``root``, in ``WorldView.walk``'s order: sorted, a directory's
+    entries before those of its subdirectories. For a step's plan when its
+    view is the disk (not ``virtual``): a million files without a FileInfo
+    each, every entry looked up in its open directory, not by its whole path."""
+    base = root if root.endswith("/") else root + "/"
+    pending = [""]
+    while pending:
+        rel = pending.pop()
+        try:
+            fd = os.open(base + rel if rel else root, _DIR_FLAGS)
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        try:
+            with os.scandir(fd) as it:
+                entries = sorted(it, key=_NAME)
+            prefix = rel + "/" if rel else ""
+            dirs = []
+            for e in entries:
+                child = prefix + e.name
+                st = e.stat(follow_symlinks=False)  # fstatat in the directory
+                yield child, st
+                if statmod.S_ISDIR(st.st_mode):
+                    dirs.append(child)
+        finally:
+            os.close(fd)
+        pending.extend(reversed(dirs))

@@ -86,7 +86,11 @@ class Masker:
     def clean(self, value: Any) -> Any:
         """``value`` (JSON-like data) with secrets masked and every string printable."""
         if isinstance(value, str):
+            if not self._forms and value.isascii():
+                return value  # no secret to mask, no byte to escape: the common case
             return printable(self.text(value))
+        if value is None or isinstance(value, (int, float)):
+            return value  # before the lazy checks below, which cost more (a million nulls)
         if isinstance(value, dict):
             return {self.clean(k): self.clean(v) for k, v in value.items()}
         if isinstance(value, (list, tuple)):

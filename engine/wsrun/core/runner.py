@@ -24,7 +24,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from wsrun.core import expr, locks
-from wsrun.core.effects import Effect, effect_dict
+from wsrun.core.effects import Effect, EffectDicts, EffectSpool, effect_dict, outside
 from wsrun.core.fs import ContentUnknown, WorldView
 from wsrun.core.group_runner import ActiveGroup, Differs, GroupRunner, InnerFailed
 from wsrun.core.journal import Journal, JournalError, new_run_id
@@ -508,11 +508,7 @@ class Runner(GroupRunner):
         trees = getattr(plan, "trees", None) or []
         for dest, source in trees:
             self.view.copy_tree(dest, source)
-        whole = {dest for dest, _ in trees}
-        inside = tuple(dest + os.sep for dest in whole)
-        for effect in plan.effects:
-            if whole and (effect.path in whole or effect.path.startswith(inside)):
-                continue
+        for effect in outside(plan.effects, {dest for dest, _ in trees}):
             self.view.record(effect)
 
     def check_params(self, uses: str, params: dict[str, Any], templated: set[str]) -> None:
@@ -592,6 +588,8 @@ def _rechecked_on_resume(uses: str) -> bool:
 
 def _dicts(effects: Sequence[Effect]) -> Sequence[dict[str, Any]]:
     """Effects as dicts; a spooled plan's stay lazy (made as they are read)."""
+    if isinstance(effects, EffectSpool):
+        return EffectDicts(effects)
     if isinstance(effects, Spool):
         return Mapped(effects, effect_dict)
     return [e.to_dict() for e in effects]

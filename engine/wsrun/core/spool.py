@@ -135,14 +135,28 @@ class Spool(Sequence[T], Generic[T]):
         them (a forked writer takes its share of a spooled list this way)."""
         return itertools.chain.from_iterable(self._lists(start, stop))
 
-    def _lists(self, start: int, stop: int | None) -> Iterator[list[T]]:
+    def iter_as(self, on_disk: Callable[[Any], U], in_memory: Callable[[T], U]) -> Iterator[U]:
+        """Every record as ``on_disk`` makes it of a record read back (its
+        ``_encode``-d form) or ``in_memory`` of an item not spilled yet: a view
+        of a million records (effects as dicts) made without first decoding
+        each into an item."""
+        return itertools.chain.from_iterable(self._lists(0, None, on_disk, in_memory))
+
+    def _lists(
+        self,
+        start: int,
+        stop: int | None,
+        decode: Callable[[Any], Any] | None = None,
+        in_memory: Callable[[T], Any] | None = None,
+    ) -> Iterator[list[Any]]:
         """The records from ``start`` to ``stop`` (None: the end, as it is when
         reached), a chunk's list at a time: iterated in C, not by a generator
-        per record."""
+        per record. Records read back go through ``decode`` (default:
+        ``_decode``), those still in memory through ``in_memory`` (default: none)."""
         at = start
         if self._file is not None and at < self._spilled:
-            plain = type(self)._decode is Spool._decode
-            decode = self._decode
+            plain = decode is None and type(self)._decode is Spool._decode
+            decode = decode or self._decode
             chunk = bisect.bisect_right(self._starts, at) - 1
             end = self._spilled if stop is None else min(stop, self._spilled)
             while at < end:
@@ -155,9 +169,12 @@ class Spool(Sequence[T], Generic[T]):
                 at = min(last, end)
                 chunk += 1
         if stop is None:
-            yield list(self._head[at - self._spilled :])  # a copy: later appends are not seen
+            head = self._head[at - self._spilled :]  # a copy: later appends are not seen
         elif at < stop:
-            yield self._head[at - self._spilled : stop - self._spilled]
+            head = self._head[at - self._spilled : stop - self._spilled]
+        else:
+            return
+        yield head if in_memory is None else list(map(in_memory, head))
 
     @overload
     def __getitem__(self, index: int) -> T: ...

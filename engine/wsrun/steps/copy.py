@@ -34,7 +34,7 @@ from wsrun.core.fileio import (
     remove_leftover,
     remove_stray_temps,
 )
-from wsrun.core.fs import FileInfo, WorldView, info_from_stat
+from wsrun.core.fs import FileInfo, WorldView, disk_info, info_from_stat, norm, walk_disk
 from wsrun.core.spool import SortedSpool, Spool, SpooledDict
 from wsrun.core.step import PATHS, Plan, Result, StepContext, StepError
 
@@ -410,18 +410,39 @@ class _Planner:
         src_prefix, dest_prefix = source + os.sep, dest + os.sep
         add_file = self.add_file
         skipped: set[str] = set()  # temp files a killed run left, and their contents
-        for rel, info in self.fs.walk(source):
+        for rel, info, st in self._entries(source):
             if (rel.endswith(TMP_SUFFIX) and is_temp_name(os.path.basename(rel))) or (
                 skipped and os.path.dirname(rel) in skipped
             ):
                 skipped.add(rel)
-            elif info.kind == "file":  # the common case first
-                dest_info = existing_at.get(rel) if existing_at else None
-                add_file(src_prefix + rel, dest_prefix + rel, info, dest_info)
+                continue
+            dest_info = existing_at.get(rel) if existing_at else None
+            if st is not None:  # the common case first
+                path = src_prefix + rel
+                # the source's FileInfo only while the effect is held (a spooled one drops it)
+                known = None if self.effects.spilled else info_from_stat(st, path)
+                mode = st.st_mode & 0o7777
+                add_file(
+                    path, dest_prefix + rel, st.st_size, mode, st.st_mtime_ns, dest_info, known
+                )
             else:
-                dest_info = existing_at.get(rel) if existing_at else None
+                assert info is not None
                 self.add_entry(src_prefix + rel, dest_prefix + rel, info, dest_info)
         return not skipped
+
+    def _entries(self, source: str) -> Iterator[tuple[str, FileInfo | None, os.stat_result | None]]:
+        """The entries below the directory ``source`` as the view shows them:
+        (relative path, info, None), or for a regular file read straight from
+        the disk (the view is the disk) (relative path, None, its lstat),
+        without a FileInfo per file (the most of a million files' plan)."""
+        if self.fs.virtual:
+            return ((rel, info, None) for rel, info in self.fs.walk(source))
+        return (
+            (rel, None, st)
+            if statmod.S_ISREG(st.st_mode)
+            else (rel, disk_info(source, rel, st), None)
+            for rel, st in walk_disk(norm(source))
+        )
 
     def add_followed_tree(self, source: str, dest: str, existing: bool) -> bool:
         """``add_tree`` reading through symbolic links (``follow_symlinks``);
@@ -444,7 +465,7 @@ class _Planner:
         elif info.is_symlink:
             self.add_symlink(dest, info, dest_info)
         elif info.is_file:
-            self.add_file(source, dest, info, dest_info)
+            self.add_file(source, dest, info.size, info.mode, info.mtime_ns, dest_info, info)
         else:
             raise StepError("cannot copy a special file (device, fifo or socket)", path=source)
 
@@ -467,8 +488,18 @@ class _Planner:
             self.effects.append(create_symlink(dest, info.target))
             self.job.links.append((dest, info.target, info.mtime_ns))
 
-    def add_file(self, source: str, dest: str, info: FileInfo, dest_info: FileInfo | None) -> None:
-        size = info.size
+    def add_file(
+        self,
+        source: str,
+        dest: str,
+        size: int,
+        mode: int,
+        mtime_ns: int,
+        dest_info: FileInfo | None,
+        info: FileInfo | None = None,
+    ) -> None:
+        """Plan one regular file of ``size``, ``mode`` and ``mtime_ns`` (its
+        ``info``, when known, is kept with the effect for a dry run's view)."""
         self.files.append(dest)
         self.file_bytes += size
         if dest_info is not None:
@@ -479,17 +510,17 @@ class _Planner:
             if dest_info.is_file and dest_info.size == size:
                 if self.compare == "checksum":
                     self.suspects.append((source, dest, len(self.job.files)))
-                elif dest_info.mtime_ns == info.mtime_ns and dest_info.mode == info.mode:
+                elif dest_info.mtime_ns == mtime_ns and dest_info.mode == mode:
                     if self.algorithm:
                         cache = self.ctx.digests  # inside an atomic group
-                        known = cache and cache.get(dest, size, info.mtime_ns, self.algorithm)
+                        known = cache and cache.get(dest, size, mtime_ns, self.algorithm)
                         if known:
                             self.job.known.append((dest, known))
                         else:
                             self.job.to_hash.append(dest)
                     return
         self.effects.append(create_file(dest, size, source=source, source_info=info))
-        self.job.files.append((source, dest, size, info.mode, info.mtime_ns))
+        self.job.files.append((source, dest, size, mode, mtime_ns))
         self.job.bytes += size
 
     def compare_checksums(self) -> None:

@@ -642,3 +642,42 @@ def test_a_terminal_gets_a_live_line_per_step(tmp_path: Path) -> None:
     assert "work (test-progress)" in text and " files/s, " in text and "ETA " in text
     assert "━" in text  # the bar
     assert "work (test-progress): " not in text  # no heartbeat lines on a terminal
+
+
+def test_removals_report_the_files_they_remove(tmp_path: Path) -> None:
+    """A tree removed by the remove step, copy's `delete` and an atomic group
+    replacing its destination shows its files going (a million take a while)."""
+    for i in range(600):
+        write(tmp_path / "big" / f"d{i % 4}" / f"f{i}", "x")
+    for i in range(300):
+        write(tmp_path / "mirror" / "stale" / f"s{i}", "x")
+    write(tmp_path / "src" / "a", "a")
+    group = f"""
+          - id: out
+            group: {{destination: "{tmp_path}/dest", replace: true, marker: a}}
+            steps:
+              - {{id: files, uses: copy, with: {{sources: "{tmp_path}/src/a", to: "{tmp_path}/dest"}}}}
+        """
+    _run_recording(tmp_path, "recipe: first\nsteps:" + group)
+    for i in range(400):
+        write(tmp_path / "dest" / "old" / f"o{i}", "x")
+    write(tmp_path / "src" / "a", "changed")
+    recording = _run_recording(
+        tmp_path,
+        f"""
+        recipe: removals
+        steps:
+          - {{id: drop, uses: remove, with: {{path: "{tmp_path}/big"}}}}
+          - {{id: sync, uses: copy, with: {{sources: "{tmp_path}/src/a", to: "{tmp_path}/mirror", delete: true}}}}
+        """
+        + group,
+    )
+    by_label = {t["description"]: t for t in recording.tasks}
+    drop = by_label["drop (remove)"]
+    assert drop["files"] == drop["total_files"] == 600 and drop["closed"]
+    delete = by_label["sync (delete)"]
+    assert delete["files"] == 300 and delete["closed"]
+    replace = by_label["out (replace)"]
+    assert replace["files"] == 401 and replace["closed"]  # the old a and its 400
+    assert not (tmp_path / "big").exists() and not (tmp_path / "mirror" / "stale").exists()
+    assert sorted(p.name for p in (tmp_path / "dest").iterdir()) == ["a"]

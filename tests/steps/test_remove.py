@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import errno
 import os
+import tracemalloc
 from pathlib import Path
 
 import pytest
 
+from wsrun.core import removal
 from wsrun.core.fs import WorldView
+from wsrun.core.removal import remove_tree
 from wsrun.core.step import StepError
 from wsrun.testing import effect_dicts, plan_step, run_step
 
@@ -84,3 +88,54 @@ def test_dry_run_writes_nothing_and_chains(area: Path) -> None:
     assert tree(area) == before
     plan, _ = run_step("remove", {"path": "stage/run"}, str(area))
     assert effect_dicts(plan.effects) == effect_dicts(removed.effects)
+
+
+def test_a_failure_names_the_file_it_could_not_remove(
+    area: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = os.unlink
+
+    def unlink(path, *args, **kwargs):
+        if path == "b":
+            raise OSError(errno.EIO, "Input/output error")
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "unlink", unlink)
+    with pytest.raises(OSError) as e:
+        remove_tree(str(area / "stage/run"))
+    assert e.value.filename == str(area / "stage/run/ro/b") and e.value.errno == errno.EIO
+
+
+def test_a_directory_that_became_a_symlink_is_removed_not_followed(tmp_path: Path) -> None:
+    """Between the listing and the descent a directory may be swapped for a
+    symlink to somewhere else: opened with O_NOFOLLOW, it is unlinked."""
+    outside = tmp_path / "outside"
+    (outside / "precious").mkdir(parents=True)
+    (outside / "precious" / "f").write_text("keep")
+    (tmp_path / "tree").mkdir()
+    (tmp_path / "tree" / "sub").symlink_to(outside / "precious")
+    fd = os.open(tmp_path / "tree", os.O_RDONLY | os.O_DIRECTORY)
+    try:  # as the walk does for an entry it saw as a directory
+        removal._remove_dir(fd, "sub", str(tmp_path / "tree"), lambda: None)
+    finally:
+        os.close(fd)
+    assert not (tmp_path / "tree" / "sub").is_symlink()
+    assert (outside / "precious" / "f").read_text() == "keep"
+
+
+def test_a_big_directory_is_removed_without_listing_it_first(tmp_path: Path) -> None:
+    """Entries go as they are read: 20,000 in one directory hold no list (as
+    shutil.rmtree's did: some 3 MB, 300 MB for a million)."""
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for i in range(20_000):
+        (flat / f"f{i:05d}").touch()
+    reported: list[int] = []
+    tracemalloc.start()
+    try:
+        remove_tree(str(flat), reported.append)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert not flat.exists() and sum(reported) == 20_000 and len(reported) > 50
+    assert peak < 300_000, peak

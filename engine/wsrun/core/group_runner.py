@@ -22,7 +22,7 @@ from wsrun.core.journal import Journal
 from wsrun.core.masking import Masker
 from wsrun.core.reports import Events, StepFailed, StepReport, describe_error
 from wsrun.core.spool import Chain, is_lazy
-from wsrun.core.step import StepError
+from wsrun.core.step import Progress, StepError
 
 
 class InnerFailed(StepFailed):
@@ -68,6 +68,8 @@ class GroupRunner:
     run_step: Callable[..., StepReport]
     #: A message as it may be printed and journaled (Runner.shown).
     shown: Callable[[str], str]
+    #: Where a step's (or a group's) work is reported (Runner.step_progress).
+    step_progress: Callable[[str], Progress]
 
     def group_fields(self, step: dict[str, Any]) -> dict[str, Any]:
         """The ``group:`` mapping with its expressions evaluated and checked."""
@@ -224,7 +226,14 @@ class GroupRunner:
                 self.view.record(remove(destination))
             self.view.record(move(staging, top))
         else:
-            groups.commit(decision, self.log, digests)
+            if decision.mode == "replace":  # the old destination goes: maybe a million files
+                task = self.step_progress(key).task("replace")
+                try:
+                    groups.commit(decision, self.log, digests, lambda n: task.advance(files=n))
+                finally:
+                    task.close()
+            else:
+                groups.commit(decision, self.log, digests)
             self.group_record(key, "commit", {"destination": destination})
         state = {"new": "created", "fill": "filled", "replace": "replaced"}[decision.mode]
         return _joined([shown, *effects.parts]), {"destination": destination, "state": state}

@@ -22,13 +22,14 @@ import os
 import shutil
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from wsrun.core import resumes
 from wsrun.core.fileio import hidden_name
 from wsrun.core.fs import WorldView
+from wsrun.core.removal import remove_tree
 from wsrun.core.spool import Mapped, RenamedDict, is_lazy, lazy_mapping
 from wsrun.core.step import StepError
 
@@ -277,10 +278,16 @@ def begin(decision: Decision) -> None:
         os.makedirs(staging + path[len(decision.top) :], exist_ok=True)
 
 
-def commit(decision: Decision, log: Any, digests: DigestCache | None = None) -> None:
+def commit(
+    decision: Decision,
+    log: Any,
+    digests: DigestCache | None = None,
+    removed: Callable[[int], None] | None = None,
+) -> None:
     """Rename the staging directory into place (real run); the digests recorded
     for its files are then recorded on this host under their final paths
-    (wsrun.core.resumes), so a later run finds them there without reading."""
+    (wsrun.core.resumes), so a later run finds them there without reading.
+    ``removed(n)``: files of a replaced destination removed (its progress)."""
     staging, top = decision.staging, decision.top
     if decision.mode != "replace":
         # over a missing path, or over an empty destination directory
@@ -297,7 +304,7 @@ def commit(decision: Decision, log: Any, digests: DigestCache | None = None) -> 
                 os.rename(old, top)
             raise
         try:
-            shutil.rmtree(old)
+            remove_tree(old, removed)
         except OSError as e:  # the new result is in place: do not fail it for this
             log(f"warning: could not remove the replaced {top} ({old}): {e}")
     if digests is not None:

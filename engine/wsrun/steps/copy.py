@@ -11,7 +11,6 @@ import hashlib
 import heapq
 import itertools
 import os
-import shutil
 import stat as statmod
 import threading
 from collections.abc import Callable, Container, Iterable, Iterator, Mapping, Sequence
@@ -35,6 +34,7 @@ from wsrun.core.fileio import (
     remove_stray_temps,
 )
 from wsrun.core.fs import FileInfo, WorldView, disk_info, info_from_stat, norm, walk_disk
+from wsrun.core.removal import remove_tree
 from wsrun.core.spool import SortedSpool, Spool, SpooledDict
 from wsrun.core.step import PATHS, Plan, Result, StepContext, StepError
 
@@ -712,12 +712,13 @@ def _digest_view(fs: WorldView, path: str, algorithm: str) -> str:
 
 def apply(plan: Plan, ctx: StepContext) -> Result:
     job: CopyJob = plan.data
-    for path in job.removals:  # delete: what is not the sources'
-        if os.path.isdir(path) and not os.path.islink(path):
-            shutil.rmtree(path)
-        else:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(path)
+    if job.removals:  # delete: what is not the sources' (a killed run's million, maybe)
+        task = ctx.progress.task("delete")
+        try:
+            for path in job.removals:
+                remove_tree(path, lambda n: task.advance(files=n))
+        finally:
+            task.close()
     umask = current_umask()
     created: list[tuple[str, int, int]] = []
     try:

@@ -13,9 +13,9 @@ from wsrun.core.effects import Effect, create_dir, move, remove
 from wsrun.core.filecopy import MMAP_MIN, copy_file, copy_symlink, current_umask, hash_file
 from wsrun.core.fileio import temp_path
 from wsrun.core.fs import FileInfo, WorldView
+from wsrun.core.removal import remove_tree
 from wsrun.core.step import Batched, Plan, ProgressTask, Result, StepContext, StepError
 from wsrun.steps.copy import run_parallel
-from wsrun.steps.remove import remove_tree
 
 NAME = "move"
 DOC = """Move a file or directory tree to a new path (like ``mv SRC DST``).

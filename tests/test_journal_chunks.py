@@ -17,8 +17,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import write
+from conftest import run_wsrun, write
 from test_journal_compact import COPY
+from test_journal_compact import tree as compact_tree
 from wsrun.core import journal_blobs, spool
 from wsrun.core.journal import _ENCODE, Journal, JournalError
 from wsrun.core.spool import PairsDict, Spool, SpooledDict
@@ -314,3 +315,28 @@ def test_a_resumed_run_gets_long_outputs_and_effects_on_disk(
     assert isinstance(got["files"], Spool) and list(got["files"]) == list(ordered)
     # what `wsrun runs show` and the run page read is held whole, as JSON gives it
     assert journal.steps("r")[0]["outputs"] == outputs
+
+
+@pytest.mark.parametrize("how", ["run", "resume"])
+def test_a_finished_command_leaves_no_write_ahead_log(
+    tmp_path: Path, wsrun_home: Path, how: str
+) -> None:
+    """The command closes its journal: SQLite folds the log into journal.db and
+    removes it. Left open (the command freezes what is left at exit), the log
+    stayed as big as the run's records, and doubled the journal on disk."""
+    recipe = write(tmp_path / "r.yaml", COPY)
+    src = compact_tree(tmp_path / "src", 2000)
+    args = [str(recipe), str(src), str(tmp_path / "out")]
+    if how == "resume":  # a failed run, resumed once its source is there
+        missing = [str(recipe), str(tmp_path / "later"), str(tmp_path / "out")]
+        assert run_wsrun(*missing, "-q", cwd=tmp_path).code == 1
+        src.rename(tmp_path / "later")
+        journal = Journal()
+        failed = journal.runs(1)[0].id
+        journal.close()  # this process's connection, too, would keep the log
+        args = ["resume", failed]
+    done = run_wsrun(*args, "-q", cwd=tmp_path)
+    assert done.code == 0, done.err
+    log = wsrun_home / "journal.db-wal"
+    assert not log.exists() or log.stat().st_size == 0
+    assert Journal().steps(Journal().runs(1)[0].id)[0]["effect_count"] > 2000

@@ -466,7 +466,8 @@ def resume(
     except InvalidRecipe as e:
         print(str(e), file=sys.stderr)
         raise typer.Exit(2) from None
-    finished = journal.finished_steps(record.id)
+    finished = journal.finished_steps(record.id)  # read whole (or spooled): closed now
+    journal.close()  # the run's own connection is then the last, and removes its log
     options = {
         "json": as_json,
         "verbose": verbose,

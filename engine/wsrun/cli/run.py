@@ -57,8 +57,6 @@ def execute(
     from wsrun.core.output import (
         LineEvents,
         RichProgress,
-        print_report,
-        report_json_lines,
     )
     from wsrun.core.runner import Events, RunError, Runner, coerce_inputs
     from wsrun.core.settings import Settings, SettingsError
@@ -94,6 +92,32 @@ def execute(
         err.write(f"{recipe.name}: {e}\n")
         return 2
     try:
+        return _run_and_report(runner, journal, recipe.name, bars, options, masker, out, err)
+    finally:
+        # Closed, not left to the collector (the command freezes what is left at
+        # exit): SQLite then folds its write-ahead log into journal.db and
+        # removes it, where an open connection left it as big as the run's records.
+        with contextlib.suppress(JournalError):
+            journal.close()
+
+
+def _run_and_report(
+    runner: Any,
+    journal: Any,
+    name: str,
+    bars: Any,
+    options: dict[str, Any],
+    masker: Any,
+    out: Any,
+    err: Any,
+) -> int:
+    """Run, then print the report (as JSON, or for people); the exit code."""
+    import contextlib
+
+    from wsrun.core.journal import JournalError
+    from wsrun.core.output import print_report, report_json_lines
+
+    try:
         if bars is not None:
             with bars:
                 report = runner.run()
@@ -102,10 +126,10 @@ def execute(
     except KeyboardInterrupt:
         with contextlib.suppress(JournalError):
             journal.end_run(runner.run_id, "interrupted", None, "interrupted by the operator")
-        err.write(f"{recipe.name}: interrupted (resume with: wsrun resume {runner.run_id})\n")
+        err.write(f"{name}: interrupted (resume with: wsrun resume {runner.run_id})\n")
         return 130
     except JournalError as e:
-        return _journal_failed(journal, runner.run_id, recipe.name, e, err)
+        return _journal_failed(journal, runner.run_id, name, e, err)
     if options.get("json"):
         shown = report.to_json()  # effects and errors: masked by the runner already
         shown["outputs"] = masker.clean(shown["outputs"])

@@ -20,6 +20,8 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from conftest import killer_script, snapshot, write
 from fixtures.processing import vla_calibration
@@ -515,3 +517,30 @@ def test_a_killed_loose_delivery_continued_as_a_tar_holds_only_the_archive(
     assert sorted(os.listdir(out)) == ["SHA256SUMS", "calibration.tar", "delivery.json"]
     check = sums_ok(out)
     assert check.returncode == 0, check.stdout + check.stderr
+
+
+_STAGED = groups.Redirect("/d/r", "/d/.r.wsrun-staging")
+_PATHS = st.sampled_from(
+    ["/d/.r.wsrun-staging", "/d/.r.wsrun-staging/a", "/d/.r.wsrun-stagingX/a", "/d/r/b", "op", ""]
+)
+_VALUES = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False), _PATHS),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(_PATHS, inner, max_size=3),
+    max_leaves=12,
+)
+
+
+def _renamed(value: object) -> object:
+    """What a staged path in ``value`` becomes, by its definition."""
+    if isinstance(value, str):
+        return _STAGED.final(value)
+    if isinstance(value, dict):
+        return {_renamed(k): _renamed(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_renamed(v) for v in value]
+    return value
+
+
+@given(_VALUES)
+def test_every_staged_path_in_a_value_is_renamed_keys_and_values(value: object) -> None:
+    assert _STAGED.finals(value) == _renamed(value)

@@ -62,6 +62,10 @@ def inside(path: str, directory: str) -> bool:
     return path == directory or path.startswith(directory.rstrip(os.sep) + os.sep)
 
 
+#: Values that hold no path (checked by exact type: a str subclass is a str).
+_NO_PATHS = frozenset({int, float, bool, type(None)})
+
+
 @dataclass(frozen=True)
 class Redirect:
     """Paths under ``top`` are written under ``staging`` while the group runs."""
@@ -84,6 +88,20 @@ class Redirect:
     def finals(self, value: Any) -> Any:
         """``value`` (outputs, effects) with every staged path in it, keys and
         values, replaced by its final path."""
+        kind = type(value)
+        if kind is str:
+            return self.final(value) if value.startswith(self.staging) else value
+        if kind in _NO_PATHS:
+            return value
+        if kind is dict:  # a million effects: their keys and numbers without a call each
+            one = self.finals
+            staging = self.staging
+            return {
+                (one(k) if type(k) is not str or k.startswith(staging) else k): (
+                    v if type(v) in _NO_PATHS else one(v)
+                )
+                for k, v in value.items()
+            }
         if isinstance(value, str):
             return self.final(value) if value.startswith(self.staging) else value
         if isinstance(value, dict):

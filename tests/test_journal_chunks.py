@@ -105,6 +105,7 @@ def test_digests_are_stored_as_bytes_and_paths_as_lines() -> None:
     assert journal_blobs.decode_chunk(stored) == upper
 
 
+@pytest.mark.usefixtures("journal_url")  # SQLite and PostgreSQL
 @settings(
     max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
@@ -126,6 +127,7 @@ def test_the_journal_reads_back_effects_and_outputs_a_page_at_a_time(
     assert journal.steps("r")[0]["outputs"] == json.loads(_ENCODE(outputs))
 
 
+@pytest.mark.usefixtures("journal_url")  # SQLite and PostgreSQL
 def test_spooled_effects_and_outputs_read_back(tmp_path: Path, small_chunks: None) -> None:
     spooled = Spool(effects(700))
     journal = Journal(home=str(tmp_path))
@@ -157,6 +159,7 @@ def test_a_page_reads_only_the_chunks_it_needs(
 # -- shared items are stored once ------------------------------------------------------
 
 
+@pytest.mark.usefixtures("journal_url")  # SQLite and PostgreSQL
 def test_a_list_holding_another_stores_only_what_differs(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -238,6 +241,7 @@ def chunked_run(tmp_path: Path) -> tuple[Journal, list[dict[str, Any]], list[str
     return journal, made, parts
 
 
+@pytest.mark.usefixtures("journal_url")  # SQLite and PostgreSQL
 def test_a_missing_chunk_is_an_error_naming_it(tmp_path: Path, small_chunks: None) -> None:
     journal, _, parts = chunked_run(tmp_path)
     journal._write("DELETE FROM {blobs} WHERE hash=?", (parts[-1],), commit=True)
@@ -256,6 +260,7 @@ def test_a_damaged_chunk_is_an_error_naming_it(tmp_path: Path, small_chunks: Non
         journal.effects("r", "s")
 
 
+@pytest.mark.usefixtures("journal_url")  # SQLite and PostgreSQL
 def test_a_prune_keeps_the_chunks_a_kept_run_shares(cli, tmp_path: Path) -> None:
     """Two runs copy the same tree: the newer run's effects are the older's
     chunks; pruning the older run must leave them."""
@@ -284,6 +289,7 @@ def test_a_prune_keeps_the_chunks_a_kept_run_shares(cli, tmp_path: Path) -> None
     assert left == needed
 
 
+@pytest.mark.usefixtures("journal_url")  # SQLite and PostgreSQL
 def test_a_resumed_run_gets_long_outputs_and_effects_on_disk(
     tmp_path: Path, small_chunks: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -40,12 +40,18 @@ steps:
 def small_spool(monkeypatch: pytest.MonkeyPatch) -> None:
     """Spill after 50 records, in chunks of 16; hash with 64 KiB buffers (one
     per hashing thread: with a MiB each, how many threads a run happened to
-    start would swamp the memory measured per file)."""
-    from wsrun.core import hashing
+    start would swamp the memory measured per file). The digests a plan
+    records for later runs are written as they are taken, 64 at a time: the
+    writer thread lets up to 16 batches of 512 wait, which is all of a test's
+    few thousand when a loaded machine is slow to write them, so the peak
+    followed the load (bounded at a million; it failed CI once)."""
+    from wsrun.core import hashing, resumes
 
     monkeypatch.setattr(spool, "SPILL_AT", 50)
     monkeypatch.setattr(spool, "CHUNK", 16)
     monkeypatch.setattr(hashing, "CHUNK", 1 << 16)
+    monkeypatch.setattr(resumes, "WRITER_THREAD", False)
+    monkeypatch.setattr(resumes, "FLUSH_FILES", 64)
 
 
 def make_tree(root: Path, files: int, dirs: int = 7) -> dict[str, bytes]:

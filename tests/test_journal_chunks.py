@@ -83,26 +83,28 @@ items = st.one_of(
 @settings(max_examples=150, deadline=None)
 @given(st.lists(items, min_size=1, max_size=40))
 def test_a_chunk_of_any_json_values_reads_back_as_written(values: list[Any]) -> None:
-    _, stored = journal_blobs.encode_chunk(values, False, _ENCODE)
-    assert journal_blobs.decode_chunk(stored) == json.loads(_ENCODE(values))
+    digest, stored = journal_blobs.encode_chunk(values, False, _ENCODE)
+    assert journal_blobs.decode_chunk(stored, digest) == json.loads(_ENCODE(values))
 
 
 @settings(max_examples=100, deadline=None)
 @given(st.lists(st.tuples(st.text(), items), min_size=1, max_size=40))
 def test_a_chunk_of_pairs_reads_back_as_written(pairs: list[tuple[str, Any]]) -> None:
-    _, stored = journal_blobs.encode_chunk(pairs, True, _ENCODE)
-    assert journal_blobs.decode_chunk(stored) == [(k, json.loads(_ENCODE(v))) for k, v in pairs]
+    digest, stored = journal_blobs.encode_chunk(pairs, True, _ENCODE)
+    assert journal_blobs.decode_chunk(stored, digest) == [
+        (k, json.loads(_ENCODE(v))) for k, v in pairs
+    ]
 
 
 def test_digests_are_stored_as_bytes_and_paths_as_lines() -> None:
     pairs = [(f"/dest/f{i:05d}", digest(i)) for i in range(2000)]
-    _, stored = journal_blobs.encode_chunk(pairs, True, _ENCODE)
+    ref, stored = journal_blobs.encode_chunk(pairs, True, _ENCODE)
     # 32 bytes a digest, not 64 hex characters (nor the 40 that JSON compressed to)
     assert len(stored) < 2000 * 34
-    assert journal_blobs.decode_chunk(stored) == pairs
+    assert journal_blobs.decode_chunk(stored, ref) == pairs
     upper = [(k, v.upper()) for k, v in pairs]  # not what bytes.hex() gives back
-    _, stored = journal_blobs.encode_chunk(upper, True, _ENCODE)
-    assert journal_blobs.decode_chunk(stored) == upper
+    ref, stored = journal_blobs.encode_chunk(upper, True, _ENCODE)
+    assert journal_blobs.decode_chunk(stored, ref) == upper
 
 
 @pytest.mark.usefixtures("journal_url")  # SQLite and PostgreSQL
@@ -258,6 +260,24 @@ def test_a_damaged_chunk_is_an_error_naming_it(tmp_path: Path, small_chunks: Non
         db.execute("UPDATE blobs SET data=? WHERE hash=?", (damaged, parts[0]))
     with pytest.raises(JournalError, match=f"blob {parts[0][:12]} is damaged"):
         journal.effects("r", "s")
+
+
+def test_a_chunk_that_still_decodes_but_says_other_things_is_caught(
+    tmp_path: Path, small_chunks: None
+) -> None:
+    """A well-formed chunk under another chunk's hash (a row changed by hand, a
+    bad restore): zstd reads it fine, so only the check of the content against
+    its hash, independent of how it was written, can tell."""
+    journal, made, parts = chunked_run(tmp_path)
+    first = [dict(e) for e in journal_blobs.decode_chunk(journal._stored(parts[0]), parts[0])]
+    first[-1]["bytes"] = 999_999  # one size changed
+    _, forged = journal_blobs.encode_chunk(first, False, _ENCODE)
+    with sqlite3.connect(tmp_path / "journal.db") as db:
+        db.execute("UPDATE blobs SET data=? WHERE hash=?", (forged, parts[0]))
+    with pytest.raises(JournalError, match=f"blob {parts[0][:12]} is damaged"):
+        journal.effects("r", "s")
+    with pytest.raises(ValueError, match="does not match its hash"):
+        journal_blobs.decode_chunk(forged, parts[0])
 
 
 @pytest.mark.usefixtures("journal_url")  # SQLite and PostgreSQL

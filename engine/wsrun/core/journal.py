@@ -499,17 +499,17 @@ class Journal:
         if not isinstance(value, (dict, list)):
             return ["j", value]
         held = holds_lazy(value)
+        if not held and len(value) >= blobs.SECTION_MIN:  # long: chunked, not encoded to see
+            if isinstance(value, dict):
+                return ["M", self._chunks(value.items(), pairs=True)]
+            return ["L", self._chunks(value)]
         if not held and len(_ENCODE(value)) <= blobs.SECTION_TEXT:
             return ["j", value]
         if isinstance(value, dict):
-            if len(value) >= blobs.SECTION_MIN and not held:
-                return ["M", self._chunks(value.items(), pairs=True)]
             return [
                 "d",
                 {k if isinstance(k, str) else str(k): self._node(v) for k, v in value.items()},
             ]
-        if len(value) >= blobs.SECTION_MIN and not held:
-            return ["L", self._chunks(value)]
         return ["l", [self._node(v) for v in value]]
 
     def _chunks(self, items: Iterable[Any], pairs: bool = False) -> list[list[Any]]:
@@ -550,12 +550,14 @@ class Journal:
             raise JournalError(f"journal {self._where()}: blob {ref[:12]} is missing")
         return bytes(rows[0][0])
 
-    def _decoded(self, ref: str, decode: Callable[[bytes], Any], data: bytes | None = None) -> Any:
+    def _decoded(
+        self, ref: str, decode: Callable[[bytes, str], Any], data: bytes | None = None
+    ) -> Any:
         """``decode`` of blob ``ref`` (its ``data`` when already read); a blob
         that does not decode (a damaged file, a row changed by hand) is a
         JournalError naming it."""
         try:
-            return decode(self._stored(ref) if data is None else data)
+            return decode(self._stored(ref) if data is None else data, ref)
         except (zstd.ZstdError, ValueError, TypeError, KeyError, IndexError, StopIteration) as e:
             if isinstance(e, JournalError):
                 raise

@@ -45,9 +45,9 @@ MAGIC_MANIFEST = b"WSM2"
 CUT_MIN = 1024
 CUT_MAX = 16384
 CUT_MASK = 4095
-#: A plain list or dict whose JSON is longer than SECTION_TEXT is stored in
-#: chunks too when it has at least SECTION_MIN items; with fewer, each of its
-#: items is looked at the same way.
+#: A plain list or dict of at least SECTION_MIN items is stored in chunks too;
+#: a shorter one whose JSON is longer than SECTION_TEXT has each of its items
+#: looked at the same way.
 SECTION_MIN = 64
 SECTION_TEXT = 4096
 
@@ -99,8 +99,7 @@ def encode_chunk(items: list[Any], pairs: bool, encode: Callable[[Any], str]) ->
         described = ["v", _column(items, sections, encode)]
     header = encode([len(items), described, [len(s) for s in sections]]).encode()
     payload = len(header).to_bytes(4, "big") + header + b"".join(sections)
-    digest = hashlib.sha256(b"wsrun-chunk\0" + payload).hexdigest()
-    return digest, MAGIC_CHUNK + zstd.compress(payload, level=LEVEL)
+    return _packed(MAGIC_CHUNK, b"wsrun-chunk\0", payload)
 
 
 def _column(values: list[Any], sections: list[bytes], encode: Callable[[Any], str]) -> list[Any]:
@@ -136,9 +135,9 @@ def _column(values: list[Any], sections: list[bytes], encode: Callable[[Any], st
     return ["j"]
 
 
-def decode_chunk(stored: bytes) -> list[Any]:
-    """The items of a chunk: values, or (key, value) pairs."""
-    payload = zstd.ZstdFile(io.BytesIO(stored[len(MAGIC_CHUNK) :])).read()
+def decode_chunk(stored: bytes, digest: str) -> list[Any]:
+    """The items of chunk ``digest``: values, or (key, value) pairs."""
+    payload = _unpacked(MAGIC_CHUNK, b"wsrun-chunk\0", stored, digest)
     size = int.from_bytes(payload[:4], "big")
     count, described, lengths = json.loads(payload[4 : 4 + size])
     sections: list[bytes] = []
@@ -173,13 +172,27 @@ def _values(described: list[Any], count: int, feed: Iterator[bytes]) -> list[Any
 
 def encode_manifest(tree: Any, encode: Callable[[Any], str]) -> tuple[str, bytes]:
     """(hash, stored bytes) of a manifest."""
-    payload = encode(tree).encode()
-    digest = hashlib.sha256(b"wsrun-manifest\0" + payload).hexdigest()
-    return digest, MAGIC_MANIFEST + zstd.compress(payload, level=LEVEL)
+    return _packed(MAGIC_MANIFEST, b"wsrun-manifest\0", encode(tree).encode())
 
 
-def decode_manifest(stored: bytes) -> Any:
-    return json.loads(zstd.ZstdFile(io.BytesIO(stored[len(MAGIC_MANIFEST) :])).read())
+def decode_manifest(stored: bytes, digest: str) -> Any:
+    return json.loads(_unpacked(MAGIC_MANIFEST, b"wsrun-manifest\0", stored, digest))
+
+
+def _packed(magic: bytes, domain: bytes, payload: bytes) -> tuple[str, bytes]:
+    """(hash of ``payload`` under ``domain``, what is stored: ``magic`` and a zstd frame)."""
+    digest = hashlib.sha256(domain + payload).hexdigest()
+    return digest, magic + zstd.compress(payload, level=LEVEL)
+
+
+def _unpacked(magic: bytes, domain: bytes, stored: bytes, digest: str) -> bytes:
+    """The payload ``_packed`` stored, checked against its hash: a chunk or
+    manifest damaged in a way that still decompresses (or swapped for
+    another) is caught here, not read as other effects."""
+    payload = zstd.ZstdFile(io.BytesIO(stored[len(magic) :])).read()
+    if hashlib.sha256(domain + payload).hexdigest() != digest:
+        raise ValueError("its content does not match its hash")
+    return payload
 
 
 def parts(tree: Any) -> Iterator[str]:

@@ -544,3 +544,30 @@ def _renamed(value: object) -> object:
 @given(_VALUES)
 def test_every_staged_path_in_a_value_is_renamed_keys_and_values(value: object) -> None:
     assert _STAGED.finals(value) == _renamed(value)
+
+
+def test_the_digest_record_is_looked_up_exactly(tmp_path: Path) -> None:
+    """What a killed run recorded, looked up in a temporary database: a name
+    that is not UTF-8, a file re-staged (the last digest wins), a torn last
+    line (ignored), and a file changed since (size or mtime: not trusted)."""
+    staging = tmp_path / "stage"
+    odd = os.fsdecode(b"caf\xe9.dat")  # a Latin-1 name: not UTF-8
+    record = tmp_path / "record"
+    lines = [
+        json.dumps([odd, 3, 10, "sha256", "a" * 64]),
+        json.dumps(["d/f", 5, 20, "sha256", "b" * 64]),
+        json.dumps(["d/f", 5, 20, "sha256", "c" * 64]),  # staged again
+    ]
+    record.write_text("\n".join(lines) + '\n["torn", 1, 2, "sha2')
+    cache = groups.DigestCache(str(record), str(staging))
+    try:
+        assert cache.get(str(staging / odd), 3, 10, "sha256") == "a" * 64
+        assert cache.get(str(staging / "d/f"), 5, 20, "sha256") == "c" * 64
+        assert cache.get(str(staging / "d/f"), 5, 21, "sha256") is None  # touched since
+        assert cache.get(str(staging / "d/f"), 6, 20, "sha256") is None  # grew since
+        assert cache.get(str(staging / "d/f"), 5, 20, "md5") is None
+        assert cache.get(str(tmp_path / "d/f"), 5, 20, "sha256") is None  # not staged
+        assert cache.get(str(staging / "torn"), 1, 2, "sha256") is None
+    finally:
+        cache.close()
+    assert groups.DigestCache(str(tmp_path / "none"), str(staging)).known is None
